@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# bench/run.sh: build xlb and run the shared benchmark harness (../shared/bench/run.sh
+# beside this repo, or BENCH_HARNESS) with xlb as a custom contestant. See bench/README.md.
+#   bash bench/run.sh
+#   CONTESTANTS="direct nginx xlb" SCENARIOS="get post" ROUNDS=5 PIN=1 bash bench/run.sh
+# All other settings are the harness's environment variables and pass through.
+set -euo pipefail
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; } # the harness cds into its folder
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HARNESS=$(abs "${BENCH_HARNESS:-"$(cd "$(dirname "$0")/../.." && pwd)/shared/bench/run.sh"}")
+[ -f "$HARNESS" ] || { echo "bench/run.sh: no harness at $HARNESS (set BENCH_HARNESS)" >&2; exit 1; }
+export GOTOOLCHAIN=local
+
+tmp=$(mktemp -d -t xlbbench.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+(cd "$ROOT" && go build -o "$tmp/xlb" .)
+
+export LB_NAME=xlb LB_PORT=18090
+export LB_CONF="$ROOT/bench/xlb.yaml.tmpl"
+export LB_CMD="$tmp/xlb run --config {CONF}"
+export CONTESTANTS="${CONTESTANTS:-direct nginx haproxy xlb}"
+OUT=$(abs "${OUT:-"$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)"}")
+export OUT
+bash "$HARNESS"

@@ -1,0 +1,10 @@
+// Package balance picks a backend of a set for each request.
+//
+// A Picker is made for one immutable list of weights and is safe for concurrent use. Pick skips the
+// backends a request already tried, so that a retry goes to another backend, and returns -1 when
+// every backend was tried. Done must be called once for each successful Pick, when the request ends.
+//
+// RoundRobin is nginx's smooth weighted round robin: over any window of sum(weights) picks each
+// backend gets exactly its weight, spread out (5:1 gives AABAAA, never AAAAAB). LeastRequest is the
+// power of two choices over requests in flight, scaled by weight.
+package balance

@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+)
+
+// Forwarded says what the proxy does with the X-Forwarded-For, -Proto and -Host request headers.
+type Forwarded uint8
+
+const (
+	// ForwardedAppend appends the client's address to X-Forwarded-For and sets X-Forwarded-Proto and
+	// X-Forwarded-Host only when the client did not send them. It trusts whoever is in front.
+	ForwardedAppend Forwarded = iota
+	// ForwardedReplace drops whatever X-Forwarded-* headers the client sent and sets all three.
+	ForwardedReplace
+	// ForwardedOff passes the client's X-Forwarded-* headers through and adds none.
+	ForwardedOff
+)
+
+// ParseForwarded turns "append", "replace" or "off" into a Forwarded mode.
+func ParseForwarded(s string) (Forwarded, error) {
+	switch s {
+	case "append", "":
+		return ForwardedAppend, nil
+	case "replace":
+		return ForwardedReplace, nil
+	case "off":
+		return ForwardedOff, nil
+	}
+	return 0, fmt.Errorf("proxy: forwarded mode %q: want append, replace or off", s)
+}
+
+func (f Forwarded) String() string {
+	switch f {
+	case ForwardedReplace:
+		return "replace"
+	case ForwardedOff:
+		return "off"
+	}
+	return "append"
+}
+
+// Config is the behaviour of one proxy. The zero value of every field means the documented default;
+// New validates the whole and the Config is never changed afterwards.
+type Config struct {
+	// ConnectTimeout bounds a TCP connect to a backend. Zero means 5s.
+	ConnectTimeout time.Duration
+	// BackendTimeout bounds the wait for a backend's response header, and the longest silence while
+	// reading a backend's body. Zero means 60s.
+	BackendTimeout time.Duration
+	// ClientTimeout bounds the wait for the rest of a client's request header once its first byte
+	// arrived, the longest silence while reading a client's body, and the longest stall while writing
+	// to a client. Zero means 60s.
+	ClientTimeout time.Duration
+	// IdleTimeout bounds how long a keep-alive connection waits for its next request (client side) or
+	// its next use (backend side). Zero means 60s.
+	IdleTimeout time.Duration
+
+	// RequestLineBytesMax bounds the request line; a longer one is answered 414. Zero means 8 KiB.
+	RequestLineBytesMax int
+	// HeaderBytesMax bounds the request head (request line and header fields) and a backend's response
+	// head; a longer request head is answered 431, a longer response head 502. Zero means 32 KiB.
+	HeaderBytesMax int
+	// HeadersMax bounds the number of header fields of a request (431 past it) and of a response
+	// (502 past it). Zero means 100.
+	HeadersMax int
+
+	// Retries is how many more backends a request may try after its first attempt failed. Zero means
+	// the default of 2; a negative value means no retry.
+	Retries int
+	// ReplayBufferBytesMax bounds the body that is held in memory so that an idempotent request can be
+	// sent again after bytes of it reached a failing backend. Larger bodies are streamed and never
+	// retried once sent. Zero means 64 KiB.
+	ReplayBufferBytesMax int
+	// IdleConnsPerBackend bounds the idle connections pooled for each backend. Zero means 256; a
+	// negative value disables pooling.
+	IdleConnsPerBackend int
+
+	// Forwarded is the X-Forwarded-* mode. The zero value appends.
+	Forwarded Forwarded
+
+	// AccessLog receives one JSON line per request. Nil means no access log.
+	AccessLog io.Writer
+	// Logger is the proxy's logger. Nil means a null logger.
+	Logger hclog.Logger
+
+	// Dial opens a connection to a backend. Nil means a net.Dialer with ConnectTimeout. Tests use it
+	// to count or refuse connections.
+	Dial func(network, address string, timeout time.Duration) (net.Conn, error)
+}
+
+// Backend is one upstream server of a backend set.
+type Backend struct {
+	// ID names the backend inside its set; unique there.
+	ID string
+	// Address is host:port; host is an IP address or a name resolved at connect time.
+	Address string
+	// Weight is the backend's share of traffic relative to its set; at least 1.
+	Weight int
+}
+
+// BackendSet is a named group of backends and the policy that picks among them.
+type BackendSet struct {
+	Name     string
+	Policy   balance.Policy
+	Backends []Backend
+}

@@ -1,0 +1,473 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/upstream"
+)
+
+const (
+	// clientBufferBytes is the read buffer of a client connection while a request is read. It holds a
+	// whole request head, so HeaderBytesMax is at most clientBufferBytesMax.
+	clientBufferBytes    = 64 << 10
+	clientBufferBytesMax = clientBufferBytes - 1024
+	// outBufferBytes is the initial output buffer; it grows to hold a replayable request.
+	outBufferBytes = 8 << 10
+	// outBufferKeepMax is the largest output buffer put back into the pool.
+	outBufferKeepMax = 256 << 10
+)
+
+var errTooManyFiles = syscall.EMFILE
+
+var (
+	inPool  = sync.Pool{New: func() any { b := make([]byte, clientBufferBytes); return &b }}
+	outPool = sync.Pool{New: func() any { b := make([]byte, 0, outBufferBytes); return &b }}
+)
+
+// Connection states, for Shutdown: an idle connection waits for the first byte of a request.
+const (
+	stateActive int32 = iota
+	stateIdle
+)
+
+// conn is one client connection and the state of the request on it. One goroutine owns it, except
+// that while a request body streams, the pump goroutine owns in and reads from nc.
+type conn struct {
+	p   *Proxy
+	nc  net.Conn
+	dl  upstream.Deadlines // the read side belongs to the pump while it runs
+	raw syscall.RawConn
+	// readFn is c.rawRead, bound once: passing a method value allocates.
+	readFn   func(fd uintptr) bool
+	clientIP []byte
+	setName  string
+	state    atomic.Int32
+
+	// tbl and set cache the backend set of the table last seen.
+	tbl *table
+	set *set
+
+	in        http1.Buffer
+	inPtr     *[]byte
+	inRelease bool // rawRead may hand in's buffer back while it waits
+	readN     int
+	readErr   error
+
+	outPtr *[]byte
+	out    []byte
+
+	req  http1.Request
+	resp http1.Response
+	dec  http1.ChunkedDecoder // the request body's, owned by the pump while it runs
+	rdec http1.ChunkedDecoder // the response body's
+
+	// The request body that streams on after the first attempt was sent.
+	bodyLeft int64      // Content-Length bytes not yet read from the client
+	pumpBuf  []byte     // re-encoding buffer of a streamed chunked body
+	pumpDone chan error // the pump's result
+	pumpErr  error
+
+	tried balance.Tried // the backends the current request tried; here, not on the stack, since Pick takes it
+
+	// What the access log and the retry rules need to know about the current request.
+	started      time.Time
+	attempts     int
+	backend      *backend
+	bytesOut     int64
+	status       int
+	forceStop    bool // close the client connection after this request
+	keepUpstream bool // the backend connection can serve another request
+}
+
+// newConn returns the state of a new client connection, reusing that of a closed one when it can:
+// a connection per request must cost little more than the accept.
+func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
+	c, _ := p.connPool.Get().(*conn)
+	if c == nil {
+		c = &conn{p: p, pumpDone: make(chan error, 1)}
+		c.req.Headers = make([]http1.Header, 0, min(p.cfg.HeadersMax, 32))
+		c.resp.Headers = make([]http1.Header, 0, min(p.cfg.HeadersMax, 32))
+		c.dec.TrailerBytesMax = p.cfg.HeaderBytesMax
+		c.rdec.TrailerBytesMax = p.cfg.HeaderBytesMax
+		c.readFn = c.rawRead
+	}
+	c.nc, c.setName = nc, setName
+	c.dl = upstream.Deadlines{Conn: nc}
+	c.clientIP = c.clientIP[:0]
+	if tc, ok := nc.(*net.TCPConn); ok {
+		c.raw, _ = tc.SyscallConn()
+		if ta, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
+			c.clientIP = ta.AddrPort().Addr().Unmap().AppendTo(c.clientIP)
+		}
+	}
+	p.mu.Lock()
+	if p.draining.Load() {
+		p.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	p.conns[c] = struct{}{}
+	p.connsWG.Add(1)
+	p.mu.Unlock()
+	return c
+}
+
+// wakeIfIdle makes an idle connection's read return, so that it sees the proxy draining. p.mu held.
+func (c *conn) wakeIfIdle() {
+	if c.state.Load() == stateIdle {
+		c.dl.PokeRead()
+	}
+}
+
+func (c *conn) close() {
+	c.nc.Close()
+	c.releaseIn()
+	c.releaseOut()
+	p := c.p
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	c.nc, c.raw, c.dl.Conn, c.tbl, c.set, c.backend = nil, nil, nil, nil, nil, nil
+	c.req.Headers, c.resp.Headers = c.req.Headers[:0], c.resp.Headers[:0]
+	c.state.Store(stateActive)
+	p.connPool.Put(c)
+	p.connsWG.Done()
+}
+
+func (c *conn) releaseIn() {
+	if c.inPtr != nil {
+		inPool.Put(c.inPtr)
+		c.inPtr, c.in = nil, http1.Buffer{}
+	}
+}
+
+func (c *conn) takeOut() {
+	if c.outPtr == nil {
+		c.outPtr = outPool.Get().(*[]byte)
+		c.out = (*c.outPtr)[:0]
+	}
+}
+
+func (c *conn) releaseOut() {
+	if c.outPtr != nil {
+		if cap(c.out) <= outBufferKeepMax {
+			*c.outPtr = c.out[:0]
+			outPool.Put(c.outPtr)
+		}
+		c.outPtr, c.out = nil, nil
+	}
+}
+
+// rawRead reads once from the client into in. When nothing is there yet and in holds no bytes, it
+// hands in's buffer back to the pool before the goroutine parks, so that an idle keep-alive
+// connection holds no buffer.
+func (c *conn) rawRead(fd uintptr) bool {
+	if c.inPtr == nil {
+		c.inPtr = inPool.Get().(*[]byte)
+		c.in = http1.Buffer{Buf: *c.inPtr}
+	}
+	for {
+		n, err := syscall.Read(int(fd), c.in.Space())
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			if c.inRelease && c.in.Len() == 0 {
+				c.releaseIn()
+			}
+			return false
+		case nil:
+			c.in.W += n
+			c.readN, c.readErr = n, nil
+		default:
+			c.readN, c.readErr = 0, err
+		}
+		return true
+	}
+}
+
+// fill reads once from the client. io.EOF means the client closed its side.
+func (c *conn) fill() error {
+	if c.raw == nil {
+		if c.inPtr == nil {
+			c.inPtr = inPool.Get().(*[]byte)
+			c.in = http1.Buffer{Buf: *c.inPtr}
+		}
+		_, err := c.in.ReadOnce(c.nc)
+		return err
+	}
+	if err := c.raw.Read(c.readFn); err != nil {
+		return err
+	}
+	if c.readErr != nil {
+		return c.readErr
+	}
+	if c.readN == 0 {
+		return io.EOF
+	}
+	return nil
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// serve runs the connection: read a request head, forward the exchange, repeat while both sides
+// keep the connection alive.
+func (c *conn) serve() {
+	defer c.close()
+	for {
+		if !c.readRequest() {
+			return
+		}
+		if !c.handle() {
+			return
+		}
+		if c.in.Len() == 0 {
+			c.releaseOut()
+		}
+	}
+}
+
+// readRequest waits for a complete request head and parses it into c.req. It answers a malformed
+// head and returns false when the connection must end.
+func (c *conn) readRequest() bool {
+	p := c.p
+	if c.in.Len() == 0 {
+		c.state.Store(stateIdle)
+		if p.draining.Load() {
+			return false
+		}
+		c.dl.Read(time.Now(), p.cfg.IdleTimeout)
+		c.inRelease = true
+		err := c.fill()
+		c.inRelease = false
+		c.state.Store(stateActive)
+		if err != nil {
+			return false // idle timeout, shutdown, or the client went away
+		}
+	}
+	for first := true; ; first = false {
+		err := http1.ParseRequest(c.in.Buffered(), &p.limits, &c.req)
+		if err == nil {
+			return true
+		}
+		if err != http1.ErrIncomplete {
+			c.reject(err)
+			return false
+		}
+		if c.in.Full() {
+			c.reject(&http1.Error{Status: 431, Reason: "request head too large"})
+			return false
+		}
+		if first {
+			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
+		}
+		if err := c.fill(); err != nil {
+			if isTimeout(err) && c.in.Len() > 0 {
+				c.writeError(408, "timed out reading the request head", true)
+			}
+			return false
+		}
+	}
+}
+
+// reject answers a request that could not be parsed; the connection then closes.
+func (c *conn) reject(err error) {
+	c.p.stats.rejected.Add(1)
+	var he *http1.Error
+	if errors.As(err, &he) {
+		c.p.log.Trace("request rejected", "client", c.nc.RemoteAddr().String(), "status", he.Status, "reason", he.Reason)
+		c.writeError(he.Status, he.Reason, true)
+		return
+	}
+	c.writeError(400, err.Error(), true)
+}
+
+// idempotent reports whether a request of this method may be sent twice (RFC 9110 §9.2.2).
+func idempotent(m []byte) bool {
+	switch string(m) {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
+
+// currentSet returns the backend set of the newest table, or nil when it has none by that name.
+func (c *conn) currentSet() *set {
+	t := c.p.table.Load()
+	if t != c.tbl {
+		c.tbl, c.set = t, t.sets[c.setName]
+	}
+	return c.set
+}
+
+// Outcomes of one attempt at a backend.
+type attemptResult uint8
+
+const (
+	attemptOK       attemptResult = iota // the exchange was forwarded (or the client went away)
+	attemptNotSent                       // nothing reached the backend: another may be tried
+	attemptNoAnswer                      // sent, and the backend closed or reset before answering
+	attemptTimeout                       // no response head within the backend timeout
+	attemptBad                           // the backend's response was malformed
+	attemptFatal                         // a failure after the response started: close the client
+)
+
+// handle forwards the request in c.req and its response. It returns whether the client connection
+// stays open.
+func (c *conn) handle() bool {
+	p, r := c.p, &c.req
+	p.stats.requests.Add(1)
+	c.started, c.attempts, c.backend, c.bytesOut, c.status, c.forceStop = time.Now(), 0, nil, 0, 0, false
+	if string(r.Method) == "CONNECT" {
+		c.in.Consume(r.HeadLen)
+		c.writeError(405, "CONNECT is not supported", true)
+		return false
+	}
+	c.takeOut()
+	c.out = c.appendRequestHead(c.out[:0])
+	c.in.Consume(r.HeadLen)
+
+	complete, err := c.bufferBody()
+	if err != nil {
+		c.bodyError(err)
+		return false
+	}
+	replayable := complete && idempotent(r.Method) && r.Upgrade == nil
+
+	s := c.currentSet()
+	tried := &c.tried
+	*tried = balance.Tried{}
+	last := attemptNotSent
+	for s != nil && tried.Len() <= p.cfg.Retries {
+		i := s.picker.Pick(tried)
+		if i < 0 {
+			break
+		}
+		tried.Add(i)
+		if tried.Len() > 1 {
+			p.stats.retries.Add(1)
+		}
+		c.attempts = tried.Len()
+		b := s.backends[i]
+		c.backend = b
+		last = c.attempt(b, complete, replayable)
+		s.picker.Done(i)
+		if last == attemptOK {
+			break
+		}
+		if last == attemptNotSent || (last == attemptNoAnswer && replayable) {
+			continue
+		}
+		break
+	}
+	switch last {
+	case attemptOK:
+	case attemptNotSent:
+		p.stats.noBackend.Add(1)
+		c.forceStop = c.forceStop || !complete
+		c.writeError(503, "no backend available", c.forceStop)
+	case attemptTimeout:
+		p.stats.gatewayTimeout.Add(1)
+		c.forceStop = true
+		c.writeError(504, "backend timed out", true)
+	case attemptNoAnswer, attemptBad:
+		p.stats.badGateway.Add(1)
+		c.forceStop = true
+		c.writeError(502, "backend failed", true)
+	case attemptFatal:
+		c.forceStop = true
+	}
+	c.logAccess()
+	return !c.forceStop && r.KeepAlive && !p.draining.Load()
+}
+
+// bufferBody moves the request body that is already read into c.out behind the head, and for a
+// request that could be retried reads the rest as long as it fits the replay buffer. complete says
+// the whole body is in c.out; if not, c.bodyLeft (or the chunked decoder) tells what streams on.
+func (c *conn) bufferBody() (complete bool, err error) {
+	r, p := &c.req, c.p
+	mayWait := idempotent(r.Method) && !r.Expect100 && r.Upgrade == nil
+	switch {
+	case r.ContentLength > 0:
+		c.bodyLeft = r.ContentLength
+		for {
+			n := min(int64(c.in.Len()), c.bodyLeft)
+			c.out = append(c.out, c.in.Buffered()[:n]...)
+			c.in.Consume(int(n))
+			c.bodyLeft -= n
+			if c.bodyLeft == 0 {
+				return true, nil
+			}
+			if !mayWait || r.ContentLength > int64(p.cfg.ReplayBufferBytesMax) {
+				return false, nil
+			}
+			if err := c.fill(); err != nil {
+				return false, err
+			}
+		}
+	case r.Chunked:
+		c.dec.Reset()
+		bodyStart := len(c.out)
+		for {
+			if c.out, err = c.decodeChunks(c.out); err != nil {
+				return false, err
+			}
+			if c.dec.Done() {
+				return true, nil
+			}
+			if !mayWait || len(c.out)-bodyStart > p.cfg.ReplayBufferBytesMax {
+				return false, nil
+			}
+			if err := c.fill(); err != nil {
+				return false, err
+			}
+		}
+	}
+	return true, nil
+}
+
+// decodeChunks decodes the chunked body bytes in c.in and appends them to dst, re-framed as chunks
+// of our own (extensions dropped), with the last chunk and trailers once the body ends.
+func (c *conn) decodeChunks(dst []byte) ([]byte, error) {
+	for c.in.Len() > 0 && !c.dec.Done() {
+		n, data, err := c.dec.Decode(c.in.Buffered())
+		if err != nil {
+			return dst, err
+		}
+		if len(data) > 0 {
+			dst = http1.AppendChunkHeader(dst, len(data))
+			dst = append(dst, data...)
+			dst = append(dst, '\r', '\n')
+		}
+		c.in.Consume(n)
+	}
+	if c.dec.Done() {
+		dst = append(dst, "0\r\n"...)
+		dst = append(dst, c.dec.Trailers()...)
+		dst = append(dst, '\r', '\n')
+	}
+	return dst, nil
+}
+
+// bodyError answers a request whose body could not be read: a malformed chunked body is a 400, a
+// client that went away or stalled gets nothing more.
+func (c *conn) bodyError(err error) {
+	var he *http1.Error
+	if errors.As(err, &he) {
+		c.p.stats.rejected.Add(1)
+		c.writeError(he.Status, he.Reason, true)
+		return
+	}
+	if isTimeout(err) {
+		c.writeError(408, "timed out reading the request body", true)
+	}
+}

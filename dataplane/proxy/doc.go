@@ -1,0 +1,48 @@
+// Package proxy is xlb's data path: it accepts client connections, reads HTTP/1.x requests with the
+// strict parser of package http1, picks a backend with package balance, and forwards each exchange
+// over a pooled backend connection of package upstream, streaming bodies both ways.
+//
+// # Engine
+//
+// One goroutine owns each client connection and runs its exchanges one after the other, so that
+// pipelined requests are answered in order. A request whose whole body is already read goes to the
+// backend in one write, and the answer is awaited in the same pass through the runtime's poller
+// (upstream.Conn.WriteThenFill). A request whose body is still arriving streams it from a second
+// goroutine while the first reads the response, so that a backend may answer early (and
+// `Expect: 100-continue` works). Buffers come from pools: an idle keep-alive connection holds none,
+// and the keep-alive GET path allocates nothing.
+//
+// # What reaches the backend
+//
+// The request line byte for byte (as HTTP/1.1), every end-to-end header field as received, in order,
+// with Host kept; one Content-Length, or Transfer-Encoding: chunked with the body re-framed in chunks
+// of the proxy's own (extensions dropped, trailers kept). Hop-by-hop fields (Connection, Keep-Alive,
+// Proxy-Connection, TE, Transfer-Encoding, Upgrade and every field that Connection names) are
+// removed in both directions. X-Forwarded-For, -Proto and -Host follow Config.Forwarded.
+//
+// # Errors and retries
+//
+//   - A backend that refuses or cannot be reached gets nothing: the request goes to the next backend.
+//   - Once bytes of a request went out, it is sent again only when its method is idempotent
+//     (RFC 9110 §9.2.2) and its whole body is held in memory, which the proxy does for bodies up to
+//     Config.ReplayBufferBytesMax (unless the client sent Expect: 100-continue). A backend that
+//     closed a pooled connection as a request went out is retried once on a new connection to the
+//     same backend; otherwise a retry goes to another backend.
+//   - A pooled connection is peeked at (one non-blocking recv) before it carries a request that
+//     could not be retried, so that one the backend closed while idle is never used for it.
+//   - Every attempt after the first is counted (Stats.Retries). No backend reachable, or none in the
+//     set: 503. A failure after the request went out, or a malformed response: 502. No response
+//     head within Config.BackendTimeout: 504. A failure after the response started cuts the client
+//     connection, since its framing can no longer be kept.
+//
+// # Connections
+//
+// Client keep-alive follows HTTP/1.1 and HTTP/1.0 rules; a response framed by the backend's close is
+// re-framed as chunked for an HTTP/1.1 client (which keeps its connection) and sent raw, then closed,
+// to an HTTP/1.0 one. An Upgrade request (WebSocket) without a body is tunnelled both ways after the
+// backend's 101. Shutdown stops accepting, closes idle connections at once, lets requests in flight
+// finish (their responses say Connection: close), and cuts what remains at its deadline.
+//
+// Timeouts are set lazily (upstream.Deadlines): each fires between its nominal length and an eighth
+// more after the last activity.
+package proxy

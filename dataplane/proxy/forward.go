@@ -1,0 +1,499 @@
+package proxy
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/upstream"
+)
+
+// appendRequestHead appends the head that goes to the backend: the request line byte for byte (as
+// HTTP/1.1), every end-to-end field as received, one Content-Length, our own framing and
+// X-Forwarded-* fields.
+func (c *conn) appendRequestHead(b []byte) []byte {
+	r, mode := &c.req, c.p.cfg.Forwarded
+	b = append(b, r.Method...)
+	b = append(b, ' ')
+	b = append(b, r.Target...)
+	b = append(b, " HTTP/1.1\r\n"...)
+	xff, proto, host := -1, false, false
+	cl := false
+	for i := range r.Headers {
+		h := &r.Headers[i]
+		if h.Hop {
+			continue
+		}
+		switch h.Kind {
+		case http1.KindContentLength:
+			// One field with one value, however the client repeated it.
+			if cl {
+				continue
+			}
+			cl = true
+			b = append(b, h.Name...)
+			b = append(b, ": "...)
+			b = strconv.AppendInt(b, r.ContentLength, 10)
+			b = append(b, "\r\n"...)
+			continue
+		case http1.KindXForwardedFor:
+			if mode == ForwardedAppend {
+				if xff < 0 {
+					xff = i
+				}
+				continue
+			}
+			if mode == ForwardedReplace {
+				continue
+			}
+		case http1.KindXForwardedProto:
+			proto = true
+			if mode == ForwardedReplace {
+				continue
+			}
+		case http1.KindXForwardedHost:
+			host = true
+			if mode == ForwardedReplace {
+				continue
+			}
+		}
+		b = appendField(b, h.Name, h.Value)
+	}
+	if r.Chunked {
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	}
+	if c.upgrading() {
+		b = append(b, "Connection: upgrade\r\nUpgrade: "...)
+		b = append(b, r.Upgrade...)
+		b = append(b, "\r\n"...)
+	}
+	if mode != ForwardedOff {
+		b = append(b, "X-Forwarded-For: "...)
+		if xff >= 0 {
+			// Every X-Forwarded-For the client sent, in order, then the client's address.
+			for i := xff; i < len(r.Headers); i++ {
+				if h := &r.Headers[i]; h.Kind == http1.KindXForwardedFor && !h.Hop && len(h.Value) > 0 {
+					b = append(b, h.Value...)
+					b = append(b, ", "...)
+				}
+			}
+		}
+		b = append(b, c.clientIP...)
+		b = append(b, "\r\n"...)
+		if !proto || mode == ForwardedReplace {
+			b = append(b, "X-Forwarded-Proto: http\r\n"...)
+		}
+		if !host || mode == ForwardedReplace {
+			b = append(b, "X-Forwarded-Host: "...)
+			b = append(b, r.Host...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	return append(b, "\r\n"...)
+}
+
+// upgrading reports whether the request asks for a protocol switch that the proxy will tunnel: an
+// Upgrade request without a body.
+func (c *conn) upgrading() bool { return c.req.Upgrade != nil && !c.req.HasBody() }
+
+func appendField(b, name, value []byte) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	b = append(b, value...)
+	return append(b, "\r\n"...)
+}
+
+// attempt sends the request to backend b and forwards its response. complete says the whole request
+// is in c.out; otherwise the rest of the body streams from the client as the response is read.
+func (c *conn) attempt(b *backend, complete, replayable bool) attemptResult {
+	p := c.p
+	u, pooled := b.pool.Get(!replayable)
+	for try := 0; ; try++ {
+		if u == nil {
+			var err error
+			if u, err = b.pool.Dial(); err != nil {
+				p.stats.connectFailures.Add(1)
+				p.log.Debug("connect failed", "backend", b.address, "error", err)
+				return attemptNotSent
+			}
+		}
+		res := c.send(u, complete)
+		if res == attemptNoAnswer && pooled && try == 0 && replayable {
+			// The backend closed an idle connection as the request went out: try once more on a new
+			// connection to the same backend.
+			p.stats.retries.Add(1)
+			p.log.Trace("pooled connection closed by the backend; retrying on a new one", "backend", b.address)
+			u, pooled = nil, false
+			continue
+		}
+		return res
+	}
+}
+
+// send writes the request on u and forwards the response. It puts u back into the pool or closes it.
+func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
+	p := c.p
+	u.DL.Both(time.Now(), p.cfg.BackendTimeout)
+	var readErr error
+	pumping := !complete
+	if pumping {
+		if n, err := u.Write(c.out); err != nil {
+			u.Close()
+			return writeFailure(n, err)
+		}
+		c.pumpErr = nil
+		go c.pump(u)
+	} else {
+		// The whole request goes out, and the answer is awaited, in one pass.
+		n, writeErr, rerr := u.WriteThenFill(c.out)
+		if writeErr != nil {
+			u.Close()
+			return writeFailure(n, writeErr)
+		}
+		if n < len(c.out) {
+			if m, err := u.Write(c.out[n:]); err != nil {
+				u.Close()
+				return writeFailure(n+m, err)
+			}
+		}
+		readErr = rerr
+	}
+	res := c.exchange(u, readErr)
+	bodySent := complete
+	if pumping {
+		select {
+		case c.pumpErr = <-c.pumpDone:
+		default:
+			// The response ended (or failed) before the request body did: stop reading it.
+			c.dl.PokeRead()
+			u.DL.Poke()
+			c.pumpErr = <-c.pumpDone
+			c.dl.Forget()
+			u.DL.Forget()
+		}
+		bodySent = c.pumpErr == nil
+		if !bodySent {
+			c.forceStop = true
+		}
+		var he *http1.Error
+		if errors.As(c.pumpErr, &he) && res != attemptOK {
+			// The client's body was malformed; that, not the backend, is what failed.
+			u.Close()
+			c.bodyError(c.pumpErr)
+			return attemptFatal
+		}
+	}
+	if res == attemptOK && c.keepUpstream && bodySent {
+		u.Pool().Put(u)
+	} else {
+		u.Close()
+	}
+	return res
+}
+
+// writeFailure classifies a failed write of the request's first n bytes.
+func writeFailure(n int, err error) attemptResult {
+	switch {
+	case isTimeout(err):
+		return attemptTimeout
+	case n == 0:
+		return attemptNotSent
+	}
+	return attemptNoAnswer
+}
+
+// pump streams the rest of the request body from the client to the backend, and reports how it
+// ended on c.pumpDone.
+func (c *conn) pump(u *upstream.Conn) {
+	c.pumpDone <- c.pumpBody(u)
+}
+
+func (c *conn) pumpBody(u *upstream.Conn) error {
+	p := c.p
+	if c.req.Chunked {
+		bp := outPool.Get().(*[]byte)
+		defer func() {
+			*bp = c.pumpBuf[:0]
+			outPool.Put(bp)
+			c.pumpBuf = nil
+		}()
+		c.pumpBuf = *bp
+		for !c.dec.Done() {
+			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
+			if err := c.fill(); err != nil {
+				return err
+			}
+			buf, err := c.decodeChunks(c.pumpBuf[:0])
+			c.pumpBuf = buf
+			if err != nil {
+				return err
+			}
+			u.DL.Write(time.Now(), p.cfg.BackendTimeout)
+			if _, err := u.Write(buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for c.bodyLeft > 0 {
+		if c.in.Len() == 0 {
+			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
+			if err := c.fill(); err != nil {
+				return err
+			}
+		}
+		n := min(int64(c.in.Len()), c.bodyLeft)
+		u.DL.Write(time.Now(), p.cfg.BackendTimeout)
+		if _, err := u.Write(c.in.Buffered()[:n]); err != nil {
+			return err
+		}
+		c.in.Consume(int(n))
+		c.bodyLeft -= n
+	}
+	return nil
+}
+
+// exchange reads the backend's response heads, forwards interim (1xx) responses to an HTTP/1.1
+// client, and then the final response. readErr is how a read that already happened failed.
+func (c *conn) exchange(u *upstream.Conn, readErr error) attemptResult {
+	answered := false
+	for {
+		if res := c.readResponseHead(u, answered, readErr); res != attemptOK {
+			return res
+		}
+		st := c.resp.Status
+		if st >= 200 {
+			return c.forwardResponse(u)
+		}
+		if st == 101 {
+			if !c.upgrading() {
+				return attemptBad
+			}
+			return c.tunnel(u)
+		}
+		answered, readErr = true, nil
+		if c.req.Minor == 1 {
+			c.out = c.appendResponseHead(c.out[:0], false, false)
+			if !c.writeClient(c.out) {
+				return attemptFatal
+			}
+		}
+		u.In.Consume(c.resp.HeadLen)
+	}
+}
+
+// readResponseHead reads until c.resp holds a complete response head. readErr is how a read that
+// already happened failed.
+func (c *conn) readResponseHead(u *upstream.Conn, answered bool, readErr error) attemptResult {
+	p := c.p
+	u.DL.Read(time.Now(), p.cfg.BackendTimeout)
+	for {
+		if u.In.Len() > 0 {
+			err := http1.ParseResponse(u.In.Buffered(), &p.limits, &c.resp)
+			if err == nil {
+				return attemptOK
+			}
+			if err != http1.ErrIncomplete || u.In.Full() {
+				p.log.Debug("malformed response", "backend", u.Pool().Address(), "error", err)
+				return attemptBad
+			}
+		}
+		err := readErr
+		if err == nil {
+			_, err = u.Fill()
+		}
+		readErr = nil
+		if err != nil {
+			switch {
+			case isTimeout(err):
+				return attemptTimeout
+			case u.In.Len() == 0 && !answered:
+				return attemptNoAnswer
+			}
+			return attemptBad
+		}
+	}
+}
+
+// appendResponseHead appends the head for the client: our status line, every end-to-end field of
+// the backend's response, and the framing and connection fields of this hop.
+func (c *conn) appendResponseHead(b []byte, chunked, closing bool) []byte {
+	resp := &c.resp
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(resp.Status), 10)
+	b = append(b, ' ')
+	b = append(b, resp.Reason...)
+	b = append(b, "\r\n"...)
+	for i := range resp.Headers {
+		h := &resp.Headers[i]
+		if !h.Hop {
+			b = appendField(b, h.Name, h.Value)
+		}
+	}
+	if chunked {
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	}
+	if closing {
+		b = append(b, "Connection: close\r\n"...)
+	} else if c.req.Minor == 0 && resp.Status >= 200 {
+		b = append(b, "Connection: keep-alive\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// forwardResponse sends the final response head and streams its body to the client. It sets
+// c.keepUpstream when u can serve another request.
+func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
+	p, resp := c.p, &c.resp
+	c.status = resp.Status
+	c.keepUpstream = false
+	kind := resp.Body(c.req.Method)
+	keepClient := c.req.KeepAlive && !p.draining.Load() && !c.forceStop
+	chunked := false
+	switch kind {
+	case http1.BodyChunked, http1.BodyClose:
+		if c.req.Minor == 0 {
+			keepClient = false
+		} else {
+			chunked = true
+		}
+	}
+	if !keepClient {
+		c.forceStop = true
+	}
+	c.out = c.appendResponseHead(c.out[:0], chunked, !keepClient)
+	u.In.Consume(resp.HeadLen)
+
+	switch kind {
+	case http1.BodyNone:
+		if !c.writeClient(c.out) {
+			return attemptFatal
+		}
+	case http1.BodyLength:
+		left := resp.ContentLength
+		n := min(int64(u.In.Len()), left)
+		c.out = append(c.out, u.In.Buffered()[:n]...)
+		u.In.Consume(int(n))
+		left -= n
+		c.bytesOut += n
+		if !c.writeClient(c.out) {
+			return attemptFatal
+		}
+		for left > 0 {
+			if !c.fillUpstream(u) {
+				return attemptFatal
+			}
+			n := min(int64(u.In.Len()), left)
+			if !c.writeClient(u.In.Buffered()[:n]) {
+				return attemptFatal
+			}
+			u.In.Consume(int(n))
+			left -= n
+			c.bytesOut += n
+		}
+	case http1.BodyChunked:
+		c.rdec.Reset()
+		for {
+			var err error
+			if c.out, err = c.decodeResponseChunks(u, c.out, chunked); err != nil {
+				p.log.Debug("malformed chunked response", "backend", u.Pool().Address(), "error", err)
+				c.writeClient(c.out)
+				return attemptFatal
+			}
+			if !c.writeClient(c.out) {
+				return attemptFatal
+			}
+			c.out = c.out[:0]
+			if c.rdec.Done() {
+				break
+			}
+			if !c.fillUpstream(u) {
+				return attemptFatal
+			}
+		}
+	case http1.BodyClose:
+		for {
+			data := u.In.Buffered()
+			c.bytesOut += int64(len(data))
+			if chunked && len(data) > 0 {
+				c.out = http1.AppendChunkHeader(c.out, len(data))
+				c.out = append(c.out, data...)
+				c.out = append(c.out, "\r\n"...)
+			} else {
+				c.out = append(c.out, data...)
+			}
+			u.In.Consume(len(data))
+			u.DL.Read(time.Now(), p.cfg.BackendTimeout)
+			_, err := u.Fill()
+			if err != nil && !isTimeout(err) && u.In.Len() == 0 {
+				// The backend closed: the body is complete.
+				if chunked {
+					c.out = append(c.out, "0\r\n\r\n"...)
+				}
+				if !c.writeClient(c.out) {
+					return attemptFatal
+				}
+				return attemptOK
+			}
+			if err != nil {
+				c.writeClient(c.out)
+				return attemptFatal
+			}
+			if !c.writeClient(c.out) {
+				return attemptFatal
+			}
+			c.out = c.out[:0]
+		}
+	}
+	c.keepUpstream = resp.KeepAlive && u.In.Len() == 0
+	return attemptOK
+}
+
+// decodeResponseChunks decodes the chunked body bytes in u.In and appends them to dst: re-framed as
+// chunks for an HTTP/1.1 client, raw for an HTTP/1.0 one.
+func (c *conn) decodeResponseChunks(u *upstream.Conn, dst []byte, chunked bool) ([]byte, error) {
+	for u.In.Len() > 0 && !c.rdec.Done() {
+		n, data, err := c.rdec.Decode(u.In.Buffered())
+		if err != nil {
+			return dst, err
+		}
+		if len(data) > 0 {
+			c.bytesOut += int64(len(data))
+			if chunked {
+				dst = http1.AppendChunkHeader(dst, len(data))
+				dst = append(dst, data...)
+				dst = append(dst, '\r', '\n')
+			} else {
+				dst = append(dst, data...)
+			}
+		}
+		u.In.Consume(n)
+	}
+	if c.rdec.Done() && chunked {
+		dst = append(dst, "0\r\n"...)
+		dst = append(dst, c.rdec.Trailers()...)
+		dst = append(dst, '\r', '\n')
+	}
+	return dst, nil
+}
+
+// fillUpstream reads more of a response body, within the backend timeout.
+func (c *conn) fillUpstream(u *upstream.Conn) bool {
+	u.DL.Read(time.Now(), c.p.cfg.BackendTimeout)
+	if _, err := u.Fill(); err != nil {
+		c.p.log.Debug("response body cut short", "backend", u.Pool().Address(), "error", err)
+		return false
+	}
+	return true
+}
+
+// writeClient writes b to the client within the client timeout.
+func (c *conn) writeClient(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	c.dl.Write(time.Now(), c.p.cfg.ClientTimeout)
+	_, err := c.nc.Write(b)
+	return err == nil
+}

@@ -1,0 +1,353 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/upstream"
+)
+
+// Proxy forwards HTTP/1.1 from the listeners it serves to backend sets.
+type Proxy struct {
+	cfg    Config
+	limits http1.Limits
+	log    hclog.Logger
+	access *accessLog
+
+	table atomic.Pointer[table]
+
+	poolsMu sync.Mutex
+	pools   map[string]*upstream.Pool // by backend address, shared by the sets that name it
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	connsWG   sync.WaitGroup
+	draining  atomic.Bool
+	connPool  sync.Pool // of *conn, for reuse
+	stop      chan struct{} // closed by Shutdown: ends the reaper
+
+	stats counters
+}
+
+// table is one immutable generation of backend sets.
+type table struct {
+	sets map[string]*set
+}
+
+type set struct {
+	name     string
+	backends []*backend
+	picker   balance.Picker
+}
+
+type backend struct {
+	id, address string
+	weight      int
+	pool        *upstream.Pool
+}
+
+// counters are the proxy's statistics, each on its own cache line.
+type counters struct {
+	requests, retries, connectFailures, noBackend, badGateway, gatewayTimeout, rejected padded
+}
+
+type padded struct {
+	atomic.Uint64
+	_ [56]byte
+}
+
+// Stats are the proxy's counters since New.
+type Stats struct {
+	// Requests is the number of requests whose head was parsed and accepted.
+	Requests uint64
+	// Retries is the number of attempts after the first, over all requests.
+	Retries uint64
+	// ConnectFailures is the number of connects to a backend that failed.
+	ConnectFailures uint64
+	// NoBackend, BadGateway and GatewayTimeout count the 503, 502 and 504 answers the proxy made.
+	NoBackend, BadGateway, GatewayTimeout uint64
+	// Rejected counts requests refused for malformed framing or limits (400, 414, 417, 431, 501, 505).
+	Rejected uint64
+}
+
+// New validates cfg and returns a proxy with no backend sets.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		cfg: cfg,
+		limits: http1.Limits{
+			RequestLineBytesMax: cfg.RequestLineBytesMax,
+			HeaderBytesMax:      cfg.HeaderBytesMax,
+			HeadersMax:          cfg.HeadersMax,
+		},
+		log:       cfg.Logger,
+		pools:     make(map[string]*upstream.Pool),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+		stop:      make(chan struct{}),
+	}
+	if cfg.AccessLog != nil {
+		p.access = newAccessLog(cfg.AccessLog)
+	}
+	p.table.Store(&table{sets: map[string]*set{}})
+	go p.reap()
+	return p, nil
+}
+
+func (c *Config) setDefaults() error {
+	def := func(d *time.Duration, v time.Duration, name string) error {
+		if *d < 0 {
+			return fmt.Errorf("proxy: %s %v: must not be negative", name, *d)
+		}
+		if *d == 0 {
+			*d = v
+		}
+		return nil
+	}
+	for _, e := range []error{
+		def(&c.ConnectTimeout, 5*time.Second, "ConnectTimeout"),
+		def(&c.BackendTimeout, 60*time.Second, "BackendTimeout"),
+		def(&c.ClientTimeout, 60*time.Second, "ClientTimeout"),
+		def(&c.IdleTimeout, 60*time.Second, "IdleTimeout"),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	size := func(v *int, d int, name string) error {
+		if *v < 0 {
+			return fmt.Errorf("proxy: %s %d: must not be negative", name, *v)
+		}
+		if *v == 0 {
+			*v = d
+		}
+		return nil
+	}
+	for _, e := range []error{
+		size(&c.RequestLineBytesMax, 8<<10, "RequestLineBytesMax"),
+		size(&c.HeaderBytesMax, 32<<10, "HeaderBytesMax"),
+		size(&c.HeadersMax, 100, "HeadersMax"),
+		size(&c.ReplayBufferBytesMax, 64<<10, "ReplayBufferBytesMax"),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	if c.HeaderBytesMax > clientBufferBytesMax {
+		return fmt.Errorf("proxy: HeaderBytesMax %d: at most %d", c.HeaderBytesMax, clientBufferBytesMax)
+	}
+	if c.RequestLineBytesMax > c.HeaderBytesMax {
+		c.RequestLineBytesMax = c.HeaderBytesMax
+	}
+	switch {
+	case c.Retries == 0:
+		c.Retries = 2
+	case c.Retries < 0:
+		c.Retries = 0
+	case c.Retries > balance.TriedMax-1:
+		return fmt.Errorf("proxy: Retries %d: at most %d", c.Retries, balance.TriedMax-1)
+	}
+	switch {
+	case c.IdleConnsPerBackend == 0:
+		c.IdleConnsPerBackend = 256
+	case c.IdleConnsPerBackend < 0:
+		c.IdleConnsPerBackend = 0
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return nil
+}
+
+// SetBackends publishes a new, complete list of backend sets. Requests already in flight finish on
+// the sets they started with; connections pooled to a backend that stays are kept.
+func (p *Proxy) SetBackends(sets []BackendSet) error {
+	names := make(map[string]bool, len(sets))
+	for i, s := range sets {
+		if s.Name == "" {
+			return fmt.Errorf("proxy: backend set %d: empty name", i)
+		}
+		if names[s.Name] {
+			return fmt.Errorf("proxy: backend set %q: named twice", s.Name)
+		}
+		names[s.Name] = true
+		ids := make(map[string]bool, len(s.Backends))
+		for _, b := range s.Backends {
+			if b.Weight < 1 {
+				return fmt.Errorf("proxy: backend set %q: backend %q: weight %d below 1", s.Name, b.ID, b.Weight)
+			}
+			if _, _, err := net.SplitHostPort(b.Address); err != nil {
+				return fmt.Errorf("proxy: backend set %q: backend %q: %w", s.Name, b.ID, err)
+			}
+			if ids[b.ID] {
+				return fmt.Errorf("proxy: backend set %q: backend id %q used twice", s.Name, b.ID)
+			}
+			ids[b.ID] = true
+		}
+	}
+
+	p.poolsMu.Lock()
+	defer p.poolsMu.Unlock()
+	t := &table{sets: make(map[string]*set, len(sets))}
+	used := make(map[string]bool)
+	for _, s := range sets {
+		ns := &set{name: s.Name}
+		weights := make([]int, len(s.Backends))
+		for i, b := range s.Backends {
+			pool := p.pools[b.Address]
+			if pool == nil {
+				pool = upstream.NewPool(upstream.Config{
+					Address:        b.Address,
+					IdleConnsMax:   p.cfg.IdleConnsPerBackend,
+					IdleTimeout:    p.cfg.IdleTimeout,
+					ConnectTimeout: p.cfg.ConnectTimeout,
+					Dial:           upstream.DialFunc(p.cfg.Dial),
+				})
+				p.pools[b.Address] = pool
+			}
+			used[b.Address] = true
+			ns.backends = append(ns.backends, &backend{id: b.ID, address: b.Address, weight: b.Weight, pool: pool})
+			weights[i] = b.Weight
+		}
+		ns.picker = balance.New(s.Policy, weights)
+		t.sets[s.Name] = ns
+	}
+	p.table.Store(t)
+	for addr, pool := range p.pools {
+		if !used[addr] {
+			pool.Close()
+			delete(p.pools, addr)
+		}
+	}
+	return nil
+}
+
+// reap closes idle backend connections past the idle timeout, until Shutdown.
+func (p *Proxy) reap() {
+	tick := time.NewTicker(max(p.cfg.IdleTimeout/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-tick.C:
+			p.poolsMu.Lock()
+			for _, pool := range p.pools {
+				pool.Reap(now)
+			}
+			p.poolsMu.Unlock()
+		}
+	}
+}
+
+// Serve accepts connections on ln and forwards their requests to the backend set named set. It
+// returns nil after Shutdown, or the accept error that stopped it. A set that does not exist (yet)
+// is answered 503.
+func (p *Proxy) Serve(ln net.Listener, set string) error {
+	p.mu.Lock()
+	if p.draining.Load() {
+		p.mu.Unlock()
+		return nil
+	}
+	p.listeners[ln] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.listeners, ln)
+		p.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if p.draining.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				// Out of file descriptors or a transient error: back off rather than spin.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		c := p.newConn(nc, set)
+		if c == nil {
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting, closes idle connections, and lets requests in flight finish; their
+// connections close after their response. When ctx ends first, it closes every connection and
+// returns ctx's error.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	first := !p.draining.Swap(true)
+	for ln := range p.listeners {
+		ln.Close()
+	}
+	for c := range p.conns {
+		c.wakeIfIdle()
+	}
+	p.mu.Unlock()
+	if first {
+		close(p.stop)
+	}
+	done := make(chan struct{})
+	go func() {
+		p.connsWG.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		p.mu.Lock()
+		for c := range p.conns {
+			c.nc.Close()
+		}
+		p.mu.Unlock()
+		<-done
+	}
+	p.poolsMu.Lock()
+	for _, pool := range p.pools {
+		pool.Close()
+	}
+	p.poolsMu.Unlock()
+	if p.access != nil {
+		p.access.flush()
+	}
+	return err
+}
+
+// Stats returns a snapshot of the counters.
+func (p *Proxy) Stats() Stats {
+	s := &p.stats
+	return Stats{
+		Requests:        s.requests.Load(),
+		Retries:         s.retries.Load(),
+		ConnectFailures: s.connectFailures.Load(),
+		NoBackend:       s.noBackend.Load(),
+		BadGateway:      s.badGateway.Load(),
+		GatewayTimeout:  s.gatewayTimeout.Load(),
+		Rejected:        s.rejected.Load(),
+	}
+}

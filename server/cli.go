@@ -1,0 +1,392 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+)
+
+// version is the release, set when building:
+//
+//	go build -ldflags "-X github.com/xlbproxy/xlb/server.version=v1.2.3"
+//
+// Empty means the module version from the build info, or "dev".
+var version string
+
+// Version returns the version that `xlb version` prints.
+func Version() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// Main runs the xlb command line. args are the arguments without the program's name; output goes
+// to stdout and stderr. It returns the exit status: 0 on success (for run and demo, a clean
+// shutdown after SIGINT or SIGTERM), 1 when starting or serving failed, 2 for a bad command line or
+// configuration.
+func Main(args []string, stdout, stderr io.Writer) int {
+	return osEnv(stdout, stderr).main(args)
+}
+
+func (e *env) main(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, usage)
+		return exitUsage
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run":
+		return e.runCommand(rest)
+	case "demo":
+		return e.demoCommand(rest)
+	case "version", "--version", "-version":
+		if len(rest) > 0 {
+			return e.usageError("version", fmt.Errorf("unexpected argument %q", rest[0]))
+		}
+		fmt.Fprintf(e.stdout, "xlb %s\n", Version())
+		return exitOK
+	case "help", "--help", "-help", "-h":
+		return e.help(rest)
+	default:
+		fmt.Fprintf(e.stderr, "xlb: unknown command %q\nRun 'xlb help' for usage.\n", cmd)
+		return exitUsage
+	}
+}
+
+const usage = `xlb is an HTTP/1.1 load balancer.
+
+Usage:
+  xlb run --listen ADDR --backend HOST:PORT[,weight=N] ...   balance over backends given as flags
+  xlb run --config FILE                                     balance as a YAML file says
+  xlb demo [--listen ADDR]                                  three demo backends behind xlb
+  xlb version                                               print the version
+  xlb help [COMMAND]                                        help about a command
+
+Run 'xlb help run' for the flags of run and the format of the configuration file.
+`
+
+func (e *env) help(args []string) int {
+	switch {
+	case len(args) == 0:
+		fmt.Fprint(e.stdout, usage)
+	case len(args) == 1 && args[0] == "run":
+		fmt.Fprint(e.stdout, runUsage())
+	case len(args) == 1 && args[0] == "demo":
+		fmt.Fprint(e.stdout, demoUsage())
+	case len(args) == 1 && args[0] == "version":
+		fmt.Fprint(e.stdout, "Usage: xlb version\n\nPrints xlb's version.\n")
+	default:
+		fmt.Fprintf(e.stderr, "xlb help: no help about %q\nRun 'xlb help' for usage.\n", strings.Join(args, " "))
+		return exitUsage
+	}
+	return exitOK
+}
+
+// usageError reports a bad command line of cmd and returns exitUsage.
+func (e *env) usageError(cmd string, err error) int {
+	fmt.Fprintf(e.stderr, "xlb %s: %v\nRun 'xlb %s --help' for usage.\n", cmd, err, cmd)
+	return exitUsage
+}
+
+// runCommand is `xlb run`.
+func (e *env) runCommand(args []string) int {
+	cfg, err := parseRun(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(e.stdout, runUsage())
+		return exitOK
+	case err != nil:
+		return e.usageError("run", err)
+	}
+	log := newLogger(cfg.Log, e.stderr)
+	log.Info("starting", "version", Version())
+	ctx, stop := e.stopContext()
+	defer stop()
+	return e.serve(ctx, log, cfg, nil)
+}
+
+// flagDef is one flag of a command, in the order its help lists it.
+type flagDef struct {
+	// name is the flag's name without dashes; arg names its value in help.
+	name, arg, usage string
+	// set parses and checks a value given on the command line.
+	set func(string) error
+	// apply copies the value into the Config being built. It is called only for the flags given
+	// explicitly (FlagSet.Visit), so that a flag overrides a file's value and an absent flag does not.
+	apply func(*Config)
+}
+
+// runFlags are the flags of `xlb run` and where their values go.
+type runFlags struct {
+	config   string
+	listen   string
+	backends []proxy.Backend
+	defs     []flagDef
+}
+
+func newRunFlags() *runFlags {
+	f := &runFlags{}
+	var (
+		policy                    balance.Policy
+		retries                   int
+		connect, back, client     = new(durationVar), new(durationVar), new(durationVar)
+		idle, shutdown            = new(durationVar), new(durationVar)
+		lineMax, headBytes, heads = new(intVar), new(intVar), new(intVar)
+		replayBytes, idleConnsMax = new(intVar), new(intVar)
+		forwarded                 proxy.Forwarded
+		accessLog                 string
+		logCfg                    LogConfig
+		listenGiven               bool
+	)
+	f.defs = []flagDef{
+		{name: "config", arg: "FILE", usage: "the YAML configuration file (format below); not with --listen or --backend",
+			set: func(s string) error {
+				if s == "" {
+					return errors.New("want a file path")
+				}
+				f.config = s
+				return nil
+			}},
+		{name: "listen", arg: "ADDR", usage: "the address to accept on, host:port (default " + defaultListen + "); not with --config",
+			set: func(s string) error {
+				if listenGiven {
+					return errors.New("given twice; use --config for several listeners")
+				}
+				listenGiven = true
+				if err := checkListenAddress(s); err != nil {
+					return err
+				}
+				f.listen = s
+				return nil
+			}},
+		{name: "backend", arg: "HOST:PORT[,weight=N]", usage: "a backend, repeatable; the ids are b1, b2, ... in order, the weight 1 by default",
+			set: func(s string) error {
+				b, err := parseBackendFlag(s)
+				if err != nil {
+					return err
+				}
+				b.ID = fmt.Sprintf("b%d", len(f.backends)+1)
+				f.backends = append(f.backends, b)
+				return nil
+			}},
+		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default round_robin)",
+			set: func(s string) (err error) { policy, err = parsePolicy(s); return err },
+			apply: func(c *Config) {
+				for i := range c.BackendSets {
+					c.BackendSets[i].Policy = policy
+				}
+			}},
+		connect.def("connect-timeout", "bounds a TCP connect to a backend (default 5s)",
+			func(c *Config) { c.Proxy.ConnectTimeout = connect.d }),
+		back.def("backend-timeout", "bounds the wait for a backend's response header, and silences in its body (default 60s)",
+			func(c *Config) { c.Proxy.BackendTimeout = back.d }),
+		client.def("client-timeout", "bounds the rest of a client's request header, silences in its body, and stalls writing to it (default 60s)",
+			func(c *Config) { c.Proxy.ClientTimeout = client.d }),
+		idle.def("idle-timeout", "bounds how long a keep-alive connection waits for its next request or use (default 60s)",
+			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
+		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default 30s)",
+			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
+		lineMax.def("request-line-max", "BYTES", "the longest request line; longer is answered 414 (default 8192)", 1,
+			func(c *Config) { c.Proxy.RequestLineBytesMax = lineMax.n }),
+		headBytes.def("header-bytes-max", "BYTES", "the largest request or response head (default 32768)", 1,
+			func(c *Config) { c.Proxy.HeaderBytesMax = headBytes.n }),
+		heads.def("headers-max", "N", "the most header fields of a request or response (default 100)", 1,
+			func(c *Config) { c.Proxy.HeadersMax = heads.n }),
+		{name: "retries", arg: "N", usage: "how many more backends a failed request may try; 0 for none (default 2)",
+			set:   func(s string) (err error) { retries, err = parseInt(s, 0, retriesMax); return err },
+			apply: func(c *Config) { c.Proxy.Retries = proxyRetries(retries) }},
+		replayBytes.def("replay-buffer", "BYTES", "the largest request body held so that it can be retried (default 65536)", 1,
+			func(c *Config) { c.Proxy.ReplayBufferBytesMax = replayBytes.n }),
+		idleConnsMax.def("idle-conns-per-backend", "N", "the most idle connections pooled per backend (default 256)", 1,
+			func(c *Config) { c.Proxy.IdleConnsPerBackend = idleConnsMax.n }),
+		{name: "forwarded", arg: "MODE", usage: "X-Forwarded-For, -Proto, -Host: append, replace or off (default append)",
+			set:   func(s string) (err error) { forwarded, err = parseForwarded(s); return err },
+			apply: func(c *Config) { c.Proxy.Forwarded = forwarded }},
+		{name: "access-log", arg: "PATH", usage: `a file for one JSON line per request, appended to; "-" for standard output, "" for none (default none)`,
+			set:   func(s string) error { accessLog = s; return nil },
+			apply: func(c *Config) { c.AccessLog = accessLog }},
+		{name: "log-level", arg: "LEVEL", usage: "trace, debug, info, warn, error or off (default info)",
+			set:   func(s string) (err error) { logCfg.Level, err = parseLogLevel(s); return err },
+			apply: func(c *Config) { c.Log.Level = logCfg.Level }},
+		{name: "log-format", arg: "FORMAT", usage: "text or json (default text)",
+			set:   func(s string) (err error) { logCfg.JSON, err = parseLogFormat(s); return err },
+			apply: func(c *Config) { c.Log.JSON = logCfg.JSON }},
+	}
+	return f
+}
+
+// durationVar is the value of a duration flag: a positive Go duration.
+type durationVar struct{ d time.Duration }
+
+func (v *durationVar) def(name, usage string, apply func(*Config)) flagDef {
+	return flagDef{name: name, arg: "DURATION", usage: usage, apply: apply,
+		set: func(s string) (err error) { v.d, err = parseDuration(s); return err }}
+}
+
+// intVar is the value of a size or count flag: a decimal integer from its minimum to limitMax.
+type intVar struct{ n int }
+
+func (v *intVar) def(name, arg, usage string, lo int, apply func(*Config)) flagDef {
+	return flagDef{name: name, arg: arg, usage: usage, apply: apply,
+		set: func(s string) (err error) { v.n, err = parseInt(s, lo, limitMax); return err }}
+}
+
+// flagSet returns a FlagSet that knows the defs and prints nothing itself.
+func flagSet(name string, defs []flagDef) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	for _, d := range defs {
+		fs.Func(d.name, d.usage, d.set)
+	}
+	return fs
+}
+
+// singleDash finds where the flag package's errors spell a flag with one dash.
+var singleDash = regexp.MustCompile(`(for flag|defined:|argument:) -([A-Za-z])`)
+
+// parseFlags parses args; its errors spell flags with two dashes, as help does.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return errors.New(singleDash.ReplaceAllString(err.Error(), "$1 --$2"))
+}
+
+// parseRun turns the arguments of `xlb run` into a Config: from the file that --config names, or
+// from --listen and --backend, with every other flag given explicitly overriding the file's value.
+// It returns flag.ErrHelp for --help.
+func parseRun(args []string) (Config, error) {
+	f := newRunFlags()
+	fs := flagSet("run", f.defs)
+	if err := parseFlags(fs, args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := make(map[string]bool)
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+
+	var cfg Config
+	switch {
+	case given["config"] && (given["listen"] || given["backend"]):
+		return Config{}, errors.New("--listen and --backend cannot be combined with --config; put listeners and backends in the file")
+	case given["config"]:
+		var err error
+		if cfg, err = LoadConfig(f.config); err != nil {
+			return Config{}, err
+		}
+	default:
+		if len(f.backends) == 0 {
+			return Config{}, errors.New("no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE")
+		}
+		listen := f.listen
+		if listen == "" {
+			listen = defaultListen
+		}
+		cfg = Config{
+			Listeners:   []Listener{{Address: listen, BackendSet: defaultSet}},
+			BackendSets: []proxy.BackendSet{{Name: defaultSet, Backends: f.backends}},
+		}
+	}
+	for _, d := range f.defs {
+		if given[d.name] && d.apply != nil {
+			d.apply(&cfg)
+		}
+	}
+	return cfg, nil
+}
+
+// parseBackendFlag parses HOST:PORT[,weight=N]; the ID is left to the caller.
+func parseBackendFlag(s string) (proxy.Backend, error) {
+	addr, opts, _ := strings.Cut(s, ",")
+	if err := checkBackendAddress(addr); err != nil {
+		return proxy.Backend{}, fmt.Errorf("address %q: %v", addr, err)
+	}
+	b := proxy.Backend{Address: addr, Weight: 1}
+	if opts == "" {
+		if strings.HasSuffix(s, ",") {
+			return proxy.Backend{}, errors.New("want HOST:PORT[,weight=N], got a trailing comma")
+		}
+		return b, nil
+	}
+	weightGiven := false
+	for _, opt := range strings.Split(opts, ",") {
+		key, val, hasVal := strings.Cut(opt, "=")
+		switch {
+		case key != "weight":
+			return proxy.Backend{}, fmt.Errorf("unknown option %q; want weight=N", key)
+		case !hasVal:
+			return proxy.Backend{}, errors.New("option weight: want weight=N")
+		case weightGiven:
+			return proxy.Backend{}, errors.New("weight given twice")
+		}
+		w, err := parseInt(val, 1, weightMax)
+		if err != nil {
+			return proxy.Backend{}, fmt.Errorf("weight %q: %v", val, err)
+		}
+		b.Weight, weightGiven = w, true
+	}
+	return b, nil
+}
+
+// printFlags writes the defs as help lists them.
+func printFlags(w *strings.Builder, defs []flagDef) {
+	for _, d := range defs {
+		fmt.Fprintf(w, "  --%s %s\n        %s\n", d.name, d.arg, d.usage)
+	}
+}
+
+func runUsage() string {
+	var b strings.Builder
+	b.WriteString(`Usage:
+  xlb run [--listen ADDR] --backend HOST:PORT[,weight=N] [--backend ...] [flags]
+  xlb run --config FILE [flags]
+
+Runs the load balancer until SIGINT or SIGTERM, then shuts down gracefully. With flags, one listener
+balances over the backends given; with --config, the file says the listeners and backend sets, and
+the flags below other than --listen and --backend override the file's values.
+
+Flags:
+`)
+	printFlags(&b, newRunFlags().defs)
+	b.WriteString(`
+Configuration file (every key but listeners and backend_sets is optional; unknown keys are errors):
+
+` + sampleConfig + `
+Exit status: 0 after a clean shutdown, 1 when starting or serving failed, 2 for a bad command line
+or configuration.
+`)
+	return b.String()
+}
+
+// sampleConfig is the configuration file shown in help; a test checks that it parses.
+const sampleConfig = `  listeners:
+    - address: 127.0.0.1:8080
+      backend_set: web
+  backend_sets:
+    - name: web
+      policy: round_robin            # or least_request
+      backends:
+        - {id: a, address: 127.0.0.1:9001, weight: 1}
+        - {id: b, address: 127.0.0.1:9002, weight: 3}
+  timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s}
+  limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256}
+  retries: 2                         # 0 for none
+  forwarded: append                  # append | replace | off
+  access_log: /var/log/xlb/access.jsonl   # "-" = standard output
+  log: {level: info, format: text}   # format: text | json
+`

@@ -1,0 +1,306 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+)
+
+// runMain runs Main with buffers.
+func runMain(args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	code = Main(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestMainOutput(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		// wantOut and wantErr must each appear in stdout and stderr; an empty one means that stream
+		// stays empty.
+		wantOut, wantErr string
+	}{
+		{"version", []string{"version"}, 0, "xlb " + Version() + "\n", ""},
+		{"--version", []string{"--version"}, 0, "xlb " + Version() + "\n", ""},
+		{"version with an argument", []string{"version", "x"}, 2, "", `xlb version: unexpected argument "x"`},
+		{"help", []string{"help"}, 0, "xlb run --config FILE", ""},
+		{"--help", []string{"--help"}, 0, "xlb help [COMMAND]", ""},
+		{"-h", []string{"-h"}, 0, "xlb demo [--listen ADDR]", ""},
+		{"help run", []string{"help", "run"}, 0, "--backend HOST:PORT[,weight=N]", ""},
+		{"help demo", []string{"help", "demo"}, 0, "Usage: xlb demo [--listen ADDR]", ""},
+		{"help version", []string{"help", "version"}, 0, "Usage: xlb version", ""},
+		{"help about nothing", []string{"help", "nothing"}, 2, "", `xlb help: no help about "nothing"`},
+		{"run --help", []string{"run", "--help"}, 0, "--shutdown-timeout DURATION", ""},
+		{"run -h", []string{"run", "-h"}, 0, "Configuration file", ""},
+		{"demo --help", []string{"demo", "--help"}, 0, "--listen ADDR", ""},
+		{"no command", nil, 2, "", "Usage:"},
+		{"unknown command", []string{"serve"}, 2, "", "xlb: unknown command \"serve\"\nRun 'xlb help' for usage.\n"},
+		{"run without backends", []string{"run"}, 2, "", "xlb run: no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE"},
+		{"run with a bad weight", []string{"run", "--backend", "127.0.0.1:9002,weight=0"}, 2, "",
+			`xlb run: invalid value "127.0.0.1:9002,weight=0" for flag --backend: weight "0": want an integer >= 1` + "\nRun 'xlb run --help' for usage.\n"},
+		{"run with an unknown flag", []string{"run", "--bogus"}, 2, "", "xlb run: flag provided but not defined: --bogus"},
+		{"run with a flag without value", []string{"run", "--backend"}, 2, "", "xlb run: flag needs an argument: --backend"},
+		{"run with a bad duration", []string{"run", "--backend", "127.0.0.1:1", "--idle-timeout", "1"}, 2, "",
+			`xlb run: invalid value "1" for flag --idle-timeout: want a positive duration such as 5s or 1m30s`},
+		{"run with an argument", []string{"run", "--backend", "127.0.0.1:1", "extra"}, 2, "", `xlb run: unexpected argument "extra"`},
+		{"run with a bad file", []string{"run", "--config", "testdata/nonexistent.yaml"}, 2, "", "xlb run: server: config: open testdata/nonexistent.yaml"},
+		{"demo with a bad listen address", []string{"demo", "--listen", "8080"}, 2, "",
+			`xlb demo: invalid value "8080" for flag --listen: want host:port with a numeric port`},
+		{"demo with an argument", []string{"demo", "x"}, 2, "", `xlb demo: unexpected argument "x"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runMain(tt.args...)
+			if code != tt.wantCode {
+				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.wantCode, stdout, stderr)
+			}
+			check := func(stream, got, want string) {
+				if want == "" && got != "" || !strings.Contains(got, want) {
+					t.Errorf("%s:\n%s\nwant it to contain:\n%s", stream, got, want)
+				}
+			}
+			check("stdout", stdout, tt.wantOut)
+			check("stderr", stderr, tt.wantErr)
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	saved := version
+	t.Cleanup(func() { version = saved })
+
+	version = ""
+	if got := Version(); got == "" {
+		t.Error("Version() is empty without -ldflags")
+	}
+	version = "v1.2.3"
+	if code, stdout, _ := runMain("version"); code != 0 || stdout != "xlb v1.2.3\n" {
+		t.Errorf("xlb version = %d %q, want 0 %q", code, stdout, "xlb v1.2.3\n")
+	}
+}
+
+// TestHelpSpellsFlagsWithTwoDashes: scripts and people copy flags from help.
+func TestHelpSpellsFlagsWithTwoDashes(t *testing.T) {
+	_, help, _ := runMain("run", "--help")
+	for _, name := range []string{
+		"config", "listen", "backend", "policy", "connect-timeout", "backend-timeout", "client-timeout",
+		"idle-timeout", "shutdown-timeout", "request-line-max", "header-bytes-max", "headers-max",
+		"retries", "replay-buffer", "idle-conns-per-backend", "forwarded", "access-log", "log-level", "log-format",
+	} {
+		if !strings.Contains(help, "\n  --"+name+" ") {
+			t.Errorf("run help has no line for --%s", name)
+		}
+	}
+	if m := regexp.MustCompile(`(^|\s)-[a-z]`).FindString(help); m != "" {
+		t.Errorf("run help spells a flag with one dash: %q", m)
+	}
+}
+
+func TestParseBackendFlag(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    proxy.Backend
+		wantErr string
+	}{
+		{in: "127.0.0.1:9001", want: proxy.Backend{Address: "127.0.0.1:9001", Weight: 1}},
+		{in: "127.0.0.1:9002,weight=3", want: proxy.Backend{Address: "127.0.0.1:9002", Weight: 3}},
+		{in: "[::1]:9002,weight=1000000", want: proxy.Backend{Address: "[::1]:9002", Weight: 1000000}},
+		{in: "backend.internal:80", want: proxy.Backend{Address: "backend.internal:80", Weight: 1}},
+		{in: "127.0.0.1:9002,weight=0", wantErr: `weight "0": want an integer >= 1`},
+		{in: "127.0.0.1:9002,weight=-2", wantErr: `weight "-2": want an integer >= 1`},
+		{in: "127.0.0.1:9002,weight=x", wantErr: `weight "x": want an integer >= 1`},
+		{in: "127.0.0.1:9002,weight=1000001", wantErr: `weight "1000001": want an integer <= 1000000`},
+		{in: "127.0.0.1:9002,weight=", wantErr: `weight "": want an integer >= 1`},
+		{in: "127.0.0.1:9002,weight", wantErr: "option weight: want weight=N"},
+		{in: "127.0.0.1:9002,weight=1,weight=2", wantErr: "weight given twice"},
+		{in: "127.0.0.1:9002,zone=a", wantErr: `unknown option "zone"; want weight=N`},
+		{in: "127.0.0.1:9002,", wantErr: "want HOST:PORT[,weight=N], got a trailing comma"},
+		{in: "127.0.0.1", wantErr: `address "127.0.0.1": want host:port with a numeric port`},
+		{in: "127.0.0.1:", wantErr: `address "127.0.0.1:": want host:port with a numeric port from 1 to 65535`},
+		{in: ":9001", wantErr: `address ":9001": want host:port with a numeric port`},
+		{in: "127.0.0.1:http", wantErr: `address "127.0.0.1:http": want host:port with a numeric port from 1 to 65535`},
+		{in: "", wantErr: `address "": want host:port with a numeric port`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseBackendFlag(tt.in)
+			if errString(err) != tt.wantErr {
+				t.Fatalf("parseBackendFlag(%q) error = %q, want %q", tt.in, errString(err), tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("parseBackendFlag(%q) = %+v, want %+v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// writeSample writes the sample file into a temporary directory and returns its path.
+func writeSample(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "xlb.yaml")
+	if err := os.WriteFile(path, []byte(sampleFile(t)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestParseRun(t *testing.T) {
+	file := writeSample(t)
+	fromFlags := func(backends ...proxy.Backend) Config {
+		return Config{
+			Listeners:   []Listener{{Address: "127.0.0.1:8080", BackendSet: "default"}},
+			BackendSets: []proxy.BackendSet{{Name: "default", Backends: backends}},
+		}
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		want    func() Config
+		wantErr string
+	}{
+		{
+			name: "backends from flags",
+			args: []string{"--listen", "127.0.0.1:8080", "--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9002,weight=3"},
+			want: func() Config {
+				return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}, proxy.Backend{ID: "b2", Address: "127.0.0.1:9002", Weight: 3})
+			},
+		},
+		{
+			name: "listen defaults to 127.0.0.1:8080",
+			args: []string{"--backend", "127.0.0.1:9001"},
+			want: func() Config { return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
+		},
+		{
+			name: "every other flag",
+			args: []string{"--listen", ":9000", "--backend", "10.0.0.1:80", "--policy", "least_request",
+				"--connect-timeout", "1s", "--backend-timeout", "2s", "--client-timeout", "3s", "--idle-timeout", "4s",
+				"--shutdown-timeout", "5s", "--request-line-max", "100", "--header-bytes-max", "200", "--headers-max", "10",
+				"--retries", "0", "--replay-buffer", "300", "--idle-conns-per-backend", "7", "--forwarded", "replace",
+				"--access-log", "-", "--log-level", "debug", "--log-format", "json"},
+			want: func() Config {
+				return Config{
+					Listeners: []Listener{{Address: ":9000", BackendSet: "default"}},
+					BackendSets: []proxy.BackendSet{{Name: "default", Policy: balance.LeastRequest,
+						Backends: []proxy.Backend{{ID: "b1", Address: "10.0.0.1:80", Weight: 1}}}},
+					Proxy: proxy.Config{
+						ConnectTimeout: time.Second, BackendTimeout: 2 * time.Second, ClientTimeout: 3 * time.Second,
+						IdleTimeout: 4 * time.Second, RequestLineBytesMax: 100, HeaderBytesMax: 200, HeadersMax: 10,
+						Retries: -1, ReplayBufferBytesMax: 300, IdleConnsPerBackend: 7, Forwarded: proxy.ForwardedReplace,
+					},
+					AccessLog:       "-",
+					ShutdownTimeout: 5 * time.Second,
+					Log:             LogConfig{Level: hclog.Debug, JSON: true},
+				}
+			},
+		},
+		{
+			name: "the file alone",
+			args: []string{"--config", file},
+			want: sampleWant,
+		},
+		{
+			name: "explicit flags override the file",
+			args: []string{"--config", file, "--policy", "least_request", "--connect-timeout", "1s", "--retries", "0",
+				"--access-log", "", "--log-format", "json", "--headers-max", "50"},
+			want: func() Config {
+				c := sampleWant()
+				c.BackendSets[0].Policy = balance.LeastRequest
+				c.Proxy.ConnectTimeout = time.Second
+				c.Proxy.Retries = -1
+				c.Proxy.HeadersMax = 50
+				c.AccessLog = ""
+				c.Log.JSON = true
+				return c
+			},
+		},
+		{
+			name: "the last of a repeated flag wins",
+			args: []string{"--config", file, "--retries", "1", "--retries", "3"},
+			want: func() Config { c := sampleWant(); c.Proxy.Retries = 3; return c },
+		},
+		{name: "--config with --backend", args: []string{"--config", file, "--backend", "127.0.0.1:9001"},
+			wantErr: "--listen and --backend cannot be combined with --config; put listeners and backends in the file"},
+		{name: "--config with --listen", args: []string{"--listen", "127.0.0.1:1", "--config", file},
+			wantErr: "--listen and --backend cannot be combined with --config; put listeners and backends in the file"},
+		{name: "--config empty", args: []string{"--config", ""},
+			wantErr: `invalid value "" for flag --config: want a file path`},
+		{name: "--listen twice", args: []string{"--listen", ":1", "--listen", ":2", "--backend", "127.0.0.1:1"},
+			wantErr: `invalid value ":2" for flag --listen: given twice; use --config for several listeners`},
+		{name: "--listen without port", args: []string{"--listen", "127.0.0.1", "--backend", "127.0.0.1:1"},
+			wantErr: `invalid value "127.0.0.1" for flag --listen: want host:port with a numeric port`},
+		{name: "--policy unknown", args: []string{"--backend", "127.0.0.1:1", "--policy", "random"},
+			wantErr: `invalid value "random" for flag --policy: want round_robin or least_request`},
+		{name: "--retries negative", args: []string{"--backend", "127.0.0.1:1", "--retries", "-1"},
+			wantErr: `invalid value "-1" for flag --retries: want an integer >= 0`},
+		{name: "--headers-max zero", args: []string{"--backend", "127.0.0.1:1", "--headers-max", "0"},
+			wantErr: `invalid value "0" for flag --headers-max: want an integer >= 1`},
+		{name: "--replay-buffer not a number", args: []string{"--backend", "127.0.0.1:1", "--replay-buffer", "64k"},
+			wantErr: `invalid value "64k" for flag --replay-buffer: want an integer >= 1`},
+		{name: "--connect-timeout zero", args: []string{"--backend", "127.0.0.1:1", "--connect-timeout", "0s"},
+			wantErr: `invalid value "0s" for flag --connect-timeout: want a positive duration such as 5s or 1m30s`},
+		{name: "--forwarded unknown", args: []string{"--backend", "127.0.0.1:1", "--forwarded", "yes"},
+			wantErr: `invalid value "yes" for flag --forwarded: want append, replace or off`},
+		{name: "--log-level unknown", args: []string{"--backend", "127.0.0.1:1", "--log-level", "loud"},
+			wantErr: `invalid value "loud" for flag --log-level: want trace, debug, info, warn, error or off`},
+		{name: "--log-format unknown", args: []string{"--backend", "127.0.0.1:1", "--log-format", "xml"},
+			wantErr: `invalid value "xml" for flag --log-format: want text or json`},
+		{name: "a bad file names its line", args: []string{"--config", "testdata/bad.yaml"},
+			wantErr: `testdata/bad.yaml:3: listeners[0]: unknown key "adress"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseRun(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !hasLine(err, tt.wantErr) {
+					t.Fatalf("parseRun error = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseRun: %v", err)
+			}
+			if want := tt.want(); !reflect.DeepEqual(got, want) {
+				t.Errorf("parseRun:\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestParseRunHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "-help", "--help"} {
+		if _, err := parseRun([]string{arg}); !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("parseRun(%s) error = %v, want flag.ErrHelp", arg, err)
+		}
+	}
+}
+
+// FuzzParseBackendFlag holds that what parseBackendFlag accepts is a backend the file format
+// accepts too.
+func FuzzParseBackendFlag(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:9002,weight=3", "[::1]:1", "a:1,weight=1,weight=2", "a:1,,", ":1", "a:0x10"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := parseBackendFlag(s)
+		if err != nil {
+			return
+		}
+		if checkBackendAddress(b.Address) != nil || b.Weight < 1 || b.Weight > weightMax {
+			t.Fatalf("parseBackendFlag(%q) = %+v", s, b)
+		}
+	})
+}

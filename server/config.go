@@ -1,0 +1,833 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+)
+
+// Bounds on what a configuration may say. What happens at each bound: the value is rejected with an
+// error naming the key (or the flag) and, for a file, its line.
+const (
+	// configBytesMax bounds a configuration file; a larger file is refused before it is parsed.
+	configBytesMax = 1 << 20
+	// configErrorsMax bounds the errors reported for one file; past it the rest are counted.
+	configErrorsMax = 20
+	// weightMax is the largest backend weight.
+	weightMax = 1_000_000
+	// limitMax bounds every limit in bytes or counts, so that no limit overflows an int anywhere.
+	limitMax = 1 << 30
+	// retriesMax bounds retries; more than a few never helps.
+	retriesMax = 100
+)
+
+const (
+	// defaultListen is the listen address of `xlb run` without --config and of `xlb demo`.
+	defaultListen = "127.0.0.1:8080"
+	// defaultSet names the one backend set that flags build.
+	defaultSet = "default"
+	// defaultShutdownTimeout is what a zero Config.ShutdownTimeout means.
+	defaultShutdownTimeout = 30 * time.Second
+)
+
+// Config is everything `xlb run` needs to serve. Both a configuration file (ParseConfig, LoadConfig)
+// and the flags of `xlb run` build one. The zero value of every field means its documented default;
+// a Config is not changed once serving starts.
+type Config struct {
+	// Listeners are the addresses xlb accepts connections on, each bound to one backend set. A valid
+	// Config has at least one, and no two share an address (port 0 excepted: each gets its own port).
+	Listeners []Listener
+	// BackendSets are the sets that the listeners name. Names are unique; a set no listener names is
+	// allowed and idle.
+	BackendSets []proxy.BackendSet
+	// Proxy holds the timeouts, limits, retries and X-Forwarded-* mode, each zero field meaning the
+	// default documented on proxy.Config. Retries follows proxy.Config too: the "retries: 0" of a file
+	// and the --retries 0 of a flag (no retry) are -1 here. AccessLog, Logger and Dial are always nil
+	// in a Config: serving opens the access log and makes the logger.
+	Proxy proxy.Config
+	// AccessLog is where one JSON line per request goes: "" means nowhere, "-" standard output, and
+	// anything else a file, opened for appending and created with mode 0644 if missing.
+	AccessLog string
+	// ShutdownTimeout bounds the graceful shutdown after SIGTERM or SIGINT; when it passes, the
+	// connections still open are closed. Zero means 30s.
+	ShutdownTimeout time.Duration
+	// Log is the level and format of the process's log, written to standard error.
+	Log LogConfig
+}
+
+// Listener is one address to accept on and the backend set that serves it.
+type Listener struct {
+	// Address is host:port with a numeric port. An empty host means every interface; port 0 means a
+	// port chosen by the kernel.
+	Address string
+	// BackendSet names a set of Config.BackendSets.
+	BackendSet string
+}
+
+// LogConfig is the level and format of the process's log.
+type LogConfig struct {
+	// Level is the least severe level written. Zero (hclog.NoLevel) means hclog.Info.
+	Level hclog.Level
+	// JSON writes one JSON object per line. False means hclog's text format.
+	JSON bool
+}
+
+// shutdownTimeout is ShutdownTimeout with its default applied.
+func (c *Config) shutdownTimeout() time.Duration {
+	if c.ShutdownTimeout <= 0 {
+		return defaultShutdownTimeout
+	}
+	return c.ShutdownTimeout
+}
+
+// check is the last look at a Config before serving it, whoever built it: every listener names a
+// set that exists. Files and flags were validated in detail already; a Config built in code (the
+// demo, tests) is held to the same few rules here.
+func (c *Config) check() error {
+	if len(c.Listeners) == 0 {
+		return errors.New("server: config: no listeners")
+	}
+	sets := make(map[string]bool, len(c.BackendSets))
+	for _, s := range c.BackendSets {
+		if s.Name == "" || sets[s.Name] {
+			return fmt.Errorf("server: config: backend set name %q is empty or not unique", s.Name)
+		}
+		sets[s.Name] = true
+	}
+	for _, l := range c.Listeners {
+		if !sets[l.BackendSet] {
+			return fmt.Errorf("server: config: listener %s: no backend set named %q", l.Address, l.BackendSet)
+		}
+	}
+	return nil
+}
+
+// ConfigError is one thing wrong with a configuration file: where it is and what is wrong.
+type ConfigError struct {
+	// File is the file's name as it was given.
+	File string
+	// Line is the 1-based line of the offending key or value.
+	Line int
+	// Path is the key path, as in backend_sets[0].backends[1].weight; empty for the whole document.
+	Path string
+	// Msg says what is wrong and what is wanted.
+	Msg string
+}
+
+// Error reads like a compiler's diagnostic: xlb.yaml:7: backend_sets[0].backends[1].weight: want ...
+func (e *ConfigError) Error() string {
+	if e.Path == "" {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Path, e.Msg)
+}
+
+// LoadConfig reads and parses the configuration file at path; see ParseConfig.
+func LoadConfig(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("server: config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, configBytesMax+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("server: config: %w", err)
+	}
+	if len(data) > configBytesMax {
+		return Config{}, fmt.Errorf("server: config: %s: larger than %d bytes", path, configBytesMax)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses a YAML configuration file; name is the file's name, used in errors. Decoding is
+// strict: an unknown key, a key given twice, a value of the wrong type or out of its range is an
+// error. Each error is a *ConfigError naming the key path and its line; when there are several they
+// come joined (errors.Join) in the order of their lines.
+func ParseConfig(name string, data []byte) (Config, error) {
+	d := &decoder{file: name}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, d.syntaxError(err)
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return Config{}, &ConfigError{File: name, Line: next.Line, Msg: "a second YAML document; want one"}
+	case !errors.Is(err, io.EOF):
+		return Config{}, d.syntaxError(err)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode {
+		root = nil
+		if len(doc.Content) > 0 {
+			root = doc.Content[0]
+		}
+	}
+	if root == nil || root.Kind == 0 {
+		// An empty file: an empty mapping, so that validation says what is missing.
+		root = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: 1}
+	}
+	cfg := d.top(root)
+	return cfg, d.err()
+}
+
+// yamlLine finds the line in a syntax error of the YAML parser.
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func (d *decoder) syntaxError(err error) error {
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &ConfigError{File: d.file, Line: line, Msg: m[2]}
+	}
+	return fmt.Errorf("server: config: %s: %w", d.file, err)
+}
+
+// decoder walks the nodes of a configuration file, building a Config and collecting errors.
+type decoder struct {
+	file string
+	errs []*ConfigError
+}
+
+func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
+	d.errs = append(d.errs, &ConfigError{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// err returns the collected errors, in the order of their lines, or nil.
+func (d *decoder) err() error {
+	if len(d.errs) == 0 {
+		return nil
+	}
+	sort.SliceStable(d.errs, func(i, j int) bool { return d.errs[i].Line < d.errs[j].Line })
+	errs := make([]error, 0, configErrorsMax+1)
+	for i, e := range d.errs {
+		if i == configErrorsMax {
+			errs = append(errs, fmt.Errorf("%s: %d more errors", d.file, len(d.errs)-i))
+			break
+		}
+		errs = append(errs, e)
+	}
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+// top decodes the whole document.
+func (d *decoder) top(root *yaml.Node) Config {
+	var c Config
+	var listeners, sets []*located
+	var listenersKey *yaml.Node
+	d.mapping(root, "", func(key string, k, v *yaml.Node) bool {
+		switch key {
+		case "listeners":
+			listenersKey = k
+			items := d.sequence(v, key)
+			if len(items) == 0 && (isNull(v) || v.Kind == yaml.SequenceNode) {
+				d.errorf(k, key, "want at least one listener")
+			}
+			for i, n := range items {
+				if l := d.listener(n, index(key, i)); l != nil {
+					listeners = append(listeners, l)
+				}
+			}
+		case "backend_sets":
+			for i, n := range d.sequence(v, key) {
+				if s := d.backendSet(n, index(key, i)); s != nil {
+					sets = append(sets, s)
+				}
+			}
+		case "timeouts":
+			d.timeouts(v, key, &c)
+		case "limits":
+			d.limits(v, key, &c)
+		case "retries":
+			if n, ok := d.integer(v, key, 0, retriesMax); ok {
+				c.Proxy.Retries = proxyRetries(n)
+			}
+		case "forwarded":
+			if s, ok := d.str(v, key); ok {
+				f, err := parseForwarded(s)
+				if err != nil {
+					d.errorf(v, key, "%v, got %q", err, s)
+				}
+				c.Proxy.Forwarded = f
+			}
+		case "access_log":
+			if s, ok := d.str(v, key); ok {
+				if s == "" {
+					d.errorf(v, key, `want a file path or "-" for standard output, got ""`)
+				}
+				c.AccessLog = s
+			}
+		case "log":
+			d.log(v, key, &c.Log)
+		default:
+			return false
+		}
+		return true
+	})
+	if listenersKey == nil && resolve(root).Kind == yaml.MappingNode {
+		d.errorf(root, "", `missing key "listeners": want at least one listener`)
+	}
+	c.BackendSets = d.crossCheckSets(sets)
+	c.Listeners = d.crossCheckListeners(listeners, sets)
+	return c
+}
+
+// located is a listener or a backend set with the nodes that errors found later point at.
+type located struct {
+	path string
+	// name is the listener's address or the set's name, and nameNode its value node.
+	name     string
+	nameNode *yaml.Node
+	// ref is the listener's backend_set and refNode its value node; unused for sets.
+	ref     string
+	refNode *yaml.Node
+	// set is the decoded set; unused for listeners.
+	set proxy.BackendSet
+}
+
+func (d *decoder) listener(n *yaml.Node, path string) *located {
+	l := &located{path: path}
+	ok := d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		switch key {
+		case "address":
+			l.nameNode = v
+			if s, ok := d.str(v, path+".address"); ok {
+				if err := checkListenAddress(s); err != nil {
+					d.errorf(v, path+".address", "%v, got %q", err, s)
+				}
+				l.name = s
+			}
+		case "backend_set":
+			l.refNode = v
+			if s, ok := d.str(v, path+".backend_set"); ok {
+				l.ref = s
+			}
+		default:
+			return false
+		}
+		return true
+	})
+	if !ok {
+		return nil
+	}
+	d.required(l.nameNode, n, path, "address")
+	d.required(l.refNode, n, path, "backend_set")
+	return l
+}
+
+func (d *decoder) backendSet(n *yaml.Node, path string) *located {
+	s := &located{path: path}
+	type backendAt struct {
+		path   string
+		idNode *yaml.Node
+	}
+	var backends []backendAt
+	ok := d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		switch key {
+		case "name":
+			s.nameNode = v
+			if name, ok := d.str(v, path+".name"); ok {
+				if name == "" {
+					d.errorf(v, path+".name", "must not be empty")
+				}
+				s.name = name
+			}
+		case "policy":
+			if p, ok := d.str(v, path+".policy"); ok {
+				pol, err := parsePolicy(p)
+				if err != nil {
+					d.errorf(v, path+".policy", "%v, got %q", err, p)
+				}
+				s.set.Policy = pol
+			}
+		case "backends":
+			for i, bn := range d.sequence(v, path+".backends") {
+				bpath := index(path+".backends", i)
+				b, idNode, ok := d.backend(bn, bpath)
+				if ok {
+					s.set.Backends = append(s.set.Backends, b)
+					backends = append(backends, backendAt{bpath, idNode})
+				}
+			}
+		default:
+			return false
+		}
+		return true
+	})
+	if !ok {
+		return nil
+	}
+	d.required(s.nameNode, n, path, "name")
+	s.set.Name = s.name
+	// Backend ids are unique within the set.
+	first := make(map[string]int, len(backends))
+	for i, b := range s.set.Backends {
+		if b.ID == "" {
+			continue // reported already
+		}
+		if j, dup := first[b.ID]; dup {
+			at := backends[i]
+			d.errorf(at.idNode, at.path+".id", "%q is also the id of %s (line %d)", b.ID, backends[j].path, backends[j].idNode.Line)
+			continue
+		}
+		first[b.ID] = i
+	}
+	return s
+}
+
+// backend decodes one backend; ok is false when n is not a mapping at all.
+func (d *decoder) backend(n *yaml.Node, path string) (b proxy.Backend, idNode *yaml.Node, ok bool) {
+	b.Weight = 1
+	var addrNode *yaml.Node
+	ok = d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		switch key {
+		case "id":
+			idNode = v
+			if s, ok := d.str(v, path+".id"); ok {
+				if s == "" {
+					d.errorf(v, path+".id", "must not be empty")
+				}
+				b.ID = s
+			}
+		case "address":
+			addrNode = v
+			if s, ok := d.str(v, path+".address"); ok {
+				if err := checkBackendAddress(s); err != nil {
+					d.errorf(v, path+".address", "%v, got %q", err, s)
+				}
+				b.Address = s
+			}
+		case "weight":
+			if w, ok := d.integer(v, path+".weight", 1, weightMax); ok {
+				b.Weight = w
+			}
+		default:
+			return false
+		}
+		return true
+	})
+	if !ok {
+		return b, nil, false
+	}
+	d.required(idNode, n, path, "id")
+	d.required(addrNode, n, path, "address")
+	return b, idNode, true
+}
+
+func (d *decoder) timeouts(n *yaml.Node, path string, c *Config) {
+	if isNull(resolve(n)) {
+		return // a section with nothing in it: every key takes its default
+	}
+	d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		var dst *time.Duration
+		switch key {
+		case "connect":
+			dst = &c.Proxy.ConnectTimeout
+		case "backend":
+			dst = &c.Proxy.BackendTimeout
+		case "client":
+			dst = &c.Proxy.ClientTimeout
+		case "idle":
+			dst = &c.Proxy.IdleTimeout
+		case "shutdown":
+			dst = &c.ShutdownTimeout
+		default:
+			return false
+		}
+		if dur, ok := d.duration(v, path+"."+key); ok {
+			*dst = dur
+		}
+		return true
+	})
+}
+
+func (d *decoder) limits(n *yaml.Node, path string, c *Config) {
+	if isNull(resolve(n)) {
+		return // a section with nothing in it: every key takes its default
+	}
+	d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		var dst *int
+		switch key {
+		case "request_line_bytes":
+			dst = &c.Proxy.RequestLineBytesMax
+		case "header_bytes":
+			dst = &c.Proxy.HeaderBytesMax
+		case "headers":
+			dst = &c.Proxy.HeadersMax
+		case "replay_buffer_bytes":
+			dst = &c.Proxy.ReplayBufferBytesMax
+		case "idle_conns_per_backend":
+			dst = &c.Proxy.IdleConnsPerBackend
+		default:
+			return false
+		}
+		if x, ok := d.integer(v, path+"."+key, 1, limitMax); ok {
+			*dst = x
+		}
+		return true
+	})
+}
+
+func (d *decoder) log(n *yaml.Node, path string, l *LogConfig) {
+	if isNull(resolve(n)) {
+		return // a section with nothing in it: every key takes its default
+	}
+	d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		switch key {
+		case "level":
+			if s, ok := d.str(v, path+".level"); ok {
+				lvl, err := parseLogLevel(s)
+				if err != nil {
+					d.errorf(v, path+".level", "%v, got %q", err, s)
+				}
+				l.Level = lvl
+			}
+		case "format":
+			if s, ok := d.str(v, path+".format"); ok {
+				json, err := parseLogFormat(s)
+				if err != nil {
+					d.errorf(v, path+".format", "%v, got %q", err, s)
+				}
+				l.JSON = json
+			}
+		default:
+			return false
+		}
+		return true
+	})
+}
+
+// crossCheckSets rejects duplicate set names and returns the sets.
+func (d *decoder) crossCheckSets(sets []*located) []proxy.BackendSet {
+	var out []proxy.BackendSet
+	first := make(map[string]*located, len(sets))
+	for _, s := range sets {
+		out = append(out, s.set)
+		if s.name == "" {
+			continue // reported already
+		}
+		if f, dup := first[s.name]; dup {
+			d.errorf(s.nameNode, s.path+".name", "%q is also the name of %s (line %d)", s.name, f.path, f.nameNode.Line)
+			continue
+		}
+		first[s.name] = s
+	}
+	return out
+}
+
+// crossCheckListeners rejects duplicate addresses and names of sets that do not exist, and returns
+// the listeners.
+func (d *decoder) crossCheckListeners(listeners, sets []*located) []Listener {
+	names := make(map[string]bool, len(sets))
+	for _, s := range sets {
+		if s.name != "" {
+			names[s.name] = true
+		}
+	}
+	var out []Listener
+	first := make(map[string]*located, len(listeners))
+	for _, l := range listeners {
+		out = append(out, Listener{Address: l.name, BackendSet: l.ref})
+		if l.refNode != nil && !isNull(l.refNode) && !names[l.ref] {
+			d.errorf(l.refNode, l.path+".backend_set", "no backend set named %q", l.ref)
+		}
+		key, ok := listenKey(l.name)
+		if !ok {
+			continue // a bad address, or port 0, which never collides
+		}
+		if f, dup := first[key]; dup {
+			d.errorf(l.nameNode, l.path+".address", "%q is also the address of %s (line %d)", l.name, f.path, f.nameNode.Line)
+			continue
+		}
+		first[key] = l
+	}
+	return out
+}
+
+// listenKey is what two listen addresses that collide have in common; ok is false for a bad address
+// or port 0.
+func listenKey(addr string) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", false
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return "", false
+	}
+	return net.JoinHostPort(strings.ToLower(host), strconv.FormatUint(p, 10)), true
+}
+
+// The node helpers. Each reports a wrong node as an error at its line and returns ok false.
+
+// resolve follows aliases to the node they name.
+func resolve(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 100; i++ {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if isNull(n) {
+			return "nothing"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "something else"
+}
+
+// mapping calls field for each key of the mapping n, in order; field returns false for a key it does
+// not know. mapping reports unknown and repeated keys, and returns false when n is not a mapping. A
+// null value (a key with nothing after it) is passed on: the value helpers below take it as absent.
+func (d *decoder) mapping(n *yaml.Node, path string, field func(key string, k, v *yaml.Node) bool) bool {
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "want a mapping, got %s", kindName(n))
+		return false
+	}
+	seen := make(map[string]int, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		if k.Kind != yaml.ScalarNode {
+			d.errorf(k, path, "want a key, got %s", kindName(k))
+			continue
+		}
+		key := k.Value
+		if line, dup := seen[key]; dup {
+			d.errorf(k, join(path, key), "given twice (first on line %d)", line)
+			continue
+		}
+		seen[key] = k.Line
+		if !field(key, k, v) {
+			d.errorf(k, path, "unknown key %q", key)
+		}
+	}
+	return true
+}
+
+// required reports a required key that is absent (n is nil) or has no value.
+func (d *decoder) required(n, parent *yaml.Node, path, key string) {
+	switch {
+	case n == nil:
+		d.errorf(parent, path, "missing key %q", key)
+	case isNull(n):
+		d.errorf(n, path+"."+key, "missing value")
+	}
+}
+
+// sequence returns the items of a list; null is an empty list.
+func (d *decoder) sequence(n *yaml.Node, path string) []*yaml.Node {
+	n = resolve(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		d.errorf(n, path, "want a list, got %s", kindName(n))
+		return nil
+	}
+	return n.Content
+}
+
+// str returns a scalar's text. A scalar of any type but null is taken as its text (an id of 7 is
+// "7"); null is absent, ok false without an error.
+func (d *decoder) str(n *yaml.Node, path string) (string, bool) {
+	n = resolve(n)
+	if isNull(n) {
+		return "", false
+	}
+	if n.Kind != yaml.ScalarNode {
+		d.errorf(n, path, "want a string, got %s", kindName(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (d *decoder) integer(n *yaml.Node, path string, lo, hi int) (int, bool) {
+	n = resolve(n)
+	if isNull(n) {
+		return 0, false
+	}
+	var x int64
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&x) != nil {
+		d.errorf(n, path, "want an integer >= %d, got %s", lo, kindName(n))
+		return 0, false
+	}
+	if err := checkRange(x, lo, hi); err != nil {
+		d.errorf(n, path, "%v, got %q", err, n.Value)
+		return 0, false
+	}
+	return int(x), true
+}
+
+func (d *decoder) duration(n *yaml.Node, path string) (time.Duration, bool) {
+	n = resolve(n)
+	if isNull(n) {
+		return 0, false
+	}
+	if n.Kind != yaml.ScalarNode {
+		d.errorf(n, path, "%v, got %s", errDuration, kindName(n))
+		return 0, false
+	}
+	dur, err := parseDuration(n.Value)
+	if err != nil {
+		d.errorf(n, path, "%v, got %q", err, n.Value)
+		return 0, false
+	}
+	return dur, true
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func index(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
+
+// The value checkers, shared by the file and the flags. Their errors say what is wanted; the caller
+// adds what it got.
+
+var errDuration = errors.New("want a positive duration such as 5s or 1m30s")
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, errDuration
+	}
+	return d, nil
+}
+
+func checkRange(x int64, lo, hi int) error {
+	if x < int64(lo) {
+		return fmt.Errorf("want an integer >= %d", lo)
+	}
+	if x > int64(hi) {
+		return fmt.Errorf("want an integer <= %d", hi)
+	}
+	return nil
+}
+
+// parseInt parses a decimal integer from lo to hi.
+func parseInt(s string, lo, hi int) (int, error) {
+	x, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("want an integer >= %d", lo)
+	}
+	if err := checkRange(x, lo, hi); err != nil {
+		return 0, err
+	}
+	return int(x), nil
+}
+
+// checkListenAddress accepts host:port with a numeric port from 0 to 65535; the host may be empty.
+func checkListenAddress(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want host:port with a numeric port")
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return errors.New("want host:port with a numeric port")
+	}
+	return nil
+}
+
+// checkBackendAddress accepts host:port with a host and a numeric port from 1 to 65535.
+func checkBackendAddress(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return errors.New("want host:port with a numeric port")
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return errors.New("want host:port with a numeric port from 1 to 65535")
+	}
+	return nil
+}
+
+func parsePolicy(s string) (balance.Policy, error) {
+	if s == "" {
+		return 0, errors.New("want round_robin or least_request")
+	}
+	p, err := balance.ParsePolicy(s)
+	if err != nil {
+		return 0, errors.New("want round_robin or least_request")
+	}
+	return p, nil
+}
+
+func parseForwarded(s string) (proxy.Forwarded, error) {
+	if s == "" {
+		return 0, errors.New("want append, replace or off")
+	}
+	f, err := proxy.ParseForwarded(s)
+	if err != nil {
+		return 0, errors.New("want append, replace or off")
+	}
+	return f, nil
+}
+
+func parseLogLevel(s string) (hclog.Level, error) {
+	switch s {
+	case "trace":
+		return hclog.Trace, nil
+	case "debug":
+		return hclog.Debug, nil
+	case "info":
+		return hclog.Info, nil
+	case "warn":
+		return hclog.Warn, nil
+	case "error":
+		return hclog.Error, nil
+	case "off":
+		return hclog.Off, nil
+	}
+	return 0, errors.New("want trace, debug, info, warn, error or off")
+}
+
+// parseLogFormat returns whether the format is JSON.
+func parseLogFormat(s string) (bool, error) {
+	switch s {
+	case "text":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, errors.New("want text or json")
+}
+
+// proxyRetries turns a count of retries, where 0 means none, into proxy.Config.Retries, where 0
+// means the default and a negative value none.
+func proxyRetries(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

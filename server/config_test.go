@@ -1,0 +1,481 @@
+package server
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+)
+
+// sampleFile is the file of the issue that introduced the format; it must keep working.
+func sampleFile(t testing.TB) string {
+	t.Helper()
+	data, err := os.ReadFile("testdata/xlb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// sampleWant is what sampleFile parses to.
+func sampleWant() Config {
+	return Config{
+		Listeners: []Listener{{Address: "127.0.0.1:8080", BackendSet: "web"}},
+		BackendSets: []proxy.BackendSet{{
+			Name:   "web",
+			Policy: balance.RoundRobin,
+			Backends: []proxy.Backend{
+				{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
+				{ID: "b", Address: "127.0.0.1:9002", Weight: 3},
+			},
+		}},
+		Proxy: proxy.Config{
+			ConnectTimeout:       5 * time.Second,
+			BackendTimeout:       60 * time.Second,
+			ClientTimeout:        60 * time.Second,
+			IdleTimeout:          60 * time.Second,
+			RequestLineBytesMax:  8192,
+			HeaderBytesMax:       32768,
+			HeadersMax:           100,
+			Retries:              2,
+			ReplayBufferBytesMax: 65536,
+			IdleConnsPerBackend:  256,
+			Forwarded:            proxy.ForwardedAppend,
+		},
+		AccessLog:       "/var/log/xlb/access.jsonl",
+		ShutdownTimeout: 30 * time.Second,
+		Log:             LogConfig{Level: hclog.Info},
+	}
+}
+
+func TestParseConfigSample(t *testing.T) {
+	got, err := ParseConfig("xlb.yaml", []byte(sampleFile(t)))
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	if want := sampleWant(); !reflect.DeepEqual(got, want) {
+		t.Errorf("ParseConfig:\n got %+v\nwant %+v", got, want)
+	}
+	loaded, err := LoadConfig("testdata/xlb.yaml")
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	if !reflect.DeepEqual(loaded, got) {
+		t.Errorf("LoadConfig and ParseConfig differ:\n%+v\n%+v", loaded, got)
+	}
+}
+
+// TestParseConfigHelpSample keeps the file shown by `xlb run --help` valid.
+func TestParseConfigHelpSample(t *testing.T) {
+	if _, err := ParseConfig("help", []byte(sampleConfig)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const minimal = `listeners:
+  - address: 127.0.0.1:8080
+    backend_set: web
+backend_sets:
+  - name: web
+    backends:
+      - {id: a, address: 127.0.0.1:9001}
+`
+
+func TestParseConfigValues(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(*Config)
+	}{
+		{"minimal: every default", minimal, func(c *Config) {}},
+		{"retries 0 is no retry", minimal + "retries: 0\n", func(c *Config) { c.Proxy.Retries = -1 }},
+		{"retries 5", minimal + "retries: 5\n", func(c *Config) { c.Proxy.Retries = 5 }},
+		{"least_request", strings.Replace(minimal, "  - name: web\n", "  - name: web\n    policy: least_request\n", 1),
+			func(c *Config) { c.BackendSets[0].Policy = balance.LeastRequest }},
+		{"forwarded off", minimal + "forwarded: off\n", func(c *Config) { c.Proxy.Forwarded = proxy.ForwardedOff }},
+		{"forwarded replace", minimal + "forwarded: replace\n", func(c *Config) { c.Proxy.Forwarded = proxy.ForwardedReplace }},
+		{"access log on stdout", minimal + "access_log: \"-\"\n", func(c *Config) { c.AccessLog = "-" }},
+		{"log json debug", minimal + "log: {level: debug, format: json}\n", func(c *Config) { c.Log = LogConfig{Level: hclog.Debug, JSON: true} }},
+		{"some timeouts", minimal + "timeouts: {idle: 90s, shutdown: 1m30s}\n", func(c *Config) {
+			c.Proxy.IdleTimeout = 90 * time.Second
+			c.ShutdownTimeout = 90 * time.Second
+		}},
+		{"empty sections take defaults", minimal + "timeouts:\nlimits:\nlog:\nretries:\n", func(c *Config) {}},
+		{"hex and underscores in integers", minimal + "limits: {header_bytes: 0x8000, replay_buffer_bytes: 1_000}\n", func(c *Config) {
+			c.Proxy.HeaderBytesMax = 0x8000
+			c.Proxy.ReplayBufferBytesMax = 1000
+		}},
+		{"an alias", strings.Replace(minimal, "    backends:\n", "    backends: &b\n", 1) + "  - {name: copy, backends: *b}\n", func(c *Config) {
+			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "copy", Backends: c.BackendSets[0].Backends})
+		}},
+		{"numeric id is its text", strings.Replace(minimal, "id: a", "id: 7", 1), func(c *Config) { c.BackendSets[0].Backends[0].ID = "7" }},
+		{"port 0 twice is two listeners", `listeners:
+  - {address: "127.0.0.1:0", backend_set: web}
+  - {address: "127.0.0.1:0", backend_set: web}
+backend_sets: [{name: web, backends: []}]
+`, func(c *Config) {
+			c.Listeners = []Listener{{"127.0.0.1:0", "web"}, {"127.0.0.1:0", "web"}}
+			c.BackendSets = []proxy.BackendSet{{Name: "web"}}
+		}},
+		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {
+			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "spare"})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := Config{
+				Listeners: []Listener{{Address: "127.0.0.1:8080", BackendSet: "web"}},
+				BackendSets: []proxy.BackendSet{{Name: "web", Backends: []proxy.Backend{
+					{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
+				}}},
+			}
+			tt.want(&want)
+			got, err := ParseConfig("xlb.yaml", []byte(tt.yaml))
+			if err != nil {
+				t.Fatalf("ParseConfig: %v", err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("ParseConfig:\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+// edit returns the sample file with old replaced by new, once; it fails the test when old is not
+// there, so that a case never tests the unedited file by mistake.
+func edit(t *testing.T, old, new string) string {
+	t.Helper()
+	s := sampleFile(t)
+	if !strings.Contains(s, old) {
+		t.Fatalf("the sample has no %q", old)
+	}
+	return strings.Replace(s, old, new, 1)
+}
+
+// hasLine reports whether one line of err's message is want.
+func hasLine(err error, want string) bool {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if line == want {
+			return true
+		}
+	}
+	return false
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	// Lines of the sample: 1 listeners, 2 its address, 3 its backend_set, 5 the set's name, 6 policy,
+	// 8 and 9 the backends, 10 timeouts, 11 limits, 12 retries, 13 forwarded, 14 access_log, 15 log.
+	tests := []struct {
+		name string
+		yaml func(t *testing.T) string
+		// want are lines that the error must have, each exactly.
+		want []string
+	}{
+		// The two examples of the issue, verbatim.
+		{"weight not an integer", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: x}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "x"`}},
+		{"unknown listener key", func(t *testing.T) string {
+			return edit(t, "  - address: 127.0.0.1:8080\n    backend_set: web", "  - backend_set: web\n    adress: 127.0.0.1:8080")
+		}, []string{
+			`xlb.yaml:3: listeners[0]: unknown key "adress"`,
+			`xlb.yaml:2: listeners[0]: missing key "address"`,
+		}},
+
+		// Listeners.
+		{"no listeners key", func(t *testing.T) string {
+			return edit(t, "listeners:\n  - address: 127.0.0.1:8080\n    backend_set: web\n", "")
+		},
+			[]string{`xlb.yaml:1: missing key "listeners": want at least one listener`}},
+		{"empty listeners", func(t *testing.T) string {
+			return edit(t, "listeners:\n  - address: 127.0.0.1:8080\n    backend_set: web\n", "listeners: []\n\n\n")
+		},
+			[]string{`xlb.yaml:1: listeners: want at least one listener`}},
+		{"listeners with nothing", func(t *testing.T) string {
+			return edit(t, "listeners:\n  - address: 127.0.0.1:8080\n    backend_set: web\n", "listeners:\n\n\n")
+		},
+			[]string{`xlb.yaml:1: listeners: want at least one listener`}},
+		{"listeners not a list", func(t *testing.T) string {
+			return edit(t, "listeners:\n  - address: 127.0.0.1:8080\n    backend_set: web\n", "listeners: 127.0.0.1:8080\n\n\n")
+		},
+			[]string{`xlb.yaml:1: listeners: want a list, got "127.0.0.1:8080"`}},
+		{"listener not a mapping", func(t *testing.T) string {
+			return edit(t, "  - address: 127.0.0.1:8080\n    backend_set: web\n", "  - 127.0.0.1:8080\n\n")
+		},
+			[]string{`xlb.yaml:2: listeners[0]: want a mapping, got "127.0.0.1:8080"`}},
+		{"listener address without port", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:8080", "address: 127.0.0.1") },
+			[]string{`xlb.yaml:2: listeners[0].address: want host:port with a numeric port, got "127.0.0.1"`}},
+		{"listener port not numeric", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:8080", "address: 127.0.0.1:http") },
+			[]string{`xlb.yaml:2: listeners[0].address: want host:port with a numeric port, got "127.0.0.1:http"`}},
+		{"listener port too large", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:8080", "address: 127.0.0.1:65536") },
+			[]string{`xlb.yaml:2: listeners[0].address: want host:port with a numeric port, got "127.0.0.1:65536"`}},
+		{"listener address empty", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:8080", "address:") },
+			[]string{`xlb.yaml:2: listeners[0].address: missing value`}},
+		{"listener without backend_set", func(t *testing.T) string { return edit(t, "    backend_set: web\n", "\n") },
+			[]string{`xlb.yaml:2: listeners[0]: missing key "backend_set"`}},
+		{"listener names no set", func(t *testing.T) string { return edit(t, "backend_set: web", "backend_set: webb") },
+			[]string{`xlb.yaml:3: listeners[0].backend_set: no backend set named "webb"`}},
+		{"duplicate listener addresses", func(t *testing.T) string {
+			return edit(t, "    backend_set: web\n", "    backend_set: web\n  - {address: 127.0.0.1:8080, backend_set: web}\n")
+		}, []string{`xlb.yaml:4: listeners[1].address: "127.0.0.1:8080" is also the address of listeners[0] (line 2)`}},
+		{"duplicate listener addresses spelled apart", func(t *testing.T) string {
+			return edit(t, "    backend_set: web\n", "    backend_set: web\n  - {address: \"127.0.0.1:08080\", backend_set: web}\n")
+		}, []string{`xlb.yaml:4: listeners[1].address: "127.0.0.1:08080" is also the address of listeners[0] (line 2)`}},
+
+		// Backend sets.
+		{"set name empty", func(t *testing.T) string { return edit(t, "name: web", `name: ""`) }, []string{
+			`xlb.yaml:5: backend_sets[0].name: must not be empty`,
+			`xlb.yaml:3: listeners[0].backend_set: no backend set named "web"`,
+		}},
+		{"set without name", func(t *testing.T) string { return edit(t, "  - name: web\n    policy", "  - policy") },
+			[]string{`xlb.yaml:5: backend_sets[0]: missing key "name"`}},
+		{"set names not unique", func(t *testing.T) string {
+			return edit(t, "weight: 3}\n", "weight: 3}\n  - name: web\n    backends: []\n")
+		}, []string{`xlb.yaml:10: backend_sets[1].name: "web" is also the name of backend_sets[0] (line 5)`}},
+		{"unknown policy", func(t *testing.T) string { return edit(t, "policy: round_robin", "policy: random") },
+			[]string{`xlb.yaml:6: backend_sets[0].policy: want round_robin or least_request, got "random"`}},
+		{"backends not a list", func(t *testing.T) string {
+			return edit(t, "    backends:\n      - {id: a, address: 127.0.0.1:9001, weight: 1}\n      - {id: b, address: 127.0.0.1:9002, weight: 3}\n",
+				"    backends: {a: 1}\n\n\n")
+		}, []string{`xlb.yaml:7: backend_sets[0].backends: want a list, got a mapping`}},
+
+		// Backends.
+		{"backend ids not unique", func(t *testing.T) string { return edit(t, "id: b", "id: a") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].id: "a" is also the id of backend_sets[0].backends[0] (line 8)`}},
+		{"backend id empty", func(t *testing.T) string { return edit(t, "id: a", `id: ""`) },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].id: must not be empty`}},
+		{"backend without id", func(t *testing.T) string { return edit(t, "{id: a, ", "{") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0]: missing key "id"`}},
+		{"backend without address", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001, ", "") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0]: missing key "address"`}},
+		{"backend address without port", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: 127.0.0.1") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port, got "127.0.0.1"`}},
+		{"backend address without host", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", `address: ":9001"`) },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port, got ":9001"`}},
+		{"backend port 0", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: 127.0.0.1:0") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port from 1 to 65535, got "127.0.0.1:0"`}},
+		{"weight 0", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 0}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "0"`}},
+		{"weight too large", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 1000001}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer <= 1000000, got "1000001"`}},
+		{"weight a float", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 2.5}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "2.5"`}},
+		{"weight a quoted string", func(t *testing.T) string { return edit(t, "weight: 3}", `weight: "3"}`) },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "3"`}},
+		{"backend state is not part of the format", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 3, state: DRAINING}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1]: unknown key "state"`}},
+
+		// Timeouts.
+		{"duration without unit", func(t *testing.T) string { return edit(t, "connect: 5s", "connect: 5") },
+			[]string{`xlb.yaml:10: timeouts.connect: want a positive duration such as 5s or 1m30s, got "5"`}},
+		{"duration zero", func(t *testing.T) string { return edit(t, "backend: 60s", "backend: 0s") },
+			[]string{`xlb.yaml:10: timeouts.backend: want a positive duration such as 5s or 1m30s, got "0s"`}},
+		{"duration negative", func(t *testing.T) string { return edit(t, "client: 60s", "client: -1s") },
+			[]string{`xlb.yaml:10: timeouts.client: want a positive duration such as 5s or 1m30s, got "-1s"`}},
+		{"duration nonsense", func(t *testing.T) string { return edit(t, "shutdown: 30s", "shutdown: soon") },
+			[]string{`xlb.yaml:10: timeouts.shutdown: want a positive duration such as 5s or 1m30s, got "soon"`}},
+		{"duration a list", func(t *testing.T) string { return edit(t, "idle: 60s", "idle: [60s]") },
+			[]string{`xlb.yaml:10: timeouts.idle: want a positive duration such as 5s or 1m30s, got a list`}},
+		{"timeouts not a mapping", func(t *testing.T) string {
+			return edit(t, "timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s}", "timeouts: 5s")
+		}, []string{`xlb.yaml:10: timeouts: want a mapping, got "5s"`}},
+
+		// Limits.
+		{"limit zero", func(t *testing.T) string { return edit(t, "headers: 100", "headers: 0") },
+			[]string{`xlb.yaml:11: limits.headers: want an integer >= 1, got "0"`}},
+		{"limit negative", func(t *testing.T) string { return edit(t, "header_bytes: 32768", "header_bytes: -1") },
+			[]string{`xlb.yaml:11: limits.header_bytes: want an integer >= 1, got "-1"`}},
+		{"limit not an integer", func(t *testing.T) string { return edit(t, "request_line_bytes: 8192", "request_line_bytes: 8k") },
+			[]string{`xlb.yaml:11: limits.request_line_bytes: want an integer >= 1, got "8k"`}},
+		{"limit too large", func(t *testing.T) string {
+			return edit(t, "replay_buffer_bytes: 65536", "replay_buffer_bytes: 99999999999")
+		},
+			[]string{`xlb.yaml:11: limits.replay_buffer_bytes: want an integer <= 1073741824, got "99999999999"`}},
+		{"idle conns zero", func(t *testing.T) string { return edit(t, "idle_conns_per_backend: 256", "idle_conns_per_backend: 0") },
+			[]string{`xlb.yaml:11: limits.idle_conns_per_backend: want an integer >= 1, got "0"`}},
+
+		// The rest.
+		{"retries negative", func(t *testing.T) string { return edit(t, "retries: 2", "retries: -1") },
+			[]string{`xlb.yaml:12: retries: want an integer >= 0, got "-1"`}},
+		{"forwarded unknown", func(t *testing.T) string { return edit(t, "forwarded: append", "forwarded: maybe") },
+			[]string{`xlb.yaml:13: forwarded: want append, replace or off, got "maybe"`}},
+		{"access log empty", func(t *testing.T) string { return edit(t, "access_log: /var/log/xlb/access.jsonl", `access_log: ""`) },
+			[]string{`xlb.yaml:14: access_log: want a file path or "-" for standard output, got ""`}},
+		{"log level unknown", func(t *testing.T) string { return edit(t, "level: info", "level: loud") },
+			[]string{`xlb.yaml:15: log.level: want trace, debug, info, warn, error or off, got "loud"`}},
+		{"log format unknown", func(t *testing.T) string { return edit(t, "format: text", "format: xml") },
+			[]string{`xlb.yaml:15: log.format: want text or json, got "xml"`}},
+
+		// Unknown keys, at every level.
+		{"unknown top key", func(t *testing.T) string { return sampleFile(t) + "retry: 3\n" },
+			[]string{`xlb.yaml:16: unknown key "retry"`}},
+		{"unknown set key", func(t *testing.T) string { return edit(t, "policy: round_robin", "polcy: round_robin") },
+			[]string{`xlb.yaml:6: backend_sets[0]: unknown key "polcy"`}},
+		{"unknown backend key", func(t *testing.T) string { return edit(t, "weight: 1}", "wieght: 1}") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0]: unknown key "wieght"`}},
+		{"unknown timeouts key", func(t *testing.T) string { return edit(t, "shutdown: 30s", "read: 30s") },
+			[]string{`xlb.yaml:10: timeouts: unknown key "read"`}},
+		{"unknown limits key", func(t *testing.T) string { return edit(t, "headers: 100", "body_bytes: 100") },
+			[]string{`xlb.yaml:11: limits: unknown key "body_bytes"`}},
+		{"unknown log key", func(t *testing.T) string { return edit(t, "format: text", "file: x") },
+			[]string{`xlb.yaml:15: log: unknown key "file"`}},
+		{"unknown key with nothing after it", func(t *testing.T) string { return sampleFile(t) + "retry:\n" },
+			[]string{`xlb.yaml:16: unknown key "retry"`}},
+		{"merge keys are unknown keys", func(t *testing.T) string { return edit(t, "policy: round_robin", "<<: {policy: round_robin}") },
+			[]string{`xlb.yaml:6: backend_sets[0]: unknown key "<<"`}},
+
+		// The document.
+		{"key given twice", func(t *testing.T) string { return sampleFile(t) + "retries: 3\n" },
+			[]string{`xlb.yaml:16: retries: given twice (first on line 12)`}},
+		{"syntax error", func(t *testing.T) string { return edit(t, "retries: 2", "retries 2") },
+			[]string{`xlb.yaml:12: could not find expected ':'`}},
+		{"two documents", func(t *testing.T) string { return sampleFile(t) + "---\nretries: 1\n" },
+			[]string{`xlb.yaml:16: a second YAML document; want one`}},
+		{"empty file", func(t *testing.T) string { return "" },
+			[]string{`xlb.yaml:1: missing key "listeners": want at least one listener`}},
+		{"only a comment", func(t *testing.T) string { return "# nothing yet\n" },
+			[]string{`xlb.yaml:1: missing key "listeners": want at least one listener`}},
+		{"top not a mapping", func(t *testing.T) string { return "- a\n- b\n" },
+			[]string{`xlb.yaml:1: want a mapping, got a list`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig("xlb.yaml", []byte(tt.yaml(t)))
+			if err == nil {
+				t.Fatalf("ParseConfig: no error, want %q", tt.want)
+			}
+			for _, want := range tt.want {
+				if !hasLine(err, want) {
+					t.Errorf("ParseConfig error:\n%v\nhas no line\n%s", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestParseConfigErrorType(t *testing.T) {
+	_, err := ParseConfig("xlb.yaml", []byte(edit(t, "weight: 3}", "weight: x}")))
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("error %v (%T) is not a *ConfigError", err, err)
+	}
+	want := ConfigError{File: "xlb.yaml", Line: 9, Path: "backend_sets[0].backends[1].weight", Msg: `want an integer >= 1, got "x"`}
+	if *ce != want {
+		t.Errorf("ConfigError = %+v, want %+v", *ce, want)
+	}
+}
+
+func TestParseConfigErrorsSortedAndBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(minimal)
+	for range 30 {
+		b.WriteString("  - {name: \"\"}\n")
+	}
+	b.WriteString("retries: -1\n")
+	_, err := ParseConfig("xlb.yaml", []byte(b.String()))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != configErrorsMax+1 {
+		t.Fatalf("%d lines, want %d:\n%v", len(lines), configErrorsMax+1, err)
+	}
+	if want := "xlb.yaml: 11 more errors"; lines[configErrorsMax] != want {
+		t.Errorf("last line %q, want %q", lines[configErrorsMax], want)
+	}
+	if want := `xlb.yaml:8: backend_sets[1].name: must not be empty`; lines[0] != want {
+		t.Errorf("first line %q, want %q", lines[0], want)
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := LoadConfig(filepath.Join(dir, "missing.yaml")); err == nil || !strings.HasPrefix(err.Error(), "server: config: open ") {
+		t.Errorf("missing file: error %v, want server: config: open ...", err)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, make([]byte, configBytesMax+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("big file: error %v, want larger than ...", err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte(minimal+"retries: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(bad); err == nil || !hasLine(err, bad+`:8: retries: want an integer >= 0, got "x"`) {
+		t.Errorf("bad file: error %v, want it named by its path", err)
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	ok := Config{Listeners: []Listener{{"127.0.0.1:0", "s"}}, BackendSets: []proxy.BackendSet{{Name: "s"}}}
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"ok", ok, ""},
+		{"no listeners", Config{BackendSets: ok.BackendSets}, "server: config: no listeners"},
+		{"no such set", Config{Listeners: []Listener{{"127.0.0.1:0", "t"}}, BackendSets: ok.BackendSets}, `server: config: listener 127.0.0.1:0: no backend set named "t"`},
+		{"duplicate set", Config{Listeners: ok.Listeners, BackendSets: []proxy.BackendSet{{Name: "s"}, {Name: "s"}}}, `server: config: backend set name "s" is empty or not unique`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.check()
+			if got := errString(err); got != tt.wantErr {
+				t.Errorf("check() = %q, want %q", got, tt.wantErr)
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// FuzzParseConfig holds that ParseConfig never panics, and that what it accepts is a Config that
+// serving accepts too, within every bound of the format.
+func FuzzParseConfig(f *testing.F) {
+	data, err := os.ReadFile("testdata/xlb.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(data))
+	f.Add(minimal)
+	f.Add(minimal + "x: &a [*a]\n")
+	f.Add("listeners: &l [{address: ':1', backend_set: s}]\nbackend_sets: [{name: s, backends: *l}]\n")
+	f.Add("a: {b: [c, {d: e}]}\n---\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := ParseConfig("f.yaml", []byte(s))
+		if err != nil {
+			return
+		}
+		if err := cfg.check(); err != nil {
+			t.Fatalf("ParseConfig accepted a Config that check refuses: %v\n%s", err, s)
+		}
+		for _, set := range cfg.BackendSets {
+			for _, b := range set.Backends {
+				if b.ID == "" || b.Weight < 1 || b.Weight > weightMax || checkBackendAddress(b.Address) != nil {
+					t.Fatalf("ParseConfig accepted backend %+v\n%s", b, s)
+				}
+			}
+		}
+		for _, l := range cfg.Listeners {
+			if checkListenAddress(l.Address) != nil {
+				t.Fatalf("ParseConfig accepted listener %+v\n%s", l, s)
+			}
+		}
+	})
+}

@@ -1,0 +1,204 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+)
+
+// Exit statuses of the xlb command.
+const (
+	// exitOK: the command did what was asked; for run and demo, a clean shutdown.
+	exitOK = 0
+	// exitFailure: starting or serving failed (a listen error, the proxy refused its config, ...).
+	exitFailure = 1
+	// exitUsage: the command line or the configuration it points at is wrong.
+	exitUsage = 2
+)
+
+// env is what the commands need from the process around them. Main fills it with the real thing;
+// tests give buffers, a context they cancel themselves, and a fake proxy.
+type env struct {
+	stdout, stderr io.Writer
+	// stopContext returns a context that ends when the process is asked to stop (SIGINT, SIGTERM),
+	// and a func that releases it.
+	stopContext func() (context.Context, context.CancelFunc)
+	// newProxy makes the data plane.
+	newProxy func(proxy.Config) (dataplane, error)
+}
+
+// dataplane is what serving needs of a *proxy.Proxy.
+type dataplane interface {
+	SetBackends([]proxy.BackendSet) error
+	Serve(ln net.Listener, set string) error
+	Shutdown(ctx context.Context) error
+}
+
+// osEnv is the env of the real process.
+func osEnv(stdout, stderr io.Writer) *env {
+	return &env{
+		stdout:      stdout,
+		stderr:      stderr,
+		stopContext: signalContext,
+		newProxy:    newProxy,
+	}
+}
+
+// signalContext ends on the first SIGINT or SIGTERM. After it, the signals get their default
+// behaviour back, so a second Ctrl-C kills the process at once instead of waiting for the shutdown.
+func signalContext() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop)
+	return ctx, stop
+}
+
+func newProxy(cfg proxy.Config) (dataplane, error) {
+	p, err := proxy.New(cfg)
+	if err != nil {
+		return nil, err // never a typed nil in the interface
+	}
+	return p, nil
+}
+
+// newLogger makes the process's one root logger, named "xlb", writing to w.
+func newLogger(c LogConfig, w io.Writer) hclog.Logger {
+	level := c.Level
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "xlb",
+		Level:      level,
+		JSONFormat: c.JSON,
+		Output:     w,
+		Color:      hclog.ColorOff,
+	})
+}
+
+// serve runs the load balancer that cfg describes until ctx ends or a listener fails, then shuts the
+// proxy down within cfg's shutdown timeout. Both `xlb run` and `xlb demo` come here. ready, when not
+// nil, is called once every listener is bound, with their addresses in the order of cfg.Listeners.
+// serve returns the exit status: exitOK after a clean shutdown, exitFailure when anything failed.
+func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready func([]net.Addr)) int {
+	if err := cfg.check(); err != nil {
+		log.Error("invalid configuration", "error", err)
+		return exitFailure
+	}
+
+	pcfg := cfg.Proxy
+	pcfg.Logger = log.Named("proxy")
+	if cfg.AccessLog != "" {
+		w, closeLog, err := e.openAccessLog(cfg.AccessLog)
+		if err != nil {
+			log.Error("cannot open the access log", "error", err)
+			return exitFailure
+		}
+		// Closed after the proxy's shutdown below has returned, when nothing writes to it any more.
+		defer closeLog()
+		pcfg.AccessLog = w
+	}
+	p, err := e.newProxy(pcfg)
+	if err != nil {
+		log.Error("cannot start the proxy", "error", err)
+		return exitFailure
+	}
+	if err := p.SetBackends(cfg.BackendSets); err != nil {
+		log.Error("the proxy refused the backend sets", "error", err)
+		return exitFailure
+	}
+
+	lns := make([]net.Listener, 0, len(cfg.Listeners))
+	closeListeners := func() {
+		for _, ln := range lns {
+			ln.Close() // an error here means it is closed already: Serve or Shutdown closed it
+		}
+	}
+	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
+	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
+	lc := net.ListenConfig{KeepAlive: -1}
+	for _, l := range cfg.Listeners {
+		ln, err := lc.Listen(context.Background(), "tcp", l.Address)
+		if err != nil {
+			closeListeners()
+			log.Error("cannot listen", "address", l.Address, "error", err)
+			return exitFailure
+		}
+		lns = append(lns, ln)
+	}
+
+	// Every Serve goroutine sends exactly one result; the channel holds them all, so none blocks.
+	type result struct {
+		addr string
+		err  error
+	}
+	results := make(chan result, len(lns))
+	addrs := make([]net.Addr, len(lns))
+	for i, ln := range lns {
+		addrs[i] = ln.Addr()
+		set := cfg.Listeners[i].BackendSet
+		log.Info("listening", "address", ln.Addr().String(), "backend_set", set)
+		go func() {
+			results <- result{ln.Addr().String(), p.Serve(ln, set)}
+		}()
+	}
+	if ready != nil {
+		ready(addrs)
+	}
+
+	code := exitOK
+	running := len(lns)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.shutdownTimeout())
+	case r := <-results:
+		running--
+		code = exitFailure
+		if r.err == nil {
+			r.err = errors.New("server: serve returned before shutdown")
+		}
+		log.Error("serving failed; shutting down", "address", r.addr, "error", r.err)
+	}
+
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout())
+	defer cancel()
+	switch err := p.Shutdown(sctx); {
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("shutdown timeout passed; closed the connections still open", "timeout", cfg.shutdownTimeout())
+	case err != nil:
+		log.Error("shutdown failed", "error", err)
+		code = exitFailure
+	}
+	// Shutdown has stopped the accept loops; closing the listeners as well guarantees that every
+	// Serve returns, so that none outlives serve.
+	closeListeners()
+	for ; running > 0; running-- {
+		r := <-results
+		if r.err != nil && !errors.Is(r.err, net.ErrClosed) {
+			log.Error("serving failed", "address", r.addr, "error", r.err)
+			code = exitFailure
+		}
+	}
+	log.Info("stopped")
+	return code
+}
+
+// openAccessLog opens the access log named by path: "-" is standard output, which is not closed.
+func (e *env) openAccessLog(path string) (io.Writer, func(), error) {
+	if path == "-" {
+		return e.stdout, func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("server: access log: %w", err)
+	}
+	return f, func() { f.Close() }, nil
+}

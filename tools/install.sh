@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# tools/install.sh: install what the tests (and, with --bench, the benchmark) need.
+# Idempotent: Debian packages are installed only when missing (apt-get update only
+# then), and a Go tool is rebuilt only when .tools/bin/NAME is not at its pinned
+# version (`go version -m`). Binaries go to .tools/bin (gitignored).
+# Usage: bash tools/install.sh            # test needs: curl, staticcheck
+#        bash tools/install.sh --bench    # also nginx, haproxy, wrk (or WITH_BENCH=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS_BIN="$PWD/.tools/bin"
+mkdir -p "$TOOLS_BIN"
+export GOTOOLCHAIN=local
+
+[ "${1:-}" = --bench ] && WITH_BENCH=1
+
+# --- Debian packages -------------------------------------------------------
+APT_PKGS="curl"
+[ "${WITH_BENCH:-}" = 1 ] && APT_PKGS="$APT_PKGS nginx haproxy wrk"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "apt   $missing"
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+# --- Go tools: name  package  version ----------------------------------------
+TOOLS="
+staticcheck  honnef.co/go/tools/cmd/staticcheck  v0.8.2
+"
+have() { # NAME VERSION -> 0 when .tools/bin/NAME is built from that module version
+  [ -x "$TOOLS_BIN/$1" ] &&
+    go version -m "$TOOLS_BIN/$1" 2>/dev/null | awk '$1=="mod"{print $3}' | grep -qx "$2"
+}
+echo "$TOOLS" | while read -r name pkg ver; do
+  [ -n "$name" ] || continue
+  if have "$name" "$ver"; then echo "ok    $name $ver"; continue; fi
+  echo "build $name $ver"
+  GOBIN="$TOOLS_BIN" go install "$pkg@$ver"
+done
