@@ -2,7 +2,7 @@
 export GOTOOLCHAIN := local
 
 FUZZTIME ?= 2m
-FUZZPKG  := ./dataplane/http1
+FUZZPKGS := ./dataplane/http1 ./server
 
 .PHONY: test build demo fuzz bench
 
@@ -11,6 +11,8 @@ test:
 	go mod tidy -diff
 	go vet ./...
 	.tools/bin/staticcheck ./...
+	# Allocation counts are only the program's without -race (sync.Pool drops items under it).
+	go test -count=1 -run 'Allocs' ./dataplane/http1 ./dataplane/upstream ./dataplane/proxy
 	go test -race -count=1 -timeout 15m ./...
 
 build:
@@ -19,14 +21,15 @@ build:
 demo:
 	go run . demo
 
-# Runs every Fuzz target of $(FUZZPKG) for FUZZTIME each (go test -fuzz takes one target at a time).
+# Runs every Fuzz target of $(FUZZPKGS) for FUZZTIME each (go test -fuzz takes one target at a time).
 fuzz:
-	@set -e; list=$$(go test -list '^Fuzz' $(FUZZPKG)); \
-	targets=$$(printf '%s\n' "$$list" | grep '^Fuzz' || true); \
-	[ -n "$$targets" ] || { echo "no Fuzz targets in $(FUZZPKG)"; exit 1; }; \
-	for t in $$targets; do \
-		echo "== $$t ($(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $(FUZZPKG); \
+	@set -e; for pkg in $(FUZZPKGS); do \
+		targets=$$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); \
+		[ -n "$$targets" ] || { echo "no Fuzz targets in $$pkg"; exit 1; }; \
+		for t in $$targets; do \
+			echo "== $$pkg $$t ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
 	done
 
 bench:

@@ -5,6 +5,9 @@
 // every backend was tried. Done must be called once for each successful Pick, when the request ends.
 //
 // RoundRobin is nginx's smooth weighted round robin: over any window of sum(weights) picks each
-// backend gets exactly its weight, spread out (5:1 gives AABAAA, never AAAAAB). LeastRequest is the
-// power of two choices over requests in flight, scaled by weight.
+// backend gets exactly its weight, spread out (5:1 gives AABAAA, never AAAAAB). Where nginx breaks a
+// tie for the first candidate (and so gives AAABAA), xlb breaks it for the lighter backend.
+//
+// LeastRequest is the power of two choices: two candidates drawn in proportion to weight, and of
+// those the one with fewer requests in flight per unit of weight.
 package balance

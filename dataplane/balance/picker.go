@@ -87,7 +87,10 @@ func (s *swrr) Pick(tried *Tried) int {
 		}
 		s.current[i] += w
 		total += w
-		if best < 0 || s.current[i] > s.current[best] {
+		// A tie goes to the lighter backend, so that 5:1 gives AABAAA rather than AAABAA: the
+		// light one lands in the middle of the heavy one's run.
+		if best < 0 || s.current[i] > s.current[best] ||
+			s.current[i] == s.current[best] && w < s.weights[best] {
 			best = i
 		}
 	}
@@ -103,8 +106,10 @@ func (s *swrr) Done(int) {}
 // p2c draws two distinct candidates at random and takes the one with fewer requests in flight per
 // unit of weight.
 type p2c struct {
-	weights  []int
-	inflight []paddedCount
+	weights    []int
+	cumulative []int // cumulative[i] = weights[0] + ... + weights[i]
+	total      int
+	inflight   []paddedCount
 }
 
 // paddedCount keeps each backend's counter on its own cache line.
@@ -114,24 +119,25 @@ type paddedCount struct {
 }
 
 func newP2C(weights []int) *p2c {
-	return &p2c{weights: append([]int(nil), weights...), inflight: make([]paddedCount, len(weights))}
+	p := &p2c{weights: append([]int(nil), weights...), inflight: make([]paddedCount, len(weights))}
+	for _, w := range weights {
+		p.total += w
+		p.cumulative = append(p.cumulative, p.total)
+	}
+	return p
 }
 
 func (p *p2c) Pick(tried *Tried) int {
 	n := len(p.weights)
-	left := n - tried.Len()
-	if left <= 0 {
+	if n-tried.Len() <= 0 {
 		return -1
 	}
-	ka := rand.IntN(left)
-	a := p.nth(ka, tried)
+	a := p.draw(tried, -1)
+	if a < 0 {
+		return -1
+	}
 	best := a
-	if left > 1 {
-		kb := rand.IntN(left - 1)
-		if kb >= ka {
-			kb++
-		}
-		b := p.nth(kb, tried)
+	if b := p.draw(tried, a); b >= 0 {
 		// Compare inflight[a]/weight[a] with inflight[b]/weight[b] without dividing.
 		if p.inflight[b].n.Load()*int64(p.weights[a]) < p.inflight[a].n.Load()*int64(p.weights[b]) {
 			best = b
@@ -141,18 +147,43 @@ func (p *p2c) Pick(tried *Tried) int {
 	return best
 }
 
-// nth returns the index of the k-th backend (from 0) that is not in tried.
-func (p *p2c) nth(k int, tried *Tried) int {
-	for i := range p.weights {
-		if tried.Has(i) {
+// draw returns a backend drawn at random in proportion to weight, among those not tried and not
+// other; -1 when there is none. Drawing by weight makes the policy honour weights when nothing is in
+// flight, and comparing in-flight counts per weight keeps it honouring them under load.
+func (p *p2c) draw(tried *Tried, other int) int {
+	if tried.Len() == 0 && other < 0 {
+		r := rand.IntN(p.total)
+		lo, hi := 0, len(p.cumulative)-1
+		for lo < hi { // the first i with cumulative[i] > r
+			mid := int(uint(lo+hi) >> 1)
+			if p.cumulative[mid] > r {
+				hi = mid
+			} else {
+				lo = mid + 1
+			}
+		}
+		return lo
+	}
+	total := 0
+	for i, w := range p.weights {
+		if i != other && !tried.Has(i) {
+			total += w
+		}
+	}
+	if total == 0 {
+		return -1
+	}
+	r := rand.IntN(total)
+	for i, w := range p.weights {
+		if i == other || tried.Has(i) {
 			continue
 		}
-		if k == 0 {
+		if r < w {
 			return i
 		}
-		k--
+		r -= w
 	}
-	panic("balance: nth past the candidates")
+	panic("balance: draw past the candidates")
 }
 
 func (p *p2c) Done(i int) { p.inflight[i].n.Add(-1) }

@@ -37,9 +37,8 @@ func TestRoundRobinSequences(t *testing.T) {
 		weights []int
 		want    string // two rounds
 	}{
-		// doc.go and policy.go promise AABAAA for 5:1. nginx's algorithm, whose ties go to the first
-		// candidate, gives AAABAA (at the third pick both current weights are 3), so either the
-		// documentation or the tie-break has to change; the two are not consistent today.
+		// nginx's algorithm gives ties to the first candidate and so AAABAA (at the third pick both
+		// current weights are 3); xlb gives them to the lighter backend, which centres it: AABAAA.
 		{"5:1 as documented", []int{5, 1}, "aabaaa" + "aabaaa"},
 		// nginx's own example (the commit that brought smooth weighted round robin).
 		{"nginx 5:1:1", []int{5, 1, 1}, "aabacaa" + "aabacaa"},
@@ -109,7 +108,8 @@ func (n *naiveSWRR) pick(excluded map[int]bool) int {
 		if excluded[i] {
 			continue
 		}
-		if best == -1 || n.current[i] > n.current[best] {
+		if best == -1 || n.current[i] > n.current[best] ||
+			n.current[i] == n.current[best] && n.weights[i] < n.weights[best] {
 			best = i
 		}
 	}

@@ -525,8 +525,10 @@ func within(s, b []byte) bool {
 
 func TestAllocsParseRequest(t *testing.T) {
 	in := []byte("POST /api/v1/items?id=42 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.0\r\n" +
-		"Accept: */*\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: Keep-Alive, X-Trace\r\n" +
-		"X-Trace: 1\r\nX-Forwarded-For: 10.0.0.1\r\nExpect: 100-continue\r\n\r\n{}")
+		"Accept: */*\r\nContent-Type: application/json\r\nContent-Length: 2\r\n" +
+		"Connection: Keep-Alive, X-Trace, X-A-Rather-Long-Field-Name-Of-Many-Bytes\r\n" +
+		"X-Trace: 1\r\nx-a-rather-long-field-name-of-many-bytes: 2\r\nX-Forwarded-For: 10.0.0.1\r\n" +
+		"Expect: 100-continue\r\n\r\n{}")
 	r := Request{Headers: make([]Header, 0, 32)}
 	bad := []byte(get("Host: a", "Content-Length: 1", "Transfer-Encoding: chunked"))
 	allocs := testing.AllocsPerRun(100, func() {
@@ -542,6 +544,9 @@ func TestAllocsParseRequest(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("ParseRequest: %v allocations per run, want 0", allocs)
+	}
+	if err := ParseRequest(in, &proxyLimits, &r); err != nil || !r.Headers[6].Hop || !r.Headers[7].Hop || r.Headers[8].Hop {
+		t.Fatal("the fields named by Connection are not hop-by-hop")
 	}
 }
 

@@ -56,6 +56,9 @@ type conn struct {
 	tbl *table
 	set *set
 
+	// active is the backend connection of the exchange in flight, for Shutdown to cut at its deadline.
+	active atomic.Pointer[upstream.Conn]
+
 	in        http1.Buffer
 	inPtr     *[]byte
 	inRelease bool // rawRead may hand in's buffer back while it waits
@@ -65,16 +68,24 @@ type conn struct {
 	outPtr *[]byte
 	out    []byte
 
-	req  http1.Request
-	resp http1.Response
-	dec  http1.ChunkedDecoder // the request body's, owned by the pump while it runs
-	rdec http1.ChunkedDecoder // the response body's
+	// req's slices point into in and are valid only until the body is read; method (and, with an
+	// access log, target and host) are copies that last the whole exchange.
+	req        http1.Request
+	method     []byte
+	target     []byte
+	host       []byte
+	idempotent bool
+	resp       http1.Response
+	dec        http1.ChunkedDecoder // the request body's, owned by the pump while it runs
+	rdec       http1.ChunkedDecoder // the response body's
 
 	// The request body that streams on after the first attempt was sent.
 	bodyLeft int64      // Content-Length bytes not yet read from the client
 	pumpBuf  []byte     // re-encoding buffer of a streamed chunked body
 	pumpDone chan error // the pump's result
 	pumpErr  error
+	// pumpFromClient says the pump's error, if any, came from the client side.
+	pumpFromClient bool
 
 	tried balance.Tried // the backends the current request tried; here, not on the stack, since Pick takes it
 
@@ -241,11 +252,14 @@ func (c *conn) serve() {
 func (c *conn) readRequest() bool {
 	p := c.p
 	if c.in.Len() == 0 {
+		// Shutdown sets draining, then wakes the idle connections. Checking draining after the
+		// deadline is set means that either this sees it, or Shutdown's wake-up comes after (and
+		// overrides) this deadline.
 		c.state.Store(stateIdle)
+		c.dl.Read(time.Now(), p.cfg.IdleTimeout)
 		if p.draining.Load() {
 			return false
 		}
-		c.dl.Read(time.Now(), p.cfg.IdleTimeout)
 		c.inRelease = true
 		err := c.fill()
 		c.inRelease = false
@@ -334,14 +348,23 @@ func (c *conn) handle() bool {
 	}
 	c.takeOut()
 	c.out = c.appendRequestHead(c.out[:0])
+	// The head's slices point into c.in, whose bytes the body will overwrite: keep copies of what is
+	// needed later. idempotent is decided now, while r.Method is still valid.
+	c.idempotent = idempotent(r.Method) && r.Upgrade == nil
+	c.method = append(c.method[:0], r.Method...)
+	if p.access != nil {
+		c.target = append(c.target[:0], r.Target...)
+		c.host = append(c.host[:0], r.Host...)
+	}
 	c.in.Consume(r.HeadLen)
 
+	headLen := len(c.out)
 	complete, err := c.bufferBody()
 	if err != nil {
 		c.bodyError(err)
 		return false
 	}
-	replayable := complete && idempotent(r.Method) && r.Upgrade == nil
+	replayable := complete && c.idempotent && len(c.out)-headLen <= p.cfg.ReplayBufferBytesMax
 
 	s := c.currentSet()
 	tried := &c.tried
@@ -395,7 +418,7 @@ func (c *conn) handle() bool {
 // the whole body is in c.out; if not, c.bodyLeft (or the chunked decoder) tells what streams on.
 func (c *conn) bufferBody() (complete bool, err error) {
 	r, p := &c.req, c.p
-	mayWait := idempotent(r.Method) && !r.Expect100 && r.Upgrade == nil
+	mayWait := c.idempotent && !r.Expect100
 	switch {
 	case r.ContentLength > 0:
 		c.bodyLeft = r.ContentLength

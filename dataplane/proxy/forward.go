@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"strconv"
 	"time"
 
@@ -134,6 +133,8 @@ func (c *conn) attempt(b *backend, complete, replayable bool) attemptResult {
 // send writes the request on u and forwards the response. It puts u back into the pool or closes it.
 func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
 	p := c.p
+	c.active.Store(u)
+	defer c.active.Store(nil)
 	u.DL.Both(time.Now(), p.cfg.BackendTimeout)
 	var readErr error
 	pumping := !complete
@@ -176,9 +177,8 @@ func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
 		if !bodySent {
 			c.forceStop = true
 		}
-		var he *http1.Error
-		if errors.As(c.pumpErr, &he) && res != attemptOK {
-			// The client's body was malformed; that, not the backend, is what failed.
+		if c.pumpErr != nil && c.pumpFromClient && res != attemptOK {
+			// The client's body broke off or was malformed; that, not the backend, is what failed.
 			u.Close()
 			c.bodyError(c.pumpErr)
 			return attemptFatal
@@ -206,7 +206,13 @@ func writeFailure(n int, err error) attemptResult {
 // pump streams the rest of the request body from the client to the backend, and reports how it
 // ended on c.pumpDone.
 func (c *conn) pump(u *upstream.Conn) {
-	c.pumpDone <- c.pumpBody(u)
+	err := c.pumpBody(u)
+	if err != nil && c.pumpFromClient {
+		// The client's body broke off or was malformed: the backend will never see the rest, so
+		// end the exchange now rather than when the backend times out.
+		u.Conn.Close()
+	}
+	c.pumpDone <- err
 }
 
 func (c *conn) pumpBody(u *upstream.Conn) error {
@@ -220,6 +226,7 @@ func (c *conn) pumpBody(u *upstream.Conn) error {
 		}()
 		c.pumpBuf = *bp
 		for !c.dec.Done() {
+			c.pumpFromClient = true
 			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
 			if err := c.fill(); err != nil {
 				return err
@@ -229,6 +236,7 @@ func (c *conn) pumpBody(u *upstream.Conn) error {
 			if err != nil {
 				return err
 			}
+			c.pumpFromClient = false
 			u.DL.Write(time.Now(), p.cfg.BackendTimeout)
 			if _, err := u.Write(buf); err != nil {
 				return err
@@ -238,10 +246,12 @@ func (c *conn) pumpBody(u *upstream.Conn) error {
 	}
 	for c.bodyLeft > 0 {
 		if c.in.Len() == 0 {
+			c.pumpFromClient = true
 			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
 			if err := c.fill(); err != nil {
 				return err
 			}
+			c.pumpFromClient = false
 		}
 		n := min(int64(c.in.Len()), c.bodyLeft)
 		u.DL.Write(time.Now(), p.cfg.BackendTimeout)
@@ -348,7 +358,7 @@ func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
 	p, resp := c.p, &c.resp
 	c.status = resp.Status
 	c.keepUpstream = false
-	kind := resp.Body(c.req.Method)
+	kind := resp.Body(c.method)
 	keepClient := c.req.KeepAlive && !p.draining.Load() && !c.forceStop
 	chunked := false
 	switch kind {

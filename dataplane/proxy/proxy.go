@@ -33,7 +33,7 @@ type Proxy struct {
 	conns     map[*conn]struct{}
 	connsWG   sync.WaitGroup
 	draining  atomic.Bool
-	connPool  sync.Pool // of *conn, for reuse
+	connPool  sync.Pool     // of *conn, for reuse
 	stop      chan struct{} // closed by Shutdown: ends the reaper
 
 	stats counters
@@ -259,6 +259,7 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 	p.mu.Lock()
 	if p.draining.Load() {
 		p.mu.Unlock()
+		ln.Close()
 		return nil
 	}
 	p.listeners[ln] = struct{}{}
@@ -323,6 +324,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		p.mu.Lock()
 		for c := range p.conns {
 			c.nc.Close()
+			if u := c.active.Load(); u != nil {
+				u.Close()
+			}
 		}
 		p.mu.Unlock()
 		<-done

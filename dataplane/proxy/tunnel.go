@@ -69,7 +69,9 @@ func (c *conn) tunnel(u *upstream.Conn) attemptResult {
 			u.In.Consume(u.In.Len())
 		}
 		if err != nil {
-			closeWrite(c.nc)
+			// The backend ended the session: so does the tunnel. (A client that closes first only
+			// half-closes the backend connection, which may still answer.)
+			c.nc.Close()
 			break
 		}
 	}

@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -41,9 +40,6 @@ type Pool struct {
 	idle   []*Conn // a stack: the most recently used on top
 	closed bool
 }
-
-// ErrPoolClosed is returned by Get after Close.
-var ErrPoolClosed = errors.New("upstream: pool closed")
 
 // NewPool returns an empty pool.
 func NewPool(cfg Config) *Pool {
@@ -271,8 +267,9 @@ func (c *Conn) alive() bool {
 }
 
 func (c *Conn) peek(fd uintptr) {
-	_, _, err := unix.Recvfrom(int(fd), c.peekByte[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	c.peekAlive = err == unix.EAGAIN
+	// syscall's Recvfrom, not unix's: the latter moves its address buffer to the heap.
+	_, _, err := syscall.Recvfrom(int(fd), c.peekByte[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	c.peekAlive = err == syscall.EAGAIN
 }
 
 // Pool is the pool c belongs to.
