@@ -60,7 +60,8 @@ var (
 type Limits struct {
 	// RequestLineBytesMax bounds the request line without its CRLF (414 past it).
 	RequestLineBytesMax int
-	// HeaderBytesMax bounds the whole head with its CRLFs (431 past it).
+	// HeaderBytesMax bounds the whole head with its CRLFs, empty lines before a request line
+	// included (431 past it). A parser never looks past it.
 	HeaderBytesMax int
 	// HeadersMax bounds the number of header fields (431 past it).
 	HeadersMax int
@@ -394,7 +395,8 @@ func (r *Request) interpret() error {
 			if !EqualFold(h.Value, "100-continue") {
 				return errExpect
 			}
-			r.Expect100 = true
+			// RFC 9110 §10.1.1: a server ignores 100-continue from an HTTP/1.0 client.
+			r.Expect100 = r.Minor == 1
 		}
 	}
 	if hosts == 0 {

@@ -335,9 +335,21 @@ func (c *conn) appendResponseHead(b []byte, chunked, closing bool) []byte {
 	b = append(b, ' ')
 	b = append(b, resp.Reason...)
 	b = append(b, "\r\n"...)
+	cl := false
 	for i := range resp.Headers {
 		h := &resp.Headers[i]
-		if !h.Hop {
+		switch {
+		case h.Hop:
+		case h.Kind == http1.KindContentLength:
+			// One field with one value, however the backend repeated it.
+			if !cl {
+				cl = true
+				b = append(b, h.Name...)
+				b = append(b, ": "...)
+				b = strconv.AppendInt(b, resp.ContentLength, 10)
+				b = append(b, "\r\n"...)
+			}
+		default:
 			b = appendField(b, h.Name, h.Value)
 		}
 	}
