@@ -22,16 +22,18 @@ import (
 )
 
 // Bounds of the waits of every test. None is a sleep: each is the deadline of a condition polled
-// or awaited, so a healthy run never waits for one to pass.
+// or awaited, so a healthy run never waits for one to pass. They are generous because a loaded
+// machine can starve a new process for seconds (on a 2-core machine running fuzzers beside this
+// suite, /proc/PID/schedstat showed xlb waiting 8 s on the run queue for 4 ms of running).
 const (
 	// readyTimeout bounds the wait for a started xlb to listen.
-	readyTimeout = 10 * time.Second
-	// stopTimeout bounds the wait for xlb to exit after the SIGTERM of a test's cleanup.
-	stopTimeout = 10 * time.Second
+	readyTimeout = 30 * time.Second
+	// stopTimeout bounds the wait for xlb to exit after a SIGTERM.
+	stopTimeout = 30 * time.Second
 	// ioTimeout bounds one exchange on a raw connection of a test.
-	ioTimeout = 10 * time.Second
+	ioTimeout = 30 * time.Second
 	// curlTimeout bounds one curl invocation, however many requests it makes.
-	curlTimeout = 30 * time.Second
+	curlTimeout = 60 * time.Second
 	// pollInterval is the period of the polled waits.
 	pollInterval = 5 * time.Millisecond
 	// startAttempts is how many ports startXLB tries when another process took the free port first.
@@ -247,7 +249,17 @@ func waitListening(p *proc, addr string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not listening on %s after %v", addr, readyTimeout)
+			dial := "accepted"
+			if c, err := net.DialTimeout("tcp", addr, time.Second); err != nil {
+				dial = err.Error()
+			} else {
+				c.Close()
+			}
+			stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+			sched, _ := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", p.pid()))
+			return fmt.Errorf("not listening on %s after %v (a connection to it: %s; /proc/PID/stat: %s; "+
+				"/proc/PID/schedstat (ns running, ns waiting to run, slices): %s)\n%s",
+				addr, readyTimeout, dial, bytes.TrimSpace(stat), bytes.TrimSpace(sched), procDetail(p.pid()))
 		}
 		<-tick.C
 	}
@@ -396,4 +408,34 @@ func (e *exchange) waitClosed(timeout time.Duration) error {
 		return fmt.Errorf("still open: %w", err)
 	}
 	return errors.New("read returned nothing")
+}
+
+// procDetail describes what process pid is doing, for a failure message: each thread's state and
+// kernel wait channel, its open descriptors, and the TCP listeners of its network namespace.
+func procDetail(pid int) string {
+	var b strings.Builder
+	dir := fmt.Sprintf("/proc/%d", pid)
+	tasks, _ := os.ReadDir(dir + "/task")
+	for _, t := range tasks {
+		stat, _ := os.ReadFile(filepath.Join(dir, "task", t.Name(), "stat"))
+		wchan, _ := os.ReadFile(filepath.Join(dir, "task", t.Name(), "wchan"))
+		state := ""
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = string(stat[i+2 : i+3])
+		}
+		fmt.Fprintf(&b, "  thread %s: state %s, wchan %s\n", t.Name(), state, wchan)
+	}
+	fds, _ := os.ReadDir(dir + "/fd")
+	for _, fd := range fds {
+		target, _ := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
+		fmt.Fprintf(&b, "  fd %s -> %s\n", fd.Name(), target)
+	}
+	if table, err := os.ReadFile(dir + "/net/tcp"); err == nil {
+		for line := range strings.Lines(string(table)) {
+			if f := strings.Fields(line); len(f) >= 10 && f[3] == "0A" {
+				fmt.Fprintf(&b, "  listener %s inode %s\n", f[1], f[9])
+			}
+		}
+	}
+	return b.String()
 }

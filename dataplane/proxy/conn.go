@@ -12,6 +12,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/rawio"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
 )
 
@@ -46,8 +47,11 @@ type conn struct {
 	nc  net.Conn
 	dl  upstream.Deadlines // the read side belongs to the pump while it runs
 	raw syscall.RawConn
-	// readFn is c.rawRead, bound once: passing a method value allocates.
+	// readFn and writeFn are c.rawRead and c.rawWrite, bound once: passing a method value allocates.
 	readFn   func(fd uintptr) bool
+	writeFn  func(fd uintptr) bool
+	wbuf     []byte // what rawWrite has left to write
+	wErr     error
 	clientIP []byte
 	setName  string
 	state    atomic.Int32
@@ -110,6 +114,7 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 		c.dec.TrailerBytesMax = p.cfg.HeaderBytesMax
 		c.rdec.TrailerBytesMax = p.cfg.HeaderBytesMax
 		c.readFn = c.rawRead
+		c.writeFn = c.rawWrite
 	}
 	c.nc, c.setName = nc, setName
 	c.dl = upstream.Deadlines{Conn: nc}
@@ -187,10 +192,8 @@ func (c *conn) rawRead(fd uintptr) bool {
 		c.in = http1.Buffer{Buf: *c.inPtr}
 	}
 	for {
-		n, err := syscall.Read(int(fd), c.in.Space())
+		n, err := rawio.Read(fd, c.in.Space())
 		switch err {
-		case syscall.EINTR:
-			continue
 		case syscall.EAGAIN:
 			if c.inRelease && c.in.Len() == 0 {
 				c.releaseIn()
@@ -204,6 +207,38 @@ func (c *conn) rawRead(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// rawWrite writes c.wbuf to the client, asking to be called again when the socket has room.
+func (c *conn) rawWrite(fd uintptr) bool {
+	for len(c.wbuf) > 0 {
+		n, err := rawio.Write(fd, c.wbuf)
+		switch err {
+		case nil:
+			c.wbuf = c.wbuf[n:]
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.wErr = err
+			return true
+		}
+	}
+	return true
+}
+
+// write writes b to the client.
+func (c *conn) write(b []byte) error {
+	if c.raw == nil {
+		_, err := c.nc.Write(b)
+		return err
+	}
+	c.wbuf, c.wErr = b, nil
+	err := c.raw.Write(c.writeFn)
+	c.wbuf = nil
+	if err != nil {
+		return err
+	}
+	return c.wErr
 }
 
 // fill reads once from the client. io.EOF means the client closed its side.

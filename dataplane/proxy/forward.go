@@ -516,6 +516,5 @@ func (c *conn) writeClient(b []byte) bool {
 		return true
 	}
 	c.dl.Write(time.Now(), c.p.cfg.ClientTimeout)
-	_, err := c.nc.Write(b)
-	return err == nil
+	return c.write(b) == nil
 }

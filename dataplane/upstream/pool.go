@@ -7,9 +7,8 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/rawio"
 )
 
 // ReadBufferBytes is the size of each connection's read buffer.
@@ -96,6 +95,7 @@ func (p *Pool) Dial() (*Conn, error) {
 		c.raw, _ = tc.SyscallConn()
 		c.peekFn = c.peek
 		c.exchangeFn = c.exchangeStep
+		c.fillFn = c.fillStep
 	}
 	return c, nil
 }
@@ -174,7 +174,7 @@ type Conn struct {
 	peekByte  [1]byte
 
 	// The state of WriteThenFill, kept here so that its callback is bound once.
-	exchangeFn          func(fd uintptr) bool
+	exchangeFn, fillFn  func(fd uintptr) bool
 	xOut                []byte
 	xWritten, xRead     int
 	xWriteErr, xReadErr error
@@ -219,14 +219,12 @@ func (c *Conn) WriteThenFill(b []byte) (written int, writeErr, readErr error) {
 func (c *Conn) exchangeStep(fd uintptr) bool {
 	if c.xWritten < len(c.xOut) {
 		for c.xWritten < len(c.xOut) {
-			n, err := unix.Write(int(fd), c.xOut[c.xWritten:])
+			n, err := rawio.Write(fd, c.xOut[c.xWritten:])
 			switch err {
 			case nil:
 				c.xWritten += n
 				continue
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
+			case syscall.EAGAIN:
 				return true // the caller writes the rest the ordinary way
 			}
 			c.xWriteErr = err
@@ -235,15 +233,13 @@ func (c *Conn) exchangeStep(fd uintptr) bool {
 		return false // all written: wait until the answer can be read
 	}
 	for {
-		n, err := unix.Read(int(fd), c.In.Space())
+		n, err := rawio.Read(fd, c.In.Space())
 		switch err {
 		case nil:
 			c.In.W += n
 			c.xRead = n
 			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
+		case syscall.EAGAIN:
 			return false
 		}
 		c.xReadErr = err
@@ -252,7 +248,37 @@ func (c *Conn) exchangeStep(fd uintptr) bool {
 }
 
 // Fill reads once from the backend into In.
-func (c *Conn) Fill() (int, error) { return c.In.ReadOnce(c.Conn) }
+func (c *Conn) Fill() (int, error) {
+	if c.raw == nil {
+		return c.In.ReadOnce(c.Conn)
+	}
+	c.xRead, c.xReadErr = -1, nil
+	if err := c.raw.Read(c.fillFn); err != nil {
+		return 0, err
+	}
+	switch {
+	case c.xReadErr != nil:
+		return 0, c.xReadErr
+	case c.xRead == 0:
+		return 0, io.EOF
+	}
+	return c.xRead, nil
+}
+
+// fillStep is Fill's callback.
+func (c *Conn) fillStep(fd uintptr) bool {
+	n, err := rawio.Read(fd, c.In.Space())
+	switch err {
+	case nil:
+		c.In.W += n
+		c.xRead = n
+		return true
+	case syscall.EAGAIN:
+		return false
+	}
+	c.xReadErr = err
+	return true
+}
 
 // alive peeks at the socket without blocking: a backend that closed the connection (EOF, reset) or
 // sent bytes nobody asked for makes it unusable.
