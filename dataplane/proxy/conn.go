@@ -191,22 +191,20 @@ func (c *conn) rawRead(fd uintptr) bool {
 		c.inPtr = inPool.Get().(*[]byte)
 		c.in = http1.Buffer{Buf: *c.inPtr}
 	}
-	for {
-		n, err := rawio.Read(fd, c.in.Space())
-		switch err {
-		case syscall.EAGAIN:
-			if c.inRelease && c.in.Len() == 0 {
-				c.releaseIn()
-			}
-			return false
-		case nil:
-			c.in.W += n
-			c.readN, c.readErr = n, nil
-		default:
-			c.readN, c.readErr = 0, err
+	n, err := rawio.Read(fd, c.in.Space())
+	switch err {
+	case syscall.EAGAIN:
+		if c.inRelease && c.in.Len() == 0 {
+			c.releaseIn()
 		}
-		return true
+		return false
+	case nil:
+		c.in.W += n
+		c.readN, c.readErr = n, nil
+	default:
+		c.readN, c.readErr = 0, err
 	}
+	return true
 }
 
 // rawWrite writes c.wbuf to the client, asking to be called again when the socket has room.

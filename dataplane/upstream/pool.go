@@ -232,19 +232,7 @@ func (c *Conn) exchangeStep(fd uintptr) bool {
 		}
 		return false // all written: wait until the answer can be read
 	}
-	for {
-		n, err := rawio.Read(fd, c.In.Space())
-		switch err {
-		case nil:
-			c.In.W += n
-			c.xRead = n
-			return true
-		case syscall.EAGAIN:
-			return false
-		}
-		c.xReadErr = err
-		return true
-	}
+	return c.fillStep(fd)
 }
 
 // Fill reads once from the backend into In.
