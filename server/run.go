@@ -41,6 +41,7 @@ type dataplane interface {
 	SetBackends([]proxy.BackendSet) error
 	Serve(ln net.Listener, set string) error
 	Shutdown(ctx context.Context) error
+	Stats() proxy.Stats
 }
 
 // osEnv is the env of the real process.
@@ -187,7 +188,10 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 			code = exitFailure
 		}
 	}
-	log.Info("stopped")
+	st := p.Stats()
+	log.Info("stopped", "requests", st.Requests, "retries", st.Retries, "connect_failures", st.ConnectFailures,
+		"answered_503", st.NoBackend, "answered_502", st.BadGateway, "answered_504", st.GatewayTimeout,
+		"rejected", st.Rejected)
 	return code
 }
 

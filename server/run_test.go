@@ -59,6 +59,8 @@ func (f *fakeProxy) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+func (f *fakeProxy) Stats() proxy.Stats { return proxy.Stats{} }
+
 func (f *fakeProxy) shutdownCalled() bool {
 	select {
 	case <-f.stopped:
