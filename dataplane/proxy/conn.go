@@ -90,6 +90,8 @@ type conn struct {
 	pumpErr  error
 	// pumpFromClient says the pump's error, if any, came from the client side.
 	pumpFromClient bool
+	// pumpStop tells the pump to stop reading the client.
+	pumpStop atomic.Bool
 
 	tried balance.Tried // the backends the current request tried; here, not on the stack, since Pick takes it
 

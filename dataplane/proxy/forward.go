@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"strconv"
 	"time"
 
@@ -144,6 +145,7 @@ func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
 			return writeFailure(n, err)
 		}
 		c.pumpErr = nil
+		c.pumpStop.Store(false)
 		go c.pump(u)
 	} else {
 		// The whole request goes out, and the answer is awaited, in one pass.
@@ -166,7 +168,9 @@ func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
 		select {
 		case c.pumpErr = <-c.pumpDone:
 		default:
-			// The response ended (or failed) before the request body did: stop reading it.
+			// The response ended (or failed) before the request body did: stop reading it. The flag
+			// covers a pump that is about to move its deadline past the poke.
+			c.pumpStop.Store(true)
 			c.dl.PokeRead()
 			u.DL.Poke()
 			c.pumpErr = <-c.pumpDone
@@ -215,6 +219,19 @@ func (c *conn) pump(u *upstream.Conn) {
 	c.pumpDone <- err
 }
 
+// errPumpStopped ends a pump that the exchange no longer needs.
+var errPumpStopped = errors.New("proxy: request body no longer wanted")
+
+// pumpFill reads more of the request body within the client timeout, unless the exchange stopped the
+// pump.
+func (c *conn) pumpFill() error {
+	c.dl.Read(time.Now(), c.p.cfg.ClientTimeout)
+	if c.pumpStop.Load() {
+		return errPumpStopped
+	}
+	return c.fill()
+}
+
 func (c *conn) pumpBody(u *upstream.Conn) error {
 	p := c.p
 	if c.req.Chunked {
@@ -227,8 +244,7 @@ func (c *conn) pumpBody(u *upstream.Conn) error {
 		c.pumpBuf = *bp
 		for !c.dec.Done() {
 			c.pumpFromClient = true
-			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
-			if err := c.fill(); err != nil {
+			if err := c.pumpFill(); err != nil {
 				return err
 			}
 			buf, err := c.decodeChunks(c.pumpBuf[:0])
@@ -247,8 +263,7 @@ func (c *conn) pumpBody(u *upstream.Conn) error {
 	for c.bodyLeft > 0 {
 		if c.in.Len() == 0 {
 			c.pumpFromClient = true
-			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
-			if err := c.fill(); err != nil {
+			if err := c.pumpFill(); err != nil {
 				return err
 			}
 			c.pumpFromClient = false

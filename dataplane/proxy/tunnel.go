@@ -62,19 +62,19 @@ func (c *conn) tunnel(u *upstream.Conn) attemptResult {
 		if n > 0 {
 			c.bytesOut += int64(n)
 			if !c.writeClient(u.In.Buffered()) {
-				u.SetReadDeadline(time.Unix(1, 0))
-				c.nc.SetReadDeadline(time.Unix(1, 0))
 				break
 			}
 			u.In.Consume(u.In.Len())
 		}
 		if err != nil {
-			// The backend ended the session: so does the tunnel. (A client that closes first only
-			// half-closes the backend connection, which may still answer.)
-			c.nc.Close()
 			break
 		}
 	}
+	// The backend ended the session, or the client cannot take more: so ends the tunnel. (A client
+	// that closes first only half-closes the backend connection, which may still answer.) Closing
+	// both ends the other direction whatever it is doing.
+	c.nc.Close()
+	u.Conn.Close()
 	<-done
 	u.In.Consume(u.In.Len())
 	c.dl.Forget()
