@@ -17,31 +17,19 @@ import (
 )
 
 // Read is read(2) on a non-blocking fd. It returns syscall.EAGAIN when nothing is there.
-func Read(fd uintptr, p []byte) (int, error) {
-	var ptr unsafe.Pointer
-	if len(p) > 0 {
-		ptr = unsafe.Pointer(&p[0])
-	}
-	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(ptr), uintptr(len(p)))
-		switch errno {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, errno
-	}
-}
+func Read(fd uintptr, p []byte) (int, error) { return call(syscall.SYS_READ, fd, p) }
 
 // Write is write(2) on a non-blocking fd. It returns syscall.EAGAIN when the socket's buffer is full.
-func Write(fd uintptr, p []byte) (int, error) {
+func Write(fd uintptr, p []byte) (int, error) { return call(syscall.SYS_WRITE, fd, p) }
+
+// call makes the read or write system call trap on fd and p, again after EINTR.
+func call(trap, fd uintptr, p []byte) (int, error) {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(ptr), uintptr(len(p)))
+		n, _, errno := syscall.RawSyscall(trap, fd, uintptr(ptr), uintptr(len(p)))
 		switch errno {
 		case 0:
 			return int(n), nil
