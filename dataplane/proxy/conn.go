@@ -71,6 +71,7 @@ type conn struct {
 
 	outPtr *[]byte
 	out    []byte
+	hdrs   *headerArrays
 
 	// req's slices point into in and are valid only until the body is read; method (and, with an
 	// access log, target and host) are copies that last the whole exchange.
@@ -111,8 +112,6 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	c, _ := p.connPool.Get().(*conn)
 	if c == nil {
 		c = &conn{p: p, pumpDone: make(chan error, 1)}
-		c.req.Headers = make([]http1.Header, 0, min(p.cfg.HeadersMax, 32))
-		c.resp.Headers = make([]http1.Header, 0, min(p.cfg.HeadersMax, 32))
 		c.dec.TrailerBytesMax = p.cfg.HeaderBytesMax
 		c.rdec.TrailerBytesMax = p.cfg.HeaderBytesMax
 		c.readFn = c.rawRead
@@ -155,7 +154,7 @@ func (c *conn) close() {
 	delete(p.conns, c)
 	p.mu.Unlock()
 	c.nc, c.raw, c.dl.Conn, c.tbl, c.set, c.backend = nil, nil, nil, nil, nil, nil
-	c.req.Headers, c.resp.Headers = c.req.Headers[:0], c.resp.Headers[:0]
+	c.releaseHeaders()
 	c.state.Store(stateActive)
 	p.connPool.Put(c)
 	p.connsWG.Done()
@@ -165,6 +164,30 @@ func (c *conn) releaseIn() {
 	if c.inPtr != nil {
 		inPool.Put(c.inPtr)
 		c.inPtr, c.in = nil, http1.Buffer{}
+	}
+}
+
+// headerArrays are the parsed-field arrays of one exchange; like the buffers, an idle connection
+// holds none.
+type headerArrays struct{ req, resp []http1.Header }
+
+func (c *conn) takeHeaders() {
+	if c.hdrs == nil {
+		c.hdrs, _ = c.p.headerPool.Get().(*headerArrays)
+		if c.hdrs == nil {
+			n := min(c.p.cfg.HeadersMax, 32)
+			c.hdrs = &headerArrays{make([]http1.Header, 0, n), make([]http1.Header, 0, n)}
+		}
+		c.req.Headers, c.resp.Headers = c.hdrs.req[:0], c.hdrs.resp[:0]
+	}
+}
+
+func (c *conn) releaseHeaders() {
+	if c.hdrs != nil {
+		// Keep what the arrays grew to; drop the field slices, which point into pooled buffers.
+		c.hdrs.req, c.hdrs.resp = c.req.Headers[:0], c.resp.Headers[:0]
+		c.p.headerPool.Put(c.hdrs)
+		c.hdrs, c.req.Headers, c.resp.Headers = nil, nil, nil
 	}
 }
 
@@ -278,6 +301,7 @@ func (c *conn) serve() {
 		}
 		if c.in.Len() == 0 {
 			c.releaseOut()
+			c.releaseHeaders()
 		}
 	}
 }
@@ -303,6 +327,7 @@ func (c *conn) readRequest() bool {
 			return false // idle timeout, shutdown, or the client went away
 		}
 	}
+	c.takeHeaders()
 	for first := true; ; first = false {
 		err := http1.ParseRequest(c.in.Buffered(), &p.limits, &c.req)
 		if err == nil {

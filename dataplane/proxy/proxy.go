@@ -28,13 +28,14 @@ type Proxy struct {
 	poolsMu sync.Mutex
 	pools   map[string]*upstream.Pool // by backend address, shared by the sets that name it
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	connsWG   sync.WaitGroup
-	draining  atomic.Bool
-	connPool  sync.Pool     // of *conn, for reuse
-	stop      chan struct{} // closed by Shutdown: ends the reaper
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	conns      map[*conn]struct{}
+	connsWG    sync.WaitGroup
+	draining   atomic.Bool
+	connPool   sync.Pool     // of *conn, for reuse
+	headerPool sync.Pool     // of *headerArrays
+	stop       chan struct{} // closed by Shutdown: ends the reaper
 
 	stats counters
 }
