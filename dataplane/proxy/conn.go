@@ -27,8 +27,6 @@ const (
 	outBufferKeepMax = 256 << 10
 )
 
-var errTooManyFiles = syscall.EMFILE
-
 var (
 	inPool  = sync.Pool{New: func() any { b := make([]byte, clientBufferBytes); return &b }}
 	outPool = sync.Pool{New: func() any { b := make([]byte, 0, outBufferBytes); return &b }}

@@ -114,7 +114,7 @@ func (c *conn) attempt(b *backend, complete, replayable bool) attemptResult {
 			var err error
 			if u, err = b.pool.Dial(); err != nil {
 				p.stats.connectFailures.Add(1)
-				p.log.Debug("connect failed", "backend", b.address, "error", err)
+				p.log.Trace("connect failed", "backend", b.address, "error", err)
 				return attemptNotSent
 			}
 		}
@@ -320,7 +320,7 @@ func (c *conn) readResponseHead(u *upstream.Conn, answered bool, readErr error) 
 				return attemptOK
 			}
 			if err != http1.ErrIncomplete || u.In.Full() {
-				p.log.Debug("malformed response", "backend", u.Pool().Address(), "error", err)
+				p.log.Trace("malformed response", "backend", u.Pool().Address(), "error", err)
 				return attemptBad
 			}
 		}
@@ -434,7 +434,7 @@ func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
 		for {
 			var err error
 			if c.out, err = c.decodeResponseChunks(u, c.out, chunked); err != nil {
-				p.log.Debug("malformed chunked response", "backend", u.Pool().Address(), "error", err)
+				p.log.Trace("malformed chunked response", "backend", u.Pool().Address(), "error", err)
 				c.writeClient(c.out)
 				return attemptFatal
 			}
@@ -519,7 +519,7 @@ func (c *conn) decodeResponseChunks(u *upstream.Conn, dst []byte, chunked bool) 
 func (c *conn) fillUpstream(u *upstream.Conn) bool {
 	u.DL.Read(time.Now(), c.p.cfg.BackendTimeout)
 	if _, err := u.Fill(); err != nil {
-		c.p.log.Debug("response body cut short", "backend", u.Pool().Address(), "error", err)
+		c.p.log.Trace("response body cut short", "backend", u.Pool().Address(), "error", err)
 		return false
 	}
 	return true

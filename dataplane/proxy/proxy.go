@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -278,8 +279,8 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 				return nil
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
-				// Out of file descriptors or a transient error: back off rather than spin.
+			if errors.As(err, &ne) && ne.Timeout() || transientAccept(err) {
+				// Out of file descriptors or memory: back off rather than spin.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", backoff)
 				time.Sleep(backoff)
@@ -294,6 +295,16 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 		}
 		go c.serve()
 	}
+}
+
+// transientAccept reports whether an accept error passes once resources free up.
+func transientAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // Shutdown stops accepting, closes idle connections, and lets requests in flight finish; their
