@@ -52,8 +52,8 @@ func (f Forwarded) String() string {
 type Config struct {
 	// ConnectTimeout bounds a TCP connect to a backend. Zero means 5s.
 	ConnectTimeout time.Duration
-	// BackendTimeout bounds the wait for a backend's response header, and the longest silence while
-	// reading a backend's body. Zero means 60s.
+	// BackendTimeout bounds the wait for a backend's response header, the longest silence while
+	// reading a backend's body, and the longest stall while writing a request to it. Zero means 60s.
 	BackendTimeout time.Duration
 	// ClientTimeout bounds the wait for the rest of a client's request header once its first byte
 	// arrived, the longest silence while reading a client's body, and the longest stall while writing
