@@ -2,7 +2,7 @@
 export GOTOOLCHAIN := local
 
 FUZZTIME ?= 2m
-FUZZPKGS := ./dataplane/http1 ./server
+FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./server
 
 .PHONY: test build demo fuzz bench
 
