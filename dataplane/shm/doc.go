@@ -1,0 +1,34 @@
+// Package shm is the shared region: one file, mapped MAP_SHARED by the supervisor (its only writer)
+// and by every worker (readers), through which backend sets, health and worker liveness pass
+// between processes without locks or system calls. It is the only package of xlb, with rawio, that
+// uses unsafe, and the only one that maps memory.
+//
+// # Layout (version 1)
+//
+// All integers are little-endian and every atomic word is 8-byte aligned. TestLayout pins every
+// offset and size; changing one means a new LayoutVersion, which older binaries refuse to map.
+//
+//	header      256 B   magic, layout version, capacities, section offsets, the generation word
+//	half 0      64 B half header (seq, gen, counts, checksum) + payload
+//	half 1      the same
+//	health      HealthSlotsMax × 64 B, stable across generations
+//	workers     WorkersMax × 64 B: pid, observed generation, heartbeat
+//
+// A half's payload is the sets (16 B each), then their backends (32 B each), then the strings they
+// point into, packed; its checksum is CRC-32C over the payload.
+//
+// # Protocol
+//
+// The writer writes generation g+1 into the half not in use (half (g+1)&1): it makes that half's
+// seq odd, writes, stores gen and checksum, makes seq even, and only then stores g+1 in the
+// generation word. A reader loads the generation word (one atomic load, the cost of a request that
+// sees no change), reads that half's seq, copies the payload, checks gen, checksum and an unchanged,
+// even seq, and retries otherwise: a half being rewritten is never acted on. The writer never waits
+// for readers; a stalled or killed reader blocks nothing.
+//
+// Every word of the region is read and written with sync/atomic, so that the race detector and the
+// Go memory model see the region's cross-process accesses as the synchronised accesses they are.
+//
+// A caller must never keep a slice of the mapping past Close, and never write the region except
+// through Writer and the worker-slot methods.
+package shm

@@ -1,0 +1,253 @@
+package shm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Magic is the region's first word: "XLBSHM\x00\x01" read as a little-endian uint64.
+const Magic uint64 = 0x0100_4D48_5342_4C58
+
+// LayoutVersion is the layout this package reads and writes.
+const LayoutVersion uint32 = 1
+
+// Offsets of the header's fields, and the sizes of the fixed parts.
+const (
+	offMagic          = 0
+	offVersion        = 8
+	offSetsMax        = 16
+	offBackendsMax    = 20
+	offStringBytesMax = 24
+	offWorkersMax     = 28
+	offHealthSlotsMax = 32
+	offHalf0          = 40
+	offHalf1          = 48
+	offHalfBytes      = 56
+	offHealth         = 64
+	offWorkers        = 72
+	offTotalBytes     = 80
+	offGeneration     = 128 // on its own cache line
+	headerBytes       = 256
+
+	// A half's header.
+	offHalfSeq         = 0
+	offHalfGen         = 8
+	offHalfSetCount    = 16
+	offHalfBackendCnt  = 20
+	offHalfStringBytes = 24
+	offHalfChecksum    = 28
+	offHalfPayloadLen  = 32
+	halfHeaderBytes    = 64
+
+	setRecordBytes     = 16
+	backendRecordBytes = 32
+	healthSlotBytes    = 64
+	workerSlotBytes    = 64
+)
+
+// Capacities are a region's sizes, fixed when it is created. The zero value of a field means its
+// default.
+type Capacities struct {
+	// Sets bounds the backend sets of a generation. Zero means 64.
+	Sets int
+	// Backends bounds the backends of a generation, over all its sets. Zero means 4096.
+	Backends int
+	// StringBytes bounds the bytes of the names, ids and addresses of a generation. Zero means
+	// 256 KiB.
+	StringBytes int
+	// Workers bounds the worker slots. Zero means 64.
+	Workers int
+}
+
+func (c *Capacities) setDefaults() error {
+	for _, f := range []struct {
+		v    *int
+		def  int
+		name string
+	}{{&c.Sets, 64, "Sets"}, {&c.Backends, 4096, "Backends"}, {&c.StringBytes, 256 << 10, "StringBytes"}, {&c.Workers, 64, "Workers"}} {
+		if *f.v < 0 || *f.v > 1<<24 {
+			return fmt.Errorf("shm: capacity %s %d: want 0 (the default) to %d", f.name, *f.v, 1<<24)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	return nil
+}
+
+// layout is where each section lies for some capacities.
+type layout struct {
+	caps                  Capacities
+	healthSlots           int
+	half                  [2]int
+	halfBytes             int
+	health, workers, size int
+}
+
+func align64(n int) int { return (n + 63) &^ 63 }
+
+func layoutFor(c Capacities) layout {
+	l := layout{caps: c, healthSlots: 2 * c.Backends}
+	l.halfBytes = align64(halfHeaderBytes + c.Sets*setRecordBytes + c.Backends*backendRecordBytes + c.StringBytes)
+	l.half[0] = headerBytes
+	l.half[1] = l.half[0] + l.halfBytes
+	l.health = l.half[1] + l.halfBytes
+	l.workers = l.health + l.healthSlots*healthSlotBytes
+	l.size = l.workers + c.Workers*workerSlotBytes
+	return l
+}
+
+// Region is a mapped region.
+type Region struct {
+	f   *os.File
+	mem []byte
+	l   layout
+}
+
+// Create makes a new region file at path (mode 0600), replacing none: it fails if path exists.
+func Create(path string, caps Capacities) (*Region, error) {
+	if err := caps.setDefaults(); err != nil {
+		return nil, err
+	}
+	l := layoutFor(caps)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("shm: create %s: %w", path, err)
+	}
+	if err := f.Truncate(int64(l.size)); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("shm: size %s: %w", path, err)
+	}
+	r, err := mapFile(f, l.size)
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	r.l = l
+	r.store32(offVersion, LayoutVersion)
+	r.store32(offSetsMax, uint32(caps.Sets))
+	r.store32(offBackendsMax, uint32(caps.Backends))
+	r.store32(offStringBytesMax, uint32(caps.StringBytes))
+	r.store32(offWorkersMax, uint32(caps.Workers))
+	r.store32(offHealthSlotsMax, uint32(l.healthSlots))
+	r.store64(offHalf0, uint64(l.half[0]))
+	r.store64(offHalf1, uint64(l.half[1]))
+	r.store64(offHalfBytes, uint64(l.halfBytes))
+	r.store64(offHealth, uint64(l.health))
+	r.store64(offWorkers, uint64(l.workers))
+	r.store64(offTotalBytes, uint64(l.size))
+	// The magic goes last: a region whose creation was cut short is refused, not misread.
+	r.store64(offMagic, Magic)
+	return r, nil
+}
+
+// Open maps the existing region file at path.
+func Open(path string) (*Region, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("shm: open %s: %w", path, err)
+	}
+	r, err := OpenFile(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// ErrLayout is wrapped by the error of a region that this binary cannot read.
+var ErrLayout = errors.New("shm: not a region of this layout")
+
+// OpenFile maps the region of an open file, such as one inherited as a file descriptor. The region
+// owns f afterwards.
+func OpenFile(f *os.File) (*Region, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("shm: stat %s: %w", f.Name(), err)
+	}
+	if st.Size() < headerBytes {
+		return nil, fmt.Errorf("%w: %s is %d bytes, less than a header", ErrLayout, f.Name(), st.Size())
+	}
+	r, err := mapFile(f, int(st.Size()))
+	if err != nil {
+		return nil, err
+	}
+	if m := r.load64(offMagic); m != Magic {
+		r.unmap()
+		return nil, fmt.Errorf("%w: %s has magic %#x, want %#x", ErrLayout, f.Name(), m, Magic)
+	}
+	if v := r.load32(offVersion); v != LayoutVersion {
+		r.unmap()
+		return nil, fmt.Errorf("%w: %s has layout version %d; this binary reads %d", ErrLayout, f.Name(), v, LayoutVersion)
+	}
+	caps := Capacities{
+		Sets:        int(r.load32(offSetsMax)),
+		Backends:    int(r.load32(offBackendsMax)),
+		StringBytes: int(r.load32(offStringBytesMax)),
+		Workers:     int(r.load32(offWorkersMax)),
+	}
+	l := layoutFor(caps)
+	if uint64(l.size) != r.load64(offTotalBytes) || l.size != len(r.mem) ||
+		uint64(l.health) != r.load64(offHealth) || uint64(l.half[1]) != r.load64(offHalf1) {
+		r.unmap()
+		return nil, fmt.Errorf("%w: %s: its section offsets do not match its capacities", ErrLayout, f.Name())
+	}
+	r.l = l
+	return r, nil
+}
+
+func mapFile(f *os.File, size int) (*Region, error) {
+	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("shm: map %s: %w", f.Name(), err)
+	}
+	return &Region{f: f, mem: mem}, nil
+}
+
+func (r *Region) unmap() {
+	unix.Munmap(r.mem)
+	r.mem = nil
+}
+
+// Close unmaps the region and closes its file.
+func (r *Region) Close() error {
+	r.unmap()
+	return r.f.Close()
+}
+
+// File is the region's file, to pass to a worker as an inherited descriptor.
+func (r *Region) File() *os.File { return r.f }
+
+// Capacities are the region's sizes.
+func (r *Region) Capacities() Capacities { return r.l.caps }
+
+// Generation is the generation in force: one atomic load.
+func (r *Region) Generation() uint64 { return r.load64(offGeneration) }
+
+// The accessors: every word of the region is read and written atomically.
+
+func (r *Region) word64(off int) *uint64 {
+	if off%8 != 0 || off+8 > len(r.mem) {
+		panic(fmt.Sprintf("shm: 64-bit word at offset %d of a %d-byte region", off, len(r.mem)))
+	}
+	return (*uint64)(unsafe.Pointer(&r.mem[off]))
+}
+
+func (r *Region) word32(off int) *uint32 {
+	if off%4 != 0 || off+4 > len(r.mem) {
+		panic(fmt.Sprintf("shm: 32-bit word at offset %d of a %d-byte region", off, len(r.mem)))
+	}
+	return (*uint32)(unsafe.Pointer(&r.mem[off]))
+}
+
+func (r *Region) load64(off int) uint64     { return atomic.LoadUint64(r.word64(off)) }
+func (r *Region) store64(off int, v uint64) { atomic.StoreUint64(r.word64(off), v) }
+func (r *Region) load32(off int) uint32     { return atomic.LoadUint32(r.word32(off)) }
+func (r *Region) store32(off int, v uint32) { atomic.StoreUint32(r.word32(off), v) }

@@ -1,0 +1,233 @@
+package shm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"runtime"
+)
+
+// State is a backend's administrative state, as the control plane sets it.
+type State uint8
+
+const (
+	StateActive   State = iota // takes new requests
+	StateDraining              // finishes what it has, takes no new requests
+	StateDisabled              // takes nothing
+)
+
+// Backend is one backend of a generation.
+type Backend struct {
+	ID      string
+	Address string // host:port
+	Weight  uint32
+	State   State
+	// HealthSlot is the backend's health slot, assigned by the Writer: the same for as long as a
+	// backend of this id stays in this set.
+	HealthSlot uint32
+}
+
+// Set is one backend set of a generation.
+type Set struct {
+	Name     string
+	Policy   uint8
+	Backends []Backend
+}
+
+// Snapshot is one decoded generation.
+type Snapshot struct {
+	Generation uint64
+	Sets       []Set
+}
+
+// stringLenMax bounds each name, id and address: their lengths are 16-bit fields.
+const stringLenMax = 1<<16 - 1
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// measure counts the backends and string bytes of sets, checking them against the capacities.
+// Every error names the limit that was passed.
+func measure(sets []Set, c Capacities) (backends, strs int, err error) {
+	if len(sets) > c.Sets {
+		return 0, 0, fmt.Errorf("shm: %d backend sets: more than the region's capacity of %d (Capacities.Sets)", len(sets), c.Sets)
+	}
+	for _, s := range sets {
+		backends += len(s.Backends)
+		strs += len(s.Name)
+		if len(s.Name) > stringLenMax {
+			return 0, 0, fmt.Errorf("shm: backend set name of %d bytes: more than %d", len(s.Name), stringLenMax)
+		}
+		for _, b := range s.Backends {
+			if len(b.ID) > stringLenMax || len(b.Address) > stringLenMax {
+				return 0, 0, fmt.Errorf("shm: backend set %q: backend %.32q: id or address over %d bytes", s.Name, b.ID, stringLenMax)
+			}
+			strs += len(b.ID) + len(b.Address)
+		}
+	}
+	if backends > c.Backends {
+		return 0, 0, fmt.Errorf("shm: %d backends: more than the region's capacity of %d (Capacities.Backends)", backends, c.Backends)
+	}
+	if strs > c.StringBytes {
+		return 0, 0, fmt.Errorf("shm: %d bytes of names, ids and addresses: more than the region's capacity of %d (Capacities.StringBytes)", strs, c.StringBytes)
+	}
+	return backends, strs, nil
+}
+
+// encode lays sets, already measured, out as a half's payload.
+func encode(sets []Set, backends, strs int) []byte {
+	setsAt, backendsAt := 0, len(sets)*setRecordBytes
+	stringsAt := backendsAt + backends*backendRecordBytes
+	payload := make([]byte, stringsAt, stringsAt+strs)
+	le := binary.LittleEndian
+	str := func(s string) uint32 {
+		off := len(payload) - stringsAt
+		payload = append(payload, s...)
+		return uint32(off)
+	}
+	bi := 0
+	for i, s := range sets {
+		rec := payload[setsAt+i*setRecordBytes:]
+		le.PutUint32(rec[0:], str(s.Name))
+		le.PutUint16(rec[4:], uint16(len(s.Name)))
+		rec[6] = s.Policy
+		le.PutUint32(rec[8:], uint32(bi))
+		le.PutUint32(rec[12:], uint32(len(s.Backends)))
+		for _, b := range s.Backends {
+			rec := payload[backendsAt+bi*backendRecordBytes:]
+			le.PutUint32(rec[0:], str(b.ID))
+			le.PutUint16(rec[4:], uint16(len(b.ID)))
+			le.PutUint16(rec[6:], uint16(len(b.Address)))
+			le.PutUint32(rec[8:], str(b.Address))
+			le.PutUint32(rec[12:], b.Weight)
+			le.PutUint32(rec[16:], b.HealthSlot)
+			rec[20] = byte(b.State)
+			bi++
+		}
+	}
+	return payload
+}
+
+// errCorrupt is wrapped by the errors of a half whose content contradicts itself: a bug of the
+// writer, or memory corrupted by someone else.
+var errCorrupt = errors.New("shm: corrupt half")
+
+// decode reads a payload that encode made.
+func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
+	le := binary.LittleEndian
+	backendsAt := setCount * setRecordBytes
+	stringsAt := backendsAt + backendCount*backendRecordBytes
+	if stringsAt+strs != len(p) {
+		return nil, fmt.Errorf("%w: %d sets, %d backends and %d string bytes in a %d-byte payload", errCorrupt, setCount, backendCount, strs, len(p))
+	}
+	strings := p[stringsAt:]
+	str := func(off uint32, n uint16) (string, error) {
+		if int(off)+int(n) > len(strings) {
+			return "", fmt.Errorf("%w: string at %d+%d past %d bytes", errCorrupt, off, n, len(strings))
+		}
+		return string(strings[off : off+uint32(n)]), nil
+	}
+	sets := make([]Set, setCount)
+	backends := make([]Backend, backendCount)
+	next := 0
+	for i := range sets {
+		rec := p[i*setRecordBytes:]
+		name, err := str(le.Uint32(rec[0:]), le.Uint16(rec[4:]))
+		if err != nil {
+			return nil, err
+		}
+		first, n := int(le.Uint32(rec[8:])), int(le.Uint32(rec[12:]))
+		if first != next || first+n > backendCount {
+			return nil, fmt.Errorf("%w: set %d's backends %d+%d, want them from %d within %d", errCorrupt, i, first, n, next, backendCount)
+		}
+		next += n
+		sets[i] = Set{Name: name, Policy: rec[6], Backends: backends[first : first+n : first+n]}
+		for j := first; j < first+n; j++ {
+			rec := p[backendsAt+j*backendRecordBytes:]
+			id, err := str(le.Uint32(rec[0:]), le.Uint16(rec[4:]))
+			if err != nil {
+				return nil, err
+			}
+			addr, err := str(le.Uint32(rec[8:]), le.Uint16(rec[6:]))
+			if err != nil {
+				return nil, err
+			}
+			backends[j] = Backend{ID: id, Address: addr, Weight: le.Uint32(rec[12:]), HealthSlot: le.Uint32(rec[16:]), State: State(rec[20])}
+		}
+	}
+	if next != backendCount {
+		return nil, fmt.Errorf("%w: sets hold %d backends of %d", errCorrupt, next, backendCount)
+	}
+	return sets, nil
+}
+
+// ErrEmpty is returned by Read before the first generation is published.
+var ErrEmpty = errors.New("shm: no generation published yet")
+
+// ErrBusy is returned by Read when the writer rewrote the half being read every time it tried.
+var ErrBusy = errors.New("shm: the writer kept rewriting the half being read")
+
+// readTries bounds Read's attempts. A write takes microseconds and the writer publishes rarely, so
+// running out means a writer gone mad, not bad luck.
+const readTries = 1000
+
+// Read decodes the generation in force. It never returns a half that was being written while it
+// read: it retries until it reads one whole.
+func (r *Region) Read() (Snapshot, error) {
+	for try := 0; try < readTries; try++ {
+		g := r.Generation()
+		if g == 0 {
+			return Snapshot{}, ErrEmpty
+		}
+		h := r.l.half[g&1]
+		seq := r.load64(h + offHalfSeq)
+		if seq&1 == 1 || r.load64(h+offHalfGen) != g {
+			runtime.Gosched()
+			continue
+		}
+		setCount := int(r.load32(h + offHalfSetCount))
+		backendCount := int(r.load32(h + offHalfBackendCnt))
+		strs := int(r.load32(h + offHalfStringBytes))
+		sum := r.load32(h + offHalfChecksum)
+		n := int(r.load32(h + offHalfPayloadLen))
+		if n > r.l.halfBytes-halfHeaderBytes {
+			runtime.Gosched()
+			continue // a torn header; the seq check below would reject it anyway
+		}
+		payload := make([]byte, align8(n))
+		r.copyOut(payload, h+halfHeaderBytes)
+		payload = payload[:n]
+		if r.load64(h+offHalfSeq) != seq {
+			runtime.Gosched()
+			continue
+		}
+		if got := crc32.Checksum(payload, castagnoli); got != sum {
+			return Snapshot{}, fmt.Errorf("%w: generation %d: checksum %#x, the half says %#x", errCorrupt, g, got, sum)
+		}
+		sets, err := decode(payload, setCount, backendCount, strs)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("generation %d: %w", g, err)
+		}
+		return Snapshot{Generation: g, Sets: sets}, nil
+	}
+	return Snapshot{}, ErrBusy
+}
+
+func align8(n int) int { return (n + 7) &^ 7 }
+
+// copyOut copies len(dst) bytes (a multiple of 8) from the region at off, a word at a time.
+func (r *Region) copyOut(dst []byte, off int) {
+	for i := 0; i < len(dst); i += 8 {
+		binary.LittleEndian.PutUint64(dst[i:], r.load64(off+i))
+	}
+}
+
+// copyIn copies src into the region at off, a word at a time; the last word is zero-padded.
+func (r *Region) copyIn(off int, src []byte) {
+	var w [8]byte
+	for i := 0; i < len(src); i += 8 {
+		n := copy(w[:], src[i:])
+		clear(w[n:])
+		r.store64(off+i, binary.LittleEndian.Uint64(w[:]))
+	}
+}

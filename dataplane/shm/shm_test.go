@@ -1,0 +1,426 @@
+package shm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("XLB_SHM_TEST_READER") != "" {
+		os.Exit(readerProcess())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func create(t *testing.T, caps Capacities) (*Region, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "region")
+	r, err := Create(path, caps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, path
+}
+
+// TestLayout pins every offset and size of layout version 1: a change here is a new LayoutVersion.
+func TestLayout(t *testing.T) {
+	consts := map[string][2]int{
+		"offMagic": {offMagic, 0}, "offVersion": {offVersion, 8}, "offSetsMax": {offSetsMax, 16},
+		"offBackendsMax": {offBackendsMax, 20}, "offStringBytesMax": {offStringBytesMax, 24},
+		"offWorkersMax": {offWorkersMax, 28}, "offHealthSlotsMax": {offHealthSlotsMax, 32},
+		"offHalf0": {offHalf0, 40}, "offHalf1": {offHalf1, 48}, "offHalfBytes": {offHalfBytes, 56},
+		"offHealth": {offHealth, 64}, "offWorkers": {offWorkers, 72}, "offTotalBytes": {offTotalBytes, 80},
+		"offGeneration": {offGeneration, 128}, "headerBytes": {headerBytes, 256},
+		"offHalfSeq": {offHalfSeq, 0}, "offHalfGen": {offHalfGen, 8}, "offHalfSetCount": {offHalfSetCount, 16},
+		"offHalfBackendCnt": {offHalfBackendCnt, 20}, "offHalfStringBytes": {offHalfStringBytes, 24},
+		"offHalfChecksum": {offHalfChecksum, 28}, "offHalfPayloadLen": {offHalfPayloadLen, 32},
+		"halfHeaderBytes": {halfHeaderBytes, 64}, "setRecordBytes": {setRecordBytes, 16},
+		"backendRecordBytes": {backendRecordBytes, 32}, "healthSlotBytes": {healthSlotBytes, 64},
+		"workerSlotBytes": {workerSlotBytes, 64}, "offSlotKey": {offSlotKey, 0},
+		"offSlotAllocGen": {offSlotAllocGen, 8}, "offSlotFreedGen": {offSlotFreedGen, 16},
+		"offSlotState": {offSlotState, 24}, "HealthWords": {HealthWords, 5},
+		"offWorkerPID": {offWorkerPID, 0}, "offWorkerObserved": {offWorkerObserved, 8},
+		"offWorkerHeartbeat": {offWorkerHeartbeat, 16}, "offWorkerStarted": {offWorkerStarted, 24},
+	}
+	for name, c := range consts {
+		if c[0] != c[1] {
+			t.Errorf("%s = %d, layout version 1 has %d", name, c[0], c[1])
+		}
+	}
+	if offSlotState+8*HealthWords > healthSlotBytes {
+		t.Errorf("health words overflow their slot")
+	}
+	if Magic != 0x0100_4D48_5342_4C58 || LayoutVersion != 1 {
+		t.Errorf("magic %#x version %d", Magic, LayoutVersion)
+	}
+
+	// Sections for two sets of capacities, and the header as bytes in the file.
+	for _, tc := range []struct {
+		caps                                       Capacities
+		halfBytes, half1, health, workers, total int
+	}{
+		// half = align64(64 + 64*16 + 4096*32 + 256 KiB) = 64+1024+131072+262144 = 394304
+		{Capacities{}, 394304, 256 + 394304, 256 + 2*394304, 256 + 2*394304 + 8192*64, 256 + 2*394304 + 8192*64 + 64*64},
+		// half = align64(64 + 2*16 + 3*32 + 10) = align64(202) = 256
+		{Capacities{Sets: 2, Backends: 3, StringBytes: 10, Workers: 1}, 256, 512, 768, 768 + 6*64, 768 + 6*64 + 64},
+	} {
+		r, path := create(t, tc.caps)
+		l := r.l
+		got := []int{l.halfBytes, l.half[0], l.half[1], l.health, l.workers, l.size}
+		want := []int{tc.halfBytes, 256, tc.half1, tc.health, tc.workers, tc.total}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("caps %+v: halfBytes, half0, half1, health, workers, size = %v, want %v", tc.caps, got, want)
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		le := binary.LittleEndian
+		if len(raw) != tc.total || le.Uint64(raw[0:]) != Magic || le.Uint32(raw[8:]) != 1 ||
+			le.Uint64(raw[48:]) != uint64(tc.half1) || le.Uint64(raw[64:]) != uint64(tc.health) ||
+			le.Uint64(raw[72:]) != uint64(tc.workers) || le.Uint64(raw[80:]) != uint64(tc.total) ||
+			int(le.Uint32(raw[32:])) != 2*r.l.caps.Backends {
+			t.Errorf("caps %+v: header bytes do not match the layout", tc.caps)
+		}
+		st, _ := os.Stat(path)
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("mode %v, want 0600", st.Mode().Perm())
+		}
+	}
+}
+
+func sampleSets() []Set {
+	return []Set{
+		{Name: "web", Policy: 1, Backends: []Backend{
+			{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
+			{ID: "b", Address: "127.0.0.1:9002", Weight: 3, State: StateDraining},
+		}},
+		{Name: "empty"},
+		{Name: "api", Backends: []Backend{{ID: "x", Address: "[::1]:80", Weight: 7, State: StateDisabled}}},
+	}
+}
+
+func TestPublishRead(t *testing.T) {
+	r, path := create(t, Capacities{})
+	if _, err := r.Read(); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("read of a new region: %v, want ErrEmpty", err)
+	}
+	w := NewWriter(r)
+	sets := sampleSets()
+	g, err := w.Publish(sets)
+	if err != nil || g != 1 {
+		t.Fatalf("publish: %d, %v", g, err)
+	}
+	snap, err := r.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Generation != 1 || !reflect.DeepEqual(normalize(snap.Sets), normalize(sets)) {
+		t.Fatalf("read %+v, want %+v", snap, sets)
+	}
+	// A second mapping (as a worker or a restarted supervisor has) sees the same.
+	r2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	snap2, err := r2.Read()
+	if err != nil || !reflect.DeepEqual(snap2, snap) {
+		t.Fatalf("second mapping read %+v, %v", snap2, err)
+	}
+}
+
+// normalize makes nil and empty backend lists equal.
+func normalize(sets []Set) []Set {
+	out := make([]Set, len(sets))
+	for i, s := range sets {
+		out[i] = s
+		if len(s.Backends) == 0 {
+			out[i].Backends = nil
+		}
+	}
+	return out
+}
+
+func TestCapacityErrorsNameTheLimit(t *testing.T) {
+	r, _ := create(t, Capacities{Sets: 2, Backends: 2, StringBytes: 40, Workers: 1})
+	w := NewWriter(r)
+	b := func(id string) Backend { return Backend{ID: id, Address: "1.2.3.4:5", Weight: 1} }
+	for _, tc := range []struct {
+		sets []Set
+		want string
+	}{
+		{[]Set{{Name: "a"}, {Name: "b"}, {Name: "c"}}, "Capacities.Sets"},
+		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("2"), b("3")}}}, "Capacities.Backends"},
+		{[]Set{{Name: strings.Repeat("n", 41)}}, "Capacities.StringBytes"},
+		{[]Set{{Name: "a"}, {Name: "a"}}, `"a" named twice`},
+		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("1")}}}, `id "1" used twice`},
+	} {
+		if _, err := w.Publish(tc.sets); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("publish %d sets: %v, want an error naming %s", len(tc.sets), err, tc.want)
+		}
+	}
+	if g := r.Generation(); g != 0 {
+		t.Fatalf("refused updates moved the generation to %d", g)
+	}
+}
+
+// TestHealthSlotStaysAcrossFlips: a flip that keeps a backend leaves its health slot, and the
+// state in it, unchanged; a removed backend's slot is reused only once no generation names it.
+func TestHealthSlotStaysAcrossFlips(t *testing.T) {
+	r, path := create(t, Capacities{Backends: 2})
+	w := NewWriter(r)
+	gen1 := []Set{{Name: "web", Backends: []Backend{{ID: "a", Address: "h:1", Weight: 1}, {ID: "b", Address: "h:2", Weight: 1}}}}
+	if _, err := w.Publish(gen1); err != nil {
+		t.Fatal(err)
+	}
+	slotA, slotB := gen1[0].Backends[0].HealthSlot, gen1[0].Backends[1].HealthSlot
+	r.SetHealthWord(slotA, 0, 0xfeed) // as the health machine would
+	// Generation 2 reweights a, drops b, adds c.
+	gen2 := []Set{{Name: "web", Backends: []Backend{{ID: "c", Address: "h:3", Weight: 1}, {ID: "a", Address: "h:1", Weight: 9}}}}
+	if _, err := w.Publish(gen2); err != nil {
+		t.Fatal(err)
+	}
+	if got := gen2[0].Backends[1].HealthSlot; got != slotA {
+		t.Fatalf("a moved from slot %d to %d", slotA, got)
+	}
+	if v := r.HealthWord(slotA, 0); v != 0xfeed {
+		t.Fatalf("a's health state %#x after the flip, want 0xfeed", v)
+	}
+	slotC := gen2[0].Backends[0].HealthSlot
+	if slotC == slotB || slotC == slotA {
+		t.Fatalf("c took slot %d, still named by generation 1 (a %d, b %d)", slotC, slotA, slotB)
+	}
+	// A worker still serving generation 1 keeps b's slot from being reused.
+	r.ClaimWorker(0, 4242, 1)
+	r.Observe(0, 1)
+	gen3 := []Set{{Name: "web", Backends: []Backend{{ID: "a", Address: "h:1", Weight: 9}, {ID: "d", Address: "h:4", Weight: 1}}}}
+	if _, err := w.Publish(gen3); err != nil {
+		t.Fatal(err)
+	}
+	if s := gen3[0].Backends[1].HealthSlot; s == slotB {
+		t.Fatalf("d took b's slot %d while a worker serves generation 1", s)
+	}
+	// A restarted supervisor (a new Writer over the same file) keeps the slots.
+	r2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	again := []Set{{Name: "web", Backends: []Backend{{ID: "a", Address: "h:1", Weight: 1}}}}
+	if _, err := NewWriter(r2).Publish(again); err != nil {
+		t.Fatal(err)
+	}
+	if got := again[0].Backends[0].HealthSlot; got != slotA {
+		t.Fatalf("after a restart a is in slot %d, want %d", got, slotA)
+	}
+}
+
+func TestOpenRefusesOtherLayouts(t *testing.T) {
+	r, path := create(t, Capacities{Sets: 1, Backends: 1, StringBytes: 8, Workers: 1})
+	r.store32(offVersion, 2)
+	if _, err := Open(path); !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), "layout version 2") {
+		t.Fatalf("open of a version 2 region: %v", err)
+	}
+	r.store32(offVersion, LayoutVersion)
+	r.store64(offMagic, 42)
+	if _, err := Open(path); !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), "magic") {
+		t.Fatalf("open with a bad magic: %v", err)
+	}
+	short := filepath.Join(t.TempDir(), "short")
+	os.WriteFile(short, []byte("tiny"), 0o600)
+	if _, err := Open(short); !errors.Is(err, ErrLayout) {
+		t.Fatalf("open of a 4-byte file: %v", err)
+	}
+	if _, err := Create(path, Capacities{}); err == nil {
+		t.Fatal("Create replaced an existing file")
+	}
+}
+
+// genSets is the content of generation g in the stress tests: derived from g, so that a reader can
+// tell a torn read (a mix of two generations) from a whole one.
+func genSets(g uint64) []Set {
+	n := int(g%7) + 1
+	sets := make([]Set, 1+int(g%3))
+	for i := range sets {
+		s := Set{Name: fmt.Sprintf("set%d-g%d", i, g)}
+		for j := 0; j < n; j++ {
+			s.Backends = append(s.Backends, Backend{
+				ID:      fmt.Sprintf("b%d", j),
+				Address: fmt.Sprintf("10.0.%d.%d:%d", i, j, g%65536),
+				Weight:  uint32(g),
+			})
+		}
+		sets[i] = s
+	}
+	return sets
+}
+
+// checkWhole reports how snap differs from what generation snap.Generation holds.
+func checkWhole(snap Snapshot) error {
+	want := genSets(snap.Generation)
+	if len(snap.Sets) != len(want) {
+		return fmt.Errorf("generation %d: %d sets, want %d", snap.Generation, len(snap.Sets), len(want))
+	}
+	for i := range want {
+		got := snap.Sets[i]
+		if got.Name != want[i].Name || len(got.Backends) != len(want[i].Backends) {
+			return fmt.Errorf("generation %d: set %d is %q with %d backends", snap.Generation, i, got.Name, len(got.Backends))
+		}
+		for j, b := range got.Backends {
+			wb := want[i].Backends[j]
+			if b.ID != wb.ID || b.Address != wb.Address || b.Weight != wb.Weight {
+				return fmt.Errorf("generation %d: set %d backend %d is %+v, want %+v", snap.Generation, i, j, b, wb)
+			}
+		}
+	}
+	return nil
+}
+
+// TestStressFlips flips generations thousands of times while readers in this process read; run with
+// -race. No reader may see a generation that is not whole.
+func TestStressFlips(t *testing.T) {
+	r, _ := create(t, Capacities{Sets: 4, Backends: 64, StringBytes: 4096, Workers: 1})
+	w := NewWriter(r)
+	const flips = 5000
+	var stop atomic.Bool
+	var reads atomic.Int64
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			last := uint64(0)
+			for !stop.Load() {
+				snap, err := r.Read()
+				if errors.Is(err, ErrEmpty) || errors.Is(err, ErrBusy) {
+					continue
+				}
+				if err == nil {
+					err = checkWhole(snap)
+				}
+				if err == nil && snap.Generation < last {
+					err = fmt.Errorf("generation went back from %d to %d", last, snap.Generation)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				last = snap.Generation
+				reads.Add(1)
+			}
+		}()
+	}
+	for g := uint64(1); g <= flips; g++ {
+		if _, err := w.Publish(genSets(g)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d flips, %d whole reads", flips, reads.Load())
+	if reads.Load() == 0 {
+		t.Fatal("the readers read nothing")
+	}
+}
+
+// TestStressFlipsAcrossProcesses is TestStressFlips with the readers in other processes (this test
+// binary, re-executed), mapping the same file, as workers do.
+func TestStressFlipsAcrossProcesses(t *testing.T) {
+	r, path := create(t, Capacities{Sets: 4, Backends: 64, StringBytes: 4096, Workers: 1})
+	w := NewWriter(r)
+	if _, err := w.Publish(genSets(1)); err != nil {
+		t.Fatal(err)
+	}
+	const flips = 5000
+	var readers []*exec.Cmd
+	var outs []*strings.Builder
+	for range 2 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		out := new(strings.Builder)
+		cmd.Env = append(os.Environ(), "XLB_SHM_TEST_READER="+path, "XLB_SHM_TEST_LAST="+strconv.Itoa(flips))
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		readers, outs = append(readers, cmd), append(outs, out)
+	}
+	for g := uint64(2); g <= flips; g++ {
+		if _, err := w.Publish(genSets(g)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, cmd := range readers {
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("reader %d: %v\n%s", i, err, outs[i])
+			} else {
+				t.Logf("reader %d: %s", i, strings.TrimSpace(outs[i].String()))
+			}
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("reader %d did not see generation %d within 60s\n%s", i, flips, outs[i])
+		}
+	}
+}
+
+// readerProcess is the body of a re-executed reader: it reads until it has seen the last
+// generation, checking every read, and exits 1 on a torn one.
+func readerProcess() int {
+	path := os.Getenv("XLB_SHM_TEST_READER")
+	last, _ := strconv.ParseUint(os.Getenv("XLB_SHM_TEST_LAST"), 10, 64)
+	r, err := Open(path)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer r.Close()
+	reads, distinct, seen := 0, 0, uint64(0)
+	deadline := time.Now().Add(50 * time.Second)
+	for seen < last && time.Now().Before(deadline) {
+		snap, err := r.Read()
+		if errors.Is(err, ErrBusy) {
+			continue
+		}
+		if err == nil {
+			err = checkWhole(snap)
+		}
+		if err != nil {
+			fmt.Println("torn or bad read:", err)
+			return 1
+		}
+		reads++
+		if snap.Generation != seen {
+			distinct++
+			seen = snap.Generation
+		}
+	}
+	fmt.Printf("%d whole reads of %d distinct generations, the last %d\n", reads, distinct, seen)
+	if seen < last {
+		return 1
+	}
+	return 0
+}

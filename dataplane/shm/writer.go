@@ -1,0 +1,174 @@
+package shm
+
+import (
+	"fmt"
+	"hash/crc32"
+	"hash/fnv"
+)
+
+// Health slot fields.
+const (
+	offSlotKey      = 0  // FNV-1a of set name, NUL, backend id; 0 for a slot never used
+	offSlotAllocGen = 8  // the generation that took the slot
+	offSlotFreedGen = 16 // the first generation without the backend; 0 while it is in use
+	offSlotState    = 24 // HealthWords words of health state, zeroed when the slot is taken
+	// HealthWords is the number of 64-bit health-state words of a slot.
+	HealthWords = 5
+)
+
+// Writer publishes generations. There is one per region, in the supervisor.
+type Writer struct {
+	r     *Region
+	slots map[uint64]uint32 // the health slot of each (set, backend id) key in force
+}
+
+// NewWriter takes over the region's writing, rebuilding what it must know from the region, so that
+// a restarted supervisor keeps every backend's health slot.
+func NewWriter(r *Region) *Writer {
+	w := &Writer{r: r, slots: make(map[uint64]uint32)}
+	for i := 0; i < r.l.healthSlots; i++ {
+		off := r.slotOff(uint32(i))
+		if key := r.load64(off + offSlotKey); key != 0 && r.load64(off+offSlotFreedGen) == 0 {
+			w.slots[key] = uint32(i)
+		}
+	}
+	return w
+}
+
+func slotKey(set, id string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(set))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	if k := h.Sum64(); k != 0 {
+		return k
+	}
+	return 1
+}
+
+func (r *Region) slotOff(i uint32) int { return r.l.health + int(i)*healthSlotBytes }
+
+// Publish writes sets as the next generation and makes it the one in force. It assigns each
+// backend's HealthSlot (in sets too): the slot it had when the set already held a backend of that
+// id, a free one otherwise. A slot left by a removed backend is reused only once every live worker
+// has observed a generation without it. On error the region is unchanged.
+func (w *Writer) Publish(sets []Set) (uint64, error) {
+	r := w.r
+	next := r.Generation() + 1
+	names := make(map[string]bool, len(sets))
+	keys := make(map[uint64]bool)
+	for _, s := range sets {
+		if names[s.Name] {
+			return 0, fmt.Errorf("shm: backend set %q named twice", s.Name)
+		}
+		names[s.Name] = true
+		for _, b := range s.Backends {
+			k := slotKey(s.Name, b.ID)
+			if keys[k] {
+				return 0, fmt.Errorf("shm: backend set %q: backend id %q used twice (or its key collides)", s.Name, b.ID)
+			}
+			keys[k] = true
+		}
+	}
+	// Check the capacities before taking any slot.
+	backends, strs, err := measure(sets, r.l.caps)
+	if err != nil {
+		return 0, err
+	}
+	minObserved, _ := r.MinObserved()
+	var taken []uint32
+	release := func() { // undo the slots taken by a Publish that fails
+		for _, i := range taken {
+			r.store64(r.slotOff(i)+offSlotKey, 0)
+		}
+	}
+	for si := range sets {
+		s := &sets[si]
+		for bi := range s.Backends {
+			b := &s.Backends[bi]
+			k := slotKey(s.Name, b.ID)
+			if i, ok := w.slots[k]; ok {
+				b.HealthSlot = i
+				continue
+			}
+			i, ok := w.freeSlot(next, minObserved)
+			if !ok {
+				release()
+				return 0, fmt.Errorf("shm: no free health slot of %d: workers have not yet observed the generations that removed backends", r.l.healthSlots)
+			}
+			off := r.slotOff(i)
+			for j := 0; j < HealthWords; j++ {
+				r.store64(off+offSlotState+8*j, 0)
+			}
+			r.store64(off+offSlotAllocGen, next)
+			r.store64(off+offSlotFreedGen, 0)
+			r.store64(off+offSlotKey, k)
+			taken = append(taken, i)
+			b.HealthSlot = i
+		}
+	}
+	payload := encode(sets, backends, strs)
+
+	h := r.l.half[next&1]
+	seq := r.load64(h + offHalfSeq)
+	if seq&1 == 1 {
+		seq++ // a writer died mid-write: that write is void
+	}
+	r.store64(h+offHalfSeq, seq+1)
+	r.copyIn(h+halfHeaderBytes, payload)
+	r.store32(h+offHalfSetCount, uint32(len(sets)))
+	r.store32(h+offHalfBackendCnt, uint32(backends))
+	r.store32(h+offHalfStringBytes, uint32(strs))
+	r.store32(h+offHalfPayloadLen, uint32(len(payload)))
+	r.store32(h+offHalfChecksum, crc32.Checksum(payload, castagnoli))
+	r.store64(h+offHalfGen, next)
+	r.store64(h+offHalfSeq, seq+2)
+	r.store64(offGeneration, next)
+
+	// The slots of backends that are gone are free from now on, to be reused later.
+	for k, i := range w.slots {
+		if !keys[k] {
+			r.store64(r.slotOff(i)+offSlotFreedGen, next)
+			delete(w.slots, k)
+		}
+	}
+	for _, s := range sets {
+		for _, b := range s.Backends {
+			w.slots[slotKey(s.Name, b.ID)] = b.HealthSlot
+		}
+	}
+	return next, nil
+}
+
+// freeSlot finds a slot never used, or one freed by generation f with every live worker past f and
+// the generation that still named it (f-1) overwritten by now (next >= f+2).
+func (w *Writer) freeSlot(next, minObserved uint64) (uint32, bool) {
+	r := w.r
+	for i := 0; i < r.l.healthSlots; i++ {
+		off := r.slotOff(uint32(i))
+		if r.load64(off+offSlotKey) == 0 {
+			return uint32(i), true
+		}
+		if f := r.load64(off + offSlotFreedGen); f != 0 && next >= f+2 && minObserved >= f {
+			return uint32(i), true
+		}
+	}
+	return 0, false
+}
+
+// HealthWord returns health-state word j of slot i.
+func (r *Region) HealthWord(i uint32, j int) uint64 {
+	return r.load64(r.healthWordOff(i, j))
+}
+
+// SetHealthWord stores health-state word j of slot i.
+func (r *Region) SetHealthWord(i uint32, j int, v uint64) {
+	r.store64(r.healthWordOff(i, j), v)
+}
+
+func (r *Region) healthWordOff(i uint32, j int) int {
+	if int(i) >= r.l.healthSlots || j < 0 || j >= HealthWords {
+		panic(fmt.Sprintf("shm: health word %d of slot %d: the region has %d slots of %d words", j, i, r.l.healthSlots, HealthWords))
+	}
+	return r.slotOff(i) + offSlotState + 8*j
+}
