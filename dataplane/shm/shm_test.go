@@ -70,7 +70,7 @@ func TestLayout(t *testing.T) {
 
 	// Sections for two sets of capacities, and the header as bytes in the file.
 	for _, tc := range []struct {
-		caps                                       Capacities
+		caps                                     Capacities
 		halfBytes, half1, health, workers, total int
 	}{
 		// half = align64(64 + 64*16 + 4096*32 + 256 KiB) = 64+1024+131072+262144 = 394304
