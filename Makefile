@@ -9,6 +9,7 @@ FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./server
 test:
 	bash tools/install.sh
 	go mod tidy -diff
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	go vet ./...
 	.tools/bin/staticcheck ./...
 	# Allocation counts are only the program's without -race (sync.Pool drops items under it).
