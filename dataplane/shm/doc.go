@@ -5,7 +5,9 @@
 //
 // # Layout (version 1)
 //
-// All integers are little-endian and every atomic word is 8-byte aligned. TestLayout pins every
+// All integers are little-endian, which is also how the words are accessed in memory: the region is
+// for little-endian hosts (amd64, arm64), where every mapping of it reads the same bytes. Every
+// atomic word is 8-byte aligned. TestLayout pins every
 // offset and size; changing one means a new LayoutVersion, which older binaries refuse to map.
 //
 //	header      256 B   magic, layout version, capacities, section offsets, the generation word
@@ -29,6 +31,8 @@
 // Every word of the region is read and written with sync/atomic, so that the race detector and the
 // Go memory model see the region's cross-process accesses as the synchronised accesses they are.
 //
+// Read allocates the decoded generation; a worker calls it once per generation, not per request.
+//
 // A caller must never keep a slice of the mapping past Close, and never write the region except
-// through Writer and the worker-slot methods.
+// through Writer, the worker-slot methods and SetHealthWord.
 package shm
