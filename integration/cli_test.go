@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // TestCommands: the commands that answer and exit, with their exit statuses.
@@ -32,7 +34,7 @@ func TestCommands(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, xlbPath, tc.args...)
-			var stdout, stderr syncBuffer
+			var stdout, stderr testutil.SyncBuffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
 			var code int
@@ -120,7 +122,7 @@ func runShell(tb testing.TB, line string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), curlTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "sh", "-c", line)
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {

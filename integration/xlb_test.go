@@ -15,10 +15,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // Bounds of the waits of every test. None is a sleep: each is the deadline of a condition polled
@@ -42,24 +43,6 @@ const (
 	logTailBytes = 16 << 10
 )
 
-// syncBuffer is a bytes.Buffer that exec.Cmd's copying goroutine writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is one xlb process that a test started. Cleanup stops it by its PID: SIGTERM, then SIGKILL
 // when it has not exited within stopTimeout (which fails the test).
 type proc struct {
@@ -67,7 +50,7 @@ type proc struct {
 	args []string
 	cmd  *exec.Cmd
 	// stdout and stderr are what the process wrote so far.
-	stdout, stderr syncBuffer
+	stdout, stderr testutil.SyncBuffer
 	// exited is closed once the process has exited and been waited for; cmd.ProcessState is set then.
 	exited chan struct{}
 }

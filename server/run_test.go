@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // wait bounds every wait of these tests; it is a deadline, never a pause.
@@ -70,27 +71,9 @@ func (f *fakeProxy) shutdownCalled() bool {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer that goroutines may share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testEnv is an env whose stop context is ctx and whose proxy is fp (or newErr).
-func testEnv(ctx context.Context, fp *fakeProxy, newErr error) (*env, *lockedBuffer, *lockedBuffer) {
-	stdout, stderr := new(lockedBuffer), new(lockedBuffer)
+func testEnv(ctx context.Context, fp *fakeProxy, newErr error) (*env, *testutil.SyncBuffer, *testutil.SyncBuffer) {
+	stdout, stderr := new(testutil.SyncBuffer), new(testutil.SyncBuffer)
 	return &env{
 		stdout: stdout,
 		stderr: stderr,

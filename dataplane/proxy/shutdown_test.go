@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // serveProxy starts a proxy like startProxy, and also returns a channel that is closed when Serve
@@ -240,24 +241,6 @@ func TestShutdownDeadline(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type accessLine struct {
 	Time     string  `json:"time"`
 	Client   string  `json:"client"`
@@ -271,7 +254,7 @@ type accessLine struct {
 }
 
 // accessLines shuts p down (which flushes the access log) and decodes every line of buf.
-func accessLines(t *testing.T, p *Proxy, buf *syncBuffer) []accessLine {
+func accessLines(t *testing.T, p *Proxy, buf *testutil.SyncBuffer) []accessLine {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitMax)
 	defer cancel()
@@ -298,7 +281,7 @@ func accessLines(t *testing.T, p *Proxy, buf *syncBuffer) []accessLine {
 
 func TestAccessLog(t *testing.T) {
 	t.Run("one line per request", func(t *testing.T) {
-		buf := &syncBuffer{}
+		buf := &testutil.SyncBuffer{}
 		good := newCountingBackend(t, "good")
 		dead := refusedAddr(t)
 		p, addr, _ := serveProxy(t, Config{AccessLog: buf}, dead, good.addr())
@@ -321,7 +304,7 @@ func TestAccessLog(t *testing.T) {
 		}
 	})
 	t.Run("no backend", func(t *testing.T) {
-		buf := &syncBuffer{}
+		buf := &testutil.SyncBuffer{}
 		p, addr, _ := serveProxy(t, Config{AccessLog: buf})
 		c := dialTestClient(t, addr)
 		res, body := c.request("DELETE", "/x", nil)
@@ -332,7 +315,7 @@ func TestAccessLog(t *testing.T) {
 		}
 	})
 	t.Run("special characters", func(t *testing.T) {
-		buf := &syncBuffer{}
+		buf := &testutil.SyncBuffer{}
 		good := newCountingBackend(t, "good")
 		p, addr, _ := serveProxy(t, Config{AccessLog: buf}, good.addr())
 		c := dialTestClient(t, addr)
