@@ -822,24 +822,20 @@ func TestResponseFraming(t *testing.T) {
 			c.get("/next", "next")
 		})
 	}
-	t.Run("HTTP/1.1 with Connection: close closes", func(t *testing.T) {
-		c := dialWire(t, addr)
-		c.write("GET /length HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
-		res, body := c.response("GET")
-		if body != "hello" || !res.Close {
-			t.Fatalf("got close %v, body %q; want Connection: close", res.Close, body)
-		}
-		c.expectClosed()
-	})
-	t.Run("HTTP/1.0 without keep-alive closes", func(t *testing.T) {
-		c := dialWire(t, addr)
-		c.write("GET /length HTTP/1.0\r\nHost: example.test\r\n\r\n")
-		res, body := c.response("GET")
-		if body != "hello" || !res.Close {
-			t.Fatalf("got close %v, body %q; want Connection: close", res.Close, body)
-		}
-		c.expectClosed()
-	})
+	for name, req := range map[string]string{
+		"HTTP/1.1 with Connection: close closes": "GET /length HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+		"HTTP/1.0 without keep-alive closes":     "GET /length HTTP/1.0\r\nHost: example.test\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := dialWire(t, addr)
+			c.write(req)
+			res, body := c.response("GET")
+			if body != "hello" || !res.Close {
+				t.Fatalf("got close %v, body %q; want Connection: close", res.Close, body)
+			}
+			c.expectClosed()
+		})
+	}
 	t.Run("HTTP/1.0 keep-alive", func(t *testing.T) {
 		c := dialWire(t, addr)
 		for range 3 {
