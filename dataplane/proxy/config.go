@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // Forwarded says what the proxy does with the X-Forwarded-For, -Proto and -Host request headers.
@@ -87,13 +88,13 @@ type Config struct {
 	Forwarded Forwarded
 
 	// AccessLog receives one JSON line per request. Nil means no access log.
-	AccessLog io.Writer
+	AccessLog io.Writer `json:"-"`
 	// Logger is the proxy's logger. Nil means a null logger.
-	Logger hclog.Logger
+	Logger hclog.Logger `json:"-"`
 
 	// Dial opens a connection to a backend. Nil means a net.Dialer with ConnectTimeout. Tests use it
 	// to count or refuse connections.
-	Dial func(network, address string, timeout time.Duration) (net.Conn, error)
+	Dial func(network, address string, timeout time.Duration) (net.Conn, error) `json:"-"`
 }
 
 // Backend is one upstream server of a backend set.
@@ -104,6 +105,9 @@ type Backend struct {
 	Address string
 	// Weight is the backend's share of traffic relative to its set; at least 1.
 	Weight int
+	// State is the backend's administrative state. Only an Active backend (the zero value) is picked
+	// for new requests; a Draining or Disabled one finishes what it has and gets nothing new.
+	State table.State
 }
 
 // BackendSet is a named group of backends and the policy that picks among them.

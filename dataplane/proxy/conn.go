@@ -55,7 +55,7 @@ type conn struct {
 	state    atomic.Int32
 
 	// tbl and set cache the backend set of the table last seen.
-	tbl *table
+	tbl *routing
 	set *set
 
 	// active is the backend connection of the exchange in flight, for Shutdown to cut at its deadline.
@@ -375,6 +375,11 @@ func idempotent(m []byte) bool {
 // currentSet returns the backend set of the newest table, or nil when it has none by that name.
 func (c *conn) currentSet() *set {
 	t := c.p.table.Load()
+	if f := c.p.follow; f != nil {
+		if g := f.Generation(); g != t.gen && g != c.p.badGen.Load() {
+			t = c.p.tryRefresh()
+		}
+	}
 	if t != c.tbl {
 		c.tbl, c.set = t, t.sets[c.setName]
 	}

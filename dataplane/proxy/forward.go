@@ -117,6 +117,7 @@ func (c *conn) attempt(b *backend, complete, replayable bool) attemptResult {
 				p.log.Trace("connect failed", "backend", b.address, "error", err)
 				return attemptNotSent
 			}
+			p.stats.dials.Add(1)
 		}
 		res := c.send(u, complete)
 		if res == attemptNoAnswer && pooled && try == 0 && replayable {

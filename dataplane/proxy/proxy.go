@@ -14,6 +14,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
 )
 
@@ -24,7 +25,12 @@ type Proxy struct {
 	log    hclog.Logger
 	access *accessLog
 
-	table atomic.Pointer[table]
+	table atomic.Pointer[routing]
+
+	// follow, when set by Follow before serving, is the shared region the backend sets come from.
+	follow    *table.Follower
+	refreshMu sync.Mutex    // held while a new generation is decoded and installed
+	badGen    atomic.Uint64 // a generation that failed to load: not tried again by every request
 
 	poolsMu sync.Mutex
 	pools   map[string]*upstream.Pool // by backend address, shared by the sets that name it
@@ -41,8 +47,9 @@ type Proxy struct {
 	stats counters
 }
 
-// table is one immutable generation of backend sets.
-type table struct {
+// routing is one immutable generation of backend sets, with the pickers and pools that serve it.
+type routing struct {
+	gen  uint64 // the region's generation; 0 for sets given by SetBackends
 	sets map[string]*set
 }
 
@@ -60,7 +67,7 @@ type backend struct {
 
 // counters are the proxy's statistics, each on its own cache line.
 type counters struct {
-	requests, retries, connectFailures, noBackend, badGateway, gatewayTimeout, rejected padded
+	requests, retries, connectFailures, dials, noBackend, badGateway, gatewayTimeout, rejected padded
 }
 
 type padded struct {
@@ -76,10 +83,15 @@ type Stats struct {
 	Retries uint64
 	// ConnectFailures is the number of connects to a backend that failed.
 	ConnectFailures uint64
+	// Dials is the number of connections to backends opened. Requests/Dials is how well backend
+	// connections are reused.
+	Dials uint64
 	// NoBackend, BadGateway and GatewayTimeout count the 503, 502 and 504 answers the proxy made.
 	NoBackend, BadGateway, GatewayTimeout uint64
 	// Rejected counts requests refused for malformed framing or limits (400, 414, 417, 431, 501, 505).
 	Rejected uint64
+	// Generation is the shared region's generation being served; 0 for sets given by SetBackends.
+	Generation uint64
 }
 
 // New validates cfg and returns a proxy with no backend sets.
@@ -103,7 +115,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.AccessLog != nil {
 		p.access = newAccessLog(cfg.AccessLog)
 	}
-	p.table.Store(&table{sets: map[string]*set{}})
+	p.table.Store(&routing{sets: map[string]*set{}})
 	go p.reap()
 	return p, nil
 }
@@ -174,8 +186,21 @@ func (c *Config) setDefaults() error {
 }
 
 // SetBackends publishes a new, complete list of backend sets. Requests already in flight finish on
-// the sets they started with; connections pooled to a backend that stays are kept.
+// the sets they started with; connections pooled to a backend that stays are kept. A proxy that
+// follows a region (Follow) takes its sets from there instead, and SetBackends fails.
 func (p *Proxy) SetBackends(sets []BackendSet) error {
+	if p.follow != nil {
+		return errors.New("proxy: SetBackends on a proxy that follows a shared region")
+	}
+	if err := checkSets(sets); err != nil {
+		return err
+	}
+	p.install(sets, 0)
+	return nil
+}
+
+// checkSets validates sets as SetBackends and a region's generations need them.
+func checkSets(sets []BackendSet) error {
 	names := make(map[string]bool, len(sets))
 	for i, s := range sets {
 		if s.Name == "" {
@@ -197,17 +222,28 @@ func (p *Proxy) SetBackends(sets []BackendSet) error {
 				return fmt.Errorf("proxy: backend set %q: backend id %q used twice", s.Name, b.ID)
 			}
 			ids[b.ID] = true
+			if b.State > table.Disabled {
+				return fmt.Errorf("proxy: backend set %q: backend %q: unknown state %d", s.Name, b.ID, b.State)
+			}
 		}
 	}
+	return nil
+}
 
+// install makes sets, already checked, the table in force. Only active backends are picked; the
+// pools of backends that no set picks any more are closed.
+func (p *Proxy) install(sets []BackendSet, gen uint64) {
 	p.poolsMu.Lock()
 	defer p.poolsMu.Unlock()
-	t := &table{sets: make(map[string]*set, len(sets))}
+	t := &routing{gen: gen, sets: make(map[string]*set, len(sets))}
 	used := make(map[string]bool)
 	for _, s := range sets {
 		ns := &set{name: s.Name}
-		weights := make([]int, len(s.Backends))
-		for i, b := range s.Backends {
+		var weights []int
+		for _, b := range s.Backends {
+			if b.State != table.Active {
+				continue
+			}
 			pool := p.pools[b.Address]
 			if pool == nil {
 				pool = upstream.NewPool(upstream.Config{
@@ -221,7 +257,7 @@ func (p *Proxy) SetBackends(sets []BackendSet) error {
 			}
 			used[b.Address] = true
 			ns.backends = append(ns.backends, &backend{id: b.ID, address: b.Address, weight: b.Weight, pool: pool})
-			weights[i] = b.Weight
+			weights = append(weights, b.Weight)
 		}
 		ns.picker = balance.New(s.Policy, weights)
 		t.sets[s.Name] = ns
@@ -233,7 +269,65 @@ func (p *Proxy) SetBackends(sets []BackendSet) error {
 			delete(p.pools, addr)
 		}
 	}
-	return nil
+}
+
+// Follow makes the proxy take its backend sets from a shared region's generations, loading the one
+// in force now. Call it once, before Serve. From then on every request checks the region's
+// generation word (one atomic load) and the first to see a new generation installs it; Refresh
+// does the same for a caller told of a change, such as a worker woken by its supervisor.
+func (p *Proxy) Follow(f *table.Follower) error {
+	if p.follow != nil {
+		return errors.New("proxy: Follow called twice")
+	}
+	p.follow = f
+	_, err := p.Refresh()
+	return err
+}
+
+// Refresh installs the region's generation in force if it is not the one installed, and returns
+// the generation the proxy serves. A generation that fails to load (a corrupt region, sets this
+// proxy refuses) is logged and reported, and the previous one keeps serving.
+func (p *Proxy) Refresh() (uint64, error) {
+	p.refreshMu.Lock()
+	defer p.refreshMu.Unlock()
+	return p.refreshLocked()
+}
+
+func (p *Proxy) refreshLocked() (uint64, error) {
+	cur := p.table.Load()
+	g := p.follow.Generation()
+	if g == cur.gen {
+		return g, nil
+	}
+	t, err := p.follow.Load()
+	if err == nil {
+		sets := make([]BackendSet, len(t.Sets))
+		for i, s := range t.Sets {
+			sets[i] = BackendSet{Name: s.Name, Policy: balance.Policy(s.Policy), Backends: make([]Backend, len(s.Backends))}
+			for j, b := range s.Backends {
+				sets[i].Backends[j] = Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State}
+			}
+		}
+		if err = checkSets(sets); err == nil {
+			p.install(sets, t.Generation)
+			p.follow.Observed(t.Generation)
+			return t.Generation, nil
+		}
+	}
+	if p.badGen.Swap(g) != g {
+		p.log.Error("cannot load the shared region's generation; serving the previous one", "generation", g, "serving", cur.gen, "error", err)
+	}
+	return cur.gen, fmt.Errorf("proxy: generation %d: %w", g, err)
+}
+
+// tryRefresh is the request path's Refresh: when another goroutine is installing a generation
+// already, it does not wait for it but serves the table in force.
+func (p *Proxy) tryRefresh() *routing {
+	if p.refreshMu.TryLock() {
+		p.refreshLocked()
+		p.refreshMu.Unlock()
+	}
+	return p.table.Load()
 }
 
 // reap closes idle backend connections past the idle timeout, until Shutdown.
@@ -361,9 +455,11 @@ func (p *Proxy) Stats() Stats {
 		Requests:        s.requests.Load(),
 		Retries:         s.retries.Load(),
 		ConnectFailures: s.connectFailures.Load(),
+		Dials:           s.dials.Load(),
 		NoBackend:       s.noBackend.Load(),
 		BadGateway:      s.badGateway.Load(),
 		GatewayTimeout:  s.gatewayTimeout.Load(),
 		Rejected:        s.rejected.Load(),
+		Generation:      p.table.Load().gen,
 	}
 }

@@ -25,17 +25,22 @@ func (r *Region) workerOff(i int) int {
 }
 
 // ClaimWorker takes slot i for the worker with pid, started at now (Unix nanoseconds). The
-// supervisor claims a slot for each worker it starts and releases it when the worker exits.
+// supervisor claims a slot for each worker it starts, once it knows the pid, and releases it when
+// the worker exits. Claiming leaves the observed generation alone: a quick worker may have recorded
+// one before its supervisor got to claim the slot.
 func (r *Region) ClaimWorker(i, pid int, now int64) {
 	off := r.workerOff(i)
-	r.store64(off+offWorkerObserved, 0)
 	r.store64(off+offWorkerHeartbeat, uint64(now))
 	r.store64(off+offWorkerStarted, uint64(now))
 	r.store64(off+offWorkerPID, uint64(pid))
 }
 
-// ReleaseWorker frees slot i.
-func (r *Region) ReleaseWorker(i int) { r.store64(r.workerOff(i)+offWorkerPID, 0) }
+// ReleaseWorker frees slot i and forgets what its worker observed, for the next one.
+func (r *Region) ReleaseWorker(i int) {
+	off := r.workerOff(i)
+	r.store64(off+offWorkerPID, 0)
+	r.store64(off+offWorkerObserved, 0)
+}
 
 // Observe records, in the worker's slot i, that it serves generation g.
 func (r *Region) Observe(i int, g uint64) { r.store64(r.workerOff(i)+offWorkerObserved, g) }
