@@ -60,6 +60,10 @@ func startProc(tb testing.TB, args ...string) *proc {
 	tb.Helper()
 	p := &proc{tb: tb, args: args, exited: make(chan struct{})}
 	p.cmd = exec.Command(xlbPath, args...)
+	// Each process its own state directory (the region file), through the variable systemd's
+	// StateDirectory= sets: a shared one would be locked by the first, and a region left by an
+	// earlier test would be served first.
+	p.cmd.Env = append(os.Environ(), "STATE_DIRECTORY="+tb.TempDir())
 	p.cmd.Stdout = &p.stdout
 	p.cmd.Stderr = &p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -50,6 +50,8 @@ func (e *env) main(args []string) int {
 		return e.runCommand(rest)
 	case "demo":
 		return e.demoCommand(rest)
+	case workerCommand:
+		return e.workerMain(rest)
 	case "version", "--version", "-version":
 		if len(rest) > 0 {
 			return e.usageError("version", fmt.Errorf("unexpected argument %q", rest[0]))
@@ -113,7 +115,7 @@ func (e *env) runCommand(args []string) int {
 	log.Info("starting", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
-	return e.serve(ctx, log, cfg, nil)
+	return e.supervise(ctx, log, cfg, args)
 }
 
 // flagDef is one flag of a command, in the order its help lists it.
@@ -144,6 +146,8 @@ func newRunFlags() *runFlags {
 		idle, shutdown            = new(durationVar), new(durationVar)
 		lineMax, headBytes, heads = new(intVar), new(intVar), new(intVar)
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
+		workers                   = new(intVar)
+		stateDir                  string
 		forwarded                 proxy.Forwarded
 		accessLog                 string
 		logCfg                    LogConfig
@@ -216,6 +220,17 @@ func newRunFlags() *runFlags {
 		{name: "access-log", arg: "PATH", usage: `a file for one JSON line per request, appended to; "-" for standard output, "" for none (default none)`,
 			set:   func(s string) error { accessLog = s; return nil },
 			apply: func(c *Config) { c.AccessLog = accessLog }},
+		workers.def("workers", "N", "the worker processes that serve traffic (default: "+defaultWorkersDoc+")", 1,
+			func(c *Config) { c.Workers = workers.n }),
+		{name: "state-dir", arg: "DIR", usage: "where the shared region file keeps the last backend sets across restarts (default: " + defaultStateDirDoc + ")",
+			set: func(s string) error {
+				if s == "" {
+					return errors.New("want a directory path")
+				}
+				stateDir = s
+				return nil
+			},
+			apply: func(c *Config) { c.StateDir = stateDir }},
 		{name: "log-level", arg: "LEVEL", usage: "trace, debug, info, warn, error or off (default info)",
 			set:   func(s string) (err error) { logCfg.Level, err = parseLogLevel(s); return err },
 			apply: func(c *Config) { c.Log.Level = logCfg.Level }},
@@ -360,6 +375,13 @@ Runs the load balancer until SIGINT or SIGTERM, then shuts down gracefully. With
 balances over the backends given; with --config, the file says the listeners and backend sets, and
 the flags below other than --listen and --backend override the file's values.
 
+The process is a supervisor: it binds the listeners and starts --workers worker processes that serve
+them. It writes the backend sets into a shared region file in --state-dir, which workers read
+without locks; a restarted xlb serves that file's last backend sets first. The configuration file
+is watched: a change of its backend sets (adding, removing, reweighting, draining backends) applies
+at once, with no restart and no failed request. A file that does not parse is logged and changes
+nothing; a change of anything else is logged as needing a restart. A crashed worker is restarted.
+
 Flags:
 `)
 	printFlags(&b, newRunFlags().defs)
@@ -383,10 +405,14 @@ const sampleConfig = `  listeners:
       backends:
         - {id: a, address: 127.0.0.1:9001, weight: 1}
         - {id: b, address: 127.0.0.1:9002, weight: 3}
+        - {id: c, address: 127.0.0.1:9003, state: draining}   # active | draining | disabled
   timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s}
   limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256}
   retries: 2                         # 0 for none
   forwarded: append                  # append | replace | off
   access_log: /var/log/xlb/access.jsonl   # "-" = standard output
   log: {level: info, format: text}   # format: text | json
+  workers: 2                         # default: one per CPU
+  state_dir: /var/lib/xlb            # holds the region file
+  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created
 `

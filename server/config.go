@@ -18,6 +18,8 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // Bounds on what a configuration may say. What happens at each bound: the value is rejected with an
@@ -33,6 +35,10 @@ const (
 	limitMax = 1 << 30
 	// retriesMax bounds retries; more than a few never helps.
 	retriesMax = 100
+	// workersMax bounds the worker processes.
+	workersMax = 1024
+	// regionCapacityMax bounds each capacity of the shared region (shm refuses more).
+	regionCapacityMax = 1 << 24
 )
 
 const (
@@ -67,6 +73,16 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Log is the level and format of the process's log, written to standard error.
 	Log LogConfig
+
+	// Workers is the number of worker processes `xlb run` starts. Zero means the default,
+	// defaultWorkers() (see its comment for the benchmark that chose it).
+	Workers int
+	// StateDir holds the shared region file, which keeps the last generation of backend sets across
+	// restarts. Empty means defaultStateDir().
+	StateDir string
+	// Region is the capacities of a region file created anew; an existing file keeps its own. Zero
+	// fields mean shm's defaults.
+	Region shm.Capacities
 }
 
 // Listener is one address to accept on and the backend set that serves it.
@@ -276,6 +292,19 @@ func (d *decoder) top(root *yaml.Node) Config {
 			}
 		case "log":
 			d.log(v, key, &c.Log)
+		case "workers":
+			if n, ok := d.integer(v, key, 1, workersMax); ok {
+				c.Workers = n
+			}
+		case "state_dir":
+			if s, ok := d.str(v, key); ok {
+				if s == "" {
+					d.errorf(v, key, `want a directory path, got ""`)
+				}
+				c.StateDir = s
+			}
+		case "region":
+			d.region(v, key, &c.Region)
 		default:
 			return false
 		}
@@ -418,6 +447,14 @@ func (d *decoder) backend(n *yaml.Node, path string) (b proxy.Backend, idNode *y
 			if w, ok := d.integer(v, path+".weight", 1, weightMax); ok {
 				b.Weight = w
 			}
+		case "state":
+			if s, ok := d.str(v, path+".state"); ok {
+				st, err := table.ParseState(s)
+				if err != nil {
+					d.errorf(v, path+".state", "want active, draining or disabled, got %q", s)
+				}
+				b.State = st
+			}
 		default:
 			return false
 		}
@@ -479,6 +516,32 @@ func (d *decoder) limits(n *yaml.Node, path string, c *Config) {
 			return false
 		}
 		if x, ok := d.integer(v, path+"."+key, 1, limitMax); ok {
+			*dst = x
+		}
+		return true
+	})
+}
+
+func (d *decoder) region(n *yaml.Node, path string, c *shm.Capacities) {
+	if isNull(resolve(n)) {
+		return
+	}
+	d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		var dst *int
+		hi := regionCapacityMax
+		switch key {
+		case "sets":
+			dst = &c.Sets
+		case "backends":
+			dst = &c.Backends
+		case "string_bytes":
+			dst = &c.StringBytes
+		case "workers":
+			dst = &c.Workers
+		default:
+			return false
+		}
+		if x, ok := d.integer(v, path+"."+key, 1, hi); ok {
 			*dst = x
 		}
 		return true

@@ -13,6 +13,8 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // sampleFile is the file of the issue that introduced the format; it must keep working.
@@ -124,6 +126,17 @@ backend_sets: [{name: web, backends: []}]
 `, func(c *Config) {
 			c.Listeners = []Listener{{"127.0.0.1:0", "web"}, {"127.0.0.1:0", "web"}}
 			c.BackendSets = []proxy.BackendSet{{Name: "web"}}
+		}},
+		{"backend states", strings.Replace(minimal, "9001}", "9001, state: draining}\n      - {id: b, address: 127.0.0.1:9002, state: disabled}\n      - {id: c, address: 127.0.0.1:9003, state: active}", 1), func(c *Config) {
+			c.BackendSets[0].Backends = []proxy.Backend{
+				{ID: "a", Address: "127.0.0.1:9001", Weight: 1, State: table.Draining},
+				{ID: "b", Address: "127.0.0.1:9002", Weight: 1, State: table.Disabled},
+				{ID: "c", Address: "127.0.0.1:9003", Weight: 1, State: table.Active},
+			}
+		}},
+		{"workers, state directory and region", minimal + "workers: 3\nstate_dir: /srv/xlb\nregion: {sets: 8, backends: 100, string_bytes: 4096, workers: 16}\n", func(c *Config) {
+			c.Workers, c.StateDir = 3, "/srv/xlb"
+			c.Region = shm.Capacities{Sets: 8, Backends: 100, StringBytes: 4096, Workers: 16}
 		}},
 		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {
 			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "spare"})
@@ -269,8 +282,14 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "2.5"`}},
 		{"weight a quoted string", func(t *testing.T) string { return edit(t, "weight: 3}", `weight: "3"}`) },
 			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "3"`}},
-		{"backend state is not part of the format", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 3, state: DRAINING}") },
-			[]string{`xlb.yaml:9: backend_sets[0].backends[1]: unknown key "state"`}},
+		{"workers 0", func(t *testing.T) string { return sampleFile(t) + "workers: 0\n" },
+			[]string{`xlb.yaml:16: workers: want an integer >= 1, got "0"`}},
+		{"region key unknown", func(t *testing.T) string { return sampleFile(t) + "region: {slots: 3}\n" },
+			[]string{`xlb.yaml:16: region: unknown key "slots"`}},
+		{"state_dir empty", func(t *testing.T) string { return sampleFile(t) + "state_dir: \"\"\n" },
+			[]string{`xlb.yaml:16: state_dir: want a directory path, got ""`}},
+		{"backend state in capitals", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 3, state: DRAINING}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].state: want active, draining or disabled, got "DRAINING"`}},
 
 		// Timeouts.
 		{"duration without unit", func(t *testing.T) string { return edit(t, "connect: 5s", "connect: 5") },

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // Exit statuses of the xlb command.
@@ -34,11 +35,16 @@ type env struct {
 	stopContext func() (context.Context, context.CancelFunc)
 	// newProxy makes the data plane.
 	newProxy func(proxy.Config) (dataplane, error)
+	// exe is the binary that the supervisor starts as its workers: /proc/self/exe, this very
+	// binary even when the file it came from was replaced since.
+	exe string
 }
 
 // dataplane is what serving needs of a *proxy.Proxy.
 type dataplane interface {
 	SetBackends([]proxy.BackendSet) error
+	Follow(*table.Follower) error
+	Refresh() (uint64, error)
 	Serve(ln net.Listener, set string) error
 	Shutdown(ctx context.Context) error
 	Stats() proxy.Stats
@@ -51,6 +57,7 @@ func osEnv(stdout, stderr io.Writer) *env {
 		stderr:      stderr,
 		stopContext: signalContext,
 		newProxy:    newProxy,
+		exe:         "/proc/self/exe",
 	}
 }
 
@@ -85,21 +92,71 @@ func newLogger(c LogConfig, w io.Writer) hclog.Logger {
 	})
 }
 
-// serve runs the load balancer that cfg describes until ctx ends or a listener fails, then shuts the
-// proxy down within cfg's shutdown timeout. Both `xlb run` and `xlb demo` come here. ready, when not
-// nil, is called once every listener is bound, with their addresses in the order of cfg.Listeners.
-// serve returns the exit status: exitOK after a clean shutdown, exitFailure when anything failed.
+// serve runs the load balancer that cfg describes in this one process, with the backend sets of
+// cfg, until ctx ends or a listener fails, then shuts the proxy down within cfg's shutdown timeout.
+// `xlb demo` comes here; `xlb run` runs a supervisor and workers instead (supervise). ready, when
+// not nil, is called once every listener is bound, with their addresses in the order of
+// cfg.Listeners. serve returns the exit status: exitOK after a clean shutdown, exitFailure when
+// anything failed.
 func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready func([]net.Addr)) int {
 	if err := cfg.check(); err != nil {
 		log.Error("invalid configuration", "error", err)
 		return exitFailure
 	}
+	lns, err := listen(cfg.Listeners)
+	if err != nil {
+		log.Error("cannot listen", "error", err)
+		return exitFailure
+	}
+	return e.serveOn(ctx, log, cfg, lns, func(p dataplane) error {
+		if err := p.SetBackends(cfg.BackendSets); err != nil {
+			return fmt.Errorf("the proxy refused the backend sets: %w", err)
+		}
+		if ready != nil {
+			addrs := make([]net.Addr, len(lns))
+			for i, ln := range lns {
+				addrs[i] = ln.Addr()
+			}
+			ready(addrs)
+		}
+		return nil
+	})
+}
 
+// listen binds every listener, or none.
+func listen(ls []Listener) ([]net.Listener, error) {
+	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
+	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
+	lc := net.ListenConfig{KeepAlive: -1}
+	lns := make([]net.Listener, 0, len(ls))
+	for _, l := range ls {
+		ln, err := lc.Listen(context.Background(), "tcp", l.Address)
+		if err != nil {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// serveOn is the data plane of one process: it makes the proxy, lets start give it its backend
+// sets, and serves lns (listener i for cfg.Listeners[i]'s set) until ctx ends or a listener fails.
+// It closes lns before returning.
+func (e *env) serveOn(ctx context.Context, log hclog.Logger, cfg Config, lns []net.Listener, start func(dataplane) error) int {
+	closeListeners := func() {
+		for _, ln := range lns {
+			ln.Close() // an error here means it is closed already: Serve or Shutdown closed it
+		}
+	}
 	pcfg := cfg.Proxy
 	pcfg.Logger = log.Named("proxy")
 	if cfg.AccessLog != "" {
 		w, closeLog, err := e.openAccessLog(cfg.AccessLog)
 		if err != nil {
+			closeListeners()
 			log.Error("cannot open the access log", "error", err)
 			return exitFailure
 		}
@@ -109,31 +166,15 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 	}
 	p, err := e.newProxy(pcfg)
 	if err != nil {
+		closeListeners()
 		log.Error("cannot start the proxy", "error", err)
 		return exitFailure
 	}
-	if err := p.SetBackends(cfg.BackendSets); err != nil {
-		log.Error("the proxy refused the backend sets", "error", err)
+	if err := start(p); err != nil {
+		closeListeners()
+		p.Shutdown(context.Background())
+		log.Error("cannot start serving", "error", err)
 		return exitFailure
-	}
-
-	lns := make([]net.Listener, 0, len(cfg.Listeners))
-	closeListeners := func() {
-		for _, ln := range lns {
-			ln.Close() // an error here means it is closed already: Serve or Shutdown closed it
-		}
-	}
-	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
-	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
-	lc := net.ListenConfig{KeepAlive: -1}
-	for _, l := range cfg.Listeners {
-		ln, err := lc.Listen(context.Background(), "tcp", l.Address)
-		if err != nil {
-			closeListeners()
-			log.Error("cannot listen", "address", l.Address, "error", err)
-			return exitFailure
-		}
-		lns = append(lns, ln)
 	}
 
 	// Every Serve goroutine sends exactly one result; the channel holds them all, so none blocks.
@@ -142,17 +183,12 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 		err  error
 	}
 	results := make(chan result, len(lns))
-	addrs := make([]net.Addr, len(lns))
 	for i, ln := range lns {
-		addrs[i] = ln.Addr()
 		set := cfg.Listeners[i].BackendSet
 		log.Info("listening", "address", ln.Addr().String(), "backend_set", set)
 		go func() {
 			results <- result{ln.Addr().String(), p.Serve(ln, set)}
 		}()
-	}
-	if ready != nil {
-		ready(addrs)
 	}
 
 	code := exitOK
@@ -189,7 +225,7 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 		}
 	}
 	st := p.Stats()
-	log.Info("stopped", "requests", st.Requests, "retries", st.Retries, "connect_failures", st.ConnectFailures,
+	log.Info("stopped", "requests", st.Requests, "retries", st.Retries, "backend_dials", st.Dials, "connect_failures", st.ConnectFailures,
 		"answered_503", st.NoBackend, "answered_502", st.BadGateway, "answered_504", st.GatewayTimeout,
 		"rejected", st.Rejected)
 	return code

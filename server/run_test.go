@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
@@ -61,6 +63,10 @@ func (f *fakeProxy) Shutdown(ctx context.Context) error {
 }
 
 func (f *fakeProxy) Stats() proxy.Stats { return proxy.Stats{} }
+
+func (f *fakeProxy) Follow(*table.Follower) error { return errors.New("fakeProxy: Follow") }
+
+func (f *fakeProxy) Refresh() (uint64, error) { return 0, errors.New("fakeProxy: Refresh") }
 
 func (f *fakeProxy) shutdownCalled() bool {
 	select {
@@ -218,10 +224,10 @@ func TestServeFailures(t *testing.T) {
 		{name: "listen fails", cfg: func(c Config) Config {
 			c.Listeners = append(c.Listeners, Listener{Address: busy.Addr().String(), BackendSet: "web"})
 			return c
-		}, wantLog: "[ERROR] xlb: cannot listen: address=" + busy.Addr().String()},
+		}, wantLog: `[ERROR] xlb: cannot listen: error="listen tcp ` + busy.Addr().String() + `: bind: address already in use"`},
 		{name: "proxy refuses its config", newErr: errors.New("proxy: no"), wantLog: `[ERROR] xlb: cannot start the proxy: error="proxy: no"`},
 		{name: "proxy refuses the sets", fake: func(f *fakeProxy) { f.setErr = errors.New("proxy: bad set") },
-			wantLog: `[ERROR] xlb: the proxy refused the backend sets: error="proxy: bad set"`},
+			wantLog: `[ERROR] xlb: cannot start serving: error="the proxy refused the backend sets: proxy: bad set"`},
 		{name: "serving fails", fake: func(f *fakeProxy) { f.serveErr = errors.New("accept: too many files") },
 			wantLog: `error="accept: too many files"`},
 		{name: "access log cannot open", cfg: func(c Config) Config {
@@ -255,34 +261,70 @@ func TestServeFailures(t *testing.T) {
 	}
 }
 
-// TestRunCommand goes through the command line, the file and serve, with a fake proxy.
+// TestRunCommand goes through the command line, the file, the supervisor and a real worker process
+// (this test binary, re-executed in the worker role), to a real backend and back.
 func TestRunCommand(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "xlb.yaml")
-	conf := "listeners: [{address: \"127.0.0.1:0\", backend_set: s}]\nbackend_sets: [{name: s, backends: [{id: x, address: \"127.0.0.1:1\"}]}]\nlog: {format: json}\n"
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello from the backend")
+	}))
+	defer backend.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // a race with another process for this port is possible, and fails the test loudly
+	dir := t.TempDir()
+	path := filepath.Join(dir, "xlb.yaml")
+	conf := "listeners: [{address: \"" + addr + "\", backend_set: s}]\n" +
+		"backend_sets: [{name: s, backends: [{id: x, address: \"" + backend.Listener.Addr().String() + "\"}]}]\n" +
+		"log: {format: json}\n"
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fp := newFakeProxy()
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	e, stdout, stderr := testEnv(ctx, fp, nil)
+	e, stdout, stderr := testEnv(ctx, nil, nil)
+	e.newProxy, e.exe = newProxy, "/proc/self/exe"
 	done := make(chan int, 1)
-	go func() { done <- e.main([]string{"run", "--config", path, "--log-level", "debug", "--access-log", "-"}) }()
-	if set := receive(t, fp.serving, "Serve"); set != "s" {
-		t.Errorf("Serve(%q), want s", set)
+	go func() {
+		done <- e.main([]string{"run", "--config", path, "--workers", "1", "--state-dir", filepath.Join(dir, "state"),
+			"--access-log", "-"})
+	}()
+	waitFor(t, func() bool { return strings.Contains(stderr.String(), `"@message":"ready"`) }, "ready")
+	res, err := http.Get("http://" + addr + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(body) != "hello from the backend" {
+		t.Fatalf("got %d %q", res.StatusCode, body)
 	}
 	stop()
 	if code := receive(t, done, "exit"); code != exitOK {
 		t.Errorf("exit %d, want 0; stderr:\n%s", code, stderr)
 	}
-	if fp.cfg.AccessLog != io.Writer(stdout) {
-		t.Errorf("access log %v, want standard output", fp.cfg.AccessLog)
+	log := stderr.String()
+	for _, want := range []string{`"@module":"xlb"`, `"@message":"listening"`, `"@module":"xlb.worker"`, `"@message":"stopped"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %s:\n%s", want, log)
+		}
 	}
-	if log := stderr.String(); !strings.Contains(log, `"@module":"xlb"`) || !strings.Contains(log, `"@message":"listening"`) {
-		t.Errorf("want a JSON log named xlb, got:\n%s", log)
+	if !strings.Contains(stdout.String(), `"target":"/x"`) {
+		t.Errorf("the worker's access log on standard output lacks the request:\n%s", stdout)
 	}
-	if !fp.cfg.Logger.IsDebug() {
-		t.Error("--log-level debug did not reach the logger")
+}
+
+// waitFor polls cond until it holds, failing the test after wait.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, wait)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xlbproxy/xlb/dataplane/shm"
+)
+
+// regionFile and lockFile are the names of the state directory's files.
+const (
+	regionFile = "region"
+	lockFile   = "lock"
+)
+
+const defaultStateDirDoc = "$STATE_DIRECTORY, else /var/lib/xlb for root, else $XDG_STATE_HOME/xlb or ~/.local/state/xlb"
+
+// defaultStateDir is the state directory when none is given: systemd's StateDirectory= (which it
+// passes as $STATE_DIRECTORY), else the system's place for root, else the user's.
+func defaultStateDir() (string, error) {
+	if d, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); d != "" {
+		return d, nil
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/xlb", nil
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "xlb"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no state directory: give --state-dir (%v)", err)
+	}
+	return filepath.Join(home, ".local", "state", "xlb"), nil
+}
+
+// stateDir is a state directory that this process holds: its lock is taken, so no other supervisor
+// writes the same region.
+type stateDir struct {
+	path string
+	lock *os.File
+}
+
+// lockStateDir creates dir (mode 0700) if missing and takes its lock. A directory locked by another
+// live supervisor is refused with that supervisor's pid.
+func lockStateDir(dir string) (*stateDir, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	path := filepath.Join(dir, lockFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state directory %s is in use by another xlb (pid %s); give each its own --state-dir",
+				dir, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("state directory: lock %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &stateDir{path: dir, lock: f}, nil
+}
+
+// openRegion maps the directory's region file, creating it with caps when it does not exist. fresh
+// says it was created now. A file of another layout is refused, never overwritten: it may hold
+// what an operator wants back.
+func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, err error) {
+	path := filepath.Join(d.path, regionFile)
+	r, err = shm.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		r, err = shm.Create(path, caps)
+		return r, true, err
+	}
+	if errors.Is(err, shm.ErrLayout) {
+		return nil, false, fmt.Errorf("%w; move the file away to start with an empty region", err)
+	}
+	return r, false, err
+}
+
+// close releases the lock.
+func (d *stateDir) close() { d.lock.Close() }

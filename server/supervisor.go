@@ -1,0 +1,522 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/shm"
+)
+
+// defaultWorkersDoc is how help describes the default of --workers.
+const defaultWorkersDoc = "one per CPU"
+
+// defaultWorkers is the worker count when none is given: one per CPU the process may run on.
+func defaultWorkers() int { return max(1, runtime.NumCPU()) }
+
+// Timing of the supervisor.
+const (
+	// reloadDebounce coalesces the burst of events of one edit of the configuration file.
+	reloadDebounce = 20 * time.Millisecond
+	// appliedPoll is how often the supervisor reads the worker slots while a generation is not yet
+	// applied by every worker.
+	appliedPoll = time.Millisecond
+	// appliedWarn is how long a generation may wait for a worker before the wait is logged.
+	appliedWarn = 10 * time.Second
+	// restartDelayMin and restartDelayMax bound the delay before a crashed worker is restarted. It
+	// doubles with every crash of a worker that ran less than restartStable, and starts over after
+	// one that ran longer.
+	restartDelayMin = 50 * time.Millisecond
+	restartDelayMax = 10 * time.Second
+	restartStable   = 10 * time.Second
+	// killGrace is how long past the shutdown timeout the supervisor waits for its workers before
+	// it kills them.
+	killGrace = 5 * time.Second
+)
+
+// supervisor is `xlb run`: it owns the state directory, the shared region and the listening
+// sockets, starts the workers and restarts them when they crash, and turns each change of the
+// configuration file's backend sets into a new generation of the region.
+type supervisor struct {
+	e    *env
+	log  hclog.Logger
+	args []string // the command line, for reloading the file with its flag overrides
+	path string   // the configuration file; empty when flags gave everything
+	cfg  Config   // the configuration in force; its listeners and settings are fixed at start
+
+	region    *shm.Region
+	writer    *shm.Writer
+	listeners []*os.File // the listening sockets, in the order of cfg.Listeners
+	sets      []string   // the backend set of each listener
+
+	workers  []*workerProc // by slot; nil while a slot waits for its restart
+	exits    chan workerExit
+	restarts chan int // slots whose restart delay has passed
+	stopping bool
+
+	published []shm.Set // the sets of the generation in force, to skip rewrites that change nothing
+	pending   []pendingGen
+	ready     bool
+}
+
+type workerProc struct {
+	slot    int
+	pid     int
+	cmd     *exec.Cmd
+	control *os.File // the write end of the control pipe
+	started time.Time
+}
+
+type workerExit struct {
+	slot, pid int
+	err       error
+	ran       time.Duration
+}
+
+// pendingGen is a published generation that not every live worker has observed yet.
+type pendingGen struct {
+	gen    uint64
+	at     time.Time
+	warned bool
+}
+
+// slotState is what the supervisor remembers about a slot across restarts of its worker.
+type slotState struct {
+	crashes int // consecutive crashes after short runs
+}
+
+// supervise runs `xlb run` until ctx ends; it returns the exit status.
+func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args []string) int {
+	if err := cfg.check(); err != nil {
+		log.Error("invalid configuration", "error", err)
+		return exitFailure
+	}
+	workers := cfg.Workers
+	if workers == 0 {
+		workers = defaultWorkers()
+	}
+	dir := cfg.StateDir
+	if dir == "" {
+		var err error
+		if dir, err = defaultStateDir(); err != nil {
+			log.Error("no state directory", "error", err)
+			return exitFailure
+		}
+	}
+	sd, err := lockStateDir(dir)
+	if err != nil {
+		log.Error("cannot use the state directory", "error", err)
+		return exitFailure
+	}
+	defer sd.close()
+	region, fresh, err := sd.openRegion(cfg.Region)
+	if err != nil {
+		log.Error("cannot open the shared region", "error", err)
+		return exitFailure
+	}
+	defer region.Close()
+	caps := region.Capacities()
+	if !fresh && cfg.Region != (shm.Capacities{}) {
+		log.Warn("the region file keeps the capacities it was created with; remove it to resize", "state_dir", dir,
+			"sets", caps.Sets, "backends", caps.Backends, "string_bytes", caps.StringBytes, "workers", caps.Workers)
+	}
+	if workers > caps.Workers {
+		log.Error("more workers than the region has slots for", "workers", workers, "region_workers", caps.Workers)
+		return exitFailure
+	}
+	// Slots left by a previous supervisor: their workers saw their pipe end and are draining.
+	for i := 0; i < caps.Workers; i++ {
+		region.ReleaseWorker(i)
+	}
+
+	s := &supervisor{
+		e: e, log: log, args: args, path: runConfigPath(args), cfg: cfg,
+		region:   region,
+		writer:   shm.NewWriter(region),
+		workers:  make([]*workerProc, workers),
+		exits:    make(chan workerExit, workers),
+		restarts: make(chan int, workers),
+	}
+	if err := s.listen(); err != nil {
+		log.Error("cannot listen", "error", err)
+		return exitFailure
+	}
+	defer func() {
+		for _, f := range s.listeners {
+			f.Close()
+		}
+	}()
+
+	// Static stability: what the region holds is served first, before the file is looked at
+	// again, so that a restart never waits on (or is broken by) the configuration.
+	if g := region.Generation(); g > 0 {
+		snap, err := region.Read()
+		if err != nil {
+			log.Error("cannot read the region's last generation", "generation", g, "error", err)
+			return exitFailure
+		}
+		s.published = snap.Sets
+		log.Info("serving the region's last generation", "generation", g, "sets", len(snap.Sets))
+	}
+	// On a fresh region the configured sets go in before any worker starts, so that none ever
+	// serves an empty world; otherwise the workers start on the last generation first.
+	publish := func() bool {
+		if err := s.apply(cfg); err != nil {
+			log.Error("cannot publish the configured backend sets", "error", err)
+			return region.Generation() > 0 // with a last generation, keep serving it
+		}
+		return true
+	}
+	fresh = region.Generation() == 0
+	if fresh && !publish() {
+		return exitFailure
+	}
+	state := make([]slotState, workers)
+	for slot := range workers {
+		if err := s.start(slot); err != nil {
+			log.Error("cannot start a worker", "slot", slot, "error", err)
+			s.shutdown()
+			return exitFailure
+		}
+	}
+	if !fresh && !publish() {
+		s.shutdown()
+		return exitFailure
+	}
+
+	var watch <-chan struct{}
+	if s.path != "" {
+		w, err := watchFile(s.path, reloadDebounce)
+		if err != nil {
+			log.Warn("cannot watch the configuration file; edits need a restart", "error", err)
+		} else {
+			defer w.Close()
+			watch = w.C()
+		}
+	}
+
+	var poll <-chan time.Time
+	for {
+		if poll == nil && (!s.ready || len(s.pending) > 0) {
+			poll = time.After(appliedPoll)
+		}
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.shutdownTimeout())
+			return s.shutdown()
+		case x := <-s.exits:
+			s.exited(x, &state[x.slot])
+		case slot := <-s.restarts:
+			if err := s.start(slot); err != nil {
+				log.Error("cannot restart a worker", "slot", slot, "error", err)
+				s.exited(workerExit{slot: slot, err: err}, &state[slot])
+			}
+		case <-watch:
+			s.reload()
+		case <-poll:
+			poll = nil
+			s.checkApplied()
+		}
+	}
+}
+
+// listen binds the listeners and keeps a duplicate of each socket to hand to the workers. The
+// duplicates are made by hand: (*net.TCPListener).File would put the socket, which the workers
+// share, into blocking mode when exec passes it on.
+func (s *supervisor) listen() error {
+	lns, err := listen(s.cfg.Listeners)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for i, ln := range lns {
+		rc, err := ln.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			return err
+		}
+		dup, derr := -1, error(nil)
+		if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+			return err
+		}
+		if derr != nil {
+			return fmt.Errorf("duplicate listener %s: %w", ln.Addr(), derr)
+		}
+		s.listeners = append(s.listeners, os.NewFile(uintptr(dup), ln.Addr().String()))
+		s.sets = append(s.sets, s.cfg.Listeners[i].BackendSet)
+		s.log.Info("listening", "address", ln.Addr().String(), "backend_set", s.cfg.Listeners[i].BackendSet)
+	}
+	return nil
+}
+
+// start starts the worker of slot.
+func (s *supervisor) start(slot int) error {
+	spec, err := json.Marshal(workerSpec{
+		Slot:            slot,
+		Sets:            s.sets,
+		Proxy:           s.cfg.Proxy,
+		AccessLog:       s.cfg.AccessLog,
+		ShutdownTimeout: s.cfg.ShutdownTimeout,
+		Log:             s.cfg.Log,
+	})
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.e.exe, workerCommand)
+	cmd.Env = append(os.Environ(), workerSpecEnv+"="+string(spec))
+	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
+	cmd.ExtraFiles = append([]*os.File{s.region.File(), r}, s.listeners...)
+	err = cmd.Start()
+	r.Close()
+	if err != nil {
+		w.Close()
+		return err
+	}
+	now := time.Now()
+	wp := &workerProc{slot: slot, pid: cmd.Process.Pid, cmd: cmd, control: w, started: now}
+	s.region.ClaimWorker(slot, wp.pid, now.UnixNano())
+	s.workers[slot] = wp
+	s.log.Info("worker started", "slot", slot, "pid", wp.pid)
+	go func() {
+		err := cmd.Wait()
+		s.exits <- workerExit{slot: slot, pid: wp.pid, err: err, ran: time.Since(now)}
+	}()
+	return nil
+}
+
+// exited handles the end of a worker: while serving, it schedules the worker's restart.
+func (s *supervisor) exited(x workerExit, st *slotState) {
+	if wp := s.workers[x.slot]; wp != nil && wp.pid == x.pid {
+		wp.control.Close()
+		s.workers[x.slot] = nil
+		s.region.ReleaseWorker(x.slot)
+	}
+	if s.stopping {
+		return
+	}
+	if x.ran >= restartStable {
+		st.crashes = 0
+	}
+	delay := min(restartDelayMin<<min(st.crashes, 16), restartDelayMax)
+	st.crashes++
+	msg := "<nil>"
+	if x.err != nil {
+		msg = x.err.Error()
+	}
+	s.log.Error("worker exited", "slot", x.slot, "pid", x.pid, "error", msg, "ran", x.ran.Round(time.Millisecond).String(), "restart_in", delay.String())
+	time.AfterFunc(delay, func() { s.restarts <- x.slot })
+}
+
+// apply makes cfg's backend sets the region's generation, unless it holds them already.
+func (s *supervisor) apply(cfg Config) error {
+	sets := regionSets(cfg.BackendSets)
+	if s.published != nil && sameSets(sets, s.published) {
+		s.log.Debug("the backend sets are unchanged", "generation", s.region.Generation())
+		return nil
+	}
+	g, err := s.writer.Publish(sets)
+	if err != nil {
+		return err
+	}
+	s.published = sets
+	n := 0
+	for _, set := range sets {
+		n += len(set.Backends)
+	}
+	s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
+	s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
+	// Wake the workers: an idle one would otherwise see the generation only at its heartbeat. A
+	// full pipe already holds a wake-up, so a write that would block is dropped.
+	for _, wp := range s.workers {
+		if wp == nil {
+			continue
+		}
+		if rc, err := wp.control.SyscallConn(); err == nil {
+			rc.Write(func(fd uintptr) bool {
+				unix.Write(int(fd), []byte{1})
+				return true
+			})
+		}
+	}
+	return nil
+}
+
+// reload reads the configuration file again and applies its backend sets. A file that fails is
+// logged and changes nothing; settings that only a restart can change are logged and ignored.
+func (s *supervisor) reload() {
+	cfg, err := parseRun(s.args)
+	if err == nil {
+		err = cfg.check()
+	}
+	if err != nil {
+		s.log.Error("config reload failed; the previous backend sets keep serving", "error", err)
+		return
+	}
+	if keys := restartKeys(s.cfg, cfg); len(keys) > 0 {
+		s.log.Warn("config change needs a restart; it is not applied", "keys", strings.Join(keys, ","))
+	}
+	if err := s.apply(cfg); err != nil {
+		s.log.Error("config reload failed; the previous backend sets keep serving", "error", err)
+	}
+}
+
+// restartKeys names what differs between a and b other than backend sets.
+func restartKeys(a, b Config) []string {
+	var keys []string
+	diff := func(key string, same bool) {
+		if !same {
+			keys = append(keys, key)
+		}
+	}
+	diff("listeners", slices.Equal(a.Listeners, b.Listeners))
+	pa, pb := a.Proxy, b.Proxy
+	diff("timeouts", pa.ConnectTimeout == pb.ConnectTimeout && pa.BackendTimeout == pb.BackendTimeout &&
+		pa.ClientTimeout == pb.ClientTimeout && pa.IdleTimeout == pb.IdleTimeout && a.ShutdownTimeout == b.ShutdownTimeout)
+	diff("limits", pa.RequestLineBytesMax == pb.RequestLineBytesMax && pa.HeaderBytesMax == pb.HeaderBytesMax &&
+		pa.HeadersMax == pb.HeadersMax && pa.ReplayBufferBytesMax == pb.ReplayBufferBytesMax &&
+		pa.IdleConnsPerBackend == pb.IdleConnsPerBackend)
+	diff("retries", pa.Retries == pb.Retries)
+	diff("forwarded", pa.Forwarded == pb.Forwarded)
+	diff("access_log", a.AccessLog == b.AccessLog)
+	diff("log", a.Log == b.Log)
+	diff("workers", a.Workers == b.Workers)
+	diff("state_dir", a.StateDir == b.StateDir)
+	diff("region", a.Region == b.Region)
+	return keys
+}
+
+// checkApplied logs each pending generation that every live worker has observed, and the first
+// moment every worker serves the generation in force.
+func (s *supervisor) checkApplied() {
+	min, live := s.region.MinObserved()
+	now := time.Now()
+	kept := s.pending[:0]
+	for _, p := range s.pending {
+		switch {
+		case min >= p.gen:
+			s.log.Info("generation applied", "generation", p.gen, "workers", live, "latency", now.Sub(p.at).String())
+		case !p.warned && now.Sub(p.at) > appliedWarn:
+			p.warned = true
+			s.log.Warn("generation not yet applied by every worker", "generation", p.gen, "waiting", s.lagging(p.gen))
+			fallthrough
+		default:
+			kept = append(kept, p)
+		}
+	}
+	s.pending = kept
+	if !s.ready && live == len(s.workers) && min >= s.region.Generation() {
+		s.ready = true
+		s.log.Info("ready", "workers", live, "generation", s.region.Generation())
+	}
+}
+
+// lagging describes the workers that have not observed generation g.
+func (s *supervisor) lagging(g uint64) string {
+	var b strings.Builder
+	for _, wp := range s.workers {
+		if wp == nil {
+			continue
+		}
+		if w := s.region.Worker(wp.slot); w.Observed < g {
+			fmt.Fprintf(&b, "slot %d pid %d at generation %d; ", wp.slot, wp.pid, w.Observed)
+		}
+	}
+	return strings.TrimSuffix(b.String(), "; ")
+}
+
+// shutdown asks every worker to drain (SIGTERM) and waits for them, killing those still running
+// past the shutdown timeout and a grace. It returns the exit status.
+func (s *supervisor) shutdown() int {
+	s.stopping = true
+	// The workers close their copies of the listening sockets as they start draining; once the
+	// supervisor's are closed too, new connections are refused instead of waiting in a queue that
+	// nobody accepts from any more.
+	for _, f := range s.listeners {
+		f.Close()
+	}
+	s.listeners = nil
+	running := 0
+	for _, wp := range s.workers {
+		if wp != nil {
+			wp.cmd.Process.Signal(syscall.SIGTERM)
+			running++
+		}
+	}
+	code := exitOK
+	kill := time.After(s.cfg.shutdownTimeout() + killGrace)
+	for running > 0 {
+		select {
+		case x := <-s.exits:
+			if s.workers[x.slot] == nil || s.workers[x.slot].pid != x.pid {
+				continue // a worker that had exited before the shutdown
+			}
+			running--
+			if x.err != nil {
+				s.log.Error("worker failed while stopping", "slot", x.slot, "pid", x.pid, "error", x.err)
+				code = exitFailure
+			}
+			s.exited(x, nil)
+		case <-kill:
+			for _, wp := range s.workers {
+				if wp != nil {
+					s.log.Error("worker did not stop in time; killing it", "slot", wp.slot, "pid", wp.pid)
+					wp.cmd.Process.Kill()
+				}
+			}
+			kill = nil
+			code = exitFailure
+		}
+	}
+	s.log.Info("stopped")
+	return code
+}
+
+// runConfigPath is the --config of a command line of `xlb run`, or "".
+func runConfigPath(args []string) string {
+	f := newRunFlags()
+	fs := flagSet("run", f.defs)
+	if parseFlags(fs, args) != nil {
+		return ""
+	}
+	return f.config
+}
+
+// regionSets turns backend sets into the region's records.
+func regionSets(sets []proxy.BackendSet) []shm.Set {
+	out := make([]shm.Set, len(sets))
+	for i, set := range sets {
+		out[i] = shm.Set{Name: set.Name, Policy: uint8(set.Policy), Backends: make([]shm.Backend, len(set.Backends))}
+		for j, b := range set.Backends {
+			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(b.Weight), State: b.State}
+		}
+	}
+	return out
+}
+
+// sameSets reports whether a and b hold the same sets in the same order, health slots aside.
+func sameSets(a, b []shm.Set) bool {
+	return slices.EqualFunc(a, b, func(x, y shm.Set) bool {
+		return x.Name == y.Name && x.Policy == y.Policy && slices.EqualFunc(x.Backends, y.Backends, func(p, q shm.Backend) bool {
+			return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State
+		})
+	})
+}

@@ -1,0 +1,140 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
+)
+
+// The worker role. `xlb run` starts each worker by re-executing its own binary (/proc/self/exe, so
+// that a worker is always the supervisor's version, even after the file on disk was replaced) as
+// `xlb worker`, with its workerSpec as JSON in the environment and these descriptors:
+const (
+	workerCommand = "worker"
+	workerSpecEnv = "XLB_WORKER_SPEC"
+
+	fdRegion   = 3 // the shared region file
+	fdControl  = 4 // the read end of a pipe from the supervisor
+	fdListener = 5 // the first listening socket; the others follow in the spec's order
+)
+
+// The control pipe carries one byte per published generation, telling an idle worker to look at
+// the region now (a busy one has seen the generation word on its next request already). Its end
+// of file means the supervisor is gone: the worker then stops accepting, drains and exits, so that
+// no orphan serves a world nobody updates. This, not Pdeathsig, is how a worker learns of its
+// supervisor's death: Pdeathsig fires when the thread that started the child exits, and Go's
+// threads come and go.
+
+// workerSpec is what a worker needs besides its descriptors. The supervisor fixes it when the
+// worker starts; backend sets come from the region, never from here.
+type workerSpec struct {
+	Slot            int
+	Sets            []string // the backend set of each inherited listener, in descriptor order
+	Proxy           proxy.Config
+	AccessLog       string
+	ShutdownTimeout time.Duration
+	Log             LogConfig
+}
+
+// heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
+// neither a request nor its supervisor made it look.
+const heartbeat = time.Second
+
+// workerMain is `xlb worker`: serve the inherited listeners from the inherited region until SIGTERM,
+// SIGINT or the supervisor's end.
+func (e *env) workerMain(args []string) int {
+	var spec workerSpec
+	if err := json.Unmarshal([]byte(os.Getenv(workerSpecEnv)), &spec); err != nil || len(args) > 0 {
+		fmt.Fprintf(e.stderr, "xlb worker: this command is started by xlb run, not by hand (%s: %v)\n", workerSpecEnv, err)
+		return exitUsage
+	}
+	log := newLogger(spec.Log, e.stderr).Named("worker").With("slot", spec.Slot, "pid", os.Getpid())
+
+	region, err := shm.OpenFile(os.NewFile(fdRegion, "region"))
+	if err != nil {
+		log.Error("cannot map the shared region", "error", err)
+		return exitFailure
+	}
+	defer region.Close()
+	// The pipe comes in blocking mode; in non-blocking mode os.File reads it through the poller, so
+	// that closing it ends a pending read.
+	if err := syscall.SetNonblock(fdControl, true); err != nil {
+		log.Error("control pipe", "error", err)
+		return exitFailure
+	}
+	control := os.NewFile(fdControl, "control")
+	defer control.Close()
+
+	lns := make([]net.Listener, len(spec.Sets))
+	listeners := make([]Listener, len(spec.Sets))
+	for i, set := range spec.Sets {
+		f := os.NewFile(uintptr(fdListener+i), fmt.Sprintf("listener %d", i))
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			log.Error("inherited listener", "index", i, "error", err)
+			return exitFailure
+		}
+		lns[i] = ln
+		listeners[i] = Listener{Address: ln.Addr().String(), BackendSet: set}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	follower := table.NewFollower(region, spec.Slot)
+	cfg := Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
+	return e.serveOn(ctx, log, cfg, lns, func(p dataplane) error {
+		if err := p.Follow(follower); err != nil {
+			return err
+		}
+		follower.Beat(time.Now())
+		go readControl(control, p, cancel)
+		go beat(ctx, follower, p)
+		return nil
+	})
+}
+
+// readControl refreshes p on every byte from the supervisor, and ends the worker at the pipe's end.
+func readControl(control *os.File, p dataplane, cancel context.CancelCauseFunc) {
+	buf := make([]byte, 64)
+	for {
+		n, err := control.Read(buf)
+		if n > 0 {
+			p.Refresh()
+		}
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				cancel(errors.New("the supervisor is gone"))
+			}
+			return
+		}
+	}
+}
+
+// beat writes the worker's heartbeat and looks at the generation word, until ctx ends.
+func beat(ctx context.Context, f *table.Follower, p dataplane) {
+	t := time.NewTicker(heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			f.Beat(now)
+			p.Refresh()
+		}
+	}
+}
