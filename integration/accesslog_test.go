@@ -3,9 +3,11 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -89,6 +91,51 @@ func TestAccessLog(t *testing.T) {
 		}
 		if got.Backend == nil || *got.Backend != addrOf(backend) {
 			t.Errorf("line %d: backend %v, want %q\n%s", i+1, fields["backend"], addrOf(backend), line)
+		}
+	}
+}
+
+// TestAccessLogWorkersShareAPipe: four workers writing their access logs to the same standard
+// output pipe never interleave inside a line, however long the lines: each write is whole lines of
+// at most PIPE_BUF bytes, which a pipe keeps in one piece.
+func TestAccessLogWorkersShareAPipe(t *testing.T) {
+	t.Parallel()
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	x := startXLB(t, runArgs("--backend", addrOf(backend), "--access-log", "-", "--workers", "4"))
+
+	const clients, perClient = 8, 150
+	target := "/" + strings.Repeat("t", 1500) // three lines of this fill a pipe's atomic write
+	done := make(chan error, clients)
+	for c := 0; c < clients; c++ {
+		go func() {
+			_, stderr, err := curlErr("-sS", "-o", "/dev/null", "-w", "%{http_code}\n", fmt.Sprintf("%s?c=%d&i=[1-%d]", x.url(target), c, perClient))
+			if err != nil {
+				err = fmt.Errorf("%v: %s", err, stderr)
+			}
+			done <- err
+		}()
+	}
+	for c := 0; c < clients; c++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	x.signal(syscall.SIGTERM)
+	if code := x.waitExitCode(stopTimeout); code != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+	out := x.stdout.String()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != clients*perClient {
+		t.Errorf("%d access log lines, want %d", len(lines), clients*perClient)
+	}
+	for i, line := range lines {
+		var e struct {
+			Target string `json:"target"`
+			Status int    `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil || e.Status != 200 || !strings.HasPrefix(e.Target, target+"?c=") {
+			t.Fatalf("line %d is not one whole entry (%v):\n%.300s", i+1, err, line)
 		}
 	}
 }

@@ -10,6 +10,10 @@ import (
 )
 
 // accessLog writes one JSON object per line, buffered and flushed at least once a second.
+//
+// Several worker processes may write the same file or pipe, so every write is whole lines and at
+// most accessLogWriteMax bytes: a write to a pipe of at most PIPE_BUF bytes is atomic, and an
+// O_APPEND write to a file lands in one piece, so lines of different workers never interleave.
 type accessLog struct {
 	mu   sync.Mutex
 	w    *bufio.Writer
@@ -18,8 +22,11 @@ type accessLog struct {
 	stop chan struct{}
 }
 
+// accessLogWriteMax is PIPE_BUF on Linux.
+const accessLogWriteMax = 4096
+
 func newAccessLog(w io.Writer) *accessLog {
-	a := &accessLog{w: bufio.NewWriterSize(w, 64<<10), tick: time.NewTicker(time.Second), stop: make(chan struct{})}
+	a := &accessLog{w: bufio.NewWriterSize(w, accessLogWriteMax), tick: time.NewTicker(time.Second), stop: make(chan struct{})}
 	go func() {
 		for {
 			select {
@@ -83,6 +90,9 @@ func (c *conn) logAccess() {
 	b = strconv.AppendInt(b, now.Sub(c.started).Microseconds(), 10)
 	b = append(b, "}\n"...)
 	a.line = b
+	if len(b) > a.w.Available() {
+		a.w.Flush() // so that no line is split between two writes
+	}
 	a.w.Write(b)
 }
 
