@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/rawio"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 )
@@ -78,9 +79,7 @@ func (e *env) workerMain(args []string) int {
 	lns := make([]net.Listener, len(spec.Sets))
 	listeners := make([]Listener, len(spec.Sets))
 	for i, set := range spec.Sets {
-		f := os.NewFile(uintptr(fdListener+i), fmt.Sprintf("listener %d", i))
-		ln, err := net.FileListener(f)
-		f.Close()
+		ln, err := rawio.NewListener(os.NewFile(uintptr(fdListener+i), fmt.Sprintf("listener %d", i)))
 		if err != nil {
 			log.Error("inherited listener", "index", i, "error", err)
 			return exitFailure

@@ -118,11 +118,12 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	c.nc, c.setName = nc, setName
 	c.dl = upstream.Deadlines{Conn: nc}
 	c.clientIP = c.clientIP[:0]
-	if tc, ok := nc.(*net.TCPConn); ok {
-		c.raw, _ = tc.SyscallConn()
-		if ta, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
-			c.clientIP = ta.AddrPort().Addr().Unmap().AppendTo(c.clientIP)
-		}
+	// A *net.TCPConn, or a *rawio.Conn of a worker's listener.
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		c.clientIP = ta.AddrPort().Addr().Unmap().AppendTo(c.clientIP)
 	}
 	p.mu.Lock()
 	if p.draining.Load() {

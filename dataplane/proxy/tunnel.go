@@ -85,8 +85,8 @@ func (c *conn) tunnel(u *upstream.Conn) attemptResult {
 // closeWrite half-closes a TCP connection, so that the peer reads EOF while the other direction
 // goes on.
 func closeWrite(nc net.Conn) {
-	if tc, ok := nc.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 		return
 	}
 	nc.Close()
