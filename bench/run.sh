@@ -3,6 +3,8 @@
 # beside this repo, or BENCH_HARNESS) with xlb as a custom contestant. See bench/README.md.
 #   bash bench/run.sh
 #   CONTESTANTS="direct nginx xlb" SCENARIOS="get post" ROUNDS=5 PIN=1 bash bench/run.sh
+#   XLB_WORKERS=2 CONTESTANTS="nginx xlb" bash bench/run.sh    # xlb run --workers 2
+# After the run, bench/reuse.sh OUT prints xlb's backend connection reuse from its logs.
 # All other settings are the harness's environment variables and pass through.
 set -euo pipefail
 abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; } # the harness cds into its folder
@@ -17,7 +19,9 @@ trap 'rm -rf "$tmp"' EXIT
 
 export LB_NAME=xlb LB_PORT=18090
 export LB_CONF="$ROOT/bench/xlb.yaml.tmpl"
-export LB_CMD="$tmp/xlb run --config {CONF}"
+LB_CMD="$tmp/xlb run --config {CONF} --state-dir $tmp/state --log-format json"
+[ -n "${XLB_WORKERS:-}" ] && LB_CMD+=" --workers $XLB_WORKERS"
+export LB_CMD
 export CONTESTANTS="${CONTESTANTS:-direct nginx haproxy xlb}"
 OUT=$(abs "${OUT:-"$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)"}")
 export OUT

@@ -124,6 +124,8 @@ type flagDef struct {
 	name, arg, usage string
 	// set parses and checks a value given on the command line.
 	set func(string) error
+	// boolean flags take no value (--flag); set gets "true".
+	boolean bool
 	// apply copies the value into the Config being built. It is called only for the flags given
 	// explicitly (FlagSet.Visit), so that a flag overrides a file's value and an absent flag does not.
 	apply func(*Config)
@@ -231,6 +233,14 @@ func newRunFlags() *runFlags {
 				return nil
 			},
 			apply: func(c *Config) { c.StateDir = stateDir }},
+		{name: "reuse-port", boolean: true, usage: "give each worker its own listening sockets (SO_REUSEPORT): no accept wakes every worker; a crashed worker's queued connections wait for its restart",
+			set: func(s string) error {
+				if s != "true" {
+					return errors.New("takes no value")
+				}
+				return nil
+			},
+			apply: func(c *Config) { c.ReusePort = true }},
 		{name: "log-level", arg: "LEVEL", usage: "trace, debug, info, warn, error or off (default info)",
 			set:   func(s string) (err error) { logCfg.Level, err = parseLogLevel(s); return err },
 			apply: func(c *Config) { c.Log.Level = logCfg.Level }},
@@ -263,7 +273,11 @@ func flagSet(name string, defs []flagDef) *flag.FlagSet {
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	for _, d := range defs {
-		fs.Func(d.name, d.usage, d.set)
+		if d.boolean {
+			fs.BoolFunc(d.name, d.usage, d.set)
+		} else {
+			fs.Func(d.name, d.usage, d.set)
+		}
 	}
 	return fs
 }
@@ -361,7 +375,7 @@ func parseBackendFlag(s string) (proxy.Backend, error) {
 // printFlags writes the defs as help lists them.
 func printFlags(w *strings.Builder, defs []flagDef) {
 	for _, d := range defs {
-		fmt.Fprintf(w, "  --%s %s\n        %s\n", d.name, d.arg, d.usage)
+		fmt.Fprintf(w, "  %s\n        %s\n", strings.TrimSpace("--"+d.name+" "+d.arg), d.usage)
 	}
 }
 
@@ -413,6 +427,7 @@ const sampleConfig = `  listeners:
   access_log: /var/log/xlb/access.jsonl   # "-" = standard output
   log: {level: info, format: text}   # format: text | json
   workers: 2                         # default: one per CPU
+  reuse_port: false                  # true: a SO_REUSEPORT socket per worker
   state_dir: /var/lib/xlb            # holds the region file
   region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created
 `

@@ -190,7 +190,7 @@ func TestParseRun(t *testing.T) {
 				"--connect-timeout", "1s", "--backend-timeout", "2s", "--client-timeout", "3s", "--idle-timeout", "4s",
 				"--shutdown-timeout", "5s", "--request-line-max", "100", "--header-bytes-max", "200", "--headers-max", "10",
 				"--retries", "0", "--replay-buffer", "300", "--idle-conns-per-backend", "7", "--forwarded", "replace",
-				"--access-log", "-", "--log-level", "debug", "--log-format", "json", "--workers", "3", "--state-dir", "/srv/xlb"},
+				"--access-log", "-", "--log-level", "debug", "--log-format", "json", "--workers", "3", "--state-dir", "/srv/xlb", "--reuse-port"},
 			want: func() Config {
 				return Config{
 					Listeners: []Listener{{Address: ":9000", BackendSet: "default"}},
@@ -206,6 +206,7 @@ func TestParseRun(t *testing.T) {
 					Log:             LogConfig{Level: hclog.Debug, JSON: true},
 					Workers:         3,
 					StateDir:        "/srv/xlb",
+					ReusePort:       true,
 				}
 			},
 		},

@@ -80,6 +80,11 @@ type Config struct {
 	// StateDir holds the shared region file, which keeps the last generation of backend sets across
 	// restarts. Empty means defaultStateDir().
 	StateDir string
+	// ReusePort gives each worker its own listening socket per listener, in a SO_REUSEPORT group:
+	// the kernel spreads new connections over the workers, and no accept wakes every worker. The
+	// supervisor holds every socket, so a crashed worker's queued connections are not lost: they
+	// wait for its restart. False means one socket per listener that every worker accepts on.
+	ReusePort bool
 	// Region is the capacities of a region file created anew; an existing file keeps its own. Zero
 	// fields mean shm's defaults.
 	Region shm.Capacities
@@ -305,6 +310,10 @@ func (d *decoder) top(root *yaml.Node) Config {
 			}
 		case "region":
 			d.region(v, key, &c.Region)
+		case "reuse_port":
+			if b, ok := d.boolean(v, key); ok {
+				c.ReusePort = b
+			}
 		default:
 			return false
 		}
@@ -731,6 +740,19 @@ func (d *decoder) str(n *yaml.Node, path string) (string, bool) {
 		return "", false
 	}
 	return n.Value, true
+}
+
+// boolean reads true or false, and nothing else of YAML's many spellings.
+func (d *decoder) boolean(n *yaml.Node, path string) (bool, bool) {
+	n = resolve(n)
+	if isNull(n) {
+		return false, false
+	}
+	if n.Kind == yaml.ScalarNode && (n.Value == "true" || n.Value == "false") {
+		return n.Value == "true", true
+	}
+	d.errorf(n, path, "want true or false, got %s", kindName(n))
+	return false, false
 }
 
 func (d *decoder) integer(n *yaml.Node, path string, lo, hi int) (int, bool) {

@@ -134,8 +134,8 @@ backend_sets: [{name: web, backends: []}]
 				{ID: "c", Address: "127.0.0.1:9003", Weight: 1, State: table.Active},
 			}
 		}},
-		{"workers, state directory and region", minimal + "workers: 3\nstate_dir: /srv/xlb\nregion: {sets: 8, backends: 100, string_bytes: 4096, workers: 16}\n", func(c *Config) {
-			c.Workers, c.StateDir = 3, "/srv/xlb"
+		{"workers, state directory and region", minimal + "workers: 3\nstate_dir: /srv/xlb\nreuse_port: true\nregion: {sets: 8, backends: 100, string_bytes: 4096, workers: 16}\n", func(c *Config) {
+			c.Workers, c.StateDir, c.ReusePort = 3, "/srv/xlb", true
 			c.Region = shm.Capacities{Sets: 8, Backends: 100, StringBytes: 4096, Workers: 16}
 		}},
 		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {
@@ -286,6 +286,8 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`xlb.yaml:16: workers: want an integer >= 1, got "0"`}},
 		{"region key unknown", func(t *testing.T) string { return sampleFile(t) + "region: {slots: 3}\n" },
 			[]string{`xlb.yaml:16: region: unknown key "slots"`}},
+		{"reuse_port yes", func(t *testing.T) string { return sampleFile(t) + "reuse_port: yes\n" },
+			[]string{`xlb.yaml:16: reuse_port: want true or false, got "yes"`}},
 		{"state_dir empty", func(t *testing.T) string { return sampleFile(t) + "state_dir: \"\"\n" },
 			[]string{`xlb.yaml:16: state_dir: want a directory path, got ""`}},
 		{"backend state in capitals", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 3, state: DRAINING}") },

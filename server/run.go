@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/table"
@@ -103,7 +104,7 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 		log.Error("invalid configuration", "error", err)
 		return exitFailure
 	}
-	lns, err := listen(cfg.Listeners)
+	lns, err := listen(cfg.Listeners, false)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return exitFailure
@@ -123,11 +124,22 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 	})
 }
 
-// listen binds every listener, or none.
-func listen(ls []Listener) ([]net.Listener, error) {
+// listen binds every listener, or none; with reusePort, each socket with SO_REUSEPORT.
+func listen(ls []Listener, reusePort bool) ([]net.Listener, error) {
 	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
 	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
 	lc := net.ListenConfig{KeepAlive: -1}
+	if reusePort {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
 	lns := make([]net.Listener, 0, len(ls))
 	for _, l := range ls {
 		ln, err := lc.Listen(context.Background(), "tcp", l.Address)

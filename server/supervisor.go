@@ -26,10 +26,15 @@ const defaultWorkersDoc = "one per CPU"
 // defaultWorkers is the worker count when none is given: one per CPU the process may run on.
 func defaultWorkers() int { return max(1, runtime.NumCPU()) }
 
+// workerProcs is each worker's GOMAXPROCS when the environment does not set one: the CPUs shared
+// out among the workers, at least one each. Go's scheduler costs less per request with fewer Ps
+// (fewer idle Ps to wake and steal from), and the workers together still use every CPU.
+func workerProcs(workers int) int { return max(1, runtime.NumCPU()/max(1, workers)) }
+
 // Timing of the supervisor.
 const (
 	// reloadDebounce coalesces the burst of events of one edit of the configuration file.
-	reloadDebounce = 20 * time.Millisecond
+	reloadDebounce = 5 * time.Millisecond
 	// appliedPoll is how often the supervisor reads the worker slots while a generation is not yet
 	// applied by every worker.
 	appliedPoll = time.Millisecond
@@ -56,10 +61,10 @@ type supervisor struct {
 	path string   // the configuration file; empty when flags gave everything
 	cfg  Config   // the configuration in force; its listeners and settings are fixed at start
 
-	region    *shm.Region
-	writer    *shm.Writer
-	listeners []*os.File // the listening sockets, in the order of cfg.Listeners
-	sets      []string   // the backend set of each listener
+	region  *shm.Region
+	writer  *shm.Writer
+	sockets [][]*os.File // the listening sockets: [group][listener], one group per worker or one for all
+	sets    []string     // the backend set of each listener
 
 	workers  []*workerProc // by slot; nil while a slot waits for its restart
 	exits    chan workerExit
@@ -149,15 +154,12 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 		exits:    make(chan workerExit, workers),
 		restarts: make(chan int, workers),
 	}
-	if err := s.listen(); err != nil {
+	if err := s.listen(cfg.ReusePort); err != nil {
+		s.closeSockets()
 		log.Error("cannot listen", "error", err)
 		return exitFailure
 	}
-	defer func() {
-		for _, f := range s.listeners {
-			f.Close()
-		}
-	}()
+	defer s.closeSockets()
 
 	// Static stability: what the region holds is served first, before the file is looked at
 	// again, so that a restart never waits on (or is broken by) the configuration.
@@ -232,36 +234,76 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 	}
 }
 
-// listen binds the listeners and keeps a duplicate of each socket to hand to the workers. The
-// duplicates are made by hand: (*net.TCPListener).File would put the socket, which the workers
-// share, into blocking mode when exec passes it on.
-func (s *supervisor) listen() error {
-	lns, err := listen(s.cfg.Listeners)
-	if err != nil {
-		return err
+// listen binds the listeners and keeps a duplicate of each socket to hand to the workers: with
+// perWorker, a SO_REUSEPORT group of one socket per worker for each listener, else one socket per
+// listener that every worker accepts on. The duplicates are made by hand: (*net.TCPListener).File
+// would put the socket into blocking mode when exec passes it on.
+func (s *supervisor) listen(perWorker bool) error {
+	groups := 1
+	if perWorker {
+		groups = len(s.workers)
 	}
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for i, ln := range lns {
-		rc, err := ln.(*net.TCPListener).SyscallConn()
+	ls := s.cfg.Listeners
+	for g := range groups {
+		lns, err := listen(ls, perWorker)
 		if err != nil {
 			return err
 		}
-		dup, derr := -1, error(nil)
-		if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		if g == 0 {
+			// The other sockets of each group bind the port the first one got, which matters for
+			// port 0.
+			ls = slices.Clone(ls)
+			for i, ln := range lns {
+				ls[i].Address = ln.Addr().String()
+				s.sets = append(s.sets, s.cfg.Listeners[i].BackendSet)
+				s.log.Info("listening", "address", ln.Addr().String(), "backend_set", s.cfg.Listeners[i].BackendSet)
+			}
+		}
+		files := make([]*os.File, 0, len(lns))
+		for _, ln := range lns {
+			if err == nil {
+				var f *os.File
+				f, err = dupListener(ln)
+				files = append(files, f)
+			}
+			ln.Close()
+		}
+		s.sockets = append(s.sockets, files)
+		if err != nil {
 			return err
 		}
-		if derr != nil {
-			return fmt.Errorf("duplicate listener %s: %w", ln.Addr(), derr)
-		}
-		s.listeners = append(s.listeners, os.NewFile(uintptr(dup), ln.Addr().String()))
-		s.sets = append(s.sets, s.cfg.Listeners[i].BackendSet)
-		s.log.Info("listening", "address", ln.Addr().String(), "backend_set", s.cfg.Listeners[i].BackendSet)
 	}
 	return nil
+}
+
+// socketsOf are the listening sockets of the worker of slot.
+func (s *supervisor) socketsOf(slot int) []*os.File { return s.sockets[slot%len(s.sockets)] }
+
+// closeSockets closes the supervisor's listening sockets.
+func (s *supervisor) closeSockets() {
+	for _, files := range s.sockets {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}
+	s.sockets = nil
+}
+
+func dupListener(ln net.Listener) (*os.File, error) {
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("duplicate listener %s: %w", ln.Addr(), derr)
+	}
+	return os.NewFile(uintptr(dup), ln.Addr().String()), nil
 }
 
 // start starts the worker of slot.
@@ -282,9 +324,13 @@ func (s *supervisor) start(slot int) error {
 		return err
 	}
 	cmd := exec.Command(s.e.exe, workerCommand)
+	cmd.Args[0] = os.Args[0] // ps shows "xlb worker", not the path it was started by
 	cmd.Env = append(os.Environ(), workerSpecEnv+"="+string(spec))
+	if os.Getenv("GOMAXPROCS") == "" {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", workerProcs(len(s.workers))))
+	}
 	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
-	cmd.ExtraFiles = append([]*os.File{s.region.File(), r}, s.listeners...)
+	cmd.ExtraFiles = append([]*os.File{s.region.File(), r}, s.socketsOf(slot)...)
 	err = cmd.Start()
 	r.Close()
 	if err != nil {
@@ -401,6 +447,7 @@ func restartKeys(a, b Config) []string {
 	diff("workers", a.Workers == b.Workers)
 	diff("state_dir", a.StateDir == b.StateDir)
 	diff("region", a.Region == b.Region)
+	diff("reuse_port", a.ReusePort == b.ReusePort)
 	return keys
 }
 
@@ -450,10 +497,7 @@ func (s *supervisor) shutdown() int {
 	// The workers close their copies of the listening sockets as they start draining; once the
 	// supervisor's are closed too, new connections are refused instead of waiting in a queue that
 	// nobody accepts from any more.
-	for _, f := range s.listeners {
-		f.Close()
-	}
-	s.listeners = nil
+	s.closeSockets()
 	running := 0
 	for _, wp := range s.workers {
 		if wp != nil {
