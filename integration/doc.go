@@ -10,4 +10,11 @@
 // (SIGTERM, then SIGKILL only if it did not exit in time) in t.Cleanup, and its stderr and stdout
 // are written to the test log when the test failed. BenchmarkIdleConnMemory, which opens 10,000
 // connections, runs only with -bench.
+//
+// workers_test.go tests the supervisor and its workers (`xlb run --workers 2`) through the
+// supervisor's JSON log: a worker killed under load, 200 rewrites of the configuration file under
+// load (each request checked against the generations in force while it was in flight), a bad file,
+// a restart on the same state directory. BenchmarkReloadApplied measures the time from a write of
+// the file to "generation applied" (go test -run XXX -bench ReloadApplied -benchtime 200x
+// ./integration). The rewrites are random: -args -reload-seed=N repeats the ones of a logged seed.
 package integration
