@@ -1036,10 +1036,10 @@ func TestReloadBadFileKeepsServing(t *testing.T) {
 		want *regexp.Regexp
 	}{{
 		name: "syntax error",
-		// An unclosed flow mapping on line firstBackendLine. Any line is accepted: the YAML parser
-		// names the line before (its context mark is 0-based, and server/config.go takes it as is).
+		// An unclosed flow mapping on line firstBackendLine.
 		content: strings.Replace(named, "weight: 1}", "weight: 1", 1),
-		want:    regexp.MustCompile(`xlb\.yaml:\d+: `),
+		want: regexp.MustCompile(regexp.QuoteMeta(
+			fmt.Sprintf("xlb.yaml:%d: did not find expected ',' or '}'", firstBackendLine))),
 	}, {
 		name:    "weight 0",
 		content: strings.Replace(named, "weight: 1}", "weight: 0}", 1),

@@ -213,6 +213,12 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 func (d *decoder) syntaxError(err error) error {
 	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		// The parser's errors that say what it did not find are reported by yaml.v3 at the
+		// 0-based line where the broken construct (a flow mapping, a block sequence) began: one
+		// short of its 1-based line. Its scanner's errors are reported right.
+		if strings.HasPrefix(m[2], "did not find expected") {
+			line++
+		}
 		return &ConfigError{File: d.file, Line: line, Msg: m[2]}
 	}
 	return fmt.Errorf("server: config: %s: %w", d.file, err)
