@@ -110,24 +110,26 @@ type Region struct {
 }
 
 // Create makes a new region file at path (mode 0600), replacing none: it fails if path exists.
+// The file is built under a temporary name and linked to path only once whole, so a crash while
+// creating never leaves at path a file that Open would refuse.
 func Create(path string, caps Capacities) (*Region, error) {
 	if err := caps.setDefaults(); err != nil {
 		return nil, err
 	}
 	l := layoutFor(caps)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("shm: create %s: %w", path, err)
 	}
+	defer os.Remove(tmp)
 	if err := f.Truncate(int64(l.size)); err != nil {
 		f.Close()
-		os.Remove(path)
 		return nil, fmt.Errorf("shm: size %s: %w", path, err)
 	}
 	r, err := mapFile(f, l.size)
 	if err != nil {
 		f.Close()
-		os.Remove(path)
 		return nil, err
 	}
 	r.l = l
@@ -143,8 +145,11 @@ func Create(path string, caps Capacities) (*Region, error) {
 	r.store64(offHealth, uint64(l.health))
 	r.store64(offWorkers, uint64(l.workers))
 	r.store64(offTotalBytes, uint64(l.size))
-	// The magic goes last: a region whose creation was cut short is refused, not misread.
 	r.store64(offMagic, Magic)
+	if err := os.Link(tmp, path); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("shm: create %s: %w", path, err)
+	}
 	return r, nil
 }
 

@@ -249,6 +249,10 @@ func TestOpenRefusesOtherLayouts(t *testing.T) {
 	if _, err := Create(path, Capacities{}); err == nil {
 		t.Fatal("Create replaced an existing file")
 	}
+	// Neither the Create that made path nor the one refused left its temporary file behind.
+	if names, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "*")); len(names) != 1 || names[0] != path {
+		t.Fatalf("the directory holds %v, want only %s", names, path)
+	}
 }
 
 // genSets is the content of generation g in the stress tests: derived from g, so that a reader can
