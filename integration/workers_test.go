@@ -1158,3 +1158,38 @@ func BenchmarkReloadApplied(b *testing.B) {
 	b.ReportMetric(float64(median)/float64(time.Millisecond), "ms-median")
 	b.ReportMetric(float64(p99)/float64(time.Millisecond), "ms-p99")
 }
+
+// TestWorkerStalledIsReplaced: a worker that stops writing its heartbeat (here SIGSTOP: alive, but
+// serving nobody) is killed by the supervisor once the stall timeout passes, and replaced.
+func TestWorkerStalledIsReplaced(t *testing.T) {
+	t.Parallel()
+	a := newCountingBackend(t, "a")
+	s := startSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(), func(addr string) string {
+		return configYAML(addr, []backendConf{{id: "a", addr: a.addr, weight: 1}}) + "timeouts: {worker_stall: 2s}\n"
+	})
+	ready, pids := s.awaitReady(t)
+	victim := pids[0]
+	if err := syscall.Kill(victim, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stalled := s.await(t, ready.end, fmt.Sprintf("the stall of worker %d", victim),
+		says("worker stopped beating; killing it", func(l logLine) bool { return l.int("pid") == victim }))
+	if d, err := time.ParseDuration(stalled.str("silent_for")); err != nil || d < 2*time.Second {
+		t.Errorf("killed after a silence of %q (%v), want at least the 2s stall timeout", stalled.str("silent_for"), err)
+	}
+	started := s.await(t, stalled.end, "the replacement in slot 0",
+		says("worker started", func(l logLine) bool { return l.int("slot") == 0 }))
+	if pid := started.int("pid"); pid == victim || pid <= 0 {
+		t.Fatalf("replacement pid %d", pid)
+	}
+	if running(victim) {
+		t.Errorf("the stalled worker %d still runs", victim)
+	}
+	if by := getAll(t, []*client{newClient(t, s.addr, false)}, "/after-stall", 10); by["a"] != 10 {
+		t.Errorf("after the replacement: %v, want map[a:10]", by)
+	}
+	s.signal(syscall.SIGTERM)
+	if code := s.waitExitCode(stopTimeout); code != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+}

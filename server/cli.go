@@ -145,7 +145,7 @@ func newRunFlags() *runFlags {
 		policy                    balance.Policy
 		retries                   int
 		connect, back, client     = new(durationVar), new(durationVar), new(durationVar)
-		idle, shutdown            = new(durationVar), new(durationVar)
+		idle, shutdown, stall     = new(durationVar), new(durationVar), new(durationVar)
 		lineMax, headBytes, heads = new(intVar), new(intVar), new(intVar)
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
 		workers                   = new(intVar)
@@ -203,6 +203,8 @@ func newRunFlags() *runFlags {
 			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
 		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default 30s)",
 			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
+		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default 30s)",
+			func(c *Config) { c.WorkerStallTimeout = stall.d }),
 		lineMax.def("request-line-max", "BYTES", "the longest request line; longer is answered 414 (default 8192)", 1,
 			func(c *Config) { c.Proxy.RequestLineBytesMax = lineMax.n }),
 		headBytes.def("header-bytes-max", "BYTES", "the largest request or response head (default 32768)", 1,
@@ -420,7 +422,7 @@ const sampleConfig = `  listeners:
         - {id: a, address: 127.0.0.1:9001, weight: 1}
         - {id: b, address: 127.0.0.1:9002, weight: 3}
         - {id: c, address: 127.0.0.1:9003, state: draining}   # active | draining | disabled
-  timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s}
+  timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s, worker_stall: 30s}
   limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256}
   retries: 2                         # 0 for none
   forwarded: append                  # append | replace | off

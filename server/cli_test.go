@@ -190,7 +190,7 @@ func TestParseRun(t *testing.T) {
 				"--connect-timeout", "1s", "--backend-timeout", "2s", "--client-timeout", "3s", "--idle-timeout", "4s",
 				"--shutdown-timeout", "5s", "--request-line-max", "100", "--header-bytes-max", "200", "--headers-max", "10",
 				"--retries", "0", "--replay-buffer", "300", "--idle-conns-per-backend", "7", "--forwarded", "replace",
-				"--access-log", "-", "--log-level", "debug", "--log-format", "json", "--workers", "3", "--state-dir", "/srv/xlb", "--reuse-port"},
+				"--access-log", "-", "--log-level", "debug", "--log-format", "json", "--workers", "3", "--state-dir", "/srv/xlb", "--reuse-port", "--worker-stall-timeout", "7s"},
 			want: func() Config {
 				return Config{
 					Listeners: []Listener{{Address: ":9000", BackendSet: "default"}},
@@ -201,12 +201,13 @@ func TestParseRun(t *testing.T) {
 						IdleTimeout: 4 * time.Second, RequestLineBytesMax: 100, HeaderBytesMax: 200, HeadersMax: 10,
 						Retries: -1, ReplayBufferBytesMax: 300, IdleConnsPerBackend: 7, Forwarded: proxy.ForwardedReplace,
 					},
-					AccessLog:       "-",
-					ShutdownTimeout: 5 * time.Second,
-					Log:             LogConfig{Level: hclog.Debug, JSON: true},
-					Workers:         3,
-					StateDir:        "/srv/xlb",
-					ReusePort:       true,
+					AccessLog:          "-",
+					ShutdownTimeout:    5 * time.Second,
+					Log:                LogConfig{Level: hclog.Debug, JSON: true},
+					Workers:            3,
+					StateDir:           "/srv/xlb",
+					ReusePort:          true,
+					WorkerStallTimeout: 7 * time.Second,
 				}
 			},
 		},

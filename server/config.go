@@ -48,6 +48,8 @@ const (
 	defaultSet = "default"
 	// defaultShutdownTimeout is what a zero Config.ShutdownTimeout means.
 	defaultShutdownTimeout = 30 * time.Second
+	// defaultWorkerStallTimeout is what a zero Config.WorkerStallTimeout means.
+	defaultWorkerStallTimeout = 30 * time.Second
 )
 
 // Config is everything `xlb run` needs to serve. Both a configuration file (ParseConfig, LoadConfig)
@@ -77,6 +79,10 @@ type Config struct {
 	// Workers is the number of worker processes `xlb run` starts. Zero means the default,
 	// defaultWorkers() (see its comment for the benchmark that chose it).
 	Workers int
+	// WorkerStallTimeout is how long a worker may go without writing its heartbeat (it writes one
+	// every second) before the supervisor kills it and starts another: a stopped or wedged process
+	// serves nobody and holds back "generation applied". Zero means 30s.
+	WorkerStallTimeout time.Duration
 	// StateDir holds the shared region file, which keeps the last generation of backend sets across
 	// restarts. Empty means defaultStateDir().
 	StateDir string
@@ -105,6 +111,14 @@ type LogConfig struct {
 	Level hclog.Level
 	// JSON writes one JSON object per line. False means hclog's text format.
 	JSON bool
+}
+
+// workerStallTimeout is WorkerStallTimeout with its default applied.
+func (c *Config) workerStallTimeout() time.Duration {
+	if c.WorkerStallTimeout <= 0 {
+		return defaultWorkerStallTimeout
+	}
+	return c.WorkerStallTimeout
 }
 
 // shutdownTimeout is ShutdownTimeout with its default applied.
@@ -500,6 +514,8 @@ func (d *decoder) timeouts(n *yaml.Node, path string, c *Config) {
 			dst = &c.Proxy.IdleTimeout
 		case "shutdown":
 			dst = &c.ShutdownTimeout
+		case "worker_stall":
+			dst = &c.WorkerStallTimeout
 		default:
 			return false
 		}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -82,6 +83,7 @@ type workerProc struct {
 	cmd     *exec.Cmd
 	control *os.File // the write end of the control pipe
 	started time.Time
+	killed  bool // by the stall watchdog
 }
 
 type workerExit struct {
@@ -209,6 +211,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 		}
 	}
 
+	watchdog := time.NewTicker(heartbeat)
+	defer watchdog.Stop()
 	var poll <-chan time.Time
 	for {
 		if poll == nil && (!s.ready || len(s.pending) > 0) {
@@ -230,6 +234,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 		case <-poll:
 			poll = nil
 			s.checkApplied()
+		case now := <-watchdog.C:
+			s.checkStalled(now)
 		}
 	}
 }
@@ -436,7 +442,8 @@ func restartKeys(a, b Config) []string {
 	diff("listeners", slices.Equal(a.Listeners, b.Listeners))
 	pa, pb := a.Proxy, b.Proxy
 	diff("timeouts", pa.ConnectTimeout == pb.ConnectTimeout && pa.BackendTimeout == pb.BackendTimeout &&
-		pa.ClientTimeout == pb.ClientTimeout && pa.IdleTimeout == pb.IdleTimeout && a.ShutdownTimeout == b.ShutdownTimeout)
+		pa.ClientTimeout == pb.ClientTimeout && pa.IdleTimeout == pb.IdleTimeout && a.ShutdownTimeout == b.ShutdownTimeout &&
+		a.WorkerStallTimeout == b.WorkerStallTimeout)
 	diff("limits", pa.RequestLineBytesMax == pb.RequestLineBytesMax && pa.HeaderBytesMax == pb.HeaderBytesMax &&
 		pa.HeadersMax == pb.HeadersMax && pa.ReplayBufferBytesMax == pb.ReplayBufferBytesMax &&
 		pa.IdleConnsPerBackend == pb.IdleConnsPerBackend)
@@ -473,6 +480,23 @@ func (s *supervisor) checkApplied() {
 	if !s.ready && live == len(s.workers) && min >= s.region.Generation() {
 		s.ready = true
 		s.log.Info("ready", "workers", live, "generation", s.region.Generation())
+	}
+}
+
+// checkStalled kills the workers whose heartbeat is older than the stall timeout; they are
+// restarted as any worker that exits.
+func (s *supervisor) checkStalled(now time.Time) {
+	for _, wp := range s.workers {
+		if wp == nil || wp.killed {
+			continue
+		}
+		w := s.region.Worker(wp.slot)
+		last := time.Unix(0, max(w.Heartbeat, wp.started.UnixNano()))
+		if silent := now.Sub(last); w.PID == wp.pid && silent > s.cfg.workerStallTimeout() {
+			s.log.Error("worker stopped beating; killing it", "slot", wp.slot, "pid", wp.pid, "silent_for", silent.Round(time.Millisecond).String())
+			wp.cmd.Process.Kill()
+			wp.killed = true
+		}
 	}
 }
 
@@ -514,7 +538,8 @@ func (s *supervisor) shutdown() int {
 				continue // a worker that had exited before the shutdown
 			}
 			running--
-			if x.err != nil {
+			// A worker still starting up when asked to stop dies of the SIGTERM itself: a stop.
+			if x.err != nil && !killedBy(x.err, syscall.SIGTERM) {
 				s.log.Error("worker failed while stopping", "slot", x.slot, "pid", x.pid, "error", x.err)
 				code = exitFailure
 			}
@@ -532,6 +557,16 @@ func (s *supervisor) shutdown() int {
 	}
 	s.log.Info("stopped")
 	return code
+}
+
+// killedBy tells whether err is the exit of a process that signal sig ended.
+func killedBy(err error, sig syscall.Signal) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == sig
 }
 
 // runConfigPath is the --config of a command line of `xlb run`, or "".

@@ -54,6 +54,9 @@ const heartbeat = time.Second
 // workerMain is `xlb worker`: serve the inherited listeners from the inherited region until SIGTERM,
 // SIGINT or the supervisor's end.
 func (e *env) workerMain(args []string) int {
+	// First of all, so that a SIGTERM of a worker still starting is a drain, not a kill.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	var spec workerSpec
 	if err := json.Unmarshal([]byte(os.Getenv(workerSpecEnv)), &spec); err != nil || len(args) > 0 {
 		fmt.Fprintf(e.stderr, "xlb worker: this command is started by xlb run, not by hand (%s: %v)\n", workerSpecEnv, err)
@@ -88,8 +91,6 @@ func (e *env) workerMain(args []string) int {
 		listeners[i] = Listener{Address: ln.Addr().String(), BackendSet: set}
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
