@@ -805,6 +805,22 @@ func randomBackends(tb testing.TB, rng *rand.Rand, pool []backendConf, prev []ba
 	return nil
 }
 
+// finalBackends is the last generation of TestReloadUnderLoad: three active backends of weights
+// 1, 2 and 3 (or 3, 2, 1 if prev is that already), so that the split checked after it says
+// something whatever the random draws before.
+func finalBackends(pool, prev []backendConf) []backendConf {
+	bs := slices.Clone(pool[:3])
+	for i := range bs {
+		bs[i].weight = i + 1
+	}
+	if slices.Equal(bs, prev) {
+		for i := range bs {
+			bs[i].weight = 3 - i
+		}
+	}
+	return bs
+}
+
 func activeIDs(bs []backendConf) map[string]bool {
 	m := make(map[string]bool)
 	for _, b := range bs {
@@ -904,6 +920,9 @@ func TestReloadUnderLoad(t *testing.T) {
 	from, lastGen := ready.end, gens[0].gen
 	for i := 1; i <= reloadWrites; i++ {
 		bs := randomBackends(t, rng, pool, gens[len(gens)-1].backends)
+		if i == reloadWrites {
+			bs = finalBackends(pool, gens[len(gens)-1].backends)
+		}
 		written := time.Now()
 		applied := s.rewrite(t, i, bs, from, lastGen)
 		gens = append(gens, generationSpan{
@@ -1191,5 +1210,48 @@ func TestWorkerStalledIsReplaced(t *testing.T) {
 	s.signal(syscall.SIGTERM)
 	if code := s.waitExitCode(stopTimeout); code != 0 {
 		t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+}
+
+// TestReloadListenerChangeNeedsRestart: a rewrite that moves the listener and changes the backends
+// applies the backends, says that the listener change needs a restart, and keeps the listener
+// where it was. A rewrite that changes nothing publishes nothing.
+func TestReloadListenerChangeNeedsRestart(t *testing.T) {
+	t.Parallel()
+	a, b := newCountingBackend(t, "a"), newCountingBackend(t, "b")
+	s := startSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(), func(addr string) string {
+		return configYAML(addr, []backendConf{{id: "a", addr: a.addr, weight: 1}})
+	})
+	ready, _ := s.awaitReady(t)
+	moved := freeAddr(t)
+	writeConfig(t, s.cfgPath, configYAML(moved, []backendConf{{id: "b", addr: b.addr, weight: 1}}), true)
+	warn := s.await(t, ready.end, "the restart warning", says("config change needs a restart; it is not applied", nil))
+	if keys := warn.str("keys"); keys != "listeners" {
+		t.Errorf("restart needed for %q, want listeners: %s", keys, warn)
+	}
+	applied := s.awaitApplied(t, ready.end, ready.int("generation"))
+	if by := getAll(t, []*client{newClient(t, s.addr, false)}, "/moved", 10); by["b"] != 10 {
+		t.Errorf("on the old address after the rewrite: %v, want map[b:10]", by)
+	}
+	if c, err := net.DialTimeout("tcp", moved, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s accepts connections: the listener moved without a restart", moved)
+	}
+
+	// The same file again, written anew, publishes nothing: after it, a third write (back to a) is
+	// the only generation published since the first rewrite was applied.
+	writeConfig(t, s.cfgPath, configYAML(moved, []backendConf{{id: "b", addr: b.addr, weight: 1}}), false)
+	again := s.await(t, applied.end, "the second restart warning", says("config change needs a restart; it is not applied", nil))
+	writeConfig(t, s.cfgPath, configYAML(moved, []backendConf{{id: "a", addr: a.addr, weight: 1}}), true)
+	third := s.awaitApplied(t, again.end, applied.int("generation"))
+	lines, _ := s.log.linesFrom(applied.end)
+	var published []logLine
+	for _, ln := range lines {
+		if ln.end <= third.end && says("generation published", nil)(ln) {
+			published = append(published, ln)
+		}
+	}
+	if len(published) != 1 || published[0].int("generation") != third.int("generation") {
+		t.Errorf("published since the first rewrite: %v; want only generation %d", published, third.int("generation"))
 	}
 }

@@ -428,7 +428,7 @@ const sampleConfig = `  listeners:
   forwarded: append                  # append | replace | off
   access_log: /var/log/xlb/access.jsonl   # "-" = standard output
   log: {level: info, format: text}   # format: text | json
-  workers: 2                         # default: one per CPU
+  workers: 2                         # default: one per two CPUs
   reuse_port: false                  # true: a SO_REUSEPORT socket per worker
   state_dir: /var/lib/xlb            # holds the region file
   region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created

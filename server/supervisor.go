@@ -22,10 +22,17 @@ import (
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
-const defaultWorkersDoc = "one per CPU"
+const defaultWorkersDoc = "one per two CPUs, at least one"
 
-// defaultWorkers is the worker count when none is given: one per CPU the process may run on.
-func defaultWorkers() int { return max(1, runtime.NumCPU()) }
+// defaultWorkers is the worker count when none is given: one per two CPUs the process may run on,
+// each with GOMAXPROCS 2 (workerProcs). Chosen by bench/run.sh on a 2-CPU machine, ratios to nginx
+// in the same run (bench/RESULTS.md, "Worker processes"): one worker of GOMAXPROCS 2 against two
+// of GOMAXPROCS 1 did POST 0.95-0.99x nginx's requests/s against 0.82-0.94x, close-per-request
+// 0.88-0.95x against 0.67-0.75x (every accept on a shared socket wakes every worker), and as well
+// per CPU-second, while two were ahead on keep-alive GET (1.07-1.09x against 0.91-0.97x, p99
+// 0.89-1.04x against 1.10-1.25x). Four workers on two CPUs were behind on everything. Larger
+// machines were not measured: there, one worker per two CPUs keeps the pairing measured here.
+func defaultWorkers() int { return max(1, runtime.NumCPU()/2) }
 
 // workerProcs is each worker's GOMAXPROCS when the environment does not set one: the CPUs shared
 // out among the workers, at least one each. Go's scheduler costs less per request with fewer Ps
