@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +28,8 @@ const (
 
 // BenchmarkIdleConnMemory measures xlb's resident memory per idle keep-alive client connection:
 // it opens idleConns connections, each of which served one GET and is then left idle, and compares
-// the process's VmRSS before and after. Each iteration runs its own xlb.
+// the VmRSS of xlb's processes (the supervisor and its workers) before and after. Each iteration
+// runs its own xlb.
 //
 //	go test -run XXX -bench IdleConnMemory -benchtime 1x ./integration
 func BenchmarkIdleConnMemory(b *testing.B) {
@@ -58,10 +60,10 @@ func idleConnMemory(b *testing.B, backend string) (bytesPerConn, rssBefore, rssA
 	conns := openIdle(b, x.addr, idleDialers)
 	closeAll(conns)
 
-	before := rssBytes(b, x.pid())
+	before := treeRSS(b, x.pid())
 	conns = openIdle(b, x.addr, idleConns)
 	b.Cleanup(func() { closeAll(conns) })
-	after := rssBytes(b, x.pid())
+	after := treeRSS(b, x.pid())
 	if x.hasExited() {
 		b.Fatalf("%v exited while the connections were opened: %v", x, x.cmd.ProcessState)
 	}
@@ -138,6 +140,21 @@ func closeAll(conns []net.Conn) {
 			c.Close()
 		}
 	}
+}
+
+// treeRSS is the sum of the VmRSS of process pid and of its descendants.
+func treeRSS(tb testing.TB, pid int) int64 {
+	total := rssBytes(tb, pid)
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		children, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(children)) {
+			if child, err := strconv.Atoi(f); err == nil {
+				total += treeRSS(tb, child)
+			}
+		}
+	}
+	return total
 }
 
 // rssBytes reads VmRSS, the resident set of process pid, from /proc/PID/status.
