@@ -1255,3 +1255,35 @@ func TestReloadListenerChangeNeedsRestart(t *testing.T) {
 		t.Errorf("published since the first rewrite: %v; want only generation %d", published, third.int("generation"))
 	}
 }
+
+// TestSIGHUP: SIGHUP makes the supervisor read its file again (an unchanged file publishes
+// nothing), and a worker ignores it (a terminal's hang-up reaches the whole process group).
+func TestSIGHUP(t *testing.T) {
+	t.Parallel()
+	a := newCountingBackend(t, "a")
+	s := startSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(), func(addr string) string {
+		return configYAML(addr, []backendConf{{id: "a", addr: a.addr, weight: 1}})
+	})
+	ready, pids := s.awaitReady(t)
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.signal(syscall.SIGHUP)
+	s.await(t, ready.end, "the SIGHUP reload", says("SIGHUP: reloading the configuration", nil))
+	if by := getAll(t, []*client{newClient(t, s.addr, false)}, "/hup", 10); by["a"] != 10 {
+		t.Errorf("after SIGHUP: %v, want map[a:10]", by)
+	}
+	lines, _ := s.log.linesFrom(ready.end)
+	for _, ln := range lines {
+		if says("worker exited", nil)(ln) || says("generation published", nil)(ln) {
+			t.Errorf("after SIGHUP: %s", ln)
+		}
+	}
+	for slot, pid := range pids {
+		if !running(pid) {
+			t.Errorf("worker %d (slot %d) did not survive its SIGHUP", pid, slot)
+		}
+	}
+}

@@ -19,19 +19,27 @@
 // directory is refused with the first one's pid), maps the region file there (dataplane/shm),
 // binds the listeners, and starts its workers: the same binary, as /proc/self/exe, re-executed as
 // `xlb worker` (worker.go) with the region, a control pipe and the listening sockets as inherited
-// descriptors. Every worker accepts on the same sockets; there is one accept queue per listener,
-// so a dying worker strands no queued connection.
+// descriptors. By default every worker accepts on the same sockets: one accept queue per listener,
+// so a dying worker strands no queued connection. With reuse_port each worker has its own socket
+// of a SO_REUSEPORT group; the supervisor holds them all, so a dead worker's queue waits for its
+// replacement. Workers accept through rawio.Listener (no keep-alive setsockopts per connection).
 //
 // The supervisor is the region's only writer. A fresh region gets the configured sets before any
 // worker starts; a region that holds a generation is served first and the file's sets are
 // published after (static stability: a restart never waits on, or is broken by, the file). The file
-// is watched with inotify (watch.go); each change of its backend sets is one new generation. The
+// is watched with inotify (watch.go), and read again on SIGHUP; each change of its backend sets is
+// one new generation. The
 // supervisor wakes idle workers through their control pipes, and logs "generation applied" with its
 // latency once every live worker's slot shows the generation. A worker that exits unasked is
-// restarted after a delay that doubles with each crash that follows a short run (50ms to 10s). On
+// restarted after a delay that doubles with each crash that follows a short run (50ms to 10s); one
+// whose heartbeat (written every second) is older than the worker stall timeout is killed first. On
 // SIGTERM or SIGINT the supervisor closes its listening sockets, sends SIGTERM to every worker and
 // waits for them to drain, killing them past the shutdown timeout and a grace of 5s. A worker whose
-// control pipe ends (its supervisor died, even by SIGKILL) drains and exits by itself.
+// control pipe ends (its supervisor died, even by SIGKILL) drains and exits by itself. Workers
+// ignore SIGHUP, which a terminal's hang-up sends to the whole process group.
+//
+// Each worker runs with GOMAXPROCS = CPUs / workers unless the environment sets GOMAXPROCS; the
+// default worker count, one per two CPUs, and why, is on defaultWorkers.
 //
 // Exit statuses: 0 for success (for run and demo, a clean shutdown), 1 when starting or serving
 // failed, 2 for a bad command line or configuration.

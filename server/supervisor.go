@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
@@ -218,6 +219,12 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 		}
 	}
 
+	// SIGHUP reloads the file now, as nginx and HAProxy operators expect; the watcher makes it
+	// rarely needed.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	watchdog := time.NewTicker(heartbeat)
 	defer watchdog.Stop()
 	var poll <-chan time.Time
@@ -237,6 +244,13 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 				s.exited(workerExit{slot: slot, err: err}, &state[slot])
 			}
 		case <-watch:
+			s.reload()
+		case <-hup:
+			if s.path == "" {
+				log.Info("SIGHUP: no configuration file to reload (flags gave everything)")
+				continue
+			}
+			log.Info("SIGHUP: reloading the configuration", "file", s.path)
 			s.reload()
 		case <-poll:
 			poll = nil

@@ -57,6 +57,9 @@ func (e *env) workerMain(args []string) int {
 	// First of all, so that a SIGTERM of a worker still starting is a drain, not a kill.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP is the supervisor's (a reload); a hang-up of the terminal, sent to the whole process
+	// group, must not end the workers behind its back.
+	signal.Ignore(syscall.SIGHUP)
 	var spec workerSpec
 	if err := json.Unmarshal([]byte(os.Getenv(workerSpecEnv)), &spec); err != nil || len(args) > 0 {
 		fmt.Fprintf(e.stderr, "xlb worker: this command is started by xlb run, not by hand (%s: %v)\n", workerSpecEnv, err)
