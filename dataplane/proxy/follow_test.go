@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func followingProxy(t *testing.T) (*Proxy, string, *shm.Region, *shm.Writer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close() })
-	r.ClaimWorker(0, 1, time.Now().UnixNano())
+	r.ClaimWorker(0, os.Getpid(), time.Now().UnixNano())
 	p, err := New(Config{})
 	if err != nil {
 		t.Fatal(err)

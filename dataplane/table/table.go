@@ -10,6 +10,7 @@ package table
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
@@ -61,10 +62,22 @@ type Table struct {
 type Follower struct {
 	r    *shm.Region
 	slot int
+	pid  int
 }
 
-// NewFollower follows r for the worker of slot.
-func NewFollower(r *shm.Region, slot int) *Follower { return &Follower{r: r, slot: slot} }
+// NewFollower follows r for the worker of slot, this process.
+func NewFollower(r *shm.Region, slot int) *Follower {
+	return &Follower{r: r, slot: slot, pid: os.Getpid()}
+}
+
+// mine tells whether the slot is this process's: claimed for its pid, or not claimed yet (the
+// supervisor claims it once it knows the pid, which may be after the worker's first write). A
+// worker left draining by a supervisor that died must not write a slot its successor gave to
+// another worker.
+func (f *Follower) mine() bool {
+	pid := f.r.Worker(f.slot).PID
+	return pid == 0 || pid == f.pid
+}
 
 // Generation is the generation in force: one atomic load.
 func (f *Follower) Generation() uint64 { return f.r.Generation() }
@@ -83,7 +96,15 @@ func (f *Follower) Load() (*Table, error) {
 }
 
 // Observed records in the worker's slot that it serves generation g.
-func (f *Follower) Observed(g uint64) { f.r.Observe(f.slot, g) }
+func (f *Follower) Observed(g uint64) {
+	if f.mine() {
+		f.r.Observe(f.slot, g)
+	}
+}
 
 // Beat records in the worker's slot that the worker is alive.
-func (f *Follower) Beat(now time.Time) { f.r.Beat(f.slot, now.UnixNano()) }
+func (f *Follower) Beat(now time.Time) {
+	if f.mine() {
+		f.r.Beat(f.slot, now.UnixNano())
+	}
+}

@@ -1,6 +1,7 @@
 package table
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -49,6 +50,7 @@ func TestFollower(t *testing.T) {
 		t.Fatalf("Load = %+v, %v; want generation %d with %+v", tb, err, g, sets)
 	}
 	now := time.Unix(1700000000, 0)
+	r.ClaimWorker(1, os.Getpid(), 0)
 	f.Observed(g)
 	f.Beat(now)
 	if w := r.Worker(1); w.Observed != g || w.Heartbeat != now.UnixNano() {
@@ -56,5 +58,27 @@ func TestFollower(t *testing.T) {
 	}
 	if w := r.Worker(0); w != (shm.WorkerState{}) {
 		t.Errorf("slot 0 = %+v; want it untouched", w)
+	}
+}
+
+// TestFollowerKeepsOffAnotherWorkersSlot: a worker whose slot was given to another process (its
+// supervisor died and a new one reused the slot) writes nothing there.
+func TestFollowerKeepsOffAnotherWorkersSlot(t *testing.T) {
+	r, err := shm.Create(filepath.Join(t.TempDir(), "region"), shm.Capacities{Sets: 1, Backends: 1, StringBytes: 64, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	f := NewFollower(r, 0)
+	f.Observed(3) // before any claim: the slot is taken to be this worker's
+	if got := r.Worker(0).Observed; got != 3 {
+		t.Fatalf("observed %d before the claim, want 3", got)
+	}
+	r.ReleaseWorker(0)
+	r.ClaimWorker(0, os.Getpid()+1, 5)
+	f.Observed(7)
+	f.Beat(time.Unix(0, 9))
+	if w := r.Worker(0); w.Observed != 0 || w.Heartbeat != 5 {
+		t.Fatalf("slot of pid %d = %+v; the old worker wrote into it", os.Getpid()+1, w)
 	}
 }
