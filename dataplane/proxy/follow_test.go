@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,23 +27,7 @@ func followingProxy(t *testing.T) (*Proxy, string, *shm.Region, *shm.Writer) {
 	if err := p.Follow(table.NewFollower(r, 0)); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ln, "web") }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return p, ln.Addr().String(), r, shm.NewWriter(r)
+	return p, serveWeb(t, p), r, shm.NewWriter(r)
 }
 
 // publish makes one generation of set "web" with these backends.

@@ -26,6 +26,12 @@ func startProxy(t testing.TB, cfg Config, backends ...string) (*Proxy, string) {
 	if err := p.SetBackends([]BackendSet{{Name: "web", Backends: bs}}); err != nil {
 		t.Fatal(err)
 	}
+	return p, serveWeb(t, p)
+}
+
+// serveWeb serves set "web" of p on a loopback port until the test ends, and returns its address.
+func serveWeb(t testing.TB, p *Proxy) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +48,7 @@ func startProxy(t testing.TB, cfg Config, backends ...string) (*Proxy, string) {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return p, ln.Addr().String()
+	return ln.Addr().String()
 }
 
 func TestSmoke(t *testing.T) {
