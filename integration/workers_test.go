@@ -1287,3 +1287,26 @@ func TestSIGHUP(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadOverCapacity: a rewrite with more backends than the region was created for is refused
+// with the limit and how to raise it; the previous backends keep serving.
+func TestReloadOverCapacity(t *testing.T) {
+	t.Parallel()
+	a, b, c := newCountingBackend(t, "a"), newCountingBackend(t, "b"), newCountingBackend(t, "c")
+	const region = "region: {backends: 2}\n"
+	s := startSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(), func(addr string) string {
+		return configYAML(addr, []backendConf{{id: "a", addr: a.addr, weight: 1}}) + region
+	})
+	ready, _ := s.awaitReady(t)
+	writeConfig(t, s.cfgPath, configYAML(s.addr, []backendConf{
+		{id: "a", addr: a.addr, weight: 1}, {id: "b", addr: b.addr, weight: 1}, {id: "c", addr: c.addr, weight: 1},
+	})+region, true)
+	failed := s.await(t, ready.end, "the refusal", reloadFailed)
+	if e, h := failed.str("error"), failed.str("hint"); !strings.Contains(e, "3 backends: more than the region's capacity of 2") ||
+		!strings.Contains(h, "region.backends (2)") {
+		t.Errorf("refusal %s; want the count, the limit and the key to raise", failed)
+	}
+	if by := getAll(t, []*client{newClient(t, s.addr, false)}, "/cap", 10); by["a"] != 10 {
+		t.Errorf("after the refusal: %v, want map[a:10]", by)
+	}
+}

@@ -186,7 +186,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 	// serves an empty world; otherwise the workers start on the last generation first.
 	publish := func() bool {
 		if err := s.apply(cfg); err != nil {
-			log.Error("cannot publish the configured backend sets", "error", err)
+			log.Error("cannot publish the configured backend sets", withHint(err)...)
 			return region.Generation() > 0 // with a last generation, keep serving it
 		}
 		return true
@@ -448,8 +448,20 @@ func (s *supervisor) reload() {
 		s.log.Warn("config change needs a restart; it is not applied", "keys", strings.Join(keys, ","))
 	}
 	if err := s.apply(cfg); err != nil {
-		s.log.Error("config reload failed; the previous backend sets keep serving", "error", err)
+		s.log.Error("config reload failed; the previous backend sets keep serving", withHint(err)...)
 	}
+}
+
+// withHint is the log fields of a failed publish: the error and, when it is a region capacity, how
+// an operator raises it.
+func withHint(err error) []any {
+	var ce *shm.CapacityError
+	if !errors.As(err, &ce) {
+		return []any{"error", err}
+	}
+	key := map[string]string{"Sets": "sets", "Backends": "backends", "StringBytes": "string_bytes"}[ce.Field]
+	return []any{"error", err, "hint", fmt.Sprintf("region.%s (%d) is fixed when the region file is created: set a larger one in the configuration, stop xlb, remove %s from the state directory, and start it again",
+		key, ce.Max, regionFile)}
 }
 
 // restartKeys names what differs between a and b other than backend sets.

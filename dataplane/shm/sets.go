@@ -46,11 +46,23 @@ const stringLenMax = 1<<16 - 1
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// CapacityError is an update refused because it does not fit the region's capacities, which are
+// fixed when its file is created.
+type CapacityError struct {
+	Field     string // the field of Capacities: Sets, Backends or StringBytes
+	What      string // what was counted
+	Need, Max int
+}
+
+func (e *CapacityError) Error() string {
+	return fmt.Sprintf("shm: %d %s: more than the region's capacity of %d (Capacities.%s)", e.Need, e.What, e.Max, e.Field)
+}
+
 // measure counts the backends and string bytes of sets, checking them against the capacities.
 // Every error names the limit that was passed.
 func measure(sets []Set, c Capacities) (backends, strs int, err error) {
 	if len(sets) > c.Sets {
-		return 0, 0, fmt.Errorf("shm: %d backend sets: more than the region's capacity of %d (Capacities.Sets)", len(sets), c.Sets)
+		return 0, 0, &CapacityError{Field: "Sets", What: "backend sets", Need: len(sets), Max: c.Sets}
 	}
 	for _, s := range sets {
 		backends += len(s.Backends)
@@ -66,10 +78,10 @@ func measure(sets []Set, c Capacities) (backends, strs int, err error) {
 		}
 	}
 	if backends > c.Backends {
-		return 0, 0, fmt.Errorf("shm: %d backends: more than the region's capacity of %d (Capacities.Backends)", backends, c.Backends)
+		return 0, 0, &CapacityError{Field: "Backends", What: "backends", Need: backends, Max: c.Backends}
 	}
 	if strs > c.StringBytes {
-		return 0, 0, fmt.Errorf("shm: %d bytes of names, ids and addresses: more than the region's capacity of %d (Capacities.StringBytes)", strs, c.StringBytes)
+		return 0, 0, &CapacityError{Field: "StringBytes", What: "bytes of names, ids and addresses", Need: strs, Max: c.StringBytes}
 	}
 	return backends, strs, nil
 }
