@@ -391,7 +391,7 @@ func (s *supervisor) exited(x workerExit, st *slotState) {
 	}
 	delay := min(restartDelayMin<<min(st.crashes, 16), restartDelayMax)
 	st.crashes++
-	msg := "<nil>"
+	msg := "exit status 0"
 	if x.err != nil {
 		msg = x.err.Error()
 	}
