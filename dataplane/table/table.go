@@ -39,19 +39,6 @@ func ParseState(s string) (State, error) {
 	return 0, fmt.Errorf("backend state %q: want active, draining or disabled", s)
 }
 
-// StateName is the name ParseState reads.
-func StateName(s State) string {
-	switch s {
-	case Active:
-		return "active"
-	case Draining:
-		return "draining"
-	case Disabled:
-		return "disabled"
-	}
-	return fmt.Sprintf("state(%d)", uint8(s))
-}
-
 // Table is one decoded generation. Nothing in it changes after Load returns it.
 type Table struct {
 	Generation uint64

@@ -10,10 +10,9 @@ import (
 )
 
 func TestParseState(t *testing.T) {
-	for _, s := range []State{Active, Draining, Disabled} {
-		got, err := ParseState(StateName(s))
-		if err != nil || got != s {
-			t.Errorf("ParseState(%q) = %v, %v; want %v", StateName(s), got, err, s)
+	for name, want := range map[string]State{"active": Active, "draining": Draining, "disabled": Disabled} {
+		if got, err := ParseState(name); err != nil || got != want {
+			t.Errorf("ParseState(%q) = %v, %v; want %v", name, got, err, want)
 		}
 	}
 	if s, err := ParseState(""); err != nil || s != Active {
