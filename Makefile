@@ -4,10 +4,11 @@ export GOTOOLCHAIN := local
 FUZZTIME ?= 2m
 FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./server
 
-.PHONY: test build demo fuzz bench
+.PHONY: test build demo fuzz bench gen gen-check
 
 test:
 	bash tools/install.sh
+	$(MAKE) gen-check
 	go mod tidy -diff
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	go vet ./...
@@ -18,6 +19,18 @@ test:
 
 build:
 	go build -o bin/xlb .
+
+# gen regenerates gen/ from proto/ with buf and the pinned plugins of tools/install.sh.
+gen:
+	PATH="$(CURDIR)/.tools/bin:$$PATH" .tools/bin/buf generate
+
+# gen-check fails when the protos break buf's STANDARD lint or format, or gen/ is not what they
+# generate (someone edited gen/ or forgot make gen).
+gen-check: gen
+	.tools/bin/buf lint
+	.tools/bin/buf format --diff --exit-code
+	@git diff --exit-code --stat -- gen || { echo "gen/ differs from what proto/ generates: run make gen and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- gen)" || { echo "gen/ has files git does not track:"; git status --porcelain -- gen; exit 1; }
 
 demo:
 	go run . demo

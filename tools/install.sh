@@ -3,7 +3,7 @@
 # Idempotent: Debian packages are installed only when missing (apt-get update only
 # then), and a Go tool is rebuilt only when .tools/bin/NAME is not at its pinned
 # version (`go version -m`). Binaries go to .tools/bin (gitignored).
-# Usage: bash tools/install.sh            # test needs: curl, staticcheck
+# Usage: bash tools/install.sh            # test needs: curl, staticcheck, buf, protoc plugins, grpcurl
 #        bash tools/install.sh --bench    # also nginx, haproxy, wrk (or WITH_BENCH=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +27,15 @@ if [ -n "$missing" ]; then
 fi
 
 # --- Go tools: name  package  version ----------------------------------------
+# buf and the two protoc plugins regenerate gen/ (make gen); grpcurl is driven by the
+# integration tests. They are never `tool` lines of go.mod: buf requires a pre-release protobuf
+# that minimal version selection would drag the project onto.
 TOOLS="
-staticcheck  honnef.co/go/tools/cmd/staticcheck  v0.8.2
+staticcheck         honnef.co/go/tools/cmd/staticcheck                v0.8.2
+buf                 github.com/bufbuild/buf/cmd/buf                   v1.75.0
+protoc-gen-go       google.golang.org/protobuf/cmd/protoc-gen-go      v1.36.12
+protoc-gen-go-grpc  google.golang.org/grpc/cmd/protoc-gen-go-grpc     v1.6.2
+grpcurl             github.com/fullstorydev/grpcurl/cmd/grpcurl       v1.9.4
 "
 have() { # NAME VERSION -> 0 when .tools/bin/NAME is built from that module version
   [ -x "$TOOLS_BIN/$1" ] &&
