@@ -1,0 +1,45 @@
+// Package discovery is the control plane's side of xDS-lite: the DiscoveryService server that
+// streams versioned backend sets to data planes and records what each applied or rejected.
+//
+// # Protocol
+//
+// The protocol is the header comment of proto/xlb/discovery/v1/discovery.proto; this server keeps
+// it as follows.
+//
+//   - The first request of a stream must name its node (node.id), else the stream ends with
+//     INVALID_ARGUMENT; a later request may omit the node but must not change it (INVALID_ARGUMENT).
+//     A second stream of the same node id replaces the first, which ends with ABORTED.
+//   - Nonces are a counter per stream. A request whose response_nonce is neither empty nor the
+//     latest sent on its stream is stale and ignored entirely (logged at debug). The first request
+//     answers nothing: its response_nonce and errors are ignored.
+//   - A request with errors is a NACK; nothing else is (versions are never compared to tell).
+//     Every request that is not stale replaces the node's applied versions, generation and
+//     workers; each error records that the node rejected that version of that set.
+//   - A response holds every set whose version the node neither applies nor rejected, and, as
+//     removed, every set the node applies that no longer exists. An empty one is never sent, and
+//     none is sent while the previous one is unanswered.
+//   - A change of the Source is pushed Config.Debounce after it: every change within that window
+//     goes out in the same push. Each stream also looks again after each answer it receives.
+//
+// What a node rejected is kept across its streams (a data plane that reconnects is not sent again
+// what it refused) until its set is deleted from the Source while the node does not serve it.
+//
+// # Costs
+//
+// A push takes one Snapshot of the Source, shared by every stream. A stream finds what to send by
+// comparing versions: a set is never hashed or encoded to decide. Each version of a set is encoded
+// once, when it enters a snapshot, and every response of every stream that carries it copies those
+// bytes (as unknown fields of the server's message, which the data plane decodes as its sets): a
+// push to N streams does not marshal the set N times. A set that cannot be encoded (a string that
+// is not UTF-8) is logged at error and never sent; data planes keep what they have of it.
+//
+// # Bounds
+//
+// The server remembers every node since its start, up to DataPlanesMax; past it, the node that
+// disconnected first is forgotten. What one request may carry (applied versions, errors, workers)
+// is bounded by gRPC's message size limit.
+//
+// # What a caller must never do
+//
+// Mutate a set or a map returned by Source.Snapshot: streams send them concurrently.
+package discovery

@@ -1,0 +1,329 @@
+package discovery
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+)
+
+// TestACKFlow: a data plane is sent every set, then only the set that changed, then a deletion as
+// removed; what it applied shows in DataPlanes.
+func TestACKFlow(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "a1", 3)
+	src.put("web", "w1", 2)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	dp := newFakeDataPlane(nil)
+	dp.run(t, cp.dial(t), "dp-1")
+
+	if got, want := summary(dp.next(t)), "api@a1 web@w1 "; got != want {
+		t.Fatalf("first response %q, want %q", got, want)
+	}
+	waitFor(t, "DataPlanes to show api@a1 and web@w1", func() bool {
+		return maps.Equal(cp.applied("dp-1"), map[string]string{"api": "a1", "web": "w1"})
+	})
+	st := cp.dataPlane("dp-1")
+	if !st.GetConnected() || st.GetConnectedSince() == nil || st.GetDisconnectedAt() != nil {
+		t.Errorf("connected %v since %v, disconnected at %v: want connected, since set",
+			st.GetConnected(), st.GetConnectedSince(), st.GetDisconnectedAt())
+	}
+	if st.GetBuild() != "test-build" || st.GetGeneration() != 1 || len(st.GetWorkers()) != 1 || st.GetWorkers()[0].GetObservedGeneration() != 1 {
+		t.Errorf("build %q generation %d workers %v: want test-build, 1 and one worker at 1", st.GetBuild(), st.GetGeneration(), st.GetWorkers())
+	}
+
+	src.put("api", "a2", 4)
+	if got, want := summary(dp.next(t)), "api@a2 "; got != want {
+		t.Fatalf("after a change of api: response %q, want %q", got, want)
+	}
+	src.remove("web")
+	if got, want := summary(dp.next(t)), "-web "; got != want {
+		t.Fatalf("after web's deletion: response %q, want %q", got, want)
+	}
+	waitFor(t, "DataPlanes to show api@a2 alone", func() bool {
+		return maps.Equal(cp.applied("dp-1"), map[string]string{"api": "a2"}) && len(cp.dataPlane("dp-1").GetSets()) == 1
+	})
+}
+
+// TestNACK: a rejected version shows as the set's last_nack, is never sent again (the next
+// response carries only another set that changed), and a new version of the set is sent.
+func TestNACK(t *testing.T) {
+	src := newMemSource()
+	src.put("good", "g1", 2)
+	src.put("bad", "b1", 2)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	dp := newFakeDataPlane(func(vs *discoveryv1.VersionedBackendSet) string {
+		if vs.GetVersion() == "b1" {
+			return "backend_set.backends[1].port: 0, want 1 to 65535"
+		}
+		return ""
+	})
+	dp.run(t, cp.dial(t), "dp-1")
+
+	if got, want := summary(dp.next(t)), "bad@b1 good@g1 "; got != want {
+		t.Fatalf("first response %q, want %q", got, want)
+	}
+	waitFor(t, "DataPlanes to show the NACK of bad@b1", func() bool {
+		for _, s := range cp.dataPlane("dp-1").GetSets() {
+			if s.GetName() == "bad" {
+				return s.GetLastNack().GetVersion() == "b1"
+			}
+		}
+		return false
+	})
+	for _, s := range cp.dataPlane("dp-1").GetSets() {
+		switch s.GetName() {
+		case "bad":
+			if s.GetAppliedVersion() != "" || s.GetLastNack().GetMessage() != "backend_set.backends[1].port: 0, want 1 to 65535" || s.GetLastNack().GetAt() == nil {
+				t.Errorf("bad: applied %q, last NACK %v: want none applied, the NACK with its message and time", s.GetAppliedVersion(), s.GetLastNack())
+			}
+		case "good":
+			if s.GetAppliedVersion() != "g1" || s.GetLastNack() != nil {
+				t.Errorf("good: applied %q, last NACK %v: want g1, no NACK", s.GetAppliedVersion(), s.GetLastNack())
+			}
+		}
+	}
+	if logs := cp.logs.String(); !strings.Contains(logs, "[WARN]  discovery: data plane rejected a set: node=dp-1 set=bad version=b1 message=") {
+		t.Errorf("no warning of the NACK in the log:\n%s", logs)
+	}
+
+	// Responses are in order: had the server sent bad@b1 again, it would come before this.
+	src.put("good", "g2", 3)
+	if got, want := summary(dp.next(t)), "good@g2 "; got != want {
+		t.Fatalf("after a change of good: response %q, want %q", got, want)
+	}
+	src.put("bad", "b2", 2)
+	if got, want := summary(dp.next(t)), "bad@b2 "; got != want {
+		t.Fatalf("after a new version of bad: response %q, want %q", got, want)
+	}
+	waitFor(t, "DataPlanes to show bad@b2 applied", func() bool {
+		return maps.Equal(cp.applied("dp-1"), map[string]string{"good": "g2", "bad": "b2"})
+	})
+	for _, s := range cp.dataPlane("dp-1").GetSets() {
+		if s.GetName() == "bad" && s.GetLastNack().GetVersion() != "b1" {
+			t.Errorf("bad's last NACK is %v once b2 applied: want still b1's", s.GetLastNack())
+		}
+	}
+	if n := len(dp.responses); n != 0 {
+		t.Errorf("%d more responses, want none", n)
+	}
+}
+
+// TestStaleNonce: a request answering a response other than the latest (an unknown nonce, or an
+// earlier one) changes nothing, even with errors; the next response waits for the latest's answer.
+func TestStaleNonce(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "1", 1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	st := cp.stream(t)
+	node := &discoveryv1.Node{Id: "dp-1"}
+	send := func(req *discoveryv1.StreamBackendSetsRequest) {
+		t.Helper()
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func(want string) string {
+		t.Helper()
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := summary(resp); got != want {
+			t.Fatalf("response %q, want %q", got, want)
+		}
+		return resp.GetNonce()
+	}
+
+	send(&discoveryv1.StreamBackendSetsRequest{Node: node})
+	n1 := recv("api@1 ")
+	// A change while the response is unanswered waits; a stale NACK of what comes next, were it
+	// taken, would both answer and park it, and nothing would ever come.
+	src.put("api", "2", 1)
+	send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: n1 + "x", Errors: []*discoveryv1.SetError{{Name: "api", Version: "2", Message: "stale"}}})
+	send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: n1, Applied: map[string]string{"api": "1"}})
+	n2 := recv("api@2 ")
+	if n2 == n1 {
+		t.Fatalf("two responses with nonce %q", n1)
+	}
+	// The same with the nonce of the earlier response.
+	send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: n1, Errors: []*discoveryv1.SetError{{Name: "api", Version: "3", Message: "stale"}}})
+	send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: n2, Applied: map[string]string{"api": "2"}})
+	src.put("api", "3", 1)
+	recv("api@3 ")
+
+	for _, s := range cp.dataPlane("dp-1").GetSets() {
+		if s.GetLastNack() != nil {
+			t.Errorf("set %s has NACK %v from a stale request", s.GetName(), s.GetLastNack())
+		}
+	}
+	if logs := cp.logs.String(); strings.Count(logs, "stale request ignored") != 2 {
+		t.Errorf("want two stale requests logged at debug, log:\n%s", logs)
+	}
+}
+
+// TestDebounce: a burst of changes goes out in few pushes.
+func TestDebounce(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "v0", 1)
+	cp := startControlPlane(t, src, Config{Debounce: 50 * time.Millisecond})
+	dp := newFakeDataPlane(nil)
+	dp.run(t, cp.dial(t), "dp-1")
+	dp.next(t)
+
+	const changes = 200
+	snapshots := src.snapshots.Load()
+	for i := 1; i <= changes; i++ {
+		src.put("api", fmt.Sprintf("v%d", i), 1)
+	}
+	final := fmt.Sprintf("api@v%d ", changes)
+	responses := 0
+	for {
+		responses++
+		if summary(dp.next(t)) == final {
+			break
+		}
+	}
+	// The burst takes microseconds: it fits in one window, or two if a window closed within it.
+	if pushes := src.snapshots.Load() - snapshots; pushes > 2 || responses > 2 {
+		t.Errorf("%d changes made %d pushes and %d responses, want at most 2 of each", changes, pushes, responses)
+	}
+}
+
+// TestNodeRules: the first request names the node, later ones keep it, and a second stream of a
+// node replaces the first.
+func TestNodeRules(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "1", 1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	wantEnd := func(t *testing.T, st discoveryv1.DiscoveryService_StreamBackendSetsClient, code codes.Code, msg string) {
+		t.Helper()
+		for {
+			_, err := st.Recv()
+			if err == nil {
+				continue
+			}
+			if err == io.EOF && code == codes.OK {
+				return
+			}
+			if s := status.Convert(err); s.Code() != code || !strings.Contains(s.Message(), msg) {
+				t.Fatalf("stream ended with %v, want %v with %q", err, code, msg)
+			}
+			return
+		}
+	}
+
+	t.Run("missing node", func(t *testing.T) {
+		for _, node := range []*discoveryv1.Node{nil, {Build: "b"}} {
+			st := cp.stream(t)
+			if err := st.Send(&discoveryv1.StreamBackendSetsRequest{Node: node}); err != nil {
+				t.Fatal(err)
+			}
+			wantEnd(t, st, codes.InvalidArgument, "node.id")
+		}
+	})
+	t.Run("changed node", func(t *testing.T) {
+		st := cp.stream(t)
+		st.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-a"}})
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-b"}, ResponseNonce: resp.GetNonce()})
+		wantEnd(t, st, codes.InvalidArgument, `node.id "dp-b"`)
+		if cp.dataPlane("dp-b") != nil {
+			t.Error("the changed node dp-b is listed")
+		}
+	})
+	t.Run("replacement", func(t *testing.T) {
+		first := cp.stream(t)
+		first.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-r", Build: "1"}})
+		if _, err := first.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		second := cp.stream(t)
+		second.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-r", Build: "2"}, Applied: map[string]string{"api": "0"}})
+		wantEnd(t, first, codes.Aborted, "replaced by a newer stream")
+		resp, err := second.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := summary(resp), "api@1 "; got != want {
+			t.Fatalf("the new stream's response %q, want %q", got, want)
+		}
+		// The old stream's end does not disconnect the node.
+		if st := cp.dataPlane("dp-r"); !st.GetConnected() || st.GetBuild() != "2" {
+			t.Fatalf("after the replacement: connected %v build %q, want true and 2", st.GetConnected(), st.GetBuild())
+		}
+		second.CloseSend()
+		wantEnd(t, second, codes.OK, "")
+		if st := cp.dataPlane("dp-r"); st.GetConnected() || st.GetDisconnectedAt() == nil || st.GetConnectedSince() != nil {
+			t.Fatalf("after the stream closed: connected %v, since %v, disconnected at %v: want disconnected at a time",
+				st.GetConnected(), st.GetConnectedSince(), st.GetDisconnectedAt())
+		}
+	})
+}
+
+// TestClose: Close ends open streams with UNAVAILABLE and refuses new ones.
+func TestClose(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "1", 1)
+	cp := startControlPlane(t, src, Config{})
+	open := cp.stream(t)
+	open.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-1"}})
+	if _, err := open.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	silent := cp.stream(t) // no first request yet
+
+	cp.srv.Close()
+	for _, st := range []discoveryv1.DiscoveryService_StreamBackendSetsClient{open, silent} {
+		if _, err := st.Recv(); status.Code(err) != codes.Unavailable {
+			t.Errorf("stream ended with %v, want UNAVAILABLE", err)
+		}
+	}
+	late := cp.stream(t)
+	late.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-2"}})
+	if _, err := late.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("a stream after Close ended with %v, want UNAVAILABLE", err)
+	}
+	if dps := cp.srv.DataPlanes(); len(dps) != 1 || dps[0].GetConnected() {
+		t.Errorf("DataPlanes after Close: %v, want dp-1 disconnected", dps)
+	}
+}
+
+// TestRejectionKeptAcrossStreams: a node that reconnects is not sent what it rejected before.
+func TestRejectionKeptAcrossStreams(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "1", 1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	st := cp.stream(t)
+	st.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-1"}})
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: resp.GetNonce(), Errors: []*discoveryv1.SetError{{Name: "api", Version: "1", Message: "no"}}})
+	st.CloseSend()
+	if _, err := st.Recv(); err == nil {
+		t.Fatal("a response after the NACK")
+	}
+
+	again := cp.stream(t)
+	again.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-1"}})
+	src.put("other", "1", 1)
+	resp, err = again.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := summary(resp), "other@1 "; got != want {
+		t.Fatalf("after reconnecting: response %q, want %q", got, want)
+	}
+}

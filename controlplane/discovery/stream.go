@@ -1,0 +1,243 @@
+package discovery
+
+import (
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+)
+
+// The errors that end a stream, as its peer sees them. gRPC statuses are made here and nowhere
+// else in the package.
+var (
+	errClosed   = status.Error(codes.Unavailable, "control plane closing")
+	errReplaced = status.Error(codes.Aborted, "replaced by a newer stream")
+	errNoNode   = status.Error(codes.InvalidArgument, "node.id is required on the first request")
+)
+
+// dataPlane is what the server knows of one node, kept across its streams.
+type dataPlane struct {
+	id string
+
+	mu sync.Mutex
+	// stream is the node's open stream; nil when it is disconnected.
+	stream *stream
+	build  string
+	// since is when stream opened; until is when the last one closed.
+	since, until time.Time
+	// applied is the version of every set the node serves, from its latest request.
+	applied map[string]string
+	// rejected is the latest version of each set that the node rejected: never sent to it again.
+	rejected   map[string]nack
+	generation uint64
+	workers    []*discoveryv1.WorkerStatus
+}
+
+// nack is a node's rejection of one version of a set.
+type nack struct {
+	version, message string
+	at               time.Time
+}
+
+// takeLocked records what req says of the node: its applied versions, generation and workers.
+func (dp *dataPlane) takeLocked(req *discoveryv1.StreamBackendSetsRequest) {
+	dp.applied = req.GetApplied()
+	if dp.applied == nil {
+		dp.applied = map[string]string{}
+	}
+	dp.generation = req.GetGeneration()
+	dp.workers = req.GetWorkers()
+}
+
+// stream is one StreamBackendSets stream once its node is known. Its handler goroutine owns it.
+type stream struct {
+	dp   *dataPlane
+	node *discoveryv1.Node // as on the first request
+	log  hclog.Logger
+
+	// nonce is the nonce of the latest response sent; 0 before the first.
+	nonce uint64
+	// pending is set while the latest response is unanswered.
+	pending bool
+	// settled is the sequence number of the snapshot that the node had all of, as far as the
+	// stream knows: nothing to send until the snapshot or the node's state changes. 0 is none.
+	settled uint64
+
+	// wake receives (buffered 1) when the server published a new snapshot.
+	wake chan struct{}
+	// replaced is closed when a newer stream of the same node replaced this one.
+	replaced chan struct{}
+}
+
+// latestNonce is the nonce of the latest response sent, "" before the first.
+func (st *stream) latestNonce() string {
+	if st.nonce == 0 {
+		return ""
+	}
+	return strconv.FormatUint(st.nonce, 10)
+}
+
+// handle steps the stream with a request after the first. It returns the error that ends the
+// stream, if it must end.
+func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Time) error {
+	if n := req.GetNode(); n != nil && !proto.Equal(n, st.node) {
+		return status.Errorf(codes.InvalidArgument, "node changed on the stream: node.id %q, build %q, was %q, %q",
+			n.GetId(), n.GetBuild(), st.node.GetId(), st.node.GetBuild())
+	}
+	nonce := req.GetResponseNonce()
+	if nonce != "" && nonce != st.latestNonce() {
+		st.log.Debug("stale request ignored", "response_nonce", nonce, "latest_nonce", st.latestNonce())
+		return nil
+	}
+	if nonce != "" {
+		st.pending = false
+	}
+	st.settled = 0
+
+	dp := st.dp
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.stream != st {
+		return errReplaced
+	}
+	dp.takeLocked(req)
+	for _, e := range req.GetErrors() {
+		dp.rejected[e.GetName()] = nack{version: e.GetVersion(), message: e.GetMessage(), at: now}
+		st.log.Warn("data plane rejected a set", "set", e.GetName(), "version", e.GetVersion(), "message", e.GetMessage())
+	}
+	if len(req.GetErrors()) == 0 && nonce != "" {
+		st.log.Debug("ACK", "response_nonce", nonce, "generation", req.GetGeneration())
+	}
+	return nil
+}
+
+// next returns the response that the stream must send now given snap, or nil when there is
+// none: one is unanswered, or the node has everything. It counts the response as sent.
+func (st *stream) next(snap *snapshot) (*discoveryv1.StreamBackendSetsResponse, error) {
+	if st.pending || st.settled == snap.seq {
+		return nil, nil
+	}
+	dp := st.dp
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.stream != st {
+		return nil, errReplaced
+	}
+	sets, removed := diff(snap, dp.applied, dp.rejected)
+	// A rejection is forgotten once its set is gone and the node does not serve it.
+	for name := range dp.rejected {
+		if _, ok := snap.sets[name]; !ok {
+			if _, ok := dp.applied[name]; !ok {
+				delete(dp.rejected, name)
+			}
+		}
+	}
+	if len(sets) == 0 && len(removed) == 0 {
+		st.settled = snap.seq
+		return nil, nil
+	}
+	st.nonce++
+	st.pending = true
+	st.log.Debug("sending", "nonce", st.nonce, "sets", len(sets), "removed", len(removed))
+	return response(st.latestNonce(), sets, removed), nil
+}
+
+// StreamBackendSets is the stream of one data plane; see the package comment for its rules.
+func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackendSetsServer) (err error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errClosed
+	}
+	s.handlers.Add(1)
+	s.mu.Unlock()
+	defer s.handlers.Done()
+
+	ctx := ss.Context()
+	reqs := make(chan *discoveryv1.StreamBackendSetsRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := ss.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	// ended turns the end of the receiving side into the stream's result.
+	ended := func(err error) error {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+
+	var first *discoveryv1.StreamBackendSetsRequest
+	select {
+	case first = <-reqs:
+	case err := <-recvErr:
+		return ended(err)
+	case <-s.done:
+		return errClosed
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	if first.GetNode().GetId() == "" {
+		return errNoNode
+	}
+	st := &stream{
+		node:     first.GetNode(),
+		log:      s.log.With("node", first.GetNode().GetId()),
+		wake:     make(chan struct{}, 1),
+		replaced: make(chan struct{}),
+	}
+	if first.GetResponseNonce() != "" || len(first.GetErrors()) > 0 {
+		st.log.Debug("first request answers no response: its nonce and errors are ignored",
+			"response_nonce", first.GetResponseNonce(), "errors", len(first.GetErrors()))
+	}
+	if !s.connect(st, first) {
+		return errClosed
+	}
+	defer func() { s.disconnect(st, err) }()
+
+	for {
+		resp, err := st.next(s.snap.Load())
+		if err != nil {
+			return err
+		}
+		if resp != nil {
+			if err := ss.Send(resp); err != nil {
+				return err
+			}
+		}
+		select {
+		case req := <-reqs:
+			if err := st.handle(req, s.now()); err != nil {
+				return err
+			}
+		case <-st.wake:
+		case err := <-recvErr:
+			return ended(err)
+		case <-st.replaced:
+			return errReplaced
+		case <-s.done:
+			return errClosed
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
