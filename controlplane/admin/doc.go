@@ -1,0 +1,20 @@
+// Package admin is the control plane's AdminService (proto/xlb/admin/v1): the gRPC API through
+// which orchestration tooling and operators put, get, list and delete backend sets in the store,
+// and see what each data plane applied or rejected.
+//
+// The server is the one place where the store's errors become gRPC status codes:
+//
+//	INVALID_ARGUMENT     a request that does not validate; the message names the field, as in
+//	                     "backend_set.backends[2].port: want 1 to 65535, got 0"
+//	NOT_FOUND            a get or delete of a set that does not exist
+//	FAILED_PRECONDITION  a compare-and-set whose expected_version is not the set's current
+//	                     version; the message says the current one
+//	INTERNAL             the store failed (it is logged at error)
+//
+// Every change is logged at info with the set's name and version, and the peer that asked. A put
+// of a set identical to the stored one changes nothing (it is logged at debug) and returns the
+// same version, so a put is safe to retry.
+//
+// The server keeps no state of its own: sets live in the store, and data planes in DataPlanes
+// (implemented by the discovery server). It never modifies what they return.
+package admin
