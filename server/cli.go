@@ -52,6 +52,10 @@ func (e *env) main(args []string) int {
 		return e.demoCommand(rest)
 	case workerCommand:
 		return e.workerMain(rest)
+	case "dataplane":
+		return e.dataplaneCommand(rest)
+	case "controlplane":
+		return e.controlplaneCommand(rest)
 	case "version", "--version", "-version":
 		if len(rest) > 0 {
 			return e.usageError("version", fmt.Errorf("unexpected argument %q", rest[0]))
@@ -71,11 +75,14 @@ const usage = `xlb is an HTTP/1.1 load balancer.
 Usage:
   xlb run --listen ADDR --backend HOST:PORT[,weight=N] ...   balance over backends given as flags
   xlb run --config FILE                                     balance as a YAML file says
+  xlb controlplane --data-dir DIR [--listen ADDR]           the control plane, for many data planes
+  xlb dataplane --control-plane ADDR [--listen ADDR]        balance over the control plane's backend sets
   xlb demo [--listen ADDR]                                  three demo backends behind xlb
   xlb version                                               print the version
   xlb help [COMMAND]                                        help about a command
 
-Run 'xlb help run' for the flags of run and the format of the configuration file.
+Run 'xlb help run' for the flags of run and the format of the configuration file, 'xlb help
+dataplane' and 'xlb help controlplane' for the others.
 `
 
 func (e *env) help(args []string) int {
@@ -86,6 +93,10 @@ func (e *env) help(args []string) int {
 		fmt.Fprint(e.stdout, runUsage())
 	case len(args) == 1 && args[0] == "demo":
 		fmt.Fprint(e.stdout, demoUsage())
+	case len(args) == 1 && args[0] == "dataplane":
+		fmt.Fprint(e.stdout, dataplaneUsage())
+	case len(args) == 1 && args[0] == "controlplane":
+		fmt.Fprint(e.stdout, controlplaneUsage)
 	case len(args) == 1 && args[0] == "version":
 		fmt.Fprint(e.stdout, "Usage: xlb version\n\nPrints xlb's version.\n")
 	default:
@@ -103,19 +114,36 @@ func (e *env) usageError(cmd string, err error) int {
 
 // runCommand is `xlb run`.
 func (e *env) runCommand(args []string) int {
-	cfg, err := parseRun(args)
+	return e.superviseCommand(supervised{name: "run", parse: parseRun, flags: newRunFlags, usage: runUsage}, args)
+}
+
+// dataplaneCommand is `xlb dataplane`.
+func (e *env) dataplaneCommand(args []string) int {
+	return e.superviseCommand(supervised{name: "dataplane", parse: parseDataplane, flags: newDataplaneFlags, usage: dataplaneUsage}, args)
+}
+
+// supervised is a command that runs a supervisor: xlb run or xlb dataplane.
+type supervised struct {
+	name  string
+	parse func([]string) (Config, error)
+	flags func() *runFlags
+	usage func() string
+}
+
+func (e *env) superviseCommand(c supervised, args []string) int {
+	cfg, err := c.parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(e.stdout, runUsage())
+		fmt.Fprint(e.stdout, c.usage())
 		return exitOK
 	case err != nil:
-		return e.usageError("run", err)
+		return e.usageError(c.name, err)
 	}
 	log := newLogger(cfg.Log, e.stderr)
 	log.Info("starting", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
-	return e.supervise(ctx, log, cfg, args)
+	return e.supervise(ctx, log, cfg, c, args)
 }
 
 // flagDef is one flag of a command, in the order its help lists it.
@@ -133,10 +161,11 @@ type flagDef struct {
 
 // runFlags are the flags of `xlb run` and where their values go.
 type runFlags struct {
-	config   string
-	listen   string
-	backends []proxy.Backend
-	defs     []flagDef
+	config     string
+	listen     string
+	backends   []proxy.Backend
+	backendSet string // xlb dataplane's --backend-set
+	defs       []flagDef
 }
 
 func newRunFlags() *runFlags {
@@ -379,6 +408,25 @@ func printFlags(w *strings.Builder, defs []flagDef) {
 	for _, d := range defs {
 		fmt.Fprintf(w, "  %s\n        %s\n", strings.TrimSpace("--"+d.name+" "+d.arg), d.usage)
 	}
+}
+
+func dataplaneUsage() string {
+	var b strings.Builder
+	b.WriteString(`Usage:
+  xlb dataplane --control-plane ADDR [--node-id ID] [--listen ADDR] [--backend-set NAME] [flags]
+  xlb dataplane --control-plane ADDR --config FILE [flags]
+
+Runs the load balancer as xlb run does (a supervisor and its workers), with the backend sets of a
+control plane (xlb controlplane): every set the control plane pushes is applied through the shared
+region and acknowledged once every worker serves it; a set that cannot be applied is refused with
+its reason (a NACK) and the previous version keeps serving. With the control plane unreachable,
+the last applied sets keep serving, from the region file across restarts too. A --config file
+says listeners and settings, and no backend_sets.
+
+Flags:
+`)
+	printFlags(&b, newDataplaneFlags().defs)
+	return b.String()
 }
 
 func runUsage() string {

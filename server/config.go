@@ -91,6 +91,14 @@ type Config struct {
 	// supervisor holds every socket, so a crashed worker's queued connections are not lost: they
 	// wait for its restart. False means one socket per listener that every worker accepts on.
 	ReusePort bool
+	// ControlPlane is the address of the control plane that `xlb dataplane` takes its backend sets
+	// from ("unix://PATH" for a unix socket). Empty for `xlb run`, whose control plane is embedded
+	// and fed by BackendSets.
+	ControlPlane string
+	// NodeID names this data plane to its control plane. Empty means the host name.
+	NodeID string
+	// ClientSecurity is how `xlb dataplane` connects to its control plane.
+	ClientSecurity clientSecurity
 	// Region is the capacities of a region file created anew; an existing file keeps its own. Zero
 	// fields mean shm's defaults.
 	Region shm.Capacities
@@ -111,6 +119,17 @@ type LogConfig struct {
 	Level hclog.Level
 	// JSON writes one JSON object per line. False means hclog's text format.
 	JSON bool
+}
+
+// nodeID is NodeID with its default applied.
+func (c *Config) nodeID() string {
+	if c.NodeID != "" {
+		return c.NodeID
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "xlb"
 }
 
 // workerStallTimeout is WorkerStallTimeout with its default applied.
@@ -144,7 +163,8 @@ func (c *Config) check() error {
 		sets[s.Name] = true
 	}
 	for _, l := range c.Listeners {
-		if !sets[l.BackendSet] {
+		// A data plane's sets come from its control plane: one not there yet is answered 503.
+		if !sets[l.BackendSet] && c.ControlPlane == "" {
 			return fmt.Errorf("server: config: listener %s: no backend set named %q", l.Address, l.BackendSet)
 		}
 	}
@@ -172,7 +192,11 @@ func (e *ConfigError) Error() string {
 }
 
 // LoadConfig reads and parses the configuration file at path; see ParseConfig.
-func LoadConfig(path string) (Config, error) {
+func LoadConfig(path string) (Config, error) { return loadConfig(path, false) }
+
+// loadConfig is LoadConfig; with externalSets, for a data plane whose sets come from its control
+// plane.
+func loadConfig(path string, externalSets bool) (Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("server: config: %w", err)
@@ -185,15 +209,17 @@ func LoadConfig(path string) (Config, error) {
 	if len(data) > configBytesMax {
 		return Config{}, fmt.Errorf("server: config: %s: larger than %d bytes", path, configBytesMax)
 	}
-	return ParseConfig(path, data)
+	return parseConfig(path, data, externalSets)
 }
 
 // ParseConfig parses a YAML configuration file; name is the file's name, used in errors. Decoding is
 // strict: an unknown key, a key given twice, a value of the wrong type or out of its range is an
 // error. Each error is a *ConfigError naming the key path and its line; when there are several they
 // come joined (errors.Join) in the order of their lines.
-func ParseConfig(name string, data []byte) (Config, error) {
-	d := &decoder{file: name}
+func ParseConfig(name string, data []byte) (Config, error) { return parseConfig(name, data, false) }
+
+func parseConfig(name string, data []byte, externalSets bool) (Config, error) {
+	d := &decoder{file: name, externalSets: externalSets}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
@@ -242,6 +268,9 @@ func (d *decoder) syntaxError(err error) error {
 type decoder struct {
 	file string
 	errs []*ConfigError
+	// externalSets says the backend sets come from a control plane (xlb dataplane): the file
+	// must not have any, and its listeners may name sets it does not define.
+	externalSets bool
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
@@ -287,6 +316,10 @@ func (d *decoder) top(root *yaml.Node) Config {
 				}
 			}
 		case "backend_sets":
+			if d.externalSets {
+				d.errorf(k, key, "xlb dataplane takes its backend sets from its control plane, not from the file")
+				return true
+			}
 			for i, n := range d.sequence(v, key) {
 				if s := d.backendSet(n, index(key, i)); s != nil {
 					sets = append(sets, s)
@@ -639,7 +672,7 @@ func (d *decoder) crossCheckListeners(listeners, sets []*located) []Listener {
 	first := make(map[string]*located, len(listeners))
 	for _, l := range listeners {
 		out = append(out, Listener{Address: l.name, BackendSet: l.ref})
-		if l.refNode != nil && !isNull(l.refNode) && !names[l.ref] {
+		if l.refNode != nil && !isNull(l.refNode) && !names[l.ref] && !d.externalSets {
 			d.errorf(l.refNode, l.path+".backend_set", "no backend set named %q", l.ref)
 		}
 		key, ok := listenKey(l.name)

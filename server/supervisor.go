@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -17,9 +18,12 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/clients/xds"
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
@@ -55,6 +59,9 @@ const (
 	restartDelayMin = 50 * time.Millisecond
 	restartDelayMax = 10 * time.Second
 	restartStable   = 10 * time.Second
+	// firstSyncTimeout bounds the wait for the control plane's first sets on a fresh region
+	// before the workers start anyway.
+	firstSyncTimeout = 10 * time.Second
 	// killGrace is how long past the shutdown timeout the supervisor waits for its workers before
 	// it kills them.
 	killGrace = 5 * time.Second
@@ -66,6 +73,7 @@ const (
 type supervisor struct {
 	e    *env
 	log  hclog.Logger
+	cmd  supervised
 	args []string // the command line, for reloading the file with its flag overrides
 	path string   // the configuration file; empty when flags gave everything
 	cfg  Config   // the configuration in force; its listeners and settings are fixed at start
@@ -80,7 +88,11 @@ type supervisor struct {
 	restarts chan int // slots whose restart delay has passed
 	stopping bool
 
-	published []shm.Set // the sets of the generation in force, to skip rewrites that change nothing
+	stateDir  string
+	current   map[string]*discoveryv1.VersionedBackendSet // the sets of the region's generation, as sent
+	applyReqs chan applyReq                               // responses of the control plane, from the xds client
+	saves     chan savedState                             // to the goroutine that writes the applied file
+	embedded  *embeddedCP                                 // xlb run's control plane; nil for xlb dataplane
 	pending   []pendingGen
 	ready     bool
 }
@@ -102,9 +114,10 @@ type workerExit struct {
 
 // pendingGen is a published generation that not every live worker has observed yet.
 type pendingGen struct {
-	gen    uint64
-	at     time.Time
-	warned bool
+	gen     uint64
+	at      time.Time
+	warned  bool
+	replies []func() // called once it is applied: the control plane's answers wait for that
 }
 
 // slotState is what the supervisor remembers about a slot across restarts of its worker.
@@ -113,7 +126,7 @@ type slotState struct {
 }
 
 // supervise runs `xlb run` until ctx ends; it returns the exit status.
-func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args []string) int {
+func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd supervised, args []string) int {
 	if err := cfg.check(); err != nil {
 		log.Error("invalid configuration", "error", err)
 		return exitFailure
@@ -129,6 +142,9 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 			log.Error("no state directory", "error", err)
 			return exitFailure
 		}
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs // the control socket's address must not depend on the working directory
 	}
 	sd, err := lockStateDir(dir)
 	if err != nil {
@@ -157,12 +173,25 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 	}
 
 	s := &supervisor{
-		e: e, log: log, args: args, path: runConfigPath(args), cfg: cfg,
-		region:   region,
-		writer:   shm.NewWriter(region),
-		workers:  make([]*workerProc, workers),
-		exits:    make(chan workerExit, workers),
-		restarts: make(chan int, workers),
+		e: e, log: log, cmd: cmd, args: args, path: configPath(cmd, args), cfg: cfg,
+		region:    region,
+		writer:    shm.NewWriter(region),
+		workers:   make([]*workerProc, workers),
+		exits:     make(chan workerExit, workers),
+		restarts:  make(chan int, workers),
+		stateDir:  dir,
+		applyReqs: make(chan applyReq),
+		saves:     make(chan savedState, 1),
+	}
+	saved := make(chan struct{})
+	go saver(dir, s.saves, log, saved)
+	defer func() {
+		close(s.saves)
+		<-saved
+	}()
+	if s.current, err = loadApplied(dir, region.Generation()); err != nil {
+		log.Warn("the applied backend sets are unknown; asking the control plane for every set", "error", err)
+		s.current = map[string]*discoveryv1.VersionedBackendSet{}
 	}
 	if err := s.listen(cfg.ReusePort); err != nil {
 		s.closeSockets()
@@ -171,29 +200,70 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 	}
 	defer s.closeSockets()
 
-	// Static stability: what the region holds is served first, before the file is looked at
-	// again, so that a restart never waits on (or is broken by) the configuration.
-	if g := region.Generation(); g > 0 {
-		snap, err := region.Read()
+	// Static stability: what the region holds is served first, before the control plane (or the
+	// file) is heard from, so that a restart never waits on it or is broken by it.
+	fresh = region.Generation() == 0
+	if !fresh {
+		log.Info("serving the region's last generation", "generation", region.Generation(), "sets", len(s.current))
+	}
+
+	// The backend sets come from a control plane: the embedded one of xlb run, fed by the file, or
+	// xlb dataplane's.
+	target, creds := cfg.ControlPlane, insecure.NewCredentials()
+	if target == "" {
+		cp, err := startEmbedded(dir, log.Named("controlplane"))
 		if err != nil {
-			log.Error("cannot read the region's last generation", "generation", g, "error", err)
+			log.Error("cannot start the embedded control plane", "error", err)
 			return exitFailure
 		}
-		s.published = snap.Sets
-		log.Info("serving the region's last generation", "generation", g, "sets", len(snap.Sets))
-	}
-	// On a fresh region the configured sets go in before any worker starts, so that none ever
-	// serves an empty world; otherwise the workers start on the last generation first.
-	publish := func() bool {
-		if err := s.apply(cfg); err != nil {
-			log.Error("cannot publish the configured backend sets", withHint(err)...)
-			return region.Generation() > 0 // with a last generation, keep serving it
+		defer cp.stop()
+		if err := cp.load(cfg.BackendSets); err != nil {
+			log.Error("invalid backend sets", "error", err)
+			return exitFailure
 		}
-		return true
-	}
-	fresh = region.Generation() == 0
-	if fresh && !publish() {
+		s.embedded, target = cp, cp.target()
+	} else if creds, err = cfg.ClientSecurity.dialCreds(target); err != nil {
+		log.Error("cannot reach the control plane", "error", err)
 		return exitFailure
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		log.Error("cannot reach the control plane", "address", target, "error", err)
+		return exitFailure
+	}
+	defer conn.Close()
+	xctx, stopXDS := context.WithCancel(context.Background())
+	xdone := make(chan struct{})
+	applied, gen := versionsOf(s.current), region.Generation()
+	go func() {
+		defer close(xdone)
+		xds.Run(xctx, conn, xds.Config{
+			Node: &discoveryv1.Node{Id: cfg.nodeID(), Build: Version()},
+			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
+				return applied, gen, nil
+			},
+			Apply:  s.xdsApply,
+			Logger: log,
+		})
+	}()
+	// Runs before the deferred cleanups above: the client stops before its connection closes.
+	defer func() {
+		stopXDS()
+		<-xdone
+	}()
+
+	// On a fresh region the first sets go in before any worker starts, so that none serves an
+	// empty world while they are on their way.
+	if fresh {
+		select {
+		case req := <-s.applyReqs:
+			s.handleApply(req)
+			s.checkApplied()
+		case <-time.After(firstSyncTimeout):
+			log.Warn("no backend sets from the control plane yet; starting the workers without them", "waited", firstSyncTimeout)
+		case <-ctx.Done():
+			return exitOK
+		}
 	}
 	state := make([]slotState, workers)
 	for slot := range workers {
@@ -202,10 +272,6 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 			s.shutdown()
 			return exitFailure
 		}
-	}
-	if !fresh && !publish() {
-		s.shutdown()
-		return exitFailure
 	}
 
 	var watch <-chan struct{}
@@ -243,6 +309,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, args 
 				log.Error("cannot restart a worker", "slot", slot, "error", err)
 				s.exited(workerExit{slot: slot, err: err}, &state[slot])
 			}
+		case req := <-s.applyReqs:
+			s.handleApply(req)
 		case <-watch:
 			s.reload()
 		case <-hup:
@@ -399,44 +467,21 @@ func (s *supervisor) exited(x workerExit, st *slotState) {
 	time.AfterFunc(delay, func() { s.restarts <- x.slot })
 }
 
-// apply makes cfg's backend sets the region's generation, unless it holds them already.
-func (s *supervisor) apply(cfg Config) error {
-	sets := regionSets(cfg.BackendSets)
-	if s.published != nil && sameSets(sets, s.published) {
-		s.log.Debug("the backend sets are unchanged", "generation", s.region.Generation())
-		return nil
+// handleApply applies a response of the control plane, and answers it once it is in force.
+func (s *supervisor) handleApply(req applyReq) {
+	res, wait := s.apply(req.resp)
+	if wait == 0 {
+		req.done <- res
+		return
 	}
-	g, err := s.writer.Publish(sets)
-	if err != nil {
-		return err
-	}
-	s.published = sets
-	n := 0
-	for _, set := range sets {
-		n += len(set.Backends)
-	}
-	s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
-	s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
-	// Wake the workers: an idle one would otherwise see the generation only at its heartbeat. A
-	// full pipe already holds a wake-up, so a write that would block is dropped.
-	for _, wp := range s.workers {
-		if wp == nil {
-			continue
-		}
-		if rc, err := wp.control.SyscallConn(); err == nil {
-			rc.Write(func(fd uintptr) bool {
-				unix.Write(int(fd), []byte{1})
-				return true
-			})
-		}
-	}
-	return nil
+	p := &s.pending[len(s.pending)-1] // apply appended wait's
+	p.replies = append(p.replies, func() { req.done <- s.result(res.rejected) })
 }
 
 // reload reads the configuration file again and applies its backend sets. A file that fails is
 // logged and changes nothing; settings that only a restart can change are logged and ignored.
 func (s *supervisor) reload() {
-	cfg, err := parseRun(s.args)
+	cfg, err := s.cmd.parse(s.args)
 	if err == nil {
 		err = cfg.check()
 	}
@@ -447,8 +492,11 @@ func (s *supervisor) reload() {
 	if keys := restartKeys(s.cfg, cfg); len(keys) > 0 {
 		s.log.Warn("config change needs a restart; it is not applied", "keys", strings.Join(keys, ","))
 	}
-	if err := s.apply(cfg); err != nil {
-		s.log.Error("config reload failed; the previous backend sets keep serving", withHint(err)...)
+	if s.embedded == nil {
+		return // xlb dataplane: the backend sets are the control plane's
+	}
+	if err := s.embedded.load(cfg.BackendSets); err != nil {
+		s.log.Error("config reload failed; the previous backend sets keep serving", "error", err)
 	}
 }
 
@@ -501,6 +549,9 @@ func (s *supervisor) checkApplied() {
 		switch {
 		case min >= p.gen:
 			s.log.Info("generation applied", "generation", p.gen, "workers", live, "latency", now.Sub(p.at).String())
+			for _, reply := range p.replies {
+				reply()
+			}
 		case !p.warned && now.Sub(p.at) > appliedWarn:
 			p.warned = true
 			s.log.Warn("generation not yet applied by every worker", "generation", p.gen, "waiting", s.lagging(p.gen))
@@ -602,26 +653,23 @@ func killedBy(err error, sig syscall.Signal) bool {
 	return ok && ws.Signaled() && ws.Signal() == sig
 }
 
-// runConfigPath is the --config of a command line of `xlb run`, or "".
-func runConfigPath(args []string) string {
-	f := newRunFlags()
-	fs := flagSet("run", f.defs)
+// versionsOf is the version of each set, by name.
+func versionsOf(sets map[string]*discoveryv1.VersionedBackendSet) map[string]string {
+	out := make(map[string]string, len(sets))
+	for name, vs := range sets {
+		out[name] = vs.GetVersion()
+	}
+	return out
+}
+
+// configPath is the --config of a command line, or "".
+func configPath(cmd supervised, args []string) string {
+	f := cmd.flags()
+	fs := flagSet(cmd.name, f.defs)
 	if parseFlags(fs, args) != nil {
 		return ""
 	}
 	return f.config
-}
-
-// regionSets turns backend sets into the region's records.
-func regionSets(sets []proxy.BackendSet) []shm.Set {
-	out := make([]shm.Set, len(sets))
-	for i, set := range sets {
-		out[i] = shm.Set{Name: set.Name, Policy: uint8(set.Policy), Backends: make([]shm.Backend, len(set.Backends))}
-		for j, b := range set.Backends {
-			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(b.Weight), State: b.State}
-		}
-	}
-	return out
 }
 
 // sameSets reports whether a and b hold the same sets in the same order, health slots aside.

@@ -1,0 +1,270 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/xlbproxy/xlb/controlplane/resource"
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+)
+
+// The data plane's side of xDS-lite: the supervisor turns each response of its control plane into
+// a generation of the region, and answers once every live worker serves it.
+
+// appliedFile, in the state directory, holds the sets of the region's generation as the control
+// plane sent them, with their versions: a restarted data plane reports them, so that it is not
+// sent again what it has, and can apply a response that changes only some sets. Its format: the
+// generation (8 bytes, little-endian), then a StreamBackendSetsResponse holding every set.
+const appliedFile = "applied"
+
+// applyReq is a response for the supervisor's loop to apply; the result comes back on done once
+// the change is in force.
+type applyReq struct {
+	resp *discoveryv1.StreamBackendSetsResponse
+	done chan applyResult
+}
+
+type applyResult struct {
+	applied    map[string]string
+	rejected   []*discoveryv1.SetError
+	generation uint64
+	workers    []*discoveryv1.WorkerStatus
+}
+
+// apply applies a response: the sets it brings that pass validation replace their previous
+// versions, the removed ones go, and the rest stay. It returns the result, and the generation the
+// caller must wait for (every live worker serving it) before answering; 0 when nothing changed
+// in the region.
+func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyResult, uint64) {
+	next := maps.Clone(s.current)
+	for _, name := range resp.GetRemoved() {
+		delete(next, name)
+	}
+	var rejected []*discoveryv1.SetError
+	var changed []string
+	for _, vs := range resp.GetSets() {
+		set := vs.GetBackendSet()
+		err := resource.Validate("backend_set", set)
+		if err == nil {
+			err = supported(set)
+		}
+		if err != nil {
+			rejected = append(rejected, &discoveryv1.SetError{Name: set.GetName(), Version: vs.GetVersion(), Message: err.Error()})
+			s.log.Warn("rejected a backend set", "set", set.GetName(), "version", vs.GetVersion(), "error", err)
+			continue
+		}
+		next[set.GetName()] = vs
+		changed = append(changed, set.GetName())
+	}
+	var wait uint64
+	if sets := regionSetsOf(next); !sameSets(sets, regionSetsOf(s.current)) {
+		g, err := s.writer.Publish(sets)
+		if err != nil {
+			// Nothing of this response fits: every set it brought is refused, and the region keeps
+			// the previous generation.
+			s.log.Error("backend sets rejected; the previous ones keep serving", withHint(err)...)
+			for _, vs := range resp.GetSets() {
+				if slices.Contains(changed, vs.GetBackendSet().GetName()) {
+					rejected = append(rejected, &discoveryv1.SetError{Name: vs.GetBackendSet().GetName(), Version: vs.GetVersion(), Message: err.Error()})
+				}
+			}
+			return s.result(rejected), 0
+		}
+		n := 0
+		for _, set := range sets {
+			n += len(set.Backends)
+		}
+		s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
+		s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
+		s.wake()
+		wait = g
+	}
+	s.current = next
+	s.saveApplied()
+	return s.result(rejected), wait
+}
+
+// supported refuses what this data plane cannot do.
+func supported(set *discoveryv1.BackendSet) error {
+	for i, b := range set.GetBackends() {
+		if b.GetTls() != nil {
+			return &resource.Error{Field: fmt.Sprintf("backend_set.backends[%d].tls", i), Msg: "TLS to backends is not supported by this data plane"}
+		}
+	}
+	return nil
+}
+
+// result is what the data plane reports now.
+func (s *supervisor) result(rejected []*discoveryv1.SetError) applyResult {
+	r := applyResult{applied: make(map[string]string, len(s.current)), rejected: rejected, generation: s.region.Generation()}
+	for name, vs := range s.current {
+		r.applied[name] = vs.GetVersion()
+	}
+	for _, wp := range s.workers {
+		if wp != nil {
+			w := s.region.Worker(wp.slot)
+			r.workers = append(r.workers, &discoveryv1.WorkerStatus{Slot: uint32(wp.slot), Pid: uint32(wp.pid), ObservedGeneration: w.Observed})
+		}
+	}
+	return r
+}
+
+// wake tells every worker to look at the region now: an idle one would otherwise see the new
+// generation only at its heartbeat. A full pipe already holds a wake-up, so a write that would
+// block is dropped.
+func (s *supervisor) wake() {
+	for _, wp := range s.workers {
+		if wp == nil {
+			continue
+		}
+		if rc, err := wp.control.SyscallConn(); err == nil {
+			rc.Write(func(fd uintptr) bool {
+				unix.Write(int(fd), []byte{1})
+				return true
+			})
+		}
+	}
+}
+
+// regionSetsOf turns the sets of the control plane into the region's records, by name.
+func regionSetsOf(sets map[string]*discoveryv1.VersionedBackendSet) []shm.Set {
+	out := make([]shm.Set, 0, len(sets))
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		set := sets[name].GetBackendSet()
+		rs := shm.Set{Name: name, Policy: uint8(policyOf(set.GetPolicy())), Backends: make([]shm.Backend, len(set.GetBackends()))}
+		for i, b := range set.GetBackends() {
+			rs.Backends[i] = shm.Backend{
+				ID:      b.GetId(),
+				Address: net.JoinHostPort(b.GetAddress(), strconv.Itoa(int(b.GetPort()))),
+				Weight:  max(1, b.GetWeight()),
+				State:   stateOf(b.GetState()),
+			}
+		}
+		out = append(out, rs)
+	}
+	return out
+}
+
+func policyOf(p discoveryv1.Policy) balance.Policy {
+	if p == discoveryv1.Policy_POLICY_LEAST_REQUEST {
+		return balance.LeastRequest
+	}
+	return balance.RoundRobin
+}
+
+func stateOf(s discoveryv1.BackendState) table.State {
+	switch s {
+	case discoveryv1.BackendState_BACKEND_STATE_DRAINING:
+		return table.Draining
+	case discoveryv1.BackendState_BACKEND_STATE_DISABLED:
+		return table.Disabled
+	}
+	return table.Active
+}
+
+// saveApplied has the applied file rewritten, off the supervisor's loop: the latest state wins
+// over one not yet written. It is not synced to disk: the file only saves a restarted data plane
+// from being sent what it has, and one that a crash left behind its region is simply not used.
+func (s *supervisor) saveApplied() {
+	msg := &discoveryv1.StreamBackendSetsResponse{}
+	for _, name := range slices.Sorted(maps.Keys(s.current)) {
+		msg.Sets = append(msg.Sets, s.current[name])
+	}
+	st := savedState{gen: s.region.Generation(), sets: msg}
+	select {
+	case <-s.saves: // drop the older state not yet written
+	default:
+	}
+	s.saves <- st
+}
+
+// savedState is what the applied file holds.
+type savedState struct {
+	gen  uint64
+	sets *discoveryv1.StreamBackendSetsResponse
+}
+
+// saver writes the applied file for each state it receives, until saves is closed.
+func saver(dir string, saves <-chan savedState, log hclog.Logger, done chan<- struct{}) {
+	defer close(done)
+	for st := range saves {
+		body, err := proto.MarshalOptions{Deterministic: true}.Marshal(st.sets)
+		if err == nil {
+			buf := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(body)), st.gen)
+			err = writeFileAtomic(filepath.Join(dir, appliedFile), append(buf, body...))
+		}
+		if err != nil {
+			log.Error("cannot save the applied backend sets; a restart will ask the control plane for all of them", "error", err)
+		}
+	}
+}
+
+// loadApplied reads the applied file. It returns nothing (and says why) when the file does not
+// belong to the region's generation in force: the control plane is then asked for everything.
+func loadApplied(dir string, gen uint64) (map[string]*discoveryv1.VersionedBackendSet, error) {
+	data, err := os.ReadFile(filepath.Join(dir, appliedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]*discoveryv1.VersionedBackendSet{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(data) < 8 {
+		return nil, fmt.Errorf("%s: %d bytes, shorter than its header", appliedFile, len(data))
+	}
+	if g := binary.LittleEndian.Uint64(data); g != gen {
+		return nil, fmt.Errorf("%s holds generation %d, the region %d", appliedFile, g, gen)
+	}
+	var msg discoveryv1.StreamBackendSetsResponse
+	if err := proto.Unmarshal(data[8:], &msg); err != nil {
+		return nil, fmt.Errorf("%s: %w", appliedFile, err)
+	}
+	out := make(map[string]*discoveryv1.VersionedBackendSet, len(msg.Sets))
+	for _, vs := range msg.Sets {
+		out[vs.GetBackendSet().GetName()] = vs
+	}
+	return out, nil
+}
+
+// writeFileAtomic replaces path with data: readers see the old file or the new one.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// xdsApply is the xds client's Apply: it hands the response to the supervisor's loop and waits
+// until the change is in force.
+func (s *supervisor) xdsApply(ctx context.Context, resp *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
+	req := applyReq{resp: resp, done: make(chan applyResult, 1)}
+	select {
+	case s.applyReqs <- req:
+	case <-ctx.Done():
+		return nil, nil, 0, nil
+	}
+	select {
+	case r := <-req.done:
+		return r.applied, r.rejected, r.generation, r.workers
+	case <-ctx.Done():
+		return nil, nil, 0, nil
+	}
+}

@@ -1,0 +1,160 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+
+	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
+	"github.com/xlbproxy/xlb/controlplane/discovery"
+	"github.com/xlbproxy/xlb/controlplane/resource"
+	"github.com/xlbproxy/xlb/controlplane/store"
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+)
+
+// controlSocket, in the state directory, is where `xlb run` serves its embedded control plane:
+//
+//	grpcurl -plaintext -unix STATE_DIR/control.sock list
+const controlSocket = "control.sock"
+
+// embeddedDebounce is the embedded control plane's push debounce: its one data plane is local.
+const embeddedDebounce = time.Millisecond
+
+// embeddedCP is the control plane inside `xlb run`: a store in memory, fed by the configuration
+// file, and the discovery and admin services on a unix socket, whose one data plane is the
+// supervisor itself.
+type embeddedCP struct {
+	store *store.Store
+	disc  *discovery.Server
+	srv   *grpc.Server
+	sock  string
+	done  chan struct{}
+}
+
+// startEmbedded starts the embedded control plane, serving on dir's control socket.
+func startEmbedded(dir string, log hclog.Logger) (*embeddedCP, error) {
+	st, err := store.Open("", log)
+	if err != nil {
+		return nil, err
+	}
+	c := &embeddedCP{store: st, sock: filepath.Join(dir, controlSocket), done: make(chan struct{})}
+	c.disc = discovery.NewServer(storeSource{st}, discovery.Config{Debounce: embeddedDebounce, Logger: log})
+	srv, _, err := newGRPCServer("unix:"+c.sock, serverSecurity{}, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	c.srv = srv
+	discoveryv1.RegisterDiscoveryServiceServer(srv, c.disc)
+	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, c.disc, log))
+	// The state directory is locked by this process: a socket left there is a dead one's.
+	if err := os.Remove(c.sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		st.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("unix", c.sock)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("embedded control plane: %w", err)
+	}
+	go func() {
+		srv.Serve(ln)
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// target is how the supervisor dials it.
+func (c *embeddedCP) target() string { return "unix://" + c.sock } // sock is absolute: unix:///...
+
+// load makes the store hold exactly sets: every set is checked first, so that a file with one bad
+// set changes nothing.
+func (c *embeddedCP) load(sets []proxy.BackendSet) error {
+	msgs := make([]*discoveryv1.BackendSet, len(sets))
+	for i, s := range sets {
+		m, err := toResource(s)
+		if err == nil {
+			err = resource.Validate("backend_set", m)
+		}
+		if err != nil {
+			return fmt.Errorf("backend_sets[%d] (%s): %w", i, s.Name, err)
+		}
+		msgs[i] = m
+	}
+	keep := make(map[string]bool, len(msgs))
+	for _, m := range msgs {
+		keep[m.GetName()] = true
+		if _, err := c.store.Put(m, nil); err != nil {
+			return err
+		}
+	}
+	for _, e := range c.store.List() {
+		if name := e.Set.GetName(); !keep[name] {
+			if err := c.store.Delete(name, nil); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stop ends the embedded control plane.
+func (c *embeddedCP) stop() {
+	c.disc.Close()
+	c.srv.Stop()
+	<-c.done
+	c.store.Close()
+	os.Remove(c.sock)
+}
+
+// toResource is a set of the configuration file as the control plane holds it.
+func toResource(s proxy.BackendSet) (*discoveryv1.BackendSet, error) {
+	m := &discoveryv1.BackendSet{Name: s.Name, Policy: discoveryv1.Policy_POLICY_ROUND_ROBIN}
+	if s.Policy == balance.LeastRequest {
+		m.Policy = discoveryv1.Policy_POLICY_LEAST_REQUEST
+	}
+	for _, b := range s.Backends {
+		host, port, err := net.SplitHostPort(b.Address)
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: %w", b.ID, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: port %q: %w", b.ID, port, err)
+		}
+		rb := &discoveryv1.Backend{Id: b.ID, Address: host, Port: uint32(p), Weight: uint32(b.Weight)}
+		switch b.State {
+		case table.Draining:
+			rb.State = discoveryv1.BackendState_BACKEND_STATE_DRAINING
+		case table.Disabled:
+			rb.State = discoveryv1.BackendState_BACKEND_STATE_DISABLED
+		}
+		m.Backends = append(m.Backends, rb)
+	}
+	return m, nil
+}
+
+// storeSource is a store as the discovery server reads it.
+type storeSource struct{ st *store.Store }
+
+func (s storeSource) Snapshot() map[string]discovery.Entry {
+	snap := s.st.Snapshot()
+	out := make(map[string]discovery.Entry, len(snap))
+	for k, e := range snap {
+		out[k] = discovery.Entry{Set: e.Set, Version: e.Version}
+	}
+	return out
+}
+
+func (s storeSource) Subscribe() (<-chan struct{}, func()) { return s.st.Subscribe() }

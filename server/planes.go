@@ -1,0 +1,241 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
+	"github.com/xlbproxy/xlb/controlplane/discovery"
+	"github.com/xlbproxy/xlb/controlplane/store"
+	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+)
+
+// `xlb dataplane` is `xlb run` whose backend sets come from a control plane: the same supervisor
+// and workers, the same flags but --backend and --policy, and these.
+func newDataplaneFlags() *runFlags {
+	f := newRunFlags()
+	defs := make([]flagDef, 0, len(f.defs)+8)
+	for _, d := range f.defs {
+		if d.name != "backend" && d.name != "policy" {
+			defs = append(defs, d)
+		}
+	}
+	str := func(name, arg, usage string, apply func(*Config, string)) flagDef {
+		var v string
+		return flagDef{name: name, arg: arg, usage: usage,
+			set: func(s string) error {
+				if s == "" {
+					return errors.New("must not be empty")
+				}
+				v = s
+				return nil
+			},
+			apply: func(c *Config) { apply(c, v) }}
+	}
+	defs = append(defs,
+		str("control-plane", "ADDR", "the control plane: host:port, or unix://PATH (required)", func(c *Config, v string) { c.ControlPlane = v }),
+		str("node-id", "ID", "this data plane's name at the control plane (default: the host name)", func(c *Config, v string) { c.NodeID = v }),
+		str("backend-set", "NAME", "the backend set that --listen serves (default "+defaultSet+"); not with --config", func(c *Config, v string) { f.backendSet = v }),
+		str("tls-ca", "FILE", "CA certificates that verify the control plane's; TLS to it when given", func(c *Config, v string) { c.ClientSecurity.CAFile = v }),
+		str("tls-cert", "FILE", "this data plane's client certificate, for a control plane that asks for one", func(c *Config, v string) { c.ClientSecurity.CertFile = v }),
+		str("tls-key", "FILE", "the key of --tls-cert", func(c *Config, v string) { c.ClientSecurity.KeyFile = v }),
+		str("tls-server-name", "NAME", "the name the control plane's certificate must have (default: from ADDR)", func(c *Config, v string) { c.ClientSecurity.ServerName = v }),
+		flagDef{name: "insecure", boolean: true, usage: "allow plaintext to a control plane that is not on loopback",
+			set:   func(string) error { return nil },
+			apply: func(c *Config) { c.ClientSecurity.Insecure = true }},
+	)
+	f.defs = defs
+	return f
+}
+
+// parseDataplane builds the Config of `xlb dataplane`.
+func parseDataplane(args []string) (Config, error) {
+	f := newDataplaneFlags()
+	fs := flagSet("dataplane", f.defs)
+	if err := parseFlags(fs, args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := make(map[string]bool)
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	var cfg Config
+	switch {
+	case !given["control-plane"]:
+		return Config{}, errors.New("--control-plane ADDR is required")
+	case given["config"] && (given["listen"] || given["backend-set"]):
+		return Config{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
+	case given["config"]:
+		var err error
+		if cfg, err = loadConfig(f.config, true); err != nil {
+			return Config{}, err
+		}
+	}
+	for _, d := range f.defs {
+		if given[d.name] && d.apply != nil {
+			d.apply(&cfg)
+		}
+	}
+	if !given["config"] {
+		listen, set := f.listen, f.backendSet
+		if listen == "" {
+			listen = defaultListen
+		}
+		if set == "" {
+			set = defaultSet
+		}
+		cfg.Listeners = []Listener{{Address: listen, BackendSet: set}}
+	}
+	return cfg, nil
+}
+
+// controlplaneFlags are the flags of `xlb controlplane`.
+type controlplaneFlags struct {
+	listen, dataDir string
+	sec             serverSecurity
+	debounce        time.Duration
+	log             LogConfig
+}
+
+const defaultControlPlaneListen = "127.0.0.1:7070"
+
+func parseControlplane(args []string) (controlplaneFlags, error) {
+	c := controlplaneFlags{listen: defaultControlPlaneListen}
+	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
+	fs.SetOutput(ioDiscard{})
+	fs.Usage = func() {}
+	fs.StringVar(&c.listen, "listen", c.listen, "")
+	fs.StringVar(&c.dataDir, "data-dir", "", "")
+	fs.StringVar(&c.sec.CertFile, "tls-cert", "", "")
+	fs.StringVar(&c.sec.KeyFile, "tls-key", "", "")
+	fs.StringVar(&c.sec.ClientCAFile, "client-ca", "", "")
+	fs.StringVar(&c.sec.AdminTokenFile, "admin-token-file", "", "")
+	fs.BoolVar(&c.sec.Insecure, "insecure", false, "")
+	fs.DurationVar(&c.debounce, "debounce", 50*time.Millisecond, "")
+	fs.Func("log-level", "", func(s string) (err error) { c.log.Level, err = parseLogLevel(s); return err })
+	fs.Func("log-format", "", func(s string) (err error) { c.log.JSON, err = parseLogFormat(s); return err })
+	if err := parseFlags(fs, args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.dataDir == "" {
+		return c, errors.New("--data-dir DIR is required: the control plane keeps its backend sets there")
+	}
+	if c.debounce < 0 {
+		return c, errors.New("--debounce must not be negative")
+	}
+	return c, nil
+}
+
+type ioDiscard struct{}
+
+func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
+
+const controlplaneUsage = `Usage:
+  xlb controlplane --data-dir DIR [--listen ADDR] [flags]
+
+Runs the control plane: it keeps backend sets durably in DIR, serves the AdminService (put, get,
+list, delete backend sets; list data planes) to operators and tooling, and streams every change
+to the data planes connected to its DiscoveryService. gRPC reflection and health are on, so
+grpcurl needs no .proto files:
+
+  grpcurl -plaintext 127.0.0.1:7070 list
+
+Flags:
+  --listen ADDR              host:port or unix://PATH (default 127.0.0.1:7070)
+  --data-dir DIR             where the backend sets are kept (required)
+  --tls-cert FILE, --tls-key FILE
+                             serve TLS; required on an address that is not loopback
+  --client-ca FILE           verify client certificates: data planes must present one signed
+                             by it, and admin callers may instead of the token
+  --admin-token-file FILE    admin callers must send "authorization: Bearer TOKEN" (or a client
+                             certificate)
+  --insecure                 allow plaintext on an address that is not loopback
+  --debounce DURATION        how long changes gather before a push (default 50ms)
+  --log-level LEVEL, --log-format FORMAT
+                             as for xlb run
+`
+
+// controlplaneCommand is `xlb controlplane`.
+func (e *env) controlplaneCommand(args []string) int {
+	c, err := parseControlplane(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(e.stdout, controlplaneUsage)
+		return exitOK
+	case err != nil:
+		return e.usageError("controlplane", err)
+	}
+	log := newLogger(c.log, e.stderr)
+	log.Info("starting the control plane", "version", Version())
+	ctx, stop := e.stopContext()
+	defer stop()
+	return serveControlPlane(ctx, log, c)
+}
+
+// serveControlPlane runs a control plane until ctx ends.
+func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlags) int {
+	st, err := store.Open(c.dataDir, log.Named("store"))
+	if err != nil {
+		log.Error("cannot open the store", "error", err)
+		return exitFailure
+	}
+	defer st.Close()
+	srv, hs, err := newGRPCServer(c.listen, c.sec, log)
+	if err != nil {
+		log.Error("cannot serve", "error", err)
+		return exitFailure
+	}
+	disc := discovery.NewServer(storeSource{st}, discovery.Config{Debounce: c.debounce, Logger: log})
+	discoveryv1.RegisterDiscoveryServiceServer(srv, disc)
+	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, disc, log.Named("admin")))
+	network, addr := "tcp", c.listen
+	if p, ok := strings.CutPrefix(c.listen, "unix://"); ok {
+		network, addr = "unix", p
+		os.Remove(p)
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		disc.Close()
+		log.Error("cannot listen", "error", err)
+		return exitFailure
+	}
+	log.Info("control plane listening", "address", ln.Addr().String(), "sets", len(st.List()))
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	code := exitOK
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "reason", context.Cause(ctx))
+	case err := <-done:
+		log.Error("serving failed", "error", err)
+		code = exitFailure
+	}
+	hs.Shutdown()
+	disc.Close() // ends the streams, which GracefulStop would wait for
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+		<-stopped
+	}
+	log.Info("stopped")
+	return code
+}

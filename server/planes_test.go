@@ -1,0 +1,106 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/proxy"
+)
+
+func TestParseDataplane(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dp.yaml")
+	os.WriteFile(file, []byte("listeners:\n  - {address: \"127.0.0.1:9000\", backend_set: api}\nretries: 1\n"), 0o600)
+	withSets := filepath.Join(dir, "sets.yaml")
+	os.WriteFile(withSets, []byte(minimal), 0o600)
+
+	tests := []struct {
+		name    string
+		args    []string
+		want    func() Config
+		wantErr string
+	}{
+		{name: "flags", args: []string{"--control-plane", "cp:7070", "--node-id", "n1", "--listen", "127.0.0.1:8081", "--backend-set", "web",
+			"--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-server-name", "cp", "--workers", "2"},
+			want: func() Config {
+				return Config{
+					Listeners:    []Listener{{Address: "127.0.0.1:8081", BackendSet: "web"}},
+					ControlPlane: "cp:7070", NodeID: "n1", Workers: 2,
+					ClientSecurity: clientSecurity{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "k.pem", ServerName: "cp"},
+				}
+			}},
+		{name: "defaults", args: []string{"--control-plane", "127.0.0.1:7070", "--insecure"},
+			want: func() Config {
+				return Config{Listeners: []Listener{{Address: defaultListen, BackendSet: defaultSet}}, ControlPlane: "127.0.0.1:7070",
+					ClientSecurity: clientSecurity{Insecure: true}}
+			}},
+		{name: "a file of listeners naming sets it does not have", args: []string{"--control-plane", "cp:1", "--config", file},
+			want: func() Config {
+				return Config{Listeners: []Listener{{Address: "127.0.0.1:9000", BackendSet: "api"}}, ControlPlane: "cp:1",
+					Proxy: proxyWithRetries(1)}
+			}},
+		{name: "no control plane", args: []string{"--listen", "127.0.0.1:1"}, wantErr: "--control-plane ADDR is required"},
+		{name: "backends are the control plane's", args: []string{"--control-plane", "cp:1", "--backend", "127.0.0.1:1"}, wantErr: "flag provided but not defined: --backend"},
+		{name: "a file with backend sets", args: []string{"--control-plane", "cp:1", "--config", withSets},
+			wantErr: "backend_sets: xlb dataplane takes its backend sets from its control plane"},
+		{name: "config and listen", args: []string{"--control-plane", "cp:1", "--config", file, "--listen", "127.0.0.1:1"}, wantErr: "cannot be combined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseDataplane(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := tt.want(); !reflect.DeepEqual(got, want) {
+				t.Errorf("got  %+v\nwant %+v", got, want)
+			}
+			if err := got.check(); err != nil {
+				t.Errorf("check: %v", err)
+			}
+		})
+	}
+}
+
+func proxyWithRetries(n int) proxy.Config { return proxy.Config{Retries: n} }
+
+func TestParseControlplane(t *testing.T) {
+	c, err := parseControlplane([]string{"--data-dir", "/d", "--listen", "10.0.0.1:7000", "--tls-cert", "c", "--tls-key", "k",
+		"--client-ca", "ca", "--admin-token-file", "tok", "--debounce", "10ms", "--log-format", "json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, log: LogConfig{JSON: true},
+		sec: serverSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"}}
+	if c != want {
+		t.Errorf("got %+v, want %+v", c, want)
+	}
+	if _, err := parseControlplane(nil); err == nil || !strings.Contains(err.Error(), "--data-dir DIR is required") {
+		t.Errorf("no data dir: %v", err)
+	}
+	if _, err := parseControlplane([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+}
+
+func TestIsLocal(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:7070": true, "[::1]:7070": true, "localhost:1": true, "unix:///run/x.sock": true,
+		"0.0.0.0:7070": false, ":7070": false, "10.1.2.3:7070": false, "cp.example:7070": false, "[::]:1": false,
+	} {
+		if got := isLocal(addr); got != want {
+			t.Errorf("isLocal(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
