@@ -1,6 +1,7 @@
-// Package server is the xlb process: its command line (`xlb run`, `xlb demo`, `xlb version`,
-// `xlb help`), the loading and strict validation of its YAML configuration, the root hclog logger,
-// and the wiring of dataplane/proxy to listeners and to SIGINT/SIGTERM.
+// Package server is the xlb process: its command line (`xlb run`, `xlb dataplane`,
+// `xlb controlplane`, `xlb demo`, `xlb version`, `xlb help`), the loading and strict validation of
+// its YAML configuration, the root hclog logger, the supervisor and the worker role, the gRPC
+// servers of the control plane and their security, and the wiring of the other folders.
 //
 // A Config is built from either a file (ParseConfig, LoadConfig) or the flags of `xlb run`, and
 // both reject what they do not understand: an unknown key, a value of the wrong type or range, a
@@ -40,6 +41,21 @@
 //
 // Each worker runs with GOMAXPROCS = CPUs / workers unless the environment sets GOMAXPROCS; the
 // default worker count, one per two CPUs, and why, is on defaultWorkers.
+//
+// # Backend sets from a control plane
+//
+// The supervisor's backend sets always come from a control plane (dpsync.go). `xlb dataplane`
+// dials one (--control-plane); `xlb run` starts one inside itself (embedded.go): an in-memory store
+// that the configuration file fills, served on STATE_DIR/control.sock, so that grpcurl works on a
+// single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
+// which validates every set (controlplane/resource, plus what this data plane cannot do: TLS to
+// backends), publishes one generation, and answers once every live worker serves it: an ACK, or a
+// NACK naming each rejected set, whose previous version keeps serving. The applied sets and their
+// versions are saved beside the region (STATE_DIR/applied, not synced: a stale one is ignored), so a
+// restarted data plane tells the control plane what it has.
+//
+// `xlb controlplane` (planes.go) serves the discovery and admin services over a durable store,
+// with health and reflection; grpcserver.go holds the TLS and authentication rules.
 //
 // Exit statuses: 0 for success (for run and demo, a clean shutdown), 1 when starting or serving
 // failed, 2 for a bad command line or configuration.
