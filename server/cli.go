@@ -175,10 +175,11 @@ func newRunFlags() *runFlags {
 		retries                   int
 		connect, back, client     = new(durationVar), new(durationVar), new(durationVar)
 		idle, shutdown, stall     = new(durationVar), new(durationVar), new(durationVar)
+		upgradeWait               = new(durationVar)
 		lineMax, headBytes, heads = new(intVar), new(intVar), new(intVar)
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
 		workers                   = new(intVar)
-		stateDir                  string
+		stateDir, pidFile         string
 		forwarded                 proxy.Forwarded
 		accessLog                 string
 		logCfg                    LogConfig
@@ -232,6 +233,8 @@ func newRunFlags() *runFlags {
 			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
 		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default 30s)",
 			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
+		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default 30s)",
+			func(c *Config) { c.UpgradeTimeout = upgradeWait.d }),
 		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default 30s)",
 			func(c *Config) { c.WorkerStallTimeout = stall.d }),
 		lineMax.def("request-line-max", "BYTES", "the longest request line; longer is answered 414 (default 8192)", 1,
@@ -272,6 +275,15 @@ func newRunFlags() *runFlags {
 				return nil
 			},
 			apply: func(c *Config) { c.ReusePort = true }},
+		{name: "pid-file", arg: "PATH", usage: "write the supervisor's pid there, replaced atomically (after an upgrade, the new supervisor's)",
+			set: func(s string) error {
+				if s == "" {
+					return errors.New("want a file path")
+				}
+				pidFile = s
+				return nil
+			},
+			apply: func(c *Config) { c.PidFile = pidFile }},
 		{name: "log-level", arg: "LEVEL", usage: "trace, debug, info, warn, error or off (default info)",
 			set:   func(s string) (err error) { logCfg.Level, err = parseLogLevel(s); return err },
 			apply: func(c *Config) { c.Log.Level = logCfg.Level }},

@@ -48,6 +48,8 @@ const (
 	defaultSet = "default"
 	// defaultShutdownTimeout is what a zero Config.ShutdownTimeout means.
 	defaultShutdownTimeout = 30 * time.Second
+	// defaultUpgradeTimeout is what a zero Config.UpgradeTimeout means.
+	defaultUpgradeTimeout = 30 * time.Second
 	// defaultWorkerStallTimeout is what a zero Config.WorkerStallTimeout means.
 	defaultWorkerStallTimeout = 30 * time.Second
 )
@@ -99,6 +101,12 @@ type Config struct {
 	NodeID string
 	// ClientSecurity is how `xlb dataplane` connects to its control plane.
 	ClientSecurity clientSecurity
+	// UpgradeTimeout bounds the wait for the new binary of an upgrade to be ready; past it, the new
+	// one is killed and this one serves on. Zero means 30s.
+	UpgradeTimeout time.Duration
+	// PidFile, when set, is replaced atomically with the pid of the supervisor in charge (after an
+	// upgrade, the new one), so that `kill -USR2 $(cat PATH)` always reaches it.
+	PidFile string
 	// Region is the capacities of a region file created anew; an existing file keeps its own. Zero
 	// fields mean shm's defaults.
 	Region shm.Capacities
@@ -119,6 +127,14 @@ type LogConfig struct {
 	Level hclog.Level
 	// JSON writes one JSON object per line. False means hclog's text format.
 	JSON bool
+}
+
+// upgradeTimeout is UpgradeTimeout with its default applied.
+func (c *Config) upgradeTimeout() time.Duration {
+	if c.UpgradeTimeout <= 0 {
+		return defaultUpgradeTimeout
+	}
+	return c.UpgradeTimeout
 }
 
 // nodeID is NodeID with its default applied.

@@ -119,8 +119,8 @@ func (s *supervisor) result(rejected []*discoveryv1.SetError) applyResult {
 	}
 	for _, wp := range s.workers {
 		if wp != nil {
-			w := s.region.Worker(wp.slot)
-			r.workers = append(r.workers, &discoveryv1.WorkerStatus{Slot: uint32(wp.slot), Pid: uint32(wp.pid), ObservedGeneration: w.Observed})
+			w := s.region.Worker(wp.region)
+			r.workers = append(r.workers, &discoveryv1.WorkerStatus{Slot: uint32(wp.region), Pid: uint32(wp.pid), ObservedGeneration: w.Observed})
 		}
 	}
 	return r
@@ -183,22 +183,26 @@ func stateOf(s discoveryv1.BackendState) table.State {
 // over one not yet written. It is not synced to disk: the file only saves a restarted data plane
 // from being sent what it has, and one that a crash left behind its region is simply not used.
 func (s *supervisor) saveApplied() {
-	msg := &discoveryv1.StreamBackendSetsResponse{}
-	for _, name := range slices.Sorted(maps.Keys(s.current)) {
-		msg.Sets = append(msg.Sets, s.current[name])
-	}
-	st := savedState{gen: s.region.Generation(), sets: msg}
 	select {
 	case <-s.saves: // drop the older state not yet written
 	default:
 	}
-	s.saves <- st
+	s.saves <- s.savedState(nil)
 }
 
-// savedState is what the applied file holds.
+// savedState is what the applied file holds; done, when not nil, is closed once it is written.
 type savedState struct {
 	gen  uint64
 	sets *discoveryv1.StreamBackendSetsResponse
+	done chan struct{}
+}
+
+func (s *supervisor) savedState(done chan struct{}) savedState {
+	msg := &discoveryv1.StreamBackendSetsResponse{}
+	for _, name := range slices.Sorted(maps.Keys(s.current)) {
+		msg.Sets = append(msg.Sets, s.current[name])
+	}
+	return savedState{gen: s.region.Generation(), sets: msg, done: done}
 }
 
 // saver writes the applied file for each state it receives, until saves is closed.
@@ -212,6 +216,9 @@ func saver(dir string, saves <-chan savedState, log hclog.Logger, done chan<- st
 		}
 		if err != nil {
 			log.Error("cannot save the applied backend sets; a restart will ask the control plane for all of them", "error", err)
+		}
+		if st.done != nil {
+			close(st.done)
 		}
 	}
 }

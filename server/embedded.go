@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -39,6 +38,7 @@ type embeddedCP struct {
 	disc  *discovery.Server
 	srv   *grpc.Server
 	sock  string
+	ln    *unixListener
 	done  chan struct{}
 }
 
@@ -58,18 +58,14 @@ func startEmbedded(dir string, log hclog.Logger) (*embeddedCP, error) {
 	c.srv = srv
 	discoveryv1.RegisterDiscoveryServiceServer(srv, c.disc)
 	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, c.disc, log))
-	// The state directory is locked by this process: a socket left there is a dead one's.
-	if err := os.Remove(c.sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		st.Close()
-		return nil, err
-	}
-	ln, err := net.Listen("unix", c.sock)
+	ln, err := listenUnix(c.sock)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("embedded control plane: %w", err)
 	}
+	c.ln = ln
 	go func() {
-		srv.Serve(ln)
+		srv.Serve(ln.Listener)
 		close(c.done)
 	}()
 	return c, nil
@@ -115,7 +111,7 @@ func (c *embeddedCP) stop() {
 	c.srv.Stop()
 	<-c.done
 	c.store.Close()
-	os.Remove(c.sock)
+	c.ln.removeIfOurs()
 }
 
 // toResource is a set of the configuration file as the control plane holds it.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -39,6 +40,9 @@ type env struct {
 	// exe is the binary that the supervisor starts as its workers: /proc/self/exe, this very
 	// binary even when the file it came from was replaced since.
 	exe string
+	// binary is the path this process was started from, which an upgrade starts again: the
+	// new binary is whatever is there then.
+	binary string
 }
 
 // dataplane is what serving needs of a *proxy.Proxy.
@@ -59,7 +63,17 @@ func osEnv(stdout, stderr io.Writer) *env {
 		stopContext: signalContext,
 		newProxy:    newProxy,
 		exe:         "/proc/self/exe",
+		binary:      executable(),
 	}
+}
+
+// executable is the path of this process's binary, as it was when the process started.
+func executable() string {
+	p, err := os.Executable()
+	if err != nil {
+		return os.Args[0]
+	}
+	return strings.TrimSuffix(p, " (deleted)")
 }
 
 // signalContext ends on the first SIGINT or SIGTERM. After it, the signals get their default

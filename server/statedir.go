@@ -88,6 +88,3 @@ func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, e
 	}
 	return r, false, err
 }
-
-// close releases the lock.
-func (d *stateDir) close() { d.lock.Close() }

@@ -84,6 +84,7 @@ type supervisor struct {
 	sets    []string     // the backend set of each listener
 
 	workers  []*workerProc // by slot; nil while a slot waits for its restart
+	regionOf []int         // the region's worker slot of each slot
 	exits    chan workerExit
 	restarts chan int // slots whose restart delay has passed
 	stopping bool
@@ -95,10 +96,19 @@ type supervisor struct {
 	embedded  *embeddedCP                                 // xlb run's control plane; nil for xlb dataplane
 	pending   []pendingGen
 	ready     bool
+
+	lock        *os.File   // the state directory's lock, handed on by an upgrade
+	listenAddrs []string   // the listeners' bound addresses
+	inherit     *inherited // what an upgrade handed this supervisor; nil after it is ready
+	upgrade     *upgradeState
+	upgradeReqs chan upgradeReq
+	upgradeDone chan upgradeResult
+	statusReqs  chan statusReq
 }
 
 type workerProc struct {
-	slot    int
+	slot    int // its index among this supervisor's workers
+	region  int // its slot in the region (the same as slot, but after an upgrade)
 	pid     int
 	cmd     *exec.Cmd
 	control *os.File // the write end of the control pipe
@@ -146,42 +156,78 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs // the control socket's address must not depend on the working directory
 	}
-	sd, err := lockStateDir(dir)
+	// The new binary of an upgrade inherits the lock, the region and the sockets; every failure
+	// before it is ready is told to the old one, which keeps serving.
+	in, err := takeUpgrade()
 	if err != nil {
-		log.Error("cannot use the state directory", "error", err)
+		log.Error("cannot take over from the running xlb", "error", err)
 		return exitFailure
 	}
-	defer sd.close()
-	region, fresh, err := sd.openRegion(cfg.Region)
-	if err != nil {
-		log.Error("cannot open the shared region", "error", err)
+	startFailed := func(msg string, err error) int {
+		log.Error(msg, "error", err)
+		if in != nil {
+			in.fail(fmt.Errorf("%s: %w", msg, err))
+		}
 		return exitFailure
 	}
+	var lock *os.File
+	var region *shm.Region
+	var fresh bool
+	if in != nil {
+		lock, region = in.lock, in.region
+		log.Info("taking over from the running xlb", "generation", region.Generation())
+	} else {
+		sd, err := lockStateDir(dir)
+		if err != nil {
+			log.Error("cannot use the state directory", "error", err)
+			return exitFailure
+		}
+		lock = sd.lock
+		if region, fresh, err = sd.openRegion(cfg.Region); err != nil {
+			lock.Close()
+			log.Error("cannot open the shared region", "error", err)
+			return exitFailure
+		}
+	}
+	defer lock.Close()
 	defer region.Close()
 	caps := region.Capacities()
-	if !fresh && cfg.Region != (shm.Capacities{}) {
+	if !fresh && in == nil && cfg.Region != (shm.Capacities{}) {
 		log.Warn("the region file keeps the capacities it was created with; remove it to resize", "state_dir", dir,
 			"sets", caps.Sets, "backends", caps.Backends, "string_bytes", caps.StringBytes, "workers", caps.Workers)
 	}
 	if workers > caps.Workers {
-		log.Error("more workers than the region has slots for", "workers", workers, "region_workers", caps.Workers)
-		return exitFailure
+		return startFailed("more workers than the region has slots for", fmt.Errorf("%d workers, %d slots", workers, caps.Workers))
 	}
-	// Slots left by a previous supervisor: their workers saw their pipe end and are draining.
-	for i := 0; i < caps.Workers; i++ {
-		region.ReleaseWorker(i)
+	regionOf := make([]int, workers)
+	if in == nil {
+		// Slots left by a previous supervisor: their workers saw their pipe end and are draining.
+		for i := 0; i < caps.Workers; i++ {
+			region.ReleaseWorker(i)
+		}
+		for i := range regionOf {
+			regionOf[i] = i
+		}
+	} else if regionOf, err = freeSlots(region, workers); err != nil {
+		return startFailed("no worker slots", err)
 	}
 
 	s := &supervisor{
 		e: e, log: log, cmd: cmd, args: args, path: configPath(cmd, args), cfg: cfg,
-		region:    region,
-		writer:    shm.NewWriter(region),
-		workers:   make([]*workerProc, workers),
-		exits:     make(chan workerExit, workers),
-		restarts:  make(chan int, workers),
-		stateDir:  dir,
-		applyReqs: make(chan applyReq),
-		saves:     make(chan savedState, 1),
+		region:      region,
+		writer:      shm.NewWriter(region),
+		workers:     make([]*workerProc, workers),
+		exits:       make(chan workerExit, workers),
+		restarts:    make(chan int, workers),
+		stateDir:    dir,
+		applyReqs:   make(chan applyReq),
+		saves:       make(chan savedState, 1),
+		regionOf:    regionOf,
+		lock:        lock,
+		inherit:     in,
+		upgradeReqs: make(chan upgradeReq),
+		upgradeDone: make(chan upgradeResult, 1),
+		statusReqs:  make(chan statusReq),
 	}
 	saved := make(chan struct{})
 	go saver(dir, s.saves, log, saved)
@@ -193,19 +239,26 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		log.Warn("the applied backend sets are unknown; asking the control plane for every set", "error", err)
 		s.current = map[string]*discoveryv1.VersionedBackendSet{}
 	}
-	if err := s.listen(cfg.ReusePort); err != nil {
+	if err := s.takeSockets(); err != nil {
 		s.closeSockets()
-		log.Error("cannot listen", "error", err)
-		return exitFailure
+		return startFailed("cannot listen", err)
 	}
 	defer s.closeSockets()
+	if cfg.PidFile != "" {
+		defer removePIDFile(cfg.PidFile)
+	}
 
 	// Static stability: what the region holds is served first, before the control plane (or the
 	// file) is heard from, so that a restart never waits on it or is broken by it.
 	fresh = region.Generation() == 0
-	if !fresh {
+	if !fresh && in == nil {
 		log.Info("serving the region's last generation", "generation", region.Generation(), "sets", len(s.current))
 	}
+	stopAdmin, err := s.serveLocalAdmin(dir, log.Named("admin"))
+	if err != nil {
+		return startFailed("cannot serve the local admin service", err)
+	}
+	defer stopAdmin()
 
 	// The backend sets come from a control plane: the embedded one of xlb run, fed by the file, or
 	// xlb dataplane's.
@@ -213,18 +266,15 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	if target == "" {
 		cp, err := startEmbedded(dir, log.Named("controlplane"))
 		if err != nil {
-			log.Error("cannot start the embedded control plane", "error", err)
-			return exitFailure
+			return startFailed("cannot start the embedded control plane", err)
 		}
 		defer cp.stop()
 		if err := cp.load(cfg.BackendSets); err != nil {
-			log.Error("invalid backend sets", "error", err)
-			return exitFailure
+			return startFailed("invalid backend sets", err)
 		}
 		s.embedded, target = cp, cp.target()
 	} else if creds, err = cfg.ClientSecurity.dialCreds(target); err != nil {
-		log.Error("cannot reach the control plane", "error", err)
-		return exitFailure
+		return startFailed("cannot reach the control plane", err)
 	}
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -268,9 +318,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	state := make([]slotState, workers)
 	for slot := range workers {
 		if err := s.start(slot); err != nil {
-			log.Error("cannot start a worker", "slot", slot, "error", err)
 			s.shutdown()
-			return exitFailure
+			return startFailed("cannot start a worker", err)
 		}
 	}
 
@@ -291,12 +340,20 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+
 	watchdog := time.NewTicker(heartbeat)
 	defer watchdog.Stop()
 	var poll <-chan time.Time
 	for {
 		if poll == nil && (!s.ready || len(s.pending) > 0) {
 			poll = time.After(appliedPoll)
+		}
+		applyReqs := s.applyReqs
+		if s.upgrade != nil {
+			applyReqs = nil // the new supervisor may be writing the region: one writer at a time
 		}
 		select {
 		case <-ctx.Done():
@@ -309,9 +366,24 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 				log.Error("cannot restart a worker", "slot", slot, "error", err)
 				s.exited(workerExit{slot: slot, err: err}, &state[slot])
 			}
-		case req := <-s.applyReqs:
+		case req := <-applyReqs:
 			s.handleApply(req)
+		case req := <-s.upgradeReqs:
+			s.beginUpgrade(req)
+		case <-usr2:
+			log.Info("SIGUSR2: upgrading")
+			s.beginUpgrade(upgradeReq{done: make(chan upgradeResult, 1)})
+		case res := <-s.upgradeDone:
+			if s.endUpgrade(res) {
+				return s.shutdown()
+			}
+		case req := <-s.statusReqs:
+			req.done <- s.status()
 		case <-watch:
+			if s.upgrade != nil {
+				log.Info("the configuration changed during an upgrade; the new xlb reads it")
+				continue
+			}
 			s.reload()
 		case <-hup:
 			if s.path == "" {
@@ -350,7 +422,7 @@ func (s *supervisor) listen(perWorker bool) error {
 			ls = slices.Clone(ls)
 			for i, ln := range lns {
 				ls[i].Address = ln.Addr().String()
-				s.sets = append(s.sets, s.cfg.Listeners[i].BackendSet)
+				s.listenAddrs = append(s.listenAddrs, ln.Addr().String())
 				s.log.Info("listening", "address", ln.Addr().String(), "backend_set", s.cfg.Listeners[i].BackendSet)
 			}
 		}
@@ -404,7 +476,7 @@ func dupListener(ln net.Listener) (*os.File, error) {
 // start starts the worker of slot.
 func (s *supervisor) start(slot int) error {
 	spec, err := json.Marshal(workerSpec{
-		Slot:            slot,
+		Slot:            s.regionOf[slot],
 		Sets:            s.sets,
 		Proxy:           s.cfg.Proxy,
 		AccessLog:       s.cfg.AccessLog,
@@ -433,8 +505,8 @@ func (s *supervisor) start(slot int) error {
 		return err
 	}
 	now := time.Now()
-	wp := &workerProc{slot: slot, pid: cmd.Process.Pid, cmd: cmd, control: w, started: now}
-	s.region.ClaimWorker(slot, wp.pid, now.UnixNano())
+	wp := &workerProc{slot: slot, region: s.regionOf[slot], pid: cmd.Process.Pid, cmd: cmd, control: w, started: now}
+	s.region.ClaimWorker(wp.region, wp.pid, now.UnixNano())
 	s.workers[slot] = wp
 	s.log.Info("worker started", "slot", slot, "pid", wp.pid)
 	go func() {
@@ -449,7 +521,7 @@ func (s *supervisor) exited(x workerExit, st *slotState) {
 	if wp := s.workers[x.slot]; wp != nil && wp.pid == x.pid {
 		wp.control.Close()
 		s.workers[x.slot] = nil
-		s.region.ReleaseWorker(x.slot)
+		s.region.ReleaseWorker(wp.region)
 	}
 	if s.stopping {
 		return
@@ -561,10 +633,74 @@ func (s *supervisor) checkApplied() {
 		}
 	}
 	s.pending = kept
-	if !s.ready && live == len(s.workers) && min >= s.region.Generation() {
+	if !s.ready && s.liveWorkers() == len(s.workers) && min >= s.region.Generation() {
 		s.ready = true
-		s.log.Info("ready", "workers", live, "generation", s.region.Generation())
+		s.log.Info("ready", "workers", len(s.workers), "generation", s.region.Generation())
+		s.becomeReady()
 	}
+}
+
+// liveWorkers counts this supervisor's workers that run.
+func (s *supervisor) liveWorkers() int {
+	n := 0
+	for _, wp := range s.workers {
+		if wp != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// becomeReady is the moment this supervisor serves: the old one of an upgrade hands over, the pid
+// file names this process, and systemd hears of it.
+func (s *supervisor) becomeReady() {
+	if s.inherit != nil {
+		s.inherit.signalReady()
+		s.inherit = nil
+	}
+	if s.cfg.PidFile != "" {
+		if err := writePIDFile(s.cfg.PidFile); err != nil {
+			s.log.Error("cannot write the pid file", "path", s.cfg.PidFile, "error", err)
+		}
+	}
+	sdNotify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid()))
+}
+
+// takeSockets gets the listening sockets: from the running xlb in an upgrade, from systemd with
+// socket activation, or bound now.
+func (s *supervisor) takeSockets() error {
+	for _, l := range s.cfg.Listeners {
+		s.sets = append(s.sets, l.BackendSet)
+	}
+	if in := s.inherit; in != nil {
+		socks, err := in.sockets(s.cfg.Listeners, s.cfg.ReusePort)
+		if err != nil {
+			return err
+		}
+		s.sockets, s.listenAddrs = socks, in.fds.Listeners
+		return nil
+	}
+	files, err := socketActivated(s.cfg.Listeners)
+	if err != nil || files == nil {
+		if err == nil {
+			err = s.listen(s.cfg.ReusePort)
+		}
+		return err
+	}
+	if s.cfg.ReusePort {
+		return errors.New("reuse_port does not go with systemd socket activation: systemd passes one socket per listener")
+	}
+	s.sockets = [][]*os.File{files}
+	for i, f := range files {
+		addr := "?"
+		if ln, err := net.FileListener(f); err == nil {
+			addr = ln.Addr().String()
+			ln.Close()
+		}
+		s.listenAddrs = append(s.listenAddrs, addr)
+		s.log.Info("listening on a socket from systemd", "address", addr, "backend_set", s.cfg.Listeners[i].BackendSet)
+	}
+	return nil
 }
 
 // checkStalled kills the workers whose heartbeat is older than the stall timeout; they are
@@ -574,7 +710,7 @@ func (s *supervisor) checkStalled(now time.Time) {
 		if wp == nil || wp.killed {
 			continue
 		}
-		w := s.region.Worker(wp.slot)
+		w := s.region.Worker(wp.region)
 		last := time.Unix(0, max(w.Heartbeat, wp.started.UnixNano()))
 		if silent := now.Sub(last); w.PID == wp.pid && silent > s.cfg.workerStallTimeout() {
 			s.log.Error("worker stopped beating; killing it", "slot", wp.slot, "pid", wp.pid, "silent_for", silent.Round(time.Millisecond).String())
@@ -591,7 +727,7 @@ func (s *supervisor) lagging(g uint64) string {
 		if wp == nil {
 			continue
 		}
-		if w := s.region.Worker(wp.slot); w.Observed < g {
+		if w := s.region.Worker(wp.region); w.Observed < g {
 			fmt.Fprintf(&b, "slot %d pid %d at generation %d; ", wp.slot, wp.pid, w.Observed)
 		}
 	}

@@ -1,0 +1,463 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/xlbproxy/xlb/dataplane/shm"
+	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
+)
+
+// The binary upgrade (DESIGN §3.4). On SIGUSR2, or the Upgrade RPC of the local admin service, the
+// supervisor starts the binary now at the path it was started from, with the same arguments, and
+// hands it, as inherited descriptors, the state directory's lock, the region, the listening sockets
+// and the write end of a readiness pipe; XLB_UPGRADE (JSON) says which descriptor is which. The
+// new supervisor maps the region (which checks its layout version), takes free worker slots, starts
+// its workers on the generation in force, and once every one serves it, writes "ready" on the pipe;
+// a new supervisor that cannot go on writes "error: REASON" instead. Only then does the old
+// supervisor close its copies of the sockets (the new one holds them: no socket closes, no queued
+// connection is lost), tell its workers to drain, and exit once they have. If the new binary exits,
+// fails or is not ready within the upgrade timeout, it is killed and the old one serves on. While
+// an upgrade is in progress the old supervisor applies nothing (the region has one writer), and a
+// second upgrade is refused; an upgrade while older processes still drain is allowed.
+
+// upgradeEnv names the variable of the inherited descriptors.
+const upgradeEnv = "XLB_UPGRADE"
+
+// upgradeFDs are the descriptors of an upgrade, as numbered in the new process.
+type upgradeFDs struct {
+	Lock, Region, Ready int
+	Sockets             [][]int  // by group (one per worker with reuse_port), then listener
+	Listeners           []string // the listeners' addresses, which the new configuration must keep
+	ReusePort           bool
+}
+
+// upgradeReq is an upgrade asked of the supervisor's loop.
+type upgradeReq struct {
+	done chan upgradeResult
+}
+
+type upgradeResult struct {
+	pid     int
+	version string
+	err     error // a gRPC status error
+}
+
+// upgradeState is an upgrade in progress.
+type upgradeState struct {
+	cmd     *exec.Cmd
+	replies []chan upgradeResult
+}
+
+// beginUpgrade starts the new binary; its outcome comes back on s.upgradeDone.
+func (s *supervisor) beginUpgrade(req upgradeReq) {
+	if s.upgrade != nil {
+		req.done <- upgradeResult{err: status.Errorf(codes.Aborted, "an upgrade is in progress: pid %d is starting", s.upgrade.cmd.Process.Pid)}
+		return
+	}
+	fail := func(code codes.Code, format string, args ...any) {
+		err := status.Errorf(code, format, args...)
+		s.log.Error("upgrade failed; serving on", "error", err)
+		req.done <- upgradeResult{err: err}
+	}
+	// The new supervisor reads the applied sets from the file: it must hold the latest.
+	s.flushApplied()
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		fail(codes.Internal, "readiness pipe: %v", err)
+		return
+	}
+	defer w.Close()
+	files := []*os.File{s.lock, s.region.File(), w}
+	fds := upgradeFDs{Lock: 3, Region: 4, Ready: 5, ReusePort: s.cfg.ReusePort}
+	for _, group := range s.sockets {
+		var g []int
+		for _, f := range group {
+			g = append(g, 3+len(files))
+			files = append(files, f)
+		}
+		fds.Sockets = append(fds.Sockets, g)
+	}
+	fds.Listeners = s.listenAddrs
+	spec, _ := json.Marshal(fds)
+	cmd := exec.Command(s.e.binary, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = append(environWithout(upgradeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"), upgradeEnv+"="+string(spec))
+	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
+	cmd.ExtraFiles = files
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		fail(codes.FailedPrecondition, "cannot start %s: %v", s.e.binary, err)
+		return
+	}
+	s.upgrade = &upgradeState{cmd: cmd, replies: []chan upgradeResult{req.done}}
+	s.log.Info("upgrade started", "binary", s.e.binary, "pid", cmd.Process.Pid)
+
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	lines := make(chan string, 1)
+	go func() {
+		defer r.Close()
+		line, _ := bufio.NewReader(r).ReadString('\n')
+		lines <- strings.TrimSpace(line)
+	}()
+	go func() {
+		var res upgradeResult
+		timeout := s.cfg.upgradeTimeout()
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		select {
+		case line := <-lines:
+			switch {
+			case strings.HasPrefix(line, "ready "):
+				res.pid = cmd.Process.Pid
+				res.version = strings.TrimPrefix(line, "ready ")
+			case strings.HasPrefix(line, "error: "):
+				res.err = status.Errorf(codes.FailedPrecondition, "the new binary failed: %s", strings.TrimPrefix(line, "error: "))
+			default:
+				// The pipe closed without a word: the process ended.
+				res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", <-exited)
+			}
+		case err := <-exited:
+			res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
+		case <-t.C:
+			res.err = status.Errorf(codes.DeadlineExceeded, "the new binary was not ready within %v", timeout)
+		}
+		s.upgradeDone <- res
+	}()
+}
+
+// endUpgrade takes the outcome of an upgrade. It returns true when the new supervisor is ready and
+// this one must hand over.
+func (s *supervisor) endUpgrade(res upgradeResult) bool {
+	u := s.upgrade
+	s.upgrade = nil
+	if res.err != nil {
+		u.cmd.Process.Kill() // its workers see their pipe end and drain
+		s.log.Error("upgrade failed; serving on", "error", res.err)
+	} else {
+		s.log.Info("upgrade ready; handing over", "pid", res.pid, "version", res.version)
+	}
+	for _, reply := range u.replies {
+		reply <- res
+	}
+	return res.err == nil
+}
+
+// flushApplied writes the applied file now, and returns once it is written.
+func (s *supervisor) flushApplied() {
+	select {
+	case <-s.saves:
+	default:
+	}
+	done := make(chan struct{})
+	s.saves <- s.savedState(done)
+	<-done
+}
+
+// environWithout is the environment without the named variables.
+func environWithout(names ...string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		drop := false
+		for _, n := range names {
+			drop = drop || name == n
+		}
+		if !drop {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// inherited is what a new supervisor got from the old one.
+type inherited struct {
+	fds    upgradeFDs
+	lock   *os.File
+	region *shm.Region
+	ready  *os.File
+}
+
+// takeUpgrade reads XLB_UPGRADE, when this process is the new binary of an upgrade.
+func takeUpgrade() (*inherited, error) {
+	v, ok := os.LookupEnv(upgradeEnv)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(upgradeEnv)
+	var in inherited
+	if err := json.Unmarshal([]byte(v), &in.fds); err != nil {
+		return nil, fmt.Errorf("%s: %v", upgradeEnv, err)
+	}
+	in.ready = os.NewFile(uintptr(in.fds.Ready), "ready")
+	in.lock = os.NewFile(uintptr(in.fds.Lock), "lock")
+	region, err := shm.OpenFile(os.NewFile(uintptr(in.fds.Region), "region"))
+	if err != nil {
+		in.fail(err)
+		return nil, err
+	}
+	in.region = region
+	return &in, nil
+}
+
+// fail tells the old supervisor why this upgrade cannot go on.
+func (in *inherited) fail(err error) {
+	if in.ready != nil {
+		fmt.Fprintf(in.ready, "error: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		in.ready.Close()
+		in.ready = nil
+	}
+}
+
+// signalReady tells the old supervisor that this one serves.
+func (in *inherited) signalReady() {
+	if in.ready != nil {
+		fmt.Fprintf(in.ready, "ready %s\n", Version())
+		in.ready.Close()
+		in.ready = nil
+	}
+}
+
+// sockets turns the inherited socket descriptors into files, checking that the configuration
+// still has the same listeners.
+func (in *inherited) sockets(listeners []Listener, reusePort bool) ([][]*os.File, error) {
+	if len(listeners) != len(in.fds.Listeners) {
+		return nil, fmt.Errorf("the configuration has %d listeners, the running xlb %d: a change of listeners needs a restart", len(listeners), len(in.fds.Listeners))
+	}
+	for i, l := range listeners {
+		if !sameListen(l.Address, in.fds.Listeners[i]) {
+			return nil, fmt.Errorf("listener %d is %s, the running xlb's %s: a change of listeners needs a restart", i, l.Address, in.fds.Listeners[i])
+		}
+	}
+	if reusePort != in.fds.ReusePort {
+		return nil, errors.New("reuse_port changed: that needs a restart")
+	}
+	var out [][]*os.File
+	for _, g := range in.fds.Sockets {
+		var files []*os.File
+		for i, fd := range g {
+			files = append(files, os.NewFile(uintptr(fd), in.fds.Listeners[i]))
+		}
+		out = append(out, files)
+	}
+	return out, nil
+}
+
+// sameListen tells whether a configured address (maybe of port 0) is the bound one.
+func sameListen(configured, bound string) bool {
+	if configured == bound {
+		return true
+	}
+	ch, cp, err1 := net.SplitHostPort(configured)
+	bh, bp, err2 := net.SplitHostPort(bound)
+	return err1 == nil && err2 == nil && (cp == "0" || cp == bp) && (ch == bh || ch == "" || net.ParseIP(ch).IsUnspecified())
+}
+
+// freeSlots picks n worker slots of the region that no process holds.
+func freeSlots(r *shm.Region, n int) ([]int, error) {
+	var out []int
+	for i := 0; i < r.Capacities().Workers && len(out) < n; i++ {
+		if r.Worker(i).PID == 0 {
+			out = append(out, i)
+		}
+	}
+	if len(out) < n {
+		return nil, fmt.Errorf("the region has %d free worker slots of %d, and %d workers to start: wait for the processes still draining, or give the region more (region.workers)", len(out), r.Capacities().Workers, n)
+	}
+	return out, nil
+}
+
+// writePIDFile replaces path with this process's pid, atomically: `kill -USR2 $(cat PATH)` always
+// reaches a live supervisor.
+func writePIDFile(path string) error {
+	return writeFileAtomic(path, []byte(strconv.Itoa(os.Getpid())+"\n"))
+}
+
+// removePIDFile removes path if it still names this process.
+func removePIDFile(path string) {
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		os.Remove(path)
+	}
+}
+
+// sdNotify sends state to systemd when it runs this process as a Type=notify service.
+func sdNotify(state string) {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return
+	}
+	if strings.HasPrefix(sock, "@") {
+		sock = "\x00" + sock[1:]
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.Write([]byte(state))
+}
+
+// socketActivated returns the listening sockets systemd passed (LISTEN_FDS), in the order of the
+// listeners, or nil when there are none for this process.
+func socketActivated(listeners []Listener) ([]*os.File, error) {
+	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n <= 0 {
+		return nil, nil
+	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
+		os.Unsetenv(v)
+	}
+	if n != len(listeners) {
+		return nil, fmt.Errorf("systemd passed %d sockets (LISTEN_FDS) for %d listeners", n, len(listeners))
+	}
+	files := make([]*os.File, n)
+	for i := range files {
+		name := "socket"
+		if i < len(names) && names[i] != "" {
+			name = names[i]
+		}
+		syscall.CloseOnExec(3 + i)
+		files[i] = os.NewFile(uintptr(3+i), name)
+	}
+	return files, nil
+}
+
+// The local admin service.
+
+// adminSocket, in the state directory, serves the DataPlaneAdminService.
+const adminSocket = "admin.sock"
+
+type localAdmin struct {
+	dataplanev1.UnimplementedDataPlaneAdminServiceServer
+	s *supervisor
+}
+
+func (a localAdmin) Upgrade(ctx context.Context, _ *dataplanev1.UpgradeRequest) (*dataplanev1.UpgradeResponse, error) {
+	req := upgradeReq{done: make(chan upgradeResult, 1)}
+	select {
+	case a.s.upgradeReqs <- req:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	select {
+	case res := <-req.done:
+		if res.err != nil {
+			return nil, res.err
+		}
+		return &dataplanev1.UpgradeResponse{Pid: int32(res.pid), Version: res.version}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (a localAdmin) Status(ctx context.Context, _ *dataplanev1.StatusRequest) (*dataplanev1.StatusResponse, error) {
+	req := statusReq{done: make(chan *dataplanev1.StatusResponse, 1)}
+	select {
+	case a.s.statusReqs <- req:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	select {
+	case res := <-req.done:
+		return res, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+type statusReq struct {
+	done chan *dataplanev1.StatusResponse
+}
+
+// status answers a Status request, from the loop.
+func (s *supervisor) status() *dataplanev1.StatusResponse {
+	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil}
+	for _, wp := range s.workers {
+		if wp != nil {
+			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed})
+		}
+	}
+	return res
+}
+
+// serveLocalAdmin serves the DataPlaneAdminService on dir's admin socket (mode 0600) until stop.
+func (s *supervisor) serveLocalAdmin(dir string, log hclog.Logger) (stop func(), err error) {
+	path := filepath.Join(dir, adminSocket)
+	srv, _, err := newGRPCServer("unix:"+path, serverSecurity{}, log)
+	if err != nil {
+		return nil, err
+	}
+	dataplanev1.RegisterDataPlaneAdminServiceServer(srv, localAdmin{s: s})
+	ln, err := listenUnix(path)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		srv.Serve(ln.Listener)
+		close(done)
+	}()
+	return func() {
+		srv.Stop()
+		<-done
+		ln.removeIfOurs()
+	}, nil
+}
+
+// unixListener is a unix socket listener that removes its file at the end only if the file is
+// still its own: after an upgrade the new supervisor has made its own at the same path.
+type unixListener struct {
+	net.Listener
+	path string
+	fi   os.FileInfo
+}
+
+func listenUnix(path string) (*unixListener, error) {
+	// The state directory is locked by this process (or handed to it): a socket there is a dead
+	// one's, or the previous supervisor's, which keeps serving on its open descriptor.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &unixListener{Listener: ln, path: path, fi: fi}, nil
+}
+
+func (l *unixListener) removeIfOurs() {
+	if fi, err := os.Stat(l.path); err == nil && os.SameFile(fi, l.fi) {
+		os.Remove(l.path)
+	}
+}
