@@ -115,6 +115,29 @@ func BenchmarkProxyGET(b *testing.B) {
 	})
 }
 
+// BenchmarkProxyGETMetrics is BenchmarkProxyGET with the per-backend counters on and off, to show
+// what counting costs: go test -run XXX -bench ProxyGETMetrics -count 6 ./dataplane/proxy.
+func BenchmarkProxyGETMetrics(b *testing.B) {
+	for _, off := range []bool{false, true} {
+		name := "on"
+		if off {
+			name = "off"
+		}
+		b.Run(name, func(b *testing.B) {
+			_, addr := startProxy(b, Config{NoBackendMetrics: off}, rawBackend(b), rawBackend(b))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				rc := newRawClient(b, addr)
+				for pb.Next() {
+					if st, err := rc.do(); err != nil || st != 200 {
+						b.Fatal("status " + strconv.Itoa(st) + ": " + errString(err))
+					}
+				}
+			})
+		})
+	}
+}
+
 func errString(err error) string {
 	if err == nil {
 		return "<nil>"

@@ -87,6 +87,10 @@ type Config struct {
 	// Forwarded is the X-Forwarded-* mode. The zero value appends.
 	Forwarded Forwarded
 
+	// NoBackendMetrics turns the per-backend counters off (BackendMetrics returns nothing). The
+	// zero value counts; the switch exists to measure what counting costs.
+	NoBackendMetrics bool
+
 	// AccessLog receives one JSON line per request. Nil means no access log.
 	AccessLog io.Writer `json:"-"`
 	// Logger is the proxy's logger. Nil means a null logger.

@@ -99,6 +99,7 @@ type conn struct {
 	attempts     int
 	backend      *backend
 	bytesOut     int64
+	headerAt     time.Time // when the response head of the attempt in progress arrived
 	status       int
 	forceStop    bool // close the client connection after this request
 	keepUpstream bool // the backend connection can serve another request
@@ -446,7 +447,21 @@ func (c *conn) handle() bool {
 		c.attempts = tried.Len()
 		b := s.backends[i]
 		c.backend = b
+		var start time.Time
+		bytesBefore := c.bytesOut
+		if m := b.m; m != nil {
+			m.requests.Add(1)
+			if tried.Len() > 1 {
+				m.retries.Add(1)
+			}
+			m.inFlight.Add(1)
+			start = time.Now()
+			c.headerAt = time.Time{}
+		}
 		last = c.attempt(b, complete, replayable)
+		if m := b.m; m != nil {
+			c.observeAttempt(m, last, start, c.bytesOut-bytesBefore)
+		}
 		s.picker.Done(i)
 		if last == attemptOK {
 			break

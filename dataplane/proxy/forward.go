@@ -118,9 +118,20 @@ func (c *conn) attempt(b *backend, complete, replayable bool) attemptResult {
 				return attemptNotSent
 			}
 			p.stats.dials.Add(1)
+			if b.m != nil {
+				b.m.opened.Add(1)
+			}
+		} else if b.m != nil {
+			b.m.reused.Add(1)
+		}
+		if complete && b.m != nil {
+			b.m.bytesOut.Add(uint64(len(c.out)))
 		}
 		res := c.send(u, complete)
 		if res == attemptNoAnswer && pooled && try == 0 && replayable {
+			if b.m != nil {
+				b.m.closedByBackend.Add(1)
+			}
 			// The backend closed an idle connection as the request went out: try once more on a new
 			// connection to the same backend.
 			p.stats.retries.Add(1)
@@ -385,6 +396,9 @@ func (c *conn) appendResponseHead(b []byte, chunked, closing bool) []byte {
 func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
 	p, resp := c.p, &c.resp
 	c.status = resp.Status
+	if c.backend != nil && c.backend.m != nil {
+		c.headerAt = time.Now()
+	}
 	c.keepUpstream = false
 	kind := resp.Body(c.method)
 	keepClient := c.req.KeepAlive && !p.draining.Load() && !c.forceStop

@@ -33,7 +33,8 @@ type Proxy struct {
 	badGen    atomic.Uint64 // a generation that failed to load: not tried again by every request
 
 	poolsMu sync.Mutex
-	pools   map[string]*upstream.Pool // by backend address, shared by the sets that name it
+	pools   map[string]*upstream.Pool  // by backend address, shared by the sets that name it
+	metrics map[string]*backendMetrics // by set and backend id, of the table in force
 
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
@@ -63,6 +64,7 @@ type backend struct {
 	id, address string
 	weight      int
 	pool        *upstream.Pool
+	m           *backendMetrics
 }
 
 // counters are the proxy's statistics, each on its own cache line.
@@ -237,6 +239,7 @@ func (p *Proxy) install(sets []BackendSet, gen uint64) {
 	defer p.poolsMu.Unlock()
 	t := &routing{gen: gen, sets: make(map[string]*set, len(sets))}
 	used := make(map[string]bool)
+	metrics := make(map[string]*backendMetrics)
 	for _, s := range sets {
 		ns := &set{name: s.Name}
 		var weights []int
@@ -256,13 +259,15 @@ func (p *Proxy) install(sets []BackendSet, gen uint64) {
 				p.pools[b.Address] = pool
 			}
 			used[b.Address] = true
-			ns.backends = append(ns.backends, &backend{id: b.ID, address: b.Address, weight: b.Weight, pool: pool})
+			ns.backends = append(ns.backends, &backend{id: b.ID, address: b.Address, weight: b.Weight, pool: pool,
+				m: p.metricsFor(s.Name, b.ID, b.Address, metrics)})
 			weights = append(weights, b.Weight)
 		}
 		ns.picker = balance.New(s.Policy, weights)
 		t.sets[s.Name] = ns
 	}
 	p.table.Store(t)
+	p.metrics = metrics
 	for addr, pool := range p.pools {
 		if !used[addr] {
 			pool.Close()
