@@ -126,12 +126,10 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		c.clientIP = ta.AddrPort().Addr().Unmap().AppendTo(c.clientIP)
 	}
+	// A connection accepted as the drain began is served like an idle one: its first request,
+	// if it comes within drainIdleGrace, is answered with Connection: close. Shutdown waits for
+	// every Serve loop to end before it waits for the connections, so this Add never races its Wait.
 	p.mu.Lock()
-	if p.draining.Load() {
-		p.mu.Unlock()
-		nc.Close()
-		return nil
-	}
 	p.conns[c] = struct{}{}
 	p.connsWG.Add(1)
 	p.mu.Unlock()
@@ -306,25 +304,39 @@ func (c *conn) serve() {
 	}
 }
 
+// drainIdleGrace is how long an idle keep-alive connection of a draining proxy waits for one more
+// request before it is closed.
+const drainIdleGrace = time.Second
+
 // readRequest waits for a complete request head and parses it into c.req. It answers a malformed
 // head and returns false when the connection must end.
 func (c *conn) readRequest() bool {
 	p := c.p
-	if c.in.Len() == 0 {
+	for c.in.Len() == 0 {
 		// Shutdown sets draining, then wakes the idle connections. Checking draining after the
 		// deadline is set means that either this sees it, or Shutdown's wake-up comes after (and
-		// overrides) this deadline.
+		// overrides) this deadline. A draining connection waits drainIdleGrace more for a request
+		// that its client may have sent already, and answers it with Connection: close: closing
+		// at once would reset a request on its way.
 		c.state.Store(stateIdle)
-		c.dl.Read(time.Now(), p.cfg.IdleTimeout)
-		if p.draining.Load() {
-			return false
+		draining := p.draining.Load()
+		wait := p.cfg.IdleTimeout
+		if draining {
+			wait = min(wait, drainIdleGrace)
+		}
+		c.dl.Read(time.Now(), wait)
+		if !draining && p.draining.Load() {
+			continue // the drain began meanwhile: wait the grace instead
 		}
 		c.inRelease = true
 		err := c.fill()
 		c.inRelease = false
 		c.state.Store(stateActive)
 		if err != nil {
-			return false // idle timeout, shutdown, or the client went away
+			if !draining && p.draining.Load() && isTimeout(err) {
+				continue // woken by Shutdown
+			}
+			return false // idle timeout, the drain's grace, or the client went away
 		}
 	}
 	c.takeHeaders()

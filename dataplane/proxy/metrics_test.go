@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // TestBackendMetrics: every attempt is counted on its backend: responses by class, local-origin
@@ -13,7 +14,7 @@ import (
 func TestBackendMetrics(t *testing.T) {
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("hello")) }))
 	defer ok.Close()
-	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", 503) }))
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) }))
 	defer bad.Close()
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	refused := ln.Addr().String()
@@ -34,9 +35,22 @@ func TestBackendMetrics(t *testing.T) {
 		c.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 		c.response("GET")
 	}
+	// A response reaches the client before its attempt is counted: wait until none is in flight.
 	by := map[string]BackendMetrics{}
-	for _, m := range p.BackendMetrics() {
-		by[m.ID] = m
+	deadline := time.Now().Add(wireWait)
+	for {
+		inFlight := int64(0)
+		for _, m := range p.BackendMetrics() {
+			by[m.ID] = m
+			inFlight += m.InFlight
+		}
+		if inFlight == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d attempts still in flight after %v", inFlight, wireWait)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	okm, badm, refm := by["ok"], by["bad"], by["refused"]
 	if refm.Requests == 0 || refm.LocalOriginErrors != refm.Requests || refm.Responses != [5]uint64{} {

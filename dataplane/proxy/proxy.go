@@ -40,6 +40,7 @@ type Proxy struct {
 	listeners  map[net.Listener]struct{}
 	conns      map[*conn]struct{}
 	connsWG    sync.WaitGroup
+	serveWG    sync.WaitGroup // the Serve loops, which start connections
 	draining   atomic.Bool
 	connPool   sync.Pool     // of *conn, for reuse
 	headerPool sync.Pool     // of *headerArrays
@@ -364,11 +365,13 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 		return nil
 	}
 	p.listeners[ln] = struct{}{}
+	p.serveWG.Add(1)
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		delete(p.listeners, ln)
 		p.mu.Unlock()
+		p.serveWG.Done()
 	}()
 	var backoff time.Duration
 	for {
@@ -388,11 +391,7 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 			return fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
 		}
 		backoff = 0
-		c := p.newConn(nc, set)
-		if c == nil {
-			continue
-		}
-		go c.serve()
+		go p.newConn(nc, set).serve()
 	}
 }
 
@@ -424,6 +423,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() {
+		p.serveWG.Wait() // no Serve loop starts a connection after this
 		p.connsWG.Wait()
 		close(done)
 	}()
