@@ -42,13 +42,19 @@ type embeddedCP struct {
 	done  chan struct{}
 }
 
-// startEmbedded starts the embedded control plane, serving on dir's control socket.
-func startEmbedded(dir string, log hclog.Logger) (*embeddedCP, error) {
+// startEmbedded starts the embedded control plane holding sets, serving on dir's control socket.
+// The store is filled before the discovery server takes its first snapshot: a stream that opened
+// on an empty one would be told that every set was removed.
+func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet) (*embeddedCP, error) {
 	st, err := store.Open("", log)
 	if err != nil {
 		return nil, err
 	}
 	c := &embeddedCP{store: st, sock: filepath.Join(dir, controlSocket), done: make(chan struct{})}
+	if err := c.load(sets); err != nil {
+		st.Close()
+		return nil, err
+	}
 	c.disc = discovery.NewServer(storeSource{st}, discovery.Config{Debounce: embeddedDebounce, Logger: log})
 	srv, _, err := newGRPCServer("unix:"+c.sock, serverSecurity{}, log)
 	if err != nil {
@@ -72,7 +78,7 @@ func startEmbedded(dir string, log hclog.Logger) (*embeddedCP, error) {
 }
 
 // target is how the supervisor dials it.
-func (c *embeddedCP) target() string { return "unix://" + c.sock } // sock is absolute: unix:///...
+func (c *embeddedCP) target() string { return "unix://" + c.ln.own } // absolute: unix:///...
 
 // load makes the store hold exactly sets: every set is checked first, so that a file with one bad
 // set changes nothing.

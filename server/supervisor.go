@@ -97,9 +97,10 @@ type supervisor struct {
 	pending   []pendingGen
 	ready     bool
 
-	lock        *os.File   // the state directory's lock, handed on by an upgrade
-	listenAddrs []string   // the listeners' bound addresses
-	inherit     *inherited // what an upgrade handed this supervisor; nil after it is ready
+	lock        *os.File        // the state directory's lock, handed on by an upgrade
+	listenAddrs []string        // the listeners' bound addresses
+	inherit     *inherited      // what an upgrade handed this supervisor; nil after it is ready
+	sockFiles   []*unixListener // the state directory's unix sockets, published once ready
 	upgrade     *upgradeState
 	upgradeReqs chan upgradeReq
 	upgradeDone chan upgradeResult
@@ -264,17 +265,18 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	// xlb dataplane's.
 	target, creds := cfg.ControlPlane, insecure.NewCredentials()
 	if target == "" {
-		cp, err := startEmbedded(dir, log.Named("controlplane"))
+		cp, err := startEmbedded(dir, log.Named("controlplane"), cfg.BackendSets)
 		if err != nil {
 			return startFailed("cannot start the embedded control plane", err)
 		}
 		defer cp.stop()
-		if err := cp.load(cfg.BackendSets); err != nil {
-			return startFailed("invalid backend sets", err)
-		}
 		s.embedded, target = cp, cp.target()
+		s.sockFiles = append(s.sockFiles, cp.ln)
 	} else if creds, err = cfg.ClientSecurity.dialCreds(target); err != nil {
 		return startFailed("cannot reach the control plane", err)
+	}
+	if in == nil {
+		s.publishSockets() // no other supervisor answers there
 	}
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -508,7 +510,7 @@ func (s *supervisor) start(slot int) error {
 	wp := &workerProc{slot: slot, region: s.regionOf[slot], pid: cmd.Process.Pid, cmd: cmd, control: w, started: now}
 	s.region.ClaimWorker(wp.region, wp.pid, now.UnixNano())
 	s.workers[slot] = wp
-	s.log.Info("worker started", "slot", slot, "pid", wp.pid)
+	s.log.Info("worker started", "slot", slot, "region_slot", wp.region, "pid", wp.pid)
 	go func() {
 		err := cmd.Wait()
 		s.exits <- workerExit{slot: slot, pid: wp.pid, err: err, ran: time.Since(now)}
@@ -654,6 +656,7 @@ func (s *supervisor) liveWorkers() int {
 // becomeReady is the moment this supervisor serves: the old one of an upgrade hands over, the pid
 // file names this process, and systemd hears of it.
 func (s *supervisor) becomeReady() {
+	s.publishSockets()
 	if s.inherit != nil {
 		s.inherit.signalReady()
 		s.inherit = nil
@@ -664,6 +667,17 @@ func (s *supervisor) becomeReady() {
 		}
 	}
 	sdNotify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid()))
+}
+
+// publishSockets makes the state directory's unix sockets name this supervisor's: when it
+// becomes ready, and again after an upgrade failed (a new binary that got as far as publishing its
+// own, and was then killed, must not leave them naming a dead socket).
+func (s *supervisor) publishSockets() {
+	for _, l := range s.sockFiles {
+		if err := l.publish(); err != nil {
+			s.log.Error("cannot publish a unix socket", "path", l.path, "error", err)
+		}
+	}
 }
 
 // takeSockets gets the listening sockets: from the running xlb in an upgrade, from systemd with
@@ -706,6 +720,7 @@ func (s *supervisor) takeSockets() error {
 // checkStalled kills the workers whose heartbeat is older than the stall timeout; they are
 // restarted as any worker that exits.
 func (s *supervisor) checkStalled(now time.Time) {
+	s.reapSlots()
 	for _, wp := range s.workers {
 		if wp == nil || wp.killed {
 			continue
@@ -716,6 +731,28 @@ func (s *supervisor) checkStalled(now time.Time) {
 			s.log.Error("worker stopped beating; killing it", "slot", wp.slot, "pid", wp.pid, "silent_for", silent.Round(time.Millisecond).String())
 			wp.cmd.Process.Kill()
 			wp.killed = true
+		}
+	}
+}
+
+// reapSlots frees the region's worker slots of processes that no longer exist: the workers of a
+// new supervisor that an upgrade killed, or of a supervisor that died, never release theirs, and
+// "applied" would wait on them for ever.
+func (s *supervisor) reapSlots() {
+	ours := make(map[int]bool, len(s.workers))
+	for _, wp := range s.workers {
+		if wp != nil {
+			ours[wp.region] = true
+		}
+	}
+	for i := 0; i < s.region.Capacities().Workers; i++ {
+		w := s.region.Worker(i)
+		if w.PID == 0 || ours[i] {
+			continue
+		}
+		if err := syscall.Kill(w.PID, 0); errors.Is(err, syscall.ESRCH) {
+			s.log.Info("released the worker slot of a process that is gone", "region_slot", i, "pid", w.PID)
+			s.region.ReleaseWorker(i)
 		}
 	}
 }
@@ -738,6 +775,11 @@ func (s *supervisor) lagging(g uint64) string {
 // past the shutdown timeout and a grace. It returns the exit status.
 func (s *supervisor) shutdown() int {
 	s.stopping = true
+	if u := s.upgrade; u != nil {
+		// A new binary that is not ready yet goes too; its workers see their pipe end and drain.
+		u.cmd.Process.Kill()
+		s.log.Warn("stopping during an upgrade: stopped the new binary too", "pid", u.cmd.Process.Pid)
+	}
 	// The workers close their copies of the listening sockets as they start draining; once the
 	// supervisor's are closed too, new connections are refused instead of waiting in a queue that
 	// nobody accepts from any more.

@@ -131,8 +131,13 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 			case strings.HasPrefix(line, "error: "):
 				res.err = status.Errorf(codes.FailedPrecondition, "the new binary failed: %s", strings.TrimPrefix(line, "error: "))
 			default:
-				// The pipe closed without a word: the process ended.
-				res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", <-exited)
+				// The pipe closed without a word: the process ended, or closed it and runs on.
+				select {
+				case err := <-exited:
+					res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
+				case <-t.C:
+					res.err = status.Errorf(codes.DeadlineExceeded, "the new binary closed its readiness pipe and was not ready within %v", timeout)
+				}
 			}
 		case err := <-exited:
 			res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
@@ -150,6 +155,10 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 	s.upgrade = nil
 	if res.err != nil {
 		u.cmd.Process.Kill() // its workers see their pipe end and drain
+		for _, name := range []string{adminSocket, controlSocket} {
+			os.Remove(stagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
+		}
+		s.publishSockets()
 		s.log.Error("upgrade failed; serving on", "error", res.err)
 	} else {
 		s.log.Info("upgrade ready; handing over", "pid", res.pid, "version", res.version)
@@ -413,6 +422,7 @@ func (s *supervisor) serveLocalAdmin(dir string, log hclog.Logger) (stop func(),
 	if err != nil {
 		return nil, err
 	}
+	s.sockFiles = append(s.sockFiles, ln)
 	done := make(chan struct{})
 	go func() {
 		srv.Serve(ln.Listener)
@@ -425,38 +435,54 @@ func (s *supervisor) serveLocalAdmin(dir string, log hclog.Logger) (stop func(),
 	}, nil
 }
 
-// unixListener is a unix socket listener that removes its file at the end only if the file is
-// still its own: after an upgrade the new supervisor has made its own at the same path.
+// unixListener is a unix socket listener of the state directory. It is bound at a name of its
+// own process (PATH.PID) and published at PATH by a rename when the process is ready to answer
+// there: during an upgrade the old supervisor's socket stays at PATH until the new one serves, and
+// a new one that dies before it is ready leaves the old one's in place. At the end it removes its
+// own name, and PATH if PATH is still its socket.
 type unixListener struct {
 	net.Listener
-	path string
-	fi   os.FileInfo
+	path, own string
+	fi        os.FileInfo
 }
 
 func listenUnix(path string) (*unixListener, error) {
-	// The state directory is locked by this process (or handed to it): a socket there is a dead
-	// one's, or the previous supervisor's, which keeps serving on its open descriptor.
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	own := stagedName(path, os.Getpid())
+	if err := os.Remove(own); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := net.Listen("unix", own)
 	if err != nil {
 		return nil, err
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := os.Chmod(own, 0o600); err != nil {
 		ln.Close()
 		return nil, err
 	}
-	fi, err := os.Stat(path)
+	fi, err := os.Stat(own)
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	return &unixListener{Listener: ln, path: path, fi: fi}, nil
+	return &unixListener{Listener: ln, path: path, own: own, fi: fi}, nil
+}
+
+// stagedName is the name a process binds a socket of path at.
+func stagedName(path string, pid int) string { return path + "." + strconv.Itoa(pid) }
+
+// publish makes path name this socket, replacing whatever was there.
+func (l *unixListener) publish() error {
+	tmp := l.own + ".link"
+	os.Remove(tmp)
+	if err := os.Link(l.own, tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, l.path)
 }
 
 func (l *unixListener) removeIfOurs() {
+	os.Remove(l.own)
 	if fi, err := os.Stat(l.path); err == nil && os.SameFile(fi, l.fi) {
 		os.Remove(l.path)
 	}
