@@ -40,8 +40,10 @@
 // Client keep-alive follows HTTP/1.1 and HTTP/1.0 rules; a response framed by the backend's close is
 // re-framed as chunked for an HTTP/1.1 client (which keeps its connection) and sent raw, then closed,
 // to an HTTP/1.0 one. An Upgrade request (WebSocket) without a body is tunnelled both ways after the
-// backend's 101. Shutdown stops accepting, closes idle connections at once, lets requests in flight
-// finish (their responses say Connection: close), and cuts what remains at its deadline.
+// backend's 101. Shutdown stops accepting, lets requests in flight finish (their responses say
+// Connection: close), gives an idle connection (or one accepted as the drain began) a second to
+// send one more request, answered with Connection: close, so that a request already on the wire is
+// not reset, then closes it; and cuts what remains at its deadline.
 //
 // Timeouts are set lazily (upstream.Deadlines): each fires between its nominal length and an eighth
 // more after the last activity.
