@@ -175,7 +175,7 @@ func newRunFlags() *runFlags {
 		retries                   int
 		connect, back, client     = new(durationVar), new(durationVar), new(durationVar)
 		idle, shutdown, stall     = new(durationVar), new(durationVar), new(durationVar)
-		upgradeWait               = new(durationVar)
+		upgradeWait, metricsEvery = new(durationVar), new(durationVar)
 		lineMax, headBytes, heads = new(intVar), new(intVar), new(intVar)
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
 		workers                   = new(intVar)
@@ -233,6 +233,8 @@ func newRunFlags() *runFlags {
 			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
 		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default 30s)",
 			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
+		metricsEvery.def("metrics-interval", "how often workers report their per-backend metrics to the supervisor (default 1s)",
+			func(c *Config) { c.MetricsInterval = metricsEvery.d }),
 		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default 30s)",
 			func(c *Config) { c.UpgradeTimeout = upgradeWait.d }),
 		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default 30s)",

@@ -101,6 +101,9 @@ type Config struct {
 	NodeID string
 	// ClientSecurity is how `xlb dataplane` connects to its control plane.
 	ClientSecurity clientSecurity
+	// MetricsInterval is how often workers report their per-backend metrics to the supervisor.
+	// Zero means 1s.
+	MetricsInterval time.Duration
 	// UpgradeTimeout bounds the wait for the new binary of an upgrade to be ready; past it, the new
 	// one is killed and this one serves on. Zero means 30s.
 	UpgradeTimeout time.Duration
@@ -127,6 +130,14 @@ type LogConfig struct {
 	Level hclog.Level
 	// JSON writes one JSON object per line. False means hclog's text format.
 	JSON bool
+}
+
+// metricsInterval is MetricsInterval with its default applied.
+func (c *Config) metricsInterval() time.Duration {
+	if c.MetricsInterval <= 0 {
+		return defaultMetricsInterval
+	}
+	return c.MetricsInterval
 }
 
 // upgradeTimeout is UpgradeTimeout with its default applied.
@@ -379,6 +390,10 @@ func (d *decoder) top(root *yaml.Node) Config {
 			}
 		case "region":
 			d.region(v, key, &c.Region)
+		case "metrics_interval":
+			if dur, ok := d.duration(v, key); ok {
+				c.MetricsInterval = dur
+			}
 		case "reuse_port":
 			if b, ok := d.boolean(v, key); ok {
 				c.ReusePort = b

@@ -134,8 +134,8 @@ backend_sets: [{name: web, backends: []}]
 				{ID: "c", Address: "127.0.0.1:9003", Weight: 1, State: table.Active},
 			}
 		}},
-		{"workers, state directory and region", minimal + "workers: 3\nstate_dir: /srv/xlb\nreuse_port: true\nregion: {sets: 8, backends: 100, string_bytes: 4096, workers: 16}\n", func(c *Config) {
-			c.Workers, c.StateDir, c.ReusePort = 3, "/srv/xlb", true
+		{"workers, state directory and region", minimal + "workers: 3\nstate_dir: /srv/xlb\nreuse_port: true\nmetrics_interval: 250ms\nregion: {sets: 8, backends: 100, string_bytes: 4096, workers: 16}\n", func(c *Config) {
+			c.Workers, c.StateDir, c.ReusePort, c.MetricsInterval = 3, "/srv/xlb", true, 250*time.Millisecond
 			c.Region = shm.Capacities{Sets: 8, Backends: 100, StringBytes: 4096, Workers: 16}
 		}},
 		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {

@@ -50,6 +50,7 @@ type dataplane interface {
 	SetBackends([]proxy.BackendSet) error
 	Follow(*table.Follower) error
 	Refresh() (uint64, error)
+	BackendMetrics() []proxy.BackendMetrics
 	Serve(ln net.Listener, set string) error
 	Shutdown(ctx context.Context) error
 	Stats() proxy.Stats

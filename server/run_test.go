@@ -68,6 +68,8 @@ func (f *fakeProxy) Follow(*table.Follower) error { return errors.New("fakeProxy
 
 func (f *fakeProxy) Refresh() (uint64, error) { return 0, errors.New("fakeProxy: Refresh") }
 
+func (f *fakeProxy) BackendMetrics() []proxy.BackendMetrics { return nil }
+
 func (f *fakeProxy) shutdownCalled() bool {
 	select {
 	case <-f.stopped:

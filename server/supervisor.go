@@ -101,10 +101,13 @@ type supervisor struct {
 	listenAddrs []string        // the listeners' bound addresses
 	inherit     *inherited      // what an upgrade handed this supervisor; nil after it is ready
 	sockFiles   []*unixListener // the state directory's unix sockets, published once ready
-	upgrade     *upgradeState
-	upgradeReqs chan upgradeReq
-	upgradeDone chan upgradeResult
-	statusReqs  chan statusReq
+
+	load          *loadTotals // the workers' metrics
+	metricsSocket string      // where the workers report them
+	upgrade       *upgradeState
+	upgradeReqs   chan upgradeReq
+	upgradeDone   chan upgradeResult
+	statusReqs    chan statusReq
 }
 
 type workerProc struct {
@@ -260,6 +263,11 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		return startFailed("cannot serve the local admin service", err)
 	}
 	defer stopAdmin()
+	stopMetrics, err := s.serveMetrics(dir, log.Named("metrics"))
+	if err != nil {
+		return startFailed("cannot serve the workers' metrics", err)
+	}
+	defer stopMetrics()
 
 	// The backend sets come from a control plane: the embedded one of xlb run, fed by the file, or
 	// xlb dataplane's.
@@ -484,6 +492,7 @@ func (s *supervisor) start(slot int) error {
 		AccessLog:       s.cfg.AccessLog,
 		ShutdownTimeout: s.cfg.ShutdownTimeout,
 		Log:             s.cfg.Log,
+		MetricsSocket:   s.metricsSocket,
 	})
 	if err != nil {
 		return err

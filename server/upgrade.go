@@ -401,7 +401,8 @@ type statusReq struct {
 
 // status answers a Status request, from the loop.
 func (s *supervisor) status() *dataplanev1.StatusResponse {
-	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil}
+	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil,
+		Backends: s.load.snapshot()}
 	for _, wp := range s.workers {
 		if wp != nil {
 			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed})

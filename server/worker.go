@@ -45,6 +45,7 @@ type workerSpec struct {
 	AccessLog       string
 	ShutdownTimeout time.Duration
 	Log             LogConfig
+	MetricsSocket   string // where the worker reports its per-backend metrics
 }
 
 // heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
@@ -99,15 +100,32 @@ func (e *env) workerMain(args []string) int {
 
 	follower := table.NewFollower(region, spec.Slot)
 	cfg := Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
-	return e.serveOn(ctx, log, cfg, lns, func(p dataplane) error {
+	// The metrics reporter outlives the serving by its last report.
+	rctx, stopReporter := context.WithCancel(context.Background())
+	reported := make(chan struct{})
+	started := false
+	code := e.serveOn(ctx, log, cfg, lns, func(p dataplane) error {
 		if err := p.Follow(follower); err != nil {
 			return err
 		}
 		follower.Beat(time.Now())
 		go readControl(control, p, cancel)
 		go beat(ctx, follower, p)
+		if spec.MetricsSocket != "" {
+			started = true
+			go func() {
+				defer close(reported)
+				runReporter(rctx, spec.MetricsSocket, &reporter{slot: spec.Slot, metrics: p.BackendMetrics,
+					gen: func() uint64 { return region.Worker(spec.Slot).Observed }, log: log})
+			}()
+		}
 		return nil
 	})
+	stopReporter()
+	if started {
+		<-reported
+	}
+	return code
 }
 
 // readControl refreshes p on every byte from the supervisor, and ends the worker at the pipe's end.

@@ -10,6 +10,7 @@
 package dataplanev1
 
 import (
+	v1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -158,7 +159,10 @@ type StatusResponse struct {
 	Generation uint64    `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	Workers    []*Worker `protobuf:"bytes,4,rep,name=workers,proto3" json:"workers,omitempty"`
 	// upgrading tells whether an upgrade is in progress.
-	Upgrading     bool `protobuf:"varint,5,opt,name=upgrading,proto3" json:"upgrading,omitempty"`
+	Upgrading bool `protobuf:"varint,5,opt,name=upgrading,proto3" json:"upgrading,omitempty"`
+	// backends are the load of every backend since this supervisor started, summed over its workers
+	// (in_flight: attempts in progress at their last reports).
+	Backends      []*v1.BackendLoad `protobuf:"bytes,6,rep,name=backends,proto3" json:"backends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -228,6 +232,13 @@ func (x *StatusResponse) GetUpgrading() bool {
 	return false
 }
 
+func (x *StatusResponse) GetBackends() []*v1.BackendLoad {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
 // Worker is one worker process of this supervisor.
 type Worker struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -293,12 +304,12 @@ var File_xlb_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 
 const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\n" +
-	" xlb/dataplane/v1/dataplane.proto\x12\x10xlb.dataplane.v1\"\x10\n" +
+	" xlb/dataplane/v1/dataplane.proto\x12\x10xlb.dataplane.v1\x1a\x16xlb/load/v1/load.proto\"\x10\n" +
 	"\x0eUpgradeRequest\"=\n" +
 	"\x0fUpgradeResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"\x0f\n" +
-	"\rStatusRequest\"\xae\x01\n" +
+	"\rStatusRequest\"\xe4\x01\n" +
 	"\x0eStatusResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1e\n" +
@@ -306,7 +317,8 @@ const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x122\n" +
 	"\aworkers\x18\x04 \x03(\v2\x18.xlb.dataplane.v1.WorkerR\aworkers\x12\x1c\n" +
-	"\tupgrading\x18\x05 \x01(\bR\tupgrading\"_\n" +
+	"\tupgrading\x18\x05 \x01(\bR\tupgrading\x124\n" +
+	"\bbackends\x18\x06 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\"_\n" +
 	"\x06Worker\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12/\n" +
@@ -334,18 +346,20 @@ var file_xlb_dataplane_v1_dataplane_proto_goTypes = []any{
 	(*StatusRequest)(nil),   // 2: xlb.dataplane.v1.StatusRequest
 	(*StatusResponse)(nil),  // 3: xlb.dataplane.v1.StatusResponse
 	(*Worker)(nil),          // 4: xlb.dataplane.v1.Worker
+	(*v1.BackendLoad)(nil),  // 5: xlb.load.v1.BackendLoad
 }
 var file_xlb_dataplane_v1_dataplane_proto_depIdxs = []int32{
 	4, // 0: xlb.dataplane.v1.StatusResponse.workers:type_name -> xlb.dataplane.v1.Worker
-	0, // 1: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:input_type -> xlb.dataplane.v1.UpgradeRequest
-	2, // 2: xlb.dataplane.v1.DataPlaneAdminService.Status:input_type -> xlb.dataplane.v1.StatusRequest
-	1, // 3: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:output_type -> xlb.dataplane.v1.UpgradeResponse
-	3, // 4: xlb.dataplane.v1.DataPlaneAdminService.Status:output_type -> xlb.dataplane.v1.StatusResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	5, // 1: xlb.dataplane.v1.StatusResponse.backends:type_name -> xlb.load.v1.BackendLoad
+	0, // 2: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:input_type -> xlb.dataplane.v1.UpgradeRequest
+	2, // 3: xlb.dataplane.v1.DataPlaneAdminService.Status:input_type -> xlb.dataplane.v1.StatusRequest
+	1, // 4: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:output_type -> xlb.dataplane.v1.UpgradeResponse
+	3, // 5: xlb.dataplane.v1.DataPlaneAdminService.Status:output_type -> xlb.dataplane.v1.StatusResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_xlb_dataplane_v1_dataplane_proto_init() }
