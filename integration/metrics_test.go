@@ -125,3 +125,60 @@ func TestMetricsWorkerKilled(t *testing.T) {
 		t.Errorf("2xx %d of %d, in flight %d", ok, n, inFlight)
 	}
 }
+
+// TestLoadAcrossDataPlanes: two data planes report their load to the control plane, and its
+// GetLoad gives, per backend, the sum of the traffic sent through both, and each one's share.
+func TestLoadAcrossDataPlanes(t *testing.T) {
+	t.Parallel()
+	cp := startControlPlane(t, t.TempDir(), nil, "--load-interval", "100ms")
+	a, b := newCountingBackend(t, "A"), newCountingBackend(t, "B")
+	dp1 := startDataPlane(t, cp, "n1", "web", "--metrics-interval", "100ms")
+	dp2 := startDataPlane(t, cp, "n2", "web", "--metrics-interval", "100ms")
+	v := cp.put(t, setJSON{Name: "web", Backends: []backendJSON{backendAt(t, "a", a.addr, 1), backendAt(t, "b", b.addr, 3)}})
+	cp.awaitApplied(t, "n1", map[string]string{"web": v})
+	cp.awaitApplied(t, "n2", map[string]string{"web": v})
+	traffic(t, dp1.addr, "/one", 40)
+	traffic(t, dp2.addr, "/two", 60)
+
+	type loadJSON struct {
+		Backends []struct {
+			BackendID string   `json:"backendId"`
+			Requests  string   `json:"requests"`
+			Responses []string `json:"responses"`
+		} `json:"backends"`
+		DataPlanes []struct {
+			NodeID   string `json:"nodeId"`
+			Backends []struct {
+				Requests string `json:"requests"`
+			} `json:"backends"`
+		} `json:"dataPlanes"`
+	}
+	want := map[string]int{"a": int(a.n.Load()), "b": int(b.n.Load())}
+	deadline := time.Now().Add(logWaitTimeout)
+	for {
+		var l loadJSON
+		cp.mustCall(t, "GetLoad", "", &l)
+		got := map[string]int{}
+		for _, be := range l.Backends {
+			got[be.BackendID], _ = strconv.Atoi(be.Requests)
+		}
+		perNode := map[string]int{}
+		for _, dp := range l.DataPlanes {
+			for _, be := range dp.Backends {
+				n, _ := strconv.Atoi(be.Requests)
+				perNode[dp.NodeID] += n
+			}
+		}
+		if got["a"] == want["a"] && got["b"] == want["b"] && perNode["n1"] == 40 && perNode["n2"] == 60 {
+			t.Logf("GetLoad: %v, per data plane %v; the backends saw %v", got, perNode, want)
+			return
+		}
+		if got["a"] > want["a"] || got["b"] > want["b"] || perNode["n1"] > 40 || perNode["n2"] > 60 {
+			t.Fatalf("GetLoad counts more than was sent: %v per backend (the backends saw %v), %v per data plane (sent 40 and 60)", got, want, perNode)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GetLoad: %v per backend (the backends saw %v), %v per data plane (sent 40 and 60) after %v", got, want, perNode, logWaitTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

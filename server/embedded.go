@@ -13,6 +13,7 @@ import (
 
 	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
 	"github.com/xlbproxy/xlb/controlplane/discovery"
+	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/controlplane/store"
 	"github.com/xlbproxy/xlb/dataplane/balance"
@@ -20,6 +21,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/table"
 	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
 // controlSocket, in the state directory, is where `xlb run` serves its embedded control plane:
@@ -45,7 +47,7 @@ type embeddedCP struct {
 // startEmbedded starts the embedded control plane holding sets, serving on dir's control socket.
 // The store is filled before the discovery server takes its first snapshot: a stream that opened
 // on an empty one would be told that every set was removed.
-func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet) (*embeddedCP, error) {
+func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet, loadInterval time.Duration) (*embeddedCP, error) {
 	st, err := store.Open("", log)
 	if err != nil {
 		return nil, err
@@ -63,7 +65,9 @@ func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet) (*embe
 	}
 	c.srv = srv
 	discoveryv1.RegisterDiscoveryServiceServer(srv, c.disc)
-	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, c.disc, log))
+	agg := load.NewAggregator(loadInterval, log)
+	loadv1.RegisterLoadReportingServiceServer(srv, agg)
+	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, c.disc, log).WithLoad(agg))
 	ln, err := listenUnix(c.sock)
 	if err != nil {
 		st.Close()

@@ -2,21 +2,19 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
@@ -34,24 +32,23 @@ const metricsSocket = "metrics.sock"
 // defaultMetricsInterval is what a zero Config.MetricsInterval means.
 const defaultMetricsInterval = time.Second
 
-// backendKey names a backend across workers and generations.
-type backendKey struct{ set, id string }
-
-// loadTotals are the sums of the reports of a supervisor's workers.
+// loadTotals are the sums of the reports of a supervisor's workers, and what of them the control
+// plane has not been sent yet.
 type loadTotals struct {
 	loadv1.UnimplementedWorkerMetricsServiceServer
 	interval time.Duration
 	log      hclog.Logger
 
 	mu       sync.Mutex
-	totals   map[backendKey]*loadv1.BackendLoad
-	inFlight map[int32]map[backendKey]int64 // by worker pid, from its last report
+	totals   load.Totals
+	pending  load.Totals                  // added since the last report to the control plane
+	inFlight map[int32]map[load.Key]int64 // by worker pid, from its last report
 	lastSeq  map[int32]uint64
 }
 
 func newLoadTotals(interval time.Duration, log hclog.Logger) *loadTotals {
-	return &loadTotals{interval: interval, log: log, totals: map[backendKey]*loadv1.BackendLoad{},
-		inFlight: map[int32]map[backendKey]int64{}, lastSeq: map[int32]uint64{}}
+	return &loadTotals{interval: interval, log: log, totals: load.Totals{}, pending: load.Totals{},
+		inFlight: map[int32]map[load.Key]int64{}, lastSeq: map[int32]uint64{}}
 }
 
 // StreamMetrics is the supervisor's side of a worker's stream.
@@ -87,81 +84,53 @@ func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
 		return
 	}
 	t.lastSeq[pid] = req.GetSeq()
-	gauges := map[backendKey]int64{}
+	gauges := map[load.Key]int64{}
 	for _, b := range req.GetBackends() {
-		k := backendKey{b.GetBackendSet(), b.GetBackendId()}
-		tot := t.totals[k]
-		if tot == nil {
-			tot = &loadv1.BackendLoad{BackendSet: k.set, BackendId: k.id, Responses: make([]uint64, 5)}
-			t.totals[k] = tot
-		}
-		tot.Address = b.GetAddress()
-		addLoad(tot, b)
-		gauges[k] = b.GetInFlight()
+		t.totals.Add(b)
+		t.pending.Add(b)
+		gauges[load.Key{Set: b.GetBackendSet(), ID: b.GetBackendId()}] = b.GetInFlight()
 	}
 	t.inFlight[pid] = gauges
 }
 
-// addLoad adds the counters of d to tot.
-func addLoad(tot, d *loadv1.BackendLoad) {
-	tot.Requests += d.GetRequests()
-	tot.Retries += d.GetRetries()
-	for i, n := range d.GetResponses() {
-		if i < len(tot.Responses) {
-			tot.Responses[i] += n
-		}
+// inFlightOf sums the live workers' last gauges of k; the caller holds mu.
+func (t *loadTotals) inFlightOf(k load.Key) (n int64) {
+	for _, g := range t.inFlight {
+		n += g[k]
 	}
-	tot.LocalOriginErrors += d.GetLocalOriginErrors()
-	tot.BadResponses += d.GetBadResponses()
-	tot.ConnectionsOpened += d.GetConnectionsOpened()
-	tot.ConnectionsReused += d.GetConnectionsReused()
-	tot.ConnectionsClosedByBackend += d.GetConnectionsClosedByBackend()
-	tot.BytesIn += d.GetBytesIn()
-	tot.BytesOut += d.GetBytesOut()
-	tot.HeaderLatency = addHistogram(tot.HeaderLatency, d.GetHeaderLatency())
-	tot.TotalLatency = addHistogram(tot.TotalLatency, d.GetTotalLatency())
+	return n
 }
 
-func addHistogram(tot, d *loadv1.Histogram) *loadv1.Histogram {
-	if d == nil {
-		return tot
+// takePending returns what the control plane has not been sent, and forgets it.
+func (t *loadTotals) takePending() []*loadv1.BackendLoad {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := t.pending.Sorted()
+	for _, b := range out {
+		b.InFlight = t.inFlightOf(load.Key{Set: b.BackendSet, ID: b.BackendId})
 	}
-	if tot == nil {
-		tot = &loadv1.Histogram{BoundsSeconds: d.GetBoundsSeconds(), Counts: make([]uint64, len(d.GetCounts()))}
+	t.pending = load.Totals{}
+	return out
+}
+
+// restore gives back what takePending took and could not be sent.
+func (t *loadTotals) restore(bs []*loadv1.BackendLoad) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, b := range bs {
+		t.pending.Add(b)
 	}
-	for i, n := range d.GetCounts() {
-		if i < len(tot.Counts) {
-			tot.Counts[i] += n
-		}
-	}
-	tot.SumSeconds += d.GetSumSeconds()
-	return tot
 }
 
 // snapshot is the totals by set and id, with in_flight summed over the live workers.
 func (t *loadTotals) snapshot() []*loadv1.BackendLoad {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	keys := slices.SortedFunc(maps.Keys(t.totals), func(a, b backendKey) int {
-		if c := strings.Compare(a.set, b.set); c != 0 {
-			return c
-		}
-		return strings.Compare(a.id, b.id)
-	})
-	out := make([]*loadv1.BackendLoad, 0, len(keys))
-	for _, k := range keys {
-		b := cloneLoad(t.totals[k])
-		b.InFlight = 0
-		for _, g := range t.inFlight {
-			b.InFlight += g[k]
-		}
-		out = append(out, b)
+	out := t.totals.Sorted()
+	for _, b := range out {
+		b.InFlight = t.inFlightOf(load.Key{Set: b.BackendSet, ID: b.BackendId})
 	}
 	return out
-}
-
-func cloneLoad(b *loadv1.BackendLoad) *loadv1.BackendLoad {
-	return proto.Clone(b).(*loadv1.BackendLoad)
 }
 
 // The worker's side.
@@ -174,7 +143,7 @@ type reporter struct {
 	log     hclog.Logger
 
 	seq  uint64
-	last map[backendKey]proxy.BackendMetrics
+	last map[load.Key]proxy.BackendMetrics
 }
 
 // runReporter reports p's metrics to the supervisor at socket until ctx ends, then sends a last
@@ -238,9 +207,9 @@ func runReporter(ctx context.Context, socket string, r *reporter) {
 func (r *reporter) report() *loadv1.StreamMetricsRequest {
 	r.seq++
 	req := &loadv1.StreamMetricsRequest{WorkerSlot: uint32(r.slot), Pid: int32(os.Getpid()), Seq: r.seq, ObservedGeneration: r.gen()}
-	now := map[backendKey]proxy.BackendMetrics{}
+	now := map[load.Key]proxy.BackendMetrics{}
 	for _, m := range r.metrics() {
-		k := backendKey{m.Set, m.ID}
+		k := load.Key{Set: m.Set, ID: m.ID}
 		now[k] = m
 		prev, ok := r.last[k]
 		if !ok || prev.Requests > m.Requests || prev.Address != m.Address {
@@ -302,4 +271,66 @@ func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), er
 		<-done
 		ln.removeIfOurs()
 	}, nil
+}
+
+// reportLoad streams the supervisor's load to its control plane: every interval the control plane
+// asks for, what the workers reported since the previous report. A stream that breaks keeps what
+// it could not send for the next one. It returns when ctx ends, after a last report.
+func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *loadTotals, log hclog.Logger) {
+	instance := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+	var seq uint64
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		sctx, cancel := context.WithCancel(context.Background())
+		err := func() error {
+			stream, err := loadv1.NewLoadReportingServiceClient(conn).StreamLoadStats(sctx)
+			if err != nil {
+				return err
+			}
+			first, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			backoff = 100 * time.Millisecond
+			interval := first.GetReportInterval().AsDuration()
+			if interval <= 0 {
+				interval = defaultMetricsInterval
+			}
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			send := func() error {
+				bs := t.takePending()
+				if len(bs) == 0 {
+					return nil
+				}
+				seq++
+				if err := stream.Send(&loadv1.StreamLoadStatsRequest{NodeId: node, Instance: instance, Seq: seq, Backends: bs}); err != nil {
+					t.restore(bs)
+					return err
+				}
+				return nil
+			}
+			for {
+				select {
+				case <-tick.C:
+					if err := send(); err != nil {
+						return err
+					}
+				case <-ctx.Done():
+					send()
+					stream.CloseSend()
+					return nil
+				}
+			}
+		}()
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			log.Debug("load reports: the stream to the control plane ended", "error", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			backoff = min(2*backoff, 15*time.Second)
+		}
+	}
 }

@@ -14,9 +14,11 @@ import (
 
 	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
 	"github.com/xlbproxy/xlb/controlplane/discovery"
+	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/controlplane/store"
 	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
 // `xlb dataplane` is `xlb run` whose backend sets come from a control plane: the same supervisor
@@ -104,6 +106,7 @@ type controlplaneFlags struct {
 	listen, dataDir string
 	sec             serverSecurity
 	debounce        time.Duration
+	loadInterval    time.Duration
 	log             LogConfig
 }
 
@@ -122,6 +125,7 @@ func parseControlplane(args []string) (controlplaneFlags, error) {
 	fs.StringVar(&c.sec.AdminTokenFile, "admin-token-file", "", "")
 	fs.BoolVar(&c.sec.Insecure, "insecure", false, "")
 	fs.DurationVar(&c.debounce, "debounce", 50*time.Millisecond, "")
+	fs.DurationVar(&c.loadInterval, "load-interval", time.Second, "")
 	fs.Func("log-level", "", func(s string) (err error) { c.log.Level, err = parseLogLevel(s); return err })
 	fs.Func("log-format", "", func(s string) (err error) { c.log.JSON, err = parseLogFormat(s); return err })
 	if err := parseFlags(fs, args); err != nil {
@@ -135,6 +139,9 @@ func parseControlplane(args []string) (controlplaneFlags, error) {
 	}
 	if c.debounce < 0 {
 		return c, errors.New("--debounce must not be negative")
+	}
+	if c.loadInterval <= 0 {
+		return c, errors.New("--load-interval must be positive")
 	}
 	return c, nil
 }
@@ -164,6 +171,8 @@ Flags:
                              certificate)
   --insecure                 allow plaintext on an address that is not loopback
   --debounce DURATION        how long changes gather before a push (default 50ms)
+  --load-interval DURATION   how often data planes report their load (default 1s); GetLoad
+                             serves the sums
   --log-level LEVEL, --log-format FORMAT
                              as for xlb run
 `
@@ -200,7 +209,9 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 	}
 	disc := discovery.NewServer(storeSource{st}, discovery.Config{Debounce: c.debounce, Logger: log})
 	discoveryv1.RegisterDiscoveryServiceServer(srv, disc)
-	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, disc, log.Named("admin")))
+	agg := load.NewAggregator(c.loadInterval, log.Named("load"))
+	loadv1.RegisterLoadReportingServiceServer(srv, agg)
+	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, disc, log.Named("admin")).WithLoad(agg))
 	network, addr := "tcp", c.listen
 	if p, ok := strings.CutPrefix(c.listen, "unix://"); ok {
 		network, addr = "unix", p

@@ -81,7 +81,7 @@ func TestParseControlplane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, log: LogConfig{JSON: true},
+	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, loadInterval: time.Second, log: LogConfig{JSON: true},
 		sec: serverSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"}}
 	if c != want {
 		t.Errorf("got %+v, want %+v", c, want)

@@ -273,7 +273,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	// xlb dataplane's.
 	target, creds := cfg.ControlPlane, insecure.NewCredentials()
 	if target == "" {
-		cp, err := startEmbedded(dir, log.Named("controlplane"), cfg.BackendSets)
+		cp, err := startEmbedded(dir, log.Named("controlplane"), cfg.BackendSets, cfg.metricsInterval())
 		if err != nil {
 			return startFailed("cannot start the embedded control plane", err)
 		}
@@ -306,10 +306,16 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 			Logger: log,
 		})
 	}()
-	// Runs before the deferred cleanups above: the client stops before its connection closes.
+	reported := make(chan struct{})
+	go func() {
+		defer close(reported)
+		reportLoad(xctx, conn, cfg.nodeID(), s.load, log.Named("load"))
+	}()
+	// Runs before the deferred cleanups above: the clients stop before their connection closes.
 	defer func() {
 		stopXDS()
 		<-xdone
+		<-reported
 	}()
 
 	// On a fresh region the first sets go in before any worker starts, so that none serves an

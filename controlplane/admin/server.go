@@ -31,9 +31,29 @@ const versionBytesMax = 64
 type Server struct {
 	adminv1.UnimplementedAdminServiceServer
 
-	st  *store.Store
-	dps DataPlanes // nil: no data planes
-	log hclog.Logger
+	st   *store.Store
+	dps  DataPlanes // nil: no data planes
+	load Load       // nil: no load reported
+	log  hclog.Logger
+}
+
+// Load is what GetLoad reports; the load aggregator implements it.
+type Load interface {
+	Load() *adminv1.GetLoadResponse
+}
+
+// WithLoad makes GetLoad report l.
+func (s *Server) WithLoad(l Load) *Server {
+	s.load = l
+	return s
+}
+
+// GetLoad returns the load reported by the data planes.
+func (s *Server) GetLoad(context.Context, *adminv1.GetLoadRequest) (*adminv1.GetLoadResponse, error) {
+	if s.load == nil {
+		return &adminv1.GetLoadResponse{}, nil
+	}
+	return s.load.Load(), nil
 }
 
 // NewServer returns the AdminService of st. dps may be nil (ListDataPlanes then returns none), and

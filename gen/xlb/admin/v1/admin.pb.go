@@ -10,7 +10,8 @@
 package adminv1
 
 import (
-	v1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	v11 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	v1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -26,9 +27,151 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GetLoadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLoadRequest) Reset() {
+	*x = GetLoadRequest{}
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLoadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLoadRequest) ProtoMessage() {}
+
+func (x *GetLoadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLoadRequest.ProtoReflect.Descriptor instead.
+func (*GetLoadRequest) Descriptor() ([]byte, []int) {
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+type GetLoadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// backends are the sums over every data plane, by set and backend id.
+	Backends      []*v1.BackendLoad `protobuf:"bytes,1,rep,name=backends,proto3" json:"backends,omitempty"`
+	DataPlanes    []*DataPlaneLoad  `protobuf:"bytes,2,rep,name=data_planes,json=dataPlanes,proto3" json:"data_planes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLoadResponse) Reset() {
+	*x = GetLoadResponse{}
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLoadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLoadResponse) ProtoMessage() {}
+
+func (x *GetLoadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLoadResponse.ProtoReflect.Descriptor instead.
+func (*GetLoadResponse) Descriptor() ([]byte, []int) {
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetLoadResponse) GetBackends() []*v1.BackendLoad {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *GetLoadResponse) GetDataPlanes() []*DataPlaneLoad {
+	if x != nil {
+		return x.DataPlanes
+	}
+	return nil
+}
+
+// DataPlaneLoad is what one data plane reported.
+type DataPlaneLoad struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Backends      []*v1.BackendLoad      `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataPlaneLoad) Reset() {
+	*x = DataPlaneLoad{}
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataPlaneLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataPlaneLoad) ProtoMessage() {}
+
+func (x *DataPlaneLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataPlaneLoad.ProtoReflect.Descriptor instead.
+func (*DataPlaneLoad) Descriptor() ([]byte, []int) {
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DataPlaneLoad) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DataPlaneLoad) GetBackends() []*v1.BackendLoad {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
 type PutBackendSetRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
-	BackendSet *v1.BackendSet         `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
+	BackendSet *v11.BackendSet        `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
 	// expected_version, when present, makes the put a compare-and-set.
 	ExpectedVersion *string `protobuf:"bytes,2,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
 	unknownFields   protoimpl.UnknownFields
@@ -37,7 +180,7 @@ type PutBackendSetRequest struct {
 
 func (x *PutBackendSetRequest) Reset() {
 	*x = PutBackendSetRequest{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +192,7 @@ func (x *PutBackendSetRequest) String() string {
 func (*PutBackendSetRequest) ProtoMessage() {}
 
 func (x *PutBackendSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,10 +205,10 @@ func (x *PutBackendSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBackendSetRequest.ProtoReflect.Descriptor instead.
 func (*PutBackendSetRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *PutBackendSetRequest) GetBackendSet() *v1.BackendSet {
+func (x *PutBackendSetRequest) GetBackendSet() *v11.BackendSet {
 	if x != nil {
 		return x.BackendSet
 	}
@@ -89,7 +232,7 @@ type PutBackendSetResponse struct {
 
 func (x *PutBackendSetResponse) Reset() {
 	*x = PutBackendSetResponse{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -101,7 +244,7 @@ func (x *PutBackendSetResponse) String() string {
 func (*PutBackendSetResponse) ProtoMessage() {}
 
 func (x *PutBackendSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -114,7 +257,7 @@ func (x *PutBackendSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBackendSetResponse.ProtoReflect.Descriptor instead.
 func (*PutBackendSetResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutBackendSetResponse) GetVersion() string {
@@ -133,7 +276,7 @@ type GetBackendSetRequest struct {
 
 func (x *GetBackendSetRequest) Reset() {
 	*x = GetBackendSetRequest{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -145,7 +288,7 @@ func (x *GetBackendSetRequest) String() string {
 func (*GetBackendSetRequest) ProtoMessage() {}
 
 func (x *GetBackendSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -158,7 +301,7 @@ func (x *GetBackendSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBackendSetRequest.ProtoReflect.Descriptor instead.
 func (*GetBackendSetRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetBackendSetRequest) GetName() string {
@@ -169,15 +312,15 @@ func (x *GetBackendSetRequest) GetName() string {
 }
 
 type GetBackendSetResponse struct {
-	state         protoimpl.MessageState  `protogen:"open.v1"`
-	BackendSet    *v1.VersionedBackendSet `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	BackendSet    *v11.VersionedBackendSet `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetBackendSetResponse) Reset() {
 	*x = GetBackendSetResponse{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +332,7 @@ func (x *GetBackendSetResponse) String() string {
 func (*GetBackendSetResponse) ProtoMessage() {}
 
 func (x *GetBackendSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,10 +345,10 @@ func (x *GetBackendSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBackendSetResponse.ProtoReflect.Descriptor instead.
 func (*GetBackendSetResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *GetBackendSetResponse) GetBackendSet() *v1.VersionedBackendSet {
+func (x *GetBackendSetResponse) GetBackendSet() *v11.VersionedBackendSet {
 	if x != nil {
 		return x.BackendSet
 	}
@@ -220,7 +363,7 @@ type ListBackendSetsRequest struct {
 
 func (x *ListBackendSetsRequest) Reset() {
 	*x = ListBackendSetsRequest{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -232,7 +375,7 @@ func (x *ListBackendSetsRequest) String() string {
 func (*ListBackendSetsRequest) ProtoMessage() {}
 
 func (x *ListBackendSetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -245,19 +388,19 @@ func (x *ListBackendSetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackendSetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBackendSetsRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 type ListBackendSetsResponse struct {
-	state         protoimpl.MessageState    `protogen:"open.v1"`
-	BackendSets   []*v1.VersionedBackendSet `protobuf:"bytes,1,rep,name=backend_sets,json=backendSets,proto3" json:"backend_sets,omitempty"`
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	BackendSets   []*v11.VersionedBackendSet `protobuf:"bytes,1,rep,name=backend_sets,json=backendSets,proto3" json:"backend_sets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListBackendSetsResponse) Reset() {
 	*x = ListBackendSetsResponse{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +412,7 @@ func (x *ListBackendSetsResponse) String() string {
 func (*ListBackendSetsResponse) ProtoMessage() {}
 
 func (x *ListBackendSetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,10 +425,10 @@ func (x *ListBackendSetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBackendSetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBackendSetsResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *ListBackendSetsResponse) GetBackendSets() []*v1.VersionedBackendSet {
+func (x *ListBackendSetsResponse) GetBackendSets() []*v11.VersionedBackendSet {
 	if x != nil {
 		return x.BackendSets
 	}
@@ -302,7 +445,7 @@ type DeleteBackendSetRequest struct {
 
 func (x *DeleteBackendSetRequest) Reset() {
 	*x = DeleteBackendSetRequest{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +457,7 @@ func (x *DeleteBackendSetRequest) String() string {
 func (*DeleteBackendSetRequest) ProtoMessage() {}
 
 func (x *DeleteBackendSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +470,7 @@ func (x *DeleteBackendSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBackendSetRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBackendSetRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteBackendSetRequest) GetName() string {
@@ -352,7 +495,7 @@ type DeleteBackendSetResponse struct {
 
 func (x *DeleteBackendSetResponse) Reset() {
 	*x = DeleteBackendSetResponse{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +507,7 @@ func (x *DeleteBackendSetResponse) String() string {
 func (*DeleteBackendSetResponse) ProtoMessage() {}
 
 func (x *DeleteBackendSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +520,7 @@ func (x *DeleteBackendSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBackendSetResponse.ProtoReflect.Descriptor instead.
 func (*DeleteBackendSetResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 type ListDataPlanesRequest struct {
@@ -388,7 +531,7 @@ type ListDataPlanesRequest struct {
 
 func (x *ListDataPlanesRequest) Reset() {
 	*x = ListDataPlanesRequest{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +543,7 @@ func (x *ListDataPlanesRequest) String() string {
 func (*ListDataPlanesRequest) ProtoMessage() {}
 
 func (x *ListDataPlanesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +556,7 @@ func (x *ListDataPlanesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDataPlanesRequest.ProtoReflect.Descriptor instead.
 func (*ListDataPlanesRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 type ListDataPlanesResponse struct {
@@ -425,7 +568,7 @@ type ListDataPlanesResponse struct {
 
 func (x *ListDataPlanesResponse) Reset() {
 	*x = ListDataPlanesResponse{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +580,7 @@ func (x *ListDataPlanesResponse) String() string {
 func (*ListDataPlanesResponse) ProtoMessage() {}
 
 func (x *ListDataPlanesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +593,7 @@ func (x *ListDataPlanesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDataPlanesResponse.ProtoReflect.Descriptor instead.
 func (*ListDataPlanesResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListDataPlanesResponse) GetDataPlanes() []*DataPlane {
@@ -473,15 +616,15 @@ type DataPlane struct {
 	// sets are the sets it serves or rejected, by name.
 	Sets []*SetStatus `protobuf:"bytes,6,rep,name=sets,proto3" json:"sets,omitempty"`
 	// generation is its shared region generation, and workers what each of its workers serves.
-	Generation    uint64             `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
-	Workers       []*v1.WorkerStatus `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
+	Generation    uint64              `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	Workers       []*v11.WorkerStatus `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DataPlane) Reset() {
 	*x = DataPlane{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +636,7 @@ func (x *DataPlane) String() string {
 func (*DataPlane) ProtoMessage() {}
 
 func (x *DataPlane) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +649,7 @@ func (x *DataPlane) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataPlane.ProtoReflect.Descriptor instead.
 func (*DataPlane) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DataPlane) GetNodeId() string {
@@ -558,7 +701,7 @@ func (x *DataPlane) GetGeneration() uint64 {
 	return 0
 }
 
-func (x *DataPlane) GetWorkers() []*v1.WorkerStatus {
+func (x *DataPlane) GetWorkers() []*v11.WorkerStatus {
 	if x != nil {
 		return x.Workers
 	}
@@ -579,7 +722,7 @@ type SetStatus struct {
 
 func (x *SetStatus) Reset() {
 	*x = SetStatus{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +734,7 @@ func (x *SetStatus) String() string {
 func (*SetStatus) ProtoMessage() {}
 
 func (x *SetStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +747,7 @@ func (x *SetStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStatus.ProtoReflect.Descriptor instead.
 func (*SetStatus) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetStatus) GetName() string {
@@ -640,7 +783,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +795,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_xlb_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +808,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_xlb_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Nack) GetVersion() string {
@@ -693,7 +836,15 @@ var File_xlb_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_xlb_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18xlb/admin/v1/admin.proto\x12\fxlb.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a xlb/discovery/v1/discovery.proto\"\x9a\x01\n" +
+	"\x18xlb/admin/v1/admin.proto\x12\fxlb.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a xlb/discovery/v1/discovery.proto\x1a\x16xlb/load/v1/load.proto\"\x10\n" +
+	"\x0eGetLoadRequest\"\x85\x01\n" +
+	"\x0fGetLoadResponse\x124\n" +
+	"\bbackends\x18\x01 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\x12<\n" +
+	"\vdata_planes\x18\x02 \x03(\v2\x1b.xlb.admin.v1.DataPlaneLoadR\n" +
+	"dataPlanes\"^\n" +
+	"\rDataPlaneLoad\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x124\n" +
+	"\bbackends\x18\x02 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\"\x9a\x01\n" +
 	"\x14PutBackendSetRequest\x12=\n" +
 	"\vbackend_set\x18\x01 \x01(\v2\x1c.xlb.discovery.v1.BackendSetR\n" +
 	"backendSet\x12.\n" +
@@ -736,13 +887,14 @@ const file_xlb_admin_v1_admin_proto_rawDesc = "" +
 	"\x04Nack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12*\n" +
-	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at2\xe2\x03\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at2\xaa\x04\n" +
 	"\fAdminService\x12X\n" +
 	"\rPutBackendSet\x12\".xlb.admin.v1.PutBackendSetRequest\x1a#.xlb.admin.v1.PutBackendSetResponse\x12X\n" +
 	"\rGetBackendSet\x12\".xlb.admin.v1.GetBackendSetRequest\x1a#.xlb.admin.v1.GetBackendSetResponse\x12^\n" +
 	"\x0fListBackendSets\x12$.xlb.admin.v1.ListBackendSetsRequest\x1a%.xlb.admin.v1.ListBackendSetsResponse\x12a\n" +
 	"\x10DeleteBackendSet\x12%.xlb.admin.v1.DeleteBackendSetRequest\x1a&.xlb.admin.v1.DeleteBackendSetResponse\x12[\n" +
-	"\x0eListDataPlanes\x12#.xlb.admin.v1.ListDataPlanesRequest\x1a$.xlb.admin.v1.ListDataPlanesResponseB2Z0github.com/xlbproxy/xlb/gen/xlb/admin/v1;adminv1b\x06proto3"
+	"\x0eListDataPlanes\x12#.xlb.admin.v1.ListDataPlanesRequest\x1a$.xlb.admin.v1.ListDataPlanesResponse\x12F\n" +
+	"\aGetLoad\x12\x1c.xlb.admin.v1.GetLoadRequest\x1a\x1d.xlb.admin.v1.GetLoadResponseB2Z0github.com/xlbproxy/xlb/gen/xlb/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_xlb_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -756,52 +908,61 @@ func file_xlb_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_xlb_admin_v1_admin_proto_rawDescData
 }
 
-var file_xlb_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_xlb_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_xlb_admin_v1_admin_proto_goTypes = []any{
-	(*PutBackendSetRequest)(nil),     // 0: xlb.admin.v1.PutBackendSetRequest
-	(*PutBackendSetResponse)(nil),    // 1: xlb.admin.v1.PutBackendSetResponse
-	(*GetBackendSetRequest)(nil),     // 2: xlb.admin.v1.GetBackendSetRequest
-	(*GetBackendSetResponse)(nil),    // 3: xlb.admin.v1.GetBackendSetResponse
-	(*ListBackendSetsRequest)(nil),   // 4: xlb.admin.v1.ListBackendSetsRequest
-	(*ListBackendSetsResponse)(nil),  // 5: xlb.admin.v1.ListBackendSetsResponse
-	(*DeleteBackendSetRequest)(nil),  // 6: xlb.admin.v1.DeleteBackendSetRequest
-	(*DeleteBackendSetResponse)(nil), // 7: xlb.admin.v1.DeleteBackendSetResponse
-	(*ListDataPlanesRequest)(nil),    // 8: xlb.admin.v1.ListDataPlanesRequest
-	(*ListDataPlanesResponse)(nil),   // 9: xlb.admin.v1.ListDataPlanesResponse
-	(*DataPlane)(nil),                // 10: xlb.admin.v1.DataPlane
-	(*SetStatus)(nil),                // 11: xlb.admin.v1.SetStatus
-	(*Nack)(nil),                     // 12: xlb.admin.v1.Nack
-	(*v1.BackendSet)(nil),            // 13: xlb.discovery.v1.BackendSet
-	(*v1.VersionedBackendSet)(nil),   // 14: xlb.discovery.v1.VersionedBackendSet
-	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
-	(*v1.WorkerStatus)(nil),          // 16: xlb.discovery.v1.WorkerStatus
+	(*GetLoadRequest)(nil),           // 0: xlb.admin.v1.GetLoadRequest
+	(*GetLoadResponse)(nil),          // 1: xlb.admin.v1.GetLoadResponse
+	(*DataPlaneLoad)(nil),            // 2: xlb.admin.v1.DataPlaneLoad
+	(*PutBackendSetRequest)(nil),     // 3: xlb.admin.v1.PutBackendSetRequest
+	(*PutBackendSetResponse)(nil),    // 4: xlb.admin.v1.PutBackendSetResponse
+	(*GetBackendSetRequest)(nil),     // 5: xlb.admin.v1.GetBackendSetRequest
+	(*GetBackendSetResponse)(nil),    // 6: xlb.admin.v1.GetBackendSetResponse
+	(*ListBackendSetsRequest)(nil),   // 7: xlb.admin.v1.ListBackendSetsRequest
+	(*ListBackendSetsResponse)(nil),  // 8: xlb.admin.v1.ListBackendSetsResponse
+	(*DeleteBackendSetRequest)(nil),  // 9: xlb.admin.v1.DeleteBackendSetRequest
+	(*DeleteBackendSetResponse)(nil), // 10: xlb.admin.v1.DeleteBackendSetResponse
+	(*ListDataPlanesRequest)(nil),    // 11: xlb.admin.v1.ListDataPlanesRequest
+	(*ListDataPlanesResponse)(nil),   // 12: xlb.admin.v1.ListDataPlanesResponse
+	(*DataPlane)(nil),                // 13: xlb.admin.v1.DataPlane
+	(*SetStatus)(nil),                // 14: xlb.admin.v1.SetStatus
+	(*Nack)(nil),                     // 15: xlb.admin.v1.Nack
+	(*v1.BackendLoad)(nil),           // 16: xlb.load.v1.BackendLoad
+	(*v11.BackendSet)(nil),           // 17: xlb.discovery.v1.BackendSet
+	(*v11.VersionedBackendSet)(nil),  // 18: xlb.discovery.v1.VersionedBackendSet
+	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
+	(*v11.WorkerStatus)(nil),         // 20: xlb.discovery.v1.WorkerStatus
 }
 var file_xlb_admin_v1_admin_proto_depIdxs = []int32{
-	13, // 0: xlb.admin.v1.PutBackendSetRequest.backend_set:type_name -> xlb.discovery.v1.BackendSet
-	14, // 1: xlb.admin.v1.GetBackendSetResponse.backend_set:type_name -> xlb.discovery.v1.VersionedBackendSet
-	14, // 2: xlb.admin.v1.ListBackendSetsResponse.backend_sets:type_name -> xlb.discovery.v1.VersionedBackendSet
-	10, // 3: xlb.admin.v1.ListDataPlanesResponse.data_planes:type_name -> xlb.admin.v1.DataPlane
-	15, // 4: xlb.admin.v1.DataPlane.connected_since:type_name -> google.protobuf.Timestamp
-	15, // 5: xlb.admin.v1.DataPlane.disconnected_at:type_name -> google.protobuf.Timestamp
-	11, // 6: xlb.admin.v1.DataPlane.sets:type_name -> xlb.admin.v1.SetStatus
-	16, // 7: xlb.admin.v1.DataPlane.workers:type_name -> xlb.discovery.v1.WorkerStatus
-	12, // 8: xlb.admin.v1.SetStatus.last_nack:type_name -> xlb.admin.v1.Nack
-	15, // 9: xlb.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
-	0,  // 10: xlb.admin.v1.AdminService.PutBackendSet:input_type -> xlb.admin.v1.PutBackendSetRequest
-	2,  // 11: xlb.admin.v1.AdminService.GetBackendSet:input_type -> xlb.admin.v1.GetBackendSetRequest
-	4,  // 12: xlb.admin.v1.AdminService.ListBackendSets:input_type -> xlb.admin.v1.ListBackendSetsRequest
-	6,  // 13: xlb.admin.v1.AdminService.DeleteBackendSet:input_type -> xlb.admin.v1.DeleteBackendSetRequest
-	8,  // 14: xlb.admin.v1.AdminService.ListDataPlanes:input_type -> xlb.admin.v1.ListDataPlanesRequest
-	1,  // 15: xlb.admin.v1.AdminService.PutBackendSet:output_type -> xlb.admin.v1.PutBackendSetResponse
-	3,  // 16: xlb.admin.v1.AdminService.GetBackendSet:output_type -> xlb.admin.v1.GetBackendSetResponse
-	5,  // 17: xlb.admin.v1.AdminService.ListBackendSets:output_type -> xlb.admin.v1.ListBackendSetsResponse
-	7,  // 18: xlb.admin.v1.AdminService.DeleteBackendSet:output_type -> xlb.admin.v1.DeleteBackendSetResponse
-	9,  // 19: xlb.admin.v1.AdminService.ListDataPlanes:output_type -> xlb.admin.v1.ListDataPlanesResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	16, // 0: xlb.admin.v1.GetLoadResponse.backends:type_name -> xlb.load.v1.BackendLoad
+	2,  // 1: xlb.admin.v1.GetLoadResponse.data_planes:type_name -> xlb.admin.v1.DataPlaneLoad
+	16, // 2: xlb.admin.v1.DataPlaneLoad.backends:type_name -> xlb.load.v1.BackendLoad
+	17, // 3: xlb.admin.v1.PutBackendSetRequest.backend_set:type_name -> xlb.discovery.v1.BackendSet
+	18, // 4: xlb.admin.v1.GetBackendSetResponse.backend_set:type_name -> xlb.discovery.v1.VersionedBackendSet
+	18, // 5: xlb.admin.v1.ListBackendSetsResponse.backend_sets:type_name -> xlb.discovery.v1.VersionedBackendSet
+	13, // 6: xlb.admin.v1.ListDataPlanesResponse.data_planes:type_name -> xlb.admin.v1.DataPlane
+	19, // 7: xlb.admin.v1.DataPlane.connected_since:type_name -> google.protobuf.Timestamp
+	19, // 8: xlb.admin.v1.DataPlane.disconnected_at:type_name -> google.protobuf.Timestamp
+	14, // 9: xlb.admin.v1.DataPlane.sets:type_name -> xlb.admin.v1.SetStatus
+	20, // 10: xlb.admin.v1.DataPlane.workers:type_name -> xlb.discovery.v1.WorkerStatus
+	15, // 11: xlb.admin.v1.SetStatus.last_nack:type_name -> xlb.admin.v1.Nack
+	19, // 12: xlb.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
+	3,  // 13: xlb.admin.v1.AdminService.PutBackendSet:input_type -> xlb.admin.v1.PutBackendSetRequest
+	5,  // 14: xlb.admin.v1.AdminService.GetBackendSet:input_type -> xlb.admin.v1.GetBackendSetRequest
+	7,  // 15: xlb.admin.v1.AdminService.ListBackendSets:input_type -> xlb.admin.v1.ListBackendSetsRequest
+	9,  // 16: xlb.admin.v1.AdminService.DeleteBackendSet:input_type -> xlb.admin.v1.DeleteBackendSetRequest
+	11, // 17: xlb.admin.v1.AdminService.ListDataPlanes:input_type -> xlb.admin.v1.ListDataPlanesRequest
+	0,  // 18: xlb.admin.v1.AdminService.GetLoad:input_type -> xlb.admin.v1.GetLoadRequest
+	4,  // 19: xlb.admin.v1.AdminService.PutBackendSet:output_type -> xlb.admin.v1.PutBackendSetResponse
+	6,  // 20: xlb.admin.v1.AdminService.GetBackendSet:output_type -> xlb.admin.v1.GetBackendSetResponse
+	8,  // 21: xlb.admin.v1.AdminService.ListBackendSets:output_type -> xlb.admin.v1.ListBackendSetsResponse
+	10, // 22: xlb.admin.v1.AdminService.DeleteBackendSet:output_type -> xlb.admin.v1.DeleteBackendSetResponse
+	12, // 23: xlb.admin.v1.AdminService.ListDataPlanes:output_type -> xlb.admin.v1.ListDataPlanesResponse
+	1,  // 24: xlb.admin.v1.AdminService.GetLoad:output_type -> xlb.admin.v1.GetLoadResponse
+	19, // [19:25] is the sub-list for method output_type
+	13, // [13:19] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_xlb_admin_v1_admin_proto_init() }
@@ -809,15 +970,15 @@ func file_xlb_admin_v1_admin_proto_init() {
 	if File_xlb_admin_v1_admin_proto != nil {
 		return
 	}
-	file_xlb_admin_v1_admin_proto_msgTypes[0].OneofWrappers = []any{}
-	file_xlb_admin_v1_admin_proto_msgTypes[6].OneofWrappers = []any{}
+	file_xlb_admin_v1_admin_proto_msgTypes[3].OneofWrappers = []any{}
+	file_xlb_admin_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_admin_v1_admin_proto_rawDesc), len(file_xlb_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	AdminService_ListBackendSets_FullMethodName  = "/xlb.admin.v1.AdminService/ListBackendSets"
 	AdminService_DeleteBackendSet_FullMethodName = "/xlb.admin.v1.AdminService/DeleteBackendSet"
 	AdminService_ListDataPlanes_FullMethodName   = "/xlb.admin.v1.AdminService/ListDataPlanes"
+	AdminService_GetLoad_FullMethodName          = "/xlb.admin.v1.AdminService/GetLoad"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -47,6 +48,9 @@ type AdminServiceClient interface {
 	DeleteBackendSet(ctx context.Context, in *DeleteBackendSetRequest, opts ...grpc.CallOption) (*DeleteBackendSetResponse, error)
 	// ListDataPlanes returns every data plane that connected since the control plane started.
 	ListDataPlanes(ctx context.Context, in *ListDataPlanesRequest, opts ...grpc.CallOption) (*ListDataPlanesResponse, error)
+	// GetLoad returns the load of every backend reported since the control plane started: summed
+	// across data planes, and per data plane.
+	GetLoad(ctx context.Context, in *GetLoadRequest, opts ...grpc.CallOption) (*GetLoadResponse, error)
 }
 
 type adminServiceClient struct {
@@ -107,6 +111,16 @@ func (c *adminServiceClient) ListDataPlanes(ctx context.Context, in *ListDataPla
 	return out, nil
 }
 
+func (c *adminServiceClient) GetLoad(ctx context.Context, in *GetLoadRequest, opts ...grpc.CallOption) (*GetLoadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetLoadResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetLoad_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -125,6 +139,9 @@ type AdminServiceServer interface {
 	DeleteBackendSet(context.Context, *DeleteBackendSetRequest) (*DeleteBackendSetResponse, error)
 	// ListDataPlanes returns every data plane that connected since the control plane started.
 	ListDataPlanes(context.Context, *ListDataPlanesRequest) (*ListDataPlanesResponse, error)
+	// GetLoad returns the load of every backend reported since the control plane started: summed
+	// across data planes, and per data plane.
+	GetLoad(context.Context, *GetLoadRequest) (*GetLoadResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -149,6 +166,9 @@ func (UnimplementedAdminServiceServer) DeleteBackendSet(context.Context, *Delete
 }
 func (UnimplementedAdminServiceServer) ListDataPlanes(context.Context, *ListDataPlanesRequest) (*ListDataPlanesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDataPlanes not implemented")
+}
+func (UnimplementedAdminServiceServer) GetLoad(context.Context, *GetLoadRequest) (*GetLoadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLoad not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -261,6 +281,24 @@ func _AdminService_ListDataPlanes_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetLoad_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLoadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetLoad(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetLoad_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetLoad(ctx, req.(*GetLoadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -287,6 +325,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDataPlanes",
 			Handler:    _AdminService_ListDataPlanes_Handler,
+		},
+		{
+			MethodName: "GetLoad",
+			Handler:    _AdminService_GetLoad_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -4,7 +4,8 @@
 // 	protoc        (unknown)
 // source: xlb/load/v1/load.proto
 
-// Per-backend load: each worker streams its counters to its supervisor.
+// Per-backend load: each worker streams its counters to its supervisor, and each data plane its
+// totals to the control plane (LRS-style), which serves them to operators.
 
 package loadv1
 
@@ -24,6 +25,124 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// StreamLoadStatsRequest is one report of a data plane: counters are deltas since its previous
+// report on this stream's instance, gauges are values now. The control plane adds each
+// (node, instance, seq) once.
+type StreamLoadStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_id names the data plane; instance tells apart its supervisors (a restart or an upgrade
+	// starts a new one, whose seq counts from 1 again).
+	NodeId        string         `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Instance      string         `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	Seq           uint64         `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Backends      []*BackendLoad `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamLoadStatsRequest) Reset() {
+	*x = StreamLoadStatsRequest{}
+	mi := &file_xlb_load_v1_load_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamLoadStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamLoadStatsRequest) ProtoMessage() {}
+
+func (x *StreamLoadStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_load_v1_load_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamLoadStatsRequest.ProtoReflect.Descriptor instead.
+func (*StreamLoadStatsRequest) Descriptor() ([]byte, []int) {
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StreamLoadStatsRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *StreamLoadStatsRequest) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *StreamLoadStatsRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *StreamLoadStatsRequest) GetBackends() []*BackendLoad {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// StreamLoadStatsResponse tells a data plane how often to report.
+type StreamLoadStatsResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ReportInterval *durationpb.Duration   `protobuf:"bytes,1,opt,name=report_interval,json=reportInterval,proto3" json:"report_interval,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *StreamLoadStatsResponse) Reset() {
+	*x = StreamLoadStatsResponse{}
+	mi := &file_xlb_load_v1_load_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamLoadStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamLoadStatsResponse) ProtoMessage() {}
+
+func (x *StreamLoadStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_load_v1_load_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamLoadStatsResponse.ProtoReflect.Descriptor instead.
+func (*StreamLoadStatsResponse) Descriptor() ([]byte, []int) {
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StreamLoadStatsResponse) GetReportInterval() *durationpb.Duration {
+	if x != nil {
+		return x.ReportInterval
+	}
+	return nil
+}
+
 // StreamMetricsRequest is one report of a worker: counters are deltas since its previous report,
 // gauges are values now. A supervisor counts a (pid, seq) once.
 type StreamMetricsRequest struct {
@@ -42,7 +161,7 @@ type StreamMetricsRequest struct {
 
 func (x *StreamMetricsRequest) Reset() {
 	*x = StreamMetricsRequest{}
-	mi := &file_xlb_load_v1_load_proto_msgTypes[0]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -54,7 +173,7 @@ func (x *StreamMetricsRequest) String() string {
 func (*StreamMetricsRequest) ProtoMessage() {}
 
 func (x *StreamMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_load_v1_load_proto_msgTypes[0]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -67,7 +186,7 @@ func (x *StreamMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMetricsRequest.ProtoReflect.Descriptor instead.
 func (*StreamMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{0}
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StreamMetricsRequest) GetWorkerSlot() uint32 {
@@ -115,7 +234,7 @@ type StreamMetricsResponse struct {
 
 func (x *StreamMetricsResponse) Reset() {
 	*x = StreamMetricsResponse{}
-	mi := &file_xlb_load_v1_load_proto_msgTypes[1]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -127,7 +246,7 @@ func (x *StreamMetricsResponse) String() string {
 func (*StreamMetricsResponse) ProtoMessage() {}
 
 func (x *StreamMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_load_v1_load_proto_msgTypes[1]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -140,7 +259,7 @@ func (x *StreamMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMetricsResponse.ProtoReflect.Descriptor instead.
 func (*StreamMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{1}
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StreamMetricsResponse) GetReportInterval() *durationpb.Duration {
@@ -179,7 +298,7 @@ type BackendLoad struct {
 
 func (x *BackendLoad) Reset() {
 	*x = BackendLoad{}
-	mi := &file_xlb_load_v1_load_proto_msgTypes[2]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +310,7 @@ func (x *BackendLoad) String() string {
 func (*BackendLoad) ProtoMessage() {}
 
 func (x *BackendLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_load_v1_load_proto_msgTypes[2]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +323,7 @@ func (x *BackendLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendLoad.ProtoReflect.Descriptor instead.
 func (*BackendLoad) Descriptor() ([]byte, []int) {
-	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{2}
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BackendLoad) GetBackendSet() string {
@@ -332,7 +451,7 @@ type Histogram struct {
 
 func (x *Histogram) Reset() {
 	*x = Histogram{}
-	mi := &file_xlb_load_v1_load_proto_msgTypes[3]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +463,7 @@ func (x *Histogram) String() string {
 func (*Histogram) ProtoMessage() {}
 
 func (x *Histogram) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_load_v1_load_proto_msgTypes[3]
+	mi := &file_xlb_load_v1_load_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +476,7 @@ func (x *Histogram) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Histogram.ProtoReflect.Descriptor instead.
 func (*Histogram) Descriptor() ([]byte, []int) {
-	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{3}
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Histogram) GetBoundsSeconds() []float64 {
@@ -385,7 +504,14 @@ var File_xlb_load_v1_load_proto protoreflect.FileDescriptor
 
 const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\n" +
-	"\x16xlb/load/v1/load.proto\x12\vxlb.load.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc2\x01\n" +
+	"\x16xlb/load/v1/load.proto\x12\vxlb.load.v1\x1a\x1egoogle/protobuf/duration.proto\"\x95\x01\n" +
+	"\x16StreamLoadStatsRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x124\n" +
+	"\bbackends\x18\x04 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\"]\n" +
+	"\x17StreamLoadStatsResponse\x12B\n" +
+	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\xc2\x01\n" +
 	"\x14StreamMetricsRequest\x12\x1f\n" +
 	"\vworker_slot\x18\x01 \x01(\rR\n" +
 	"workerSlot\x12\x10\n" +
@@ -421,7 +547,9 @@ const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\vsum_seconds\x18\x03 \x01(\x01R\n" +
 	"sumSeconds2r\n" +
 	"\x14WorkerMetricsService\x12Z\n" +
-	"\rStreamMetrics\x12!.xlb.load.v1.StreamMetricsRequest\x1a\".xlb.load.v1.StreamMetricsResponse(\x010\x01B0Z.github.com/xlbproxy/xlb/gen/xlb/load/v1;loadv1b\x06proto3"
+	"\rStreamMetrics\x12!.xlb.load.v1.StreamMetricsRequest\x1a\".xlb.load.v1.StreamMetricsResponse(\x010\x012x\n" +
+	"\x14LoadReportingService\x12`\n" +
+	"\x0fStreamLoadStats\x12#.xlb.load.v1.StreamLoadStatsRequest\x1a$.xlb.load.v1.StreamLoadStatsResponse(\x010\x01B0Z.github.com/xlbproxy/xlb/gen/xlb/load/v1;loadv1b\x06proto3"
 
 var (
 	file_xlb_load_v1_load_proto_rawDescOnce sync.Once
@@ -435,26 +563,32 @@ func file_xlb_load_v1_load_proto_rawDescGZIP() []byte {
 	return file_xlb_load_v1_load_proto_rawDescData
 }
 
-var file_xlb_load_v1_load_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_xlb_load_v1_load_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_xlb_load_v1_load_proto_goTypes = []any{
-	(*StreamMetricsRequest)(nil),  // 0: xlb.load.v1.StreamMetricsRequest
-	(*StreamMetricsResponse)(nil), // 1: xlb.load.v1.StreamMetricsResponse
-	(*BackendLoad)(nil),           // 2: xlb.load.v1.BackendLoad
-	(*Histogram)(nil),             // 3: xlb.load.v1.Histogram
-	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
+	(*StreamLoadStatsRequest)(nil),  // 0: xlb.load.v1.StreamLoadStatsRequest
+	(*StreamLoadStatsResponse)(nil), // 1: xlb.load.v1.StreamLoadStatsResponse
+	(*StreamMetricsRequest)(nil),    // 2: xlb.load.v1.StreamMetricsRequest
+	(*StreamMetricsResponse)(nil),   // 3: xlb.load.v1.StreamMetricsResponse
+	(*BackendLoad)(nil),             // 4: xlb.load.v1.BackendLoad
+	(*Histogram)(nil),               // 5: xlb.load.v1.Histogram
+	(*durationpb.Duration)(nil),     // 6: google.protobuf.Duration
 }
 var file_xlb_load_v1_load_proto_depIdxs = []int32{
-	2, // 0: xlb.load.v1.StreamMetricsRequest.backends:type_name -> xlb.load.v1.BackendLoad
-	4, // 1: xlb.load.v1.StreamMetricsResponse.report_interval:type_name -> google.protobuf.Duration
-	3, // 2: xlb.load.v1.BackendLoad.header_latency:type_name -> xlb.load.v1.Histogram
-	3, // 3: xlb.load.v1.BackendLoad.total_latency:type_name -> xlb.load.v1.Histogram
-	0, // 4: xlb.load.v1.WorkerMetricsService.StreamMetrics:input_type -> xlb.load.v1.StreamMetricsRequest
-	1, // 5: xlb.load.v1.WorkerMetricsService.StreamMetrics:output_type -> xlb.load.v1.StreamMetricsResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 0: xlb.load.v1.StreamLoadStatsRequest.backends:type_name -> xlb.load.v1.BackendLoad
+	6, // 1: xlb.load.v1.StreamLoadStatsResponse.report_interval:type_name -> google.protobuf.Duration
+	4, // 2: xlb.load.v1.StreamMetricsRequest.backends:type_name -> xlb.load.v1.BackendLoad
+	6, // 3: xlb.load.v1.StreamMetricsResponse.report_interval:type_name -> google.protobuf.Duration
+	5, // 4: xlb.load.v1.BackendLoad.header_latency:type_name -> xlb.load.v1.Histogram
+	5, // 5: xlb.load.v1.BackendLoad.total_latency:type_name -> xlb.load.v1.Histogram
+	2, // 6: xlb.load.v1.WorkerMetricsService.StreamMetrics:input_type -> xlb.load.v1.StreamMetricsRequest
+	0, // 7: xlb.load.v1.LoadReportingService.StreamLoadStats:input_type -> xlb.load.v1.StreamLoadStatsRequest
+	3, // 8: xlb.load.v1.WorkerMetricsService.StreamMetrics:output_type -> xlb.load.v1.StreamMetricsResponse
+	1, // 9: xlb.load.v1.LoadReportingService.StreamLoadStats:output_type -> xlb.load.v1.StreamLoadStatsResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_xlb_load_v1_load_proto_init() }
@@ -468,9 +602,9 @@ func file_xlb_load_v1_load_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_load_v1_load_proto_rawDesc), len(file_xlb_load_v1_load_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_xlb_load_v1_load_proto_goTypes,
 		DependencyIndexes: file_xlb_load_v1_load_proto_depIdxs,

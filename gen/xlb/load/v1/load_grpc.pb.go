@@ -4,7 +4,8 @@
 // - protoc             (unknown)
 // source: xlb/load/v1/load.proto
 
-// Per-backend load: each worker streams its counters to its supervisor.
+// Per-backend load: each worker streams its counters to its supervisor, and each data plane its
+// totals to the control plane (LRS-style), which serves them to operators.
 
 package loadv1
 
@@ -119,6 +120,110 @@ var WorkerMetricsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamMetrics",
 			Handler:       _WorkerMetricsService_StreamMetrics_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "xlb/load/v1/load.proto",
+}
+
+const (
+	LoadReportingService_StreamLoadStats_FullMethodName = "/xlb.load.v1.LoadReportingService/StreamLoadStats"
+)
+
+// LoadReportingServiceClient is the client API for LoadReportingService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// LoadReportingService is the control plane's: each data plane's supervisor streams, per interval,
+// what its backends did since its previous report.
+type LoadReportingServiceClient interface {
+	// StreamLoadStats carries one data plane's reports.
+	StreamLoadStats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamLoadStatsRequest, StreamLoadStatsResponse], error)
+}
+
+type loadReportingServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewLoadReportingServiceClient(cc grpc.ClientConnInterface) LoadReportingServiceClient {
+	return &loadReportingServiceClient{cc}
+}
+
+func (c *loadReportingServiceClient) StreamLoadStats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamLoadStatsRequest, StreamLoadStatsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &LoadReportingService_ServiceDesc.Streams[0], LoadReportingService_StreamLoadStats_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamLoadStatsRequest, StreamLoadStatsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LoadReportingService_StreamLoadStatsClient = grpc.BidiStreamingClient[StreamLoadStatsRequest, StreamLoadStatsResponse]
+
+// LoadReportingServiceServer is the server API for LoadReportingService service.
+// All implementations must embed UnimplementedLoadReportingServiceServer
+// for forward compatibility.
+//
+// LoadReportingService is the control plane's: each data plane's supervisor streams, per interval,
+// what its backends did since its previous report.
+type LoadReportingServiceServer interface {
+	// StreamLoadStats carries one data plane's reports.
+	StreamLoadStats(grpc.BidiStreamingServer[StreamLoadStatsRequest, StreamLoadStatsResponse]) error
+	mustEmbedUnimplementedLoadReportingServiceServer()
+}
+
+// UnimplementedLoadReportingServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedLoadReportingServiceServer struct{}
+
+func (UnimplementedLoadReportingServiceServer) StreamLoadStats(grpc.BidiStreamingServer[StreamLoadStatsRequest, StreamLoadStatsResponse]) error {
+	return status.Error(codes.Unimplemented, "method StreamLoadStats not implemented")
+}
+func (UnimplementedLoadReportingServiceServer) mustEmbedUnimplementedLoadReportingServiceServer() {}
+func (UnimplementedLoadReportingServiceServer) testEmbeddedByValue()                              {}
+
+// UnsafeLoadReportingServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to LoadReportingServiceServer will
+// result in compilation errors.
+type UnsafeLoadReportingServiceServer interface {
+	mustEmbedUnimplementedLoadReportingServiceServer()
+}
+
+func RegisterLoadReportingServiceServer(s grpc.ServiceRegistrar, srv LoadReportingServiceServer) {
+	// If the following call panics, it indicates UnimplementedLoadReportingServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&LoadReportingService_ServiceDesc, srv)
+}
+
+func _LoadReportingService_StreamLoadStats_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LoadReportingServiceServer).StreamLoadStats(&grpc.GenericServerStream[StreamLoadStatsRequest, StreamLoadStatsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type LoadReportingService_StreamLoadStatsServer = grpc.BidiStreamingServer[StreamLoadStatsRequest, StreamLoadStatsResponse]
+
+// LoadReportingService_ServiceDesc is the grpc.ServiceDesc for LoadReportingService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var LoadReportingService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "xlb.load.v1.LoadReportingService",
+	HandlerType: (*LoadReportingServiceServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "StreamLoadStats",
+			Handler:       _LoadReportingService_StreamLoadStats_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1,0 +1,173 @@
+// Package load aggregates per-backend load reports: a control plane's LoadReportingService, which
+// every data plane streams its deltas to, and the arithmetic of adding reports, which a data
+// plane's supervisor uses on its workers' reports too.
+//
+// A report is added once per (node, instance, seq): an instance is one supervisor's lifetime (a
+// restart or an upgrade starts a new one, whose seq counts from 1), so a report sent twice is
+// counted once, and a new supervisor's reports are not mistaken for old ones. Totals are since the
+// control plane started; they are not persisted.
+package load
+
+import (
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+)
+
+// Key names a backend: its set and id.
+type Key struct{ Set, ID string }
+
+// Add adds the counters of d to tot (in_flight aside, a gauge).
+func Add(tot, d *loadv1.BackendLoad) {
+	tot.Address = d.GetAddress()
+	tot.Requests += d.GetRequests()
+	tot.Retries += d.GetRetries()
+	if len(tot.Responses) < len(d.GetResponses()) {
+		tot.Responses = append(tot.Responses, make([]uint64, len(d.GetResponses())-len(tot.Responses))...)
+	}
+	for i, n := range d.GetResponses() {
+		tot.Responses[i] += n
+	}
+	tot.LocalOriginErrors += d.GetLocalOriginErrors()
+	tot.BadResponses += d.GetBadResponses()
+	tot.ConnectionsOpened += d.GetConnectionsOpened()
+	tot.ConnectionsReused += d.GetConnectionsReused()
+	tot.ConnectionsClosedByBackend += d.GetConnectionsClosedByBackend()
+	tot.BytesIn += d.GetBytesIn()
+	tot.BytesOut += d.GetBytesOut()
+	tot.HeaderLatency = addHistogram(tot.HeaderLatency, d.GetHeaderLatency())
+	tot.TotalLatency = addHistogram(tot.TotalLatency, d.GetTotalLatency())
+}
+
+func addHistogram(tot, d *loadv1.Histogram) *loadv1.Histogram {
+	if d == nil {
+		return tot
+	}
+	if tot == nil {
+		tot = &loadv1.Histogram{BoundsSeconds: d.GetBoundsSeconds(), Counts: make([]uint64, len(d.GetCounts()))}
+	}
+	for i, n := range d.GetCounts() {
+		if i < len(tot.Counts) {
+			tot.Counts[i] += n
+		}
+	}
+	tot.SumSeconds += d.GetSumSeconds()
+	return tot
+}
+
+// Totals are backends' sums, by key.
+type Totals map[Key]*loadv1.BackendLoad
+
+// Add adds d to the totals of its backend.
+func (t Totals) Add(d *loadv1.BackendLoad) *loadv1.BackendLoad {
+	k := Key{d.GetBackendSet(), d.GetBackendId()}
+	tot := t[k]
+	if tot == nil {
+		tot = &loadv1.BackendLoad{BackendSet: k.Set, BackendId: k.ID}
+		t[k] = tot
+	}
+	Add(tot, d)
+	return tot
+}
+
+// Sorted returns copies of the totals by set and id.
+func (t Totals) Sorted() []*loadv1.BackendLoad {
+	keys := slices.SortedFunc(maps.Keys(t), func(a, b Key) int {
+		if c := strings.Compare(a.Set, b.Set); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	out := make([]*loadv1.BackendLoad, len(keys))
+	for i, k := range keys {
+		out[i] = proto.Clone(t[k]).(*loadv1.BackendLoad)
+	}
+	return out
+}
+
+// Aggregator is the control plane's LoadReportingService.
+type Aggregator struct {
+	loadv1.UnimplementedLoadReportingServiceServer
+	interval time.Duration
+	log      hclog.Logger
+
+	mu      sync.Mutex
+	lastSeq map[[2]string]uint64 // by node and instance
+	nodes   map[string]Totals
+	all     Totals
+}
+
+// NewAggregator asks data planes to report every interval.
+func NewAggregator(interval time.Duration, log hclog.Logger) *Aggregator {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Aggregator{interval: interval, log: log, lastSeq: map[[2]string]uint64{}, nodes: map[string]Totals{}, all: Totals{}}
+}
+
+// StreamLoadStats receives one data plane's reports.
+func (a *Aggregator) StreamLoadStats(stream grpc.BidiStreamingServer[loadv1.StreamLoadStatsRequest, loadv1.StreamLoadStatsResponse]) error {
+	if err := stream.Send(&loadv1.StreamLoadStatsResponse{ReportInterval: durationpb.New(a.interval)}); err != nil {
+		return err
+	}
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		a.add(req)
+	}
+}
+
+func (a *Aggregator) add(req *loadv1.StreamLoadStatsRequest) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := [2]string{req.GetNodeId(), req.GetInstance()}
+	if req.GetSeq() <= a.lastSeq[k] {
+		return
+	}
+	a.lastSeq[k] = req.GetSeq()
+	node := a.nodes[req.GetNodeId()]
+	if node == nil {
+		node = Totals{}
+		a.nodes[req.GetNodeId()] = node
+	}
+	for _, b := range req.GetBackends() {
+		node.Add(b).InFlight = b.GetInFlight()
+		a.all.Add(b)
+	}
+	// The sum's in-flight is the sum of the nodes' last gauges.
+	for k, tot := range a.all {
+		tot.InFlight = 0
+		for _, n := range a.nodes {
+			if b := n[k]; b != nil {
+				tot.InFlight += b.InFlight
+			}
+		}
+	}
+}
+
+// Load is what the admin service's GetLoad returns.
+func (a *Aggregator) Load() *adminv1.GetLoadResponse {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	res := &adminv1.GetLoadResponse{Backends: a.all.Sorted()}
+	for _, id := range slices.Sorted(maps.Keys(a.nodes)) {
+		res.DataPlanes = append(res.DataPlanes, &adminv1.DataPlaneLoad{NodeId: id, Backends: a.nodes[id].Sorted()})
+	}
+	return res
+}

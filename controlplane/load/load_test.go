@@ -1,0 +1,31 @@
+package load
+
+import (
+	"testing"
+	"time"
+
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+)
+
+// TestAggregator: a report counts once per (node, instance, seq); a new instance of a node (a
+// restarted or upgraded supervisor) counting from seq 1 again is counted; the sum is over nodes.
+func TestAggregator(t *testing.T) {
+	a := NewAggregator(time.Second, nil)
+	rep := func(node, instance string, seq, requests uint64, inFlight int64) *loadv1.StreamLoadStatsRequest {
+		return &loadv1.StreamLoadStatsRequest{NodeId: node, Instance: instance, Seq: seq, Backends: []*loadv1.BackendLoad{
+			{BackendSet: "web", BackendId: "a", Requests: requests, Responses: []uint64{0, requests}, InFlight: inFlight,
+				TotalLatency: &loadv1.Histogram{Counts: []uint64{requests, 0}, SumSeconds: 0.5}}}}
+	}
+	a.add(rep("n1", "i1", 1, 10, 1))
+	a.add(rep("n1", "i1", 1, 10, 1)) // sent twice
+	a.add(rep("n1", "i2", 1, 5, 0))  // a new supervisor of n1
+	a.add(rep("n2", "j1", 1, 7, 2))
+	l := a.Load()
+	if len(l.Backends) != 1 || l.Backends[0].Requests != 22 || l.Backends[0].Responses[1] != 22 || l.Backends[0].InFlight != 2 ||
+		l.Backends[0].TotalLatency.Counts[0] != 22 {
+		t.Fatalf("sum %v; want 22 requests, 2 in flight", l.Backends)
+	}
+	if len(l.DataPlanes) != 2 || l.DataPlanes[0].NodeId != "n1" || l.DataPlanes[0].Backends[0].Requests != 15 || l.DataPlanes[1].Backends[0].Requests != 7 {
+		t.Fatalf("per node %v; want n1 15, n2 7", l.DataPlanes)
+	}
+}
