@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"regexp"
 	"runtime/debug"
 	"strings"
@@ -180,6 +181,7 @@ func newRunFlags() *runFlags {
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
 		workers                   = new(intVar)
 		stateDir, pidFile         string
+		otlpEndpoint              string
 		forwarded                 proxy.Forwarded
 		accessLog                 string
 		logCfg                    LogConfig
@@ -233,6 +235,18 @@ func newRunFlags() *runFlags {
 			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
 		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default 30s)",
 			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
+		{name: "otlp-endpoint", arg: "HOST:PORT", usage: "push per-backend metrics to this OpenTelemetry collector (OTLP/gRPC), every --metrics-interval",
+			set: func(s string) error {
+				if _, _, err := net.SplitHostPort(s); err != nil {
+					return err
+				}
+				otlpEndpoint = s
+				return nil
+			},
+			apply: func(c *Config) { c.OTLPEndpoint = otlpEndpoint }},
+		{name: "otlp-insecure", boolean: true, usage: "send OTLP in plaintext (default TLS)",
+			set:   func(string) error { return nil },
+			apply: func(c *Config) { c.OTLPInsecure = true }},
 		metricsEvery.def("metrics-interval", "how often workers report their per-backend metrics to the supervisor (default 1s)",
 			func(c *Config) { c.MetricsInterval = metricsEvery.d }),
 		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default 30s)",

@@ -101,6 +101,11 @@ type Config struct {
 	NodeID string
 	// ClientSecurity is how `xlb dataplane` connects to its control plane.
 	ClientSecurity clientSecurity
+	// OTLPEndpoint, when set, is the host:port of an OpenTelemetry collector that the supervisor
+	// pushes its per-backend metrics to (OTLP/gRPC), every MetricsInterval. OTLPInsecure sends
+	// them in plaintext.
+	OTLPEndpoint string
+	OTLPInsecure bool
 	// MetricsInterval is how often workers report their per-backend metrics to the supervisor.
 	// Zero means 1s.
 	MetricsInterval time.Duration

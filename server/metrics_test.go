@@ -47,3 +47,19 @@ func TestLoadTotalsCountOnce(t *testing.T) {
 		t.Fatalf("totals %v, want 9 requests and 2 in flight", got)
 	}
 }
+
+// TestCapBackends: past the cap, the rest of the backends are one "_overflow" series whose counts
+// are their sums.
+func TestCapBackends(t *testing.T) {
+	var bs []*loadv1.BackendLoad
+	for i := range 5 {
+		bs = append(bs, &loadv1.BackendLoad{BackendSet: "web", BackendId: string(rune('a' + i)), Requests: uint64(i + 1), Responses: []uint64{0, uint64(i + 1)}})
+	}
+	if got := capBackends(bs, 5); len(got) != 5 {
+		t.Fatalf("under the cap: %d series", len(got))
+	}
+	got := capBackends(bs, 3)
+	if len(got) != 4 || got[3].BackendId != "_overflow" || got[3].Requests != 4+5 || got[3].Responses[1] != 9 || got[2].BackendId != "c" {
+		t.Fatalf("capped: %v", got)
+	}
+}

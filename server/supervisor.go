@@ -268,6 +268,18 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		return startFailed("cannot serve the workers' metrics", err)
 	}
 	defer stopMetrics()
+	if cfg.OTLPEndpoint != "" {
+		stopOTel, err := s.startOTel(context.Background())
+		if err != nil {
+			return startFailed("cannot export metrics", err)
+		}
+		// The last export, after the workers' last reports.
+		defer func() {
+			if err := stopOTel(context.Background()); err != nil {
+				log.Warn("the last metrics export failed", "error", err)
+			}
+		}()
+	}
 
 	// The backend sets come from a control plane: the embedded one of xlb run, fed by the file, or
 	// xlb dataplane's.

@@ -3,7 +3,8 @@
 # Idempotent: Debian packages are installed only when missing (apt-get update only
 # then), and a Go tool is rebuilt only when .tools/bin/NAME is not at its pinned
 # version (`go version -m`). Binaries go to .tools/bin (gitignored).
-# Usage: bash tools/install.sh            # test needs: curl, staticcheck, buf, protoc plugins, grpcurl
+# Usage: bash tools/install.sh            # test needs: curl, staticcheck, buf, protoc plugins, grpcurl,
+#                                         # and an OpenTelemetry Collector built with the builder
 #        bash tools/install.sh --bench    # also nginx, haproxy, wrk (or WITH_BENCH=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,3 +48,30 @@ echo "$TOOLS" | while read -r name pkg ver; do
   echo "build $name $ver"
   GOBIN="$TOOLS_BIN" go install "$pkg@$ver"
 done
+
+# --- OpenTelemetry Collector for the integration tests -----------------------
+# .tools/bin/otelcol-xlbtest, built by the collector builder from tools/otelcol/builder-config.yaml
+# (OTLP receiver, file exporter; every component at OTELCOL_VERSION, the builder too). The build
+# dir is .tools/otelcol-build, its log .tools/otelcol-build.log. Rebuilt only when the binary is
+# missing, is not built from the OTLP receiver at OTELCOL_VERSION (`go version -m`), or was built
+# from another builder config (the one it was built from is kept as .tools/bin/.otelcol-xlbtest.yaml).
+OTELCOL_VERSION=v0.161.0
+OTELCOL_CFG=tools/otelcol/builder-config.yaml
+otelcol_have() {
+  [ -x "$TOOLS_BIN/otelcol-xlbtest" ] &&
+    go version -m "$TOOLS_BIN/otelcol-xlbtest" 2>/dev/null |
+    awk '$1=="dep" && $2=="go.opentelemetry.io/collector/receiver/otlpreceiver"{print $3}' |
+    grep -qx "$OTELCOL_VERSION" &&
+    cmp -s "$OTELCOL_CFG" "$TOOLS_BIN/.otelcol-xlbtest.yaml"
+}
+if otelcol_have; then
+  echo "ok    otelcol-xlbtest $OTELCOL_VERSION"
+else
+  echo "build otelcol-xlbtest $OTELCOL_VERSION"
+  rm -f "$TOOLS_BIN/.otelcol-xlbtest.yaml"
+  go run "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_VERSION" --config "$OTELCOL_CFG" \
+    >.tools/otelcol-build.log 2>&1 ||
+    { tail -20 .tools/otelcol-build.log; echo "otelcol-xlbtest: build failed; log in .tools/otelcol-build.log" >&2; exit 1; }
+  install -m 755 .tools/otelcol-build/otelcol-xlbtest "$TOOLS_BIN/otelcol-xlbtest"
+  cp "$OTELCOL_CFG" "$TOOLS_BIN/.otelcol-xlbtest.yaml"
+fi

@@ -1,0 +1,141 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+)
+
+// OpenTelemetry export of the supervisor's per-backend totals (the sums of its workers' reports):
+// OTLP/gRPC pushed to --otlp-endpoint every --metrics-interval, cumulative. Every series carries
+// the backend set (xlb.backend_set), the backend id (xlb.backend.id) and, as OpenTelemetry's
+// semantic conventions name them, server.address and server.port:
+//
+//	xlb.backend.requests           counter   attempts sent to the backend
+//	xlb.backend.responses          counter   responses, by http.response.status_class (1xx..5xx)
+//	xlb.backend.local_errors       counter   connects refused or timed out, resets, no response in time
+//	xlb.backend.bad_responses      counter   malformed responses
+//	xlb.backend.in_flight          gauge     attempts in progress (an up-down counter)
+//	xlb.backend.connections.opened counter   connections dialled
+//	xlb.backend.connections.reused counter   attempts on a pooled connection
+//
+// The number of backends exported is capped at otelBackendsMax: past it, the rest (by set and id)
+// are summed into one series whose set and id are "_overflow", so that a control plane with very
+// many backends cannot blow up a metrics store.
+const otelBackendsMax = 2000
+
+// startOTel starts the export; the func it returns flushes and stops it.
+func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error, error) {
+	opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(s.cfg.OTLPEndpoint)}
+	if s.cfg.OTLPInsecure {
+		opts = append(opts, otlpmetricgrpc.WithInsecure())
+	}
+	// The SDK reports export failures to a global handler, which would print a line of its own
+	// into a JSON log.
+	log := s.log.Named("otel")
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("metrics export failed", "error", err) }))
+	exp, err := otlpmetricgrpc.New(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("OTLP exporter: %w", err)
+	}
+	res := resource.NewSchemaless(
+		attribute.String("service.name", "xlb"),
+		attribute.String("service.version", Version()),
+		attribute.String("service.instance.id", s.cfg.nodeID()),
+	)
+	mp := sdkmetric.NewMeterProvider(
+		sdkmetric.WithResource(res),
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(s.cfg.metricsInterval()))),
+	)
+	m := mp.Meter("github.com/xlbproxy/xlb")
+	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err2 := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		if err == nil {
+			err = err2
+		}
+		return c
+	}
+	requests := counter("xlb.backend.requests", "{request}", "Attempts sent to the backend.")
+	responses := counter("xlb.backend.responses", "{response}", "Responses of the backend, by status class.")
+	localErrors := counter("xlb.backend.local_errors", "{error}", "Attempts that failed on the way: connect refused or timed out, reset, no response in time.")
+	badResponses := counter("xlb.backend.bad_responses", "{response}", "Malformed responses of the backend.")
+	opened := counter("xlb.backend.connections.opened", "{connection}", "Connections dialled to the backend.")
+	reused := counter("xlb.backend.connections.reused", "{request}", "Attempts sent on a pooled connection.")
+	inFlight, err2 := m.Int64ObservableUpDownCounter("xlb.backend.in_flight", metric.WithUnit("{request}"), metric.WithDescription("Attempts in progress."))
+	if err == nil {
+		err = err2
+	}
+	if err != nil {
+		mp.Shutdown(ctx)
+		return nil, err
+	}
+	classes := [5]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, b := range capBackends(s.load.snapshot(), otelBackendsMax) {
+			host, port, _ := net.SplitHostPort(b.GetAddress())
+			p, _ := strconv.Atoi(port)
+			base := []attribute.KeyValue{
+				attribute.String("xlb.backend_set", b.GetBackendSet()),
+				attribute.String("xlb.backend.id", b.GetBackendId()),
+				attribute.String("server.address", host),
+				attribute.Int("server.port", p),
+			}
+			set := metric.WithAttributeSet(attribute.NewSet(base...))
+			o.ObserveInt64(requests, int64(b.GetRequests()), set)
+			o.ObserveInt64(localErrors, int64(b.GetLocalOriginErrors()), set)
+			o.ObserveInt64(badResponses, int64(b.GetBadResponses()), set)
+			o.ObserveInt64(opened, int64(b.GetConnectionsOpened()), set)
+			o.ObserveInt64(reused, int64(b.GetConnectionsReused()), set)
+			o.ObserveInt64(inFlight, b.GetInFlight(), set)
+			for i, n := range b.GetResponses() {
+				if i < len(classes) {
+					o.ObserveInt64(responses, int64(n), metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("http.response.status_class", classes[i]))...)))
+				}
+			}
+		}
+		return nil
+	}, requests, responses, localErrors, badResponses, opened, reused, inFlight)
+	if err != nil {
+		mp.Shutdown(ctx)
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return mp.Shutdown(ctx)
+	}, nil
+}
+
+// capBackends keeps the first max backends and sums the rest into one "_overflow" series.
+func capBackends(bs []*loadv1.BackendLoad, max int) []*loadv1.BackendLoad {
+	if len(bs) <= max {
+		return bs
+	}
+	over := &loadv1.BackendLoad{BackendSet: "_overflow", BackendId: "_overflow"}
+	for _, b := range bs[max:] {
+		over.Requests += b.GetRequests()
+		over.LocalOriginErrors += b.GetLocalOriginErrors()
+		over.BadResponses += b.GetBadResponses()
+		over.ConnectionsOpened += b.GetConnectionsOpened()
+		over.ConnectionsReused += b.GetConnectionsReused()
+		over.InFlight += b.GetInFlight()
+		for i, n := range b.GetResponses() {
+			for len(over.Responses) <= i {
+				over.Responses = append(over.Responses, 0)
+			}
+			over.Responses[i] += n
+		}
+	}
+	return append(bs[:max:max], over)
+}
