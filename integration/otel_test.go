@@ -522,4 +522,61 @@ func TestOTelExport(t *testing.T) {
 			t.Errorf("%v: start time %d, observed at %d; want a start at or before the observation", p, p.start, p.time)
 		}
 	}
+
+	// The request durations, produced from the workers' histograms: one observation per request.
+	counts := lastDurationCounts(t, col.file)
+	for _, b := range backends {
+		if counts[b.name] != seen[b.name] {
+			t.Errorf("http.client.request.duration of backend %s: count %d, want the %d requests it saw (all: %v)", b.name, counts[b.name], seen[b.name], counts)
+		}
+	}
+}
+
+// lastDurationCounts is, by backend id, the count of the last exported point of
+// http.client.request.duration, a cumulative histogram.
+func lastDurationCounts(tb testing.TB, file string) map[string]int64 {
+	tb.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		var exp struct {
+			ResourceMetrics []struct {
+				ScopeMetrics []struct {
+					Metrics []struct {
+						Name      string `json:"name"`
+						Histogram *struct {
+							DataPoints []struct {
+								Attributes []otlpKeyValue `json:"attributes"`
+								Count      string         `json:"count"`
+							} `json:"dataPoints"`
+							AggregationTemporality int `json:"aggregationTemporality"`
+						} `json:"histogram"`
+					} `json:"metrics"`
+				} `json:"scopeMetrics"`
+			} `json:"resourceMetrics"`
+		}
+		if len(line) == 0 || json.Unmarshal(line, &exp) != nil {
+			continue
+		}
+		for _, rm := range exp.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					if m.Name != "http.client.request.duration" || m.Histogram == nil || m.Histogram.AggregationTemporality != otelSumCumulative {
+						continue
+					}
+					for _, dp := range m.Histogram.DataPoints {
+						for _, kv := range dp.Attributes {
+							if kv.Key == "xlb.backend.id" && kv.Value.StringValue != nil {
+								out[*kv.Value.StringValue], _ = strconv.ParseInt(dp.Count, 10, 64)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
 }

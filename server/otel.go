@@ -11,9 +11,12 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 
+	"github.com/xlbproxy/xlb/controlplane/load"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
@@ -29,6 +32,11 @@ import (
 //	xlb.backend.in_flight          gauge     attempts in progress (an up-down counter)
 //	xlb.backend.connections.opened counter   connections dialled
 //	xlb.backend.connections.reused counter   attempts on a pooled connection
+//	http.client.request.duration   histogram seconds from an attempt's start to the end of its
+//	                                         response, over the buckets of proxy.LatencyBuckets
+//
+// The histogram comes already aggregated, from the workers' buckets: it is produced as such (a
+// metric Producer), not recorded observation by observation.
 //
 // The number of backends exported is capped at otelBackendsMax: past it, the rest (by set and id)
 // are summed into one series whose set and id are "_overflow", so that a control plane with very
@@ -54,9 +62,11 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		attribute.String("service.version", Version()),
 		attribute.String("service.instance.id", s.cfg.nodeID()),
 	)
+	start := time.Now()
 	mp := sdkmetric.NewMeterProvider(
 		sdkmetric.WithResource(res),
-		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(s.cfg.metricsInterval()))),
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(s.cfg.metricsInterval()),
+			sdkmetric.WithProducer(durations{s: s, start: start}))),
 	)
 	m := mp.Meter("github.com/xlbproxy/xlb")
 	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
@@ -124,18 +134,58 @@ func capBackends(bs []*loadv1.BackendLoad, max int) []*loadv1.BackendLoad {
 	}
 	over := &loadv1.BackendLoad{BackendSet: "_overflow", BackendId: "_overflow"}
 	for _, b := range bs[max:] {
-		over.Requests += b.GetRequests()
-		over.LocalOriginErrors += b.GetLocalOriginErrors()
-		over.BadResponses += b.GetBadResponses()
-		over.ConnectionsOpened += b.GetConnectionsOpened()
-		over.ConnectionsReused += b.GetConnectionsReused()
+		load.Add(over, b)
 		over.InFlight += b.GetInFlight()
-		for i, n := range b.GetResponses() {
-			for len(over.Responses) <= i {
-				over.Responses = append(over.Responses, 0)
-			}
-			over.Responses[i] += n
-		}
 	}
+	over.Address = ""
 	return append(bs[:max:max], over)
+}
+
+// durations produces http.client.request.duration from the workers' aggregated histograms.
+type durations struct {
+	s     *supervisor
+	start time.Time
+}
+
+func (d durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
+	now := time.Now()
+	h := metricdata.Histogram[float64]{Temporality: metricdata.CumulativeTemporality}
+	for _, b := range capBackends(d.s.load.snapshot(), otelBackendsMax) {
+		tl := b.GetTotalLatency()
+		if tl == nil {
+			continue
+		}
+		host, port, _ := net.SplitHostPort(b.GetAddress())
+		p, _ := strconv.Atoi(port)
+		var count uint64
+		for _, n := range tl.GetCounts() {
+			count += n
+		}
+		h.DataPoints = append(h.DataPoints, metricdata.HistogramDataPoint[float64]{
+			Attributes: attribute.NewSet(
+				attribute.String("xlb.backend_set", b.GetBackendSet()),
+				attribute.String("xlb.backend.id", b.GetBackendId()),
+				attribute.String("server.address", host),
+				attribute.Int("server.port", p),
+			),
+			StartTime:    d.start,
+			Time:         now,
+			Count:        count,
+			Bounds:       tl.GetBoundsSeconds(),
+			BucketCounts: tl.GetCounts(),
+			Sum:          tl.GetSumSeconds(),
+		})
+	}
+	if len(h.DataPoints) == 0 {
+		return nil, nil
+	}
+	return []metricdata.ScopeMetrics{{
+		Scope: instrumentation.Scope{Name: "github.com/xlbproxy/xlb"},
+		Metrics: []metricdata.Metrics{{
+			Name:        "http.client.request.duration",
+			Description: "Duration of requests to backends, from an attempt's start to the end of its response.",
+			Unit:        "s",
+			Data:        h,
+		}},
+	}}, nil
 }
