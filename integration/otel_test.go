@@ -580,3 +580,78 @@ func lastDurationCounts(tb testing.TB, file string) map[string]int64 {
 	}
 	return out
 }
+
+// TestOTelControlPlane: the control plane exports its own metrics: the pushes to a data plane,
+// their ACKs, and the data planes connected.
+func TestOTelControlPlane(t *testing.T) {
+	t.Parallel()
+	col := startCollector(t)
+	cp := startControlPlane(t, t.TempDir(), nil, "--load-interval", "100ms", "--otlp-endpoint", col.addr, "--otlp-insecure")
+	a := newCountingBackend(t, "A")
+	startDataPlane(t, cp, "n1", "web")
+	v := cp.put(t, setJSON{Name: "web", Backends: []backendJSON{backendAt(t, "a", a.addr, 1)}})
+	cp.awaitApplied(t, "n1", map[string]string{"web": v})
+
+	want := map[string]func(int64) bool{
+		"xlb.controlplane.pushes":                func(n int64) bool { return n >= 1 },
+		"xlb.controlplane.acks":                  func(n int64) bool { return n >= 1 },
+		"xlb.controlplane.data_planes.connected": func(n int64) bool { return n == 1 },
+	}
+	deadline := time.Now().Add(otelExportTimeout)
+	for {
+		got := lastValues(t, col.file)
+		missing := []string{}
+		for name, ok := range want {
+			if n, found := got[name]; !found || !ok(n) {
+				missing = append(missing, fmt.Sprintf("%s=%d (exported: %v)", name, n, found))
+			}
+		}
+		if len(missing) == 0 {
+			t.Logf("exported: %v", got)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", otelExportTimeout, missing)
+		}
+		time.Sleep(otelPollInterval)
+	}
+}
+
+// lastValues is, by metric name, the value of the last exported point of every integer sum or gauge
+// of the file.
+func lastValues(tb testing.TB, file string) map[string]int64 {
+	tb.Helper()
+	data, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		var exp otlpExport
+		if len(line) == 0 || json.Unmarshal(line, &exp) != nil {
+			continue
+		}
+		for _, rm := range exp.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					var pts []otlpPoint
+					switch {
+					case m.Sum != nil:
+						pts = m.Sum.DataPoints
+					case m.Gauge != nil:
+						pts = m.Gauge.DataPoints
+					}
+					for _, p := range pts {
+						if p.AsInt != nil {
+							out[m.Name], _ = strconv.ParseInt(*p.AsInt, 10, 64)
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
+}

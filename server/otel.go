@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
@@ -43,15 +44,16 @@ import (
 // many backends cannot blow up a metrics store.
 const otelBackendsMax = 2000
 
-// startOTel starts the export; the func it returns flushes and stops it.
-func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error, error) {
-	opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(s.cfg.OTLPEndpoint)}
-	if s.cfg.OTLPInsecure {
+// newMeterProvider makes a meter provider that pushes to an OTLP/gRPC endpoint every interval,
+// with export failures logged to log.
+func newMeterProvider(ctx context.Context, endpoint string, insecure bool, interval time.Duration, instance string,
+	log hclog.Logger, producers ...sdkmetric.Producer) (*sdkmetric.MeterProvider, error) {
+	opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(endpoint)}
+	if insecure {
 		opts = append(opts, otlpmetricgrpc.WithInsecure())
 	}
 	// The SDK reports export failures to a global handler, which would print a line of its own
 	// into a JSON log.
-	log := s.log.Named("otel")
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("metrics export failed", "error", err) }))
 	exp, err := otlpmetricgrpc.New(ctx, opts...)
 	if err != nil {
@@ -60,14 +62,31 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 	res := resource.NewSchemaless(
 		attribute.String("service.name", "xlb"),
 		attribute.String("service.version", Version()),
-		attribute.String("service.instance.id", s.cfg.nodeID()),
+		attribute.String("service.instance.id", instance),
 	)
-	start := time.Now()
-	mp := sdkmetric.NewMeterProvider(
-		sdkmetric.WithResource(res),
-		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(s.cfg.metricsInterval()),
-			sdkmetric.WithProducer(durations{s: s, start: start}))),
-	)
+	ropts := []sdkmetric.PeriodicReaderOption{sdkmetric.WithInterval(interval)}
+	for _, p := range producers {
+		ropts = append(ropts, sdkmetric.WithProducer(p))
+	}
+	return sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, ropts...))), nil
+}
+
+// stopper flushes and stops mp within a bound.
+func stopper(mp *sdkmetric.MeterProvider) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return mp.Shutdown(ctx)
+	}
+}
+
+// startOTel starts the export of the supervisor's metrics; the func it returns flushes and stops it.
+func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error, error) {
+	mp, err := newMeterProvider(ctx, s.cfg.OTLPEndpoint, s.cfg.OTLPInsecure, s.cfg.metricsInterval(), s.cfg.nodeID(),
+		s.log.Named("otel"), durations{s: s, start: time.Now()})
+	if err != nil {
+		return nil, err
+	}
 	m := mp.Meter("github.com/xlbproxy/xlb")
 	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
 		c, err2 := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -120,11 +139,7 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		mp.Shutdown(ctx)
 		return nil, err
 	}
-	return func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		return mp.Shutdown(ctx)
-	}, nil
+	return stopper(mp), nil
 }
 
 // capBackends keeps the first max backends and sums the rest into one "_overflow" series.
@@ -188,4 +203,65 @@ func (d durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 			Data:        h,
 		}},
 	}}, nil
+}
+
+// controlPlaneMetrics are the control plane's own: pushes, their answers and how long those took,
+// and the data planes connected.
+//
+//	xlb.controlplane.pushes               counter    responses sent to data planes
+//	xlb.controlplane.acks                 counter    responses acknowledged
+//	xlb.controlplane.nacks                counter    responses that rejected a set
+//	xlb.controlplane.push.duration        histogram  seconds from a response's send to its answer
+//	xlb.controlplane.data_planes.connected gauge     data planes with a stream open
+type controlPlaneMetrics struct {
+	pushes, acks, nacks metric.Int64Counter
+	duration            metric.Float64Histogram
+}
+
+// startControlPlaneOTel exports the control plane's metrics; connected counts the data planes.
+func startControlPlaneOTel(ctx context.Context, c controlplaneFlags, connected func() int, log hclog.Logger) (*controlPlaneMetrics, func(context.Context) error, error) {
+	mp, err := newMeterProvider(ctx, c.otlpEndpoint, c.otlpInsecure, c.loadInterval, "controlplane", log)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := mp.Meter("github.com/xlbproxy/xlb/controlplane")
+	cm := &controlPlaneMetrics{}
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	cm.pushes, err = m.Int64Counter("xlb.controlplane.pushes", metric.WithUnit("{response}"), metric.WithDescription("Responses sent to data planes."))
+	add(err)
+	cm.acks, err = m.Int64Counter("xlb.controlplane.acks", metric.WithUnit("{response}"), metric.WithDescription("Responses acknowledged."))
+	add(err)
+	cm.nacks, err = m.Int64Counter("xlb.controlplane.nacks", metric.WithUnit("{response}"), metric.WithDescription("Responses that rejected a set."))
+	add(err)
+	cm.duration, err = m.Float64Histogram("xlb.controlplane.push.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time from a response's send to its answer."))
+	add(err)
+	_, err = m.Int64ObservableGauge("xlb.controlplane.data_planes.connected", metric.WithUnit("{data_plane}"),
+		metric.WithDescription("Data planes with a stream open."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(connected()))
+			return nil
+		}))
+	add(err)
+	if len(errs) > 0 {
+		mp.Shutdown(ctx)
+		return nil, nil, errs[0]
+	}
+	return cm, stopper(mp), nil
+}
+
+func (cm *controlPlaneMetrics) push() { cm.pushes.Add(context.Background(), 1) }
+
+func (cm *controlPlaneMetrics) answer(d time.Duration, nack bool) {
+	if nack {
+		cm.nacks.Add(context.Background(), 1)
+	} else {
+		cm.acks.Add(context.Background(), 1)
+	}
+	cm.duration.Record(context.Background(), d.Seconds())
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -107,6 +108,8 @@ type controlplaneFlags struct {
 	sec             serverSecurity
 	debounce        time.Duration
 	loadInterval    time.Duration
+	otlpEndpoint    string
+	otlpInsecure    bool
 	log             LogConfig
 }
 
@@ -126,6 +129,8 @@ func parseControlplane(args []string) (controlplaneFlags, error) {
 	fs.BoolVar(&c.sec.Insecure, "insecure", false, "")
 	fs.DurationVar(&c.debounce, "debounce", 50*time.Millisecond, "")
 	fs.DurationVar(&c.loadInterval, "load-interval", time.Second, "")
+	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", "", "")
+	fs.BoolVar(&c.otlpInsecure, "otlp-insecure", false, "")
 	fs.Func("log-level", "", func(s string) (err error) { c.log.Level, err = parseLogLevel(s); return err })
 	fs.Func("log-format", "", func(s string) (err error) { c.log.JSON, err = parseLogFormat(s); return err })
 	if err := parseFlags(fs, args); err != nil {
@@ -173,6 +178,9 @@ Flags:
   --debounce DURATION        how long changes gather before a push (default 50ms)
   --load-interval DURATION   how often data planes report their load (default 1s); GetLoad
                              serves the sums
+  --otlp-endpoint HOST:PORT  push the control plane's metrics (pushes, ACKs, NACKs, push
+                             duration, data planes connected) to an OpenTelemetry collector,
+                             every --load-interval; --otlp-insecure for plaintext
   --log-level LEVEL, --log-format FORMAT
                              as for xlb run
 `
@@ -207,7 +215,31 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 		log.Error("cannot serve", "error", err)
 		return exitFailure
 	}
-	disc := discovery.NewServer(storeSource{st}, discovery.Config{Debounce: c.debounce, Logger: log})
+	dcfg := discovery.Config{Debounce: c.debounce, Logger: log}
+	var discP atomic.Pointer[discovery.Server] // set below; the gauge may be read before
+	if c.otlpEndpoint != "" {
+		cm, stopOTel, err := startControlPlaneOTel(context.Background(), c, func() int {
+			disc := discP.Load()
+			if disc == nil {
+				return 0
+			}
+			n := 0
+			for _, dp := range disc.DataPlanes() {
+				if dp.GetConnected() {
+					n++
+				}
+			}
+			return n
+		}, log.Named("otel"))
+		if err != nil {
+			log.Error("cannot export metrics", "error", err)
+			return exitFailure
+		}
+		defer stopOTel(context.Background())
+		dcfg.OnPush, dcfg.OnAnswer = cm.push, cm.answer
+	}
+	disc := discovery.NewServer(storeSource{st}, dcfg)
+	discP.Store(disc)
 	discoveryv1.RegisterDiscoveryServiceServer(srv, disc)
 	agg := load.NewAggregator(c.loadInterval, log.Named("load"))
 	loadv1.RegisterLoadReportingServiceServer(srv, agg)

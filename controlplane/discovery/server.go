@@ -46,6 +46,10 @@ type Config struct {
 	// Logger receives connects and disconnects (info), NACKs (warn), sets that cannot be encoded
 	// (error), and ACKs and stale requests (debug). Nil means no logging.
 	Logger hclog.Logger
+	// OnAnswer, when set, is called for every ACK and NACK with the time from the response's send
+	// to its answer; OnPush for every response sent. The control plane's metrics hang here.
+	OnAnswer func(d time.Duration, nack bool)
+	OnPush   func()
 }
 
 // Server is the DiscoveryService: it streams the sets of its Source to data planes. Its methods
@@ -55,6 +59,8 @@ type Server struct {
 
 	src      Source
 	debounce time.Duration
+	onAnswer func(time.Duration, bool)
+	onPush   func()
 	log      hclog.Logger
 	now      func() time.Time
 
@@ -90,6 +96,8 @@ func NewServer(src Source, cfg Config) *Server {
 	s := &Server{
 		src:      src,
 		debounce: cfg.Debounce,
+		onAnswer: cfg.OnAnswer,
+		onPush:   cfg.OnPush,
 		log:      cfg.Logger.Named("discovery"),
 		now:      time.Now,
 		done:     make(chan struct{}),

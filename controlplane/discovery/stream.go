@@ -65,8 +65,9 @@ type stream struct {
 
 	// nonce is the nonce of the latest response sent; 0 before the first.
 	nonce uint64
-	// pending is set while the latest response is unanswered.
+	// pending is set while the latest response is unanswered; sentAt is when it was sent.
 	pending bool
+	sentAt  time.Time
 	// settled is the sequence number of the snapshot that the node had all of, as far as the
 	// stream knows: nothing to send until the snapshot or the node's state changes. 0 is none.
 	settled uint64
@@ -223,11 +224,20 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 			if err := ss.Send(resp); err != nil {
 				return err
 			}
+			st.sentAt = s.now()
+			if s.onPush != nil {
+				s.onPush()
+			}
 		}
 		select {
 		case req := <-reqs:
-			if err := st.handle(req, s.now()); err != nil {
+			answered := st.pending && req.GetResponseNonce() != "" && req.GetResponseNonce() == st.latestNonce()
+			now := s.now()
+			if err := st.handle(req, now); err != nil {
 				return err
+			}
+			if answered && s.onAnswer != nil {
+				s.onAnswer(now.Sub(st.sentAt), len(req.GetErrors()) > 0)
 			}
 		case <-st.wake:
 		case err := <-recvErr:
