@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -383,19 +384,19 @@ func newStatusBackend(tb testing.TB, name string, status int) *countingBackend {
 
 // startOTelSupervisor is startSupervisor with --metrics-interval otelInterval and the OTLP export to
 // the collector at otlp in plaintext.
-func startOTelSupervisor(tb testing.TB, cfgPath, stateDir, otlp string, config func(addr string) string) *supervisor {
+func startOTelSupervisor(tb testing.TB, cfgPath, stateDir, otlp string, config func(addr string) string) (*supervisor, string) {
 	tb.Helper()
 	for attempt := 1; ; attempt++ {
-		addr := freeAddr(tb)
+		addr, prom := freeAddr(tb), freeAddr(tb)
 		if err := os.WriteFile(cfgPath, []byte(config(addr)), 0o644); err != nil {
 			tb.Fatal(err)
 		}
 		p, l := startLoggedProc(tb, "run", "--config", cfgPath, "--workers", strconv.Itoa(workersN),
 			"--state-dir", stateDir, "--log-format", "json", "--metrics-interval", otelInterval.String(),
-			"--otlp-endpoint", otlp, "--otlp-insecure")
+			"--otlp-endpoint", otlp, "--otlp-insecure", "--prometheus-listen", prom)
 		err := waitListening(p, addr)
 		if err == nil {
-			return &supervisor{xlb: &xlb{proc: p, addr: addr}, log: l, cfgPath: cfgPath, stateDir: stateDir}
+			return &supervisor{xlb: &xlb{proc: p, addr: addr}, log: l, cfgPath: cfgPath, stateDir: stateDir}, prom
 		}
 		if attempt < startAttempts && errors.Is(err, errAddrInUse) {
 			tb.Logf("attempt %d: %v: %v; trying another port", attempt, p, err)
@@ -418,7 +419,7 @@ func TestOTelExport(t *testing.T) {
 	ok, bad := newCountingBackend(t, "ok"), newStatusBackend(t, "bad", http.StatusInternalServerError)
 	backends := []*countingBackend{ok, bad}
 	wantClass := map[string]string{"ok": "2xx", "bad": "5xx"}
-	s := startOTelSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(), col.addr, func(addr string) string {
+	s, prom := startOTelSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(), col.addr, func(addr string) string {
 		return configYAML(addr, []backendConf{{id: "ok", addr: ok.addr, weight: 1}, {id: "bad", addr: bad.addr, weight: 1}})
 	})
 	s.awaitReady(t)
@@ -520,6 +521,15 @@ func TestOTelExport(t *testing.T) {
 		}
 		if p.kind == "sum" && (p.start == 0 || p.start > p.time) {
 			t.Errorf("%v: start time %d, observed at %d; want a start at or before the observation", p, p.start, p.time)
+		}
+	}
+
+	// The same totals, scraped as Prometheus would.
+	scrape := curl(t, "http://"+prom+"/metrics")
+	for _, b := range backends {
+		line := regexp.MustCompile(`(?m)^xlb_backend_requests_total\{[^}]*xlb_backend_id="` + b.name + `"[^}]*\} (\d+)$`).FindStringSubmatch(scrape)
+		if line == nil || line[1] != strconv.FormatInt(seen[b.name], 10) {
+			t.Errorf("Prometheus scrape: xlb_backend_requests_total of %s is %v, want %d", b.name, line, seen[b.name])
 		}
 	}
 

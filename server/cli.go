@@ -181,7 +181,7 @@ func newRunFlags() *runFlags {
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
 		workers                   = new(intVar)
 		stateDir, pidFile         string
-		otlpEndpoint              string
+		otlpEndpoint, promListen  string
 		forwarded                 proxy.Forwarded
 		accessLog                 string
 		logCfg                    LogConfig
@@ -244,6 +244,15 @@ func newRunFlags() *runFlags {
 				return nil
 			},
 			apply: func(c *Config) { c.OTLPEndpoint = otlpEndpoint }},
+		{name: "prometheus-listen", arg: "HOST:PORT", usage: "serve per-backend metrics for Prometheus to scrape at http://HOST:PORT/metrics",
+			set: func(s string) error {
+				if _, _, err := net.SplitHostPort(s); err != nil {
+					return err
+				}
+				promListen = s
+				return nil
+			},
+			apply: func(c *Config) { c.PrometheusListen = promListen }},
 		{name: "otlp-insecure", boolean: true, usage: "send OTLP in plaintext (default TLS)",
 			set:   func(string) error { return nil },
 			apply: func(c *Config) { c.OTLPInsecure = true }},

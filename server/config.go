@@ -106,6 +106,9 @@ type Config struct {
 	// them in plaintext.
 	OTLPEndpoint string
 	OTLPInsecure bool
+	// PrometheusListen, when set, is the host:port where the supervisor serves the same metrics for
+	// Prometheus to scrape, at /metrics.
+	PrometheusListen string
 	// MetricsInterval is how often workers report their per-backend metrics to the supervisor.
 	// Zero means 1s.
 	MetricsInterval time.Duration

@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -22,7 +26,9 @@ import (
 )
 
 // OpenTelemetry export of the supervisor's per-backend totals (the sums of its workers' reports):
-// OTLP/gRPC pushed to --otlp-endpoint every --metrics-interval, cumulative. Every series carries
+// OTLP/gRPC pushed to --otlp-endpoint every --metrics-interval, cumulative, and served for
+// Prometheus to scrape at --prometheus-listen (/metrics; names as the OpenTelemetry Prometheus
+// exporter translates them: xlb_backend_requests_total, ...). Every series carries
 // the backend set (xlb.backend_set), the backend id (xlb.backend.id) and, as OpenTelemetry's
 // semantic conventions name them, server.address and server.port:
 //
@@ -44,10 +50,9 @@ import (
 // many backends cannot blow up a metrics store.
 const otelBackendsMax = 2000
 
-// newMeterProvider makes a meter provider that pushes to an OTLP/gRPC endpoint every interval,
-// with export failures logged to log.
-func newMeterProvider(ctx context.Context, endpoint string, insecure bool, interval time.Duration, instance string,
-	log hclog.Logger, producers ...sdkmetric.Producer) (*sdkmetric.MeterProvider, error) {
+// otlpReader pushes to an OTLP/gRPC endpoint every interval, with export failures logged to log.
+func otlpReader(ctx context.Context, endpoint string, insecure bool, interval time.Duration, log hclog.Logger,
+	producers ...sdkmetric.Producer) (sdkmetric.Reader, error) {
 	opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(endpoint)}
 	if insecure {
 		opts = append(opts, otlpmetricgrpc.WithInsecure())
@@ -59,16 +64,49 @@ func newMeterProvider(ctx context.Context, endpoint string, insecure bool, inter
 	if err != nil {
 		return nil, fmt.Errorf("OTLP exporter: %w", err)
 	}
+	ropts := []sdkmetric.PeriodicReaderOption{sdkmetric.WithInterval(interval)}
+	for _, p := range producers {
+		ropts = append(ropts, sdkmetric.WithProducer(p))
+	}
+	return sdkmetric.NewPeriodicReader(exp, ropts...), nil
+}
+
+// newMeterProvider makes a meter provider of xlb (instance names it) with readers.
+func newMeterProvider(instance string, readers ...sdkmetric.Reader) *sdkmetric.MeterProvider {
 	res := resource.NewSchemaless(
 		attribute.String("service.name", "xlb"),
 		attribute.String("service.version", Version()),
 		attribute.String("service.instance.id", instance),
 	)
-	ropts := []sdkmetric.PeriodicReaderOption{sdkmetric.WithInterval(interval)}
-	for _, p := range producers {
-		ropts = append(ropts, sdkmetric.WithProducer(p))
+	opts := []sdkmetric.Option{sdkmetric.WithResource(res)}
+	for _, r := range readers {
+		opts = append(opts, sdkmetric.WithReader(r))
 	}
-	return sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, ropts...))), nil
+	return sdkmetric.NewMeterProvider(opts...)
+}
+
+// prometheusReader serves the metrics for Prometheus to scrape at http://listen/metrics. The
+// returned func stops the server.
+func prometheusReader(listen string, log hclog.Logger, producers ...sdkmetric.Producer) (sdkmetric.Reader, func(), error) {
+	reg := prometheus.NewRegistry()
+	opts := []otelprom.Option{otelprom.WithRegisterer(reg)}
+	for _, p := range producers {
+		opts = append(opts, otelprom.WithProducer(p))
+	}
+	r, err := otelprom.New(opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--prometheus-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	log.Info("serving metrics for Prometheus", "address", "http://"+ln.Addr().String()+"/metrics")
+	return r, func() { srv.Close() }, nil
 }
 
 // stopper flushes and stops mp within a bound.
@@ -80,13 +118,34 @@ func stopper(mp *sdkmetric.MeterProvider) func(context.Context) error {
 	}
 }
 
-// startOTel starts the export of the supervisor's metrics; the func it returns flushes and stops it.
+// startOTel starts the export of the supervisor's metrics (OTLP push, Prometheus scrape, or
+// both); the func it returns flushes and stops it.
 func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error, error) {
-	mp, err := newMeterProvider(ctx, s.cfg.OTLPEndpoint, s.cfg.OTLPInsecure, s.cfg.metricsInterval(), s.cfg.nodeID(),
-		s.log.Named("otel"), durations{s: s, start: time.Now()})
-	if err != nil {
-		return nil, err
+	prod := durations{s: s, start: time.Now()}
+	var readers []sdkmetric.Reader
+	var stops []func()
+	if s.cfg.OTLPEndpoint != "" {
+		r, err := otlpReader(ctx, s.cfg.OTLPEndpoint, s.cfg.OTLPInsecure, s.cfg.metricsInterval(), s.log.Named("otel"), prod)
+		if err != nil {
+			return nil, err
+		}
+		readers = append(readers, r)
 	}
+	if s.cfg.PrometheusListen != "" {
+		r, stop, err := prometheusReader(s.cfg.PrometheusListen, s.log.Named("otel"), prod)
+		if err != nil {
+			return nil, err
+		}
+		readers, stops = append(readers, r), append(stops, stop)
+	}
+	mp := newMeterProvider(s.cfg.nodeID(), readers...)
+	stopAll := func(ctx context.Context) error {
+		for _, stop := range stops {
+			stop()
+		}
+		return stopper(mp)(ctx)
+	}
+	var err error
 	m := mp.Meter("github.com/xlbproxy/xlb")
 	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
 		c, err2 := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -106,7 +165,7 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		err = err2
 	}
 	if err != nil {
-		mp.Shutdown(ctx)
+		stopAll(ctx)
 		return nil, err
 	}
 	classes := [5]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
@@ -136,10 +195,10 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		return nil
 	}, requests, responses, localErrors, badResponses, opened, reused, inFlight)
 	if err != nil {
-		mp.Shutdown(ctx)
+		stopAll(ctx)
 		return nil, err
 	}
-	return stopper(mp), nil
+	return stopAll, nil
 }
 
 // capBackends keeps the first max backends and sums the rest into one "_overflow" series.
@@ -220,10 +279,11 @@ type controlPlaneMetrics struct {
 
 // startControlPlaneOTel exports the control plane's metrics; connected counts the data planes.
 func startControlPlaneOTel(ctx context.Context, c controlplaneFlags, connected func() int, log hclog.Logger) (*controlPlaneMetrics, func(context.Context) error, error) {
-	mp, err := newMeterProvider(ctx, c.otlpEndpoint, c.otlpInsecure, c.loadInterval, "controlplane", log)
+	r, err := otlpReader(ctx, c.otlpEndpoint, c.otlpInsecure, c.loadInterval, log)
 	if err != nil {
 		return nil, nil, err
 	}
+	mp := newMeterProvider("controlplane", r)
 	m := mp.Meter("github.com/xlbproxy/xlb/controlplane")
 	cm := &controlPlaneMetrics{}
 	var errs []error

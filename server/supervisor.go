@@ -268,7 +268,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		return startFailed("cannot serve the workers' metrics", err)
 	}
 	defer stopMetrics()
-	if cfg.OTLPEndpoint != "" {
+	if cfg.OTLPEndpoint != "" || cfg.PrometheusListen != "" {
 		stopOTel, err := s.startOTel(context.Background())
 		if err != nil {
 			return startFailed("cannot export metrics", err)
@@ -637,6 +637,7 @@ func restartKeys(a, b Config) []string {
 	diff("state_dir", a.StateDir == b.StateDir)
 	diff("region", a.Region == b.Region)
 	diff("reuse_port", a.ReusePort == b.ReusePort)
+	diff("metrics_interval", a.MetricsInterval == b.MetricsInterval)
 	return keys
 }
 
