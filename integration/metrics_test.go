@@ -21,6 +21,11 @@ type statusJSON struct {
 		Responses []string `json:"responses"`
 		InFlight  string   `json:"inFlight"`
 	} `json:"backends"`
+	BackendStates []struct {
+		BackendID string `json:"backendId"`
+		State     string `json:"state"`
+		Reason    string `json:"reason"`
+	} `json:"backendStates"`
 }
 
 // status asks the supervisor of stateDir for its Status.
@@ -99,6 +104,9 @@ func TestMetricsWorkerKilled(t *testing.T) {
 	st := settled()
 	if n, ok, inFlight := st.counted(); n != seen() || ok != seen() || inFlight != 0 {
 		t.Fatalf("after 100 requests: counted %d (2xx %d, in flight %d), the backends saw %d", n, ok, inFlight, seen())
+	}
+	if len(st.BackendStates) != 2 || st.BackendStates[0].State != "active" || st.BackendStates[1].State != "active" || st.BackendStates[0].Reason == "" {
+		t.Errorf("backend states %+v, want a and b active, with a reason", st.BackendStates)
 	}
 
 	// Kill a worker right after a batch: what it served since its last report may be lost.

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 )
 
@@ -403,6 +406,20 @@ type statusReq struct {
 func (s *supervisor) status() *dataplanev1.StatusResponse {
 	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil,
 		Backends: s.load.snapshot()}
+	for _, name := range slices.Sorted(maps.Keys(s.current)) {
+		for _, b := range s.current[name].GetBackendSet().GetBackends() {
+			st := &dataplanev1.BackendState{BackendSet: name, BackendId: b.GetId(),
+				Address: net.JoinHostPort(b.GetAddress(), strconv.Itoa(int(b.GetPort()))), State: "active",
+				Reason: "the control plane's state of the backend is active"}
+			switch stateOf(b.GetState()) {
+			case table.Draining:
+				st.State, st.Reason = "draining", "the control plane drains it: it finishes what it has and takes nothing new"
+			case table.Disabled:
+				st.State, st.Reason = "disabled", "the control plane disabled it"
+			}
+			res.BackendStates = append(res.BackendStates, st)
+		}
+	}
 	for _, wp := range s.workers {
 		if wp != nil {
 			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed})

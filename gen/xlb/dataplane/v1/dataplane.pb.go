@@ -162,7 +162,10 @@ type StatusResponse struct {
 	Upgrading bool `protobuf:"varint,5,opt,name=upgrading,proto3" json:"upgrading,omitempty"`
 	// backends are the load of every backend since this supervisor started, summed over its workers
 	// (in_flight: attempts in progress at their last reports).
-	Backends      []*v1.BackendLoad `protobuf:"bytes,6,rep,name=backends,proto3" json:"backends,omitempty"`
+	Backends []*v1.BackendLoad `protobuf:"bytes,6,rep,name=backends,proto3" json:"backends,omitempty"`
+	// backend_states says, for every backend of the generation in force, whether it takes traffic
+	// and why.
+	BackendStates []*BackendState `protobuf:"bytes,7,rep,name=backend_states,json=backendStates,proto3" json:"backend_states,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -239,6 +242,93 @@ func (x *StatusResponse) GetBackends() []*v1.BackendLoad {
 	return nil
 }
 
+func (x *StatusResponse) GetBackendStates() []*BackendState {
+	if x != nil {
+		return x.BackendStates
+	}
+	return nil
+}
+
+// BackendState is whether a backend takes new requests, and why.
+type BackendState struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	BackendSet string                 `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
+	BackendId  string                 `protobuf:"bytes,2,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"`
+	Address    string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// state is "active", "draining" or "disabled".
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// reason says who decided: the control plane's backend state. (Health checking, which will
+	// also eject backends, is not there yet.)
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendState) Reset() {
+	*x = BackendState{}
+	mi := &file_xlb_dataplane_v1_dataplane_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendState) ProtoMessage() {}
+
+func (x *BackendState) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_dataplane_v1_dataplane_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendState.ProtoReflect.Descriptor instead.
+func (*BackendState) Descriptor() ([]byte, []int) {
+	return file_xlb_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BackendState) GetBackendSet() string {
+	if x != nil {
+		return x.BackendSet
+	}
+	return ""
+}
+
+func (x *BackendState) GetBackendId() string {
+	if x != nil {
+		return x.BackendId
+	}
+	return ""
+}
+
+func (x *BackendState) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BackendState) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *BackendState) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Worker is one worker process of this supervisor.
 type Worker struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -251,7 +341,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_xlb_dataplane_v1_dataplane_proto_msgTypes[4]
+	mi := &file_xlb_dataplane_v1_dataplane_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +353,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_dataplane_v1_dataplane_proto_msgTypes[4]
+	mi := &file_xlb_dataplane_v1_dataplane_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +366,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_xlb_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{4}
+	return file_xlb_dataplane_v1_dataplane_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Worker) GetSlot() uint32 {
@@ -309,7 +399,7 @@ const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\x0fUpgradeResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"\x0f\n" +
-	"\rStatusRequest\"\xe4\x01\n" +
+	"\rStatusRequest\"\xab\x02\n" +
 	"\x0eStatusResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1e\n" +
@@ -318,7 +408,16 @@ const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"generation\x122\n" +
 	"\aworkers\x18\x04 \x03(\v2\x18.xlb.dataplane.v1.WorkerR\aworkers\x12\x1c\n" +
 	"\tupgrading\x18\x05 \x01(\bR\tupgrading\x124\n" +
-	"\bbackends\x18\x06 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\"_\n" +
+	"\bbackends\x18\x06 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\x12E\n" +
+	"\x0ebackend_states\x18\a \x03(\v2\x1e.xlb.dataplane.v1.BackendStateR\rbackendStates\"\x96\x01\n" +
+	"\fBackendState\x12\x1f\n" +
+	"\vbackend_set\x18\x01 \x01(\tR\n" +
+	"backendSet\x12\x1d\n" +
+	"\n" +
+	"backend_id\x18\x02 \x01(\tR\tbackendId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"_\n" +
 	"\x06Worker\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12/\n" +
@@ -339,27 +438,29 @@ func file_xlb_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 	return file_xlb_dataplane_v1_dataplane_proto_rawDescData
 }
 
-var file_xlb_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_xlb_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_xlb_dataplane_v1_dataplane_proto_goTypes = []any{
 	(*UpgradeRequest)(nil),  // 0: xlb.dataplane.v1.UpgradeRequest
 	(*UpgradeResponse)(nil), // 1: xlb.dataplane.v1.UpgradeResponse
 	(*StatusRequest)(nil),   // 2: xlb.dataplane.v1.StatusRequest
 	(*StatusResponse)(nil),  // 3: xlb.dataplane.v1.StatusResponse
-	(*Worker)(nil),          // 4: xlb.dataplane.v1.Worker
-	(*v1.BackendLoad)(nil),  // 5: xlb.load.v1.BackendLoad
+	(*BackendState)(nil),    // 4: xlb.dataplane.v1.BackendState
+	(*Worker)(nil),          // 5: xlb.dataplane.v1.Worker
+	(*v1.BackendLoad)(nil),  // 6: xlb.load.v1.BackendLoad
 }
 var file_xlb_dataplane_v1_dataplane_proto_depIdxs = []int32{
-	4, // 0: xlb.dataplane.v1.StatusResponse.workers:type_name -> xlb.dataplane.v1.Worker
-	5, // 1: xlb.dataplane.v1.StatusResponse.backends:type_name -> xlb.load.v1.BackendLoad
-	0, // 2: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:input_type -> xlb.dataplane.v1.UpgradeRequest
-	2, // 3: xlb.dataplane.v1.DataPlaneAdminService.Status:input_type -> xlb.dataplane.v1.StatusRequest
-	1, // 4: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:output_type -> xlb.dataplane.v1.UpgradeResponse
-	3, // 5: xlb.dataplane.v1.DataPlaneAdminService.Status:output_type -> xlb.dataplane.v1.StatusResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 0: xlb.dataplane.v1.StatusResponse.workers:type_name -> xlb.dataplane.v1.Worker
+	6, // 1: xlb.dataplane.v1.StatusResponse.backends:type_name -> xlb.load.v1.BackendLoad
+	4, // 2: xlb.dataplane.v1.StatusResponse.backend_states:type_name -> xlb.dataplane.v1.BackendState
+	0, // 3: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:input_type -> xlb.dataplane.v1.UpgradeRequest
+	2, // 4: xlb.dataplane.v1.DataPlaneAdminService.Status:input_type -> xlb.dataplane.v1.StatusRequest
+	1, // 5: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:output_type -> xlb.dataplane.v1.UpgradeResponse
+	3, // 6: xlb.dataplane.v1.DataPlaneAdminService.Status:output_type -> xlb.dataplane.v1.StatusResponse
+	5, // [5:7] is the sub-list for method output_type
+	3, // [3:5] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_xlb_dataplane_v1_dataplane_proto_init() }
@@ -373,7 +474,7 @@ func file_xlb_dataplane_v1_dataplane_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_dataplane_v1_dataplane_proto_rawDesc), len(file_xlb_dataplane_v1_dataplane_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
