@@ -362,27 +362,36 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return errors.New(singleDash.ReplaceAllString(err.Error(), "$1 --$2"))
 }
 
+// parseGiven parses args against defs, refusing positional arguments, and returns the names of
+// the flags given.
+func parseGiven(name string, defs []flagDef, args []string) (map[string]bool, error) {
+	fs := flagSet(name, defs)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := make(map[string]bool)
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	return given, nil
+}
+
 // parseRun turns the arguments of `xlb run` into a Config: from the file that --config names, or
 // from --listen and --backend, with every other flag given explicitly overriding the file's value.
 // It returns flag.ErrHelp for --help.
 func parseRun(args []string) (Config, error) {
 	f := newRunFlags()
-	fs := flagSet("run", f.defs)
-	if err := parseFlags(fs, args); err != nil {
+	given, err := parseGiven("run", f.defs, args)
+	if err != nil {
 		return Config{}, err
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	given := make(map[string]bool)
-	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 
 	var cfg Config
 	switch {
 	case given["config"] && (given["listen"] || given["backend"]):
 		return Config{}, errors.New("--listen and --backend cannot be combined with --config; put listeners and backends in the file")
 	case given["config"]:
-		var err error
 		if cfg, err = LoadConfig(f.config); err != nil {
 			return Config{}, err
 		}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc"
 
 	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
 	"github.com/xlbproxy/xlb/controlplane/discovery"
@@ -38,10 +37,8 @@ const embeddedDebounce = time.Millisecond
 type embeddedCP struct {
 	store *store.Store
 	disc  *discovery.Server
-	srv   *grpc.Server
-	sock  string
 	ln    *unixListener
-	done  chan struct{}
+	serve func() // stops serving
 }
 
 // startEmbedded starts the embedded control plane holding sets, serving on dir's control socket.
@@ -52,32 +49,26 @@ func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet, loadIn
 	if err != nil {
 		return nil, err
 	}
-	c := &embeddedCP{store: st, sock: filepath.Join(dir, controlSocket), done: make(chan struct{})}
+	c := &embeddedCP{store: st}
 	if err := c.load(sets); err != nil {
 		st.Close()
 		return nil, err
 	}
-	c.disc = discovery.NewServer(storeSource{st}, discovery.Config{Debounce: embeddedDebounce, Logger: log})
-	srv, _, err := newGRPCServer("unix:"+c.sock, serverSecurity{}, log)
+	srv, _, err := newGRPCServer("unix:"+filepath.Join(dir, controlSocket), serverSecurity{}, log)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	c.srv = srv
+	c.disc = discovery.NewServer(storeSource{st}, discovery.Config{Debounce: embeddedDebounce, Logger: log})
 	discoveryv1.RegisterDiscoveryServiceServer(srv, c.disc)
 	agg := load.NewAggregator(loadInterval, log)
 	loadv1.RegisterLoadReportingServiceServer(srv, agg)
 	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, c.disc, log).WithLoad(agg))
-	ln, err := listenUnix(c.sock)
-	if err != nil {
+	if c.ln, c.serve, err = serveUnix(srv, filepath.Join(dir, controlSocket)); err != nil {
+		c.disc.Close()
 		st.Close()
 		return nil, fmt.Errorf("embedded control plane: %w", err)
 	}
-	c.ln = ln
-	go func() {
-		srv.Serve(ln.Listener)
-		close(c.done)
-	}()
 	return c, nil
 }
 
@@ -118,10 +109,8 @@ func (c *embeddedCP) load(sets []proxy.BackendSet) error {
 // stop ends the embedded control plane.
 func (c *embeddedCP) stop() {
 	c.disc.Close()
-	c.srv.Stop()
-	<-c.done
+	c.serve()
 	c.store.Close()
-	c.ln.removeIfOurs()
 }
 
 // toResource is a set of the configuration file as the control plane holds it.

@@ -254,23 +254,14 @@ func deltaHistogram(h, prev proxy.Histogram) *loadv1.Histogram {
 // (never published: only its workers use it).
 func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), err error) {
 	s.load = newLoadTotals(s.cfg.metricsInterval(), log)
-	ln, err := listenUnix(filepath.Join(dir, metricsSocket))
+	srv := grpc.NewServer()
+	loadv1.RegisterWorkerMetricsServiceServer(srv, s.load)
+	ln, stop, err := serveUnix(srv, filepath.Join(dir, metricsSocket))
 	if err != nil {
 		return nil, err
 	}
 	s.metricsSocket = ln.own
-	srv := grpc.NewServer()
-	loadv1.RegisterWorkerMetricsServiceServer(srv, s.load)
-	done := make(chan struct{})
-	go func() {
-		srv.Serve(ln.Listener)
-		close(done)
-	}()
-	return func() {
-		srv.Stop()
-		<-done
-		ln.removeIfOurs()
-	}, nil
+	return stop, nil
 }
 
 // reportLoad streams the supervisor's load to its control plane: every interval the control plane

@@ -63,15 +63,10 @@ func newDataplaneFlags() *runFlags {
 // parseDataplane builds the Config of `xlb dataplane`.
 func parseDataplane(args []string) (Config, error) {
 	f := newDataplaneFlags()
-	fs := flagSet("dataplane", f.defs)
-	if err := parseFlags(fs, args); err != nil {
+	given, err := parseGiven("dataplane", f.defs, args)
+	if err != nil {
 		return Config{}, err
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	given := make(map[string]bool)
-	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 	var cfg Config
 	switch {
 	case !given["control-plane"]:
@@ -79,7 +74,6 @@ func parseDataplane(args []string) (Config, error) {
 	case given["config"] && (given["listen"] || given["backend-set"]):
 		return Config{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
 	case given["config"]:
-		var err error
 		if cfg, err = loadConfig(f.config, true); err != nil {
 			return Config{}, err
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -436,17 +437,27 @@ func (s *supervisor) serveLocalAdmin(dir string, log hclog.Logger) (stop func(),
 		return nil, err
 	}
 	dataplanev1.RegisterDataPlaneAdminServiceServer(srv, localAdmin{s: s})
-	ln, err := listenUnix(path)
+	ln, stop, err := serveUnix(srv, path)
 	if err != nil {
 		return nil, err
 	}
 	s.sockFiles = append(s.sockFiles, ln)
+	return stop, nil
+}
+
+// serveUnix serves srv on a unix socket of the state directory (listenUnix) until the returned
+// func, which stops srv and removes the socket if it is still its own.
+func serveUnix(srv *grpc.Server, path string) (*unixListener, func(), error) {
+	ln, err := listenUnix(path)
+	if err != nil {
+		return nil, nil, err
+	}
 	done := make(chan struct{})
 	go func() {
 		srv.Serve(ln.Listener)
 		close(done)
 	}()
-	return func() {
+	return ln, func() {
 		srv.Stop()
 		<-done
 		ln.removeIfOurs()
