@@ -2,7 +2,7 @@
 export GOTOOLCHAIN := local
 
 FUZZTIME ?= 2m
-FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./server
+FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./dataplane/health ./server
 
 .PHONY: test build demo fuzz bench gen gen-check
 
