@@ -11,13 +11,20 @@
 // offset and size; changing one means a new LayoutVersion, which older binaries refuse to map.
 //
 //	header      256 B   magic, layout version, capacities, section offsets, the generation word
+//	                    (offset 128) and the health epoch beside it (136)
 //	half 0      64 B half header (seq, gen, counts, checksum) + payload
 //	half 1      the same
 //	health      HealthSlotsMax × 64 B, stable across generations
 //	workers     WorkersMax × 64 B: pid, observed generation, heartbeat
 //
 // A half's payload is the sets (16 B each), then their backends (32 B each), then the strings they
-// point into, packed; its checksum is CRC-32C over the payload.
+// point into, packed; its checksum is CRC-32C over the payload. A set record's byte 7 is its
+// failure statuses (what workers count as a backend's failure).
+//
+// The health epoch, a set record's byte 7 and the health words came after the first regions of
+// layout 1 were written, in bytes that those left zero; zero means what those regions meant (no
+// health change, no status counts as a failure, a healthy backend), so binaries before and after
+// read each other's regions alike, and an upgrade across them keeps working.
 //
 // # Protocol
 //
@@ -33,6 +40,13 @@
 //
 // Read allocates the decoded generation; a worker calls it once per generation, not per request.
 //
+// # Health slots
+//
+// A slot's HealthWords words belong to dataplane/health, which says who writes each: this package
+// keeps them across generations and zeroes them when a slot is taken, and offers atomic loads,
+// stores, swaps and compare-and-swaps on them. BumpHealthEpoch, after the supervisor has written
+// routes into the slots, tells the workers to read them again.
+//
 // A caller must never keep a slice of the mapping past Close, and never write the region except
-// through Writer, the worker-slot methods and SetHealthWord.
+// through Writer, the worker-slot methods, the health-word methods and BumpHealthEpoch.
 package shm

@@ -32,6 +32,7 @@ const (
 	offWorkers        = 72
 	offTotalBytes     = 80
 	offGeneration     = 128 // on its own cache line
+	offHealthEpoch    = 136 // beside it: a request reads both
 	headerBytes       = 256
 
 	// A half's header.
@@ -235,6 +236,13 @@ func (r *Region) Capacities() Capacities { return r.l.caps }
 
 // Generation is the generation in force: one atomic load.
 func (r *Region) Generation() uint64 { return r.load64(offGeneration) }
+
+// HealthEpoch counts the changes of the health slots' routes: the supervisor bumps it after
+// writing them, and a worker that sees it change reads them again. One atomic load.
+func (r *Region) HealthEpoch() uint64 { return r.load64(offHealthEpoch) }
+
+// BumpHealthEpoch tells the workers that routes in the health slots changed.
+func (r *Region) BumpHealthEpoch() uint64 { return atomic.AddUint64(r.word64(offHealthEpoch), 1) }
 
 // The accessors: every word of the region is read and written atomically.
 

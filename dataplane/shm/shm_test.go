@@ -44,7 +44,7 @@ func TestLayout(t *testing.T) {
 		"offWorkersMax": {offWorkersMax, 28}, "offHealthSlotsMax": {offHealthSlotsMax, 32},
 		"offHalf0": {offHalf0, 40}, "offHalf1": {offHalf1, 48}, "offHalfBytes": {offHalfBytes, 56},
 		"offHealth": {offHealth, 64}, "offWorkers": {offWorkers, 72}, "offTotalBytes": {offTotalBytes, 80},
-		"offGeneration": {offGeneration, 128}, "headerBytes": {headerBytes, 256},
+		"offGeneration": {offGeneration, 128}, "offHealthEpoch": {offHealthEpoch, 136}, "headerBytes": {headerBytes, 256},
 		"offHalfSeq": {offHalfSeq, 0}, "offHalfGen": {offHalfGen, 8}, "offHalfSetCount": {offHalfSetCount, 16},
 		"offHalfBackendCnt": {offHalfBackendCnt, 20}, "offHalfStringBytes": {offHalfStringBytes, 24},
 		"offHalfChecksum": {offHalfChecksum, 28}, "offHalfPayloadLen": {offHalfPayloadLen, 32},
@@ -105,7 +105,7 @@ func TestLayout(t *testing.T) {
 
 func sampleSets() []Set {
 	return []Set{
-		{Name: "web", Policy: 1, Backends: []Backend{
+		{Name: "web", Policy: 1, FailureStatuses: 2, Backends: []Backend{
 			{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
 			{ID: "b", Address: "127.0.0.1:9002", Weight: 3, State: StateDraining},
 		}},
@@ -177,6 +177,30 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 	if g := r.Generation(); g != 0 {
 		t.Fatalf("refused updates moved the generation to %d", g)
 	}
+}
+
+// TestHealthWordOps: the atomic operations on health words and the health epoch, which workers and
+// the supervisor share.
+func TestHealthWordOps(t *testing.T) {
+	r, _ := create(t, Capacities{Backends: 1})
+	if r.HealthEpoch() != 0 {
+		t.Fatalf("a new region's health epoch is %d", r.HealthEpoch())
+	}
+	if r.BumpHealthEpoch() != 1 || r.BumpHealthEpoch() != 2 || r.HealthEpoch() != 2 {
+		t.Fatalf("health epoch %d after two bumps", r.HealthEpoch())
+	}
+	if !r.CompareAndSwapHealthWord(1, 4, 0, 7) || r.CompareAndSwapHealthWord(1, 4, 0, 8) || r.HealthWord(1, 4) != 7 {
+		t.Fatalf("compare-and-swap: word %d", r.HealthWord(1, 4))
+	}
+	if old := r.SwapHealthWord(1, 4, 9); old != 7 || r.HealthWord(1, 4) != 9 {
+		t.Fatalf("swap returned %d, left %d", old, r.HealthWord(1, 4))
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a health word past the slot's words did not panic")
+		}
+	}()
+	r.CompareAndSwapHealthWord(0, HealthWords, 0, 1)
 }
 
 // TestHealthSlotStaysAcrossFlips: a flip that keeps a backend leaves its health slot, and the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"hash/fnv"
+	"sync/atomic"
 )
 
 // Health slot fields.
@@ -12,7 +13,8 @@ const (
 	offSlotAllocGen = 8  // the generation that took the slot
 	offSlotFreedGen = 16 // the first generation without the backend; 0 while it is in use
 	offSlotState    = 24 // HealthWords words of health state, zeroed when the slot is taken
-	// HealthWords is the number of 64-bit health-state words of a slot.
+	// HealthWords is the number of 64-bit health-state words of a slot. What they mean is
+	// dataplane/health's: this package only keeps them.
 	HealthWords = 5
 )
 
@@ -164,6 +166,17 @@ func (r *Region) HealthWord(i uint32, j int) uint64 {
 // SetHealthWord stores health-state word j of slot i.
 func (r *Region) SetHealthWord(i uint32, j int, v uint64) {
 	r.store64(r.healthWordOff(i, j), v)
+}
+
+// CompareAndSwapHealthWord stores v in health-state word j of slot i if it holds old, and tells
+// whether it did: how workers and the supervisor share the words that both write.
+func (r *Region) CompareAndSwapHealthWord(i uint32, j int, old, v uint64) bool {
+	return atomic.CompareAndSwapUint64(r.word64(r.healthWordOff(i, j)), old, v)
+}
+
+// SwapHealthWord stores v in health-state word j of slot i and returns what it held.
+func (r *Region) SwapHealthWord(i uint32, j int, v uint64) uint64 {
+	return atomic.SwapUint64(r.word64(r.healthWordOff(i, j)), v)
 }
 
 func (r *Region) healthWordOff(i uint32, j int) int {
