@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
@@ -91,6 +92,12 @@ type Config struct {
 	// zero value counts; the switch exists to measure what counting costs.
 	NoBackendMetrics bool
 
+	// HealthChanged, when the proxy follows a region, is called after a request's failure or a trial
+	// request's outcome was counted in a backend's health slot, so that the supervisor looks at it
+	// now; it must not block. Nil means nobody is told, and the supervisor sees the counts when it
+	// next looks.
+	HealthChanged func() `json:"-"`
+
 	// AccessLog receives one JSON line per request. Nil means no access log.
 	AccessLog io.Writer `json:"-"`
 	// Logger is the proxy's logger. Nil means a null logger.
@@ -100,6 +107,9 @@ type Config struct {
 	// to count or refuse connections.
 	Dial func(network, address string, timeout time.Duration) (net.Conn, error) `json:"-"`
 }
+
+// WeightMax is the largest weight of a backend.
+const WeightMax = 1_000_000
 
 // Backend is one upstream server of a backend set.
 type Backend struct {
@@ -112,11 +122,19 @@ type Backend struct {
 	// State is the backend's administrative state. Only an Active backend (the zero value) is picked
 	// for new requests; a Draining or Disabled one finishes what it has and gets nothing new.
 	State table.State
+	// HealthSlot is the backend's health slot in the region the proxy follows; unused otherwise.
+	HealthSlot uint32
 }
 
 // BackendSet is a named group of backends and the policy that picks among them.
 type BackendSet struct {
-	Name     string
-	Policy   balance.Policy
+	Name   string
+	Policy balance.Policy
+	// FailureStatuses says which response statuses count as the backend's failure, for its health;
+	// the zero value counts none. A proxy that follows no region keeps no health.
+	FailureStatuses health.FailureStatuses
+	// Health is the set's health policy, which the supervisor's monitor applies; the proxy itself
+	// reads only the routes the monitor writes into the region (and FailureStatuses).
+	Health   health.Config
 	Backends []Backend
 }

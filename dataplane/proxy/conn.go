@@ -94,6 +94,17 @@ type conn struct {
 
 	tried balance.Tried // the backends the current request tried; here, not on the stack, since Pick takes it
 
+	// Health (when the proxy follows a region). waitingSlot is the health slot + 1 of the backend
+	// whose response head the attempt waits for, when it could be sent again (abandonable); another
+	// goroutine that sees that backend go out sets abandoned and pokes the wait. healthDone says the
+	// attempt's outcome was counted; trialOn that the attempt is the trial of offer trialSeq.
+	waitingSlot atomic.Uint32
+	abandoned   atomic.Bool
+	abandonable bool
+	healthDone  bool
+	trialOn     bool
+	trialSeq    uint32
+
 	// What the access log and the retry rules need to know about the current request.
 	started      time.Time
 	attempts     int
@@ -390,7 +401,7 @@ func idempotent(m []byte) bool {
 func (c *conn) currentSet() *set {
 	t := c.p.table.Load()
 	if f := c.p.follow; f != nil {
-		if g := f.Generation(); g != t.gen && g != c.p.badGen.Load() {
+		if g := f.Generation(); g != t.gen && g != c.p.badGen.Load() || f.HealthEpoch() != t.health {
 			t = c.p.tryRefresh()
 		}
 	}
@@ -404,12 +415,13 @@ func (c *conn) currentSet() *set {
 type attemptResult uint8
 
 const (
-	attemptOK       attemptResult = iota // the exchange was forwarded (or the client went away)
-	attemptNotSent                       // nothing reached the backend: another may be tried
-	attemptNoAnswer                      // sent, and the backend closed or reset before answering
-	attemptTimeout                       // no response head within the backend timeout
-	attemptBad                           // the backend's response was malformed
-	attemptFatal                         // a failure after the response started: close the client
+	attemptOK        attemptResult = iota // the exchange was forwarded (or the client went away)
+	attemptNotSent                        // nothing reached the backend: another may be tried
+	attemptNoAnswer                       // sent, and the backend closed or reset before answering
+	attemptTimeout                        // no response head within the backend timeout
+	attemptBad                            // the backend's response was malformed
+	attemptFatal                          // a failure after the response started: close the client
+	attemptAbandoned                      // the wait for the response head was cut: the backend went out
 )
 
 // handle forwards the request in c.req and its response. It returns whether the client connection
@@ -447,38 +459,69 @@ func (c *conn) handle() bool {
 	tried := &c.tried
 	*tried = balance.Tried{}
 	last := attemptNotSent
-	for s != nil && tried.Len() <= p.cfg.Retries {
-		i := s.picker.Pick(tried)
-		if i < 0 {
-			break
+	// A trial request offered for an ejected backend goes first: claiming it costs nothing when no
+	// backend of the set is on trial, the usual case.
+	var trial *backend
+	if s != nil && len(s.trials) > 0 {
+		trial = c.claimTrial(s)
+	}
+	for attempts := 0; s != nil && attempts <= p.cfg.Retries; {
+		var b *backend
+		i := -1
+		if trial != nil {
+			b, trial = trial, nil
+			c.trialOn = true
+			if b.routedAt >= 0 {
+				tried.Add(b.routedAt) // in panic it is routed too: a retry must not pick it again
+			}
+		} else {
+			if s.picker == nil {
+				break
+			}
+			if i = s.picker.Pick(tried); i < 0 {
+				break
+			}
+			tried.Add(i)
+			b = s.routed[i]
 		}
-		tried.Add(i)
-		if tried.Len() > 1 {
+		attempts++
+		if attempts > 1 {
 			p.stats.retries.Add(1)
 		}
-		c.attempts = tried.Len()
-		b := s.backends[i]
+		c.attempts = attempts
 		c.backend = b
 		var start time.Time
 		bytesBefore := c.bytesOut
 		if m := b.m; m != nil {
 			m.requests.Add(1)
-			if tried.Len() > 1 {
+			if attempts > 1 {
 				m.retries.Add(1)
 			}
 			m.inFlight.Add(1)
 			start = time.Now()
 			c.headerAt = time.Time{}
 		}
+		c.healthDone = false
+		c.abandoned.Store(false)
+		c.abandonable = replayable && p.follow != nil
 		last = c.attempt(b, complete, replayable)
+		if last == attemptTimeout && c.abandoned.Load() {
+			last = attemptAbandoned
+		}
+		wasTrial := c.trialOn
+		c.attemptHealth(b, last)
 		if m := b.m; m != nil {
 			c.observeAttempt(m, last, start, c.bytesOut-bytesBefore)
 		}
-		s.picker.Done(i)
+		if i >= 0 {
+			s.picker.Done(i)
+		}
 		if last == attemptOK {
 			break
 		}
-		if last == attemptNotSent || (last == attemptNoAnswer && replayable) {
+		// A request that may be sent again goes to another backend after a failed trial, or after a
+		// wait cut short because its backend went out.
+		if last == attemptNotSent || replayable && (last == attemptNoAnswer || last == attemptAbandoned || wasTrial && last != attemptFatal) {
 			continue
 		}
 		break
@@ -497,6 +540,10 @@ func (c *conn) handle() bool {
 		p.stats.badGateway.Add(1)
 		c.forceStop = true
 		c.writeError(502, "backend failed", true)
+	case attemptAbandoned:
+		p.stats.badGateway.Add(1)
+		c.forceStop = true
+		c.writeError(502, "backend ejected while the request waited for its response", true)
 	case attemptFatal:
 		c.forceStop = true
 	}

@@ -35,6 +35,24 @@
 //     head within Config.BackendTimeout: 504. A failure after the response started cuts the client
 //     connection, since its framing can no longer be kept.
 //
+// # Health
+//
+// When the proxy follows a region (Proxy.Follow), each backend's route comes from its health slot,
+// read again only when the region's health epoch moves: an ejected backend is not picked, a
+// slow-starting one is picked at its share of its weight, and in a set in panic every active
+// backend is. Each attempt's outcome is counted in the slot at once (a response head at its
+// arrival): a connect refused or timed out, a reset, no response head within BackendTimeout, a
+// malformed response, and, when the set says so, a 5xx or gateway status count as failures; any
+// other response zeroes the count. A failure also calls Config.HealthChanged (in a worker, a byte
+// on the health pipe), so that the supervisor's monitor ejects within milliseconds. A backend out
+// of its ejection time and without probes is offered for one trial request, which the first worker
+// to claim it sends first.
+//
+// An attempt waiting for its response head on a backend that goes out is abandoned when the
+// worker sees the new route (the supervisor wakes every worker when a route changes): a request
+// that may be sent again (the rules above) goes to another backend at once, any other is answered
+// 502. A failed trial of a request that may be sent again goes to another backend too.
+//
 // # Connections
 //
 // Client keep-alive follows HTTP/1.1 and HTTP/1.0 rules; a response framed by the backend's close is

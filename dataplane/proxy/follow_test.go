@@ -14,13 +14,19 @@ import (
 // slot 0 would. It returns the proxy, its address, the region and its writer.
 func followingProxy(t *testing.T) (*Proxy, string, *shm.Region, *shm.Writer) {
 	t.Helper()
+	return followingProxyWith(t, Config{})
+}
+
+// followingProxyWith is followingProxy with the proxy's cfg.
+func followingProxyWith(t testing.TB, cfg Config) (*Proxy, string, *shm.Region, *shm.Writer) {
+	t.Helper()
 	r, err := shm.Create(filepath.Join(t.TempDir(), "region"), shm.Capacities{Sets: 4, Backends: 16, StringBytes: 1024, Workers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close() })
 	r.ClaimWorker(0, os.Getpid(), time.Now().UnixNano())
-	p, err := New(Config{})
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +37,7 @@ func followingProxy(t *testing.T) (*Proxy, string, *shm.Region, *shm.Writer) {
 }
 
 // publish makes one generation of set "web" with these backends.
-func publish(t *testing.T, w *shm.Writer, backends ...shm.Backend) uint64 {
+func publish(t testing.TB, w *shm.Writer, backends ...shm.Backend) uint64 {
 	t.Helper()
 	g, err := w.Publish([]shm.Set{{Name: "web", Backends: backends}})
 	if err != nil {

@@ -149,6 +149,11 @@ func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
 	c.active.Store(u)
 	defer c.active.Store(nil)
 	u.DL.Both(time.Now(), p.cfg.BackendTimeout)
+	if c.abandonable {
+		// After the deadline is set: a poke from now on is not overwritten by it.
+		c.waitingSlot.Store(c.backend.slot + 1)
+		defer c.waitingSlot.Store(0)
+	}
 	var readErr error
 	pumping := !complete
 	if pumping {
@@ -307,6 +312,7 @@ func (c *conn) exchange(u *upstream.Conn, readErr error) attemptResult {
 			if !c.upgrading() {
 				return attemptBad
 			}
+			c.headArrived(st)
 			return c.tunnel(u)
 		}
 		answered, readErr = true, nil
@@ -335,6 +341,9 @@ func (c *conn) readResponseHead(u *upstream.Conn, answered bool, readErr error) 
 				p.log.Trace("malformed response", "backend", u.Pool().Address(), "error", err)
 				return attemptBad
 			}
+		}
+		if c.abandoned.Load() {
+			return attemptTimeout // the deadline set above may have undone the poke; handle tells them apart
 		}
 		err := readErr
 		if err == nil {
@@ -399,6 +408,7 @@ func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
 	if c.backend != nil && c.backend.m != nil {
 		c.headerAt = time.Now()
 	}
+	c.headArrived(resp.Status)
 	c.keepUpstream = false
 	kind := resp.Body(c.method)
 	keepClient := c.req.KeepAlive && !p.draining.Load() && !c.forceStop

@@ -149,7 +149,7 @@ func (c *conn) observeAttempt(m *backendMetrics, res attemptResult, start time.T
 			m.header.observe(c.headerAt.Sub(start))
 		}
 		m.total.observe(now.Sub(start))
-	case attemptNotSent, attemptNoAnswer, attemptTimeout:
+	case attemptNotSent, attemptNoAnswer, attemptTimeout, attemptAbandoned:
 		m.localErrors.Add(1)
 	case attemptBad:
 		m.badResponses.Add(1)

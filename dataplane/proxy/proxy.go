@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
@@ -49,21 +50,34 @@ type Proxy struct {
 	stats counters
 }
 
-// routing is one immutable generation of backend sets, with the pickers and pools that serve it.
+// routing is one immutable generation of backend sets, with the pickers and pools that serve it,
+// and the routes of their backends at one health epoch.
 type routing struct {
-	gen  uint64 // the region's generation; 0 for sets given by SetBackends
-	sets map[string]*set
+	gen    uint64 // the region's generation; 0 for sets given by SetBackends
+	health uint64 // the region's health epoch the routes were read at
+	sets   map[string]*set
 }
 
 type set struct {
 	name     string
-	backends []*backend
-	picker   balance.Picker
+	policy   balance.Policy
+	failures health.FailureStatuses
+	// active are the backends the control plane has active; routed are those of them that take new
+	// requests by their health, which picker picks from (nil when there are none); trials are those
+	// whose trial request a worker may claim.
+	active, routed, trials []*backend
+	picker                 balance.Picker
 }
 
+// backend is one backend of a set at one health epoch: a new routing copies it, sharing its pool
+// and counters.
 type backend struct {
 	id, address string
 	weight      int
+	slot        uint32       // its health slot, when the proxy follows a region
+	route       health.Route // at the routing's health epoch
+	routedAt    int          // its index in its set's routed, or -1
+	failures    health.FailureStatuses
 	pool        *upstream.Pool
 	m           *backendMetrics
 }
@@ -198,7 +212,7 @@ func (p *Proxy) SetBackends(sets []BackendSet) error {
 	if err := checkSets(sets); err != nil {
 		return err
 	}
-	p.install(sets, 0)
+	p.install(sets, 0, 0)
 	return nil
 }
 
@@ -211,6 +225,9 @@ func checkSets(sets []BackendSet) error {
 		}
 		if names[s.Name] {
 			return fmt.Errorf("proxy: backend set %q: named twice", s.Name)
+		}
+		if s.FailureStatuses > health.Fail5xx {
+			return fmt.Errorf("proxy: backend set %q: unknown failure statuses %d", s.Name, s.FailureStatuses)
 		}
 		names[s.Name] = true
 		ids := make(map[string]bool, len(s.Backends))
@@ -228,22 +245,25 @@ func checkSets(sets []BackendSet) error {
 			if b.State > table.Disabled {
 				return fmt.Errorf("proxy: backend set %q: backend %q: unknown state %d", s.Name, b.ID, b.State)
 			}
+			if b.Weight > WeightMax {
+				return fmt.Errorf("proxy: backend set %q: backend %q: weight %d above %d", s.Name, b.ID, b.Weight, WeightMax)
+			}
 		}
 	}
 	return nil
 }
 
-// install makes sets, already checked, the table in force. Only active backends are picked; the
-// pools of backends that no set picks any more are closed.
-func (p *Proxy) install(sets []BackendSet, gen uint64) {
+// install makes sets, already checked, the table in force, with the routes of the region's health
+// epoch at healthEpoch (read before the routes). Only active backends are kept; the pools of
+// backends that no set keeps any more are closed.
+func (p *Proxy) install(sets []BackendSet, gen, healthEpoch uint64) {
 	p.poolsMu.Lock()
 	defer p.poolsMu.Unlock()
-	t := &routing{gen: gen, sets: make(map[string]*set, len(sets))}
+	t := &routing{gen: gen, health: healthEpoch, sets: make(map[string]*set, len(sets))}
 	used := make(map[string]bool)
 	metrics := make(map[string]*backendMetrics)
 	for _, s := range sets {
-		ns := &set{name: s.Name}
-		var weights []int
+		var active []*backend
 		for _, b := range s.Backends {
 			if b.State != table.Active {
 				continue
@@ -260,12 +280,10 @@ func (p *Proxy) install(sets []BackendSet, gen uint64) {
 				p.pools[b.Address] = pool
 			}
 			used[b.Address] = true
-			ns.backends = append(ns.backends, &backend{id: b.ID, address: b.Address, weight: b.Weight, pool: pool,
-				m: p.metricsFor(s.Name, b.ID, b.Address, metrics)})
-			weights = append(weights, b.Weight)
+			active = append(active, &backend{id: b.ID, address: b.Address, weight: b.Weight, slot: b.HealthSlot,
+				failures: s.FailureStatuses, pool: pool, m: p.metricsFor(s.Name, b.ID, b.Address, metrics)})
 		}
-		ns.picker = balance.New(s.Policy, weights)
-		t.sets[s.Name] = ns
+		t.sets[s.Name] = p.route(s.Name, s.Policy, s.FailureStatuses, active)
 	}
 	p.table.Store(t)
 	p.metrics = metrics
@@ -273,6 +291,79 @@ func (p *Proxy) install(sets []BackendSet, gen uint64) {
 		if !used[addr] {
 			pool.Close()
 			delete(p.pools, addr)
+		}
+	}
+}
+
+// route makes a set of the active backends with their routes read now: from the region's health
+// slots when the proxy follows a region, else every backend in at its full weight.
+func (p *Proxy) route(name string, policy balance.Policy, failures health.FailureStatuses, active []*backend) *set {
+	s := &set{name: name, policy: policy, failures: failures, active: make([]*backend, len(active))}
+	var weights []int
+	for i, b := range active {
+		nb := *b
+		nb.route, nb.routedAt = health.Route{WeightPermille: 1000}, -1
+		if p.follow != nil {
+			nb.route = p.follow.Route(b.slot)
+		}
+		s.active[i] = &nb
+		if nb.route.Trial {
+			s.trials = append(s.trials, &nb)
+		}
+		if !nb.route.Out {
+			nb.routedAt = len(s.routed)
+			s.routed = append(s.routed, &nb)
+			// Scaled by the route's thousandths: every picker is blind to a common factor.
+			weights = append(weights, nb.weight*nb.route.WeightPermille)
+		}
+	}
+	if len(weights) > 0 {
+		s.picker = balance.New(policy, weights)
+	}
+	return s
+}
+
+// refreshHealthLocked reads the routes again when the region's health epoch moved, and cuts short
+// the waits for a response head on backends that went out: their requests that can be sent again
+// go to another backend now rather than when the backend timeout ends. refreshMu is held.
+func (p *Proxy) refreshHealthLocked() {
+	cur := p.table.Load()
+	e := p.follow.HealthEpoch() // before the routes: a change made while they are read moves it again
+	if e == cur.health {
+		return
+	}
+	t := &routing{gen: cur.gen, health: e, sets: make(map[string]*set, len(cur.sets))}
+	var out map[uint32]bool
+	for name, s := range cur.sets {
+		ns := p.route(s.name, s.policy, s.failures, s.active)
+		for i, b := range ns.active {
+			if b.route.Out && !s.active[i].route.Out {
+				if out == nil {
+					out = make(map[uint32]bool)
+				}
+				out[b.slot] = true
+				p.log.Debug("backend out", "backend_set", name, "backend", b.id, "address", b.address)
+			}
+		}
+		t.sets[name] = ns
+	}
+	p.table.Store(t)
+	if out != nil {
+		p.abandonWaits(out)
+	}
+}
+
+// abandonWaits cuts short the waits for a response head, on the backends of these health slots, of
+// the requests that may be sent again.
+func (p *Proxy) abandonWaits(slots map[uint32]bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		if w := c.waitingSlot.Load(); w != 0 && slots[w-1] {
+			c.abandoned.Store(true)
+			if u := c.active.Load(); u != nil {
+				u.DL.PokeRead()
+			}
 		}
 	}
 }
@@ -303,19 +394,22 @@ func (p *Proxy) refreshLocked() (uint64, error) {
 	cur := p.table.Load()
 	g := p.follow.Generation()
 	if g == cur.gen {
+		p.refreshHealthLocked()
 		return g, nil
 	}
+	epoch := p.follow.HealthEpoch() // before the routes that install reads
 	t, err := p.follow.Load()
 	if err == nil {
 		sets := make([]BackendSet, len(t.Sets))
 		for i, s := range t.Sets {
-			sets[i] = BackendSet{Name: s.Name, Policy: balance.Policy(s.Policy), Backends: make([]Backend, len(s.Backends))}
+			sets[i] = BackendSet{Name: s.Name, Policy: balance.Policy(s.Policy),
+				FailureStatuses: health.FailureStatuses(s.FailureStatuses), Backends: make([]Backend, len(s.Backends))}
 			for j, b := range s.Backends {
-				sets[i].Backends[j] = Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State}
+				sets[i].Backends[j] = Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot}
 			}
 		}
 		if err = checkSets(sets); err == nil {
-			p.install(sets, t.Generation)
+			p.install(sets, t.Generation, epoch)
 			p.follow.Observed(t.Generation)
 			return t.Generation, nil
 		}
@@ -323,6 +417,7 @@ func (p *Proxy) refreshLocked() (uint64, error) {
 	if p.badGen.Swap(g) != g {
 		p.log.Error("cannot load the shared region's generation; serving the previous one", "generation", g, "serving", cur.gen, "error", err)
 	}
+	p.refreshHealthLocked() // the generation in force still follows its backends' health
 	return cur.gen, fmt.Errorf("proxy: generation %d: %w", g, err)
 }
 
