@@ -4,16 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/controlplane/store"
 	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
 // DataPlanes is what ListDataPlanes reports; the discovery server implements it.
@@ -37,9 +40,11 @@ type Server struct {
 	log  hclog.Logger
 }
 
-// Load is what GetLoad reports; the load aggregator implements it.
+// Load is what GetLoad reports, and each data plane's view of its backends' health that
+// ListDataPlanes adds; the load aggregator implements it.
 type Load interface {
 	Load() *adminv1.GetLoadResponse
+	Health(node string) ([]*loadv1.BackendHealth, time.Time)
 }
 
 // WithLoad makes GetLoad report l.
@@ -144,7 +149,15 @@ func (s *Server) ListDataPlanes(context.Context, *adminv1.ListDataPlanesRequest)
 	if s.dps == nil {
 		return &adminv1.ListDataPlanesResponse{}, nil
 	}
-	return &adminv1.ListDataPlanesResponse{DataPlanes: s.dps.DataPlanes()}, nil
+	dps := s.dps.DataPlanes()
+	if s.load != nil {
+		for _, dp := range dps { // made for this call: DataPlanes builds them anew
+			if h, at := s.load.Health(dp.GetNodeId()); len(h) > 0 {
+				dp.BackendHealth, dp.BackendHealthAt = h, timestamppb.New(at)
+			}
+		}
+	}
+	return &adminv1.ListDataPlanesResponse{DataPlanes: dps}, nil
 }
 
 // versioned is the wire form of a store entry. The set is shared, not copied: the store never

@@ -106,14 +106,26 @@ type Aggregator struct {
 	lastSeq map[[2]string]uint64 // by node and instance
 	nodes   map[string]Totals
 	all     Totals
+	health  map[string]nodeHealth // by node: its last view of its backends' health
 }
+
+// nodeHealth is a data plane's view of its backends' health, as its last report that had one said.
+type nodeHealth struct {
+	backends []*loadv1.BackendHealth
+	at       time.Time
+}
+
+// HealthBackendsMax bounds the backends of a data plane's health view that are kept; past it the
+// rest of a report's view is dropped (and the view says so by its length).
+const HealthBackendsMax = 20_000
 
 // NewAggregator asks data planes to report every interval.
 func NewAggregator(interval time.Duration, log hclog.Logger) *Aggregator {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Aggregator{interval: interval, log: log, lastSeq: map[[2]string]uint64{}, nodes: map[string]Totals{}, all: Totals{}}
+	return &Aggregator{interval: interval, log: log, lastSeq: map[[2]string]uint64{}, nodes: map[string]Totals{}, all: Totals{},
+		health: map[string]nodeHealth{}}
 }
 
 // StreamLoadStats receives one data plane's reports.
@@ -141,6 +153,9 @@ func (a *Aggregator) add(req *loadv1.StreamLoadStatsRequest) {
 		return
 	}
 	a.lastSeq[k] = req.GetSeq()
+	if h := req.GetBackendHealth(); len(h) > 0 {
+		a.health[req.GetNodeId()] = nodeHealth{backends: h[:min(len(h), HealthBackendsMax)], at: time.Now()}
+	}
 	node := a.nodes[req.GetNodeId()]
 	if node == nil {
 		node = Totals{}
@@ -159,6 +174,15 @@ func (a *Aggregator) add(req *loadv1.StreamLoadStatsRequest) {
 			}
 		}
 	}
+}
+
+// Health is node's last view of its backends' health, and when it came; nothing before its first.
+// The caller must not modify what it returns.
+func (a *Aggregator) Health(node string) ([]*loadv1.BackendHealth, time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := a.health[node]
+	return h.backends, h.at
 }
 
 // Load is what the admin service's GetLoad returns.

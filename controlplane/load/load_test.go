@@ -29,3 +29,25 @@ func TestAggregator(t *testing.T) {
 		t.Fatalf("per node %v; want n1 15, n2 7", l.DataPlanes)
 	}
 }
+
+// TestAggregatorHealth: each node's last view of its backends' health is kept apart; a report
+// without one leaves it, and a report counted already changes nothing.
+func TestAggregatorHealth(t *testing.T) {
+	a := NewAggregator(time.Second, nil)
+	view := func(state loadv1.HealthState) []*loadv1.BackendHealth {
+		return []*loadv1.BackendHealth{{BackendSet: "web", BackendId: "a", State: state}}
+	}
+	a.add(&loadv1.StreamLoadStatsRequest{NodeId: "n1", Instance: "i", Seq: 1, BackendHealth: view(loadv1.HealthState_HEALTH_STATE_EJECTED)})
+	a.add(&loadv1.StreamLoadStatsRequest{NodeId: "n2", Instance: "j", Seq: 1, BackendHealth: view(loadv1.HealthState_HEALTH_STATE_HEALTHY)})
+	a.add(&loadv1.StreamLoadStatsRequest{NodeId: "n1", Instance: "i", Seq: 2}) // load only
+	a.add(&loadv1.StreamLoadStatsRequest{NodeId: "n1", Instance: "i", Seq: 2, BackendHealth: view(loadv1.HealthState_HEALTH_STATE_HEALTHY)})
+	if h, at := a.Health("n1"); len(h) != 1 || h[0].State != loadv1.HealthState_HEALTH_STATE_EJECTED || at.IsZero() {
+		t.Fatalf("n1: %v at %v, want its one view, a ejected", h, at)
+	}
+	if h, _ := a.Health("n2"); len(h) != 1 || h[0].State != loadv1.HealthState_HEALTH_STATE_HEALTHY {
+		t.Fatalf("n2: %v, want a healthy", h)
+	}
+	if h, at := a.Health("n3"); h != nil || !at.IsZero() {
+		t.Fatalf("a node never heard of: %v at %v", h, at)
+	}
+}

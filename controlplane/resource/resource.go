@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
@@ -27,6 +29,20 @@ const (
 	MetadataMax      = 64
 	MetadataKeyMax   = 128
 	MetadataValueMax = 1024
+
+	// The health fields. Counts are bytes in the data plane's health slots.
+	HealthCountMax      = 255
+	HealthIntervalMin   = 10 * time.Millisecond
+	HealthIntervalMax   = time.Hour
+	EjectionTimeMin     = 10 * time.Millisecond
+	BaseEjectionTimeMax = time.Hour
+	MaxEjectionTimeMax  = 24 * time.Hour
+	SlowStartWindowMin  = time.Second
+	SlowStartWindowMax  = time.Hour
+	ProbePathBytesMax   = 1024
+	ProbeHostBytesMax   = 260
+	StatusRangesMax     = 16
+	PercentMax          = 100
 )
 
 var (
@@ -62,6 +78,9 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	}
 	if n := len(set.GetBackends()); n > BackendsMax {
 		return bad(".backends", "%d backends, at most %d", n, BackendsMax)
+	}
+	if err := ValidateHealth(prefix, set); err != nil {
+		return err
 	}
 	ids := make(map[string]int, len(set.GetBackends()))
 	for i, b := range set.GetBackends() {
@@ -103,6 +122,124 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 		}
 	}
 	return nil
+}
+
+// ValidateHealth checks the health policy of set alone (health_check, outlier_detection,
+// slow_start, panic_threshold), for a configuration file that holds sets in another form.
+func ValidateHealth(prefix string, set *discoveryv1.BackendSet) error {
+	bad := func(field, format string, args ...any) error {
+		return &Error{prefix + field, fmt.Sprintf(format, args...)}
+	}
+	// duration checks an optional duration: absent or zero is the default; otherwise lo to hi.
+	duration := func(field string, d *durationpb.Duration, lo, hi time.Duration) (time.Duration, error) {
+		if d == nil {
+			return 0, nil
+		}
+		if err := d.CheckValid(); err != nil {
+			return 0, bad(field, "%v", err)
+		}
+		v := d.AsDuration()
+		if v != 0 && (v < lo || v > hi) {
+			return 0, bad(field, "want 0 (the default) or %v to %v, got %v", lo, hi, v)
+		}
+		return v, nil
+	}
+	count := func(field string, n uint32, max int) error {
+		if n > uint32(max) {
+			return bad(field, "want 0 (the default) to %d, got %d", max, n)
+		}
+		return nil
+	}
+	if hc := set.GetHealthCheck(); hc != nil {
+		interval, err := duration(".health_check.interval", hc.GetInterval(), HealthIntervalMin, HealthIntervalMax)
+		if err != nil {
+			return err
+		}
+		timeout, err := duration(".health_check.timeout", hc.GetTimeout(), time.Millisecond, HealthIntervalMax)
+		if err != nil {
+			return err
+		}
+		if interval == 0 {
+			interval = 2 * time.Second // the default, as dataplane/health has it
+		}
+		if timeout > interval {
+			return bad(".health_check.timeout", "%v is longer than the interval (%v)", timeout, interval)
+		}
+		if err := count(".health_check.fall", hc.GetFall(), HealthCountMax); err != nil {
+			return err
+		}
+		if err := count(".health_check.rise", hc.GetRise(), HealthCountMax); err != nil {
+			return err
+		}
+		if h := hc.GetHttp(); h != nil {
+			if p := h.GetPath(); p != "" && (p[0] != '/' || len(p) > ProbePathBytesMax || !visible(p)) {
+				return bad(".health_check.http.path", "%.64q: want / and up to %d bytes of visible ASCII", p, ProbePathBytesMax)
+			}
+			if host := h.GetHost(); len(host) > ProbeHostBytesMax || !visible(host) {
+				return bad(".health_check.http.host", "%.64q: want up to %d bytes of visible ASCII", host, ProbeHostBytesMax)
+			}
+			if n := len(h.GetExpectedStatuses()); n > StatusRangesMax {
+				return bad(".health_check.http.expected_statuses", "%d ranges, at most %d", n, StatusRangesMax)
+			}
+			for i, r := range h.GetExpectedStatuses() {
+				end := r.GetEnd()
+				if end == 0 {
+					end = r.GetStart()
+				}
+				if r.GetStart() < 100 || end > 599 || end < r.GetStart() {
+					return bad(fmt.Sprintf(".health_check.http.expected_statuses[%d]", i), "want 100 <= start <= end <= 599, got %d to %d", r.GetStart(), r.GetEnd())
+				}
+			}
+		}
+	}
+	if od := set.GetOutlierDetection(); od != nil {
+		if err := count(".outlier_detection.consecutive_failures", od.GetConsecutiveFailures(), HealthCountMax); err != nil {
+			return err
+		}
+		base, err := duration(".outlier_detection.base_ejection_time", od.GetBaseEjectionTime(), EjectionTimeMin, BaseEjectionTimeMax)
+		if err != nil {
+			return err
+		}
+		maxT, err := duration(".outlier_detection.max_ejection_time", od.GetMaxEjectionTime(), EjectionTimeMin, MaxEjectionTimeMax)
+		if err != nil {
+			return err
+		}
+		if maxT != 0 && base != 0 && maxT < base {
+			return bad(".outlier_detection.max_ejection_time", "%v is shorter than base_ejection_time (%v)", maxT, base)
+		}
+		if err := count(".outlier_detection.max_ejection_percent", od.GetMaxEjectionPercent(), PercentMax); err != nil {
+			return err
+		}
+		if _, ok := discoveryv1.FailureStatuses_name[int32(od.GetFailureStatuses())]; !ok {
+			return bad(".outlier_detection.failure_statuses", "unknown value %d", od.GetFailureStatuses())
+		}
+	}
+	if ss := set.GetSlowStart(); ss != nil {
+		w := ss.GetWindow()
+		if w == nil || w.AsDuration() == 0 {
+			return bad(".slow_start.window", "required: %v to %v", SlowStartWindowMin, SlowStartWindowMax)
+		}
+		if err := w.CheckValid(); err != nil {
+			return bad(".slow_start.window", "%v", err)
+		}
+		if v := w.AsDuration(); v < SlowStartWindowMin || v > SlowStartWindowMax {
+			return bad(".slow_start.window", "want %v to %v, got %v", SlowStartWindowMin, SlowStartWindowMax, v)
+		}
+		if err := count(".slow_start.min_weight_percent", ss.GetMinWeightPercent(), PercentMax); err != nil {
+			return err
+		}
+	}
+	return count(".panic_threshold", set.GetPanicThreshold(), PercentMax)
+}
+
+// visible tells whether s is printable ASCII without spaces.
+func visible(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidateName checks a set's name alone, for the requests that name a set.

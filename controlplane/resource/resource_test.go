@@ -3,6 +3,9 @@ package resource
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
@@ -15,9 +18,27 @@ func valid() *discoveryv1.BackendSet {
 	}}
 }
 
+func dur(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+// healthy is valid() with every health field set.
+func healthy() *discoveryv1.BackendSet {
+	s := valid()
+	s.HealthCheck = &discoveryv1.HealthCheck{Interval: dur(time.Second), Timeout: dur(500 * time.Millisecond), Fall: 2, Rise: 3,
+		Probe: &discoveryv1.HealthCheck_Http{Http: &discoveryv1.HttpProbe{Path: "/healthz?x=1", Host: "web.example:8080",
+			ExpectedStatuses: []*discoveryv1.StatusRange{{Start: 200}, {Start: 300, End: 399}}}}}
+	s.OutlierDetection = &discoveryv1.OutlierDetection{ConsecutiveFailures: 3, BaseEjectionTime: dur(10 * time.Second),
+		MaxEjectionTime: dur(time.Minute), MaxEjectionPercent: 100, FailureStatuses: discoveryv1.FailureStatuses_FAILURE_STATUSES_GATEWAY}
+	s.SlowStart = &discoveryv1.SlowStart{Window: dur(30 * time.Second), MinWeightPercent: 25}
+	s.PanicThreshold = 40
+	return s
+}
+
 func TestValidate(t *testing.T) {
 	if err := Validate("backend_set", valid()); err != nil {
 		t.Fatalf("a valid set: %v", err)
+	}
+	if err := Validate("backend_set", healthy()); err != nil {
+		t.Fatalf("a valid set with health: %v", err)
 	}
 	tests := []struct {
 		name string
@@ -38,12 +59,51 @@ func TestValidate(t *testing.T) {
 		{"weight too large", func(s *discoveryv1.BackendSet) { s.Backends[0].Weight = 2_000_000 }, "backend_set.backends[0].weight: want 0 (meaning 1) to 1000000"},
 		{"unknown state", func(s *discoveryv1.BackendSet) { s.Backends[0].State = 7 }, "backend_set.backends[0].state: unknown state 7"},
 		{"empty metadata key", func(s *discoveryv1.BackendSet) { s.Backends[0].Metadata = map[string]string{"": "x"} }, "backend_set.backends[0].metadata: key"},
+		{"probe interval too short", func(s *discoveryv1.BackendSet) {
+			s.HealthCheck = &discoveryv1.HealthCheck{Interval: dur(time.Millisecond)}
+		},
+			"backend_set.health_check.interval: want 0 (the default) or 10ms to 1h0m0s, got 1ms"},
+		{"probe timeout past the interval", func(s *discoveryv1.BackendSet) {
+			s.HealthCheck = &discoveryv1.HealthCheck{Interval: dur(time.Second), Timeout: dur(2 * time.Second)}
+		}, "backend_set.health_check.timeout: 2s is longer than the interval (1s)"},
+		{"probe timeout past the default interval", func(s *discoveryv1.BackendSet) {
+			s.HealthCheck = &discoveryv1.HealthCheck{Timeout: dur(3 * time.Second)}
+		},
+			"backend_set.health_check.timeout: 3s is longer than the interval (2s)"},
+		{"negative duration", func(s *discoveryv1.BackendSet) {
+			s.HealthCheck = &discoveryv1.HealthCheck{Interval: &durationpb.Duration{Seconds: -1}}
+		}, "backend_set.health_check.interval: want 0 (the default) or 10ms"},
+		{"fall too large", func(s *discoveryv1.BackendSet) { s.HealthCheck = &discoveryv1.HealthCheck{Fall: 256} },
+			"backend_set.health_check.fall: want 0 (the default) to 255, got 256"},
+		{"path without a slash", func(s *discoveryv1.BackendSet) { s.HealthCheck.GetHttp().Path = "healthz" },
+			`backend_set.health_check.http.path: "healthz": want / and up to 1024 bytes`},
+		{"path with a space", func(s *discoveryv1.BackendSet) { s.HealthCheck.GetHttp().Path = "/a b" }, `backend_set.health_check.http.path: "/a b"`},
+		{"host with a newline", func(s *discoveryv1.BackendSet) { s.HealthCheck.GetHttp().Host = "a\r\nX: y" }, `backend_set.health_check.http.host: "a\r\nX: y"`},
+		{"status range backwards", func(s *discoveryv1.BackendSet) {
+			s.HealthCheck.GetHttp().ExpectedStatuses = []*discoveryv1.StatusRange{{Start: 200}, {Start: 400, End: 300}}
+		}, "backend_set.health_check.http.expected_statuses[1]: want 100 <= start <= end <= 599, got 400 to 300"},
+		{"status 600", func(s *discoveryv1.BackendSet) {
+			s.HealthCheck.GetHttp().ExpectedStatuses = []*discoveryv1.StatusRange{{Start: 600}}
+		},
+			"backend_set.health_check.http.expected_statuses[0]"},
+		{"consecutive failures too many", func(s *discoveryv1.BackendSet) { s.OutlierDetection.ConsecutiveFailures = 1000 },
+			"backend_set.outlier_detection.consecutive_failures: want 0 (the default) to 255, got 1000"},
+		{"max ejection time below the base", func(s *discoveryv1.BackendSet) { s.OutlierDetection.MaxEjectionTime = dur(time.Second) },
+			"backend_set.outlier_detection.max_ejection_time: 1s is shorter than base_ejection_time (10s)"},
+		{"ejection percent over 100", func(s *discoveryv1.BackendSet) { s.OutlierDetection.MaxEjectionPercent = 101 },
+			"backend_set.outlier_detection.max_ejection_percent: want 0 (the default) to 100, got 101"},
+		{"unknown failure statuses", func(s *discoveryv1.BackendSet) { s.OutlierDetection.FailureStatuses = 9 },
+			"backend_set.outlier_detection.failure_statuses: unknown value 9"},
+		{"slow start without a window", func(s *discoveryv1.BackendSet) { s.SlowStart.Window = nil }, "backend_set.slow_start.window: required"},
+		{"slow start too short", func(s *discoveryv1.BackendSet) { s.SlowStart.Window = dur(time.Millisecond) },
+			"backend_set.slow_start.window: want 1s to 1h0m0s, got 1ms"},
+		{"panic over 100", func(s *discoveryv1.BackendSet) { s.PanicThreshold = 150 }, "backend_set.panic_threshold: want 0 (the default) to 100, got 150"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var s *discoveryv1.BackendSet
 			if tt.edit != nil {
-				s = valid()
+				s = healthy()
 				tt.edit(s)
 			}
 			err := Validate("backend_set", s)

@@ -616,10 +616,14 @@ type DataPlane struct {
 	// sets are the sets it serves or rejected, by name.
 	Sets []*SetStatus `protobuf:"bytes,6,rep,name=sets,proto3" json:"sets,omitempty"`
 	// generation is its shared region generation, and workers what each of its workers serves.
-	Generation    uint64              `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
-	Workers       []*v11.WorkerStatus `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation uint64              `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	Workers    []*v11.WorkerStatus `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
+	// backend_health is its view of the health of every backend it serves, from its last load report
+	// that carried one, and when that was: compare data planes to see one alone think a backend down.
+	BackendHealth   []*v1.BackendHealth    `protobuf:"bytes,9,rep,name=backend_health,json=backendHealth,proto3" json:"backend_health,omitempty"`
+	BackendHealthAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=backend_health_at,json=backendHealthAt,proto3" json:"backend_health_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DataPlane) Reset() {
@@ -704,6 +708,20 @@ func (x *DataPlane) GetGeneration() uint64 {
 func (x *DataPlane) GetWorkers() []*v11.WorkerStatus {
 	if x != nil {
 		return x.Workers
+	}
+	return nil
+}
+
+func (x *DataPlane) GetBackendHealth() []*v1.BackendHealth {
+	if x != nil {
+		return x.BackendHealth
+	}
+	return nil
+}
+
+func (x *DataPlane) GetBackendHealthAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BackendHealthAt
 	}
 	return nil
 }
@@ -868,7 +886,7 @@ const file_xlb_admin_v1_admin_proto_rawDesc = "" +
 	"\x15ListDataPlanesRequest\"R\n" +
 	"\x16ListDataPlanesResponse\x128\n" +
 	"\vdata_planes\x18\x01 \x03(\v2\x17.xlb.admin.v1.DataPlaneR\n" +
-	"dataPlanes\"\xe9\x02\n" +
+	"dataPlanes\"\xf4\x03\n" +
 	"\tDataPlane\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05build\x18\x02 \x01(\tR\x05build\x12\x1c\n" +
@@ -879,7 +897,10 @@ const file_xlb_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\a \x01(\x04R\n" +
 	"generation\x128\n" +
-	"\aworkers\x18\b \x03(\v2\x1e.xlb.discovery.v1.WorkerStatusR\aworkers\"y\n" +
+	"\aworkers\x18\b \x03(\v2\x1e.xlb.discovery.v1.WorkerStatusR\aworkers\x12A\n" +
+	"\x0ebackend_health\x18\t \x03(\v2\x1a.xlb.load.v1.BackendHealthR\rbackendHealth\x12F\n" +
+	"\x11backend_health_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0fbackendHealthAt\"y\n" +
 	"\tSetStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x0fapplied_version\x18\x02 \x01(\tR\x0eappliedVersion\x12/\n" +
@@ -931,6 +952,7 @@ var file_xlb_admin_v1_admin_proto_goTypes = []any{
 	(*v11.VersionedBackendSet)(nil),  // 18: xlb.discovery.v1.VersionedBackendSet
 	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
 	(*v11.WorkerStatus)(nil),         // 20: xlb.discovery.v1.WorkerStatus
+	(*v1.BackendHealth)(nil),         // 21: xlb.load.v1.BackendHealth
 }
 var file_xlb_admin_v1_admin_proto_depIdxs = []int32{
 	16, // 0: xlb.admin.v1.GetLoadResponse.backends:type_name -> xlb.load.v1.BackendLoad
@@ -944,25 +966,27 @@ var file_xlb_admin_v1_admin_proto_depIdxs = []int32{
 	19, // 8: xlb.admin.v1.DataPlane.disconnected_at:type_name -> google.protobuf.Timestamp
 	14, // 9: xlb.admin.v1.DataPlane.sets:type_name -> xlb.admin.v1.SetStatus
 	20, // 10: xlb.admin.v1.DataPlane.workers:type_name -> xlb.discovery.v1.WorkerStatus
-	15, // 11: xlb.admin.v1.SetStatus.last_nack:type_name -> xlb.admin.v1.Nack
-	19, // 12: xlb.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
-	3,  // 13: xlb.admin.v1.AdminService.PutBackendSet:input_type -> xlb.admin.v1.PutBackendSetRequest
-	5,  // 14: xlb.admin.v1.AdminService.GetBackendSet:input_type -> xlb.admin.v1.GetBackendSetRequest
-	7,  // 15: xlb.admin.v1.AdminService.ListBackendSets:input_type -> xlb.admin.v1.ListBackendSetsRequest
-	9,  // 16: xlb.admin.v1.AdminService.DeleteBackendSet:input_type -> xlb.admin.v1.DeleteBackendSetRequest
-	11, // 17: xlb.admin.v1.AdminService.ListDataPlanes:input_type -> xlb.admin.v1.ListDataPlanesRequest
-	0,  // 18: xlb.admin.v1.AdminService.GetLoad:input_type -> xlb.admin.v1.GetLoadRequest
-	4,  // 19: xlb.admin.v1.AdminService.PutBackendSet:output_type -> xlb.admin.v1.PutBackendSetResponse
-	6,  // 20: xlb.admin.v1.AdminService.GetBackendSet:output_type -> xlb.admin.v1.GetBackendSetResponse
-	8,  // 21: xlb.admin.v1.AdminService.ListBackendSets:output_type -> xlb.admin.v1.ListBackendSetsResponse
-	10, // 22: xlb.admin.v1.AdminService.DeleteBackendSet:output_type -> xlb.admin.v1.DeleteBackendSetResponse
-	12, // 23: xlb.admin.v1.AdminService.ListDataPlanes:output_type -> xlb.admin.v1.ListDataPlanesResponse
-	1,  // 24: xlb.admin.v1.AdminService.GetLoad:output_type -> xlb.admin.v1.GetLoadResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	21, // 11: xlb.admin.v1.DataPlane.backend_health:type_name -> xlb.load.v1.BackendHealth
+	19, // 12: xlb.admin.v1.DataPlane.backend_health_at:type_name -> google.protobuf.Timestamp
+	15, // 13: xlb.admin.v1.SetStatus.last_nack:type_name -> xlb.admin.v1.Nack
+	19, // 14: xlb.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
+	3,  // 15: xlb.admin.v1.AdminService.PutBackendSet:input_type -> xlb.admin.v1.PutBackendSetRequest
+	5,  // 16: xlb.admin.v1.AdminService.GetBackendSet:input_type -> xlb.admin.v1.GetBackendSetRequest
+	7,  // 17: xlb.admin.v1.AdminService.ListBackendSets:input_type -> xlb.admin.v1.ListBackendSetsRequest
+	9,  // 18: xlb.admin.v1.AdminService.DeleteBackendSet:input_type -> xlb.admin.v1.DeleteBackendSetRequest
+	11, // 19: xlb.admin.v1.AdminService.ListDataPlanes:input_type -> xlb.admin.v1.ListDataPlanesRequest
+	0,  // 20: xlb.admin.v1.AdminService.GetLoad:input_type -> xlb.admin.v1.GetLoadRequest
+	4,  // 21: xlb.admin.v1.AdminService.PutBackendSet:output_type -> xlb.admin.v1.PutBackendSetResponse
+	6,  // 22: xlb.admin.v1.AdminService.GetBackendSet:output_type -> xlb.admin.v1.GetBackendSetResponse
+	8,  // 23: xlb.admin.v1.AdminService.ListBackendSets:output_type -> xlb.admin.v1.ListBackendSetsResponse
+	10, // 24: xlb.admin.v1.AdminService.DeleteBackendSet:output_type -> xlb.admin.v1.DeleteBackendSetResponse
+	12, // 25: xlb.admin.v1.AdminService.ListDataPlanes:output_type -> xlb.admin.v1.ListDataPlanesResponse
+	1,  // 26: xlb.admin.v1.AdminService.GetLoad:output_type -> xlb.admin.v1.GetLoadResponse
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_xlb_admin_v1_admin_proto_init() }

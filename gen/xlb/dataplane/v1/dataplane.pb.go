@@ -255,11 +255,12 @@ type BackendState struct {
 	BackendSet string                 `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
 	BackendId  string                 `protobuf:"bytes,2,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"`
 	Address    string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	// state is "active", "draining" or "disabled".
+	// state is "active", "draining" or "disabled": the control plane's.
 	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	// reason says who decided: the control plane's backend state. (Health checking, which will
-	// also eject backends, is not there yet.)
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// reason says why it takes traffic or not: the control plane's state, or its health.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// health is its health as this data plane sees it.
+	Health        *v1.BackendHealth `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -327,6 +328,13 @@ func (x *BackendState) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *BackendState) GetHealth() *v1.BackendHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
 }
 
 // Worker is one worker process of this supervisor.
@@ -409,7 +417,7 @@ const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\aworkers\x18\x04 \x03(\v2\x18.xlb.dataplane.v1.WorkerR\aworkers\x12\x1c\n" +
 	"\tupgrading\x18\x05 \x01(\bR\tupgrading\x124\n" +
 	"\bbackends\x18\x06 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\x12E\n" +
-	"\x0ebackend_states\x18\a \x03(\v2\x1e.xlb.dataplane.v1.BackendStateR\rbackendStates\"\x96\x01\n" +
+	"\x0ebackend_states\x18\a \x03(\v2\x1e.xlb.dataplane.v1.BackendStateR\rbackendStates\"\xca\x01\n" +
 	"\fBackendState\x12\x1f\n" +
 	"\vbackend_set\x18\x01 \x01(\tR\n" +
 	"backendSet\x12\x1d\n" +
@@ -417,7 +425,8 @@ const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"backend_id\x18\x02 \x01(\tR\tbackendId\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"_\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x122\n" +
+	"\x06health\x18\x06 \x01(\v2\x1a.xlb.load.v1.BackendHealthR\x06health\"_\n" +
 	"\x06Worker\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12/\n" +
@@ -440,27 +449,29 @@ func file_xlb_dataplane_v1_dataplane_proto_rawDescGZIP() []byte {
 
 var file_xlb_dataplane_v1_dataplane_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_xlb_dataplane_v1_dataplane_proto_goTypes = []any{
-	(*UpgradeRequest)(nil),  // 0: xlb.dataplane.v1.UpgradeRequest
-	(*UpgradeResponse)(nil), // 1: xlb.dataplane.v1.UpgradeResponse
-	(*StatusRequest)(nil),   // 2: xlb.dataplane.v1.StatusRequest
-	(*StatusResponse)(nil),  // 3: xlb.dataplane.v1.StatusResponse
-	(*BackendState)(nil),    // 4: xlb.dataplane.v1.BackendState
-	(*Worker)(nil),          // 5: xlb.dataplane.v1.Worker
-	(*v1.BackendLoad)(nil),  // 6: xlb.load.v1.BackendLoad
+	(*UpgradeRequest)(nil),   // 0: xlb.dataplane.v1.UpgradeRequest
+	(*UpgradeResponse)(nil),  // 1: xlb.dataplane.v1.UpgradeResponse
+	(*StatusRequest)(nil),    // 2: xlb.dataplane.v1.StatusRequest
+	(*StatusResponse)(nil),   // 3: xlb.dataplane.v1.StatusResponse
+	(*BackendState)(nil),     // 4: xlb.dataplane.v1.BackendState
+	(*Worker)(nil),           // 5: xlb.dataplane.v1.Worker
+	(*v1.BackendLoad)(nil),   // 6: xlb.load.v1.BackendLoad
+	(*v1.BackendHealth)(nil), // 7: xlb.load.v1.BackendHealth
 }
 var file_xlb_dataplane_v1_dataplane_proto_depIdxs = []int32{
 	5, // 0: xlb.dataplane.v1.StatusResponse.workers:type_name -> xlb.dataplane.v1.Worker
 	6, // 1: xlb.dataplane.v1.StatusResponse.backends:type_name -> xlb.load.v1.BackendLoad
 	4, // 2: xlb.dataplane.v1.StatusResponse.backend_states:type_name -> xlb.dataplane.v1.BackendState
-	0, // 3: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:input_type -> xlb.dataplane.v1.UpgradeRequest
-	2, // 4: xlb.dataplane.v1.DataPlaneAdminService.Status:input_type -> xlb.dataplane.v1.StatusRequest
-	1, // 5: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:output_type -> xlb.dataplane.v1.UpgradeResponse
-	3, // 6: xlb.dataplane.v1.DataPlaneAdminService.Status:output_type -> xlb.dataplane.v1.StatusResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 3: xlb.dataplane.v1.BackendState.health:type_name -> xlb.load.v1.BackendHealth
+	0, // 4: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:input_type -> xlb.dataplane.v1.UpgradeRequest
+	2, // 5: xlb.dataplane.v1.DataPlaneAdminService.Status:input_type -> xlb.dataplane.v1.StatusRequest
+	1, // 6: xlb.dataplane.v1.DataPlaneAdminService.Upgrade:output_type -> xlb.dataplane.v1.UpgradeResponse
+	3, // 7: xlb.dataplane.v1.DataPlaneAdminService.Status:output_type -> xlb.dataplane.v1.StatusResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_xlb_dataplane_v1_dataplane_proto_init() }

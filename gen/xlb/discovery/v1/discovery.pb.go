@@ -21,6 +21,7 @@ package discoveryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -32,6 +33,63 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// FailureStatuses says which response statuses count as a backend's failure.
+type FailureStatuses int32
+
+const (
+	// FAILURE_STATUSES_UNSPECIFIED counts none: every well-formed response is a success.
+	FailureStatuses_FAILURE_STATUSES_UNSPECIFIED FailureStatuses = 0
+	// FAILURE_STATUSES_NONE counts none.
+	FailureStatuses_FAILURE_STATUSES_NONE FailureStatuses = 1
+	// FAILURE_STATUSES_GATEWAY counts 502, 503 and 504.
+	FailureStatuses_FAILURE_STATUSES_GATEWAY FailureStatuses = 2
+	// FAILURE_STATUSES_5XX counts every 5xx.
+	FailureStatuses_FAILURE_STATUSES_5XX FailureStatuses = 3
+)
+
+// Enum value maps for FailureStatuses.
+var (
+	FailureStatuses_name = map[int32]string{
+		0: "FAILURE_STATUSES_UNSPECIFIED",
+		1: "FAILURE_STATUSES_NONE",
+		2: "FAILURE_STATUSES_GATEWAY",
+		3: "FAILURE_STATUSES_5XX",
+	}
+	FailureStatuses_value = map[string]int32{
+		"FAILURE_STATUSES_UNSPECIFIED": 0,
+		"FAILURE_STATUSES_NONE":        1,
+		"FAILURE_STATUSES_GATEWAY":     2,
+		"FAILURE_STATUSES_5XX":         3,
+	}
+)
+
+func (x FailureStatuses) Enum() *FailureStatuses {
+	p := new(FailureStatuses)
+	*p = x
+	return p
+}
+
+func (x FailureStatuses) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailureStatuses) Descriptor() protoreflect.EnumDescriptor {
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[0].Descriptor()
+}
+
+func (FailureStatuses) Type() protoreflect.EnumType {
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[0]
+}
+
+func (x FailureStatuses) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailureStatuses.Descriptor instead.
+func (FailureStatuses) EnumDescriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{0}
+}
 
 // Policy picks a backend for each request.
 type Policy int32
@@ -71,11 +129,11 @@ func (x Policy) String() string {
 }
 
 func (Policy) Descriptor() protoreflect.EnumDescriptor {
-	return file_xlb_discovery_v1_discovery_proto_enumTypes[0].Descriptor()
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[1].Descriptor()
 }
 
 func (Policy) Type() protoreflect.EnumType {
-	return &file_xlb_discovery_v1_discovery_proto_enumTypes[0]
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[1]
 }
 
 func (x Policy) Number() protoreflect.EnumNumber {
@@ -84,7 +142,7 @@ func (x Policy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Policy.Descriptor instead.
 func (Policy) EnumDescriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{0}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
 }
 
 // BackendState is what the control plane wants of a backend.
@@ -128,11 +186,11 @@ func (x BackendState) String() string {
 }
 
 func (BackendState) Descriptor() protoreflect.EnumDescriptor {
-	return file_xlb_discovery_v1_discovery_proto_enumTypes[1].Descriptor()
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[2].Descriptor()
 }
 
 func (BackendState) Type() protoreflect.EnumType {
-	return &file_xlb_discovery_v1_discovery_proto_enumTypes[1]
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[2]
 }
 
 func (x BackendState) Number() protoreflect.EnumNumber {
@@ -141,7 +199,7 @@ func (x BackendState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BackendState.Descriptor instead.
 func (BackendState) EnumDescriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
 }
 
 // BackendSet is a named group of backends and the policy that picks among them. It is the unit of
@@ -149,11 +207,23 @@ func (BackendState) EnumDescriptor() ([]byte, []int) {
 type BackendSet struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name identifies the set: 1 to 128 characters of [A-Za-z0-9._-].
-	Name          string     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Backends      []*Backend `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
-	Policy        Policy     `protobuf:"varint,3,opt,name=policy,proto3,enum=xlb.discovery.v1.Policy" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Name     string     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Backends []*Backend `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	Policy   Policy     `protobuf:"varint,3,opt,name=policy,proto3,enum=xlb.discovery.v1.Policy" json:"policy,omitempty"`
+	// health_check, when set, probes every active backend of the set, once per data plane (not per
+	// worker). Unset means no probes.
+	HealthCheck *HealthCheck `protobuf:"bytes,4,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	// outlier_detection is ejection by what the data plane's own requests see. Unset means on, with
+	// the defaults of its fields.
+	OutlierDetection *OutlierDetection `protobuf:"bytes,5,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	// slow_start, when set, ramps up the weight of a readmitted backend.
+	SlowStart *SlowStart `protobuf:"bytes,6,opt,name=slow_start,json=slowStart,proto3" json:"slow_start,omitempty"`
+	// panic_threshold is a percentage, 0 to 100, of the set's active backends: when fewer than that
+	// are healthy, the set is in panic and every active backend takes traffic, health ignored. 0
+	// means panic only when none is healthy. Draining and disabled backends never take traffic.
+	PanicThreshold uint32 `protobuf:"varint,7,opt,name=panic_threshold,json=panicThreshold,proto3" json:"panic_threshold,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BackendSet) Reset() {
@@ -207,6 +277,466 @@ func (x *BackendSet) GetPolicy() Policy {
 	return Policy_POLICY_UNSPECIFIED
 }
 
+func (x *BackendSet) GetHealthCheck() *HealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+func (x *BackendSet) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+func (x *BackendSet) GetSlowStart() *SlowStart {
+	if x != nil {
+		return x.SlowStart
+	}
+	return nil
+}
+
+func (x *BackendSet) GetPanicThreshold() uint32 {
+	if x != nil {
+		return x.PanicThreshold
+	}
+	return 0
+}
+
+// HealthCheck is an active probe of each backend: fall failed probes in a row eject it, and once
+// its ejection time is over, rise passing probes in a row readmit it. A passing probe never ends
+// an ejection early.
+type HealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// interval is from the start of one probe of a backend to the next, jittered by up to a tenth
+	// either way; 0 means 2s. 10ms to 1h.
+	Interval *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	// timeout bounds one probe (connect, request, response head); 0 means the smaller of 1s and
+	// interval. At most interval.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// fall is how many failed probes in a row eject the backend; 0 means 3. At most 255.
+	Fall uint32 `protobuf:"varint,3,opt,name=fall,proto3" json:"fall,omitempty"`
+	// rise is how many passing probes in a row readmit it; 0 means 2. At most 255.
+	Rise uint32 `protobuf:"varint,4,opt,name=rise,proto3" json:"rise,omitempty"`
+	// probe is how a backend is probed; neither means http with its defaults.
+	//
+	// Types that are valid to be assigned to Probe:
+	//
+	//	*HealthCheck_Http
+	//	*HealthCheck_Tcp
+	Probe         isHealthCheck_Probe `protobuf_oneof:"probe"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheck) Reset() {
+	*x = HealthCheck{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheck) ProtoMessage() {}
+
+func (x *HealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
+func (*HealthCheck) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HealthCheck) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetFall() uint32 {
+	if x != nil {
+		return x.Fall
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetRise() uint32 {
+	if x != nil {
+		return x.Rise
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetProbe() isHealthCheck_Probe {
+	if x != nil {
+		return x.Probe
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetHttp() *HttpProbe {
+	if x != nil {
+		if x, ok := x.Probe.(*HealthCheck_Http); ok {
+			return x.Http
+		}
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetTcp() *TcpProbe {
+	if x != nil {
+		if x, ok := x.Probe.(*HealthCheck_Tcp); ok {
+			return x.Tcp
+		}
+	}
+	return nil
+}
+
+type isHealthCheck_Probe interface {
+	isHealthCheck_Probe()
+}
+
+type HealthCheck_Http struct {
+	Http *HttpProbe `protobuf:"bytes,5,opt,name=http,proto3,oneof"`
+}
+
+type HealthCheck_Tcp struct {
+	Tcp *TcpProbe `protobuf:"bytes,6,opt,name=tcp,proto3,oneof"`
+}
+
+func (*HealthCheck_Http) isHealthCheck_Probe() {}
+
+func (*HealthCheck_Tcp) isHealthCheck_Probe() {}
+
+// HttpProbe is a GET on a connection of its own; it passes on an expected status.
+type HttpProbe struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is the request target, starting with /; empty means /. At most 1024 bytes of visible
+	// ASCII.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// host is the Host header; empty means the backend's address and port.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// expected_statuses pass the probe; empty means 200 to 399.
+	ExpectedStatuses []*StatusRange `protobuf:"bytes,3,rep,name=expected_statuses,json=expectedStatuses,proto3" json:"expected_statuses,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HttpProbe) Reset() {
+	*x = HttpProbe{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HttpProbe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HttpProbe) ProtoMessage() {}
+
+func (x *HttpProbe) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HttpProbe.ProtoReflect.Descriptor instead.
+func (*HttpProbe) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HttpProbe) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HttpProbe) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HttpProbe) GetExpectedStatuses() []*StatusRange {
+	if x != nil {
+		return x.ExpectedStatuses
+	}
+	return nil
+}
+
+// StatusRange is the statuses start to end, both included: 100 to 599. end 0 means start.
+type StatusRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         uint32                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint32                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusRange) Reset() {
+	*x = StatusRange{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRange) ProtoMessage() {}
+
+func (x *StatusRange) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRange.ProtoReflect.Descriptor instead.
+func (*StatusRange) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StatusRange) GetStart() uint32 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *StatusRange) GetEnd() uint32 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+// TcpProbe passes when a TCP connection is accepted.
+type TcpProbe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TcpProbe) Reset() {
+	*x = TcpProbe{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TcpProbe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TcpProbe) ProtoMessage() {}
+
+func (x *TcpProbe) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TcpProbe.ProtoReflect.Descriptor instead.
+func (*TcpProbe) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
+}
+
+// OutlierDetection ejects a backend whose requests fail in a row, over every worker of a data
+// plane. Its ejection times apply to every ejection, by probes too: the n-th ejection in a row
+// lasts n times base_ejection_time, at most max_ejection_time, and each base_ejection_time in
+// service takes one off n.
+type OutlierDetection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// disabled turns ejection by requests off (probes still eject).
+	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// consecutive_failures is how many failed requests in a row eject; 0 means 5. At most 255. A
+	// failure is a connect refused or timed out, a reset, no response head within the backend
+	// timeout, a malformed response, and the statuses of failure_statuses.
+	ConsecutiveFailures uint32 `protobuf:"varint,2,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// base_ejection_time is how long a first ejection lasts; 0 means 30s. 10ms to 1h.
+	BaseEjectionTime *durationpb.Duration `protobuf:"bytes,3,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
+	// max_ejection_time caps an ejection; 0 means 300s, or base_ejection_time if longer. At most 24h.
+	MaxEjectionTime *durationpb.Duration `protobuf:"bytes,4,opt,name=max_ejection_time,json=maxEjectionTime,proto3" json:"max_ejection_time,omitempty"`
+	// max_ejection_percent caps the share of the set's active backends out at once, for any reason;
+	// at least one may always be. 0 means 50; at most 100.
+	MaxEjectionPercent uint32          `protobuf:"varint,5,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	FailureStatuses    FailureStatuses `protobuf:"varint,6,opt,name=failure_statuses,json=failureStatuses,proto3,enum=xlb.discovery.v1.FailureStatuses" json:"failure_statuses,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *OutlierDetection) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *OutlierDetection) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.BaseEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetFailureStatuses() FailureStatuses {
+	if x != nil {
+		return x.FailureStatuses
+	}
+	return FailureStatuses_FAILURE_STATUSES_UNSPECIFIED
+}
+
+// SlowStart ramps a readmitted backend's weight from min_weight_percent of it to all of it, in ten
+// even steps over window.
+type SlowStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// window is how long the ramp takes: 1s to 1h. Required.
+	Window *durationpb.Duration `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	// min_weight_percent is the share of its weight a backend starts with; 0 means 10. At most 100.
+	MinWeightPercent uint32 `protobuf:"varint,2,opt,name=min_weight_percent,json=minWeightPercent,proto3" json:"min_weight_percent,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SlowStart) Reset() {
+	*x = SlowStart{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SlowStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SlowStart) ProtoMessage() {}
+
+func (x *SlowStart) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SlowStart.ProtoReflect.Descriptor instead.
+func (*SlowStart) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SlowStart) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *SlowStart) GetMinWeightPercent() uint32 {
+	if x != nil {
+		return x.MinWeightPercent
+	}
+	return 0
+}
+
 // Backend is one upstream server.
 type Backend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -231,7 +761,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +773,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +786,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Backend) GetId() string {
@@ -326,7 +856,7 @@ type BackendTls struct {
 
 func (x *BackendTls) Reset() {
 	*x = BackendTls{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +868,7 @@ func (x *BackendTls) String() string {
 func (*BackendTls) ProtoMessage() {}
 
 func (x *BackendTls) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +881,7 @@ func (x *BackendTls) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendTls.ProtoReflect.Descriptor instead.
 func (*BackendTls) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BackendTls) GetServerName() string {
@@ -374,7 +904,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +916,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +929,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Node) GetId() string {
@@ -439,7 +969,7 @@ type StreamBackendSetsRequest struct {
 
 func (x *StreamBackendSetsRequest) Reset() {
 	*x = StreamBackendSetsRequest{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +981,7 @@ func (x *StreamBackendSetsRequest) String() string {
 func (*StreamBackendSetsRequest) ProtoMessage() {}
 
 func (x *StreamBackendSetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +994,7 @@ func (x *StreamBackendSetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamBackendSetsRequest.ProtoReflect.Descriptor instead.
 func (*StreamBackendSetsRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamBackendSetsRequest) GetNode() *Node {
@@ -521,7 +1051,7 @@ type SetError struct {
 
 func (x *SetError) Reset() {
 	*x = SetError{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +1063,7 @@ func (x *SetError) String() string {
 func (*SetError) ProtoMessage() {}
 
 func (x *SetError) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +1076,7 @@ func (x *SetError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetError.ProtoReflect.Descriptor instead.
 func (*SetError) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetError) GetName() string {
@@ -582,7 +1112,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +1124,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +1137,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{6}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WorkerStatus) GetSlot() uint32 {
@@ -646,7 +1176,7 @@ type StreamBackendSetsResponse struct {
 
 func (x *StreamBackendSetsResponse) Reset() {
 	*x = StreamBackendSetsResponse{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +1188,7 @@ func (x *StreamBackendSetsResponse) String() string {
 func (*StreamBackendSetsResponse) ProtoMessage() {}
 
 func (x *StreamBackendSetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +1201,7 @@ func (x *StreamBackendSetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamBackendSetsResponse.ProtoReflect.Descriptor instead.
 func (*StreamBackendSetsResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{7}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StreamBackendSetsResponse) GetNonce() string {
@@ -706,7 +1236,7 @@ type VersionedBackendSet struct {
 
 func (x *VersionedBackendSet) Reset() {
 	*x = VersionedBackendSet{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1248,7 @@ func (x *VersionedBackendSet) String() string {
 func (*VersionedBackendSet) ProtoMessage() {}
 
 func (x *VersionedBackendSet) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1261,7 @@ func (x *VersionedBackendSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionedBackendSet.ProtoReflect.Descriptor instead.
 func (*VersionedBackendSet) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{8}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VersionedBackendSet) GetBackendSet() *BackendSet {
@@ -752,12 +1282,44 @@ var File_xlb_discovery_v1_discovery_proto protoreflect.FileDescriptor
 
 const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\n" +
-	" xlb/discovery/v1/discovery.proto\x12\x10xlb.discovery.v1\"\x89\x01\n" +
+	" xlb/discovery/v1/discovery.proto\x12\x10xlb.discovery.v1\x1a\x1egoogle/protobuf/duration.proto\"\x81\x03\n" +
 	"\n" +
 	"BackendSet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
 	"\bbackends\x18\x02 \x03(\v2\x19.xlb.discovery.v1.BackendR\bbackends\x120\n" +
-	"\x06policy\x18\x03 \x01(\x0e2\x18.xlb.discovery.v1.PolicyR\x06policy\"\xdb\x02\n" +
+	"\x06policy\x18\x03 \x01(\x0e2\x18.xlb.discovery.v1.PolicyR\x06policy\x12@\n" +
+	"\fhealth_check\x18\x04 \x01(\v2\x1d.xlb.discovery.v1.HealthCheckR\vhealthCheck\x12O\n" +
+	"\x11outlier_detection\x18\x05 \x01(\v2\".xlb.discovery.v1.OutlierDetectionR\x10outlierDetection\x12:\n" +
+	"\n" +
+	"slow_start\x18\x06 \x01(\v2\x1b.xlb.discovery.v1.SlowStartR\tslowStart\x12'\n" +
+	"\x0fpanic_threshold\x18\a \x01(\rR\x0epanicThreshold\"\x8d\x02\n" +
+	"\vHealthCheck\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x12\n" +
+	"\x04fall\x18\x03 \x01(\rR\x04fall\x12\x12\n" +
+	"\x04rise\x18\x04 \x01(\rR\x04rise\x121\n" +
+	"\x04http\x18\x05 \x01(\v2\x1b.xlb.discovery.v1.HttpProbeH\x00R\x04http\x12.\n" +
+	"\x03tcp\x18\x06 \x01(\v2\x1a.xlb.discovery.v1.TcpProbeH\x00R\x03tcpB\a\n" +
+	"\x05probe\"\x7f\n" +
+	"\tHttpProbe\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12J\n" +
+	"\x11expected_statuses\x18\x03 \x03(\v2\x1d.xlb.discovery.v1.StatusRangeR\x10expectedStatuses\"5\n" +
+	"\vStatusRange\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\rR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\rR\x03end\"\n" +
+	"\n" +
+	"\bTcpProbe\"\xf1\x02\n" +
+	"\x10OutlierDetection\x12\x1a\n" +
+	"\bdisabled\x18\x01 \x01(\bR\bdisabled\x121\n" +
+	"\x14consecutive_failures\x18\x02 \x01(\rR\x13consecutiveFailures\x12G\n" +
+	"\x12base_ejection_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x12E\n" +
+	"\x11max_ejection_time\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0fmaxEjectionTime\x120\n" +
+	"\x14max_ejection_percent\x18\x05 \x01(\rR\x12maxEjectionPercent\x12L\n" +
+	"\x10failure_statuses\x18\x06 \x01(\x0e2!.xlb.discovery.v1.FailureStatusesR\x0ffailureStatuses\"l\n" +
+	"\tSlowStart\x121\n" +
+	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12,\n" +
+	"\x12min_weight_percent\x18\x02 \x01(\rR\x10minWeightPercent\"\xdb\x02\n" +
 	"\aBackend\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -804,7 +1366,12 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x13VersionedBackendSet\x12=\n" +
 	"\vbackend_set\x18\x01 \x01(\v2\x1c.xlb.discovery.v1.BackendSetR\n" +
 	"backendSet\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion*R\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion*\x86\x01\n" +
+	"\x0fFailureStatuses\x12 \n" +
+	"\x1cFAILURE_STATUSES_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15FAILURE_STATUSES_NONE\x10\x01\x12\x1c\n" +
+	"\x18FAILURE_STATUSES_GATEWAY\x10\x02\x12\x18\n" +
+	"\x14FAILURE_STATUSES_5XX\x10\x03*R\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12POLICY_ROUND_ROBIN\x10\x01\x12\x18\n" +
@@ -829,42 +1396,62 @@ func file_xlb_discovery_v1_discovery_proto_rawDescGZIP() []byte {
 	return file_xlb_discovery_v1_discovery_proto_rawDescData
 }
 
-var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_xlb_discovery_v1_discovery_proto_goTypes = []any{
-	(Policy)(0),                       // 0: xlb.discovery.v1.Policy
-	(BackendState)(0),                 // 1: xlb.discovery.v1.BackendState
-	(*BackendSet)(nil),                // 2: xlb.discovery.v1.BackendSet
-	(*Backend)(nil),                   // 3: xlb.discovery.v1.Backend
-	(*BackendTls)(nil),                // 4: xlb.discovery.v1.BackendTls
-	(*Node)(nil),                      // 5: xlb.discovery.v1.Node
-	(*StreamBackendSetsRequest)(nil),  // 6: xlb.discovery.v1.StreamBackendSetsRequest
-	(*SetError)(nil),                  // 7: xlb.discovery.v1.SetError
-	(*WorkerStatus)(nil),              // 8: xlb.discovery.v1.WorkerStatus
-	(*StreamBackendSetsResponse)(nil), // 9: xlb.discovery.v1.StreamBackendSetsResponse
-	(*VersionedBackendSet)(nil),       // 10: xlb.discovery.v1.VersionedBackendSet
-	nil,                               // 11: xlb.discovery.v1.Backend.MetadataEntry
-	nil,                               // 12: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	(FailureStatuses)(0),              // 0: xlb.discovery.v1.FailureStatuses
+	(Policy)(0),                       // 1: xlb.discovery.v1.Policy
+	(BackendState)(0),                 // 2: xlb.discovery.v1.BackendState
+	(*BackendSet)(nil),                // 3: xlb.discovery.v1.BackendSet
+	(*HealthCheck)(nil),               // 4: xlb.discovery.v1.HealthCheck
+	(*HttpProbe)(nil),                 // 5: xlb.discovery.v1.HttpProbe
+	(*StatusRange)(nil),               // 6: xlb.discovery.v1.StatusRange
+	(*TcpProbe)(nil),                  // 7: xlb.discovery.v1.TcpProbe
+	(*OutlierDetection)(nil),          // 8: xlb.discovery.v1.OutlierDetection
+	(*SlowStart)(nil),                 // 9: xlb.discovery.v1.SlowStart
+	(*Backend)(nil),                   // 10: xlb.discovery.v1.Backend
+	(*BackendTls)(nil),                // 11: xlb.discovery.v1.BackendTls
+	(*Node)(nil),                      // 12: xlb.discovery.v1.Node
+	(*StreamBackendSetsRequest)(nil),  // 13: xlb.discovery.v1.StreamBackendSetsRequest
+	(*SetError)(nil),                  // 14: xlb.discovery.v1.SetError
+	(*WorkerStatus)(nil),              // 15: xlb.discovery.v1.WorkerStatus
+	(*StreamBackendSetsResponse)(nil), // 16: xlb.discovery.v1.StreamBackendSetsResponse
+	(*VersionedBackendSet)(nil),       // 17: xlb.discovery.v1.VersionedBackendSet
+	nil,                               // 18: xlb.discovery.v1.Backend.MetadataEntry
+	nil,                               // 19: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	(*durationpb.Duration)(nil),       // 20: google.protobuf.Duration
 }
 var file_xlb_discovery_v1_discovery_proto_depIdxs = []int32{
-	3,  // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
-	0,  // 1: xlb.discovery.v1.BackendSet.policy:type_name -> xlb.discovery.v1.Policy
-	1,  // 2: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
-	11, // 3: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
-	4,  // 4: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
-	5,  // 5: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
-	12, // 6: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
-	7,  // 7: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
-	8,  // 8: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
-	10, // 9: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
-	2,  // 10: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
-	6,  // 11: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
-	9,  // 12: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	10, // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
+	1,  // 1: xlb.discovery.v1.BackendSet.policy:type_name -> xlb.discovery.v1.Policy
+	4,  // 2: xlb.discovery.v1.BackendSet.health_check:type_name -> xlb.discovery.v1.HealthCheck
+	8,  // 3: xlb.discovery.v1.BackendSet.outlier_detection:type_name -> xlb.discovery.v1.OutlierDetection
+	9,  // 4: xlb.discovery.v1.BackendSet.slow_start:type_name -> xlb.discovery.v1.SlowStart
+	20, // 5: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	20, // 6: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	5,  // 7: xlb.discovery.v1.HealthCheck.http:type_name -> xlb.discovery.v1.HttpProbe
+	7,  // 8: xlb.discovery.v1.HealthCheck.tcp:type_name -> xlb.discovery.v1.TcpProbe
+	6,  // 9: xlb.discovery.v1.HttpProbe.expected_statuses:type_name -> xlb.discovery.v1.StatusRange
+	20, // 10: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	20, // 11: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	0,  // 12: xlb.discovery.v1.OutlierDetection.failure_statuses:type_name -> xlb.discovery.v1.FailureStatuses
+	20, // 13: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
+	2,  // 14: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
+	18, // 15: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
+	11, // 16: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
+	12, // 17: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
+	19, // 18: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	14, // 19: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
+	15, // 20: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
+	17, // 21: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
+	3,  // 22: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
+	13, // 23: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
+	16, // 24: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
+	24, // [24:25] is the sub-list for method output_type
+	23, // [23:24] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_xlb_discovery_v1_discovery_proto_init() }
@@ -872,13 +1459,17 @@ func file_xlb_discovery_v1_discovery_proto_init() {
 	if File_xlb_discovery_v1_discovery_proto != nil {
 		return
 	}
+	file_xlb_discovery_v1_discovery_proto_msgTypes[1].OneofWrappers = []any{
+		(*HealthCheck_Http)(nil),
+		(*HealthCheck_Tcp)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_discovery_v1_discovery_proto_rawDesc), len(file_xlb_discovery_v1_discovery_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   11,
+			NumEnums:      3,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -13,6 +13,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -25,6 +26,77 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HealthState is where a backend's health machine is.
+type HealthState int32
+
+const (
+	HealthState_HEALTH_STATE_UNSPECIFIED HealthState = 0
+	// HEALTH_STATE_HEALTHY takes traffic.
+	HealthState_HEALTH_STATE_HEALTHY HealthState = 1
+	// HEALTH_STATE_EJECTED takes nothing until its ejection time is over.
+	HealthState_HEALTH_STATE_EJECTED HealthState = 2
+	// HEALTH_STATE_RECOVERING waits for passing probes, its ejection time over.
+	HealthState_HEALTH_STATE_RECOVERING HealthState = 3
+	// HEALTH_STATE_TRIAL waits for one trial request, its ejection time over (no probes).
+	HealthState_HEALTH_STATE_TRIAL HealthState = 4
+	// HEALTH_STATE_SLOW_START takes traffic at a weight that ramps up.
+	HealthState_HEALTH_STATE_SLOW_START HealthState = 5
+	// HEALTH_STATE_DRAINING and HEALTH_STATE_DISABLED are the control plane's states, which win.
+	HealthState_HEALTH_STATE_DRAINING HealthState = 6
+	HealthState_HEALTH_STATE_DISABLED HealthState = 7
+)
+
+// Enum value maps for HealthState.
+var (
+	HealthState_name = map[int32]string{
+		0: "HEALTH_STATE_UNSPECIFIED",
+		1: "HEALTH_STATE_HEALTHY",
+		2: "HEALTH_STATE_EJECTED",
+		3: "HEALTH_STATE_RECOVERING",
+		4: "HEALTH_STATE_TRIAL",
+		5: "HEALTH_STATE_SLOW_START",
+		6: "HEALTH_STATE_DRAINING",
+		7: "HEALTH_STATE_DISABLED",
+	}
+	HealthState_value = map[string]int32{
+		"HEALTH_STATE_UNSPECIFIED": 0,
+		"HEALTH_STATE_HEALTHY":     1,
+		"HEALTH_STATE_EJECTED":     2,
+		"HEALTH_STATE_RECOVERING":  3,
+		"HEALTH_STATE_TRIAL":       4,
+		"HEALTH_STATE_SLOW_START":  5,
+		"HEALTH_STATE_DRAINING":    6,
+		"HEALTH_STATE_DISABLED":    7,
+	}
+)
+
+func (x HealthState) Enum() *HealthState {
+	p := new(HealthState)
+	*p = x
+	return p
+}
+
+func (x HealthState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthState) Descriptor() protoreflect.EnumDescriptor {
+	return file_xlb_load_v1_load_proto_enumTypes[0].Descriptor()
+}
+
+func (HealthState) Type() protoreflect.EnumType {
+	return &file_xlb_load_v1_load_proto_enumTypes[0]
+}
+
+func (x HealthState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthState.Descriptor instead.
+func (HealthState) EnumDescriptor() ([]byte, []int) {
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{0}
+}
+
 // StreamLoadStatsRequest is one report of a data plane: counters are deltas since its previous
 // report on this stream's instance, gauges are values now. The control plane adds each
 // (node, instance, seq) once.
@@ -32,10 +104,13 @@ type StreamLoadStatsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// node_id names the data plane; instance tells apart its supervisors (a restart or an upgrade
 	// starts a new one, whose seq counts from 1 again).
-	NodeId        string         `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Instance      string         `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
-	Seq           uint64         `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
-	Backends      []*BackendLoad `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	NodeId   string         `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Instance string         `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	Seq      uint64         `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Backends []*BackendLoad `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// backend_health is the data plane's view of the health of every backend it serves, whole, as of
+	// this report; a report that leaves it empty leaves the last one in force.
+	BackendHealth []*BackendHealth `protobuf:"bytes,5,rep,name=backend_health,json=backendHealth,proto3" json:"backend_health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -94,6 +169,13 @@ func (x *StreamLoadStatsRequest) GetSeq() uint64 {
 func (x *StreamLoadStatsRequest) GetBackends() []*BackendLoad {
 	if x != nil {
 		return x.Backends
+	}
+	return nil
+}
+
+func (x *StreamLoadStatsRequest) GetBackendHealth() []*BackendHealth {
+	if x != nil {
+		return x.BackendHealth
 	}
 	return nil
 }
@@ -500,16 +582,151 @@ func (x *Histogram) GetSumSeconds() float64 {
 	return 0
 }
 
+// BackendHealth is one data plane's view of one backend's health.
+type BackendHealth struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	BackendSet string                 `protobuf:"bytes,1,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
+	BackendId  string                 `protobuf:"bytes,2,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"`
+	Address    string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	State      HealthState            `protobuf:"varint,4,opt,name=state,proto3,enum=xlb.load.v1.HealthState" json:"state,omitempty"`
+	// routed tells whether it takes new requests: healthy or slow-starting, or in panic.
+	Routed bool `protobuf:"varint,5,opt,name=routed,proto3" json:"routed,omitempty"`
+	// panic tells whether its set is in panic: too few of its backends are healthy, so every active
+	// one takes traffic.
+	Panic bool `protobuf:"varint,6,opt,name=panic,proto3" json:"panic,omitempty"`
+	// reason says why, in words: "ejected: 5 consecutive connect failures at T, until T2, 2nd
+	// ejection".
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// ejections is the ejections in a row: the multiplier of the next ejection's time.
+	Ejections uint32 `protobuf:"varint,8,opt,name=ejections,proto3" json:"ejections,omitempty"`
+	// since is when it entered its state; until, when ejected, is the end of the ejection, and when
+	// slow-starting, the end of the ramp.
+	Since *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=since,proto3" json:"since,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=until,proto3" json:"until,omitempty"`
+	// weight_percent is the share of its weight it takes traffic with (below 100 in a slow start).
+	WeightPercent uint32 `protobuf:"varint,11,opt,name=weight_percent,json=weightPercent,proto3" json:"weight_percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendHealth) Reset() {
+	*x = BackendHealth{}
+	mi := &file_xlb_load_v1_load_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendHealth) ProtoMessage() {}
+
+func (x *BackendHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_load_v1_load_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
+func (*BackendHealth) Descriptor() ([]byte, []int) {
+	return file_xlb_load_v1_load_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BackendHealth) GetBackendSet() string {
+	if x != nil {
+		return x.BackendSet
+	}
+	return ""
+}
+
+func (x *BackendHealth) GetBackendId() string {
+	if x != nil {
+		return x.BackendId
+	}
+	return ""
+}
+
+func (x *BackendHealth) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BackendHealth) GetState() HealthState {
+	if x != nil {
+		return x.State
+	}
+	return HealthState_HEALTH_STATE_UNSPECIFIED
+}
+
+func (x *BackendHealth) GetRouted() bool {
+	if x != nil {
+		return x.Routed
+	}
+	return false
+}
+
+func (x *BackendHealth) GetPanic() bool {
+	if x != nil {
+		return x.Panic
+	}
+	return false
+}
+
+func (x *BackendHealth) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BackendHealth) GetEjections() uint32 {
+	if x != nil {
+		return x.Ejections
+	}
+	return 0
+}
+
+func (x *BackendHealth) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *BackendHealth) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *BackendHealth) GetWeightPercent() uint32 {
+	if x != nil {
+		return x.WeightPercent
+	}
+	return 0
+}
+
 var File_xlb_load_v1_load_proto protoreflect.FileDescriptor
 
 const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\n" +
-	"\x16xlb/load/v1/load.proto\x12\vxlb.load.v1\x1a\x1egoogle/protobuf/duration.proto\"\x95\x01\n" +
+	"\x16xlb/load/v1/load.proto\x12\vxlb.load.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n" +
 	"\x16StreamLoadStatsRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\binstance\x18\x02 \x01(\tR\binstance\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x124\n" +
-	"\bbackends\x18\x04 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\"]\n" +
+	"\bbackends\x18\x04 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\x12A\n" +
+	"\x0ebackend_health\x18\x05 \x03(\v2\x1a.xlb.load.v1.BackendHealthR\rbackendHealth\"]\n" +
 	"\x17StreamLoadStatsResponse\x12B\n" +
 	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\xc2\x01\n" +
 	"\x14StreamMetricsRequest\x12\x1f\n" +
@@ -545,7 +762,31 @@ const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\x0ebounds_seconds\x18\x01 \x03(\x01R\rboundsSeconds\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x1f\n" +
 	"\vsum_seconds\x18\x03 \x01(\x01R\n" +
-	"sumSeconds2r\n" +
+	"sumSeconds\"\x88\x03\n" +
+	"\rBackendHealth\x12\x1f\n" +
+	"\vbackend_set\x18\x01 \x01(\tR\n" +
+	"backendSet\x12\x1d\n" +
+	"\n" +
+	"backend_id\x18\x02 \x01(\tR\tbackendId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12.\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x18.xlb.load.v1.HealthStateR\x05state\x12\x16\n" +
+	"\x06routed\x18\x05 \x01(\bR\x06routed\x12\x14\n" +
+	"\x05panic\x18\x06 \x01(\bR\x05panic\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1c\n" +
+	"\tejections\x18\b \x01(\rR\tejections\x120\n" +
+	"\x05since\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12%\n" +
+	"\x0eweight_percent\x18\v \x01(\rR\rweightPercent*\xe7\x01\n" +
+	"\vHealthState\x12\x1c\n" +
+	"\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x18\n" +
+	"\x14HEALTH_STATE_EJECTED\x10\x02\x12\x1b\n" +
+	"\x17HEALTH_STATE_RECOVERING\x10\x03\x12\x16\n" +
+	"\x12HEALTH_STATE_TRIAL\x10\x04\x12\x1b\n" +
+	"\x17HEALTH_STATE_SLOW_START\x10\x05\x12\x19\n" +
+	"\x15HEALTH_STATE_DRAINING\x10\x06\x12\x19\n" +
+	"\x15HEALTH_STATE_DISABLED\x10\a2r\n" +
 	"\x14WorkerMetricsService\x12Z\n" +
 	"\rStreamMetrics\x12!.xlb.load.v1.StreamMetricsRequest\x1a\".xlb.load.v1.StreamMetricsResponse(\x010\x012x\n" +
 	"\x14LoadReportingService\x12`\n" +
@@ -563,32 +804,40 @@ func file_xlb_load_v1_load_proto_rawDescGZIP() []byte {
 	return file_xlb_load_v1_load_proto_rawDescData
 }
 
-var file_xlb_load_v1_load_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_xlb_load_v1_load_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_xlb_load_v1_load_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_xlb_load_v1_load_proto_goTypes = []any{
-	(*StreamLoadStatsRequest)(nil),  // 0: xlb.load.v1.StreamLoadStatsRequest
-	(*StreamLoadStatsResponse)(nil), // 1: xlb.load.v1.StreamLoadStatsResponse
-	(*StreamMetricsRequest)(nil),    // 2: xlb.load.v1.StreamMetricsRequest
-	(*StreamMetricsResponse)(nil),   // 3: xlb.load.v1.StreamMetricsResponse
-	(*BackendLoad)(nil),             // 4: xlb.load.v1.BackendLoad
-	(*Histogram)(nil),               // 5: xlb.load.v1.Histogram
-	(*durationpb.Duration)(nil),     // 6: google.protobuf.Duration
+	(HealthState)(0),                // 0: xlb.load.v1.HealthState
+	(*StreamLoadStatsRequest)(nil),  // 1: xlb.load.v1.StreamLoadStatsRequest
+	(*StreamLoadStatsResponse)(nil), // 2: xlb.load.v1.StreamLoadStatsResponse
+	(*StreamMetricsRequest)(nil),    // 3: xlb.load.v1.StreamMetricsRequest
+	(*StreamMetricsResponse)(nil),   // 4: xlb.load.v1.StreamMetricsResponse
+	(*BackendLoad)(nil),             // 5: xlb.load.v1.BackendLoad
+	(*Histogram)(nil),               // 6: xlb.load.v1.Histogram
+	(*BackendHealth)(nil),           // 7: xlb.load.v1.BackendHealth
+	(*durationpb.Duration)(nil),     // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 9: google.protobuf.Timestamp
 }
 var file_xlb_load_v1_load_proto_depIdxs = []int32{
-	4, // 0: xlb.load.v1.StreamLoadStatsRequest.backends:type_name -> xlb.load.v1.BackendLoad
-	6, // 1: xlb.load.v1.StreamLoadStatsResponse.report_interval:type_name -> google.protobuf.Duration
-	4, // 2: xlb.load.v1.StreamMetricsRequest.backends:type_name -> xlb.load.v1.BackendLoad
-	6, // 3: xlb.load.v1.StreamMetricsResponse.report_interval:type_name -> google.protobuf.Duration
-	5, // 4: xlb.load.v1.BackendLoad.header_latency:type_name -> xlb.load.v1.Histogram
-	5, // 5: xlb.load.v1.BackendLoad.total_latency:type_name -> xlb.load.v1.Histogram
-	2, // 6: xlb.load.v1.WorkerMetricsService.StreamMetrics:input_type -> xlb.load.v1.StreamMetricsRequest
-	0, // 7: xlb.load.v1.LoadReportingService.StreamLoadStats:input_type -> xlb.load.v1.StreamLoadStatsRequest
-	3, // 8: xlb.load.v1.WorkerMetricsService.StreamMetrics:output_type -> xlb.load.v1.StreamMetricsResponse
-	1, // 9: xlb.load.v1.LoadReportingService.StreamLoadStats:output_type -> xlb.load.v1.StreamLoadStatsResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5,  // 0: xlb.load.v1.StreamLoadStatsRequest.backends:type_name -> xlb.load.v1.BackendLoad
+	7,  // 1: xlb.load.v1.StreamLoadStatsRequest.backend_health:type_name -> xlb.load.v1.BackendHealth
+	8,  // 2: xlb.load.v1.StreamLoadStatsResponse.report_interval:type_name -> google.protobuf.Duration
+	5,  // 3: xlb.load.v1.StreamMetricsRequest.backends:type_name -> xlb.load.v1.BackendLoad
+	8,  // 4: xlb.load.v1.StreamMetricsResponse.report_interval:type_name -> google.protobuf.Duration
+	6,  // 5: xlb.load.v1.BackendLoad.header_latency:type_name -> xlb.load.v1.Histogram
+	6,  // 6: xlb.load.v1.BackendLoad.total_latency:type_name -> xlb.load.v1.Histogram
+	0,  // 7: xlb.load.v1.BackendHealth.state:type_name -> xlb.load.v1.HealthState
+	9,  // 8: xlb.load.v1.BackendHealth.since:type_name -> google.protobuf.Timestamp
+	9,  // 9: xlb.load.v1.BackendHealth.until:type_name -> google.protobuf.Timestamp
+	3,  // 10: xlb.load.v1.WorkerMetricsService.StreamMetrics:input_type -> xlb.load.v1.StreamMetricsRequest
+	1,  // 11: xlb.load.v1.LoadReportingService.StreamLoadStats:input_type -> xlb.load.v1.StreamLoadStatsRequest
+	4,  // 12: xlb.load.v1.WorkerMetricsService.StreamMetrics:output_type -> xlb.load.v1.StreamMetricsResponse
+	2,  // 13: xlb.load.v1.LoadReportingService.StreamLoadStats:output_type -> xlb.load.v1.StreamLoadStatsResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_xlb_load_v1_load_proto_init() }
@@ -601,13 +850,14 @@ func file_xlb_load_v1_load_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_load_v1_load_proto_rawDesc), len(file_xlb_load_v1_load_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   6,
+			NumEnums:      1,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
 		GoTypes:           file_xlb_load_v1_load_proto_goTypes,
 		DependencyIndexes: file_xlb_load_v1_load_proto_depIdxs,
+		EnumInfos:         file_xlb_load_v1_load_proto_enumTypes,
 		MessageInfos:      file_xlb_load_v1_load_proto_msgTypes,
 	}.Build()
 	File_xlb_load_v1_load_proto = out.File
