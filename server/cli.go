@@ -516,6 +516,13 @@ const sampleConfig = `  listeners:
         - {id: a, address: 127.0.0.1:9001, weight: 1}
         - {id: b, address: 127.0.0.1:9002, weight: 3}
         - {id: c, address: 127.0.0.1:9003, state: draining}   # active | draining | disabled
+      health_check:                  # active probes (none without this key; {} = the defaults)
+        interval: 2s                 # timeout: the smaller of 1s and interval
+        fall: 3                      # failed in a row to eject; rise: 2 passed in a row to readmit
+        http: {path: /, expected_statuses: ["200-399"]}   # or tcp: {}
+      outlier_detection: {consecutive_failures: 5, failure_statuses: none, base_ejection_time: 30s, max_ejection_time: 300s, max_ejection_percent: 50}
+      slow_start: {window: 30s, min_weight_percent: 10}   # none without this key
+      panic_threshold: 0             # % in below which every backend takes traffic (0: none in)
   timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s, worker_stall: 30s}
   limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256}
   retries: 2                         # 0 for none

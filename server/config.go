@@ -469,6 +469,7 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 		idNode *yaml.Node
 	}
 	var backends []backendAt
+	nodes, errs := healthNodes{}, len(d.errs)
 	ok := d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
 		switch key {
 		case "name":
@@ -497,12 +498,15 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 				}
 			}
 		default:
-			return false
+			return d.healthKey(key, v, path, &s.set.Health, nodes)
 		}
 		return true
 	})
 	if !ok {
 		return nil
+	}
+	if len(d.errs) == errs {
+		d.checkHealth(s.set.Health, path, n, nodes)
 	}
 	d.required(s.nameNode, n, path, "name")
 	s.set.Name = s.name

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
@@ -138,6 +139,38 @@ backend_sets: [{name: web, backends: []}]
 			c.Workers, c.StateDir, c.ReusePort, c.MetricsInterval = 3, "/srv/xlb", true, 250*time.Millisecond
 			c.Region = shm.Capacities{Sets: 8, Backends: 100, StringBytes: 4096, Workers: 16}
 		}},
+		{"every health key", minimal + `    health_check:
+      interval: 500ms
+      timeout: 200ms
+      fall: 2
+      rise: 4
+      http: {path: /healthz, host: example.com, expected_statuses: [204, "200-299", 418]}
+    outlier_detection:
+      disabled: true
+      consecutive_failures: 7
+      base_ejection_time: 10s
+      max_ejection_time: 1m
+      max_ejection_percent: 100
+      failure_statuses: gateway
+    slow_start: {window: 20s, min_weight_percent: 25}
+    panic_threshold: 40
+`, func(c *Config) {
+			c.BackendSets[0].Health = health.Config{
+				Probe: health.Probe{Kind: health.ProbeHTTP, Interval: 500 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 2, Rise: 4,
+					Path: "/healthz", Host: "example.com", Statuses: []health.StatusRange{{Lo: 204, Hi: 204}, {Lo: 200, Hi: 299}, {Lo: 418, Hi: 418}}},
+				Outlier: health.Outlier{Disabled: true, ConsecutiveFailures: 7, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Minute,
+					MaxEjectionPercent: 100, FailureStatuses: health.FailGateway},
+				SlowStart:      health.SlowStart{Window: 20 * time.Second, MinWeightPercent: 25},
+				PanicThreshold: 40,
+			}
+		}},
+		{"an empty health_check is HTTP probes with defaults", minimal + "    health_check:\n", func(c *Config) {
+			c.BackendSets[0].Health.Probe.Kind = health.ProbeHTTP
+		}},
+		{"tcp probes", minimal + "    health_check: {interval: 1s, tcp: {}}\n    outlier_detection: {failure_statuses: 5xx}\n", func(c *Config) {
+			c.BackendSets[0].Health.Probe = health.Probe{Kind: health.ProbeTCP, Interval: time.Second}
+			c.BackendSets[0].Health.Outlier.FailureStatuses = health.Fail5xx
+		}},
 		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {
 			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "spare"})
 		}},
@@ -171,6 +204,11 @@ func edit(t *testing.T, old, new string) string {
 		t.Fatalf("the sample has no %q", old)
 	}
 	return strings.Replace(s, old, new, 1)
+}
+
+// health10 returns the sample file with keys added to its set after the backends, from line 10.
+func health10(keys string) func(t *testing.T) string {
+	return func(t *testing.T) string { return edit(t, "weight: 3}\n", "weight: 3}\n"+keys) }
 }
 
 // hasLine reports whether one line of err's message is want.
@@ -252,6 +290,35 @@ func TestParseConfigErrors(t *testing.T) {
 		{"set names not unique", func(t *testing.T) string {
 			return edit(t, "weight: 3}\n", "weight: 3}\n  - name: web\n    backends: []\n")
 		}, []string{`xlb.yaml:10: backend_sets[1].name: "web" is also the name of backend_sets[0] (line 5)`}},
+		// Health, added after the backends (line 10 on).
+		{"probe timeout longer than interval", health10("    health_check:\n      interval: 1s\n      timeout: 2s\n"),
+			[]string{`xlb.yaml:12: backend_sets[0].health_check.timeout: 2s is longer than the interval (1s)`}},
+		{"probe timeout longer than the default interval", health10("    health_check: {timeout: 3s}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].health_check.timeout: 3s is longer than the interval (2s)`}},
+		{"probe interval too short", health10("    health_check:\n      interval: 1ms\n"),
+			[]string{`xlb.yaml:11: backend_sets[0].health_check.interval: want 0 (the default) or 10ms to 1h0m0s, got 1ms`}},
+		{"probe fall zero", health10("    health_check: {fall: 0}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].health_check.fall: want an integer >= 1, got "0"`}},
+		{"probe http and tcp", health10("    health_check:\n      http: {}\n      tcp: {}\n"),
+			[]string{`xlb.yaml:12: backend_sets[0].health_check: give http or tcp, not both (the other is on line 11)`}},
+		{"probe unknown key", health10("    health_check: {tcp: {port: 1}}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].health_check.tcp: unknown key "port"`}},
+		{"probe path relative", health10("    health_check:\n      http:\n        path: healthz\n"),
+			[]string{`xlb.yaml:12: backend_sets[0].health_check.http.path: "healthz": want / and up to 1024 bytes of visible ASCII`}},
+		{"probe status out of range", health10("    health_check:\n      http:\n        expected_statuses:\n          - 200\n          - 300-700\n"),
+			[]string{`xlb.yaml:14: backend_sets[0].health_check.http.expected_statuses[1]: want a status such as 200 or a range such as "200-399", from 100 to 599, got "300-700"`}},
+		{"failure statuses unknown", health10("    outlier_detection: {failure_statuses: 4xx}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].outlier_detection.failure_statuses: want none, gateway (502, 503, 504) or 5xx, got "4xx"`}},
+		{"max ejection time below base", health10("    outlier_detection:\n      base_ejection_time: 1m\n      max_ejection_time: 30s\n"),
+			[]string{`xlb.yaml:12: backend_sets[0].outlier_detection.max_ejection_time: 30s is shorter than base_ejection_time (1m0s)`}},
+		{"max ejection percent over 100", health10("    outlier_detection: {max_ejection_percent: 101}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].outlier_detection.max_ejection_percent: want an integer <= 100, got "101"`}},
+		{"slow start without window", health10("    slow_start: {min_weight_percent: 5}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].slow_start: missing key "window"`}},
+		{"slow start window too long", health10("    slow_start:\n      window: 2h\n"),
+			[]string{`xlb.yaml:11: backend_sets[0].slow_start.window: want 1s to 1h0m0s, got 2h0m0s`}},
+		{"panic threshold not a number", health10("    panic_threshold: half\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].panic_threshold: want an integer >= 0, got "half"`}},
 		{"unknown policy", func(t *testing.T) string { return edit(t, "policy: round_robin", "policy: random") },
 			[]string{`xlb.yaml:6: backend_sets[0].policy: want round_robin or least_request, got "random"`}},
 		{"backends not a list", func(t *testing.T) string {

@@ -92,12 +92,14 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 			n += len(set.Backends)
 		}
 		s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
+		s.regionSets = sets // with the health slots Publish gave
 		s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
 		s.wake()
 		wait = g
 	}
 	s.current = next
 	s.saveApplied()
+	s.updateMonitor() // a set's health policy may have changed alone
 	return s.result(rejected), wait
 }
 
@@ -148,7 +150,9 @@ func regionSetsOf(sets map[string]*discoveryv1.VersionedBackendSet) []shm.Set {
 	out := make([]shm.Set, 0, len(sets))
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
 		set := sets[name].GetBackendSet()
-		rs := shm.Set{Name: name, Policy: uint8(policyOf(set.GetPolicy())), Backends: make([]shm.Backend, len(set.GetBackends()))}
+		rs := shm.Set{Name: name, Policy: uint8(policyOf(set.GetPolicy())),
+			FailureStatuses: uint8(failureStatusesOf(set.GetOutlierDetection().GetFailureStatuses())),
+			Backends:        make([]shm.Backend, len(set.GetBackends()))}
 		for i, b := range set.GetBackends() {
 			rs.Backends[i] = shm.Backend{
 				ID:      b.GetId(),

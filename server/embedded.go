@@ -137,6 +137,7 @@ func toResource(s proxy.BackendSet) (*discoveryv1.BackendSet, error) {
 		}
 		m.Backends = append(m.Backends, rb)
 	}
+	healthResource(s.Health, m)
 	return m, nil
 }
 

@@ -6,12 +6,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/xlbproxy/xlb/controlplane/load"
@@ -267,7 +269,10 @@ func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), er
 // reportLoad streams the supervisor's load to its control plane: every interval the control plane
 // asks for, what the workers reported since the previous report. A stream that breaks keeps what
 // it could not send for the next one. It returns when ctx ends, after a last report.
-func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *loadTotals, log hclog.Logger) {
+//
+// Each report also carries the data plane's view of its backends' health when it differs from the
+// one this stream last sent (health, which may be nil).
+func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *loadTotals, health func() []*loadv1.BackendHealth, log hclog.Logger) {
 	instance := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 	var seq uint64
 	backoff := 100 * time.Millisecond
@@ -289,15 +294,25 @@ func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string,
 			}
 			tick := time.NewTicker(interval)
 			defer tick.Stop()
+			var sent []*loadv1.BackendHealth // the health view last sent on this stream
 			send := func() error {
 				bs := t.takePending()
-				if len(bs) == 0 {
+				var h []*loadv1.BackendHealth
+				if health != nil {
+					if now := health(); !slices.EqualFunc(now, sent, func(a, b *loadv1.BackendHealth) bool { return proto.Equal(a, b) }) {
+						h = now
+					}
+				}
+				if len(bs) == 0 && h == nil {
 					return nil
 				}
 				seq++
-				if err := stream.Send(&loadv1.StreamLoadStatsRequest{NodeId: node, Instance: instance, Seq: seq, Backends: bs}); err != nil {
+				if err := stream.Send(&loadv1.StreamLoadStatsRequest{NodeId: node, Instance: instance, Seq: seq, Backends: bs, BackendHealth: h}); err != nil {
 					t.restore(bs)
 					return err
+				}
+				if h != nil {
+					sent = h
 				}
 				return nil
 			}

@@ -22,6 +22,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/xlbproxy/xlb/controlplane/load"
+	"github.com/xlbproxy/xlb/dataplane/health"
+	"github.com/xlbproxy/xlb/dataplane/monitor"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
@@ -41,6 +43,17 @@ import (
 //	xlb.backend.connections.reused counter   attempts on a pooled connection
 //	http.client.request.duration   histogram seconds from an attempt's start to the end of its
 //	                                         response, over the buckets of proxy.LatencyBuckets
+//
+// and, from the supervisor's health monitor, with the same attributes:
+//
+//	xlb.backend.health.state       gauge     1 for the machine's state (xlb.backend.health.state:
+//	                                         healthy, ejected, recovering, trial, slow_start), 0 for
+//	                                         the others; a draining or disabled backend has none at 1
+//	xlb.backend.health.ejections   counter   ejections since the supervisor started
+//	xlb.backend.health.probes      counter   probes done, by xlb.probe.result (pass, fail)
+//	xlb.backend_set.health.panic   gauge     1 while the set fails open (too few in), by xlb.backend_set
+//	xlb.backend_set.health.capped  gauge     backends whose failures call for an ejection that the
+//	                                         set's max ejection percent holds back
 //
 // The histogram comes already aggregated, from the workers' buckets: it is produced as such (a
 // metric Producer), not recorded observation by observation.
@@ -198,7 +211,77 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		stopAll(ctx)
 		return nil, err
 	}
+	if err := healthMetrics(m, s.monitor.Status); err != nil {
+		stopAll(ctx)
+		return nil, err
+	}
 	return stopAll, nil
+}
+
+// healthMetrics registers the health metrics of startOTel's doc, observed from status.
+func healthMetrics(m metric.Meter, status func(context.Context) monitor.Status) error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	state, err := m.Int64ObservableGauge("xlb.backend.health.state",
+		metric.WithDescription("1 for the state the backend's health machine is in, 0 for the others."))
+	add(err)
+	ejections, err := m.Int64ObservableCounter("xlb.backend.health.ejections", metric.WithUnit("{ejection}"),
+		metric.WithDescription("Ejections of the backend since the supervisor started."))
+	add(err)
+	probes, err := m.Int64ObservableCounter("xlb.backend.health.probes", metric.WithUnit("{probe}"),
+		metric.WithDescription("Active probes of the backend, by result."))
+	add(err)
+	panicking, err := m.Int64ObservableGauge("xlb.backend_set.health.panic",
+		metric.WithDescription("1 while too few of the set's backends are healthy and every active one takes traffic."))
+	add(err)
+	capped, err := m.Int64ObservableGauge("xlb.backend_set.health.capped", metric.WithUnit("{backend}"),
+		metric.WithDescription("Backends whose failures call for an ejection that the set's max ejection percent holds back."))
+	add(err)
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	states := []health.Status{health.Healthy, health.Ejected, health.Recovering, health.Trial, health.SlowStarting}
+	_, err = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		n := 0
+		for _, set := range status(ctx).Sets {
+			setAttr := attribute.String("xlb.backend_set", set.Name)
+			nCapped := 0
+			for _, b := range set.Backend {
+				if b.Capped && b.Active() {
+					nCapped++
+				}
+				if n++; n > otelBackendsMax {
+					continue
+				}
+				host, port, _ := net.SplitHostPort(b.Address)
+				p, _ := strconv.Atoi(port)
+				base := []attribute.KeyValue{setAttr, attribute.String("xlb.backend.id", b.ID),
+					attribute.String("server.address", host), attribute.Int("server.port", p)}
+				for _, st := range states {
+					v := int64(0)
+					if b.Active() && b.Machine.Status == st {
+						v = 1
+					}
+					o.ObserveInt64(state, v, metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("xlb.backend.health.state", st.String()))...)))
+				}
+				o.ObserveInt64(ejections, int64(b.Ejections), metric.WithAttributeSet(attribute.NewSet(base...)))
+				o.ObserveInt64(probes, int64(b.ProbesPassed), metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("xlb.probe.result", "pass"))...)))
+				o.ObserveInt64(probes, int64(b.ProbesFailed), metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("xlb.probe.result", "fail"))...)))
+			}
+			p := int64(0)
+			if set.View.Panic {
+				p = 1
+			}
+			o.ObserveInt64(panicking, p, metric.WithAttributes(setAttr))
+			o.ObserveInt64(capped, int64(nCapped), metric.WithAttributes(setAttr))
+		}
+		return nil
+	}, state, ejections, probes, panicking, capped)
+	return err
 }
 
 // capBackends keeps the first max backends and sums the rest into one "_overflow" series.

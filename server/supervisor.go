@@ -22,8 +22,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/xlbproxy/xlb/clients/xds"
+	"github.com/xlbproxy/xlb/dataplane/monitor"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
@@ -104,10 +106,15 @@ type supervisor struct {
 
 	load          *loadTotals // the workers' metrics
 	metricsSocket string      // where the workers report them
-	upgrade       *upgradeState
-	upgradeReqs   chan upgradeReq
-	upgradeDone   chan upgradeResult
-	statusReqs    chan statusReq
+
+	monitor     *monitor.Monitor // the health of every backend of the region
+	regionSets  []shm.Set        // the sets of the region's generation in force, with their health slots
+	healthW     *os.File         // the write end of the health pipe, which every worker inherits
+	healthWake  chan struct{}    // the monitor changed routes: wake the workers
+	upgrade     *upgradeState
+	upgradeReqs chan upgradeReq
+	upgradeDone chan upgradeResult
+	statusReqs  chan statusReq
 }
 
 type workerProc struct {
@@ -232,6 +239,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		upgradeReqs: make(chan upgradeReq),
 		upgradeDone: make(chan upgradeResult, 1),
 		statusReqs:  make(chan statusReq),
+		healthWake:  make(chan struct{}, 1),
 	}
 	saved := make(chan struct{})
 	go saver(dir, s.saves, log, saved)
@@ -248,6 +256,26 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		return startFailed("cannot listen", err)
 	}
 	defer s.closeSockets()
+
+	// Health: the monitor takes up every backend's machine where the region has it (a restart or
+	// an upgrade keeps every ejection), and the workers' health pipe wakes it.
+	healthR, healthW, err := os.Pipe()
+	if err != nil {
+		return startFailed("cannot make the health pipe", err)
+	}
+	defer healthR.Close()
+	defer healthW.Close()
+	s.healthW = healthW
+	s.monitor = monitor.New(monitor.Config{Slots: region, Changed: s.healthChanged, TrialTimeout: cfg.trialTimeout(), Logger: log.Named("health")})
+	monCtx, stopMonitor := context.WithCancel(context.Background())
+	monDone := make(chan struct{})
+	go func() { s.monitor.Run(monCtx); close(monDone) }()
+	defer func() { stopMonitor(); <-monDone }()
+	go readHealthPipe(healthR, s.monitor)
+	if s.regionSets, err = regionSetsIn(region); err != nil {
+		log.Warn("cannot read the region's backend sets; their health is watched from the next generation", "error", err)
+	}
+	s.updateMonitor()
 	if cfg.PidFile != "" {
 		defer removePIDFile(cfg.PidFile)
 	}
@@ -321,7 +349,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	reported := make(chan struct{})
 	go func() {
 		defer close(reported)
-		reportLoad(xctx, conn, cfg.nodeID(), s.load, log.Named("load"))
+		reportLoad(xctx, conn, cfg.nodeID(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
 	}()
 	// Runs before the deferred cleanups above: the clients stop before their connection closes.
 	defer func() {
@@ -407,6 +435,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 			}
 		case req := <-s.statusReqs:
 			req.done <- s.status()
+		case <-s.healthWake:
+			s.wake()
 		case <-watch:
 			if s.upgrade != nil {
 				log.Info("the configuration changed during an upgrade; the new xlb reads it")
@@ -526,7 +556,7 @@ func (s *supervisor) start(slot int) error {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", workerProcs(len(s.workers))))
 	}
 	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
-	cmd.ExtraFiles = append([]*os.File{s.region.File(), r}, s.socketsOf(slot)...)
+	cmd.ExtraFiles = append([]*os.File{s.region.File(), r, s.healthW}, s.socketsOf(slot)...)
 	err = cmd.Start()
 	r.Close()
 	if err != nil {
@@ -878,11 +908,20 @@ func configPath(cmd supervised, args []string) string {
 	return f.config
 }
 
+// healthChanged is the monitor's Changed: the loop wakes the workers.
+func (s *supervisor) healthChanged() {
+	select {
+	case s.healthWake <- struct{}{}:
+	default:
+	}
+}
+
 // sameSets reports whether a and b hold the same sets in the same order, health slots aside.
 func sameSets(a, b []shm.Set) bool {
 	return slices.EqualFunc(a, b, func(x, y shm.Set) bool {
-		return x.Name == y.Name && x.Policy == y.Policy && slices.EqualFunc(x.Backends, y.Backends, func(p, q shm.Backend) bool {
-			return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State
-		})
+		return x.Name == y.Name && x.Policy == y.Policy && x.FailureStatuses == y.FailureStatuses &&
+			slices.EqualFunc(x.Backends, y.Backends, func(p, q shm.Backend) bool {
+				return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State
+			})
 	})
 }

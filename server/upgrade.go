@@ -25,6 +25,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
 // The binary upgrade (DESIGN §3.4). On SIGUSR2, or the Upgrade RPC of the local admin service, the
@@ -79,8 +80,16 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 		s.log.Error("upgrade failed; serving on", "error", err)
 		req.done <- upgradeResult{err: err}
 	}
-	// The new supervisor reads the applied sets from the file: it must hold the latest.
+	// The new supervisor reads the applied sets from the file: it must hold the latest. Its
+	// monitor takes the health slots over: this one's stops writing them first.
 	s.flushApplied()
+	s.monitor.Pause(context.Background())
+	resume := true
+	defer func() {
+		if resume {
+			s.monitor.Resume(context.Background())
+		}
+	}()
 
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -111,6 +120,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 		return
 	}
 	s.upgrade = &upgradeState{cmd: cmd, replies: []chan upgradeResult{req.done}}
+	resume = false
 	s.log.Info("upgrade started", "binary", s.e.binary, "pid", cmd.Process.Pid)
 
 	exited := make(chan error, 1)
@@ -163,6 +173,7 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 			os.Remove(stagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
 		}
 		s.publishSockets()
+		s.monitor.Resume(context.Background()) // reading back what the new one's monitor did
 		s.log.Error("upgrade failed; serving on", "error", res.err)
 	} else {
 		s.log.Info("upgrade ready; handing over", "pid", res.pid, "version", res.version)
@@ -407,11 +418,19 @@ type statusReq struct {
 func (s *supervisor) status() *dataplanev1.StatusResponse {
 	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil,
 		Backends: s.load.snapshot()}
+	healthOf := map[[2]string]*loadv1.BackendHealth{}
+	for _, h := range backendHealth(s.monitor.Status(context.Background())) {
+		healthOf[[2]string{h.GetBackendSet(), h.GetBackendId()}] = h
+	}
 	for _, name := range slices.Sorted(maps.Keys(s.current)) {
 		for _, b := range s.current[name].GetBackendSet().GetBackends() {
+			h := healthOf[[2]string{name, b.GetId()}]
 			st := &dataplanev1.BackendState{BackendSet: name, BackendId: b.GetId(),
 				Address: net.JoinHostPort(b.GetAddress(), strconv.Itoa(int(b.GetPort()))), State: "active",
-				Reason: "the control plane's state of the backend is active"}
+				Reason: "the control plane's state of the backend is active", Health: h}
+			if h != nil {
+				st.Reason = h.GetReason()
+			}
 			switch stateOf(b.GetState()) {
 			case table.Draining:
 				st.State, st.Reason = "draining", "the control plane drains it: it finishes what it has and takes nothing new"

@@ -26,7 +26,8 @@ const (
 
 	fdRegion   = 3 // the shared region file
 	fdControl  = 4 // the read end of a pipe from the supervisor
-	fdListener = 5 // the first listening socket; the others follow in the spec's order
+	fdHealth   = 5 // the write end of the health pipe to the supervisor (health.go)
+	fdListener = 6 // the first listening socket; the others follow in the spec's order
 )
 
 // The control pipe carries one byte per published generation, telling an idle worker to look at
@@ -82,6 +83,13 @@ func (e *env) workerMain(args []string) int {
 	}
 	control := os.NewFile(fdControl, "control")
 	defer control.Close()
+	if err := syscall.SetNonblock(fdHealth, true); err != nil {
+		log.Error("health pipe", "error", err)
+		return exitFailure
+	}
+	healthPipe := os.NewFile(fdHealth, "health")
+	defer healthPipe.Close()
+	notifier := newHealthNotifier(healthPipe)
 
 	lns := make([]net.Listener, len(spec.Sets))
 	listeners := make([]Listener, len(spec.Sets))
@@ -100,6 +108,10 @@ func (e *env) workerMain(args []string) int {
 
 	follower := table.NewFollower(region, spec.Slot)
 	cfg := Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
+	cfg.Proxy.HealthChanged = notifier.Signal
+	nctx, stopNotifier := context.WithCancel(context.Background()) // it outlives the drain too
+	defer stopNotifier()
+	go notifier.run(nctx)
 	// The metrics reporter outlives the serving by its last report.
 	rctx, stopReporter := context.WithCancel(context.Background())
 	reported := make(chan struct{})

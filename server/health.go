@@ -1,0 +1,265 @@
+package server
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/xlbproxy/xlb/dataplane/health"
+	"github.com/xlbproxy/xlb/dataplane/monitor"
+	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+)
+
+// Health in the data plane: the supervisor runs one dataplane/monitor over its region, which owns
+// every backend's health machine, probes, and writes the routes the workers follow. Workers count
+// their requests' outcomes in the region and tell the supervisor of a failure by a byte on the
+// health pipe (inherited as fdHealth), which wakes the monitor at once; the monitor asks the
+// supervisor to wake the workers when a route changed, so that those with no new request also
+// cut short their waits on a backend that went out.
+
+// healthConfigOf is the health policy of a set of the control plane. The set was validated
+// (controlplane/resource); the defaults are the monitor's.
+func healthConfigOf(set *discoveryv1.BackendSet) health.Config {
+	var c health.Config
+	if hc := set.GetHealthCheck(); hc != nil {
+		c.Probe = health.Probe{Kind: health.ProbeHTTP, Interval: hc.GetInterval().AsDuration(), Timeout: hc.GetTimeout().AsDuration(),
+			Fall: int(hc.GetFall()), Rise: int(hc.GetRise())}
+		if hc.GetTcp() != nil {
+			c.Probe.Kind = health.ProbeTCP
+		}
+		if h := hc.GetHttp(); h != nil {
+			c.Probe.Path, c.Probe.Host = h.GetPath(), h.GetHost()
+			for _, r := range h.GetExpectedStatuses() {
+				end := r.GetEnd()
+				if end == 0 {
+					end = r.GetStart()
+				}
+				c.Probe.Statuses = append(c.Probe.Statuses, health.StatusRange{Lo: int(r.GetStart()), Hi: int(end)})
+			}
+		}
+	}
+	od := set.GetOutlierDetection()
+	c.Outlier = health.Outlier{Disabled: od.GetDisabled(), ConsecutiveFailures: int(od.GetConsecutiveFailures()),
+		BaseEjectionTime: od.GetBaseEjectionTime().AsDuration(), MaxEjectionTime: od.GetMaxEjectionTime().AsDuration(),
+		MaxEjectionPercent: int(od.GetMaxEjectionPercent()), FailureStatuses: failureStatusesOf(od.GetFailureStatuses())}
+	if ss := set.GetSlowStart(); ss != nil {
+		c.SlowStart = health.SlowStart{Window: ss.GetWindow().AsDuration(), MinWeightPercent: int(ss.GetMinWeightPercent())}
+	}
+	c.PanicThreshold = int(set.GetPanicThreshold())
+	return c
+}
+
+func failureStatusesOf(f discoveryv1.FailureStatuses) health.FailureStatuses {
+	switch f {
+	case discoveryv1.FailureStatuses_FAILURE_STATUSES_GATEWAY:
+		return health.FailGateway
+	case discoveryv1.FailureStatuses_FAILURE_STATUSES_5XX:
+		return health.Fail5xx
+	}
+	return health.FailNoStatus
+}
+
+// healthResource puts c, the health policy of a set of the configuration file, into m as the
+// control plane holds it.
+func healthResource(c health.Config, m *discoveryv1.BackendSet) {
+	dur := func(d time.Duration) *durationpb.Duration {
+		if d == 0 {
+			return nil
+		}
+		return durationpb.New(d)
+	}
+	if p := c.Probe; p.Kind != health.ProbeNone {
+		hc := &discoveryv1.HealthCheck{Interval: dur(p.Interval), Timeout: dur(p.Timeout), Fall: uint32(p.Fall), Rise: uint32(p.Rise)}
+		if p.Kind == health.ProbeTCP {
+			hc.Probe = &discoveryv1.HealthCheck_Tcp{Tcp: &discoveryv1.TcpProbe{}}
+		} else {
+			h := &discoveryv1.HttpProbe{Path: p.Path, Host: p.Host}
+			for _, r := range p.Statuses {
+				h.ExpectedStatuses = append(h.ExpectedStatuses, &discoveryv1.StatusRange{Start: uint32(r.Lo), End: uint32(r.Hi)})
+			}
+			hc.Probe = &discoveryv1.HealthCheck_Http{Http: h}
+		}
+		m.HealthCheck = hc
+	}
+	if o := c.Outlier; o != (health.Outlier{}) {
+		od := &discoveryv1.OutlierDetection{Disabled: o.Disabled, ConsecutiveFailures: uint32(o.ConsecutiveFailures),
+			BaseEjectionTime: dur(o.BaseEjectionTime), MaxEjectionTime: dur(o.MaxEjectionTime), MaxEjectionPercent: uint32(o.MaxEjectionPercent)}
+		switch o.FailureStatuses {
+		case health.FailGateway:
+			od.FailureStatuses = discoveryv1.FailureStatuses_FAILURE_STATUSES_GATEWAY
+		case health.Fail5xx:
+			od.FailureStatuses = discoveryv1.FailureStatuses_FAILURE_STATUSES_5XX
+		}
+		m.OutlierDetection = od
+	}
+	if s := c.SlowStart; s.Window > 0 || s.MinWeightPercent > 0 {
+		m.SlowStart = &discoveryv1.SlowStart{Window: dur(s.Window), MinWeightPercent: uint32(s.MinWeightPercent)}
+	}
+	m.PanicThreshold = uint32(c.PanicThreshold)
+}
+
+// trialTimeout is how long a claimed trial request may go without an outcome: a connect, the wait
+// for a response head, and a margin.
+func (c *Config) trialTimeout() time.Duration {
+	connect, backend := c.Proxy.ConnectTimeout, c.Proxy.BackendTimeout
+	if connect <= 0 {
+		connect = 5 * time.Second
+	}
+	if backend <= 0 {
+		backend = 60 * time.Second
+	}
+	return connect + backend + 5*time.Second
+}
+
+// monitorSets are the sets of the region's generation in force (their backends' health slots
+// included), with the health policy the control plane gave each.
+func (s *supervisor) monitorSets() []monitor.Set {
+	out := make([]monitor.Set, 0, len(s.regionSets))
+	for _, rs := range s.regionSets {
+		ms := monitor.Set{Name: rs.Name}
+		if vs := s.current[rs.Name]; vs != nil {
+			ms.Health = healthConfigOf(vs.GetBackendSet())
+		}
+		for _, b := range rs.Backends {
+			ms.Backends = append(ms.Backends, monitor.Backend{ID: b.ID, Address: b.Address, Slot: b.HealthSlot, State: b.State})
+		}
+		out = append(out, ms)
+	}
+	return out
+}
+
+// updateMonitor hands the monitor the sets in force. It returns once the monitor has them: the
+// region may give a slot of a removed backend to another at the next publish.
+func (s *supervisor) updateMonitor() {
+	if s.monitor != nil {
+		s.monitor.Update(context.Background(), s.monitorSets())
+	}
+}
+
+// regionSetsIn reads the sets of the region's generation in force, with their health slots.
+func regionSetsIn(r *shm.Region) ([]shm.Set, error) {
+	snap, err := r.Read()
+	if errors.Is(err, shm.ErrEmpty) {
+		return nil, nil
+	}
+	return snap.Sets, err
+}
+
+// readHealthPipe tells the monitor of each byte a worker writes on the health pipe, until the pipe
+// is closed.
+func readHealthPipe(r *os.File, m *monitor.Monitor) {
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			m.Notify()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// healthNotifier is a worker's side of the health pipe: Signal never blocks the request that calls
+// it, and the bytes are coalesced, at most one per healthNotifyGap, so that a backend failing every
+// request costs the supervisor a look per gap, not per request.
+type healthNotifier struct {
+	w   *os.File
+	sig chan struct{}
+}
+
+// healthNotifyGap is the least time between two bytes of a worker on the health pipe.
+const healthNotifyGap = time.Millisecond
+
+func newHealthNotifier(w *os.File) *healthNotifier {
+	return &healthNotifier{w: w, sig: make(chan struct{}, 1)}
+}
+
+// Signal asks for a byte on the pipe.
+func (n *healthNotifier) Signal() {
+	select {
+	case n.sig <- struct{}{}:
+	default:
+	}
+}
+
+// run writes the bytes asked for until ctx ends. A full pipe already holds a byte for the
+// supervisor to read, so a write that would block is dropped.
+func (n *healthNotifier) run(ctx context.Context) {
+	rc, err := n.w.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.sig:
+		}
+		rc.Write(func(fd uintptr) bool {
+			syscall.Write(int(fd), []byte{1})
+			return true
+		})
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(healthNotifyGap):
+		}
+	}
+}
+
+// healthStates maps the monitor's statuses to the wire's.
+var healthStates = map[health.Status]loadv1.HealthState{
+	health.Healthy:      loadv1.HealthState_HEALTH_STATE_HEALTHY,
+	health.Ejected:      loadv1.HealthState_HEALTH_STATE_EJECTED,
+	health.Recovering:   loadv1.HealthState_HEALTH_STATE_RECOVERING,
+	health.Trial:        loadv1.HealthState_HEALTH_STATE_TRIAL,
+	health.SlowStarting: loadv1.HealthState_HEALTH_STATE_SLOW_START,
+}
+
+// backendHealth is the wire form of a monitor's status: every backend by set and id. The control
+// plane's states win: a draining or disabled backend is that, whatever its health, and its reason
+// says both.
+func backendHealth(st monitor.Status) []*loadv1.BackendHealth {
+	var out []*loadv1.BackendHealth
+	ts := func(t time.Time) *timestamppb.Timestamp {
+		if t.IsZero() {
+			return nil
+		}
+		return timestamppb.New(t)
+	}
+	for _, set := range st.Sets {
+		for _, b := range set.Backend {
+			h := &loadv1.BackendHealth{BackendSet: set.Name, BackendId: b.ID, Address: b.Address, State: healthStates[b.Machine.Status],
+				Routed: !b.Route.Out, Panic: b.Route.Panic, Reason: b.Reason, Ejections: uint32(b.Machine.Ejections),
+				Since: ts(b.Machine.Since), WeightPercent: uint32((b.Route.WeightPermille + 5) / 10)}
+			if s := b.Machine.Status; s == health.Ejected || s == health.SlowStarting {
+				h.Until = ts(b.Machine.Until)
+			}
+			switch b.State {
+			case table.Draining:
+				h.State, h.Reason = loadv1.HealthState_HEALTH_STATE_DRAINING, "draining (the control plane's state); its health: "+b.Reason
+			case table.Disabled:
+				h.State, h.Reason = loadv1.HealthState_HEALTH_STATE_DISABLED, "disabled (the control plane's state); its health: "+b.Reason
+			}
+			out = append(out, h)
+		}
+	}
+	slices.SortFunc(out, func(a, b *loadv1.BackendHealth) int {
+		if a.BackendSet != b.BackendSet {
+			return cmp.Compare(a.BackendSet, b.BackendSet)
+		}
+		return cmp.Compare(a.BackendId, b.BackendId)
+	})
+	return out
+}
