@@ -140,8 +140,9 @@ type (
 		ServerName string `json:"serverName"`
 	}
 	setJSON struct {
-		Name     string        `json:"name"`
-		Backends []backendJSON `json:"backends"`
+		Name             string         `json:"name"`
+		Backends         []backendJSON  `json:"backends"`
+		OutlierDetection map[string]any `json:"outlierDetection,omitempty"`
 	}
 	versionedSetJSON struct {
 		BackendSet setJSON `json:"backendSet"`
@@ -152,6 +153,12 @@ type (
 		Connected  bool            `json:"connected"`
 		Generation string          `json:"generation"` // a uint64: a string in protojson
 		Sets       []setStatusJSON `json:"sets"`
+		// BackendHealth is the data plane's view of each backend's health.
+		BackendHealth []struct {
+			BackendSet string `json:"backendSet"`
+			BackendID  string `json:"backendId"`
+			healthJSON
+		} `json:"backendHealth"`
 	}
 	setStatusJSON struct {
 		Name           string    `json:"name"`

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -411,6 +413,25 @@ type loadSpec struct {
 	Backends []string `json:"backends"`
 	// TimeMax bounds the load: past it the clients stop, halted or not.
 	TimeMax time.Duration `json:"time_max"`
+	// Pause is each client's wait between the end of a request and the next: zero sends them back
+	// to back; the health tests pace their load so that a slow answer is xlb's, not the machine's.
+	Pause time.Duration `json:"pause"`
+	// Records, when set, is a file that the load writes every request to at its end, one
+	// loadRequest (JSON) per line.
+	Records string `json:"records"`
+}
+
+// loadRequest is one request of a load, as a Records file has it.
+type loadRequest struct {
+	Client int `json:"c"`
+	// Sent is when it was sent, in Unix nanoseconds; Took how long until its answer or error.
+	Sent int64         `json:"sent"`
+	Took time.Duration `json:"took"`
+	// Status is the response's (0 for none); Body its body (a backend's id for a 200); Kind its
+	// failure's kind, "" for a success.
+	Status int    `json:"status"`
+	Body   string `json:"body"`
+	Kind   string `json:"kind"`
 }
 
 // loadWindow is a span of time in which a load counts the requests sent apart: the upgrades.
@@ -488,6 +509,8 @@ type loadSummary struct {
 	Elapsed time.Duration `json:"elapsed"`
 	// Capped counts the clients that stopped at loadRequestsMax rather than when halted.
 	Capped int `json:"capped"`
+	// RecordsErr is why the spec's Records could not be written, "" when they were (or not asked).
+	RecordsErr string `json:"records_err,omitempty"`
 }
 
 func (s loadSummary) String() string {
@@ -537,6 +560,7 @@ type loadClientRecord struct {
 	failures []loadFailure // the first failuresShown of each kind
 	tookMax  time.Duration
 	capped   bool
+	requests []loadRequest // every request, when the spec has Records
 }
 
 // startLoadRun starts spec's load in this process.
@@ -576,6 +600,15 @@ func (g *loadRun) run(i int, keepAlive bool) {
 		took := r.answered.Sub(r.sent)
 		rec.tookMax = max(rec.tookMax, took)
 		kind, detail := failureKind(r, g.known)
+		if g.spec.Records != "" {
+			rec.requests = append(rec.requests, loadRequest{Client: i, Sent: r.sent.UnixNano(), Took: took, Status: r.status, Body: r.backend, Kind: kind})
+		}
+		if g.spec.Pause > 0 {
+			select {
+			case <-g.stop:
+			case <-time.After(g.spec.Pause):
+			}
+		}
 		if kind == "" {
 			if g.okN.Add(1) == loadStartedOK {
 				close(g.started)
@@ -618,6 +651,9 @@ func (g *loadRun) finish(w loadWindow) loadSummary {
 			s.Capped++
 		}
 	}
+	if g.spec.Records != "" {
+		s.RecordsErr = g.writeRecords()
+	}
 	slices.SortFunc(s.First, func(a, b loadFailure) int { return a.Sent.Compare(b.Sent) })
 	shown := make(map[string]int)
 	s.First = slices.DeleteFunc(s.First, func(f loadFailure) bool {
@@ -625,6 +661,24 @@ func (g *loadRun) finish(w loadWindow) loadSummary {
 		return shown[f.Kind] > failuresShown
 	})
 	return s
+}
+
+// writeRecords writes every request of the finished load to spec.Records, in the order sent.
+func (g *loadRun) writeRecords() string {
+	var all []loadRequest
+	for _, c := range g.clients {
+		all = append(all, c.requests...)
+	}
+	slices.SortFunc(all, func(a, b loadRequest) int { return cmp.Compare(a.Sent, b.Sent) })
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	for _, r := range all {
+		enc.Encode(r)
+	}
+	if err := os.WriteFile(g.spec.Records, b.Bytes(), 0o644); err != nil {
+		return err.Error()
+	}
+	return ""
 }
 
 // awaitOK waits until n requests in all have succeeded.
@@ -1099,53 +1153,54 @@ func awaitPIDFile(tb testing.TB, path string, pid int) {
 	}
 }
 
-// TestUpgradeKeepsHealth: the health state of each backend, in the region's health slots, survives
-// an upgrade: the test writes distinct words into the slot of each of 3 backends (as the test
-// process maps the region too); after the upgrade the region serves the same generation or a newer
-// one, each backend has the same slot, and each slot the same words; and still after a generation
-// that the new supervisor publishes (a change of weights).
+// TestUpgradeKeepsHealth: an upgrade during an ejection keeps it. Under load from a second
+// process, b answers 503 until it is ejected (for the default 30s); then xlb is upgraded, and
+// later publishes a generation of its own (a change of weights). Through both, b's health slot in
+// the region (which the test maps too) holds the same words, the Status gives the same ejection
+// (since, until, count), and no request reaches b past healthSeen after its ejection, while a and
+// c serve the load.
 func TestUpgradeKeepsHealth(t *testing.T) {
 	t.Parallel()
-	pool := []backendConf{{id: "a", weight: 1}, {id: "b", weight: 1}, {id: "c", weight: 1}}
-	for i := range pool {
-		pool[i].addr = newCountingBackend(t, pool[i].id).addr
-	}
-	u := startUpgradable(t, "vA", func(addr string) string { return configYAML(addr, pool) })
-	u.await(t, 0, `"ready"`, says("ready", nil))
+	const setYAML = "    outlier_detection: {failure_statuses: gateway}\n"
+	r := startHealthRig(t, setYAML)
+	u := r.u
 	region, err := shm.Open(filepath.Join(u.stateDir, "region"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { region.Close() })
+	awaitServed(t, r.began, healthAfterN, r.a, r.b, r.c)
 
+	from := logEnd(u.log)
+	failing := time.Now()
+	r.b.set(mode503)
+	_, ejected := r.awaitLog(t, from, "backend ejected", "b")
+	awaitServed(t, ejected, healthAfterN, r.a, r.c)
 	snap, slots := webSlots(t, region)
-	if len(slots) != len(pool) {
-		t.Fatalf("generation %d: health slots %v, want one for each of %d backends", snap.Generation, slots, len(pool))
+	if len(slots) != 3 {
+		t.Fatalf("generation %d: health slots %v, want one for each of a, b and c", snap.Generation, slots)
 	}
-	want := make(map[string][shm.HealthWords]uint64)
-	for k, b := range pool {
-		var words [shm.HealthWords]uint64
-		for j := range words {
-			words[j] = 0x4845_414c_0000_0000 | uint64(k+1)<<16 | uint64(j+1) // "HEAL", backend, word
-			region.SetHealthWord(slots[b.id], j, words[j])
-		}
-		want[b.id] = words
+	var want [shm.HealthWords]uint64
+	for j := range want {
+		want[j] = region.HealthWord(slots["b"], j)
 	}
-	t.Logf("generation %d: health slots %v", snap.Generation, slots)
+	before := healthStatus(t, u.adminSock())["b"]
+	wantEjected(t, map[string]healthJSON{"b": before}, "b", "503")
+	t.Logf("generation %d: health slots %v; b's words %#x", snap.Generation, slots, want)
 
 	check := func(when string, got shm.Snapshot, gotSlots map[string]uint32) {
 		t.Helper()
-		for _, b := range pool {
-			slot, ok := gotSlots[b.id]
-			if !ok || slot != slots[b.id] {
-				t.Errorf("%s (generation %d): backend %s has health slot %d (%v), want %d", when, got.Generation, b.id, slot, ok, slots[b.id])
-				continue
+		if slot, ok := gotSlots["b"]; !ok || slot != slots["b"] {
+			t.Errorf("%s (generation %d): backend b has health slot %d (%v), want %d", when, got.Generation, slot, ok, slots["b"])
+			return
+		}
+		for j, w := range want {
+			if v := region.HealthWord(slots["b"], j); v != w {
+				t.Errorf("%s (generation %d): backend b, health word %d: %#x, want %#x", when, got.Generation, j, v, w)
 			}
-			for j, w := range want[b.id] {
-				if v := region.HealthWord(slot, j); v != w {
-					t.Errorf("%s (generation %d): backend %s, slot %d, health word %d: %#x, want %#x", when, got.Generation, b.id, slot, j, v, w)
-				}
-			}
+		}
+		if h := healthStatus(t, u.adminSock())["b"]; h != before {
+			t.Errorf("%s: Status of b %+v, want %+v", when, h, before)
 		}
 	}
 
@@ -1154,26 +1209,41 @@ func TestUpgradeKeepsHealth(t *testing.T) {
 	if answer.Version != "vB" {
 		t.Fatalf("Upgrade: %+v, want version vB", answer)
 	}
+	upgraded := time.Now()
 	after, afterSlots := webSlots(t, region)
 	if after.Generation < snap.Generation {
 		t.Errorf("after the upgrade: generation %d, want %d or later", after.Generation, snap.Generation)
 	}
 	check("after the upgrade", after, afterSlots)
-	t.Logf("after the upgrade: generation %d, health slots %v", after.Generation, afterSlots)
+	awaitServed(t, upgraded, healthAfterN, r.a, r.c)
 
 	// A generation of the new supervisor: the same backends with other weights.
-	changed := slices.Clone(pool)
-	for i := range changed {
-		changed[i].weight = i + 2
-	}
-	writeConfig(t, u.cfgPath, configYAML(u.addr, changed), true)
+	changed := []backendConf{{id: "a", addr: r.a.addr, weight: 2}, {id: "b", addr: r.b.addr, weight: 3}, {id: "c", addr: r.c.addr, weight: 4}}
+	writeConfig(t, u.cfgPath, configYAML(u.addr, changed)+setYAML, true)
 	published, publishedSlots := awaitWebWeights(t, region, changed)
 	if published.Generation <= after.Generation {
 		t.Errorf("the weights changed in generation %d, want one after %d", published.Generation, after.Generation)
 	}
 	check("after the new supervisor's generation", published, publishedSlots)
-	if by := traffic(t, u.addr, "/health", 9); by["a"]+by["b"]+by["c"] != 9 {
-		t.Errorf("after the upgrade: requests by backend %v, want 9 to a, b and c", by)
+	reweighted := time.Now()
+	awaitServed(t, reweighted, healthAfterN, r.a, r.c)
+	reqs := r.finish(t)
+
+	f := healthFigures{name: "upgrade during an ejection", eject: ejected.Sub(failing)}
+	f.count(reqs)
+	f.checkAfter(t, r.b, ejected, time.Now())
+	t.Log(f)
+	if n := r.b.arrivedBetween(ejected.Add(healthSeen), time.Now()); n > 0 {
+		t.Errorf("%d requests reached b after its ejection, through the upgrade and the new generation; want none", n)
+	}
+	failedAfter := 0
+	for _, q := range reqs {
+		if q.Kind != "" && time.Unix(0, q.Sent).After(ejected.Add(healthSeen)) {
+			failedAfter++
+		}
+	}
+	if failedAfter > 0 {
+		t.Errorf("%d client requests sent after the ejection failed, through the upgrade and the new generation; want none:%s", failedAfter, failures(reqs))
 	}
 }
 

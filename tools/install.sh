@@ -15,7 +15,7 @@ export GOTOOLCHAIN=local
 [ "${1:-}" = --bench ] && WITH_BENCH=1
 
 # --- Debian packages -------------------------------------------------------
-APT_PKGS="curl"
+APT_PKGS="curl haproxy"
 [ "${WITH_BENCH:-}" = 1 ] && APT_PKGS="$APT_PKGS nginx haproxy wrk"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
