@@ -63,20 +63,39 @@ func MayEject(c *Config, ms []Member) bool {
 func Routes(c *Config, ms []Member, now time.Time, routes []Route) SetView {
 	v := View(c, ms)
 	for i, m := range ms {
-		r := Route{Out: true, WeightPermille: 1000}
-		switch {
-		case !m.Active:
-		case m.Machine.Status.In():
-			r.Out = false
-			r.WeightPermille = m.Machine.WeightPermille(c, now)
-		case m.Machine.Status == Trial:
-			// In panic too: the backend takes traffic then, but only a claimed trial readmits it.
-			r.Trial = true
+		routes[i] = Route{Out: true, WeightPermille: 1000}
+		if m.Active {
+			routes[i] = healthRoute(c, m.Machine, now, v.Panic)
 		}
-		if m.Active && v.Panic {
-			r.Out, r.Panic = false, true
-		}
-		routes[i] = r
 	}
 	return v
+}
+
+// RegionRoutes is Routes as the region's health slots hold them: a backend that is not active gets
+// the route of its health all the same. Workers leave it out by the control plane's state in the
+// generation they serve, and the generation that makes it active again must find its route true at
+// once, not out until the supervisor writes it anew.
+func RegionRoutes(c *Config, ms []Member, now time.Time, routes []Route) SetView {
+	v := View(c, ms)
+	for i, m := range ms {
+		routes[i] = healthRoute(c, m.Machine, now, v.Panic)
+	}
+	return v
+}
+
+// healthRoute is the route of m by its health alone, in a set in panic or not.
+func healthRoute(c *Config, m *Machine, now time.Time, panic bool) Route {
+	r := Route{Out: true, WeightPermille: 1000}
+	switch {
+	case m.Status.In():
+		r.Out = false
+		r.WeightPermille = m.WeightPermille(c, now)
+	case m.Status == Trial:
+		// In panic too: the backend takes traffic then, but only a claimed trial readmits it.
+		r.Trial = true
+	}
+	if panic {
+		r.Out, r.Panic = false, true
+	}
+	return r
 }

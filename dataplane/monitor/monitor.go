@@ -474,7 +474,7 @@ func (st *state) write() {
 			ms[i] = health.Member{Machine: &t.m, Active: t.b.Active()}
 		}
 		routes := make([]health.Route, len(ms))
-		v := health.Routes(&ss.cfg, ms, st.now, routes)
+		v := health.RegionRoutes(&ss.cfg, ms, st.now, routes)
 		if v.Panic != ss.panic {
 			ss.panic = v.Panic
 			if v.Panic {

@@ -392,3 +392,27 @@ func TestProbe(t *testing.T) {
 		})
 	}
 }
+
+// TestMonitorDrainingKeepsItsRoute: a backend the control plane drains is out in its status, but
+// its slot keeps the route of its health (in): workers leave it out by its state in the generation
+// they serve, and the generation that makes it active again must find it in at once, not out until
+// the monitor writes it anew (a set whose only active backend that is would answer 503 meanwhile).
+func TestMonitorDrainingKeepsItsRoute(t *testing.T) {
+	f := newFixture(t, health.Config{}, map[string]string{"a": "127.0.0.1:1", "b": "127.0.0.1:2"})
+	ms := Set{Name: "web"}
+	for _, id := range []string{"a", "b"} {
+		b := Backend{ID: id, Address: "x", Slot: f.slots[id]}
+		if id == "b" {
+			b.State = table.Draining
+		}
+		ms.Backends = append(ms.Backends, b)
+	}
+	f.mon.Update(context.Background(), []Set{ms})
+	if st := f.status("b"); !st.Route.Out {
+		t.Errorf("the status of draining b: %v, route %+v; want out", st, st.Route)
+	}
+	// Status answers after the loop wrote what Update changed.
+	if r := f.route("b"); r.Out {
+		t.Errorf("the region's route of draining b: %+v, want in (by its health)", r)
+	}
+}
