@@ -55,7 +55,7 @@ const (
 )
 
 // Services the control plane must list (reflection also lists itself, under grpc.reflection.).
-var cpServices = []string{"xlb.admin.v1.AdminService", "xlb.discovery.v1.DiscoveryService", "grpc.health.v1.Health"}
+var cpServices = []string{"xlb.admin.v1.AdminService", "xlb.discovery.v1.DiscoveryService", "xlb.load.v1.LoadReportingService", "grpc.health.v1.Health"}
 
 // grpcurlPath is grpcurl as tools/install.sh installs it: .tools/bin of the module's root.
 var grpcurlPath = sync.OnceValues(func() (string, error) {
@@ -871,6 +871,34 @@ func TestControlPlaneSecurity(t *testing.T) {
 		if r := runGrpcurl(t, "-cacert", ca.file, cp.addr, "grpc.health.v1.Health/Check"); r.err != nil || !strings.Contains(r.stdout, "SERVING") {
 			t.Errorf("health without a credential: %v", r)
 		}
+
+		// Every method of every service but health and reflection, as reflection lists them, is
+		// refused without a credential.
+		services := runGrpcurl(t, "-cacert", ca.file, cp.addr, "list")
+		checked, bySvc := 0, map[string]int{}
+		for _, svc := range strings.Fields(services.stdout) {
+			if svc == "grpc.health.v1.Health" || strings.HasPrefix(svc, "grpc.reflection.") {
+				continue
+			}
+			methods := runGrpcurl(t, "-cacert", ca.file, cp.addr, "list", svc)
+			if methods.err != nil {
+				t.Fatalf("list %s: %v", svc, methods)
+			}
+			for _, m := range strings.Fields(methods.stdout) {
+				r := runGrpcurl(t, "-cacert", ca.file, "-d", "{}", cp.addr, m)
+				if got := r.code(); got != "Unauthenticated" {
+					t.Errorf("%s without a credential: %q, want Unauthenticated\n%v", m, got, r)
+				}
+				checked++
+				bySvc[svc]++
+			}
+		}
+		for _, svc := range cpServices {
+			if bySvc[svc] == 0 && svc != "grpc.health.v1.Health" {
+				t.Errorf("no method of %s checked; reflection listed %q", svc, services.stdout)
+			}
+		}
+		t.Logf("%d methods of %q refused without a credential", checked, strings.Fields(services.stdout))
 
 		const listSets = "xlb.admin.v1.AdminService/ListBackendSets"
 		from := logEnd(cp.log)

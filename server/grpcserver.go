@@ -29,9 +29,12 @@ import (
 //   - Listening on an address that is not loopback (or a unix socket) requires TLS (--tls-cert and
 //     --tls-key), unless --insecure says plaintext on purpose.
 //   - With --client-ca, clients may present certificates signed by it. Data planes must then
-//     present one: the DiscoveryService refuses a stream without a verified client certificate.
-//   - With --admin-token-file or --client-ca, the AdminService requires a caller to present the
-//     bearer token ("authorization: Bearer TOKEN") or a verified client certificate.
+//     present one: the data planes' services (DiscoveryService, LoadReportingService) refuse a
+//     caller without a verified client certificate. Without --client-ca they are open: off
+//     loopback, give --client-ca.
+//   - With --admin-token-file or --client-ca, the AdminService, and any other service registered
+//     but those named here, requires a caller to present the bearer token ("authorization: Bearer
+//     TOKEN") or a verified client certificate.
 //   - The health service and reflection are open: they tell nothing about backends.
 //   - A refused call gets UNAUTHENTICATED and is logged at warn with the peer and the reason.
 
@@ -46,7 +49,9 @@ type serverSecurity struct {
 // Services of the control plane, as gRPC full method prefixes.
 const (
 	discoveryService = "/xlb.discovery.v1.DiscoveryService/"
-	adminService     = "/xlb.admin.v1.AdminService/"
+	loadService      = "/xlb.load.v1.LoadReportingService/"
+	healthService    = "/grpc.health.v1.Health/"
+	reflectionPrefix = "/grpc.reflection."
 )
 
 // grpcServer makes the control plane's gRPC server for listening on addr ("unix:PATH" for a unix
@@ -150,11 +155,12 @@ func (a *authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 func (a *authenticator) check(ctx context.Context, method string) error {
 	var why string
 	switch {
-	case strings.HasPrefix(method, discoveryService):
+	case strings.HasPrefix(method, healthService), strings.HasPrefix(method, reflectionPrefix):
+	case strings.HasPrefix(method, discoveryService), strings.HasPrefix(method, loadService):
 		if a.clientCerts && !verifiedCert(ctx) {
 			why = "a data plane must present a client certificate signed by --client-ca"
 		}
-	case strings.HasPrefix(method, adminService):
+	default: // the AdminService, and whatever else is registered: denied unless named above
 		if (a.clientCerts || a.token != "") && !verifiedCert(ctx) && !a.tokenOK(ctx) {
 			switch {
 			case a.token != "" && a.clientCerts:
