@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -325,5 +326,58 @@ func TestRejectionKeptAcrossStreams(t *testing.T) {
 	}
 	if got, want := summary(resp), "other@1 "; got != want {
 		t.Fatalf("after reconnecting: response %q, want %q", got, want)
+	}
+}
+
+// TestNACKBounded: whatever NACKs a data plane sends, the server keeps at most SetsPerNodeMax
+// rejected sets of it, each message cut at NackMessageBytesMax, and logs at most
+// nackLogsPerRequest of them one by one, the rest in one line; the same NACK again is not logged
+// again.
+func TestNACKBounded(t *testing.T) {
+	src := newMemSource()
+	const n = SetsPerNodeMax + 50
+	for i := range n {
+		src.put(fmt.Sprint("s", i), "1", 1)
+	}
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	st := cp.stream(t)
+	if err := st.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	long := "x" + strings.Repeat("é", NackMessageBytesMax/2+10) // 2 bytes each: cut inside one
+	var errs []*discoveryv1.SetError
+	for i := range n {
+		msg := "no"
+		if i < 100 { // within gRPC's 4 MB a message
+			msg = long
+		}
+		errs = append(errs, &discoveryv1.SetError{Name: fmt.Sprint("s", i), Version: "1", Message: msg})
+	}
+	// Twice: the second time the same NACKs, nothing new to log, of the sets sent again (those
+	// whose NACK was dropped).
+	for round := 1; round <= 2; round++ {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: resp.GetNonce(), Errors: errs}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("NACK %d taken", round), func() bool { return strings.Count(cp.logs.String(), "more sets than are logged") == round })
+	}
+	nacked := 0
+	for _, s := range cp.dataPlane("dp-1").GetSets() {
+		if n := s.GetLastNack(); n != nil {
+			nacked++
+			if len(n.GetMessage()) > NackMessageBytesMax+len("…") || !utf8.ValidString(n.GetMessage()) {
+				t.Fatalf("set %s: a NACK message of %d bytes (valid UTF-8: %v) kept", s.GetName(), len(n.GetMessage()), utf8.ValidString(n.GetMessage()))
+			}
+		}
+	}
+	if nacked != SetsPerNodeMax {
+		t.Errorf("%d rejected sets kept of %d sent, want %d", nacked, len(errs), SetsPerNodeMax)
+	}
+	if n := strings.Count(cp.logs.String(), "data plane rejected a set"); n != nackLogsPerRequest {
+		t.Errorf("%d NACKs logged one by one over two requests of %d, want %d", n, len(errs), nackLogsPerRequest)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
@@ -49,13 +51,30 @@ type nack struct {
 
 // takeLocked records what req says of the node: its applied versions, generation and workers.
 func (dp *dataPlane) takeLocked(req *discoveryv1.StreamBackendSetsRequest) {
-	dp.applied = req.GetApplied()
-	if dp.applied == nil {
-		dp.applied = map[string]string{}
+	dp.applied = map[string]string{}
+	for name, v := range req.GetApplied() {
+		if len(dp.applied) < SetsPerNodeMax && len(name) <= resource.NameBytesMax && len(v) <= versionBytesMax {
+			dp.applied[name] = v
+		}
 	}
 	dp.generation = req.GetGeneration()
-	dp.workers = req.GetWorkers()
+	dp.workers = req.GetWorkers()[:min(len(req.GetWorkers()), workersPerNodeMax)]
 }
+
+// The bounds of what a data plane's requests make the server hold of it and log, whoever sends
+// them: what falls outside is dropped (and the drop logged once per request).
+const (
+	// SetsPerNodeMax bounds the applied sets, and apart the rejected ones, kept of a node.
+	SetsPerNodeMax = 4096
+	// NackMessageBytesMax bounds a NACK's message as kept and logged; longer ones are cut.
+	NackMessageBytesMax = 1024
+	// versionBytesMax bounds a version: the server's are hashes, far shorter.
+	versionBytesMax = 128
+	// workersPerNodeMax bounds the workers' statuses kept of a node.
+	workersPerNodeMax = 1024
+	// nackLogsPerRequest bounds the NACK lines one request logs; the rest are counted in one more.
+	nackLogsPerRequest = 8
+)
 
 // stream is one StreamBackendSets stream once its node is known. Its handler goroutine owns it.
 type stream struct {
@@ -110,9 +129,31 @@ func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Tim
 		return errReplaced
 	}
 	dp.takeLocked(req)
+	logged, unlogged, dropped := 0, 0, 0
 	for _, e := range req.GetErrors() {
-		dp.rejected[e.GetName()] = nack{version: e.GetVersion(), message: e.GetMessage(), at: now}
-		st.log.Warn("data plane rejected a set", "set", e.GetName(), "version", e.GetVersion(), "message", e.GetMessage())
+		name, version, msg := e.GetName(), e.GetVersion(), e.GetMessage()
+		prev, known := dp.rejected[name]
+		if !known && len(dp.rejected) >= SetsPerNodeMax || len(name) > resource.NameBytesMax || len(version) > versionBytesMax {
+			dropped++
+			continue
+		}
+		if len(msg) > NackMessageBytesMax {
+			msg = strings.ToValidUTF8(msg[:NackMessageBytesMax], "") + "…"
+		}
+		dp.rejected[name] = nack{version: version, message: msg, at: now}
+		switch {
+		case known && prev.version == version && prev.message == msg:
+			// Logged when it first came.
+		case logged < nackLogsPerRequest:
+			st.log.Warn("data plane rejected a set", "set", name, "version", version, "message", msg)
+			logged++
+		default:
+			unlogged++
+		}
+	}
+	if unlogged > 0 || dropped > 0 {
+		st.log.Warn("data plane rejected more sets than are logged one by one", "not_logged", unlogged,
+			"dropped", dropped, "sets_per_node_max", SetsPerNodeMax)
 	}
 	if len(req.GetErrors()) == 0 && nonce != "" {
 		st.log.Debug("ACK", "response_nonce", nonce, "generation", req.GetGeneration())

@@ -6,6 +6,11 @@
 // restart or an upgrade starts a new one, whose seq counts from 1), so a report sent twice is
 // counted once, and a new supervisor's reports are not mistaken for old ones. Totals are since the
 // control plane started; they are not persisted.
+//
+// What a report can make the aggregator hold is bounded, whoever sends it: NodesMax data planes,
+// InstancesPerNodeMax instances of each (the oldest forgotten first), BackendsPerNodeMax backends
+// of each and EntriesMax (node, backend) totals in all. What falls outside is dropped and logged, at
+// most once per dropLogEvery for each reason, so that a flood of reports cannot flood the log either.
 package load
 
 import (
@@ -103,10 +108,18 @@ type Aggregator struct {
 	log      hclog.Logger
 
 	mu      sync.Mutex
-	lastSeq map[[2]string]uint64 // by node and instance
+	lastSeq map[string][]instanceSeq // by node: its latest instances, the newest last
 	nodes   map[string]Totals
+	entries int // of every node's totals
 	all     Totals
 	health  map[string]nodeHealth // by node: its last view of its backends' health
+	logged  map[string]time.Time  // when a drop of each reason was last logged
+}
+
+// instanceSeq is the last seq counted of one instance of a node.
+type instanceSeq struct {
+	instance string
+	seq      uint64
 }
 
 // nodeHealth is a data plane's view of its backends' health, as its last report that had one said.
@@ -115,17 +128,32 @@ type nodeHealth struct {
 	at       time.Time
 }
 
-// HealthBackendsMax bounds the backends of a data plane's health view that are kept; past it the
-// rest of a report's view is dropped (and the view says so by its length).
-const HealthBackendsMax = 20_000
+// The bounds of what reports can make an Aggregator hold.
+const (
+	// HealthBackendsMax bounds the backends of a data plane's health view that are kept; past it
+	// the rest of a report's view is dropped (and the view says so by its length).
+	HealthBackendsMax = 20_000
+	// NodesMax bounds the data planes whose load is kept: a report of another is dropped.
+	NodesMax = 1024
+	// InstancesPerNodeMax bounds the instances (supervisor lifetimes) of a node whose last seq is
+	// kept; a new one makes the oldest forgotten.
+	InstancesPerNodeMax = 4
+	// BackendsPerNodeMax bounds the backends a node has totals for; a report's others are dropped.
+	BackendsPerNodeMax = 20_000
+	// EntriesMax bounds the (node, backend) totals of all nodes together.
+	EntriesMax = 200_000
+)
+
+// dropLogEvery is the least time between two log lines about dropped reports of one reason.
+const dropLogEvery = time.Minute
 
 // NewAggregator asks data planes to report every interval.
 func NewAggregator(interval time.Duration, log hclog.Logger) *Aggregator {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Aggregator{interval: interval, log: log, lastSeq: map[[2]string]uint64{}, nodes: map[string]Totals{}, all: Totals{},
-		health: map[string]nodeHealth{}}
+	return &Aggregator{interval: interval, log: log, lastSeq: map[string][]instanceSeq{}, nodes: map[string]Totals{}, all: Totals{},
+		health: map[string]nodeHealth{}, logged: map[string]time.Time{}}
 }
 
 // StreamLoadStats receives one data plane's reports.
@@ -148,32 +176,71 @@ func (a *Aggregator) StreamLoadStats(stream grpc.BidiStreamingServer[loadv1.Stre
 func (a *Aggregator) add(req *loadv1.StreamLoadStatsRequest) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	k := [2]string{req.GetNodeId(), req.GetInstance()}
-	if req.GetSeq() <= a.lastSeq[k] {
+	id := req.GetNodeId()
+	node := a.nodes[id]
+	if node == nil {
+		if len(a.nodes) >= NodesMax {
+			a.dropped("nodes", "dropped a load report: the control plane keeps the load of NodesMax data planes", "node", id, "nodes_max", NodesMax)
+			return
+		}
+		node = Totals{}
+		a.nodes[id] = node
+	}
+	if !a.newSeq(id, req.GetInstance(), req.GetSeq()) {
 		return
 	}
-	a.lastSeq[k] = req.GetSeq()
 	if h := req.GetBackendHealth(); len(h) > 0 {
-		a.health[req.GetNodeId()] = nodeHealth{backends: h[:min(len(h), HealthBackendsMax)], at: time.Now()}
+		a.health[id] = nodeHealth{backends: h[:min(len(h), HealthBackendsMax)], at: time.Now()}
 	}
-	node := a.nodes[req.GetNodeId()]
-	if node == nil {
-		node = Totals{}
-		a.nodes[req.GetNodeId()] = node
-	}
+	dropped := 0
 	for _, b := range req.GetBackends() {
-		node.Add(b).InFlight = b.GetInFlight()
-		a.all.Add(b)
-	}
-	// The sum's in-flight is the sum of the nodes' last gauges.
-	for k, tot := range a.all {
-		tot.InFlight = 0
-		for _, n := range a.nodes {
-			if b := n[k]; b != nil {
-				tot.InFlight += b.InFlight
-			}
+		k := Key{b.GetBackendSet(), b.GetBackendId()}
+		var was int64 // the node's last in-flight gauge of the backend
+		if prev := node[k]; prev != nil {
+			was = prev.InFlight
+		} else if len(node) >= BackendsPerNodeMax || a.entries >= EntriesMax {
+			dropped++
+			continue
+		} else {
+			a.entries++
 		}
+		node.Add(b).InFlight = b.GetInFlight()
+		// The sum's in-flight is the sum of the nodes' last gauges.
+		a.all.Add(b).InFlight += b.GetInFlight() - was
 	}
+	if dropped > 0 {
+		a.dropped("backends", "dropped backends of a load report: past BackendsPerNodeMax of the node or EntriesMax in all",
+			"node", id, "dropped", dropped, "backends_per_node_max", BackendsPerNodeMax, "entries_max", EntriesMax)
+	}
+}
+
+// newSeq tells whether seq of node's instance is one not counted yet, and records it; a node keeps
+// the seqs of its InstancesPerNodeMax latest instances.
+func (a *Aggregator) newSeq(node, instance string, seq uint64) bool {
+	is := a.lastSeq[node]
+	i := slices.IndexFunc(is, func(x instanceSeq) bool { return x.instance == instance })
+	if i >= 0 {
+		if seq <= is[i].seq {
+			return false
+		}
+		is[i].seq = seq
+		return true
+	}
+	if len(is) >= InstancesPerNodeMax {
+		is = slices.Delete(is, 0, 1)
+	}
+	a.lastSeq[node] = append(is, instanceSeq{instance, seq})
+	return true
+}
+
+// dropped logs a drop of reason, unless one of that reason was logged within dropLogEvery.
+func (a *Aggregator) dropped(reason, msg string, args ...any) {
+	now := time.Now()
+	if now.Sub(a.logged[reason]) < dropLogEvery {
+		return
+	}
+	a.logged[reason] = now
+	a.log.Warn(msg, append(args, "next_log_after", dropLogEvery.String())...)
 }
 
 // Health is node's last view of its backends' health, and when it came; nothing before its first.

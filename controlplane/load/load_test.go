@@ -1,8 +1,13 @@
 package load
 
 import (
+	"bytes"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
@@ -49,5 +54,46 @@ func TestAggregatorHealth(t *testing.T) {
 	}
 	if h, at := a.Health("n3"); h != nil || !at.IsZero() {
 		t.Fatalf("a node never heard of: %v at %v", h, at)
+	}
+}
+
+// TestAggregatorBounds: whatever a caller reports, the aggregator holds at most NodesMax nodes,
+// BackendsPerNodeMax backends of a node and InstancesPerNodeMax instances of a node, and logs a
+// drop once per dropLogEvery for each reason, however many reports it drops.
+func TestAggregatorBounds(t *testing.T) {
+	var logBuf bytes.Buffer
+	a := NewAggregator(time.Second, hclog.New(&hclog.LoggerOptions{Output: &logBuf, JSONFormat: true}))
+	backends := func(n int) []*loadv1.BackendLoad {
+		bs := make([]*loadv1.BackendLoad, n)
+		for i := range bs {
+			bs[i] = &loadv1.BackendLoad{BackendSet: "web", BackendId: fmt.Sprint("b", i), Requests: 1}
+		}
+		return bs
+	}
+	a.add(&loadv1.StreamLoadStatsRequest{NodeId: "big", Instance: "i", Seq: 1, Backends: backends(BackendsPerNodeMax + 5)})
+	a.add(&loadv1.StreamLoadStatsRequest{NodeId: "big", Instance: "i", Seq: 2, Backends: backends(BackendsPerNodeMax + 5)})
+	if n := len(a.nodes["big"]); n != BackendsPerNodeMax {
+		t.Errorf("a node reported %d backends; %d kept, want %d", BackendsPerNodeMax+5, n, BackendsPerNodeMax)
+	}
+	if got := a.nodes["big"][Key{"web", "b0"}].GetRequests(); got != 2 {
+		t.Errorf("a kept backend of the node has %d requests after 2 reports, want 2", got)
+	}
+	for i := range NodesMax + 10 {
+		a.add(&loadv1.StreamLoadStatsRequest{NodeId: fmt.Sprint("n", i), Instance: "i", Seq: 1, Backends: backends(1)})
+	}
+	if len(a.nodes) != NodesMax {
+		t.Errorf("%d nodes kept, want %d", len(a.nodes), NodesMax)
+	}
+	for i := range InstancesPerNodeMax + 3 {
+		a.add(&loadv1.StreamLoadStatsRequest{NodeId: "n1", Instance: fmt.Sprint("restart", i), Seq: 1})
+	}
+	if n := len(a.lastSeq["n1"]); n != InstancesPerNodeMax {
+		t.Errorf("%d instances of a node kept, want %d", n, InstancesPerNodeMax)
+	}
+	if last := a.lastSeq["n1"][InstancesPerNodeMax-1].instance; last != fmt.Sprint("restart", InstancesPerNodeMax+2) {
+		t.Errorf("the newest instance kept is %q, want the last reported", last)
+	}
+	if n := strings.Count(logBuf.String(), "\n"); n != 2 {
+		t.Errorf("%d log lines for the drops, want 2 (one per reason):\n%s", n, logBuf.String())
 	}
 }
