@@ -824,13 +824,14 @@ func refusedCall(method string) func(logLine) bool {
 //     CA, it succeeds; a client certificate of another CA is refused. Health and reflection need
 //     no credential.
 //   - A data plane without a client certificate is refused (logged) and applies nothing; one with
-//     a certificate of the CA applies a put set.
+//     a certificate of the CA whose CN is its node id applies a put set; one with that certificate
+//     and another node id is refused (PERMISSION_DENIED, logged) and applies nothing.
 func TestControlPlaneSecurity(t *testing.T) {
 	t.Parallel()
 	pki := t.TempDir()
 	ca := newCA(t, pki, "ca")
 	serverCert, serverKey := ca.issue(t, pki, "server", true)
-	clientCert, clientKey := ca.issue(t, pki, "client", false)
+	clientCert, clientKey := ca.issue(t, pki, "trusted", false) // the node id of the data plane that presents it
 	rogueCert, rogueKey := newCA(t, pki, "rogue-ca").issue(t, pki, "rogue", false)
 	const token = "s3cret-admin-token"
 	tokenFile := filepath.Join(pki, "admin-token")
@@ -943,12 +944,25 @@ func TestControlPlaneSecurity(t *testing.T) {
 			t.Errorf("the data plane with a client certificate: requests by backend %v, want all %d to A", by, checkRequests)
 		}
 
+		// One with that certificate that says it is another node.
+		from = logEnd(cp.log)
+		impostor := startDataPlane(t, cp, "impostor", "web", "--tls-ca", ca.file, "--tls-cert", clientCert, "--tls-key", clientKey)
+		refused = awaitLine(t, cp.proc, cp.log, from, `"refused a data plane speaking for another node"`,
+			says("refused a data plane speaking for another node", func(l logLine) bool { return strings.Contains(l.str("reason"), `"impostor"`) }))
+		t.Logf("a data plane whose node id is not its certificate's: %s", refused)
+
 		// By now the anonymous one, started first, would have applied web too, had it been let in.
 		if d, ok := cp.dataPlanes(t)["anonymous"]; ok {
 			t.Errorf("ListDataPlanes shows the data plane without a client certificate: %+v", d)
 		}
 		if ps := linesMatching(anon.log, 0, says("generation published", nil)); len(ps) > 0 {
 			t.Errorf("the data plane without a client certificate published %v", ps)
+		}
+		if d, ok := cp.dataPlanes(t)["impostor"]; ok {
+			t.Errorf("ListDataPlanes shows the data plane whose node id is not its certificate's: %+v", d)
+		}
+		if ps := linesMatching(impostor.log, 0, says("generation published", nil)); len(ps) > 0 {
+			t.Errorf("the data plane whose node id is not its certificate's published %v", ps)
 		}
 		if anon.hasExited() {
 			t.Errorf("%v exited: %v", anon, anon.cmd.ProcessState)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,6 +23,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
 // The security of the control plane's gRPC server:
@@ -32,6 +36,8 @@ import (
 //     present one: the data planes' services (DiscoveryService, LoadReportingService) refuse a
 //     caller without a verified client certificate. Without --client-ca they are open: off
 //     loopback, give --client-ca.
+//   - With --client-ca, a data plane's node id must be a name of its certificate (its CN, a DNS
+//     or a URI SAN): a stream that says another is PERMISSION_DENIED and logged.
 //   - With --admin-token-file or --client-ca, the AdminService, and any other service registered
 //     but those named here, requires a caller to present the bearer token ("authorization: Bearer
 //     TOKEN") or a verified client certificate.
@@ -148,7 +154,65 @@ func (a *authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	if err := a.check(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
+	if a.clientCerts && (strings.HasPrefix(info.FullMethod, discoveryService) || strings.HasPrefix(info.FullMethod, loadService)) {
+		ss = &nodeBoundStream{ServerStream: ss, a: a, method: info.FullMethod, names: certNames(ss.Context())}
+	}
 	return h(srv, ss)
+}
+
+// nodeBoundStream is a data plane's stream when client certificates are verified: every node id
+// it sends must be a name of its certificate (its CN, a DNS or a URI SAN), so that a data plane
+// cannot speak as another, NACK that one's updates or forge its load.
+type nodeBoundStream struct {
+	grpc.ServerStream
+	a      *authenticator
+	method string
+	names  []string
+}
+
+func (s *nodeBoundStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	var field, id string
+	switch req := m.(type) {
+	case *discoveryv1.StreamBackendSetsRequest:
+		field, id = "node.id", req.GetNode().GetId() // on the first request; later ones may leave it out
+	case *loadv1.StreamLoadStatsRequest:
+		field, id = "node_id", req.GetNodeId()
+	}
+	if id == "" || slices.Contains(s.names, id) {
+		return nil
+	}
+	why := fmt.Sprintf("%s %q is not a name of the client certificate (its CN and SANs: %q)", field, id, s.names)
+	from := "unknown"
+	if p, ok := peer.FromContext(s.Context()); ok {
+		from = p.Addr.String()
+	}
+	s.a.log.Warn("refused a data plane speaking for another node", "method", s.method, "peer", from, "reason", why)
+	return status.Error(codes.PermissionDenied, why)
+}
+
+// certNames are the names of the caller's verified client certificate: its CN, DNS and URI SANs.
+func certNames(ctx context.Context) []string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	c := ti.State.VerifiedChains[0][0]
+	names := []string{}
+	if c.Subject.CommonName != "" {
+		names = append(names, c.Subject.CommonName)
+	}
+	names = append(names, c.DNSNames...)
+	for _, u := range c.URIs {
+		names = append(names, u.String())
+	}
+	return names
 }
 
 // check returns nil when the caller of method may call it, else an UNAUTHENTICATED status, logged.
