@@ -22,7 +22,10 @@
 //     goes out in the same push. Each stream also looks again after each answer it receives.
 //
 // What a node rejected is kept across its streams (a data plane that reconnects is not sent again
-// what it refused) until its set is deleted from the Source while the node does not serve it.
+// what it refused) until its set is deleted from the Source while the node does not serve it. A
+// rejected version is sent again Config.NackRetry after the NACK (doubled with each rejection in a
+// row of that version, at most 32-fold): a data plane over its capacity then may have room later,
+// and one that rejects it still is asked seldom.
 //
 // # Costs
 //

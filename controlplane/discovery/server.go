@@ -22,6 +22,12 @@ const DataPlanesMax = 100_000
 // defaultDebounce is Config.Debounce's zero value.
 const defaultDebounce = 50 * time.Millisecond
 
+// defaultNackRetry is Config.NackRetry's zero value; nackRetryMaxFactor bounds its doubling.
+const (
+	defaultNackRetry   = 30 * time.Second
+	nackRetryMaxFactor = 32
+)
+
 // Entry is one backend set of a Source, with its version.
 type Entry struct {
 	Set     *discoveryv1.BackendSet
@@ -50,6 +56,10 @@ type Config struct {
 	// to its answer; OnPush for every response sent. The control plane's metrics hang here.
 	OnAnswer func(d time.Duration, nack bool)
 	OnPush   func()
+	// NackRetry is how long after a node rejected a version of a set it is sent that version
+	// again (its data plane may since have room, or a fix): the n-th rejection in a row of one
+	// version waits n-fold doubled, at most 32 times NackRetry. Zero means 30s.
+	NackRetry time.Duration
 }
 
 // Server is the DiscoveryService: it streams the sets of its Source to data planes. Its methods
@@ -57,12 +67,13 @@ type Config struct {
 type Server struct {
 	discoveryv1.UnimplementedDiscoveryServiceServer
 
-	src      Source
-	debounce time.Duration
-	onAnswer func(time.Duration, bool)
-	onPush   func()
-	log      hclog.Logger
-	now      func() time.Time
+	src       Source
+	debounce  time.Duration
+	nackRetry time.Duration
+	onAnswer  func(time.Duration, bool)
+	onPush    func()
+	log       hclog.Logger
+	now       func() time.Time
 
 	// snap is the snapshot that streams send from, replaced after each debounced change.
 	snap atomic.Pointer[snapshot]
@@ -93,16 +104,20 @@ func NewServer(src Source, cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	if cfg.NackRetry <= 0 {
+		cfg.NackRetry = defaultNackRetry
+	}
 	s := &Server{
-		src:      src,
-		debounce: cfg.Debounce,
-		onAnswer: cfg.OnAnswer,
-		onPush:   cfg.OnPush,
-		log:      cfg.Logger.Named("discovery"),
-		now:      time.Now,
-		done:     make(chan struct{}),
-		nodes:    make(map[string]*dataPlane),
-		live:     make(map[*stream]struct{}),
+		src:       src,
+		nackRetry: cfg.NackRetry,
+		debounce:  cfg.Debounce,
+		onAnswer:  cfg.OnAnswer,
+		onPush:    cfg.OnPush,
+		log:       cfg.Logger.Named("discovery"),
+		now:       time.Now,
+		done:      make(chan struct{}),
+		nodes:     make(map[string]*dataPlane),
+		live:      make(map[*stream]struct{}),
 	}
 	// Subscribe before the first snapshot, so that no change falls between them.
 	changes, cancel := src.Subscribe()

@@ -381,3 +381,47 @@ func TestNACKBounded(t *testing.T) {
 		t.Errorf("%d NACKs logged one by one over two requests of %d, want %d", n, len(errs), nackLogsPerRequest)
 	}
 }
+
+// TestNACKRetried: a rejected version is not parked forever: it is sent again after NackRetry,
+// and, rejected again, after twice that; a version the node accepts then stays applied.
+func TestNACKRetried(t *testing.T) {
+	const retry = 50 * time.Millisecond
+	src := newMemSource()
+	src.put("api", "1", 1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond, NackRetry: retry})
+	st := cp.stream(t)
+	if err := st.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	var nacked time.Time
+	for round := range 3 {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := time.Now()
+		if s := summary(resp); s != "api@1 " {
+			t.Fatalf("response %d: %q, want api@1", round, s)
+		}
+		// The n-th retry comes no sooner than NackRetry doubled n-1 times after the NACK before.
+		if round > 0 {
+			if min := retry << (round - 1); got.Sub(nacked) < min {
+				t.Errorf("retry %d came %v after the NACK, want %v or more", round, got.Sub(nacked), min)
+			}
+		}
+		req := &discoveryv1.StreamBackendSetsRequest{ResponseNonce: resp.GetNonce(),
+			Errors: []*discoveryv1.SetError{{Name: "api", Version: "1", Message: "over capacity"}}}
+		if round == 2 {
+			req = &discoveryv1.StreamBackendSetsRequest{ResponseNonce: resp.GetNonce(), Applied: map[string]string{"api": "1"}}
+		}
+		nacked = time.Now()
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "api@1 applied", func() bool { return cp.applied("dp-1")["api"] == "1" })
+	// The same NACK again is not logged again.
+	if n := strings.Count(cp.logs.String(), "data plane rejected a set"); n != 1 {
+		t.Errorf("%d NACKs logged, want 1", n)
+	}
+}

@@ -3,6 +3,7 @@ package discovery
 import (
 	"cmp"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -62,8 +63,9 @@ func newSnapshot(prev *snapshot, entries map[string]Entry, failed func(name stri
 }
 
 // diff returns, by name, the sets of snap whose version a node with applied and rejected neither
-// serves nor rejected, and the names it serves that snap does not have.
-func diff(snap *snapshot, applied map[string]string, rejected map[string]nack) (sets []*wireSet, removed []string) {
+// serves nor rejected (before now, its retry time), and the names it serves that snap does not
+// have.
+func diff(snap *snapshot, applied map[string]string, rejected map[string]nack, now time.Time) (sets []*wireSet, removed []string) {
 	for name, w := range snap.sets {
 		if w.record == nil {
 			continue
@@ -71,7 +73,7 @@ func diff(snap *snapshot, applied map[string]string, rejected map[string]nack) (
 		if have, ok := applied[name]; ok && have == w.version {
 			continue
 		}
-		if r, ok := rejected[name]; ok && r.version == w.version {
+		if r, ok := rejected[name]; ok && r.version == w.version && now.Before(r.retryAt) {
 			continue
 		}
 		sets = append(sets, w)

@@ -14,6 +14,7 @@ import (
 
 // TestDiff: what a node is sent, by its applied and rejected versions.
 func TestDiff(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	entries := map[string]Entry{}
 	for _, nv := range [][2]string{{"a", "1"}, {"b", "1"}, {"c", "1"}} {
 		entries[nv[0]] = Entry{Set: backendSet(nv[0], 1), Version: nv[1]}
@@ -31,10 +32,13 @@ func TestDiff(t *testing.T) {
 		{"synced", map[string]string{"a": "1", "b": "1", "c": "1"}, nil, "", "", "nothing"},
 		{"stale", map[string]string{"a": "0", "b": "1"}, nil, "a c", "", "what differs or lacks"},
 		{"extra", map[string]string{"a": "1", "b": "1", "c": "1", "x": "9", "d": "1"}, nil, "", "d x", "removed, by name"},
-		{"rejected", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1"}, "b": {version: "0"}}, "b c", "", "not what it rejected, only that version"},
+		{"rejected", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1", retryAt: t0.Add(time.Second)}, "b": {version: "0", retryAt: t0.Add(time.Second)}},
+			"b c", "", "not what it rejected, only that version"},
+		{"retry", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1", retryAt: t0}, "b": {version: "1", retryAt: t0.Add(time.Nanosecond)}},
+			"a c", "", "what it rejected, once its retry time came"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sets, removed := diff(snap, tc.applied, tc.rejected)
+			sets, removed := diff(snap, tc.applied, tc.rejected, t0)
 			var names []string
 			for _, w := range sets {
 				names = append(names, w.name)
@@ -54,7 +58,7 @@ func TestDiff(t *testing.T) {
 func TestSnapshotEncoding(t *testing.T) {
 	a, b := backendSet("a", 3), backendSet("b", 2)
 	first := newSnapshot(nil, map[string]Entry{"a": {a, "a1"}, "b": {b, "b1"}}, func(string, error) {})
-	sets, _ := diff(first, nil, nil)
+	sets, _ := diff(first, nil, nil, time.Time{})
 	wire, err := proto.Marshal(response("7", sets, []string{"gone"}))
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +86,7 @@ func TestSnapshotEncoding(t *testing.T) {
 	if !slices.Equal(failed, []string{"bad"}) {
 		t.Errorf("failed %v, want [bad]", failed)
 	}
-	sets, removed := diff(second, map[string]string{"a": "a1", "b": "b2", "bad": "x0"}, nil)
+	sets, removed := diff(second, map[string]string{"a": "a1", "b": "b2", "bad": "x0"}, nil, time.Time{})
 	if len(sets) != 0 || len(removed) != 0 {
 		t.Errorf("with a set that cannot be encoded, %d sets and removed %v, want none", len(sets), removed)
 	}

@@ -37,7 +37,8 @@ type dataPlane struct {
 	since, until time.Time
 	// applied is the version of every set the node serves, from its latest request.
 	applied map[string]string
-	// rejected is the latest version of each set that the node rejected: never sent to it again.
+	// rejected is the latest version of each set that the node rejected: not sent to it again
+	// before its retry time.
 	rejected   map[string]nack
 	generation uint64
 	workers    []*discoveryv1.WorkerStatus
@@ -47,6 +48,9 @@ type dataPlane struct {
 type nack struct {
 	version, message string
 	at               time.Time
+	// times counts the rejections in a row of this version; retryAt is when it is sent again.
+	times   int
+	retryAt time.Time
 }
 
 // takeLocked records what req says of the node: its applied versions, generation and workers.
@@ -81,6 +85,10 @@ type stream struct {
 	dp   *dataPlane
 	node *discoveryv1.Node // as on the first request
 	log  hclog.Logger
+	// nackRetry is the server's Config.NackRetry; retryAt the earliest retry time of a rejected
+	// version of the node, zero when there is none to come.
+	nackRetry time.Duration
+	retryAt   time.Time
 
 	// nonce is the nonce of the latest response sent; 0 before the first.
 	nonce uint64
@@ -140,7 +148,12 @@ func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Tim
 		if len(msg) > NackMessageBytesMax {
 			msg = strings.ToValidUTF8(msg[:NackMessageBytesMax], "") + "…"
 		}
-		dp.rejected[name] = nack{version: version, message: msg, at: now}
+		times := 1
+		if known && prev.version == version {
+			times = prev.times + 1
+		}
+		wait := st.nackRetry << min(times-1, 5)
+		dp.rejected[name] = nack{version: version, message: msg, at: now, times: times, retryAt: now.Add(min(wait, nackRetryMaxFactor*st.nackRetry))}
 		switch {
 		case known && prev.version == version && prev.message == msg:
 			// Logged when it first came.
@@ -163,8 +176,8 @@ func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Tim
 
 // next returns the response that the stream must send now given snap, or nil when there is
 // none: one is unanswered, or the node has everything. It counts the response as sent.
-func (st *stream) next(snap *snapshot) (*discoveryv1.StreamBackendSetsResponse, error) {
-	if st.pending || st.settled == snap.seq {
+func (st *stream) next(snap *snapshot, now time.Time) (*discoveryv1.StreamBackendSetsResponse, error) {
+	if st.pending || st.settled == snap.seq && (st.retryAt.IsZero() || now.Before(st.retryAt)) {
 		return nil, nil
 	}
 	dp := st.dp
@@ -173,13 +186,19 @@ func (st *stream) next(snap *snapshot) (*discoveryv1.StreamBackendSetsResponse, 
 	if dp.stream != st {
 		return nil, errReplaced
 	}
-	sets, removed := diff(snap, dp.applied, dp.rejected)
-	// A rejection is forgotten once its set is gone and the node does not serve it.
-	for name := range dp.rejected {
+	sets, removed := diff(snap, dp.applied, dp.rejected, now)
+	// A rejection is forgotten once its set is gone and the node does not serve it; the earliest
+	// retry of the others wakes the stream.
+	st.retryAt = time.Time{}
+	for name, r := range dp.rejected {
 		if _, ok := snap.sets[name]; !ok {
 			if _, ok := dp.applied[name]; !ok {
 				delete(dp.rejected, name)
+				continue
 			}
+		}
+		if r.retryAt.After(now) && (st.retryAt.IsZero() || r.retryAt.Before(st.retryAt)) {
+			st.retryAt = r.retryAt
 		}
 	}
 	if len(sets) == 0 && len(removed) == 0 {
@@ -242,10 +261,11 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 		return errNoNode
 	}
 	st := &stream{
-		node:     first.GetNode(),
-		log:      s.log.With("node", first.GetNode().GetId()),
-		wake:     make(chan struct{}, 1),
-		replaced: make(chan struct{}),
+		nackRetry: s.nackRetry,
+		node:      first.GetNode(),
+		log:       s.log.With("node", first.GetNode().GetId()),
+		wake:      make(chan struct{}, 1),
+		replaced:  make(chan struct{}),
 	}
 	if first.GetResponseNonce() != "" || len(first.GetErrors()) > 0 {
 		st.log.Debug("first request answers no response: its nonce and errors are ignored",
@@ -257,7 +277,7 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 	defer func() { s.disconnect(st, err) }()
 
 	for {
-		resp, err := st.next(s.snap.Load())
+		resp, err := st.next(s.snap.Load(), s.now())
 		if err != nil {
 			return err
 		}
@@ -270,7 +290,14 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 				s.onPush()
 			}
 		}
+		// A rejected version's retry, when no response is unanswered. (An unstopped timer is
+		// collected once unreferenced.)
+		var retry <-chan time.Time
+		if !st.retryAt.IsZero() && !st.pending {
+			retry = time.After(st.retryAt.Sub(s.now()))
+		}
 		select {
+		case <-retry:
 		case req := <-reqs:
 			answered := st.pending && req.GetResponseNonce() != "" && req.GetResponseNonce() == st.latestNonce()
 			now := s.now()

@@ -13,8 +13,8 @@
 // the response and answers with a request echoing that nonce: with no errors it is an ACK; with
 // errors (one per rejected set) it is a NACK, and the rejected sets keep their previous versions. The
 // server tells a NACK only by its errors, ignores requests whose nonce is not the latest it sent,
-// sends nothing while a response is unanswered, and never sends a node a version of a set that the
-// node rejected.
+// sends nothing while a response is unanswered, and sends a node a version of a set that the node
+// rejected again only after a backoff (30s, doubling with each rejection in a row, at most 16 min).
 
 package discoveryv1
 
