@@ -22,6 +22,7 @@
 //	LOCK                      the flock, and the pid of its holder
 //	snapshot                  every set at the start of log <seq> (written as snapshot.tmp, fsynced, renamed)
 //	wal-<seq as 16 hex>       the write-ahead log: the changes since, in order
+//	torn-<log>-<offset>       the bytes of a torn append cut off a log's end (see Opening)
 //
 // Every file starts with a 24-byte header, then records. Integers are little-endian.
 //
@@ -46,8 +47,9 @@
 // Open replays the snapshot, then every log from the snapshot's seq on (which must be contiguous),
 // and appends to the last. A torn append at the end of the last log — a record cut short by a
 // crash, a zero-filled tail, or a last record that fails its checksum and has its part of some
-// 512-byte sector (at least 8 bytes) zeroed, as a power loss leaves — is truncated away and logged
-// at warn: it was never acknowledged. So is a last log whose header is cut short or zero (its
+// 512-byte sector (at least 8 bytes) zeroed, as a power loss leaves — is copied to a file of its
+// own, torn-<log>-<offset> (fsynced), then cut off the log, and logged at warn: it was never
+// acknowledged, and were that diagnosis ever wrong, its bytes are still there. So is a last log whose header is cut short or zero (its
 // creation was cut short: it holds nothing); it gets its header again. Anything else that does not check out (a bad checksum or
 // length before the end, a torn record in an older log, a bad header, a snapshot cut short, a
 // missing log) is an error naming the file and the offset, and Open refuses to start rather than

@@ -300,6 +300,29 @@ func listLogs(dir string) ([]uint64, error) {
 	return seqs, nil
 }
 
+// moveAside copies the bytes of f (the log at path) from end to size into a file of their own in
+// dir, torn-<log>-<offset>, fsynced with the directory, and returns its path.
+func moveAside(dir string, f *os.File, path string, end, size int64) (string, error) {
+	aside := filepath.Join(dir, fmt.Sprintf("%s%s-%d", tornPrefix, filepath.Base(path), end))
+	b := make([]byte, size-end)
+	if _, err := f.ReadAt(b, end); err != nil {
+		return "", fmt.Errorf("store: read the torn tail of %s: %w", path, err)
+	}
+	if err := os.WriteFile(aside, b, 0o600); err != nil {
+		return "", fmt.Errorf("store: keep the torn tail of %s: %w", path, err)
+	}
+	g, err := os.Open(aside)
+	if err != nil {
+		return "", fmt.Errorf("store: %w", err)
+	}
+	err = g.Sync()
+	g.Close()
+	if err != nil {
+		return "", fmt.Errorf("store: fsync %s: %w", aside, err)
+	}
+	return aside, syncDir(dir)
+}
+
 // replayLog applies the records of log seq, and returns it open with its size. In the last log, a
 // torn append is truncated away (and a header cut short is written again: a log whose creation
 // was cut short holds nothing); anywhere else it is corruption.
@@ -356,8 +379,13 @@ func replayLog(dir string, seq uint64, last bool, log hclog.Logger, apply func(i
 	if !last {
 		return nil, 0, corrupt(path, end, "%s, in a log that is not the last", torn)
 	}
-	log.Warn("dropping a torn append at the end of the log: a crash cut it short, and it was never acknowledged",
-		"file", path, "offset", end, "bytes", size-end, "why", torn)
+	// Moved aside before the log is cut: were the diagnosis ever wrong, nothing is lost.
+	aside, err := moveAside(dir, f, path, end, size)
+	if err != nil {
+		return nil, 0, err
+	}
+	log.Warn("dropping a torn append at the end of the log: a crash cut it short, and it was never acknowledged; its bytes are kept aside",
+		"file", path, "offset", end, "bytes", size-end, "why", torn, "kept_in", aside)
 	if err := f.Truncate(end); err != nil {
 		return nil, 0, fmt.Errorf("store: truncate %s: %w", path, err)
 	}

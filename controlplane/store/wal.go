@@ -25,6 +25,8 @@ const (
 	snapshotFile = "snapshot"
 	snapshotTmp  = "snapshot.tmp"
 	logPrefix    = "wal-"
+	// tornPrefix names the files that keep the torn tails cut off the last log.
+	tornPrefix = "torn-"
 )
 
 const (

@@ -110,6 +110,11 @@ func TestTornTail(t *testing.T) {
 			if fi, _ := os.Stat(path); fi.Size() != last {
 				t.Fatalf("the log is %d bytes, want it truncated to %d", fi.Size(), last)
 			}
+			// What was cut off is kept, byte for byte.
+			aside := filepath.Join(dir, fmt.Sprintf("%s%s-%d", tornPrefix, logName(1), last))
+			if kept, err := os.ReadFile(aside); err != nil || !bytes.Equal(kept, b[last:]) {
+				t.Errorf("the torn tail kept in %s: %d bytes (%v), want the %d cut off", aside, len(kept), err, len(b)-int(last))
+			}
 			v, err := s.Put(testSet("s9", 1, 9), nil)
 			if err != nil {
 				t.Fatal(err)
