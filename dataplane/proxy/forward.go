@@ -205,7 +205,12 @@ func (c *conn) send(u *upstream.Conn, complete bool) attemptResult {
 			return attemptFatal
 		}
 	}
-	if res == attemptOK && c.keepUpstream && bodySent {
+	// A wait abandoned as its backend went out may have had u's read deadline poked, which its
+	// Deadlines does not know of: such a connection is closed, never pooled (a later request on it
+	// would time out at once). The abandoner sets abandoned before it reads active, so with active
+	// cleared first, either this sees abandoned or the abandoner sees no connection to poke.
+	c.active.Store(nil)
+	if res == attemptOK && c.keepUpstream && bodySent && !c.abandoned.Load() {
 		u.Pool().Put(u)
 	} else {
 		u.Close()
