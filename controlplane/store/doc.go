@@ -19,7 +19,7 @@
 //
 // A directory holds LOCK, at most one snapshot, and one or more logs:
 //
-//	LOCK                      the flock, and the pid of its holder
+//	LOCK                      the flock, the pid of its holder, and once a log exists a line that says so
 //	snapshot                  every set at the start of log <seq> (written as snapshot.tmp, fsynced, renamed)
 //	wal-<seq as 16 hex>       the write-ahead log: the changes since, in order
 //	torn-<log>-<offset>       the bytes of a torn append cut off a log's end (see Opening)
@@ -53,7 +53,9 @@
 // creation was cut short: it holds nothing); it gets its header again. Anything else that does not check out (a bad checksum or
 // length before the end, a torn record in an older log, a bad header, a snapshot cut short, a
 // missing log) is an error naming the file and the offset, and Open refuses to start rather than
-// drop writes it acknowledged.
+// drop writes it acknowledged. So is a directory whose LOCK says it held a store but that has no
+// log and no snapshot (they were removed): opening it empty would erase every set; removing LOCK
+// says that is meant.
 //
 // # Failures
 //

@@ -128,12 +128,17 @@ func open(dir string, log hclog.Logger, o options) (*Store, error) {
 	if err := makeDir(dir); err != nil {
 		return nil, err
 	}
-	lock, err := lockDir(dir)
+	lock, initialized, err := lockDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	s.lock = lock
-	if err := s.load(); err != nil {
+	err = s.load(initialized)
+	if err == nil && !initialized {
+		// From now on the directory has a log: LOCK says so, after the log is on disk.
+		err = writeLock(lock, true)
+	}
+	if err != nil {
 		if s.wal != nil {
 			s.wal.Close()
 		}
@@ -154,8 +159,9 @@ func makeDir(dir string) error {
 	return syncDir(filepath.Dir(dir))
 }
 
-// load reads the snapshot and the logs into s, and opens the last log for appending.
-func (s *Store) load() error {
+// load reads the snapshot and the logs into s, and opens the last log for appending. initialized
+// says that LOCK marks the directory as one that held a store.
+func (s *Store) load(initialized bool) error {
 	if err := os.Remove(filepath.Join(s.dir, snapshotTmp)); err == nil {
 		s.log.Info("removed the snapshot that a compaction did not finish", "file", snapshotTmp)
 	}
@@ -178,6 +184,9 @@ func (s *Store) load() error {
 	switch {
 	case len(seqs) == 0 && hasSnapshot:
 		return corrupt(filepath.Join(s.dir, logName(first)), 0, "missing: the snapshot is followed by log %d, which is not there", first)
+	case len(seqs) == 0 && initialized:
+		return fmt.Errorf("store: directory %s held a store (its %s says so), but its logs and snapshot are gone: "+
+			"restore them; or, to start with no sets, remove %s", s.dir, lockFile, filepath.Join(s.dir, lockFile))
 	case len(seqs) == 0:
 		f, err := createLog(s.dir, first)
 		if err != nil {

@@ -409,24 +409,53 @@ func fdatasync(f *os.File) error {
 }
 
 // lockDir takes the exclusive flock of dir's LOCK file and writes this process's pid in it. A
-// directory locked by another process is refused with that process's pid.
-func lockDir(dir string) (*os.File, error) {
+// directory locked by another process is refused with that process's pid. initialized tells
+// whether LOCK said that a store had been opened there before (markInitialized).
+func lockDir(dir string) (f *os.File, initialized bool, err error) {
 	path := filepath.Join(dir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("store: lock: %w", err)
+		return nil, false, fmt.Errorf("store: lock: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		holder, _ := os.ReadFile(path)
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("store: directory %s is in use by another control plane (pid %s); give each its own directory",
-				dir, strings.TrimSpace(string(holder)))
+			return nil, false, fmt.Errorf("store: directory %s is in use by another control plane (pid %s); give each its own directory",
+				dir, strings.TrimSpace(strings.SplitN(string(holder), "\n", 2)[0]))
 		}
-		return nil, fmt.Errorf("store: lock %s: %w", path, err)
+		return nil, false, fmt.Errorf("store: lock %s: %w", path, err)
 	}
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	prev, _ := os.ReadFile(path)
+	initialized = strings.Contains(string(prev), lockInitialized)
+	if err := writeLock(f, initialized); err != nil {
+		f.Close()
+		return nil, false, err
 	}
-	return f, nil
+	return f, initialized, nil
+}
+
+// lockInitialized is the line of LOCK that says a store was opened in the directory: it has had a
+// log since, so a directory with that line and neither log nor snapshot lost its files.
+const lockInitialized = "initialized: this directory holds a store's log"
+
+// writeLock writes LOCK: this process's pid, and the initialized line when the store has been
+// opened here.
+func writeLock(f *os.File, initialized bool) error {
+	b := strconv.Itoa(os.Getpid()) + "\n"
+	if initialized {
+		b += lockInitialized + "\n"
+	}
+	if err := f.Truncate(0); err != nil {
+		return fmt.Errorf("store: write %s: %w", f.Name(), err)
+	}
+	if _, err := f.WriteAt([]byte(b), 0); err != nil {
+		return fmt.Errorf("store: write %s: %w", f.Name(), err)
+	}
+	if initialized {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("store: fsync %s: %w", f.Name(), err)
+		}
+	}
+	return nil
 }

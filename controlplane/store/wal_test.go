@@ -356,3 +356,40 @@ func FuzzOpenLog(f *testing.F) {
 		sameContents(t, contents(s), want)
 	})
 }
+
+// TestOpenRefusesLostFiles: a directory that held a store (its LOCK says so) but whose logs and
+// snapshot are gone is refused, naming what to do, rather than opened empty: that would erase
+// every set the control plane acknowledged. Removing LOCK, as the error says, starts empty; a LOCK
+// that a first open left before it made its log (a crash then) does not count.
+func TestOpenRefusesLostFiles(t *testing.T) {
+	dir, _ := fill(t, 3, 1)
+	for _, name := range []string{logName(1), snapshotFile} {
+		os.Remove(filepath.Join(dir, name))
+	}
+	log, _ := testLogger()
+	if s, err := open(dir, log, options{}); err == nil || !strings.Contains(err.Error(), "logs and snapshot are gone") ||
+		!strings.Contains(err.Error(), filepath.Join(dir, lockFile)) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("open of a store whose files are gone: %v, want a refusal that names %s", err, lockFile)
+	}
+	if logs, _ := listLogs(dir); len(logs) != 0 {
+		t.Fatalf("the refused open made logs %v", logs)
+	}
+	if err := os.Remove(filepath.Join(dir, lockFile)); err != nil {
+		t.Fatal(err)
+	}
+	s := openT(t, dir, options{})
+	if n := len(contents(s)); n != 0 {
+		t.Fatalf("%d sets after LOCK was removed, want none", n)
+	}
+	s.Close()
+
+	// A LOCK without the initialized line, as a crash before the first log leaves.
+	fresh := t.TempDir()
+	if err := os.WriteFile(filepath.Join(fresh, lockFile), []byte("12345\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	openT(t, fresh, options{}).Close()
+}
