@@ -969,3 +969,23 @@ func TestControlPlaneSecurity(t *testing.T) {
 		}
 	})
 }
+
+// TestDataPlaneBeforeFirstGeneration: a data plane whose control plane has sent it nothing yet
+// listens, says so in its log, and answers every request 503 with that reason rather than a bare
+// "no backend"; once the set comes, it serves.
+func TestDataPlaneBeforeFirstGeneration(t *testing.T) {
+	t.Parallel()
+	a := newCountingBackend(t, "A")
+	cp := startControlPlane(t, t.TempDir(), nil)
+	dp := startDataPlane(t, cp, "early", "web")
+	awaitLine(t, dp.proc, dp.log, 0, `"no backend sets yet"`, says("no backend sets yet: every request is answered 503 until the control plane sends the first generation", nil))
+	r := newClient(t, dp.addr, false).get("/early")
+	if r.err != nil || r.status != 503 || !strings.Contains(r.backend, "has not received its first generation") {
+		t.Errorf("a request before the first generation: status %d, body %q, error %v; want 503 saying why", r.status, r.backend, r.err)
+	}
+	v := cp.put(t, setJSON{Name: "web", Backends: []backendJSON{backendAt(t, "a", a.addr, 1)}})
+	cp.awaitApplied(t, "early", map[string]string{"web": v})
+	if by := traffic(t, dp.addr, "/served", checkRequests); by["A"] != checkRequests {
+		t.Errorf("after the first generation: requests by backend %v, want all %d to A", by, checkRequests)
+	}
+}

@@ -696,6 +696,9 @@ func (s *supervisor) checkApplied() {
 	if !s.ready && s.liveWorkers() == len(s.workers) && min >= s.region.Generation() {
 		s.ready = true
 		s.log.Info("ready", "workers", len(s.workers), "generation", s.region.Generation())
+		if s.region.Generation() == 0 {
+			s.log.Warn("no backend sets yet: every request is answered 503 until the control plane sends the first generation")
+		}
 		s.becomeReady()
 	}
 }

@@ -411,6 +411,18 @@ func (c *conn) currentSet() *set {
 	return c.set
 }
 
+// noBackendReason says why a request found no backend in s (nil when the set is not in the
+// table): nothing to serve yet, a set the generation lacks, or no backend that could take it.
+func (c *conn) noBackendReason(s *set) string {
+	switch {
+	case s != nil:
+		return "no backend available"
+	case c.tbl != nil && c.tbl.gen == 0 && c.p.follow != nil:
+		return "no backend sets yet: this data plane has not received its first generation from its control plane"
+	}
+	return "no backend available: the backend set of this listener is not in the generation in force"
+}
+
 // Outcomes of one attempt at a backend.
 type attemptResult uint8
 
@@ -531,7 +543,7 @@ func (c *conn) handle() bool {
 	case attemptNotSent:
 		p.stats.noBackend.Add(1)
 		c.forceStop = c.forceStop || !complete
-		c.writeError(503, "no backend available", c.forceStop)
+		c.writeError(503, c.noBackendReason(s), c.forceStop)
 	case attemptTimeout:
 		p.stats.gatewayTimeout.Add(1)
 		c.forceStop = true
