@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -185,5 +186,37 @@ func TestRunBackendDown(t *testing.T) {
 	}
 	if n := live.n.Load(); n != 50 {
 		t.Errorf("the live backend served %d requests, want 50", n)
+	}
+}
+
+// TestRunRefusesWritableStateDir: a state directory that its group or everyone may write is
+// refused at start, with what to do, before anything is bound or mapped: another user could
+// replace the region every worker trusts, or the admin socket. The same directory made private
+// is accepted.
+func TestRunRefusesWritableStateDir(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, mode := range []os.FileMode{0o777, 0o770, 0o1777} {
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		p := startProc(t, "run", "--listen", freeAddr(t), "--backend", closedAddr(t), "--state-dir", dir)
+		if code := p.waitExitCode(readyTimeout); code != 1 {
+			t.Errorf("state directory mode %04o: exit status %d, want 1", mode, code)
+		}
+		if stderr := p.stderr.String(); !strings.Contains(stderr, "writable by its group or by everyone") || !strings.Contains(stderr, "chmod go-w") {
+			t.Errorf("state directory mode %04o: stderr does not say why and what to do:\n%s", mode, stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "region")); err == nil {
+			t.Errorf("state directory mode %04o: a region was created in it", mode)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	x := startXLB(t, runArgs("--backend", closedAddr(t), "--state-dir", dir))
+	x.signal(syscall.SIGTERM)
+	if code := x.waitExitCode(stopTimeout); code != 0 {
+		t.Errorf("with the directory private: exit status %d after SIGTERM, want 0", code)
 	}
 }

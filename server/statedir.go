@@ -48,10 +48,20 @@ type stateDir struct {
 }
 
 // lockStateDir creates dir (mode 0700) if missing and takes its lock. A directory locked by another
-// live supervisor is refused with that supervisor's pid.
+// live supervisor is refused with that supervisor's pid, and so is one that others than its owner
+// may write: whoever can write it can replace the region that every worker trusts, or the admin
+// socket.
 func lockStateDir(dir string) (*stateDir, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if m := fi.Mode().Perm(); m&0o022 != 0 {
+		return nil, fmt.Errorf("state directory %s is writable by its group or by everyone (mode %04o), so another user could "+
+			"replace its region or its sockets: chmod go-w %s, or give another --state-dir", dir, m, dir)
 	}
 	path := filepath.Join(dir, lockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
