@@ -410,7 +410,7 @@ func fdatasync(f *os.File) error {
 
 // lockDir takes the exclusive flock of dir's LOCK file and writes this process's pid in it. A
 // directory locked by another process is refused with that process's pid. initialized tells
-// whether LOCK said that a store had been opened there before (markInitialized).
+// whether LOCK said that a store had been opened there before (writeLock).
 func lockDir(dir string) (f *os.File, initialized bool, err error) {
 	path := filepath.Join(dir, lockFile)
 	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
