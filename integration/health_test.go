@@ -89,8 +89,8 @@ func (b *healthBackend) serve(ln net.Listener) {
 }
 
 func (b *healthBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	now := time.Now()
 	b.mu.Lock()
+	now := time.Now() // under the lock: arrivals stay in time order, which arrivedBetween searches
 	if r.URL.Path == healthProbePath {
 		b.probes = append(b.probes, now)
 	} else {
@@ -146,23 +146,29 @@ func (b *healthBackend) revive(tb testing.TB) {
 	b.serve(ln)
 }
 
-// arrivedAfter is the load's requests that reached b after t.
-func (b *healthBackend) arrivedAfter(t time.Time) []time.Time {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(b.arrivals, t, func(a, t time.Time) int { return a.Compare(t) })
-	return slices.Clone(b.arrivals[i:])
-}
-
 // arrivedBetween counts the load's requests that reached b in (from, to].
 func (b *healthBackend) arrivedBetween(from, to time.Time) int {
-	n := 0
-	for _, a := range b.arrivedAfter(from) {
-		if !a.After(to) {
-			n++
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.firstAfterLocked(to) - b.firstAfterLocked(from)
+}
+
+// arrivedAfter counts the load's requests that reached b after t.
+func (b *healthBackend) arrivedAfter(t time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.arrivals) - b.firstAfterLocked(t)
+}
+
+// firstAfterLocked is the index of the first arrival after t (arrivals are in time order).
+func (b *healthBackend) firstAfterLocked(t time.Time) int {
+	i, _ := slices.BinarySearchFunc(b.arrivals, t, func(a, t time.Time) int {
+		if a.After(t) {
+			return 1
 		}
-	}
-	return n
+		return -1
+	})
+	return i
 }
 
 // awaitServed waits until the backends bs have together served n of the load's requests after t.
@@ -174,7 +180,7 @@ func awaitServed(tb testing.TB, t time.Time, n int, bs ...*healthBackend) {
 	for {
 		got := 0
 		for _, b := range bs {
-			got += len(b.arrivedAfter(t))
+			got += b.arrivedAfter(t)
 		}
 		if got >= n {
 			return
@@ -325,7 +331,7 @@ type healthJSON struct {
 	Until     string `json:"until"`
 }
 
-// health is each backend's health in the Status of the data plane of stateDir.
+// healthStatus is each backend's health in the Status of the data plane whose admin socket is sock.
 func healthStatus(tb testing.TB, sock string) map[string]healthJSON {
 	tb.Helper()
 	r := adminCall(sock, "Status")
@@ -489,7 +495,7 @@ func TestHealth503Backend(t *testing.T) {
 	l, ejected := r.awaitLog(t, from, "backend ejected", "b")
 	awaitServed(t, ejected, healthAfterN, r.a, r.c)
 	wantEjected(t, healthStatus(t, r.u.adminSock()), "b", "503")
-	metrics := scrape(t, prom)
+	metrics := curl(t, "http://"+prom+"/metrics")
 	bLabels := []string{`xlb_backend_set="web"`, `xlb_backend_id="b"`, `server_port="` + portOf(r.b.addr) + `"`}
 	for _, want := range []struct {
 		name   string
@@ -524,21 +530,6 @@ func (f *healthFigures) wantThresholdFailed(t *testing.T, reqs []loadRequest, l 
 	if l.str("cause") == "" {
 		t.Errorf("ejection without a cause: %v", l)
 	}
-}
-
-// scrape is the Prometheus scrape of xlb at addr.
-func scrape(tb testing.TB, addr string) string {
-	tb.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return string(b)
 }
 
 // promValue is the value of the series name with labels (among others) in the scrape metrics.
@@ -857,7 +848,7 @@ func TestHealthAllDown(t *testing.T) {
 	inPanic := time.Now()
 	awaitServed(t, inPanic, healthAfterN, r.a, r.b, r.c)
 	for _, b := range []*healthBackend{r.a, r.b, r.c} {
-		if n := len(b.arrivedAfter(inPanic)); n == 0 {
+		if n := b.arrivedAfter(inPanic); n == 0 {
 			t.Errorf("backend %s got no request in the panic, want its share", b.id)
 		}
 	}
