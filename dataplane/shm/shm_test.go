@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,13 +171,58 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 		{[]Set{{Name: "a"}, {Name: "a"}}, `"a" named twice`},
 		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("1")}}}, `id "1" used twice`},
 	} {
-		if _, err := w.Publish(tc.sets); err == nil || !strings.Contains(err.Error(), tc.want) {
+		checked := w.Check(tc.sets)
+		_, err := w.Publish(tc.sets)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("publish %d sets: %v, want an error naming %s", len(tc.sets), err, tc.want)
+		}
+		if checked == nil || checked.Error() != err.Error() {
+			t.Errorf("check of %d sets: %v, want Publish's error %v", len(tc.sets), checked, err)
 		}
 	}
 	if g := r.Generation(); g != 0 {
 		t.Fatalf("refused updates moved the generation to %d", g)
 	}
+}
+
+// TestCheckAgreesWithPublish: over random generations in a small region (sets, backends and health
+// slots running out, workers lagging), Check refuses exactly what Publish refuses, and changes
+// nothing.
+func TestCheckAgreesWithPublish(t *testing.T) {
+	r, _ := create(t, Capacities{Sets: 3, Backends: 6, StringBytes: 200, Workers: 1})
+	w := NewWriter(r)
+	r.ClaimWorker(0, os.Getpid(), 1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	refused := 0
+	for step := range 2000 {
+		var sets []Set
+		for si := range rng.IntN(4) {
+			s := Set{Name: fmt.Sprint("s", si)}
+			for range rng.IntN(4) {
+				s.Backends = append(s.Backends, Backend{ID: fmt.Sprint("b", rng.IntN(20)), Address: "10.0.0.1:80", Weight: 1})
+			}
+			sets = append(sets, s)
+		}
+		gen := r.Generation()
+		checked := w.Check(sets)
+		if r.Generation() != gen {
+			t.Fatalf("step %d: Check moved the generation", step)
+		}
+		_, err := w.Publish(sets)
+		if (checked == nil) != (err == nil) || err != nil && checked.Error() != err.Error() {
+			t.Fatalf("step %d: Check %v, Publish %v", step, checked, err)
+		}
+		if err != nil {
+			refused++
+		}
+		if rng.IntN(3) == 0 { // the worker catches up now and then
+			r.Observe(0, r.Generation())
+		}
+	}
+	if refused == 0 || refused == 2000 {
+		t.Fatalf("%d of 2000 refused: the test does not reach both outcomes", refused)
+	}
+	t.Logf("%d of 2000 generations refused", refused)
 }
 
 // TestHealthWordOps: the atomic operations on health words and the health epoch, which workers and

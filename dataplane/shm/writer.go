@@ -57,20 +57,9 @@ func (r *Region) slotOff(i uint32) int { return r.l.health + int(i)*healthSlotBy
 func (w *Writer) Publish(sets []Set) (uint64, error) {
 	r := w.r
 	next := r.Generation() + 1
-	names := make(map[string]bool, len(sets))
-	keys := make(map[uint64]bool)
-	for _, s := range sets {
-		if names[s.Name] {
-			return 0, fmt.Errorf("shm: backend set %q named twice", s.Name)
-		}
-		names[s.Name] = true
-		for _, b := range s.Backends {
-			k := slotKey(s.Name, b.ID)
-			if keys[k] {
-				return 0, fmt.Errorf("shm: backend set %q: backend id %q used twice (or its key collides)", s.Name, b.ID)
-			}
-			keys[k] = true
-		}
+	keys, err := keysOf(sets)
+	if err != nil {
+		return 0, err
 	}
 	// Check the capacities before taking any slot.
 	backends, strs, err := measure(sets, r.l.caps)
@@ -79,6 +68,7 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 	}
 	minObserved, _ := r.MinObserved()
 	var taken []uint32
+	cursor := uint32(0) // the slots before it are taken: each search goes on from the last
 	release := func() { // undo the slots taken by a Publish that fails
 		for _, i := range taken {
 			r.store64(r.slotOff(i)+offSlotKey, 0)
@@ -93,7 +83,7 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 				b.HealthSlot = i
 				continue
 			}
-			i, ok := w.freeSlot(next, minObserved)
+			i, ok := w.freeSlot(cursor, next, minObserved)
 			if !ok {
 				release()
 				return 0, fmt.Errorf("shm: no free health slot of %d: workers have not yet observed the generations that removed backends", r.l.healthSlots)
@@ -106,6 +96,7 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 			r.store64(off+offSlotFreedGen, 0)
 			r.store64(off+offSlotKey, k)
 			taken = append(taken, i)
+			cursor = i + 1
 			b.HealthSlot = i
 		}
 	}
@@ -142,20 +133,82 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 	return next, nil
 }
 
-// freeSlot finds a slot never used, or one freed by generation f with every live worker past f and
-// the generation that still named it (f-1) overwritten by now (next >= f+2).
-func (w *Writer) freeSlot(next, minObserved uint64) (uint32, bool) {
-	r := w.r
-	for i := 0; i < r.l.healthSlots; i++ {
-		off := r.slotOff(uint32(i))
-		if r.load64(off+offSlotKey) == 0 {
-			return uint32(i), true
+// Check tells whether Publish(sets) would succeed now, without changing anything: the same error
+// when it would not. The supervisor asks it of each set it adds, to refuse only those that do not
+// fit.
+func (w *Writer) Check(sets []Set) error {
+	keys, err := keysOf(sets)
+	if err != nil {
+		return err
+	}
+	if _, _, err := measure(sets, w.r.l.caps); err != nil {
+		return err
+	}
+	need := 0
+	for k := range keys {
+		if _, ok := w.slots[k]; !ok {
+			need++
 		}
-		if f := r.load64(off + offSlotFreedGen); f != 0 && next >= f+2 && minObserved >= f {
-			return uint32(i), true
+	}
+	minObserved, _ := w.r.MinObserved()
+	if need > w.freeSlots(w.r.Generation()+1, minObserved, need) {
+		return fmt.Errorf("shm: no free health slot of %d: workers have not yet observed the generations that removed backends", w.r.l.healthSlots)
+	}
+	return nil
+}
+
+// keysOf returns the health slot key of every backend of sets, refusing a set named twice and a
+// backend id used twice in a set.
+func keysOf(sets []Set) (map[uint64]bool, error) {
+	names := make(map[string]bool, len(sets))
+	keys := make(map[uint64]bool)
+	for _, s := range sets {
+		if names[s.Name] {
+			return nil, fmt.Errorf("shm: backend set %q named twice", s.Name)
+		}
+		names[s.Name] = true
+		for _, b := range s.Backends {
+			k := slotKey(s.Name, b.ID)
+			if keys[k] {
+				return nil, fmt.Errorf("shm: backend set %q: backend id %q used twice (or its key collides)", s.Name, b.ID)
+			}
+			keys[k] = true
+		}
+	}
+	return keys, nil
+}
+
+// freeSlots counts the slots that freeSlot could give for generation next, up to upTo.
+func (w *Writer) freeSlots(next, minObserved uint64, upTo int) int {
+	n := 0
+	for i := 0; i < w.r.l.healthSlots && n < upTo; i++ {
+		if w.slotFree(uint32(i), next, minObserved) {
+			n++
+		}
+	}
+	return n
+}
+
+// freeSlot finds the first slot from from on that is free for generation next.
+func (w *Writer) freeSlot(from uint32, next, minObserved uint64) (uint32, bool) {
+	for i := from; int(i) < w.r.l.healthSlots; i++ {
+		if w.slotFree(i, next, minObserved) {
+			return i, true
 		}
 	}
 	return 0, false
+}
+
+// slotFree tells whether slot i is free for generation next: never used, or freed by generation f
+// with every live worker past f and the generation that still named it (f-1) overwritten by now
+// (next >= f+2).
+func (w *Writer) slotFree(i uint32, next, minObserved uint64) bool {
+	off := w.r.slotOff(i)
+	if w.r.load64(off+offSlotKey) == 0 {
+		return true
+	}
+	f := w.r.load64(off + offSlotFreedGen)
+	return f != 0 && next >= f+2 && minObserved >= f
 }
 
 // HealthWord returns health-state word j of slot i.
