@@ -25,6 +25,9 @@ const (
 type Config struct {
 	// Node identifies the data plane; Node.Id is required.
 	Node *discoveryv1.Node
+	// Subscribe names the sets the data plane wants (those its listeners serve): it is sent those
+	// only, and any other it serves is removed. Nil means every set.
+	Subscribe []string
 	// Initial returns what the data plane serves before the first stream (from its region): the
 	// version of each set by name, its generation and its workers. Run calls it once, first.
 	Initial func() (applied map[string]string, generation uint64, workers []*discoveryv1.WorkerStatus)
@@ -120,6 +123,7 @@ func (c *client) stream(ctx context.Context) (responded bool, err error) {
 	}
 	first := &discoveryv1.StreamBackendSetsRequest{
 		Node:       c.cfg.Node,
+		Subscribe:  c.cfg.Subscribe,
 		Applied:    c.applied,
 		Generation: c.generation,
 		Workers:    c.workers,

@@ -8,16 +8,23 @@
 //
 //   - The first request of a stream must name its node (node.id), else the stream ends with
 //     INVALID_ARGUMENT; a later request may omit the node but must not change it (INVALID_ARGUMENT).
-//     A second stream of the same node id replaces the first, which ends with ABORTED.
+//     A second stream of the same node id replaces the first, which ends with ABORTED; the server
+//     logs that at warn with both peers' addresses (two processes with one node id show as a
+//     stream of warnings, each replacing the other).
+//   - The first request's subscribe is the set names the node wants (empty or "*": every set); a
+//     later request with a non-empty subscribe replaces it. More than SetsPerNodeMax names, or a
+//     name that is not a valid set name, ends the stream with INVALID_ARGUMENT naming the field.
 //   - Nonces are a counter per stream. A request whose response_nonce is neither empty nor the
 //     latest sent on its stream is stale and ignored entirely (logged at debug). The first request
 //     answers nothing: its response_nonce and errors are ignored.
 //   - A request with errors is a NACK; nothing else is (versions are never compared to tell).
 //     Every request that is not stale replaces the node's applied versions, generation and
 //     workers; each error records that the node rejected that version of that set.
-//   - A response holds every set whose version the node neither applies nor rejected, and, as
-//     removed, every set the node applies that no longer exists. An empty one is never sent, and
-//     none is sent while the previous one is unanswered.
+//   - A response holds the sets the node wants whose version it neither applies nor rejected, up
+//     to resource.ResponseBytesTarget of them (by name; one set alone when it is larger), and, as
+//     removed, every set the node applies that no longer exists or that it does not want. The rest
+//     go in the next response, after the answer. An empty one is never sent, and none is sent while
+//     the previous one is unanswered.
 //   - A change of the Source is pushed Config.Debounce after it: every change within that window
 //     goes out in the same push. Each stream also looks again after each answer it receives.
 //
@@ -40,7 +47,8 @@
 //
 // The server remembers every node since its start, up to DataPlanesMax; past it, the node that
 // disconnected first is forgotten. What one request may carry (applied versions, errors, workers)
-// is bounded by gRPC's message size limit.
+// is bounded by gRPC's message size limit, which the gRPC server around this one sets to
+// resource.MessageBytesMax, as the data plane does for what it receives.
 //
 // # What a caller must never do
 //

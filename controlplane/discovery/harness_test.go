@@ -113,6 +113,8 @@ type fakeDataPlane struct {
 	reject func(*discoveryv1.VersionedBackendSet) string
 	// responses receives every response applied, in order.
 	responses chan *discoveryv1.StreamBackendSetsResponse
+	// subscribe is what the data plane subscribes to; nil is every set.
+	subscribe []string
 
 	mu         sync.Mutex
 	served     map[string]string
@@ -166,6 +168,7 @@ func (f *fakeDataPlane) run(tb testing.TB, conn grpc.ClientConnInterface, id str
 	go func() {
 		done <- xds.Run(ctx, conn, xds.Config{
 			Node:       &discoveryv1.Node{Id: id, Build: "test-build"},
+			Subscribe:  f.subscribe,
 			Initial:    f.initial,
 			Apply:      f.apply,
 			BackoffMin: time.Millisecond,

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -242,9 +243,9 @@ func (dp *dataPlane) status() *adminv1.DataPlane {
 	return m
 }
 
-// connect registers st as the stream of the node of its first request, replacing the node's
-// previous stream, and reports whether the server is still open.
-func (s *Server) connect(st *stream, first *discoveryv1.StreamBackendSetsRequest) bool {
+// connect registers st as the stream of the node of its first request, which subscribes to sub,
+// replacing the node's previous stream, and reports whether the server is still open.
+func (s *Server) connect(st *stream, first *discoveryv1.StreamBackendSetsRequest, sub map[string]bool) bool {
 	node := first.GetNode()
 	s.mu.Lock()
 	if s.closed {
@@ -269,14 +270,22 @@ func (s *Server) connect(st *stream, first *discoveryv1.StreamBackendSetsRequest
 	dp.since = s.now()
 	dp.until = time.Time{}
 	dp.takeLocked(first)
+	dp.subscribed = sub
 	dp.mu.Unlock()
 	s.mu.Unlock()
 
+	subscribed := "every set"
+	if sub != nil {
+		subscribed = strings.Join(slices.Sorted(maps.Keys(sub)), ",")
+	}
 	if old != nil {
 		close(old.replaced)
-		st.log.Info("data plane reconnected: its previous stream is replaced", "build", node.GetBuild())
+		// Warn: either the data plane reconnected before the server saw its old stream end, or
+		// two processes use one node id, and each stream replaces the other's.
+		st.log.Warn("data plane connected again: its previous stream is replaced (a second process with this node id?)",
+			"build", node.GetBuild(), "peer", st.peer, "previous_peer", old.peer, "subscribe", subscribed)
 	} else {
-		st.log.Info("data plane connected", "build", node.GetBuild())
+		st.log.Info("data plane connected", "build", node.GetBuild(), "peer", st.peer, "subscribe", subscribed)
 	}
 	return true
 }

@@ -11,7 +11,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
@@ -424,4 +426,136 @@ func TestNACKRetried(t *testing.T) {
 	if n := strings.Count(cp.logs.String(), "data plane rejected a set"); n != 1 {
 		t.Errorf("%d NACKs logged, want 1", n)
 	}
+}
+
+// TestSubscribe: a data plane is sent only the sets it subscribes to; a change of another set
+// sends it nothing; a set it serves but no longer wants is sent as removed.
+func TestSubscribe(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "a1", 1)
+	src.put("web", "w1", 1)
+	src.put("static", "s1", 1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	dp := newFakeDataPlane(nil)
+	dp.subscribe = []string{"web", "static", "later"}
+	// What it served before, from its region: api, which it no longer wants.
+	dp.served = map[string]string{"api": "a0"}
+	dp.run(t, cp.dial(t), "dp-1")
+
+	if got, want := summary(dp.next(t)), "static@s1 web@w1 -api "; got != want {
+		t.Fatalf("first response %q, want %q", got, want)
+	}
+	src.put("api", "a2", 2) // not wanted: nothing is sent
+	src.put("later", "l1", 1)
+	if got, want := summary(dp.next(t)), "later@l1 "; got != want {
+		t.Fatalf("after puts of api and later: response %q, want %q (nothing of api)", got, want)
+	}
+	waitFor(t, "DataPlanes to show web, static and later", func() bool {
+		return maps.Equal(cp.applied("dp-1"), map[string]string{"web": "w1", "static": "s1", "later": "l1"})
+	})
+	if !strings.Contains(cp.logs.String(), `subscribe="later,static,web"`) {
+		t.Errorf("the connect line does not show the subscription:\n%s", cp.logs)
+	}
+
+	// "*" is every set.
+	all := newFakeDataPlane(nil)
+	all.subscribe = []string{"*"}
+	all.run(t, cp.dial(t), "dp-all")
+	if got, want := summary(all.next(t)), "api@a2 later@l1 static@s1 web@w1 "; got != want {
+		t.Fatalf(`subscribed to "*": first response %q, want %q`, got, want)
+	}
+}
+
+// TestSubscribeRefused: a subscription the server cannot hold ends the stream with
+// INVALID_ARGUMENT naming the field, on the first request and on a later one.
+func TestSubscribeRefused(t *testing.T) {
+	src := newMemSource()
+	src.put("api", "1", 1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	tooMany := make([]string, SetsPerNodeMax+1)
+	for i := range tooMany {
+		tooMany[i] = fmt.Sprint("s", i)
+	}
+	for _, tc := range []struct {
+		name  string
+		names []string
+		want  string
+	}{
+		{"bad name", []string{"api", "a b"}, `subscribe[1]: "a b": want letters`},
+		{"too many", tooMany, "subscribe: 4097 names, at most 4096"},
+	} {
+		for _, later := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, later %v", tc.name, later), func(t *testing.T) {
+				st := cp.stream(t)
+				first := &discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-" + tc.name}}
+				if !later {
+					first.Subscribe = tc.names
+				}
+				if err := st.Send(first); err != nil {
+					t.Fatal(err)
+				}
+				if later {
+					resp, err := st.Recv()
+					if err != nil {
+						t.Fatal(err)
+					}
+					st.Send(&discoveryv1.StreamBackendSetsRequest{ResponseNonce: resp.GetNonce(), Subscribe: tc.names})
+				}
+				for {
+					_, err := st.Recv()
+					if err == nil {
+						continue
+					}
+					if s := status.Convert(err); s.Code() != codes.InvalidArgument || !strings.Contains(s.Message(), tc.want) {
+						t.Fatalf("stream ended with %v, want InvalidArgument with %q", err, tc.want)
+					}
+					return
+				}
+			})
+		}
+	}
+}
+
+// TestResponsesSplit: sets of 10,000 backends go out in responses of at most
+// resource.ResponseBytesTarget each (a larger set alone), one after the answer to the other, and
+// together they are every set.
+func TestResponsesSplit(t *testing.T) {
+	src := newMemSource()
+	const sets = 6
+	for i := range sets {
+		src.put(fmt.Sprint("big", i), "1", 10_000)
+	}
+	huge := backendSet("huge", 10_000)
+	for _, b := range huge.Backends {
+		b.Metadata["blob"] = strings.Repeat("x", 300)
+	}
+	src.putSet("1", huge)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	dp := newFakeDataPlane(nil)
+	dp.run(t, cp.dial(t), "dp-1")
+
+	got := map[string]bool{}
+	responses := 0
+	for len(got) < sets+1 {
+		resp := dp.next(t)
+		responses++
+		size := proto.Size(resp)
+		names := []string{}
+		for _, vs := range resp.GetSets() {
+			name := vs.GetBackendSet().GetName()
+			if got[name] {
+				t.Errorf("set %s sent twice", name)
+			}
+			got[name] = true
+			names = append(names, name)
+		}
+		t.Logf("response %d: %d bytes, sets %v", responses, size, names)
+		if len(names) > 1 && size > resource.ResponseBytesTarget+64 || len(names) == 0 {
+			t.Errorf("response %d: %d bytes with sets %v; want at most %d, or one set alone", responses, size, names, resource.ResponseBytesTarget)
+		}
+	}
+	if responses < 3 { // 6 × 590 kB in 2 MiB each, and the huge one
+		t.Errorf("%d responses for %d sets of 10,000 backends, want at least 3", responses, sets+1)
+	}
+	waitFor(t, "DataPlanes to show every set applied", func() bool { return len(cp.applied("dp-1")) == sets+1 })
 }

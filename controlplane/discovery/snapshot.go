@@ -62,12 +62,12 @@ func newSnapshot(prev *snapshot, entries map[string]Entry, failed func(name stri
 	return next
 }
 
-// diff returns, by name, the sets of snap whose version a node with applied and rejected neither
-// serves nor rejected (before now, its retry time), and the names it serves that snap does not
-// have.
-func diff(snap *snapshot, applied map[string]string, rejected map[string]nack, now time.Time) (sets []*wireSet, removed []string) {
+// diff returns, by name, the sets of snap that a node with applied, rejected and subscribed (nil
+// for every set) wants and neither serves at their version nor rejected (before now, its retry
+// time), and the names it serves that snap does not have or it does not want.
+func diff(snap *snapshot, applied map[string]string, rejected map[string]nack, subscribed map[string]bool, now time.Time) (sets []*wireSet, removed []string) {
 	for name, w := range snap.sets {
-		if w.record == nil {
+		if w.record == nil || subscribed != nil && !subscribed[name] {
 			continue
 		}
 		if have, ok := applied[name]; ok && have == w.version {
@@ -79,7 +79,7 @@ func diff(snap *snapshot, applied map[string]string, rejected map[string]nack, n
 		sets = append(sets, w)
 	}
 	for name := range applied {
-		if _, ok := snap.sets[name]; !ok {
+		if _, ok := snap.sets[name]; !ok || subscribed != nil && !subscribed[name] {
 			removed = append(removed, name)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
-// TestDiff: what a node is sent, by its applied and rejected versions.
+// TestDiff: what a node is sent, by its applied and rejected versions and its subscription.
 func TestDiff(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	entries := map[string]Entry{}
@@ -24,21 +24,24 @@ func TestDiff(t *testing.T) {
 		name        string
 		applied     map[string]string
 		rejected    map[string]nack
+		subscribed  map[string]bool
 		sets        string
 		removed     string
 		description string
 	}{
-		{"cold", nil, nil, "a b c", "", "everything"},
-		{"synced", map[string]string{"a": "1", "b": "1", "c": "1"}, nil, "", "", "nothing"},
-		{"stale", map[string]string{"a": "0", "b": "1"}, nil, "a c", "", "what differs or lacks"},
-		{"extra", map[string]string{"a": "1", "b": "1", "c": "1", "x": "9", "d": "1"}, nil, "", "d x", "removed, by name"},
-		{"rejected", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1", retryAt: t0.Add(time.Second)}, "b": {version: "0", retryAt: t0.Add(time.Second)}},
+		{"cold", nil, nil, nil, "a b c", "", "everything"},
+		{"synced", map[string]string{"a": "1", "b": "1", "c": "1"}, nil, nil, "", "", "nothing"},
+		{"stale", map[string]string{"a": "0", "b": "1"}, nil, nil, "a c", "", "what differs or lacks"},
+		{"extra", map[string]string{"a": "1", "b": "1", "c": "1", "x": "9", "d": "1"}, nil, nil, "", "d x", "removed, by name"},
+		{"rejected", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1", retryAt: t0.Add(time.Second)}, "b": {version: "0", retryAt: t0.Add(time.Second)}}, nil,
 			"b c", "", "not what it rejected, only that version"},
-		{"retry", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1", retryAt: t0}, "b": {version: "1", retryAt: t0.Add(time.Nanosecond)}},
+		{"retry", map[string]string{"a": "0"}, map[string]nack{"a": {version: "1", retryAt: t0}, "b": {version: "1", retryAt: t0.Add(time.Nanosecond)}}, nil,
 			"a c", "", "what it rejected, once its retry time came"},
+		{"subscribed", nil, nil, map[string]bool{"a": true, "c": true, "x": true}, "a c", "", "what it wants only, of what exists"},
+		{"unsubscribed", map[string]string{"a": "0", "b": "1", "x": "1"}, nil, map[string]bool{"a": true}, "a", "b x", "what it no longer wants removed, as what is gone"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sets, removed := diff(snap, tc.applied, tc.rejected, t0)
+			sets, removed := diff(snap, tc.applied, tc.rejected, tc.subscribed, t0)
 			var names []string
 			for _, w := range sets {
 				names = append(names, w.name)
@@ -58,7 +61,7 @@ func TestDiff(t *testing.T) {
 func TestSnapshotEncoding(t *testing.T) {
 	a, b := backendSet("a", 3), backendSet("b", 2)
 	first := newSnapshot(nil, map[string]Entry{"a": {a, "a1"}, "b": {b, "b1"}}, func(string, error) {})
-	sets, _ := diff(first, nil, nil, time.Time{})
+	sets, _ := diff(first, nil, nil, nil, time.Time{})
 	wire, err := proto.Marshal(response("7", sets, []string{"gone"}))
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +89,7 @@ func TestSnapshotEncoding(t *testing.T) {
 	if !slices.Equal(failed, []string{"bad"}) {
 		t.Errorf("failed %v, want [bad]", failed)
 	}
-	sets, removed := diff(second, map[string]string{"a": "a1", "b": "b2", "bad": "x0"}, nil, time.Time{})
+	sets, removed := diff(second, map[string]string{"a": "a1", "b": "b2", "bad": "x0"}, nil, nil, time.Time{})
 	if len(sets) != 0 || len(removed) != 0 {
 		t.Errorf("with a set that cannot be encoded, %d sets and removed %v, want none", len(sets), removed)
 	}

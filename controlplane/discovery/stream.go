@@ -1,8 +1,10 @@
 package discovery
 
 import (
+	"context"
 	"errors"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -37,6 +40,9 @@ type dataPlane struct {
 	since, until time.Time
 	// applied is the version of every set the node serves, from its latest request.
 	applied map[string]string
+	// subscribed is the names of the sets the node wants, from its stream's first request and
+	// any later one that changed it; nil means every set.
+	subscribed map[string]bool
 	// rejected is the latest version of each set that the node rejected: not sent to it again
 	// before its retry time.
 	rejected   map[string]nack
@@ -65,10 +71,30 @@ func (dp *dataPlane) takeLocked(req *discoveryv1.StreamBackendSetsRequest) {
 	dp.workers = req.GetWorkers()[:min(len(req.GetWorkers()), workersPerNodeMax)]
 }
 
+// subscription returns the sets that names (a request's subscribe) asks for: nil for every set,
+// when names is empty or holds "*". The error names the field.
+func subscription(names []string) (map[string]bool, error) {
+	if len(names) > SetsPerNodeMax {
+		return nil, status.Errorf(codes.InvalidArgument, "subscribe: %d names, at most %d", len(names), SetsPerNodeMax)
+	}
+	if len(names) == 0 || slices.Contains(names, "*") {
+		return nil, nil
+	}
+	sub := make(map[string]bool, len(names))
+	for i, name := range names {
+		if err := resource.ValidateName("subscribe["+strconv.Itoa(i)+"]", name); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		sub[name] = true
+	}
+	return sub, nil
+}
+
 // The bounds of what a data plane's requests make the server hold of it and log, whoever sends
 // them: what falls outside is dropped (and the drop logged once per request).
 const (
-	// SetsPerNodeMax bounds the applied sets, and apart the rejected ones, kept of a node.
+	// SetsPerNodeMax bounds the applied sets, and apart the rejected ones, kept of a node, and the
+	// names a node may subscribe to (past it, the stream is refused).
 	SetsPerNodeMax = 4096
 	// NackMessageBytesMax bounds a NACK's message as kept and logged; longer ones are cut.
 	NackMessageBytesMax = 1024
@@ -84,6 +110,7 @@ const (
 type stream struct {
 	dp   *dataPlane
 	node *discoveryv1.Node // as on the first request
+	peer string            // the peer's address, for the log
 	log  hclog.Logger
 	// nackRetry is the server's Config.NackRetry; retryAt the earliest retry time of a rejected
 	// version of the node, zero when there is none to come.
@@ -125,6 +152,13 @@ func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Tim
 		st.log.Debug("stale request ignored", "response_nonce", nonce, "latest_nonce", st.latestNonce())
 		return nil
 	}
+	var sub map[string]bool
+	if len(req.GetSubscribe()) > 0 {
+		var err error
+		if sub, err = subscription(req.GetSubscribe()); err != nil {
+			return err
+		}
+	}
 	if nonce != "" {
 		st.pending = false
 	}
@@ -137,6 +171,9 @@ func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Tim
 		return errReplaced
 	}
 	dp.takeLocked(req)
+	if len(req.GetSubscribe()) > 0 {
+		dp.subscribed = sub
+	}
 	logged, unlogged, dropped := 0, 0, 0
 	for _, e := range req.GetErrors() {
 		name, version, msg := e.GetName(), e.GetVersion(), e.GetMessage()
@@ -175,7 +212,9 @@ func (st *stream) handle(req *discoveryv1.StreamBackendSetsRequest, now time.Tim
 }
 
 // next returns the response that the stream must send now given snap, or nil when there is
-// none: one is unanswered, or the node has everything. It counts the response as sent.
+// none: one is unanswered, or the node has everything. It counts the response as sent. A
+// response holds sets up to resource.ResponseBytesTarget (at least one): the node's answer makes
+// the stream look again, and the rest go in the next one.
 func (st *stream) next(snap *snapshot, now time.Time) (*discoveryv1.StreamBackendSetsResponse, error) {
 	if st.pending || st.settled == snap.seq && (st.retryAt.IsZero() || now.Before(st.retryAt)) {
 		return nil, nil
@@ -186,7 +225,7 @@ func (st *stream) next(snap *snapshot, now time.Time) (*discoveryv1.StreamBacken
 	if dp.stream != st {
 		return nil, errReplaced
 	}
-	sets, removed := diff(snap, dp.applied, dp.rejected, now)
+	sets, removed := diff(snap, dp.applied, dp.rejected, dp.subscribed, now)
 	// A rejection is forgotten once its set is gone and the node does not serve it; the earliest
 	// retry of the others wakes the stream.
 	st.retryAt = time.Time{}
@@ -205,10 +244,15 @@ func (st *stream) next(snap *snapshot, now time.Time) (*discoveryv1.StreamBacken
 		st.settled = snap.seq
 		return nil, nil
 	}
+	n, size := 0, 0
+	for n < len(sets) && (n == 0 || size+len(sets[n].record) <= resource.ResponseBytesTarget) {
+		size += len(sets[n].record)
+		n++
+	}
 	st.nonce++
 	st.pending = true
-	st.log.Debug("sending", "nonce", st.nonce, "sets", len(sets), "removed", len(removed))
-	return response(st.latestNonce(), sets, removed), nil
+	st.log.Debug("sending", "nonce", st.nonce, "sets", n, "bytes", size, "removed", len(removed), "sets_after", len(sets)-n)
+	return response(st.latestNonce(), sets[:n], removed), nil
 }
 
 // StreamBackendSets is the stream of one data plane; see the package comment for its rules.
@@ -260,9 +304,14 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 	if first.GetNode().GetId() == "" {
 		return errNoNode
 	}
+	sub, err := subscription(first.GetSubscribe())
+	if err != nil {
+		return err
+	}
 	st := &stream{
 		nackRetry: s.nackRetry,
 		node:      first.GetNode(),
+		peer:      peerOf(ctx),
 		log:       s.log.With("node", first.GetNode().GetId()),
 		wake:      make(chan struct{}, 1),
 		replaced:  make(chan struct{}),
@@ -271,7 +320,7 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 		st.log.Debug("first request answers no response: its nonce and errors are ignored",
 			"response_nonce", first.GetResponseNonce(), "errors", len(first.GetErrors()))
 	}
-	if !s.connect(st, first) {
+	if !s.connect(st, first, sub) {
 		return errClosed
 	}
 	defer func() { s.disconnect(st, err) }()
@@ -318,4 +367,12 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
+}
+
+// peerOf is the address of the stream's peer, "" when gRPC does not know it.
+func peerOf(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }

@@ -45,6 +45,22 @@ const (
 	PercentMax          = 100
 )
 
+// The sizes of what carries sets over gRPC. The fields' bounds above allow sets far larger than
+// any real one (10,000 backends with 64 metadata entries of 1 KiB each), so a set is also bounded
+// by its encoding; every gRPC end that carries sets (the control plane's server, the data plane's
+// client) accepts MessageBytesMax, so that no set that passes Validate is refused by a message
+// limit.
+const (
+	// SetBytesMax bounds a set's protobuf encoding.
+	SetBytesMax = 16 << 20
+	// MessageBytesMax is the gRPC message size limit of every end that carries sets: one set at
+	// SetBytesMax with room for the request or response around it.
+	MessageBytesMax = SetBytesMax + 1<<20
+	// ResponseBytesTarget is what the control plane puts in one response to a data plane, at most:
+	// the sets past it follow in the next response. A set larger than it goes alone.
+	ResponseBytesTarget = 2 << 20
+)
+
 var (
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	idRE   = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
@@ -120,6 +136,9 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 				return bad(at+".metadata", "key %.32q: keys of 1 to %d bytes, values of at most %d", k, MetadataKeyMax, MetadataValueMax)
 			}
 		}
+	}
+	if n := proto.Size(set); n > SetBytesMax {
+		return bad("", "encoded in %d bytes, at most %d (%d MiB): split it, or shorten its metadata", n, SetBytesMax, SetBytesMax>>20)
 	}
 	return nil
 }

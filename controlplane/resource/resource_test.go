@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -98,6 +99,17 @@ func TestValidate(t *testing.T) {
 		{"slow start too short", func(s *discoveryv1.BackendSet) { s.SlowStart.Window = dur(time.Millisecond) },
 			"backend_set.slow_start.window: want 1s to 1h0m0s, got 1ms"},
 		{"panic over 100", func(s *discoveryv1.BackendSet) { s.PanicThreshold = 150 }, "backend_set.panic_threshold: want 0 (the default) to 100, got 150"},
+		{"encoding too large", func(s *discoveryv1.BackendSet) {
+			// Every field within its bound: 300 backends of 64 metadata values of 1 KiB.
+			s.Backends = nil
+			for i := range 300 {
+				md := map[string]string{}
+				for k := range MetadataMax {
+					md[fmt.Sprint("k", k)] = strings.Repeat("v", MetadataValueMax)
+				}
+				s.Backends = append(s.Backends, &discoveryv1.Backend{Id: fmt.Sprint("b", i), Address: "10.0.0.1", Port: 80, Metadata: md})
+			}
+		}, "backend_set: encoded in 19875586 bytes, at most 16777216 (16 MiB)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,10 +6,13 @@
 
 // xDS-lite: how a control plane streams versioned backend sets to data planes.
 //
-// One bidirectional stream per data plane. The data plane opens it with its node and the version of
-// every backend set it already serves (from its region file, so that a restarted data plane is not
-// sent what it has). Each response carries the sets whose version the data plane does not have (and
-// did not reject), the names of sets it has that no longer exist, and a nonce. The data plane applies
+// One bidirectional stream per data plane. The data plane opens it with its node, the names of the
+// sets it wants (those its listeners serve), and the version of every backend set it already serves
+// (from its region file, so that a restarted data plane is not sent what it has). Each response
+// carries sets it wants whose version it does not have (and did not reject), the names of sets it has
+// that no longer exist or that it no longer wants, and a nonce. A response carries at most about
+// 2 MiB of sets (one set alone when it is larger): the rest follow, each response after the answer to
+// the one before; both ends accept messages of up to 17 MiB (a set encodes in at most 16 MiB). The data plane applies
 // the response and answers with a request echoing that nonce: with no errors it is an ACK; with
 // errors (one per rejected set) it is a NACK, and the rejected sets keep their previous versions. The
 // server tells a NACK only by its errors, ignores requests whose nonce is not the latest it sent,
@@ -962,7 +965,11 @@ type StreamBackendSetsRequest struct {
 	// generation is the data plane's shared region generation that holds applied.
 	Generation uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
 	// workers are the data plane's worker processes and the generation each serves.
-	Workers       []*WorkerStatus `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty"`
+	Workers []*WorkerStatus `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty"`
+	// subscribe names the sets the data plane wants: it is sent those only, and any other it serves
+	// is sent as removed. "*" means every set. Empty on the first request means every set; empty on a
+	// later request leaves the subscription as it was. At most 4096 names, each a valid set name.
+	Subscribe     []string `protobuf:"bytes,7,rep,name=subscribe,proto3" json:"subscribe,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1035,6 +1042,13 @@ func (x *StreamBackendSetsRequest) GetGeneration() uint64 {
 func (x *StreamBackendSetsRequest) GetWorkers() []*WorkerStatus {
 	if x != nil {
 		return x.Workers
+	}
+	return nil
+}
+
+func (x *StreamBackendSetsRequest) GetSubscribe() []string {
+	if x != nil {
+		return x.Subscribe
 	}
 	return nil
 }
@@ -1338,7 +1352,7 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"serverName\",\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
-	"\x05build\x18\x02 \x01(\tR\x05build\"\x8a\x03\n" +
+	"\x05build\x18\x02 \x01(\tR\x05build\"\xa8\x03\n" +
 	"\x18StreamBackendSetsRequest\x12*\n" +
 	"\x04node\x18\x01 \x01(\v2\x16.xlb.discovery.v1.NodeR\x04node\x12Q\n" +
 	"\aapplied\x18\x02 \x03(\v27.xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntryR\aapplied\x12%\n" +
@@ -1347,7 +1361,8 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x128\n" +
-	"\aworkers\x18\x06 \x03(\v2\x1e.xlb.discovery.v1.WorkerStatusR\aworkers\x1a:\n" +
+	"\aworkers\x18\x06 \x03(\v2\x1e.xlb.discovery.v1.WorkerStatusR\aworkers\x12\x1c\n" +
+	"\tsubscribe\x18\a \x03(\tR\tsubscribe\x1a:\n" +
 	"\fAppliedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +

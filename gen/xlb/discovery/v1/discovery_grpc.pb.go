@@ -6,10 +6,13 @@
 
 // xDS-lite: how a control plane streams versioned backend sets to data planes.
 //
-// One bidirectional stream per data plane. The data plane opens it with its node and the version of
-// every backend set it already serves (from its region file, so that a restarted data plane is not
-// sent what it has). Each response carries the sets whose version the data plane does not have (and
-// did not reject), the names of sets it has that no longer exist, and a nonce. The data plane applies
+// One bidirectional stream per data plane. The data plane opens it with its node, the names of the
+// sets it wants (those its listeners serve), and the version of every backend set it already serves
+// (from its region file, so that a restarted data plane is not sent what it has). Each response
+// carries sets it wants whose version it does not have (and did not reject), the names of sets it has
+// that no longer exist or that it no longer wants, and a nonce. A response carries at most about
+// 2 MiB of sets (one set alone when it is larger): the rest follow, each response after the answer to
+// the one before; both ends accept messages of up to 17 MiB (a set encodes in at most 16 MiB). The data plane applies
 // the response and answers with a request echoing that nonce: with no errors it is an ACK; with
 // errors (one per rejected set) it is a NACK, and the rejected sets keep their previous versions. The
 // server tells a NACK only by its errors, ignores requests whose nonce is not the latest it sent,
