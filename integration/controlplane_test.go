@@ -554,7 +554,7 @@ func TestControlPlaneNack(t *testing.T) {
 	const unsupported = "TLS to backends is not supported by this data plane"
 	a, b, c := newCountingBackend(t, "A"), newCountingBackend(t, "B"), newCountingBackend(t, "C")
 	cp := startControlPlane(t, t.TempDir(), nil)
-	dp := startDataPlane(t, cp, "n1", "web")
+	dp, _ := startDataPlaneListening(t, cp, "n1", []string{"web", "other"}, "")
 
 	vA := cp.put(t, setJSON{Name: "web", Backends: []backendJSON{backendAt(t, "a", a.addr, 1)}})
 	cp.awaitApplied(t, "n1", map[string]string{"web": vA})
@@ -612,7 +612,7 @@ func TestControlPlaneKill9(t *testing.T) {
 	a, b, c := newCountingBackend(t, "a"), newCountingBackend(t, "b"), newCountingBackend(t, "c")
 	cp := startControlPlane(t, t.TempDir(), nil)
 	// At debug, the data plane logs "ACK" with the number of sets of each response it applied.
-	dp := startDataPlane(t, cp, "n1", "web", "--log-level", "debug")
+	dp, _ := startDataPlaneListening(t, cp, "n1", []string{"web", "api", "static", "barrier"}, "", "--log-level", "debug")
 
 	be := func(cb *countingBackend, w int) backendJSON { return backendAt(t, cb.name, cb.addr, w) }
 	webVersions := [][]backendJSON{

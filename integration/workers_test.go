@@ -1301,7 +1301,7 @@ func TestReloadOverCapacity(t *testing.T) {
 	writeConfig(t, s.cfgPath, configYAML(s.addr, []backendConf{
 		{id: "a", addr: a.addr, weight: 1}, {id: "b", addr: b.addr, weight: 1}, {id: "c", addr: c.addr, weight: 1},
 	})+region, true)
-	failed := s.await(t, ready.end, "the refusal", says("backend sets rejected; the previous ones keep serving", nil))
+	failed := s.await(t, ready.end, "the refusal", says("a backend set does not fit the region; its previous version keeps serving", nil))
 	if e, h := failed.str("error"), failed.str("hint"); !strings.Contains(e, "3 backends: more than the region's capacity of 2") ||
 		!strings.Contains(h, "region.backends (2)") {
 		t.Errorf("refusal %s; want the count, the limit and the key to raise", failed)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,17 +49,23 @@ type applyResult struct {
 	workers    []*discoveryv1.WorkerStatus
 }
 
-// apply applies a response: the sets it brings that pass validation replace their previous
-// versions, the removed ones go, and the rest stay. It returns the result, and the generation the
-// caller must wait for (every live worker serving it) before answering; 0 when nothing changed
-// in the region.
+// apply applies a response: the sets it brings that pass validation and fit the region (with the
+// sets kept) replace their previous versions, the removed ones go, and the rest stay. A set that
+// does not fit is refused alone: the sets are added in name order, each that would take the
+// region past a capacity is refused, and the others apply. It returns the result, and the
+// generation the caller must wait for (every live worker serving it) before answering; 0 when
+// nothing changed in the region.
 func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyResult, uint64) {
 	next := maps.Clone(s.current)
 	for _, name := range resp.GetRemoved() {
 		delete(next, name)
 	}
 	var rejected []*discoveryv1.SetError
-	var changed []string
+	reject := func(vs *discoveryv1.VersionedBackendSet, err error) {
+		rejected = append(rejected, &discoveryv1.SetError{Name: vs.GetBackendSet().GetName(), Version: vs.GetVersion(), Message: err.Error()})
+		s.log.Warn("rejected a backend set", "set", vs.GetBackendSet().GetName(), "version", vs.GetVersion(), "error", err)
+	}
+	var valid []*discoveryv1.VersionedBackendSet
 	for _, vs := range resp.GetSets() {
 		set := vs.GetBackendSet()
 		err := resource.Validate("backend_set", set)
@@ -66,24 +73,48 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 			err = supported(set)
 		}
 		if err != nil {
-			rejected = append(rejected, &discoveryv1.SetError{Name: set.GetName(), Version: vs.GetVersion(), Message: err.Error()})
-			s.log.Warn("rejected a backend set", "set", set.GetName(), "version", vs.GetVersion(), "error", err)
+			reject(vs, err)
 			continue
 		}
-		next[set.GetName()] = vs
-		changed = append(changed, set.GetName())
+		valid = append(valid, vs)
+	}
+	for _, vs := range valid {
+		next[vs.GetBackendSet().GetName()] = vs
+	}
+	sets := regionSetsOf(next)
+	if err := s.writer.Check(sets); err != nil && len(valid) > 0 {
+		// Not all of it fits: each set in turn, on what fitted before it.
+		for _, vs := range valid {
+			name := vs.GetBackendSet().GetName()
+			delete(next, name)
+			if old, ok := s.current[name]; ok && !slices.Contains(resp.GetRemoved(), name) {
+				next[name] = old
+			}
+		}
+		for _, vs := range slices.SortedFunc(slices.Values(valid), byName) {
+			name, old := vs.GetBackendSet().GetName(), next[vs.GetBackendSet().GetName()]
+			next[name] = vs
+			if err := s.writer.Check(regionSetsOf(next)); err != nil {
+				s.log.Error("a backend set does not fit the region; its previous version keeps serving", withHint(err)...)
+				reject(vs, err)
+				if old != nil {
+					next[name] = old
+				} else {
+					delete(next, name)
+				}
+			}
+		}
+		sets = regionSetsOf(next)
 	}
 	var wait uint64
-	if sets := regionSetsOf(next); !sameSets(sets, regionSetsOf(s.current)) {
+	if !sameSets(sets, regionSetsOf(s.current)) {
 		g, err := s.writer.Publish(sets)
 		if err != nil {
-			// Nothing of this response fits: every set it brought is refused, and the region keeps
-			// the previous generation.
+			// Check accepted these sets, or refused a generation that brings none: nothing of
+			// this response applies.
 			s.log.Error("backend sets rejected; the previous ones keep serving", withHint(err)...)
-			for _, vs := range resp.GetSets() {
-				if slices.Contains(changed, vs.GetBackendSet().GetName()) {
-					rejected = append(rejected, &discoveryv1.SetError{Name: vs.GetBackendSet().GetName(), Version: vs.GetVersion(), Message: err.Error()})
-				}
+			for _, vs := range valid {
+				reject(vs, err)
 			}
 			return s.result(rejected), 0
 		}
@@ -101,6 +132,10 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 	s.saveApplied()
 	s.updateMonitor() // a set's health policy may have changed alone
 	return s.result(rejected), wait
+}
+
+func byName(a, b *discoveryv1.VersionedBackendSet) int {
+	return strings.Compare(a.GetBackendSet().GetName(), b.GetBackendSet().GetName())
 }
 
 // supported refuses what this data plane cannot do.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
@@ -99,7 +100,10 @@ func newGRPCServer(addr string, sec serverSecurity, log hclog.Logger) (*grpc.Ser
 			return nil, nil, fmt.Errorf("--admin-token-file %s is empty", sec.AdminTokenFile)
 		}
 	}
-	opts = append(opts, grpc.ChainUnaryInterceptor(a.unary), grpc.ChainStreamInterceptor(a.stream))
+	opts = append(opts, grpc.ChainUnaryInterceptor(a.unary), grpc.ChainStreamInterceptor(a.stream),
+		// A put or a push of the largest set that resource.Validate allows, and no message
+		// limit below it anywhere.
+		grpc.MaxRecvMsgSize(resource.MessageBytesMax), grpc.MaxSendMsgSize(resource.MessageBytesMax))
 	s := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)

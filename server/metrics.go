@@ -77,7 +77,7 @@ func (t *loadTotals) StreamMetrics(stream grpc.BidiStreamingServer[loadv1.Stream
 	}
 }
 
-// add counts one report, once.
+// add counts one report, once. A backend it leaves out keeps the worker's last gauge.
 func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -86,13 +86,21 @@ func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
 		return
 	}
 	t.lastSeq[pid] = req.GetSeq()
-	gauges := map[load.Key]int64{}
+	gauges := t.inFlight[pid]
+	if gauges == nil {
+		gauges = map[load.Key]int64{}
+		t.inFlight[pid] = gauges
+	}
 	for _, b := range req.GetBackends() {
 		t.totals.Add(b)
 		t.pending.Add(b)
-		gauges[load.Key{Set: b.GetBackendSet(), ID: b.GetBackendId()}] = b.GetInFlight()
+		k := load.Key{Set: b.GetBackendSet(), ID: b.GetBackendId()}
+		if n := b.GetInFlight(); n != 0 {
+			gauges[k] = n
+		} else {
+			delete(gauges, k)
+		}
 	}
-	t.inFlight[pid] = gauges
 }
 
 // inFlightOf sums the live workers' last gauges of k; the caller holds mu.
@@ -179,12 +187,16 @@ func runReporter(ctx context.Context, socket string, r *reporter) {
 	for {
 		select {
 		case <-t.C:
-			if err := stream.Send(r.report()); err != nil {
-				r.log.Warn("metrics: the stream to the supervisor ended", "error", err)
-				return
+			for _, req := range r.reports() {
+				if err := stream.Send(req); err != nil {
+					r.log.Warn("metrics: the stream to the supervisor ended", "error", err)
+					return
+				}
 			}
 		case <-ctx.Done():
-			stream.Send(r.report())
+			for _, req := range r.reports() {
+				stream.Send(req)
+			}
 			stream.CloseSend()
 			// Wait for the supervisor to close its side, so that the last report is read.
 			waited := make(chan struct{})
@@ -205,22 +217,41 @@ func runReporter(ctx context.Context, socket string, r *reporter) {
 	}
 }
 
-// report is the deltas since the previous report.
-func (r *reporter) report() *loadv1.StreamMetricsRequest {
-	r.seq++
-	req := &loadv1.StreamMetricsRequest{WorkerSlot: uint32(r.slot), Pid: int32(os.Getpid()), Seq: r.seq, ObservedGeneration: r.gen()}
+// reportBackendsMax bounds the backends of one report message, worker to supervisor and
+// supervisor to control plane: a report of more goes in several messages, each its own seq, so
+// that no report meets a gRPC message limit however many backends there are (about 350 bytes
+// each).
+const reportBackendsMax = 2000
+
+// reports are the deltas since the previous report, in messages of at most reportBackendsMax
+// backends (at least one message). A backend is in it when it is new, when a counter moved, or
+// when its in-flight gauge changed: one left out has nothing to add and its gauge is as last
+// reported.
+func (r *reporter) reports() []*loadv1.StreamMetricsRequest {
+	var backends []*loadv1.BackendLoad
 	now := map[load.Key]proxy.BackendMetrics{}
 	for _, m := range r.metrics() {
 		k := load.Key{Set: m.Set, ID: m.ID}
 		now[k] = m
 		prev, ok := r.last[k]
+		if ok && prev == m {
+			continue
+		}
 		if !ok || prev.Requests > m.Requests || prev.Address != m.Address {
 			prev = proxy.BackendMetrics{} // new, or counting from zero again
 		}
-		req.Backends = append(req.Backends, deltaLoad(m, prev))
+		backends = append(backends, deltaLoad(m, prev))
 	}
 	r.last = now
-	return req
+	var out []*loadv1.StreamMetricsRequest
+	for len(out) == 0 || len(backends) > 0 {
+		n := min(len(backends), reportBackendsMax)
+		r.seq++
+		out = append(out, &loadv1.StreamMetricsRequest{WorkerSlot: uint32(r.slot), Pid: int32(os.Getpid()), Seq: r.seq,
+			ObservedGeneration: r.gen(), Backends: backends[:n:n]})
+		backends = backends[n:]
+	}
+	return out
 }
 
 func deltaLoad(m, prev proxy.BackendMetrics) *loadv1.BackendLoad {
@@ -297,22 +328,28 @@ func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string,
 			var sent []*loadv1.BackendHealth // the health view last sent on this stream
 			send := func() error {
 				bs := t.takePending()
-				var h []*loadv1.BackendHealth
+				var now, h []*loadv1.BackendHealth
 				if health != nil {
-					if now := health(); !slices.EqualFunc(now, sent, func(a, b *loadv1.BackendHealth) bool { return proto.Equal(a, b) }) {
-						h = now
+					if now = health(); !slices.EqualFunc(now, sent, func(a, b *loadv1.BackendHealth) bool { return proto.Equal(a, b) }) {
+						h = now[:min(len(now), load.HealthBackendsMax)] // the control plane keeps no more
 					}
 				}
-				if len(bs) == 0 && h == nil {
-					return nil
-				}
-				seq++
-				if err := stream.Send(&loadv1.StreamLoadStatsRequest{NodeId: node, Instance: instance, Seq: seq, Backends: bs, BackendHealth: h}); err != nil {
-					t.restore(bs)
-					return err
-				}
-				if h != nil {
-					sent = h
+				// In messages of at most reportBackendsMax backends, the health view in the first.
+				for first := true; first && h != nil || len(bs) > 0; first = false {
+					n := min(len(bs), reportBackendsMax)
+					seq++
+					req := &loadv1.StreamLoadStatsRequest{NodeId: node, Instance: instance, Seq: seq, Backends: bs[:n:n]}
+					if first {
+						req.BackendHealth = h
+					}
+					if err := stream.Send(req); err != nil {
+						t.restore(bs)
+						return err
+					}
+					if first && h != nil {
+						sent = now
+					}
+					bs = bs[n:]
 				}
 				return nil
 			}

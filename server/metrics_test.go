@@ -1,10 +1,12 @@
 package server
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
@@ -15,18 +17,83 @@ import (
 func TestReporterDeltas(t *testing.T) {
 	cur := []proxy.BackendMetrics{{Set: "web", ID: "a", Address: "h:1", Requests: 5, Responses: [5]uint64{0, 4, 0, 0, 1}}}
 	r := &reporter{metrics: func() []proxy.BackendMetrics { return cur }, gen: func() uint64 { return 7 }}
-	first := r.report()
+	first := r.reports()[0]
 	if first.Seq != 1 || first.ObservedGeneration != 7 || first.Backends[0].Requests != 5 || first.Backends[0].Responses[4] != 1 {
 		t.Fatalf("first report %v", first)
 	}
 	cur[0].Requests, cur[0].Responses[1] = 8, 7
-	second := r.report()
+	second := r.reports()[0]
 	if second.Seq != 2 || second.Backends[0].Requests != 3 || second.Backends[0].Responses[1] != 3 || second.Backends[0].Responses[4] != 0 {
 		t.Fatalf("second report %v, want deltas 3 and 3", second)
 	}
 	cur[0].Requests, cur[0].Responses = 2, [5]uint64{0, 2}
-	if third := r.report(); third.Backends[0].Requests != 2 {
+	if third := r.reports()[0]; third.Backends[0].Requests != 2 {
 		t.Fatalf("after a reset: %v, want 2 counted from zero", third)
+	}
+}
+
+// TestReportsBounded: a worker of 30,000 backends reports all of them once (the first report:
+// each is new), in messages of at most reportBackendsMax, numbered in turn; then only those with
+// something to say: a counter that moved, or an in-flight gauge that changed, back to 0 too. The
+// supervisor's in-flight sum follows the gauges a report leaves out.
+func TestReportsBounded(t *testing.T) {
+	cur := make([]proxy.BackendMetrics, 30_000)
+	for i := range cur {
+		cur[i] = proxy.BackendMetrics{Set: "web", ID: fmt.Sprint("b", i), Address: "h:1"}
+	}
+	r := &reporter{metrics: func() []proxy.BackendMetrics { return cur }, gen: func() uint64 { return 1 }}
+	lt := newLoadTotals(time.Second, hclog.NewNullLogger())
+	first := r.reports()
+	if len(first) != 15 {
+		t.Fatalf("first report in %d messages, want 15 of 2000 backends", len(first))
+	}
+	for i, req := range first {
+		if len(req.Backends) != reportBackendsMax || req.Seq != uint64(i+1) {
+			t.Fatalf("message %d: %d backends, seq %d", i, len(req.Backends), req.Seq)
+		}
+		if size := proto.Size(req); size > 1<<20 {
+			t.Errorf("message %d: %d bytes", i, size)
+		}
+		lt.add(req)
+	}
+	if got := len(lt.snapshot()); got != 30_000 {
+		t.Fatalf("the supervisor knows %d backends, want 30000", got)
+	}
+
+	cur[7].Requests, cur[7].Responses[1] = 1, 1
+	cur[9].InFlight = 3
+	quiet := r.reports()
+	if len(quiet) != 1 || len(quiet[0].Backends) != 2 || quiet[0].Seq != 16 {
+		t.Fatalf("second report %v, want one message of b7 and b9", quiet)
+	}
+	lt.add(quiet[0])
+	empty := r.reports()
+	if len(empty) != 1 || len(empty[0].Backends) != 0 {
+		t.Fatalf("nothing changed: %v, want one message of no backend", empty)
+	}
+	cur[9].InFlight = 0
+	third := r.reports()
+	if len(third) != 1 || len(third[0].Backends) != 1 || third[0].Backends[0].BackendId != "b9" {
+		t.Fatalf("third report %v, want b9 alone (its gauge back to 0)", third)
+	}
+	inFlight := func() int64 {
+		for _, b := range lt.snapshot() {
+			if b.BackendId == "b9" {
+				return b.InFlight
+			}
+		}
+		return -1
+	}
+	if n := inFlight(); n != 3 {
+		t.Fatalf("b9 in flight %d after the second report, want 3", n)
+	}
+	lt.add(empty[0]) // leaves b9 out: it keeps 3
+	if n := inFlight(); n != 3 {
+		t.Fatalf("b9 in flight %d after a report without it, want 3 still", n)
+	}
+	lt.add(third[0])
+	if n := inFlight(); n != 0 {
+		t.Fatalf("b9 in flight %d after its gauge went to 0", n)
 	}
 }
 

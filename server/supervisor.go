@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/xlbproxy/xlb/clients/xds"
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/monitor"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
@@ -326,7 +327,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	if in == nil {
 		s.publishSockets() // no other supervisor answers there
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(resource.MessageBytesMax), grpc.MaxCallSendMsgSize(resource.MessageBytesMax)))
 	if err != nil {
 		log.Error("cannot reach the control plane", "address", target, "error", err)
 		return exitFailure
@@ -338,7 +340,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	go func() {
 		defer close(xdone)
 		xds.Run(xctx, conn, xds.Config{
-			Node: &discoveryv1.Node{Id: cfg.nodeID(), Build: Version()},
+			Node:      &discoveryv1.Node{Id: cfg.nodeID(), Build: Version()},
+			Subscribe: listenedSets(cfg.Listeners),
 			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
 				return applied, gen, nil
 			},
@@ -739,6 +742,17 @@ func (s *supervisor) publishSockets() {
 			s.log.Error("cannot publish a unix socket", "path", l.path, "error", err)
 		}
 	}
+}
+
+// listenedSets is the names of the sets that ls serve, sorted, once each: what the data plane
+// subscribes to.
+func listenedSets(ls []Listener) []string {
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.BackendSet)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // takeSockets gets the listening sockets: from the running xlb in an upgrade, from systemd with
