@@ -51,7 +51,9 @@
 // own, torn-<log>-<offset> (fsynced), then cut off the log, and logged at warn: it was never
 // acknowledged, and were that diagnosis ever wrong, its bytes are still there. So is a last log whose header is cut short or zero (its
 // creation was cut short: it holds nothing); it gets its header again. Anything else that does not check out (a bad checksum or
-// length before the end, a torn record in an older log, a bad header, a snapshot cut short, a
+// length before the end, a length that runs past the end of the file although a whole record
+// follows it (each append is one record, so a torn one is followed by nothing whole), a torn
+// record in an older log, a bad header, a snapshot cut short, a
 // missing log) is an error naming the file and the offset, and Open refuses to start rather than
 // drop writes it acknowledged. So is a directory whose LOCK says it held a store but that has no
 // log and no snapshot (they were removed): opening it empty would erase every set; removing LOCK

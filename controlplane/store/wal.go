@@ -225,6 +225,14 @@ func scan(f *os.File, path string, size int64, apply func(off int64, r record) e
 			return off, "", corrupt(path, off, "record length %d, want 1 to %d", n, recordBytesMax)
 		}
 		if n > left-recordHeaderBytes {
+			// A torn append leaves a prefix of one record (each append is one): nothing whole can
+			// follow it. A length that runs past the end although a whole record follows is a
+			// damaged length, and cutting there would drop every acknowledged record after it.
+			if at, err := wholeRecordIn(f, path, off+recordHeaderBytes, size); err != nil {
+				return off, "", err
+			} else if at >= 0 {
+				return off, "", corrupt(path, off, "record length %d runs past the end of the file, but a whole record follows at offset %d", n, at)
+			}
 			return off, fmt.Sprintf("a record cut short (%d of %d bytes)", left, recordHeaderBytes+n), nil
 		}
 		payload = slices.Grow(payload[:0], int(n))[:n]
@@ -247,6 +255,28 @@ func scan(f *os.File, path string, size int64, apply func(off int64, r record) e
 		}
 		off += recordHeaderBytes + n
 	}
+}
+
+// wholeRecordIn returns the offset of the first whole record (a plausible length, a known kind, a
+// matching checksum) that starts in f between from and size, or -1 when there is none. It reads
+// what is after a record that runs past the end: less than recordBytesMax, and only on recovery.
+func wholeRecordIn(f *os.File, path string, from, size int64) (int64, error) {
+	b := make([]byte, size-from)
+	if _, err := f.ReadAt(b, from); err != nil {
+		return 0, fmt.Errorf("store: read %s: %w", path, err)
+	}
+	for i := 0; i+recordHeaderBytes < len(b); i++ {
+		n := int(binary.LittleEndian.Uint32(b[i:]))
+		p := i + recordHeaderBytes
+		if n == 0 || n > len(b)-p || b[p] < kindPut || b[p] > kindEnd {
+			continue
+		}
+		sum := crc32.Update(crc32.Checksum(b[i:i+4], castagnoli), castagnoli, b[p:p+n])
+		if sum == binary.LittleEndian.Uint32(b[i+4:]) {
+			return from + int64(i), nil
+		}
+	}
+	return -1, nil
 }
 
 // zeroFrom reports whether every byte of f from off to size is zero.

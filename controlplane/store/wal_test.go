@@ -142,6 +142,14 @@ func TestCorruptRefuses(t *testing.T) {
 			b[offs[1]+3] = 0xff
 			return b, offs[1]
 		}},
+		{"a length in the middle that runs past the end", func(b []byte, offs []int64) ([]byte, int64) {
+			b[offs[1]+2] |= 0x10 // 1 MiB more: within bounds, past the end of the file
+			return b, offs[1]
+		}},
+		{"a length in the last record but one that runs past the end", func(b []byte, offs []int64) ([]byte, int64) {
+			b[offs[len(offs)-2]+2] |= 0x10
+			return b, offs[len(offs)-2]
+		}},
 		{"zero length in the middle", func(b []byte, offs []int64) ([]byte, int64) {
 			clear(b[offs[1] : offs[1]+4])
 			return b, offs[1]
