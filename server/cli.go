@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"runtime/debug"
 	"strings"
@@ -183,6 +184,7 @@ func newRunFlags() *runFlags {
 		stateDir, pidFile         string
 		otlpEndpoint, promListen  string
 		forwarded                 proxy.Forwarded
+		trusted                   []netip.Prefix
 		accessLog                 string
 		logCfg                    LogConfig
 		listenGiven               bool
@@ -278,6 +280,27 @@ func newRunFlags() *runFlags {
 		{name: "forwarded", arg: "MODE", usage: "X-Forwarded-For, -Proto, -Host: append, replace or off (default append)",
 			set:   func(s string) (err error) { forwarded, err = parseForwarded(s); return err },
 			apply: func(c *Config) { c.Proxy.Forwarded = forwarded }},
+		{name: "trusted-proxies", arg: "CIDRS", usage: "comma-separated prefixes or addresses whose X-Forwarded-* fields are appended to; everyone else's are replaced (default none)",
+			set: func(s string) error {
+				trusted = nil
+				for item := range strings.SplitSeq(s, ",") {
+					pr, err := parseTrustedProxy(strings.TrimSpace(item))
+					if err != nil {
+						return err
+					}
+					trusted = append(trusted, pr)
+				}
+				return nil
+			},
+			apply: func(c *Config) { c.Proxy.TrustedProxies = trusted }},
+		{name: "forwarded-field", boolean: true, usage: "also send an RFC 7239 Forwarded field (for, host, proto)",
+			set: func(s string) error {
+				if s != "true" {
+					return errors.New("takes no value")
+				}
+				return nil
+			},
+			apply: func(c *Config) { c.Proxy.ForwardedField = true }},
 		{name: "access-log", arg: "PATH", usage: `a file for one JSON line per request, appended to; "-" for standard output, "" for none (default none)`,
 			set:   func(s string) error { accessLog = s; return nil },
 			apply: func(c *Config) { c.AccessLog = accessLog }},
@@ -527,6 +550,9 @@ const sampleConfig = `  listeners:
   limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256}
   retries: 2                         # 0 for none
   forwarded: append                  # append | replace | off
+  trusted_proxies: [10.0.0.0/8]      # whose X-Forwarded-* append extends (default: no one's)
+  forwarded_field: false             # true: also an RFC 7239 Forwarded field
+  upgrade_protocols: [websocket]     # the Upgrade protocols tunnelled (h2c only if listed)
   access_log: /var/log/xlb/access.jsonl   # "-" = standard output
   log: {level: info, format: text}   # format: text | json
   workers: 2                         # default: one per two CPUs

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -190,6 +191,7 @@ func TestParseRun(t *testing.T) {
 				"--connect-timeout", "1s", "--backend-timeout", "2s", "--client-timeout", "3s", "--idle-timeout", "4s",
 				"--shutdown-timeout", "5s", "--request-line-max", "100", "--header-bytes-max", "200", "--headers-max", "10",
 				"--retries", "0", "--replay-buffer", "300", "--idle-conns-per-backend", "7", "--forwarded", "replace",
+				"--trusted-proxies", "10.0.0.0/8, 192.0.2.7,::ffff:198.51.100.1", "--forwarded-field",
 				"--access-log", "-", "--log-level", "debug", "--log-format", "json", "--workers", "3", "--state-dir", "/srv/xlb", "--reuse-port", "--worker-stall-timeout", "7s"},
 			want: func() Config {
 				return Config{
@@ -200,6 +202,9 @@ func TestParseRun(t *testing.T) {
 						ConnectTimeout: time.Second, BackendTimeout: 2 * time.Second, ClientTimeout: 3 * time.Second,
 						IdleTimeout: 4 * time.Second, RequestLineBytesMax: 100, HeaderBytesMax: 200, HeadersMax: 10,
 						Retries: -1, ReplayBufferBytesMax: 300, IdleConnsPerBackend: 7, Forwarded: proxy.ForwardedReplace,
+						TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"),
+							netip.MustParsePrefix("198.51.100.1/32")},
+						ForwardedField: true,
 					},
 					AccessLog:          "-",
 					ShutdownTimeout:    5 * time.Second,
@@ -256,6 +261,8 @@ func TestParseRun(t *testing.T) {
 			wantErr: `invalid value "64k" for flag --replay-buffer: want an integer >= 1`},
 		{name: "--connect-timeout zero", args: []string{"--backend", "127.0.0.1:1", "--connect-timeout", "0s"},
 			wantErr: `invalid value "0s" for flag --connect-timeout: want a positive duration such as 5s or 1m30s`},
+		{name: "--trusted-proxies not a prefix", args: []string{"--backend", "127.0.0.1:1", "--trusted-proxies", "10.0.0.0/8,10.0.0.0/40"},
+			wantErr: `invalid value "10.0.0.0/8,10.0.0.0/40" for flag --trusted-proxies: want a CIDR prefix such as 10.0.0.0/8 or an address, got "10.0.0.0/40"`},
 		{name: "--forwarded unknown", args: []string{"--backend", "127.0.0.1:1", "--forwarded", "yes"},
 			wantErr: `invalid value "yes" for flag --forwarded: want append, replace or off`},
 		{name: "--log-level unknown", args: []string{"--backend", "127.0.0.1:1", "--log-level", "loud"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"sort"
@@ -17,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
@@ -375,6 +377,30 @@ func (d *decoder) top(root *yaml.Node) Config {
 					d.errorf(v, key, "%v, got %q", err, s)
 				}
 				c.Proxy.Forwarded = f
+			}
+		case "trusted_proxies":
+			for i, n := range d.sequence(v, key) {
+				if s, ok := d.str(n, index(key, i)); ok {
+					pr, err := parseTrustedProxy(s)
+					if err != nil {
+						d.errorf(n, index(key, i), "%v", err)
+					}
+					c.Proxy.TrustedProxies = append(c.Proxy.TrustedProxies, pr)
+				}
+			}
+		case "forwarded_field":
+			if b, ok := d.boolean(v, key); ok {
+				c.Proxy.ForwardedField = b
+			}
+		case "upgrade_protocols":
+			c.Proxy.UpgradeProtocols = []string{}
+			for i, n := range d.sequence(v, key) {
+				if s, ok := d.str(n, index(key, i)); ok {
+					if !http1.IsToken(s) || strings.Contains(s, "/") {
+						d.errorf(n, index(key, i), "want a protocol name such as websocket, got %q", s)
+					}
+					c.Proxy.UpgradeProtocols = append(c.Proxy.UpgradeProtocols, s)
+				}
 			}
 		case "access_log":
 			if s, ok := d.str(v, key); ok {
@@ -975,6 +1001,23 @@ func parseForwarded(s string) (proxy.Forwarded, error) {
 		return 0, errors.New("want append, replace or off")
 	}
 	return f, nil
+}
+
+// parseTrustedProxy parses a CIDR prefix, or an address as the prefix of that address alone.
+func parseTrustedProxy(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("want a CIDR prefix such as 10.0.0.0/8 or an address, got %q", s)
+		}
+		return pr.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("want a CIDR prefix such as 10.0.0.0/8 or an address, got %q", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func parseLogLevel(s string) (hclog.Level, error) {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -105,6 +106,13 @@ func TestParseConfigValues(t *testing.T) {
 			func(c *Config) { c.BackendSets[0].Policy = balance.LeastRequest }},
 		{"forwarded off", minimal + "forwarded: off\n", func(c *Config) { c.Proxy.Forwarded = proxy.ForwardedOff }},
 		{"forwarded replace", minimal + "forwarded: replace\n", func(c *Config) { c.Proxy.Forwarded = proxy.ForwardedReplace }},
+		{"trusted proxies", minimal + "trusted_proxies: [10.1.2.0/16, 192.0.2.7, \"::1\", \"2001:db8::/32\"]\n", func(c *Config) {
+			c.Proxy.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.0.2.7/32"),
+				netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("2001:db8::/32")}
+		}},
+		{"forwarded field", minimal + "forwarded_field: true\n", func(c *Config) { c.Proxy.ForwardedField = true }},
+		{"upgrade protocols", minimal + "upgrade_protocols: [websocket, h2c]\n", func(c *Config) { c.Proxy.UpgradeProtocols = []string{"websocket", "h2c"} }},
+		{"no upgrades", minimal + "upgrade_protocols: []\n", func(c *Config) { c.Proxy.UpgradeProtocols = []string{} }},
 		{"access log on stdout", minimal + "access_log: \"-\"\n", func(c *Config) { c.AccessLog = "-" }},
 		{"log json debug", minimal + "log: {level: debug, format: json}\n", func(c *Config) { c.Log = LogConfig{Level: hclog.Debug, JSON: true} }},
 		{"some timeouts", minimal + "timeouts: {idle: 90s, shutdown: 1m30s}\n", func(c *Config) {
@@ -394,6 +402,16 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`xlb.yaml:12: retries: want an integer >= 0, got "-1"`}},
 		{"forwarded unknown", func(t *testing.T) string { return edit(t, "forwarded: append", "forwarded: maybe") },
 			[]string{`xlb.yaml:13: forwarded: want append, replace or off, got "maybe"`}},
+		{"trusted proxies not prefixes", func(t *testing.T) string {
+			return edit(t, "forwarded: append", "forwarded: append\ntrusted_proxies: [10.0.0.0/33, 10.0.0.1, nonsense, \"fe80::1%eth0\"]")
+		}, []string{
+			`xlb.yaml:14: trusted_proxies[0]: want a CIDR prefix such as 10.0.0.0/8 or an address, got "10.0.0.0/33"`,
+			`xlb.yaml:14: trusted_proxies[2]: want a CIDR prefix such as 10.0.0.0/8 or an address, got "nonsense"`,
+			`xlb.yaml:14: trusted_proxies[3]: want a CIDR prefix such as 10.0.0.0/8 or an address, got "fe80::1%eth0"`,
+		}},
+		{"upgrade protocol not a name", func(t *testing.T) string {
+			return edit(t, "forwarded: append", "forwarded: append\nupgrade_protocols: [websocket, h2c/1]")
+		}, []string{`xlb.yaml:14: upgrade_protocols[1]: want a protocol name such as websocket, got "h2c/1"`}},
 		{"access log empty", func(t *testing.T) string { return edit(t, "access_log: /var/log/xlb/access.jsonl", `access_log: ""`) },
 			[]string{`xlb.yaml:14: access_log: want a file path or "-" for standard output, got ""`}},
 		{"log level unknown", func(t *testing.T) string { return edit(t, "level: info", "level: loud") },

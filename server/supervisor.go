@@ -663,7 +663,9 @@ func restartKeys(a, b Config) []string {
 		pa.HeadersMax == pb.HeadersMax && pa.ReplayBufferBytesMax == pb.ReplayBufferBytesMax &&
 		pa.IdleConnsPerBackend == pb.IdleConnsPerBackend)
 	diff("retries", pa.Retries == pb.Retries)
-	diff("forwarded", pa.Forwarded == pb.Forwarded)
+	diff("forwarded", pa.Forwarded == pb.Forwarded && pa.ForwardedField == pb.ForwardedField)
+	diff("trusted_proxies", slices.Equal(pa.TrustedProxies, pb.TrustedProxies))
+	diff("upgrade_protocols", slices.Equal(pa.UpgradeProtocols, pb.UpgradeProtocols))
 	diff("access_log", a.AccessLog == b.AccessLog)
 	diff("log", a.Log == b.Log)
 	diff("workers", a.Workers == b.Workers)

@@ -34,6 +34,15 @@ var targetChar = func() (t [256]bool) {
 	return t
 }()
 
+// schemeChar marks the letters that may start a URI scheme (RFC 3986 §3.1).
+var schemeChar = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	return t
+}()
+
 // hostChar marks the bytes of a Host value: reg-name, IP-literal and port (RFC 3986).
 var hostChar = func() (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
@@ -114,4 +123,18 @@ func nextListItem(b []byte) (item, rest []byte, ok bool) {
 		b = rest
 	}
 	return nil, nil, false
+}
+
+// NextListItem returns the first element of a comma-separated field value and the rest, skipping
+// empty elements (RFC 9110 §5.6.1); ok is false when nothing is left.
+func NextListItem(b []byte) (item, rest []byte, ok bool) { return nextListItem(b) }
+
+// IsToken reports whether s is a non-empty RFC 9110 token.
+func IsToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !tokenChar[s[i]] {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -39,6 +39,8 @@ var (
 	errNoHost          = bad("missing Host header")
 	errManyHost        = bad("more than one Host header")
 	errHostValue       = bad("malformed Host header")
+	errScheme          = bad("request target: an absolute-form scheme other than http or https")
+	errAuthority       = bad("request target: malformed authority (host and port only)")
 	errCLInvalid       = bad("invalid Content-Length")
 	errCLDiffer        = bad("differing Content-Length values")
 	errCLAndTE         = bad("both Content-Length and Transfer-Encoding")
@@ -84,6 +86,7 @@ const (
 	KindXForwardedFor
 	KindXForwardedProto
 	KindXForwardedHost
+	KindForwarded
 )
 
 // Header is one field line of a head. Name and Value point into the parsed buffer; Value has no
@@ -113,6 +116,10 @@ func classify(name []byte) Kind {
 	case 7:
 		if EqualFold(name, "upgrade") {
 			return KindUpgrade
+		}
+	case 9:
+		if EqualFold(name, "forwarded") {
+			return KindForwarded
 		}
 	case 10:
 		if EqualFold(name, "connection") {
@@ -405,10 +412,45 @@ func (r *Request) interpret() error {
 	if hosts > 1 {
 		return errManyHost
 	}
+	// RFC 9112 §3.2.2: the authority of an absolute-form target replaces the Host field, which a
+	// client must still send.
+	if auth, absolute, err := absoluteAuthority(r.Target); err != nil {
+		return err
+	} else if absolute {
+		r.Host = auth
+	}
 	if err := r.framing.interpret(r.Headers, r.Minor, false); err != nil {
 		return err
 	}
 	return nil
+}
+
+// absoluteAuthority returns the authority of an absolute-form target (scheme "://" authority
+// ...): absolute says the target has that form. Only http and https are accepted, and an authority
+// must be a host and an optional port: userinfo (RFC 9110 §4.2.4) is refused.
+func absoluteAuthority(target []byte) (auth []byte, absolute bool, err error) {
+	i := 0
+	for i < len(target) && (schemeChar[target[i]] || i > 0 && ('0' <= target[i] && target[i] <= '9' || target[i] == '+' || target[i] == '-' || target[i] == '.')) {
+		i++
+	}
+	if i == 0 || len(target) < i+3 || string(target[i:i+3]) != "://" {
+		return nil, false, nil
+	}
+	if !EqualFold(target[:i], "http") && !EqualFold(target[:i], "https") {
+		return nil, true, errScheme
+	}
+	rest := target[i+3:]
+	j := 0
+	for j < len(rest) && rest[j] != '/' && rest[j] != '?' && rest[j] != '#' {
+		if !hostChar[rest[j]] {
+			return nil, true, errAuthority
+		}
+		j++
+	}
+	if j == 0 {
+		return nil, true, errAuthority
+	}
+	return rest[:j], true, nil
 }
 
 // interpret fills f from the Content-Length, Transfer-Encoding and Connection fields of hs.

@@ -184,6 +184,12 @@ func TestParseRequestRules(t *testing.T) {
 		{"DEL in the target", "GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n", 400, "request target"},
 		{"obs-text target passes", "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 0, ""},
 		{"absolute-form target", "GET http://a/b?c HTTP/1.1\r\nHost: a\r\n\r\n", 0, ""},
+		{"absolute-form target, HTTPS in capitals", "GET HTTPS://a:8443 HTTP/1.1\r\nHost: b\r\n\r\n", 0, ""},
+		{"absolute-form target of another scheme", "GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "scheme"},
+		{"absolute-form target with userinfo", "GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "authority"},
+		{"absolute-form target without authority", "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "authority"},
+		{"absolute-form target still needs Host", "GET http://a/ HTTP/1.1\r\n\r\n", 400, "missing Host"},
+		{"a colon in an origin-form target", "GET /http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 0, ""},
 		{"HTTP/2.0", req("GET / HTTP/2.0", "Host: a"), 505, notSupp},
 		{"HTTP/1.2", req("GET / HTTP/1.2", "Host: a"), 505, notSupp},
 		{"HTTP/0.9", req("GET / HTTP/0.9", "Host: a"), 505, notSupp},
@@ -426,11 +432,33 @@ func TestParseRequestKinds(t *testing.T) {
 		"Connection": KindConnection, "Keep-Alive": KindKeepAlive, "Proxy-Connection": KindProxyConnection,
 		"te": KindTE, "Upgrade": KindUpgrade, "Expect": KindExpect, "X-Forwarded-For": KindXForwardedFor,
 		"X-Forwarded-Proto": KindXForwardedProto, "x-forwarded-host": KindXForwardedHost,
+		"Forwarded": KindForwarded, "forwarde": KindOther,
 		"Hosts": KindOther, "Content-Lengths": KindOther, "Transfer_Encoding": KindOther, "X": KindOther,
 	}
 	for name, want := range names {
 		if got := classify([]byte(name)); got != want {
 			t.Errorf("classify(%q) = %d, want %d", name, got, want)
+		}
+	}
+}
+
+// TestAbsoluteFormHost: the authority of an absolute-form target is the request's host, whatever
+// the Host field says (RFC 9112 §3.2.2); an origin-form target keeps the Host field's.
+func TestAbsoluteFormHost(t *testing.T) {
+	lim := Limits{RequestLineBytesMax: 8192, HeaderBytesMax: 32768, HeadersMax: 100}
+	for _, tc := range []struct{ target, host, want string }{
+		{"http://a.example:81/p?q", "evil.example", "a.example:81"},
+		{"https://[::1]:8443", "x", "[::1]:8443"},
+		{"HTTP://b.example?x", "x", "b.example"},
+		{"/p", "c.example", "c.example"},
+		{"*", "d.example", "d.example"},
+	} {
+		var r Request
+		if err := ParseRequest([]byte("GET "+tc.target+" HTTP/1.1\r\nHost: "+tc.host+"\r\n\r\n"), &lim, &r); err != nil {
+			t.Fatalf("%s: %v", tc.target, err)
+		}
+		if string(r.Host) != tc.want || string(r.Target) != tc.target {
+			t.Errorf("%s with Host %s: host %q target %q, want host %q and the target as sent", tc.target, tc.host, r.Host, r.Target, tc.want)
 		}
 	}
 }

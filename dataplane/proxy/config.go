@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -17,12 +18,15 @@ import (
 type Forwarded uint8
 
 const (
-	// ForwardedAppend appends the client's address to X-Forwarded-For and sets X-Forwarded-Proto and
-	// X-Forwarded-Host only when the client did not send them. It trusts whoever is in front.
+	// ForwardedAppend trusts the X-Forwarded-* (and Forwarded) fields of a client in
+	// Config.TrustedProxies: it appends the client's address to X-Forwarded-For and sets
+	// X-Forwarded-Proto and X-Forwarded-Host only when the client did not send them. From any other
+	// client it replaces them, as ForwardedReplace does.
 	ForwardedAppend Forwarded = iota
-	// ForwardedReplace drops whatever X-Forwarded-* headers the client sent and sets all three.
+	// ForwardedReplace drops whatever X-Forwarded-* (and Forwarded) fields the client sent and sets
+	// its own, from what the proxy itself saw.
 	ForwardedReplace
-	// ForwardedOff passes the client's X-Forwarded-* headers through and adds none.
+	// ForwardedOff passes the client's X-Forwarded-* and Forwarded fields through and adds none.
 	ForwardedOff
 )
 
@@ -85,8 +89,22 @@ type Config struct {
 	// negative value disables pooling.
 	IdleConnsPerBackend int
 
-	// Forwarded is the X-Forwarded-* mode. The zero value appends.
+	// Forwarded is the X-Forwarded-* mode. The zero value appends to a trusted proxy's fields and
+	// replaces anyone else's.
 	Forwarded Forwarded
+	// TrustedProxies are the client addresses whose X-Forwarded-* and Forwarded fields
+	// ForwardedAppend extends; an IPv4-mapped IPv6 address is matched as IPv4. Nil trusts no one:
+	// every client's fields are replaced by what the proxy saw.
+	TrustedProxies []netip.Prefix
+	// ForwardedField adds an RFC 7239 Forwarded field (for, host, proto) besides the X-Forwarded-*
+	// ones, following the same mode. The zero value adds none, and still drops an untrusted
+	// client's Forwarded field unless the mode is ForwardedOff.
+	ForwardedField bool
+	// UpgradeProtocols are the protocols (RFC 9110 §7.8 names, matched without case or version) that
+	// an Upgrade request may switch to; other offers are dropped and the request goes on as an
+	// ordinary one. Nil means websocket alone: an h2c upgrade through a proxy would let a client
+	// speak HTTP/2 to the backend past every check of this proxy.
+	UpgradeProtocols []string
 
 	// NoBackendMetrics turns the per-backend counters off (BackendMetrics returns nothing). The
 	// zero value counts; the switch exists to measure what counting costs.

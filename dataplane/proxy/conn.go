@@ -51,8 +51,10 @@ type conn struct {
 	wbuf     []byte // what rawWrite has left to write
 	wErr     error
 	clientIP []byte
-	setName  string
-	state    atomic.Int32
+	// trusted says the client is in Config.TrustedProxies.
+	trusted bool
+	setName string
+	state   atomic.Int32
 
 	// tbl and set cache the backend set of the table last seen.
 	tbl *routing
@@ -78,9 +80,12 @@ type conn struct {
 	target     []byte
 	host       []byte
 	idempotent bool
-	resp       http1.Response
-	dec        http1.ChunkedDecoder // the request body's, owned by the pump while it runs
-	rdec       http1.ChunkedDecoder // the response body's
+	// upgrade is the request's Upgrade offer cut to the protocols Config.UpgradeProtocols allows, or
+	// nil when the request is not one to tunnel.
+	upgrade []byte
+	resp    http1.Response
+	dec     http1.ChunkedDecoder // the request body's, owned by the pump while it runs
+	rdec    http1.ChunkedDecoder // the response body's
 
 	// The request body that streams on after the first attempt was sent.
 	bodyLeft int64      // Content-Length bytes not yet read from the client
@@ -134,8 +139,16 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
+	c.trusted = false
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		c.clientIP = ta.AddrPort().Addr().Unmap().AppendTo(c.clientIP)
+		ip := ta.AddrPort().Addr().Unmap()
+		c.clientIP = ip.AppendTo(c.clientIP)
+		for _, pr := range p.cfg.TrustedProxies {
+			if pr.Contains(ip) {
+				c.trusted = true
+				break
+			}
+		}
 	}
 	// A connection accepted as the drain began is served like an idle one: its first request,
 	// if it comes within drainIdleGrace, is answered with Connection: close. Shutdown waits for
@@ -448,10 +461,11 @@ func (c *conn) handle() bool {
 		return false
 	}
 	c.takeOut()
+	c.upgrade = c.upgradeOffer(c.upgrade[:0])
 	c.out = c.appendRequestHead(c.out[:0])
 	// The head's slices point into c.in, whose bytes the body will overwrite: keep copies of what is
 	// needed later. idempotent is decided now, while r.Method is still valid.
-	c.idempotent = idempotent(r.Method) && r.Upgrade == nil
+	c.idempotent = idempotent(r.Method) && !c.upgrading()
 	c.method = append(c.method[:0], r.Method...)
 	if p.access != nil {
 		c.target = append(c.target[:0], r.Target...)

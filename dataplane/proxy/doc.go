@@ -15,10 +15,12 @@
 // # What reaches the backend
 //
 // The request line byte for byte (as HTTP/1.1), every end-to-end header field as received, in order,
-// with Host kept; one Content-Length, or Transfer-Encoding: chunked with the body re-framed in chunks
+// with Host kept (but an absolute-form target's authority replaces its value); one Content-Length, or Transfer-Encoding: chunked with the body re-framed in chunks
 // of the proxy's own (extensions dropped, trailers kept). Hop-by-hop fields (Connection, Keep-Alive,
 // Proxy-Connection, TE, Transfer-Encoding, Upgrade and every field that Connection names) are
-// removed in both directions. X-Forwarded-For, -Proto and -Host follow Config.Forwarded.
+// removed in both directions. X-Forwarded-For, -Proto and -Host (and, with Config.ForwardedField,
+// an RFC 7239 Forwarded field) follow Config.Forwarded: by default a client's own are extended only
+// when it is in Config.TrustedProxies, and replaced by what the proxy saw otherwise.
 //
 // # Errors and retries
 //
@@ -57,8 +59,9 @@
 //
 // Client keep-alive follows HTTP/1.1 and HTTP/1.0 rules; a response framed by the backend's close is
 // re-framed as chunked for an HTTP/1.1 client (which keeps its connection) and sent raw, then closed,
-// to an HTTP/1.0 one. An Upgrade request (WebSocket) without a body is tunnelled both ways after the
-// backend's 101. Shutdown stops accepting, lets requests in flight finish (their responses say
+// to an HTTP/1.0 one. An Upgrade request without a body, to a protocol of Config.UpgradeProtocols
+// (WebSocket by default), is tunnelled both ways after the backend's 101; other offers are dropped
+// and the request is forwarded as an ordinary one. Shutdown stops accepting, lets requests in flight finish (their responses say
 // Connection: close), gives an idle connection (or one accepted as the drain began) a second to
 // send one more request, answered with Connection: close, so that a request already on the wire is
 // not reset, then closes it; and cuts what remains at its deadline.

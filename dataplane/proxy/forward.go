@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"strconv"
 	"time"
@@ -13,12 +14,15 @@ import (
 // HTTP/1.1), every end-to-end field as received, one Content-Length, our own framing and
 // X-Forwarded-* fields.
 func (c *conn) appendRequestHead(b []byte) []byte {
-	r, mode := &c.req, c.p.cfg.Forwarded
+	r, mode, field := &c.req, c.p.cfg.Forwarded, c.p.cfg.ForwardedField
+	if mode == ForwardedAppend && !c.trusted {
+		mode = ForwardedReplace
+	}
 	b = append(b, r.Method...)
 	b = append(b, ' ')
 	b = append(b, r.Target...)
 	b = append(b, " HTTP/1.1\r\n"...)
-	xff, proto, host := -1, false, false
+	xff, fwd, proto, host := -1, -1, false, false
 	cl := false
 	for i := range r.Headers {
 		h := &r.Headers[i]
@@ -37,6 +41,20 @@ func (c *conn) appendRequestHead(b []byte) []byte {
 			b = strconv.AppendInt(b, r.ContentLength, 10)
 			b = append(b, "\r\n"...)
 			continue
+		case http1.KindHost:
+			// The authority of an absolute-form target, when there is one.
+			b = appendField(b, h.Name, r.Host)
+			continue
+		case http1.KindForwarded:
+			if mode == ForwardedReplace {
+				continue
+			}
+			if mode == ForwardedAppend && field {
+				if fwd < 0 {
+					fwd = i
+				}
+				continue
+			}
 		case http1.KindXForwardedFor:
 			if mode == ForwardedAppend {
 				if xff < 0 {
@@ -65,7 +83,7 @@ func (c *conn) appendRequestHead(b []byte) []byte {
 	}
 	if c.upgrading() {
 		b = append(b, "Connection: upgrade\r\nUpgrade: "...)
-		b = append(b, r.Upgrade...)
+		b = append(b, c.upgrade...)
 		b = append(b, "\r\n"...)
 	}
 	if mode != ForwardedOff {
@@ -89,13 +107,91 @@ func (c *conn) appendRequestHead(b []byte) []byte {
 			b = append(b, r.Host...)
 			b = append(b, "\r\n"...)
 		}
+		if field {
+			b = c.appendForwarded(b, fwd)
+		}
 	}
 	return append(b, "\r\n"...)
 }
 
+// appendForwarded appends the RFC 7239 Forwarded field: the trusted client's Forwarded elements
+// from field index from on (none when from < 0), then this hop's.
+func (c *conn) appendForwarded(b []byte, from int) []byte {
+	r := &c.req
+	b = append(b, "Forwarded: "...)
+	if from >= 0 {
+		for i := from; i < len(r.Headers); i++ {
+			if h := &r.Headers[i]; h.Kind == http1.KindForwarded && !h.Hop && len(h.Value) > 0 {
+				b = append(b, h.Value...)
+				b = append(b, ", "...)
+			}
+		}
+	}
+	b = append(b, "for="...)
+	switch ip := c.clientIP; {
+	case len(ip) == 0:
+		b = append(b, "unknown"...)
+	case bytes.IndexByte(ip, ':') >= 0:
+		// An IPv6 address is a quoted, bracketed string (RFC 7239 §6).
+		b = append(b, `"[`...)
+		b = append(b, ip...)
+		b = append(b, `]"`...)
+	default:
+		b = append(b, ip...)
+	}
+	// A host with a port has a colon, which a token cannot hold; hostChar admits no quote or
+	// backslash, so quoting needs no escapes.
+	b = append(b, `;host="`...)
+	b = append(b, r.Host...)
+	b = append(b, `";proto=http`...)
+	return append(b, "\r\n"...)
+}
+
 // upgrading reports whether the request asks for a protocol switch that the proxy will tunnel: an
-// Upgrade request without a body.
-func (c *conn) upgrading() bool { return c.req.Upgrade != nil && !c.req.HasBody() }
+// Upgrade request without a body that offers a protocol Config.UpgradeProtocols allows.
+func (c *conn) upgrading() bool { return len(c.upgrade) > 0 }
+
+// upgradeOffer appends to dst the request's Upgrade offers that Config.UpgradeProtocols allows,
+// comma-separated, and returns nil when there are none or the request has a body.
+func (c *conn) upgradeOffer(dst []byte) []byte {
+	r := &c.req
+	if r.Upgrade == nil || r.HasBody() {
+		return nil
+	}
+	for item, rest, ok := http1.NextListItem(r.Upgrade); ok; item, rest, ok = http1.NextListItem(rest) {
+		if !c.p.upgradeAllowed(item) {
+			continue
+		}
+		if len(dst) > 0 {
+			dst = append(dst, ", "...)
+		}
+		dst = append(dst, item...)
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	return dst
+}
+
+// upgradeAllowed reports whether the protocol (name, or name/version) of an Upgrade item is one of
+// Config.UpgradeProtocols.
+func (p *Proxy) upgradeAllowed(item []byte) bool {
+	if i := bytes.IndexByte(item, '/'); i >= 0 {
+		item = item[:i]
+	}
+	for _, name := range p.cfg.UpgradeProtocols {
+		if http1.EqualFold(item, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// firstItem is the first element of a comma-separated field value.
+func firstItem(v []byte) []byte {
+	item, _, _ := http1.NextListItem(v)
+	return item
+}
 
 func appendField(b, name, value []byte) []byte {
 	b = append(b, name...)
@@ -314,7 +410,8 @@ func (c *conn) exchange(u *upstream.Conn, readErr error) attemptResult {
 			return c.forwardResponse(u)
 		}
 		if st == 101 {
-			if !c.upgrading() {
+			// A switch the client did not ask for, or to a protocol not allowed, is not passed on.
+			if !c.upgrading() || c.resp.Upgrade != nil && !c.p.upgradeAllowed(firstItem(c.resp.Upgrade)) {
 				return attemptBad
 			}
 			c.headArrived(st)

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -1060,6 +1061,58 @@ func TestUpgradeTunnel(t *testing.T) {
 	})
 }
 
+// TestUpgradeOnlyAllowedProtocols: an Upgrade offer reaches the backend only for the protocols
+// Config.UpgradeProtocols allows (websocket by default); an h2c offer is dropped and the request is
+// answered as an ordinary one, and a backend that switches to a protocol nobody allowed gets 502.
+func TestUpgradeOnlyAllowedProtocols(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		allowed []string
+		offer   string
+		upgrade []string // what the backend gets
+	}{
+		{"h2c by default", nil, "h2c", nil},
+		{"h2c and websocket by default", nil, "h2c, WebSocket/13", []string{"WebSocket/13"}},
+		{"h2c allowed", []string{"H2C"}, "h2c", []string{"h2c"}},
+		{"websocket when only h2c is allowed", []string{"h2c"}, "websocket", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := newRecordingBackend(t, nil)
+			_, addr := startProxyTo(t, Config{UpgradeProtocols: tc.allowed}, be)
+			c := dialWire(t, addr)
+			c.write("GET /u HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: " + tc.offer +
+				"\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+			if res, body := c.response("GET"); res.StatusCode != 200 {
+				t.Fatalf("got %d %q", res.StatusCode, body)
+			}
+			r := be.nextRequest(t)
+			if got := r.values("Upgrade"); !slices.Equal(got, tc.upgrade) {
+				t.Errorf("backend Upgrade %q, want %q", got, tc.upgrade)
+			}
+			if got := r.values("HTTP2-Settings"); got != nil {
+				t.Errorf("backend HTTP2-Settings %q: a field Connection names must not pass", got)
+			}
+			upgrading := slices.ContainsFunc(r.values("Connection"), func(v string) bool { return strings.EqualFold(v, "upgrade") })
+			if upgrading != (tc.upgrade != nil) {
+				t.Errorf("backend Connection %q, want upgrade only with an Upgrade", r.values("Connection"))
+			}
+		})
+	}
+	t.Run("a switch to another protocol is 502", func(t *testing.T) {
+		be := newWireBackend(t, func(s *wireBackend, c net.Conn) {
+			if _, err := readWireRequest(bufio.NewReader(c)); err == nil {
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+			}
+		})
+		_, addr := startProxyTo(t, Config{}, be)
+		c := dialWire(t, addr)
+		c.write(wsUpgradeRequest)
+		if res, body := c.response("GET"); res.StatusCode != 502 {
+			t.Fatalf("got %d %q, want 502", res.StatusCode, body)
+		}
+	})
+}
+
 // ---------------------------------------------------------------------------------------------
 // Keep-alive
 
@@ -1234,29 +1287,42 @@ func TestHopByHopResponseFieldsRemoved(t *testing.T) {
 	c.get("/next", "GET /next")
 }
 
-// TestXForwarded: X-Forwarded-For, -Proto and -Host in each mode, with and without values from the
-// client.
+// TestXForwarded: X-Forwarded-For, -Proto and -Host and the RFC 7239 Forwarded field in each mode,
+// with and without values from the client, from a trusted proxy and from anyone else: only a
+// trusted proxy's fields are extended, and everyone else's say what the proxy itself saw.
 func TestXForwarded(t *testing.T) {
 	const plain = "GET /x HTTP/1.1\r\nHost: example.test:8080\r\n\r\n"
 	const incoming = "GET /x HTTP/1.1\r\nHost: example.test:8080\r\nX-Forwarded-For: 203.0.113.7\r\n" +
-		"x-forwarded-for: 198.51.100.1, 192.0.2.3\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: orig.example\r\n\r\n"
+		"x-forwarded-for: 198.51.100.1, 192.0.2.3\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: orig.example\r\n" +
+		"Forwarded: for=203.0.113.7;proto=https\r\n\r\n"
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	elsewhere := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	ours := `for=127.0.0.1;host="example.test:8080";proto=http`
 	for _, tc := range []struct {
 		name        string
 		mode        Forwarded
+		trusted     []netip.Prefix
+		field       bool
 		req         string
 		xff         []string // the values of all X-Forwarded-For fields, joined as one list
 		proto, host []string
+		forwarded   []string
 	}{
-		{"append/none", ForwardedAppend, plain, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}},
-		{"append/incoming", ForwardedAppend, incoming, []string{"203.0.113.7", "198.51.100.1", "192.0.2.3", "127.0.0.1"}, []string{"https"}, []string{"orig.example"}},
-		{"replace/none", ForwardedReplace, plain, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}},
-		{"replace/incoming", ForwardedReplace, incoming, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}},
-		{"off/none", ForwardedOff, plain, nil, nil, nil},
-		{"off/incoming", ForwardedOff, incoming, []string{"203.0.113.7", "198.51.100.1", "192.0.2.3"}, []string{"https"}, []string{"orig.example"}},
+		{"append/none", ForwardedAppend, nil, false, plain, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, nil},
+		{"append/incoming untrusted", ForwardedAppend, nil, false, incoming, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, nil},
+		{"append/incoming, others trusted", ForwardedAppend, elsewhere, false, incoming, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, nil},
+		{"append/incoming trusted", ForwardedAppend, loopback, false, incoming, []string{"203.0.113.7", "198.51.100.1", "192.0.2.3", "127.0.0.1"}, []string{"https"}, []string{"orig.example"}, []string{"for=203.0.113.7;proto=https"}},
+		{"append/none with Forwarded", ForwardedAppend, nil, true, plain, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, []string{ours}},
+		{"append/incoming untrusted with Forwarded", ForwardedAppend, nil, true, incoming, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, []string{ours}},
+		{"append/incoming trusted with Forwarded", ForwardedAppend, loopback, true, incoming, []string{"203.0.113.7", "198.51.100.1", "192.0.2.3", "127.0.0.1"}, []string{"https"}, []string{"orig.example"}, []string{"for=203.0.113.7;proto=https, " + ours}},
+		{"replace/none", ForwardedReplace, nil, false, plain, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, nil},
+		{"replace/incoming trusted", ForwardedReplace, loopback, true, incoming, []string{"127.0.0.1"}, []string{"http"}, []string{"example.test:8080"}, []string{ours}},
+		{"off/none", ForwardedOff, nil, true, plain, nil, nil, nil, nil},
+		{"off/incoming", ForwardedOff, nil, true, incoming, []string{"203.0.113.7", "198.51.100.1", "192.0.2.3"}, []string{"https"}, []string{"orig.example"}, []string{"for=203.0.113.7;proto=https"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			be := newRecordingBackend(t, nil)
-			_, addr := startProxyTo(t, Config{Forwarded: tc.mode}, be)
+			_, addr := startProxyTo(t, Config{Forwarded: tc.mode, TrustedProxies: tc.trusted, ForwardedField: tc.field}, be)
 			c := dialWire(t, addr)
 			c.write(tc.req)
 			if res, body := c.response("GET"); res.StatusCode != 200 {
@@ -1278,6 +1344,9 @@ func TestXForwarded(t *testing.T) {
 			if got := r.values("X-Forwarded-Host"); !slices.Equal(got, tc.host) {
 				t.Errorf("X-Forwarded-Host %q, want %q", got, tc.host)
 			}
+			if got := r.values("Forwarded"); !slices.Equal(got, tc.forwarded) {
+				t.Errorf("Forwarded %q, want %q", got, tc.forwarded)
+			}
 			if got := r.values("Host"); !slices.Equal(got, []string{"example.test:8080"}) {
 				t.Errorf("Host %q, want it kept", got)
 			}
@@ -1288,20 +1357,41 @@ func TestXForwarded(t *testing.T) {
 	}
 }
 
+// TestForwardedNodes: the Forwarded field's for= of each kind of client address (RFC 7239 §6).
+func TestForwardedNodes(t *testing.T) {
+	for _, tc := range []struct{ ip, want string }{
+		{"192.0.2.60", `Forwarded: for=192.0.2.60;host="a.example";proto=http` + "\r\n"},
+		{"2001:db8:cafe::17", `Forwarded: for="[2001:db8:cafe::17]";host="a.example";proto=http` + "\r\n"},
+		{"", `Forwarded: for=unknown;host="a.example";proto=http` + "\r\n"},
+	} {
+		c := &conn{clientIP: []byte(tc.ip)}
+		c.req.Host = []byte("a.example")
+		if got := string(c.appendForwarded(nil, -1)); got != tc.want {
+			t.Errorf("client %q: %q, want %q", tc.ip, got, tc.want)
+		}
+	}
+}
+
 // TestRequestTargetAndHostForwardedExactly: the request target reaches the backend byte for byte,
-// odd but legal forms included, and the Host field is kept.
+// odd but legal forms included, and the Host field is kept, except that an absolute-form target's
+// authority replaces it (RFC 9112 §3.2.2), so that the backend and X-Forwarded-Host agree with
+// the target.
 func TestRequestTargetAndHostForwardedExactly(t *testing.T) {
 	be := newRecordingBackend(t, nil)
 	_, addr := startProxyTo(t, Config{}, be)
-	for _, tc := range []struct{ method, target, host string }{
-		{"GET", "/a%2Fb?x=1&y=%zz", "example.test"},
-		{"GET", "//double", "example.test"},
-		{"GET", "/p;param/%7E~!$&'()*+,;=:@?q=a+b&q=%20", "Example.TEST:8443"},
-		{"GET", "http://h/p", "h"},
-		{"GET", "http://other.example:81/p?q", "example.test"},
-		{"OPTIONS", "*", "example.test"},
-		{"DELETE", "/items/%E2%82%AC", "[::1]:8080"},
+	for _, tc := range []struct{ method, target, host, want string }{
+		{"GET", "/a%2Fb?x=1&y=%zz", "example.test", ""},
+		{"GET", "//double", "example.test", ""},
+		{"GET", "/p;param/%7E~!$&'()*+,;=:@?q=a+b&q=%20", "Example.TEST:8443", ""},
+		{"GET", "http://h/p", "h", ""},
+		{"GET", "http://other.example:81/p?q", "example.test", "other.example:81"},
+		{"GET", "HTTPS://[::1]:8443", "example.test", "[::1]:8443"},
+		{"OPTIONS", "*", "example.test", ""},
+		{"DELETE", "/items/%E2%82%AC", "[::1]:8080", ""},
 	} {
+		if tc.want == "" {
+			tc.want = tc.host
+		}
 		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
 			c := dialWire(t, addr)
 			c.write(tc.method + " " + tc.target + " HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n")
@@ -1312,8 +1402,11 @@ func TestRequestTargetAndHostForwardedExactly(t *testing.T) {
 			if want := tc.method + " " + tc.target + " HTTP/1.1"; r.line != want {
 				t.Errorf("backend request line %q, want %q", r.line, want)
 			}
-			if got := r.values("Host"); !slices.Equal(got, []string{tc.host}) {
-				t.Errorf("backend Host %q, want %q", got, tc.host)
+			if got := r.values("Host"); !slices.Equal(got, []string{tc.want}) {
+				t.Errorf("backend Host %q, want %q", got, tc.want)
+			}
+			if got := r.values("X-Forwarded-Host"); !slices.Equal(got, []string{tc.want}) {
+				t.Errorf("backend X-Forwarded-Host %q, want %q", got, tc.want)
 			}
 		})
 	}
@@ -1513,5 +1606,34 @@ func TestMalformedBackendResponse(t *testing.T) {
 				t.Errorf("the backend accepted %d connections, want 1: a malformed response is not retried", n)
 			}
 		})
+	}
+}
+
+// TestHundredFieldsPass: by default a request and a response of 100 header fields each pass whole
+// (the 101st is refused, in the tests of malformed heads).
+func TestHundredFieldsPass(t *testing.T) {
+	var fields strings.Builder
+	for i := range 99 {
+		fmt.Fprintf(&fields, "X-Field-%d: %d\r\n", i, i)
+	}
+	be := newRecordingBackend(t, func(r *wireRequest) (string, bool) {
+		return "HTTP/1.1 200 OK\r\n" + fields.String() + "Content-Length: 2\r\n\r\nok", false
+	})
+	_, addr := startProxyTo(t, Config{}, be)
+	c := dialWire(t, addr)
+	c.write("GET / HTTP/1.1\r\nHost: example.test\r\n" + fields.String() + "\r\n")
+	res, body := c.response("GET")
+	if res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("got %d %q", res.StatusCode, body)
+	}
+	r := be.nextRequest(t)
+	for i := range 99 {
+		name := fmt.Sprintf("X-Field-%d", i)
+		if got := r.values(name); !slices.Equal(got, []string{strconv.Itoa(i)}) {
+			t.Fatalf("backend %s %q", name, got)
+		}
+		if got := res.Header.Get(name); got != strconv.Itoa(i) {
+			t.Fatalf("client %s %q", name, got)
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -195,6 +197,24 @@ func (c *Config) setDefaults() error {
 		c.IdleConnsPerBackend = 256
 	case c.IdleConnsPerBackend < 0:
 		c.IdleConnsPerBackend = 0
+	}
+	// Copies, so that the caller's slices are never changed.
+	c.TrustedProxies = slices.Clone(c.TrustedProxies)
+	for i, pr := range c.TrustedProxies {
+		if !pr.IsValid() {
+			return fmt.Errorf("proxy: TrustedProxies[%d]: not a prefix", i)
+		}
+		c.TrustedProxies[i] = pr.Masked()
+	}
+	c.UpgradeProtocols = slices.Clone(c.UpgradeProtocols)
+	if c.UpgradeProtocols == nil {
+		c.UpgradeProtocols = []string{"websocket"}
+	}
+	for i, name := range c.UpgradeProtocols {
+		if !http1.IsToken(name) || strings.Contains(name, "/") {
+			return fmt.Errorf("proxy: UpgradeProtocols[%d] %q: not a protocol name", i, name)
+		}
+		c.UpgradeProtocols[i] = strings.ToLower(name)
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestConfigRefused: New refuses a Config it cannot honour, naming the field.
+func TestConfigRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"negative HeadersMax", Config{HeadersMax: -1}, "HeadersMax -1"},
+		{"zero prefix", Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), {}}}, "TrustedProxies[1]"},
+		{"empty protocol", Config{UpgradeProtocols: []string{""}}, "UpgradeProtocols[0]"},
+		{"protocol with a version", Config{UpgradeProtocols: []string{"websocket", "h2c/1"}}, `UpgradeProtocols[1] "h2c/1"`},
+		{"protocol with a space", Config{UpgradeProtocols: []string{"web socket"}}, "UpgradeProtocols[0]"},
+	} {
+		if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: New: %v, want an error naming %s", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestConfigCopies: New keeps its own copies of the slices of a Config, normalised.
+func TestConfigCopies(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.1.2.3/8")}
+	protocols := []string{"WebSocket"}
+	p, err := New(Config{TrustedProxies: trusted, UpgradeProtocols: protocols})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	if trusted[0].String() != "10.1.2.3/8" || protocols[0] != "WebSocket" {
+		t.Errorf("New changed the caller's slices: %v %v", trusted, protocols)
+	}
+	if got := p.cfg.TrustedProxies; !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}) {
+		t.Errorf("TrustedProxies %v, want masked", got)
+	}
+	if !p.upgradeAllowed([]byte("WEBSOCKET/13")) || p.upgradeAllowed([]byte("h2c")) {
+		t.Errorf("upgradeAllowed does not match %v without case and version", p.cfg.UpgradeProtocols)
+	}
+}
