@@ -12,9 +12,7 @@ import (
 
 // statusJSON is the part of the data plane's Status that these tests read.
 type statusJSON struct {
-	Workers []struct {
-		Pid int `json:"pid"`
-	} `json:"workers"`
+	Workers  []workerJSON `json:"workers"`
 	Backends []struct {
 		BackendID string   `json:"backendId"`
 		Requests  string   `json:"requests"`

@@ -180,6 +180,7 @@ func newRunFlags() *runFlags {
 		upgradeWait, metricsEvery = new(durationVar), new(durationVar)
 		lineMax, headBytes, heads = new(intVar), new(intVar), new(intVar)
 		replayBytes, idleConnsMax = new(intVar), new(intVar)
+		connsMax                  = new(intVar)
 		workers                   = new(intVar)
 		stateDir, pidFile         string
 		otlpEndpoint, promListen  string
@@ -270,6 +271,8 @@ func newRunFlags() *runFlags {
 			func(c *Config) { c.Proxy.HeaderBytesMax = headBytes.n }),
 		heads.def("headers-max", "N", "the most header fields of a request or response (default 100)", 1,
 			func(c *Config) { c.Proxy.HeadersMax = heads.n }),
+		connsMax.def("connections-max", "N", "the most client connections a worker holds open; at it, accept waits until one closes (default: half the file-descriptor limit)", 1,
+			func(c *Config) { c.Proxy.ConnectionsMax = connsMax.n }),
 		{name: "retries", arg: "N", usage: "how many more backends a failed request may try; 0 for none (default 2)",
 			set:   func(s string) (err error) { retries, err = parseInt(s, 0, retriesMax); return err },
 			apply: func(c *Config) { c.Proxy.Retries = proxyRetries(retries) }},
@@ -547,7 +550,8 @@ const sampleConfig = `  listeners:
       slow_start: {window: 30s, min_weight_percent: 10}   # none without this key
       panic_threshold: 0             # % in below which every backend takes traffic (0: none in)
   timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s, worker_stall: 30s}
-  limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256}
+  limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256,
+            connections: 10000}       # per worker; default: half the file-descriptor limit
   retries: 2                         # 0 for none
   forwarded: append                  # append | replace | off
   trusted_proxies: [10.0.0.0/8]      # whose X-Forwarded-* append extends (default: no one's)

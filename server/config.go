@@ -645,6 +645,8 @@ func (d *decoder) limits(n *yaml.Node, path string, c *Config) {
 			dst = &c.Proxy.ReplayBufferBytesMax
 		case "idle_conns_per_backend":
 			dst = &c.Proxy.IdleConnsPerBackend
+		case "connections":
+			dst = &c.Proxy.ConnectionsMax
 		default:
 			return false
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -46,11 +47,22 @@ type loadTotals struct {
 	pending  load.Totals                  // added since the last report to the control plane
 	inFlight map[int32]map[load.Key]int64 // by worker pid, from its last report
 	lastSeq  map[int32]uint64
+	// conns are the live workers' client connections, by pid, from their last reports.
+	conns map[int32]workerConns
+	// acceptPaused counts the pauses at limits.connections of every worker since this supervisor
+	// started.
+	acceptPaused uint64
+}
+
+// workerConns is what a worker last reported of its client connections.
+type workerConns struct {
+	slot                      uint32
+	connections, acceptPaused uint64 // acceptPaused: the worker's total
 }
 
 func newLoadTotals(interval time.Duration, log hclog.Logger) *loadTotals {
 	return &loadTotals{interval: interval, log: log, totals: load.Totals{}, pending: load.Totals{},
-		inFlight: map[int32]map[load.Key]int64{}, lastSeq: map[int32]uint64{}}
+		inFlight: map[int32]map[load.Key]int64{}, lastSeq: map[int32]uint64{}, conns: map[int32]workerConns{}}
 }
 
 // StreamMetrics is the supervisor's side of a worker's stream.
@@ -62,6 +74,7 @@ func (t *loadTotals) StreamMetrics(stream grpc.BidiStreamingServer[loadv1.Stream
 	defer func() {
 		t.mu.Lock()
 		delete(t.inFlight, pid) // a worker gone has nothing in flight
+		delete(t.conns, pid)
 		t.mu.Unlock()
 	}()
 	for {
@@ -86,6 +99,11 @@ func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
 		return
 	}
 	t.lastSeq[pid] = req.GetSeq()
+	w := t.conns[pid]
+	w.slot, w.connections = req.GetWorkerSlot(), req.GetConnections()
+	w.acceptPaused += req.GetAcceptPaused()
+	t.conns[pid] = w
+	t.acceptPaused += req.GetAcceptPaused()
 	gauges := t.inFlight[pid]
 	if gauges == nil {
 		gauges = map[load.Key]int64{}
@@ -143,6 +161,20 @@ func (t *loadTotals) snapshot() []*loadv1.BackendLoad {
 	return out
 }
 
+// connsOf is what the worker pid last reported of its client connections.
+func (t *loadTotals) connsOf(pid int32) workerConns {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.conns[pid]
+}
+
+// connStats are the live workers' client connections (by pid) and every pause at the limit.
+func (t *loadTotals) connStats() (map[int32]workerConns, uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.conns), t.acceptPaused
+}
+
 // The worker's side.
 
 // reporter streams a worker's metrics to its supervisor.
@@ -150,7 +182,11 @@ type reporter struct {
 	slot    int
 	metrics func() []proxy.BackendMetrics
 	gen     func() uint64
-	log     hclog.Logger
+	// stats are the proxy's counters, for its client connections; nil reports none.
+	stats func() proxy.Stats
+	log   hclog.Logger
+
+	paused uint64 // Stats.AcceptPaused at the previous report
 
 	seq  uint64
 	last map[load.Key]proxy.BackendMetrics
@@ -243,14 +279,19 @@ func (r *reporter) reports() []*loadv1.StreamMetricsRequest {
 		backends = append(backends, deltaLoad(m, prev))
 	}
 	r.last = now
+	var st proxy.Stats
+	if r.stats != nil {
+		st = r.stats()
+	}
 	var out []*loadv1.StreamMetricsRequest
 	for len(out) == 0 || len(backends) > 0 {
 		n := min(len(backends), reportBackendsMax)
 		r.seq++
 		out = append(out, &loadv1.StreamMetricsRequest{WorkerSlot: uint32(r.slot), Pid: int32(os.Getpid()), Seq: r.seq,
-			ObservedGeneration: r.gen(), Backends: backends[:n:n]})
+			ObservedGeneration: r.gen(), Backends: backends[:n:n], Connections: st.Connections})
 		backends = backends[n:]
 	}
+	out[0].AcceptPaused, r.paused = st.AcceptPaused-r.paused, st.AcceptPaused
 	return out
 }
 

@@ -130,3 +130,29 @@ func TestCapBackends(t *testing.T) {
 		t.Fatalf("capped: %v", got)
 	}
 }
+
+// TestReporterConnections: a worker's open client connections travel as a gauge in every message
+// and its pauses at the limit as a delta in the first; the supervisor keeps both per worker and
+// the pauses in a total that outlives the worker.
+func TestReporterConnections(t *testing.T) {
+	st := proxy.Stats{Connections: 5, AcceptPaused: 3}
+	r := &reporter{slot: 1, metrics: func() []proxy.BackendMetrics { return nil }, gen: func() uint64 { return 1 },
+		stats: func() proxy.Stats { return st }}
+	lt := newLoadTotals(time.Second, hclog.NewNullLogger())
+	first := r.reports()
+	st = proxy.Stats{Connections: 4, AcceptPaused: 7}
+	second := r.reports()
+	if first[0].Connections != 5 || first[0].AcceptPaused != 3 || second[0].Connections != 4 || second[0].AcceptPaused != 4 {
+		t.Fatalf("reports %v then %v: want gauges 5, 4 and deltas 3, 4", first, second)
+	}
+	for _, req := range append(first, append(second, second...)...) { // the repeat is counted once
+		lt.add(req)
+	}
+	pid := first[0].Pid
+	if c := lt.connsOf(pid); c != (workerConns{slot: 1, connections: 4, acceptPaused: 7}) {
+		t.Fatalf("the supervisor keeps %+v of worker %d", c, pid)
+	}
+	if _, total := lt.connStats(); total != 7 {
+		t.Fatalf("total pauses %d, want 7", total)
+	}
+}

@@ -55,6 +55,11 @@ import (
 //	xlb.backend_set.health.capped  gauge     backends whose failures call for an ejection that the
 //	                                         set's max ejection percent holds back
 //
+// and, from the workers' reports of their client connections:
+//
+//	xlb.worker.connections         gauge     client connections a worker holds open, by xlb.worker.slot
+//	xlb.worker.accept.paused       counter   times a worker stopped accepting at limits.connections
+//
 // The histogram comes already aggregated, from the workers' buckets: it is produced as such (a
 // metric Producer), not recorded observation by observation.
 //
@@ -215,7 +220,35 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		stopAll(ctx)
 		return nil, err
 	}
+	if err := connectionMetrics(m, s.load.connStats); err != nil {
+		stopAll(ctx)
+		return nil, err
+	}
 	return stopAll, nil
+}
+
+// connectionMetrics registers the client-connection metrics of startOTel's doc, observed from
+// stats.
+func connectionMetrics(m metric.Meter, stats func() (map[int32]workerConns, uint64)) error {
+	conns, err := m.Int64ObservableGauge("xlb.worker.connections", metric.WithUnit("{connection}"),
+		metric.WithDescription("Client connections a worker holds open, at its last report."))
+	if err != nil {
+		return err
+	}
+	paused, err := m.Int64ObservableCounter("xlb.worker.accept.paused", metric.WithUnit("{pause}"),
+		metric.WithDescription("Times a worker stopped accepting at limits.connections until a connection closed."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		workers, total := stats()
+		for _, w := range workers {
+			o.ObserveInt64(conns, int64(w.connections), metric.WithAttributeSet(attribute.NewSet(attribute.Int("xlb.worker.slot", int(w.slot)))))
+		}
+		o.ObserveInt64(paused, int64(total))
+		return nil
+	}, conns, paused)
+	return err
 }
 
 // healthMetrics registers the health metrics of startOTel's doc, observed from status.

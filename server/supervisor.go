@@ -661,7 +661,7 @@ func restartKeys(a, b Config) []string {
 		a.WorkerStallTimeout == b.WorkerStallTimeout)
 	diff("limits", pa.RequestLineBytesMax == pb.RequestLineBytesMax && pa.HeaderBytesMax == pb.HeaderBytesMax &&
 		pa.HeadersMax == pb.HeadersMax && pa.ReplayBufferBytesMax == pb.ReplayBufferBytesMax &&
-		pa.IdleConnsPerBackend == pb.IdleConnsPerBackend)
+		pa.IdleConnsPerBackend == pb.IdleConnsPerBackend && pa.ConnectionsMax == pb.ConnectionsMax)
 	diff("retries", pa.Retries == pb.Retries)
 	diff("forwarded", pa.Forwarded == pb.Forwarded && pa.ForwardedField == pb.ForwardedField)
 	diff("trusted_proxies", slices.Equal(pa.TrustedProxies, pb.TrustedProxies))

@@ -442,7 +442,9 @@ func (s *supervisor) status() *dataplanev1.StatusResponse {
 	}
 	for _, wp := range s.workers {
 		if wp != nil {
-			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed})
+			c := s.load.connsOf(int32(wp.pid))
+			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed,
+				Connections: c.connections, AcceptPaused: c.acceptPaused})
 		}
 	}
 	return res

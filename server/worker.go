@@ -127,7 +127,7 @@ func (e *env) workerMain(args []string) int {
 			started = true
 			go func() {
 				defer close(reported)
-				runReporter(rctx, spec.MetricsSocket, &reporter{slot: spec.Slot, metrics: p.BackendMetrics,
+				runReporter(rctx, spec.MetricsSocket, &reporter{slot: spec.Slot, metrics: p.BackendMetrics, stats: p.Stats,
 					gen: func() uint64 { return region.Worker(spec.Slot).Observed }, log: log})
 			}()
 		}

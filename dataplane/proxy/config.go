@@ -85,6 +85,12 @@ type Config struct {
 	// sent again after bytes of it reached a failing backend. Larger bodies are streamed and never
 	// retried once sent. Zero means 64 KiB.
 	ReplayBufferBytesMax int
+	// ConnectionsMax bounds the client connections the proxy holds open at once, over all its
+	// listeners. At the bound it stops accepting until one closes: new connections wait in the
+	// kernel's listen backlog (a worker that shares the socket takes them), and each pause is
+	// counted (Stats.AcceptPaused) and logged at most every 10s. Zero means half the process's
+	// file-descriptor limit (RLIMIT_NOFILE) less 64, between 64 and 1<<20.
+	ConnectionsMax int
 	// IdleConnsPerBackend bounds the idle connections pooled for each backend. Zero means 256; a
 	// negative value disables pooling.
 	IdleConnsPerBackend int

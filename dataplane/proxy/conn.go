@@ -179,6 +179,7 @@ func (c *conn) close() {
 	c.releaseHeaders()
 	c.state.Store(stateActive)
 	p.connPool.Put(c)
+	<-p.connSlots
 	p.connsWG.Done()
 }
 

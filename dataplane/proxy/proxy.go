@@ -48,6 +48,10 @@ type Proxy struct {
 	connPool   sync.Pool     // of *conn, for reuse
 	headerPool sync.Pool     // of *headerArrays
 	stop       chan struct{} // closed by Shutdown: ends the reaper
+	// connSlots holds a token for each client connection open: the Serve loops stop accepting
+	// while it is full (Config.ConnectionsMax).
+	connSlots   chan struct{}
+	pausedSince atomic.Int64 // unix ns of the last pause logged, to log at most one a pauseLogEvery
 
 	stats counters
 }
@@ -86,7 +90,7 @@ type backend struct {
 
 // counters are the proxy's statistics, each on its own cache line.
 type counters struct {
-	requests, retries, connectFailures, dials, noBackend, badGateway, gatewayTimeout, rejected padded
+	requests, retries, connectFailures, dials, noBackend, badGateway, gatewayTimeout, rejected, acceptPaused padded
 }
 
 type padded struct {
@@ -111,6 +115,11 @@ type Stats struct {
 	Rejected uint64
 	// Generation is the shared region's generation being served; 0 for sets given by SetBackends.
 	Generation uint64
+	// Connections is the number of client connections open now.
+	Connections uint64
+	// AcceptPaused counts the times the accept loops stopped at Config.ConnectionsMax until a
+	// connection closed.
+	AcceptPaused uint64
 }
 
 // New validates cfg and returns a proxy with no backend sets.
@@ -130,6 +139,7 @@ func New(cfg Config) (*Proxy, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		stop:      make(chan struct{}),
+		connSlots: make(chan struct{}, cfg.ConnectionsMax),
 	}
 	if cfg.AccessLog != nil {
 		p.access = newAccessLog(cfg.AccessLog)
@@ -191,6 +201,12 @@ func (c *Config) setDefaults() error {
 		c.Retries = 0
 	case c.Retries > balance.TriedMax-1:
 		return fmt.Errorf("proxy: Retries %d: at most %d", c.Retries, balance.TriedMax-1)
+	}
+	switch {
+	case c.ConnectionsMax < 0:
+		return fmt.Errorf("proxy: ConnectionsMax %d: must not be negative", c.ConnectionsMax)
+	case c.ConnectionsMax == 0:
+		c.ConnectionsMax = defaultConnectionsMax()
 	}
 	switch {
 	case c.IdleConnsPerBackend == 0:
@@ -490,8 +506,12 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 	}()
 	var backoff time.Duration
 	for {
+		if !p.takeConnSlot(ln) {
+			return nil
+		}
 		nc, err := ln.Accept()
 		if err != nil {
+			<-p.connSlots
 			if p.draining.Load() {
 				return nil
 			}
@@ -507,6 +527,31 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 		}
 		backoff = 0
 		go p.newConn(nc, set).serve()
+	}
+}
+
+// pauseLogEvery bounds how often a pause at Config.ConnectionsMax is logged.
+const pauseLogEvery = 10 * time.Second
+
+// takeConnSlot takes the slot of the next client connection, waiting while ConnectionsMax are open:
+// the loop does not accept, so new connections wait in the kernel's backlog (and other workers
+// that share the socket take them). It returns false when the proxy shuts down first.
+func (p *Proxy) takeConnSlot(ln net.Listener) bool {
+	select {
+	case p.connSlots <- struct{}{}:
+		return true
+	default:
+	}
+	n := p.stats.acceptPaused.Add(1)
+	if now, last := time.Now().UnixNano(), p.pausedSince.Load(); now-last >= int64(pauseLogEvery) && p.pausedSince.CompareAndSwap(last, now) {
+		p.log.Warn("accept paused: this worker holds the most client connections it takes; new ones wait in the listen backlog",
+			"listener", ln.Addr().String(), "connections", p.cfg.ConnectionsMax, "pauses", n)
+	}
+	select {
+	case p.connSlots <- struct{}{}:
+		return true
+	case <-p.stop:
+		return false
 	}
 }
 
@@ -581,5 +626,18 @@ func (p *Proxy) Stats() Stats {
 		GatewayTimeout:  s.gatewayTimeout.Load(),
 		Rejected:        s.rejected.Load(),
 		Generation:      p.table.Load().gen,
+		Connections:     uint64(len(p.connSlots)),
+		AcceptPaused:    s.acceptPaused.Load(),
 	}
+}
+
+// defaultConnectionsMax is what a zero Config.ConnectionsMax means: half the file descriptors the
+// process may open (a client connection may hold a backend connection), less 64 for the rest of
+// it, between 64 and 1<<20.
+func defaultConnectionsMax() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 1024
+	}
+	return int(min(max((lim.Cur-64)/2, 64), 1<<20))
 }

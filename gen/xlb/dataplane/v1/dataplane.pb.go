@@ -343,8 +343,12 @@ type Worker struct {
 	Slot               uint32                 `protobuf:"varint,1,opt,name=slot,proto3" json:"slot,omitempty"`
 	Pid                int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
 	ObservedGeneration uint64                 `protobuf:"varint,3,opt,name=observed_generation,json=observedGeneration,proto3" json:"observed_generation,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// connections is the number of client connections it held open at its last report;
+	// accept_paused counts the times it stopped accepting at limits.connections.
+	Connections   uint64 `protobuf:"varint,4,opt,name=connections,proto3" json:"connections,omitempty"`
+	AcceptPaused  uint64 `protobuf:"varint,5,opt,name=accept_paused,json=acceptPaused,proto3" json:"accept_paused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
@@ -398,6 +402,20 @@ func (x *Worker) GetObservedGeneration() uint64 {
 	return 0
 }
 
+func (x *Worker) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *Worker) GetAcceptPaused() uint64 {
+	if x != nil {
+		return x.AcceptPaused
+	}
+	return 0
+}
+
 var File_xlb_dataplane_v1_dataplane_proto protoreflect.FileDescriptor
 
 const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
@@ -426,11 +444,13 @@ const file_xlb_dataplane_v1_dataplane_proto_rawDesc = "" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x122\n" +
-	"\x06health\x18\x06 \x01(\v2\x1a.xlb.load.v1.BackendHealthR\x06health\"_\n" +
+	"\x06health\x18\x06 \x01(\v2\x1a.xlb.load.v1.BackendHealthR\x06health\"\xa6\x01\n" +
 	"\x06Worker\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12/\n" +
-	"\x13observed_generation\x18\x03 \x01(\x04R\x12observedGeneration2\xb4\x01\n" +
+	"\x13observed_generation\x18\x03 \x01(\x04R\x12observedGeneration\x12 \n" +
+	"\vconnections\x18\x04 \x01(\x04R\vconnections\x12#\n" +
+	"\raccept_paused\x18\x05 \x01(\x04R\facceptPaused2\xb4\x01\n" +
 	"\x15DataPlaneAdminService\x12N\n" +
 	"\aUpgrade\x12 .xlb.dataplane.v1.UpgradeRequest\x1a!.xlb.dataplane.v1.UpgradeResponse\x12K\n" +
 	"\x06Status\x12\x1f.xlb.dataplane.v1.StatusRequest\x1a .xlb.dataplane.v1.StatusResponseB:Z8github.com/xlbproxy/xlb/gen/xlb/dataplane/v1;dataplanev1b\x06proto3"

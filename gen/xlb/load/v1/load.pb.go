@@ -237,8 +237,13 @@ type StreamMetricsRequest struct {
 	// observed_generation is the region generation the worker serves.
 	ObservedGeneration uint64         `protobuf:"varint,4,opt,name=observed_generation,json=observedGeneration,proto3" json:"observed_generation,omitempty"`
 	Backends           []*BackendLoad `protobuf:"bytes,5,rep,name=backends,proto3" json:"backends,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// connections is the number of client connections the worker holds open now (a gauge);
+	// accept_paused counts the times since the previous report that it stopped accepting at its
+	// limit (limits.connections) until one closed.
+	Connections   uint64 `protobuf:"varint,6,opt,name=connections,proto3" json:"connections,omitempty"`
+	AcceptPaused  uint64 `protobuf:"varint,7,opt,name=accept_paused,json=acceptPaused,proto3" json:"accept_paused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamMetricsRequest) Reset() {
@@ -304,6 +309,20 @@ func (x *StreamMetricsRequest) GetBackends() []*BackendLoad {
 		return x.Backends
 	}
 	return nil
+}
+
+func (x *StreamMetricsRequest) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *StreamMetricsRequest) GetAcceptPaused() uint64 {
+	if x != nil {
+		return x.AcceptPaused
+	}
+	return 0
 }
 
 // StreamMetricsResponse tells a worker how often to report.
@@ -728,14 +747,16 @@ const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\bbackends\x18\x04 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\x12A\n" +
 	"\x0ebackend_health\x18\x05 \x03(\v2\x1a.xlb.load.v1.BackendHealthR\rbackendHealth\"]\n" +
 	"\x17StreamLoadStatsResponse\x12B\n" +
-	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\xc2\x01\n" +
+	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\x89\x02\n" +
 	"\x14StreamMetricsRequest\x12\x1f\n" +
 	"\vworker_slot\x18\x01 \x01(\rR\n" +
 	"workerSlot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12/\n" +
 	"\x13observed_generation\x18\x04 \x01(\x04R\x12observedGeneration\x124\n" +
-	"\bbackends\x18\x05 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\"[\n" +
+	"\bbackends\x18\x05 \x03(\v2\x18.xlb.load.v1.BackendLoadR\bbackends\x12 \n" +
+	"\vconnections\x18\x06 \x01(\x04R\vconnections\x12#\n" +
+	"\raccept_paused\x18\a \x01(\x04R\facceptPaused\"[\n" +
 	"\x15StreamMetricsResponse\x12B\n" +
 	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\x82\x05\n" +
 	"\vBackendLoad\x12\x1f\n" +
