@@ -80,8 +80,8 @@ type conn struct {
 	target     []byte
 	host       []byte
 	idempotent bool
-	// upgrade is the request's Upgrade offer cut to the protocols Config.UpgradeProtocols allows, or
-	// nil when the request is not one to tunnel.
+	// upgrade is the request's Upgrade offer cut to the protocols Config.UpgradeProtocols allows:
+	// empty when the request is not one to tunnel.
 	upgrade []byte
 	resp    http1.Response
 	dec     http1.ChunkedDecoder // the request body's, owned by the pump while it runs

@@ -152,11 +152,11 @@ func (c *conn) appendForwarded(b []byte, from int) []byte {
 func (c *conn) upgrading() bool { return len(c.upgrade) > 0 }
 
 // upgradeOffer appends to dst the request's Upgrade offers that Config.UpgradeProtocols allows,
-// comma-separated, and returns nil when there are none or the request has a body.
+// comma-separated: none when the request has a body.
 func (c *conn) upgradeOffer(dst []byte) []byte {
 	r := &c.req
 	if r.Upgrade == nil || r.HasBody() {
-		return nil
+		return dst
 	}
 	for item, rest, ok := http1.NextListItem(r.Upgrade); ok; item, rest, ok = http1.NextListItem(rest) {
 		if !c.p.upgradeAllowed(item) {
@@ -166,9 +166,6 @@ func (c *conn) upgradeOffer(dst []byte) []byte {
 			dst = append(dst, ", "...)
 		}
 		dst = append(dst, item...)
-	}
-	if len(dst) == 0 {
-		return nil
 	}
 	return dst
 }

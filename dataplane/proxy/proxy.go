@@ -639,5 +639,5 @@ func defaultConnectionsMax() int {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 1024
 	}
-	return int(min(max((lim.Cur-64)/2, 64), 1<<20))
+	return int(min(max((int64(min(lim.Cur, 1<<22))-64)/2, 64), 1<<20))
 }
