@@ -16,7 +16,7 @@ func TestConnectionsMax(t *testing.T) {
 	for i, c := range held {
 		c.get(fmt.Sprintf("/held/%d", i), fmt.Sprintf("GET /held/%d", i))
 	}
-	waitPauses(t, p, 1) // 2 open, ConnectionsMax 2
+	waitPauses(t, p, 1)          // 2 open, ConnectionsMax 2
 	waiting := dialWire(t, addr) // the kernel completes the handshake; the proxy does not accept it
 	waiting.write("GET /waiting HTTP/1.1\r\nHost: example.test\r\n\r\n")
 	waiting.nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
