@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -85,16 +86,42 @@ func lockStateDir(dir string) (*stateDir, error) {
 
 // openRegion maps the directory's region file, creating it with caps when it does not exist. fresh
 // says it was created now. A file of another layout is refused, never overwritten: it may hold
-// what an operator wants back.
-func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, err error) {
+// what an operator wants back. A damaged file (zeroed, truncated, failing its checksums) is moved
+// aside, never deleted, and a new one is created: aside is where the damaged one went, and damage
+// what was wrong with it; the caller logs them and publishes the sets it knows into the new region.
+func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, aside string, damage, err error) {
 	path := filepath.Join(d.path, regionFile)
 	r, err = shm.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
+	switch {
+	case err == nil:
+		if damage = r.Verify(); damage == nil {
+			return r, false, "", nil, nil
+		}
+		caps = r.Capacities() // a header that verified: the new region keeps its capacities
+		r.Close()
+	case errors.Is(err, shm.ErrZeroed) || errors.Is(err, shm.ErrCorrupt):
+		damage = err
+	case errors.Is(err, os.ErrNotExist):
 		r, err = shm.Create(path, caps)
-		return r, true, err
+		return r, true, "", nil, err
+	case errors.Is(err, shm.ErrLayout):
+		return nil, false, "", nil, fmt.Errorf("%w; move the file away to start with an empty region", err)
+	default:
+		return nil, false, "", nil, err
 	}
-	if errors.Is(err, shm.ErrLayout) {
-		return nil, false, fmt.Errorf("%w; move the file away to start with an empty region", err)
+	if aside, err = moveAside(path); err != nil {
+		return nil, false, "", damage, fmt.Errorf("the region file is damaged (%v), and cannot be moved aside: %w", damage, err)
 	}
-	return r, false, err
+	r, err = shm.Create(path, caps)
+	return r, true, aside, damage, err
+}
+
+// moveAside renames a damaged file to NAME.corrupt-TIMESTAMP beside it, for an operator to look
+// at, and returns that name. Nothing deletes these files.
+func moveAside(path string) (string, error) {
+	aside := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
+	if err := os.Rename(path, aside); err != nil {
+		return "", err
+	}
+	return aside, nil
 }

@@ -40,6 +40,20 @@
 //
 // Read allocates the decoded generation; a worker calls it once per generation, not per request.
 //
+// # Damage
+//
+// A region can be damaged from outside (its file overwritten, zeroed, cut short). Open refuses a
+// file that is not a whole region, Read refuses a half that is not what its writer left, and
+// Verify (and Writer.Verify, which also checks the generation word against the last one it
+// stored) checks a mapped region; every such error wraps ErrZeroed (the header's magic is 0) or
+// ErrCorrupt (anything else: a header that does not match its layout, a checksum or a record
+// that fails, a half holding another generation under an unchanged generation word), never
+// ErrEmpty, so that no reader takes a zeroed region for one with nothing published. Since the
+// writer rewrites half g&1 only after moving the generation word past g, a reader that finds that
+// half odd or of another generation while the word still says g knows it is damaged, not being
+// written. What to do about damage is the caller's: the supervisor moves the file aside and
+// rebuilds (NewWriterAfter keeps the generations going up across the new region).
+//
 // # Health slots
 //
 // A slot's HealthWords words belong to dataplane/health, which says who writes each: this package
