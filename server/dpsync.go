@@ -124,6 +124,7 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 		}
 		s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
 		s.regionSets = sets // with the health slots Publish gave
+		s.saveRegion()
 		s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
 		s.wake()
 		wait = g

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
@@ -13,6 +15,12 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 )
 
+// The region is sealed memory (shm.New), which every process maps and which nobody can truncate:
+// the state directory's region file is a copy of it, which the supervisor loads at start and saves
+// after each generation it publishes, at each heartbeat when the generation or the health epoch
+// moved or the file is not as it left it (an operator truncated, removed or rewrote it), and when
+// it stops.
+//
 // A damaged region. The supervisor verifies the region when it opens it and at every heartbeat
 // (shm's Writer.Verify: the header, the checksum of the half in force, the generation word it
 // stored last). A damaged one is logged in plain words, kept for an operator under
@@ -43,18 +51,19 @@ func (s *supervisor) checkRegion() {
 }
 
 // rebuildRegion replaces the damaged region by a new one with the sets in force, and every worker
-// by one that maps it.
+// by one that maps it. The damaged region is kept, for an operator, as a file beside the region
+// file.
 func (s *supervisor) rebuildRegion(damage error) {
 	path := filepath.Join(s.stateDir, regionFile)
-	aside, err := moveAside(path)
-	if err != nil {
-		s.log.Error("cannot move the damaged region file aside; trying again in a second", "file", path, "error", err)
-		return
+	aside := asideName(path)
+	if err := s.region.Save(aside); err != nil {
+		s.log.Error("cannot keep a copy of the damaged region", "error", err)
+		aside = ""
 	}
 	logDamage(s.log, path, aside, damage)
-	r, err := shm.Create(path, s.region.Capacities())
+	r, err := newRegion(path, s.region.Capacities())
 	if err != nil {
-		s.log.Error("cannot create a new region file; trying again in a second", "file", path, "error", err)
+		s.log.Error("cannot make a new region; trying again in a second", "file", path, "error", err)
 		return
 	}
 	old := s.region
@@ -104,6 +113,7 @@ func (s *supervisor) republish() uint64 {
 	s.regionSets = sets
 	s.updateMonitor()
 	s.saveApplied()
+	s.saveRegion()
 	s.wake()
 	n := 0
 	for _, set := range sets {
@@ -111,6 +121,68 @@ func (s *supervisor) republish() uint64 {
 	}
 	s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
 	return g
+}
+
+// regionCopy is what the supervisor knows of the region file it saved last.
+type regionCopy struct {
+	gen, epoch uint64      // the region's when it was saved
+	fi         os.FileInfo // the file saved; nil when the last save failed
+	failed     string      // the error of the last save that failed, logged once
+}
+
+// saveRegion saves the region to the region file. During an upgrade the new supervisor saves it,
+// and after the hand-over only it does.
+func (s *supervisor) saveRegion() {
+	if s.upgrade != nil || s.handedOver {
+		return
+	}
+	path := filepath.Join(s.stateDir, regionFile)
+	gen, epoch := s.region.Generation(), s.region.HealthEpoch()
+	err := s.region.Save(path)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = os.Stat(path)
+	}
+	if err != nil {
+		if err.Error() != s.copy.failed {
+			s.log.Error("cannot save the region file; a restart would serve an older copy of the region", "file", path, "error", err)
+		}
+		s.copy.failed, s.copy.fi = err.Error(), nil
+		return
+	}
+	s.copy = regionCopy{gen: gen, epoch: epoch, fi: fi}
+}
+
+// checkCopy saves the region when it changed since it was saved, or when the region file is not
+// the one saved.
+func (s *supervisor) checkCopy() {
+	if s.upgrade != nil || s.handedOver {
+		return
+	}
+	path := filepath.Join(s.stateDir, regionFile)
+	found := ""
+	fi, err := os.Stat(path)
+	switch {
+	case s.copy.fi == nil:
+		// The last save failed, and said so: try again.
+	case errors.Is(err, os.ErrNotExist):
+		found = "removed"
+	case err != nil:
+		found = err.Error()
+	case !os.SameFile(fi, s.copy.fi):
+		found = "replaced by another file"
+	case fi.Size() != s.copy.fi.Size():
+		found = fmt.Sprintf("truncated or extended to %d bytes from %d", fi.Size(), s.copy.fi.Size())
+	case !fi.ModTime().Equal(s.copy.fi.ModTime()):
+		found = "written to"
+	case s.copy.gen == s.region.Generation() && s.copy.epoch == s.region.HealthEpoch():
+		return // unchanged
+	}
+	if found != "" {
+		s.log.Warn("the region file was changed by someone else; it is saved again", "file", path, "found", found,
+			"note", "the processes map sealed memory, not this file: nothing else was affected")
+	}
+	s.saveRegion()
 }
 
 // regionSlots is the region's health slots for the monitor, through a pointer that a rebuild

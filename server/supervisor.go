@@ -88,11 +88,13 @@ type supervisor struct {
 	sockets [][]*os.File        // the listening sockets: [group][listener], one group per worker or one for all
 	sets    []string            // the backend set of each listener
 
-	workers  []*workerProc // by slot; nil while a slot waits for its restart
-	regionOf []int         // the region's worker slot of each slot
-	exits    chan workerExit
-	restarts chan int // slots whose restart delay has passed
-	stopping bool
+	workers    []*workerProc // by slot; nil while a slot waits for its restart
+	regionOf   []int         // the region's worker slot of each slot
+	exits      chan workerExit
+	restarts   chan int // slots whose restart delay has passed
+	stopping   bool
+	handedOver bool       // to the new supervisor of an upgrade
+	copy       regionCopy // the region file, as last saved
 
 	stateDir  string
 	current   map[string]*discoveryv1.VersionedBackendSet // the sets of the region's generation, as sent
@@ -192,6 +194,9 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	if in != nil {
 		lock, region = in.lock, in.region
 		log.Info("taking over from the running xlb", "generation", region.Generation())
+		if !region.Sealed() {
+			log.Info("the region inherited is a file, not sealed memory (the running xlb is older): it is sealed from the next restart on")
+		}
 	} else {
 		sd, err := lockStateDir(dir)
 		if err != nil {
@@ -215,6 +220,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	defer func() {
 		if s != nil {
 			region = s.region // a rebuild replaces it
+			s.saveRegion()    // the copy a restart serves (a hand-over leaves it to the new one)
 		}
 		region.Close()
 	}()
@@ -260,6 +266,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		retired:     make(map[int]*workerProc),
 	}
 	s.slots.r.Store(region)
+	s.copy = regionCopy{gen: region.Generation(), epoch: region.HealthEpoch()}
+	s.copy.fi, _ = os.Stat(filepath.Join(dir, regionFile)) // nil: saved at the first heartbeat
 	saved := make(chan struct{})
 	go saver(dir, s.saves, log, saved)
 	defer func() {
@@ -463,6 +471,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 			s.beginUpgrade(upgradeReq{done: make(chan upgradeResult, 1)})
 		case res := <-s.upgradeDone:
 			if s.endUpgrade(res) {
+				s.handedOver = true
 				return s.shutdown()
 			}
 		case req := <-s.statusReqs:
@@ -488,6 +497,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		case now := <-watchdog.C:
 			s.checkStalled(now)
 			s.checkRegion()
+			s.checkCopy()
 		}
 	}
 }

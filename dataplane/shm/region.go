@@ -146,12 +146,22 @@ func Create(path string, caps Capacities) (*Region, error) {
 		f.Close()
 		return nil, err
 	}
+	r.init(l)
+	if err := os.Link(tmp, path); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("shm: create %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// init writes the header of a new region of layout l.
+func (r *Region) init(l layout) {
 	r.l = l
 	r.store32(offVersion, LayoutVersion)
-	r.store32(offSetsMax, uint32(caps.Sets))
-	r.store32(offBackendsMax, uint32(caps.Backends))
-	r.store32(offStringBytesMax, uint32(caps.StringBytes))
-	r.store32(offWorkersMax, uint32(caps.Workers))
+	r.store32(offSetsMax, uint32(l.caps.Sets))
+	r.store32(offBackendsMax, uint32(l.caps.Backends))
+	r.store32(offStringBytesMax, uint32(l.caps.StringBytes))
+	r.store32(offWorkersMax, uint32(l.caps.Workers))
 	r.store32(offHealthSlotsMax, uint32(l.healthSlots))
 	r.store64(offHalf0, uint64(l.half[0]))
 	r.store64(offHalf1, uint64(l.half[1]))
@@ -160,11 +170,6 @@ func Create(path string, caps Capacities) (*Region, error) {
 	r.store64(offWorkers, uint64(l.workers))
 	r.store64(offTotalBytes, uint64(l.size))
 	r.store64(offMagic, Magic)
-	if err := os.Link(tmp, path); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("shm: create %s: %w", path, err)
-	}
-	return r, nil
 }
 
 // Open maps the existing region file at path.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -614,4 +615,87 @@ func readerProcess() int {
 		return 1
 	}
 	return 0
+}
+
+// TestSealedRegion: a region of New cannot be truncated or grown, through its descriptor or
+// through /proc (as an operator's truncate of /proc/PID/fd/N would try), so no mapping of it
+// ever faults; another mapping of it (a worker's) shares its words; Save and Load carry its
+// generation and health words through a file, and Load refuses a saved copy that was damaged.
+func TestSealedRegion(t *testing.T) {
+	r, err := New(Capacities{Sets: 2, Backends: 4, StringBytes: 128, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if !r.Sealed() {
+		t.Fatal("a region of New is not sealed")
+	}
+	if c, _ := create(t, Capacities{Sets: 1, Backends: 1, StringBytes: 8, Workers: 1}); c.Sealed() {
+		t.Error("a region of a file says it is sealed")
+	}
+	w := NewWriter(r)
+	sets := sampleSets()[:1]
+	if _, err := w.Publish(sets); err != nil {
+		t.Fatal(err)
+	}
+	size := r.SaveBytes()
+	proc := fmt.Sprintf("/proc/self/fd/%d", r.File().Fd())
+	for what, truncate := range map[string]func(int64) error{
+		"ftruncate":                   r.File().Truncate,
+		"truncate of /proc/self/fd/N": func(n int64) error { return os.Truncate(proc, n) },
+	} {
+		for _, n := range []int64{0, size / 2, size + 4096} {
+			if err := truncate(n); !errors.Is(err, syscall.EPERM) {
+				t.Errorf("%s to %d bytes: %v, want EPERM", what, n, err)
+			}
+		}
+	}
+	if st, err := r.File().Stat(); err != nil || st.Size() != size {
+		t.Fatalf("after the truncations: %v, %v; want %d bytes", st, err, size)
+	}
+	f, err := os.OpenFile(proc, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := OpenFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	r.SetHealthWord(sets[0].Backends[0].HealthSlot, 2, 0xfeed)
+	if v := r2.HealthWord(sets[0].Backends[0].HealthSlot, 2); v != 0xfeed {
+		t.Errorf("the second mapping reads %#x, want 0xfeed", v)
+	}
+
+	path := filepath.Join(t.TempDir(), "region")
+	if err := r.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	want, _ := r.Read()
+	if got, err := l.Read(); err != nil || !reflect.DeepEqual(got, want) || !l.Sealed() {
+		t.Fatalf("Load of the saved copy: %+v, %v, sealed %v; want %+v, sealed", got, err, l.Sealed(), want)
+	}
+	if v := l.HealthWord(sets[0].Backends[0].HealthSlot, 2); v != 0xfeed {
+		t.Errorf("the loaded copy's health word %#x, want 0xfeed", v)
+	}
+	if names, _ := filepath.Glob(path + "*"); len(names) != 1 {
+		t.Errorf("Save left %v, want only %s", names, path)
+	}
+
+	os.Truncate(path, size/2)
+	if _, err := Load(path); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Load of a copy cut to %d bytes: %v, want ErrCorrupt", size/2, err)
+	}
+	os.WriteFile(path, make([]byte, size), 0o600)
+	if _, err := Load(path); !errors.Is(err, ErrZeroed) {
+		t.Errorf("Load of a zeroed copy: %v, want ErrZeroed", err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load of no file: %v, want os.ErrNotExist", err)
+	}
 }
