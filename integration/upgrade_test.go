@@ -1156,7 +1156,7 @@ func awaitPIDFile(tb testing.TB, path string, pid int) {
 // TestUpgradeKeepsHealth: an upgrade during an ejection keeps it. Under load from a second
 // process, b answers 503 until it is ejected (for the default 30s); then xlb is upgraded, and
 // later publishes a generation of its own (a change of weights). Through both, b's health slot in
-// the region (which the test maps too) holds the same words, the Status gives the same ejection
+// the region (which the test maps too, through /proc) holds the same words, the Status gives the same ejection
 // (since, until, count), and no request reaches b past healthSeen after its ejection, while a and
 // c serve the load.
 func TestUpgradeKeepsHealth(t *testing.T) {
@@ -1164,11 +1164,7 @@ func TestUpgradeKeepsHealth(t *testing.T) {
 	const setYAML = "    outlier_detection: {failure_statuses: gateway}\n"
 	r := startHealthRig(t, setYAML)
 	u := r.u
-	region, err := shm.Open(filepath.Join(u.stateDir, "region"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { region.Close() })
+	region := openLiveRegion(t, u.first.pid()) // the new supervisor inherits it
 	awaitServed(t, r.began, healthAfterN, r.a, r.b, r.c)
 
 	from := logEnd(u.log)

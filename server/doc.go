@@ -17,8 +17,9 @@
 // # Supervisor and workers
 //
 // `xlb run` is a supervisor (supervisor.go). It locks its state directory (a second xlb on the same
-// directory is refused with the first one's pid), maps the region file there (dataplane/shm),
-// binds the listeners, and starts its workers: the same binary, as /proc/self/exe, re-executed as
+// directory is refused with the first one's pid), loads the region file there into sealed memory
+// and maps that (dataplane/shm; the file stays a copy, saved as the region changes, and a damaged
+// one is moved aside and rebuilt: region.go), binds the listeners, and starts its workers: the same binary, as /proc/self/exe, re-executed as
 // `xlb worker` (worker.go) with the region, a control pipe and the listening sockets as inherited
 // descriptors. By default every worker accepts on the same sockets: one accept queue per listener,
 // so a dying worker strands no queued connection. With reuse_port each worker has its own socket

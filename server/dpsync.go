@@ -124,6 +124,7 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 		}
 		s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
 		s.regionSets = sets // with the health slots Publish gave
+		s.saveRegion()
 		s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
 		s.wake()
 		wait = g
@@ -265,28 +266,42 @@ func saver(dir string, saves <-chan savedState, log hclog.Logger, done chan<- st
 // loadApplied reads the applied file. It returns nothing (and says why) when the file does not
 // belong to the region's generation in force: the control plane is then asked for everything.
 func loadApplied(dir string, gen uint64) (map[string]*discoveryv1.VersionedBackendSet, error) {
-	data, err := os.ReadFile(filepath.Join(dir, appliedFile))
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, appliedFile)); errors.Is(err, os.ErrNotExist) {
 		return map[string]*discoveryv1.VersionedBackendSet{}, nil
 	}
+	sets, g, err := readApplied(dir)
 	if err != nil {
 		return nil, err
 	}
-	if len(data) < 8 {
-		return nil, fmt.Errorf("%s: %d bytes, shorter than its header", appliedFile, len(data))
-	}
-	if g := binary.LittleEndian.Uint64(data); g != gen {
+	if g != gen {
 		return nil, fmt.Errorf("%s holds generation %d, the region %d", appliedFile, g, gen)
 	}
+	return sets, nil
+}
+
+// readApplied reads the applied file: the sets and the generation they were applied in. A missing
+// file is no sets, of generation 0.
+func readApplied(dir string) (map[string]*discoveryv1.VersionedBackendSet, uint64, error) {
+	data, err := os.ReadFile(filepath.Join(dir, appliedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]*discoveryv1.VersionedBackendSet{}, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(data) < 8 {
+		return nil, 0, fmt.Errorf("%s: %d bytes, shorter than its header", appliedFile, len(data))
+	}
+	gen := binary.LittleEndian.Uint64(data)
 	var msg discoveryv1.StreamBackendSetsResponse
 	if err := proto.Unmarshal(data[8:], &msg); err != nil {
-		return nil, fmt.Errorf("%s: %w", appliedFile, err)
+		return nil, 0, fmt.Errorf("%s: %w", appliedFile, err)
 	}
 	out := make(map[string]*discoveryv1.VersionedBackendSet, len(msg.Sets))
 	for _, vs := range msg.Sets {
 		out[vs.GetBackendSet().GetName()] = vs
 	}
-	return out, nil
+	return out, gen, nil
 }
 
 // writeFileAtomic replaces path with data: readers see the old file or the new one.

@@ -7,13 +7,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
 )
 
-// regionFile and lockFile are the names of the state directory's files.
+// regionFile and lockFile are the names of the state directory's files. The region file is a copy
+// of the region, which the processes map as sealed memory (region.go).
 const (
 	regionFile = "region"
 	lockFile   = "lock"
@@ -83,18 +85,65 @@ func lockStateDir(dir string) (*stateDir, error) {
 	return &stateDir{path: dir, lock: f}, nil
 }
 
-// openRegion maps the directory's region file, creating it with caps when it does not exist. fresh
-// says it was created now. A file of another layout is refused, never overwritten: it may hold
-// what an operator wants back.
-func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, err error) {
+// openRegion makes the supervisor's region: sealed memory (shm.New), which no truncation can
+// reach, loaded from the directory's region file, or new with caps when there is none, in which
+// case the file is written now. The file is a copy, which the supervisor saves again as the region
+// changes: the processes map the sealed memory, passed on as a descriptor, never the file. fresh
+// says the region is new. A file of another layout is refused, never overwritten: it may hold what
+// an operator wants back. A damaged file (zeroed, truncated, failing its checksums) is moved aside,
+// never deleted, and a new region is made: aside is where the damaged file went, and damage what
+// was wrong with it; the caller logs them and publishes the sets it knows into the new region.
+func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, aside string, damage, err error) {
 	path := filepath.Join(d.path, regionFile)
-	r, err = shm.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		r, err = shm.Create(path, caps)
-		return r, true, err
+	r, err = shm.Load(path)
+	switch {
+	case err == nil:
+		if damage = r.Verify(); damage == nil {
+			return r, false, "", nil, nil
+		}
+		caps = r.Capacities() // a header that verified: the new region keeps its capacities
+		r.Close()
+	case errors.Is(err, shm.ErrZeroed) || errors.Is(err, shm.ErrCorrupt):
+		damage = err
+	case errors.Is(err, os.ErrNotExist):
+		r, err = newRegion(path, caps)
+		return r, true, "", nil, err
+	case errors.Is(err, shm.ErrLayout):
+		return nil, false, "", nil, fmt.Errorf("%w; move the file away to start with an empty region", err)
+	default:
+		return nil, false, "", nil, err
 	}
-	if errors.Is(err, shm.ErrLayout) {
-		return nil, false, fmt.Errorf("%w; move the file away to start with an empty region", err)
+	if aside, err = moveAside(path); err != nil {
+		return nil, false, "", damage, fmt.Errorf("the region file is damaged (%v), and cannot be moved aside: %w", damage, err)
 	}
-	return r, false, err
+	r, err = newRegion(path, caps)
+	return r, true, aside, damage, err
+}
+
+// newRegion makes a new sealed region and saves its first copy at path.
+func newRegion(path string, caps shm.Capacities) (*shm.Region, error) {
+	r, err := shm.New(caps)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Save(path); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// moveAside renames a damaged file to NAME.corrupt-TIMESTAMP beside it, for an operator to look
+// at, and returns that name. Nothing deletes these files.
+func moveAside(path string) (string, error) {
+	aside := asideName(path)
+	if err := os.Rename(path, aside); err != nil {
+		return "", err
+	}
+	return aside, nil
+}
+
+// asideName is the name a damaged copy of path is kept under.
+func asideName(path string) string {
+	return path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
 }

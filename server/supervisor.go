@@ -83,14 +83,18 @@ type supervisor struct {
 
 	region  *shm.Region
 	writer  *shm.Writer
-	sockets [][]*os.File // the listening sockets: [group][listener], one group per worker or one for all
-	sets    []string     // the backend set of each listener
+	slots   *regionSlots        // the region as the monitor uses it, which a rebuild replaces
+	retired map[int]*workerProc // by pid: workers of a region that was rebuilt, draining
+	sockets [][]*os.File        // the listening sockets: [group][listener], one group per worker or one for all
+	sets    []string            // the backend set of each listener
 
-	workers  []*workerProc // by slot; nil while a slot waits for its restart
-	regionOf []int         // the region's worker slot of each slot
-	exits    chan workerExit
-	restarts chan int // slots whose restart delay has passed
-	stopping bool
+	workers    []*workerProc // by slot; nil while a slot waits for its restart
+	regionOf   []int         // the region's worker slot of each slot
+	exits      chan workerExit
+	restarts   chan int // slots whose restart delay has passed
+	stopping   bool
+	handedOver bool       // to the new supervisor of an upgrade
+	copy       regionCopy // the region file, as last saved
 
 	stateDir  string
 	current   map[string]*discoveryv1.VersionedBackendSet // the sets of the region's generation, as sent
@@ -126,6 +130,7 @@ type workerProc struct {
 	control *os.File // the write end of the control pipe
 	started time.Time
 	killed  bool // by the stall watchdog
+	retired bool // replaced by a worker on a rebuilt region: its exit is no crash
 }
 
 type workerExit struct {
@@ -185,9 +190,13 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	var lock *os.File
 	var region *shm.Region
 	var fresh bool
+	var damage error // of a region file moved aside and rebuilt now
 	if in != nil {
 		lock, region = in.lock, in.region
 		log.Info("taking over from the running xlb", "generation", region.Generation())
+		if !region.Sealed() {
+			log.Info("the region inherited is a file, not sealed memory (the running xlb is older): it is sealed from the next restart on")
+		}
 	} else {
 		sd, err := lockStateDir(dir)
 		if err != nil {
@@ -195,14 +204,26 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 			return exitFailure
 		}
 		lock = sd.lock
-		if region, fresh, err = sd.openRegion(cfg.Region); err != nil {
+		var aside string
+		region, fresh, aside, damage, err = sd.openRegion(cfg.Region)
+		if damage != nil {
+			logDamage(log, filepath.Join(dir, regionFile), aside, damage)
+		}
+		if err != nil {
 			lock.Close()
 			log.Error("cannot open the shared region", "error", err)
 			return exitFailure
 		}
 	}
 	defer lock.Close()
-	defer region.Close()
+	var s *supervisor
+	defer func() {
+		if s != nil {
+			region = s.region // a rebuild replaces it
+			s.saveRegion()    // the copy a restart serves (a hand-over leaves it to the new one)
+		}
+		region.Close()
+	}()
 	caps := region.Capacities()
 	if !fresh && in == nil && cfg.Region != (shm.Capacities{}) {
 		log.Warn("the region file keeps the capacities it was created with; remove it to resize", "state_dir", dir,
@@ -224,7 +245,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		return startFailed("no worker slots", err)
 	}
 
-	s := &supervisor{
+	s = &supervisor{
 		e: e, log: log, cmd: cmd, args: args, path: configPath(cmd, args), cfg: cfg,
 		region:      region,
 		writer:      shm.NewWriter(region),
@@ -241,14 +262,27 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		upgradeDone: make(chan upgradeResult, 1),
 		statusReqs:  make(chan statusReq),
 		healthWake:  make(chan struct{}, 1),
+		slots:       &regionSlots{},
+		retired:     make(map[int]*workerProc),
 	}
+	s.slots.r.Store(region)
+	s.copy = regionCopy{gen: region.Generation(), epoch: region.HealthEpoch()}
+	s.copy.fi, _ = os.Stat(filepath.Join(dir, regionFile)) // nil: saved at the first heartbeat
 	saved := make(chan struct{})
 	go saver(dir, s.saves, log, saved)
 	defer func() {
 		close(s.saves)
 		<-saved
 	}()
-	if s.current, err = loadApplied(dir, region.Generation()); err != nil {
+	if damage != nil {
+		// The sets last applied go into the new region, under the generations after theirs.
+		var gen uint64
+		if s.current, gen, err = readApplied(dir); err != nil {
+			log.Warn("the applied backend sets are unknown; asking the control plane for every set", "error", err)
+			s.current = map[string]*discoveryv1.VersionedBackendSet{}
+		}
+		s.writer = shm.NewWriterAfter(region, gen)
+	} else if s.current, err = loadApplied(dir, region.Generation()); err != nil {
 		log.Warn("the applied backend sets are unknown; asking the control plane for every set", "error", err)
 		s.current = map[string]*discoveryv1.VersionedBackendSet{}
 	}
@@ -267,7 +301,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	defer healthR.Close()
 	defer healthW.Close()
 	s.healthW = healthW
-	s.monitor = monitor.New(monitor.Config{Slots: region, Changed: s.healthChanged, TrialTimeout: cfg.trialTimeout(), Logger: log.Named("health")})
+	s.monitor = monitor.New(monitor.Config{Slots: s.slots, Changed: s.healthChanged, TrialTimeout: cfg.trialTimeout(), Logger: log.Named("health")})
 	monCtx, stopMonitor := context.WithCancel(context.Background())
 	monDone := make(chan struct{})
 	go func() { s.monitor.Run(monCtx); close(monDone) }()
@@ -277,6 +311,9 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		log.Warn("cannot read the region's backend sets; their health is watched from the next generation", "error", err)
 	}
 	s.updateMonitor()
+	if damage != nil && len(s.current) > 0 {
+		s.republish()
+	}
 	if cfg.PidFile != "" {
 		defer removePIDFile(cfg.PidFile)
 	}
@@ -284,7 +321,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	// Static stability: what the region holds is served first, before the control plane (or the
 	// file) is heard from, so that a restart never waits on it or is broken by it.
 	fresh = region.Generation() == 0
-	if !fresh && in == nil {
+	if !fresh && in == nil && damage == nil {
 		log.Info("serving the region's last generation", "generation", region.Generation(), "sets", len(s.current))
 	}
 	stopAdmin, err := s.serveLocalAdmin(dir, log.Named("admin"))
@@ -434,6 +471,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 			s.beginUpgrade(upgradeReq{done: make(chan upgradeResult, 1)})
 		case res := <-s.upgradeDone:
 			if s.endUpgrade(res) {
+				s.handedOver = true
 				return s.shutdown()
 			}
 		case req := <-s.statusReqs:
@@ -458,6 +496,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 			s.checkApplied()
 		case now := <-watchdog.C:
 			s.checkStalled(now)
+			s.checkRegion()
+			s.checkCopy()
 		}
 	}
 }
@@ -580,6 +620,12 @@ func (s *supervisor) start(slot int) error {
 
 // exited handles the end of a worker: while serving, it schedules the worker's restart.
 func (s *supervisor) exited(x workerExit, st *slotState) {
+	if wp := s.retired[x.pid]; wp != nil {
+		wp.control.Close()
+		delete(s.retired, x.pid)
+		s.log.Info("worker of the replaced region exited", "slot", x.slot, "pid", x.pid)
+		return
+	}
 	if wp := s.workers[x.slot]; wp != nil && wp.pid == x.pid {
 		wp.control.Close()
 		s.workers[x.slot] = nil
@@ -861,7 +907,7 @@ func (s *supervisor) shutdown() int {
 	// supervisor's are closed too, new connections are refused instead of waiting in a queue that
 	// nobody accepts from any more.
 	s.closeSockets()
-	running := 0
+	running := len(s.retired) // told to drain already
 	for _, wp := range s.workers {
 		if wp != nil {
 			wp.cmd.Process.Signal(syscall.SIGTERM)
@@ -873,6 +919,11 @@ func (s *supervisor) shutdown() int {
 	for running > 0 {
 		select {
 		case x := <-s.exits:
+			if s.retired[x.pid] != nil {
+				running--
+				s.exited(x, nil)
+				continue
+			}
 			if s.workers[x.slot] == nil || s.workers[x.slot].pid != x.pid {
 				continue // a worker that had exited before the shutdown
 			}
@@ -884,6 +935,10 @@ func (s *supervisor) shutdown() int {
 			}
 			s.exited(x, nil)
 		case <-kill:
+			for _, wp := range s.retired {
+				s.log.Error("worker did not stop in time; killing it", "slot", wp.slot, "pid", wp.pid)
+				wp.cmd.Process.Kill()
+			}
 			for _, wp := range s.workers {
 				if wp != nil {
 					s.log.Error("worker did not stop in time; killing it", "slot", wp.slot, "pid", wp.pid)

@@ -174,6 +174,7 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 		}
 		s.publishSockets()
 		s.monitor.Resume(context.Background()) // reading back what the new one's monitor did
+		s.writer = shm.NewWriter(s.region)     // the new one may have published: take the region up again
 		s.log.Error("upgrade failed; serving on", "error", res.err)
 	} else {
 		s.log.Info("upgrade ready; handing over", "pid", res.pid, "version", res.version)

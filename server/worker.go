@@ -24,7 +24,7 @@ const (
 	workerCommand = "worker"
 	workerSpecEnv = "XLB_WORKER_SPEC"
 
-	fdRegion   = 3 // the shared region file
+	fdRegion   = 3 // the shared region: sealed memory (dataplane/shm's doc.go)
 	fdControl  = 4 // the read end of a pipe from the supervisor
 	fdHealth   = 5 // the write end of the health pipe to the supervisor (health.go)
 	fdListener = 6 // the first listening socket; the others follow in the spec's order

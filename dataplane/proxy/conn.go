@@ -415,7 +415,7 @@ func idempotent(m []byte) bool {
 func (c *conn) currentSet() *set {
 	t := c.p.table.Load()
 	if f := c.p.follow; f != nil {
-		if g := f.Generation(); g != t.gen && g != c.p.badGen.Load() || f.HealthEpoch() != t.health {
+		if g := f.Generation(); g != t.gen && g+1 != c.p.badGen.Load() || f.HealthEpoch() != t.health {
 			t = c.p.tryRefresh()
 		}
 	}

@@ -3,8 +3,12 @@ package proxy
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/xlbproxy/xlb/internal/testutil"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
@@ -120,6 +124,55 @@ func TestFollowRefusesABadGeneration(t *testing.T) {
 
 	publish(t, w, shm.Backend{ID: "b", Address: b.addr(), Weight: 2})
 	c.get("/", "b")
+}
+
+// TestFollowKeepsServingAZeroedRegion: a region whose file was overwritten with zeros (generation
+// word 0 among them) is not taken for an empty generation, which would answer every request 503:
+// the proxy keeps serving what it decoded, says once and in plain words that the region is zeroed,
+// and takes the next sound generation (of a rebuilt region, in a real worker).
+func TestFollowKeepsServingAZeroedRegion(t *testing.T) {
+	a := newRecordingBackend(t, func(r *wireRequest) (string, bool) { return plainResponse(200, "a"), false })
+	path := filepath.Join(t.TempDir(), "region")
+	r, err := shm.Create(path, shm.Capacities{Sets: 4, Backends: 16, StringBytes: 1024, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	var logs testutil.SyncBuffer
+	p, err := New(Config{Logger: hclog.New(&hclog.LoggerOptions{Output: &logs})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Follow(table.NewFollower(r, 0)); err != nil {
+		t.Fatal(err)
+	}
+	addr := serveWeb(t, p)
+	good := publish(t, shm.NewWriter(r), shm.Backend{ID: "a", Address: a.addr(), Weight: 1})
+	c := dialWire(t, addr)
+	c.get("/", "a")
+
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	_, err = f.WriteAt(make([]byte, st.Size()), 0) // as dd if=/dev/zero conv=notrunc would
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		c.get("/", "a")
+	}
+	if got, err := p.Refresh(); got != good || err == nil {
+		t.Fatalf("Refresh of a zeroed region = %d, %v; want %d and an error", got, err, good)
+	}
+	if n := strings.Count(logs.String(), "the shared region is zeroed or corrupt"); n != 1 {
+		t.Errorf("the zeroed region was logged %d times, want once:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "magic 0") {
+		t.Errorf("the log does not say what is wrong (magic 0):\n%s", logs.String())
+	}
 }
 
 // TestSetBackendsRefusedWhileFollowing: the two sources of backend sets do not mix.

@@ -33,7 +33,7 @@ type Proxy struct {
 	// follow, when set by Follow before serving, is the shared region the backend sets come from.
 	follow    *table.Follower
 	refreshMu sync.Mutex    // held while a new generation is decoded and installed
-	badGen    atomic.Uint64 // a generation that failed to load: not tried again by every request
+	badGen    atomic.Uint64 // 1 + a generation that failed to load, not tried again by every request; 0 for none
 
 	poolsMu sync.Mutex
 	pools   map[string]*upstream.Pool  // by backend address, shared by the sets that name it
@@ -450,8 +450,13 @@ func (p *Proxy) refreshLocked() (uint64, error) {
 			return t.Generation, nil
 		}
 	}
-	if p.badGen.Swap(g) != g {
-		p.log.Error("cannot load the shared region's generation; serving the previous one", "generation", g, "serving", cur.gen, "error", err)
+	if p.badGen.Swap(g+1) != g+1 {
+		if errors.Is(err, table.ErrZeroed) || errors.Is(err, table.ErrCorrupt) {
+			p.log.Error("the shared region is zeroed or corrupt; serving the generation decoded before it until the supervisor rebuilds the region",
+				"generation", g, "serving", cur.gen, "error", err)
+		} else {
+			p.log.Error("cannot load the shared region's generation; serving the previous one", "generation", g, "serving", cur.gen, "error", err)
+		}
 	}
 	p.refreshHealthLocked() // the generation in force still follows its backends' health
 	return cur.gen, fmt.Errorf("proxy: generation %d: %w", g, err)

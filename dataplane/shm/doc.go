@@ -1,7 +1,22 @@
-// Package shm is the shared region: one file, mapped MAP_SHARED by the supervisor (its only writer)
-// and by every worker (readers), through which backend sets, health and worker liveness pass
-// between processes without locks or system calls. It is the only package of xlb, with rawio, that
-// uses unsafe, and the only one that maps memory.
+// Package shm is the shared region: one piece of memory, mapped MAP_SHARED by the supervisor (its
+// only writer) and by every worker (readers), through which backend sets, health and worker
+// liveness pass between processes without locks or system calls. It is the only package of xlb,
+// with rawio, that uses unsafe, and the only one that maps memory.
+//
+// # Sealed memory, and a file as its copy
+//
+// A mapping of a file faults (SIGBUS, which kills a Go process) on every access past the file's
+// end: a region file truncated by anyone (truncate -s 0, a copy over it) would kill every worker
+// and the supervisor at once. So the region that processes map is not the state directory's file
+// but a memfd sealed against shrinking and growing (New, Load; F_SEAL_SHRINK|F_SEAL_GROW|
+// F_SEAL_SEAL): its size is fixed for ever, ftruncate of it fails with EPERM, also through
+// /proc/PID/fd. It has no path: the supervisor passes it to each worker and to the new binary of an
+// upgrade as an inherited descriptor. The file is a copy (Save, replaced at once by a rename),
+// which a restarted supervisor loads with read(2), never mapping it (Load): truncating, removing or
+// rewriting it harms no running process. Create and Open map a file (for tests and tools): such a
+// region is not sealed (Sealed), and must not be one that others may truncate. A binary that maps
+// an inherited descriptor (OpenFile) takes either: an older binary's file across an upgrade, or
+// this one's sealed memory across a downgrade.
 //
 // # Layout (version 1)
 //
@@ -39,6 +54,20 @@
 // Go memory model see the region's cross-process accesses as the synchronised accesses they are.
 //
 // Read allocates the decoded generation; a worker calls it once per generation, not per request.
+//
+// # Damage
+//
+// A region can be damaged from outside (its file overwritten, zeroed, cut short). Open refuses a
+// file that is not a whole region, Read refuses a half that is not what its writer left, and
+// Verify (and Writer.Verify, which also checks the generation word against the last one it
+// stored) checks a mapped region; every such error wraps ErrZeroed (the header's magic is 0) or
+// ErrCorrupt (anything else: a header that does not match its layout, a checksum or a record
+// that fails, a half holding another generation under an unchanged generation word), never
+// ErrEmpty, so that no reader takes a zeroed region for one with nothing published. Since the
+// writer rewrites half g&1 only after moving the generation word past g, a reader that finds that
+// half odd or of another generation while the word still says g knows it is damaged, not being
+// written. What to do about damage is the caller's: the supervisor moves the file aside and
+// rebuilds (NewWriterAfter keeps the generations going up across the new region).
 //
 // # Health slots
 //

@@ -81,6 +81,19 @@ func (c *Capacities) setDefaults() error {
 	return nil
 }
 
+// check refuses the capacities of a header that no Create wrote: each from 1 to 1<<24.
+func (c Capacities) check() error {
+	for _, f := range []struct {
+		v    int
+		name string
+	}{{c.Sets, "Sets"}, {c.Backends, "Backends"}, {c.StringBytes, "StringBytes"}, {c.Workers, "Workers"}} {
+		if f.v < 1 || f.v > 1<<24 {
+			return fmt.Errorf("its header's capacity %s is %d, outside 1 to %d", f.name, f.v, 1<<24)
+		}
+	}
+	return nil
+}
+
 // layout is where each section lies for some capacities.
 type layout struct {
 	caps                  Capacities
@@ -133,12 +146,22 @@ func Create(path string, caps Capacities) (*Region, error) {
 		f.Close()
 		return nil, err
 	}
+	r.init(l)
+	if err := os.Link(tmp, path); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("shm: create %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// init writes the header of a new region of layout l.
+func (r *Region) init(l layout) {
 	r.l = l
 	r.store32(offVersion, LayoutVersion)
-	r.store32(offSetsMax, uint32(caps.Sets))
-	r.store32(offBackendsMax, uint32(caps.Backends))
-	r.store32(offStringBytesMax, uint32(caps.StringBytes))
-	r.store32(offWorkersMax, uint32(caps.Workers))
+	r.store32(offSetsMax, uint32(l.caps.Sets))
+	r.store32(offBackendsMax, uint32(l.caps.Backends))
+	r.store32(offStringBytesMax, uint32(l.caps.StringBytes))
+	r.store32(offWorkersMax, uint32(l.caps.Workers))
 	r.store32(offHealthSlotsMax, uint32(l.healthSlots))
 	r.store64(offHalf0, uint64(l.half[0]))
 	r.store64(offHalf1, uint64(l.half[1]))
@@ -147,11 +170,6 @@ func Create(path string, caps Capacities) (*Region, error) {
 	r.store64(offWorkers, uint64(l.workers))
 	r.store64(offTotalBytes, uint64(l.size))
 	r.store64(offMagic, Magic)
-	if err := os.Link(tmp, path); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("shm: create %s: %w", path, err)
-	}
-	return r, nil
 }
 
 // Open maps the existing region file at path.
@@ -168,18 +186,21 @@ func Open(path string) (*Region, error) {
 	return r, nil
 }
 
-// ErrLayout is wrapped by the error of a region that this binary cannot read.
+// ErrLayout is wrapped by the error of a region of another layout version, which this binary
+// cannot read: it is refused, never rewritten.
 var ErrLayout = errors.New("shm: not a region of this layout")
 
 // OpenFile maps the region of an open file, such as one inherited as a file descriptor. The region
-// owns f afterwards.
+// owns f afterwards. A file that is not a whole region (zeroed, truncated, its header damaged) is
+// refused with an error wrapping ErrZeroed or ErrCorrupt; one of another layout version with one
+// wrapping ErrLayout.
 func OpenFile(f *os.File) (*Region, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("shm: stat %s: %w", f.Name(), err)
 	}
 	if st.Size() < headerBytes {
-		return nil, fmt.Errorf("%w: %s is %d bytes, less than a header", ErrLayout, f.Name(), st.Size())
+		return nil, fmt.Errorf("%w: %s is %d bytes, less than a header", ErrCorrupt, f.Name(), st.Size())
 	}
 	r, err := mapFile(f, int(st.Size()))
 	if err != nil {
@@ -187,7 +208,7 @@ func OpenFile(f *os.File) (*Region, error) {
 	}
 	if m := r.load64(offMagic); m != Magic {
 		r.unmap()
-		return nil, fmt.Errorf("%w: %s has magic %#x, want %#x", ErrLayout, f.Name(), m, Magic)
+		return nil, magicError(f.Name(), m)
 	}
 	if v := r.load32(offVersion); v != LayoutVersion {
 		r.unmap()
@@ -199,14 +220,73 @@ func OpenFile(f *os.File) (*Region, error) {
 		StringBytes: int(r.load32(offStringBytesMax)),
 		Workers:     int(r.load32(offWorkersMax)),
 	}
-	l := layoutFor(caps)
-	if uint64(l.size) != r.load64(offTotalBytes) || l.size != len(r.mem) ||
-		uint64(l.health) != r.load64(offHealth) || uint64(l.half[1]) != r.load64(offHalf1) {
+	if err := caps.check(); err != nil {
 		r.unmap()
-		return nil, fmt.Errorf("%w: %s: its section offsets do not match its capacities", ErrLayout, f.Name())
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, f.Name(), err)
 	}
-	r.l = l
+	r.l = layoutFor(caps)
+	if err := r.checkHeader(); err != nil {
+		r.unmap()
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	if n := len(r.mem); r.l.size != n {
+		r.unmap()
+		return nil, fmt.Errorf("%w: %s is %d bytes; its header says %d", ErrCorrupt, f.Name(), n, r.l.size)
+	}
 	return r, nil
+}
+
+// magicError is the error of a region named name whose first word is m, not Magic.
+func magicError(name string, m uint64) error {
+	if m == 0 {
+		return fmt.Errorf("%w: %s holds magic 0, not %#x: its header was zeroed", ErrZeroed, name, Magic)
+	}
+	return fmt.Errorf("%w: %s holds magic %#x, not %#x: it is not a region, or its header was overwritten", ErrCorrupt, name, m, Magic)
+}
+
+// checkHeader compares the header's words with the region's layout.
+func (r *Region) checkHeader() error {
+	if m := r.load64(offMagic); m != Magic {
+		return magicError("the region", m)
+	}
+	l := r.l
+	for _, w := range []struct {
+		name      string
+		got, want uint64
+	}{
+		{"layout version", uint64(r.load32(offVersion)), uint64(LayoutVersion)},
+		{"sets", uint64(r.load32(offSetsMax)), uint64(l.caps.Sets)},
+		{"backends", uint64(r.load32(offBackendsMax)), uint64(l.caps.Backends)},
+		{"string bytes", uint64(r.load32(offStringBytesMax)), uint64(l.caps.StringBytes)},
+		{"workers", uint64(r.load32(offWorkersMax)), uint64(l.caps.Workers)},
+		{"health slots", uint64(r.load32(offHealthSlotsMax)), uint64(l.healthSlots)},
+		{"half 0 offset", r.load64(offHalf0), uint64(l.half[0])},
+		{"half 1 offset", r.load64(offHalf1), uint64(l.half[1])},
+		{"half bytes", r.load64(offHalfBytes), uint64(l.halfBytes)},
+		{"health offset", r.load64(offHealth), uint64(l.health)},
+		{"workers offset", r.load64(offWorkers), uint64(l.workers)},
+		{"total bytes", r.load64(offTotalBytes), uint64(l.size)},
+	} {
+		if w.got != w.want {
+			return fmt.Errorf("%w: its header's %s is %d, want %d", ErrCorrupt, w.name, w.got, w.want)
+		}
+	}
+	return nil
+}
+
+// Verify checks that the region still holds what its writer put there: a header of its layout,
+// and the half of the generation in force whole, matching its checksum. It returns an error
+// wrapping ErrZeroed for a zeroed header, one wrapping ErrCorrupt for any other damage, and nil
+// for a sound region (also one whose writer kept rewriting the half being checked). It costs a
+// Read: the supervisor calls it once a second, never per request.
+func (r *Region) Verify() error {
+	if err := r.checkHeader(); err != nil {
+		return err
+	}
+	if _, err := r.Read(); err != nil && err != ErrEmpty && err != ErrBusy {
+		return err
+	}
+	return nil
 }
 
 func mapFile(f *os.File, size int) (*Region, error) {

@@ -124,9 +124,14 @@ func encode(sets []Set, backends, strs int) []byte {
 	return payload
 }
 
-// errCorrupt is wrapped by the errors of a half whose content contradicts itself: a bug of the
-// writer, or memory corrupted by someone else.
-var errCorrupt = errors.New("shm: corrupt half")
+// ErrCorrupt is wrapped by the errors of a region whose content contradicts itself (a header that
+// does not match its layout, a half that fails its checksum or cannot be decoded, a generation
+// word its writer did not write): a bug of the writer, or the file damaged by someone else.
+var ErrCorrupt = errors.New("shm: corrupt region")
+
+// ErrZeroed is wrapped by the errors of a region whose header was zeroed (its magic is 0): the
+// file was overwritten with zeros, or truncated and grown again.
+var ErrZeroed = errors.New("shm: zeroed region")
 
 // decode reads a payload that encode made.
 func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
@@ -134,12 +139,12 @@ func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
 	backendsAt := setCount * setRecordBytes
 	stringsAt := backendsAt + backendCount*backendRecordBytes
 	if stringsAt+strs != len(p) {
-		return nil, fmt.Errorf("%w: %d sets, %d backends and %d string bytes in a %d-byte payload", errCorrupt, setCount, backendCount, strs, len(p))
+		return nil, fmt.Errorf("%w: %d sets, %d backends and %d string bytes in a %d-byte payload", ErrCorrupt, setCount, backendCount, strs, len(p))
 	}
 	strings := p[stringsAt:]
 	str := func(off uint32, n uint16) (string, error) {
 		if int(off)+int(n) > len(strings) {
-			return "", fmt.Errorf("%w: string at %d+%d past %d bytes", errCorrupt, off, n, len(strings))
+			return "", fmt.Errorf("%w: string at %d+%d past %d bytes", ErrCorrupt, off, n, len(strings))
 		}
 		return string(strings[off : off+uint32(n)]), nil
 	}
@@ -154,7 +159,7 @@ func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
 		}
 		first, n := int(le.Uint32(rec[8:])), int(le.Uint32(rec[12:]))
 		if first != next || first+n > backendCount {
-			return nil, fmt.Errorf("%w: set %d's backends %d+%d, want them from %d within %d", errCorrupt, i, first, n, next, backendCount)
+			return nil, fmt.Errorf("%w: set %d's backends %d+%d, want them from %d within %d", ErrCorrupt, i, first, n, next, backendCount)
 		}
 		next += n
 		sets[i] = Set{Name: name, Policy: rec[6], FailureStatuses: rec[7], Backends: backends[first : first+n : first+n]}
@@ -172,7 +177,7 @@ func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
 		}
 	}
 	if next != backendCount {
-		return nil, fmt.Errorf("%w: sets hold %d backends of %d", errCorrupt, next, backendCount)
+		return nil, fmt.Errorf("%w: sets hold %d backends of %d", ErrCorrupt, next, backendCount)
 	}
 	return sets, nil
 }
@@ -191,13 +196,21 @@ const readTries = 1000
 // read: it retries until it reads one whole.
 func (r *Region) Read() (Snapshot, error) {
 	for try := 0; try < readTries; try++ {
+		if m := r.load64(offMagic); m != Magic {
+			return Snapshot{}, magicError("the region", m)
+		}
 		g := r.Generation()
 		if g == 0 {
 			return Snapshot{}, ErrEmpty
 		}
 		h := r.l.half[g&1]
 		seq := r.load64(h + offHalfSeq)
-		if seq&1 == 1 || r.load64(h+offHalfGen) != g {
+		if hg := r.load64(h + offHalfGen); seq&1 == 1 || hg != g {
+			// The writer rewrites this half (for g+2) only after it moved the generation word to
+			// g+1: with the word still at g, the half is not being written but damaged.
+			if r.Generation() == g {
+				return Snapshot{}, fmt.Errorf("%w: generation %d: its half holds generation %d at sequence %d", ErrCorrupt, g, hg, seq)
+			}
 			runtime.Gosched()
 			continue
 		}
@@ -207,8 +220,11 @@ func (r *Region) Read() (Snapshot, error) {
 		sum := r.load32(h + offHalfChecksum)
 		n := int(r.load32(h + offHalfPayloadLen))
 		if n > r.l.halfBytes-halfHeaderBytes {
+			if r.load64(h+offHalfSeq) == seq && r.Generation() == g {
+				return Snapshot{}, fmt.Errorf("%w: generation %d: a payload of %d bytes in a half of %d", ErrCorrupt, g, n, r.l.halfBytes-halfHeaderBytes)
+			}
 			runtime.Gosched()
-			continue // a torn header; the seq check below would reject it anyway
+			continue // a torn header
 		}
 		payload := make([]byte, align8(n))
 		r.copyOut(payload, h+halfHeaderBytes)
@@ -218,7 +234,7 @@ func (r *Region) Read() (Snapshot, error) {
 			continue
 		}
 		if got := crc32.Checksum(payload, castagnoli); got != sum {
-			return Snapshot{}, fmt.Errorf("%w: generation %d: checksum %#x, the half says %#x", errCorrupt, g, got, sum)
+			return Snapshot{}, fmt.Errorf("%w: generation %d: its payload's checksum is %#x, the half says %#x", ErrCorrupt, g, got, sum)
 		}
 		sets, err := decode(payload, setCount, backendCount, strs)
 		if err != nil {

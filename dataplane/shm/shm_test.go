@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,13 +309,14 @@ func TestOpenRefusesOtherLayouts(t *testing.T) {
 	}
 	r.store32(offVersion, LayoutVersion)
 	r.store64(offMagic, 42)
-	if _, err := Open(path); !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), "magic") {
-		t.Fatalf("open with a bad magic: %v", err)
+	if _, err := Open(path); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "magic") {
+		t.Fatalf("open with a bad magic: %v, want ErrCorrupt", err)
 	}
+	r.store64(offMagic, Magic)
 	short := filepath.Join(t.TempDir(), "short")
 	os.WriteFile(short, []byte("tiny"), 0o600)
-	if _, err := Open(short); !errors.Is(err, ErrLayout) {
-		t.Fatalf("open of a 4-byte file: %v", err)
+	if _, err := Open(short); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("open of a 4-byte file: %v, want ErrCorrupt", err)
 	}
 	if _, err := Create(path, Capacities{}); err == nil {
 		t.Fatal("Create replaced an existing file")
@@ -322,6 +324,122 @@ func TestOpenRefusesOtherLayouts(t *testing.T) {
 	// Neither the Create that made path nor the one refused left its temporary file behind.
 	if names, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "*")); len(names) != 1 || names[0] != path {
 		t.Fatalf("the directory holds %v, want only %s", names, path)
+	}
+}
+
+// TestDamageIsNamed: every kind of damage to a region is told apart from a region being written,
+// by a named error that says what is wrong: a zeroed header (ErrZeroed) from Open, Read and
+// Verify; a flipped payload byte, a half that holds another generation, a header word changed, a
+// file cut short, a generation word its writer did not store (ErrCorrupt). A sound region verifies.
+func TestDamageIsNamed(t *testing.T) {
+	setup := func(t *testing.T) (*Region, *Writer, string, *os.File) {
+		r, path := create(t, Capacities{Sets: 2, Backends: 4, StringBytes: 128, Workers: 2})
+		w := NewWriter(r)
+		for range 3 { // generation 3 is in half 1
+			if _, err := w.Publish(sampleSets()[:1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Verify(); err != nil {
+			t.Fatalf("Verify of a sound region: %v", err)
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return r, w, path, f
+	}
+	// poke writes b at off through the file, as another process would (the mapping is shared).
+	poke := func(t *testing.T, f *os.File, off int, b []byte) {
+		t.Helper()
+		if _, err := f.WriteAt(b, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(t *testing.T, what string, err, kind error, text string) {
+		t.Helper()
+		if !errors.Is(err, kind) || !strings.Contains(err.Error(), text) {
+			t.Errorf("%s: %v; want %v saying %q", what, err, kind, text)
+		}
+	}
+
+	t.Run("zeroed", func(t *testing.T) {
+		r, w, path, f := setup(t)
+		poke(t, f, 0, make([]byte, headerBytes))
+		_, err := r.Read()
+		want(t, "Read", err, ErrZeroed, "zeroed")
+		want(t, "Verify", r.Verify(), ErrZeroed, "magic 0")
+		want(t, "Writer.Verify", w.Verify(), ErrZeroed, "magic 0")
+		_, err = Open(path)
+		want(t, "Open", err, ErrZeroed, path)
+	})
+	t.Run("payload byte", func(t *testing.T) {
+		r, w, _, f := setup(t)
+		off := r.l.half[1] + halfHeaderBytes + 3
+		b := []byte{0}
+		f.ReadAt(b, int64(off))
+		poke(t, f, off, []byte{b[0] ^ 0x10})
+		_, err := r.Read()
+		want(t, "Read", err, ErrCorrupt, "checksum")
+		want(t, "Verify", r.Verify(), ErrCorrupt, "generation 3")
+		want(t, "Writer.Verify", w.Verify(), ErrCorrupt, "checksum")
+	})
+	t.Run("half of another generation", func(t *testing.T) {
+		r, _, _, _ := setup(t)
+		r.store64(r.l.half[1]+offHalfGen, 7)
+		_, err := r.Read()
+		want(t, "Read", err, ErrCorrupt, "holds generation 7")
+		r.store64(r.l.half[1]+offHalfGen, 3)
+		r.store64(r.l.half[1]+offHalfSeq, r.load64(r.l.half[1]+offHalfSeq)+1) // odd: as if being written
+		want(t, "Verify of an odd sequence under an unchanged generation word", r.Verify(), ErrCorrupt, "sequence")
+	})
+	t.Run("header word", func(t *testing.T) {
+		r, _, path, _ := setup(t)
+		r.store64(offHealth, r.load64(offHealth)+64)
+		want(t, "Verify", r.Verify(), ErrCorrupt, "health offset")
+		_, err := Open(path)
+		want(t, "Open", err, ErrCorrupt, "health offset")
+	})
+	t.Run("cut short", func(t *testing.T) {
+		_, _, _, f := setup(t)
+		st, _ := f.Stat()
+		cut := filepath.Join(t.TempDir(), "cut")
+		b := make([]byte, st.Size()-64)
+		f.ReadAt(b, 0)
+		os.WriteFile(cut, b, 0o600)
+		_, err := Open(cut)
+		want(t, "Open", err, ErrCorrupt, fmt.Sprintf("is %d bytes; its header says %d", len(b), st.Size()))
+	})
+	t.Run("generation word", func(t *testing.T) {
+		r, w, _, _ := setup(t)
+		r.store64(offGeneration, 0)
+		if err := r.Verify(); err != nil {
+			t.Errorf("Region.Verify of generation 0 (nothing published, as far as it can tell): %v", err)
+		}
+		want(t, "Writer.Verify", w.Verify(), ErrCorrupt, "the generation word holds 0; its writer stored 3")
+	})
+}
+
+// TestNewWriterAfter: a rebuilt region's generations go on from the one it replaces.
+func TestNewWriterAfter(t *testing.T) {
+	r, _ := create(t, Capacities{Sets: 2, Backends: 4, StringBytes: 128, Workers: 2})
+	w := NewWriterAfter(r, 41)
+	if err := w.Check(sampleSets()[:1]); err != nil {
+		t.Fatal(err)
+	}
+	g, err := w.Publish(sampleSets()[:1])
+	if err != nil || g != 42 {
+		t.Fatalf("first publish of a region rebuilt after generation 41: %d, %v; want 42", g, err)
+	}
+	if snap, err := r.Read(); err != nil || snap.Generation != 42 {
+		t.Fatalf("Read: %+v, %v; want generation 42", snap, err)
+	}
+	if err := w.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := w.Publish(nil); err != nil || g != 43 {
+		t.Fatalf("second publish: %d, %v; want 43", g, err)
 	}
 }
 
@@ -497,4 +615,87 @@ func readerProcess() int {
 		return 1
 	}
 	return 0
+}
+
+// TestSealedRegion: a region of New cannot be truncated or grown, through its descriptor or
+// through /proc (as an operator's truncate of /proc/PID/fd/N would try), so no mapping of it
+// ever faults; another mapping of it (a worker's) shares its words; Save and Load carry its
+// generation and health words through a file, and Load refuses a saved copy that was damaged.
+func TestSealedRegion(t *testing.T) {
+	r, err := New(Capacities{Sets: 2, Backends: 4, StringBytes: 128, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if !r.Sealed() {
+		t.Fatal("a region of New is not sealed")
+	}
+	if c, _ := create(t, Capacities{Sets: 1, Backends: 1, StringBytes: 8, Workers: 1}); c.Sealed() {
+		t.Error("a region of a file says it is sealed")
+	}
+	w := NewWriter(r)
+	sets := sampleSets()[:1]
+	if _, err := w.Publish(sets); err != nil {
+		t.Fatal(err)
+	}
+	size := r.SaveBytes()
+	proc := fmt.Sprintf("/proc/self/fd/%d", r.File().Fd())
+	for what, truncate := range map[string]func(int64) error{
+		"ftruncate":                   r.File().Truncate,
+		"truncate of /proc/self/fd/N": func(n int64) error { return os.Truncate(proc, n) },
+	} {
+		for _, n := range []int64{0, size / 2, size + 4096} {
+			if err := truncate(n); !errors.Is(err, syscall.EPERM) {
+				t.Errorf("%s to %d bytes: %v, want EPERM", what, n, err)
+			}
+		}
+	}
+	if st, err := r.File().Stat(); err != nil || st.Size() != size {
+		t.Fatalf("after the truncations: %v, %v; want %d bytes", st, err, size)
+	}
+	f, err := os.OpenFile(proc, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := OpenFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	r.SetHealthWord(sets[0].Backends[0].HealthSlot, 2, 0xfeed)
+	if v := r2.HealthWord(sets[0].Backends[0].HealthSlot, 2); v != 0xfeed {
+		t.Errorf("the second mapping reads %#x, want 0xfeed", v)
+	}
+
+	path := filepath.Join(t.TempDir(), "region")
+	if err := r.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	want, _ := r.Read()
+	if got, err := l.Read(); err != nil || !reflect.DeepEqual(got, want) || !l.Sealed() {
+		t.Fatalf("Load of the saved copy: %+v, %v, sealed %v; want %+v, sealed", got, err, l.Sealed(), want)
+	}
+	if v := l.HealthWord(sets[0].Backends[0].HealthSlot, 2); v != 0xfeed {
+		t.Errorf("the loaded copy's health word %#x, want 0xfeed", v)
+	}
+	if names, _ := filepath.Glob(path + "*"); len(names) != 1 {
+		t.Errorf("Save left %v, want only %s", names, path)
+	}
+
+	os.Truncate(path, size/2)
+	if _, err := Load(path); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Load of a copy cut to %d bytes: %v, want ErrCorrupt", size/2, err)
+	}
+	os.WriteFile(path, make([]byte, size), 0o600)
+	if _, err := Load(path); !errors.Is(err, ErrZeroed) {
+		t.Errorf("Load of a zeroed copy: %v, want ErrZeroed", err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load of no file: %v, want os.ErrNotExist", err)
+	}
 }

@@ -22,12 +22,14 @@ const (
 type Writer struct {
 	r     *Region
 	slots map[uint64]uint32 // the health slot of each (set, backend id) key in force
+	after uint64            // the generations it publishes come after this one (NewWriterAfter)
+	last  uint64            // the generation word as this writer last left it
 }
 
 // NewWriter takes over the region's writing, rebuilding what it must know from the region, so that
 // a restarted supervisor keeps every backend's health slot.
 func NewWriter(r *Region) *Writer {
-	w := &Writer{r: r, slots: make(map[uint64]uint32)}
+	w := &Writer{r: r, slots: make(map[uint64]uint32), last: r.Generation()}
 	for i := 0; i < r.l.healthSlots; i++ {
 		off := r.slotOff(uint32(i))
 		if key := r.load64(off + offSlotKey); key != 0 && r.load64(off+offSlotFreedGen) == 0 {
@@ -35,6 +37,32 @@ func NewWriter(r *Region) *Writer {
 		}
 	}
 	return w
+}
+
+// NewWriterAfter is NewWriter for a new region that replaces one whose last generation was gen (a
+// rebuilt region): its generations go on from gen+1, so that nobody sees the generation go back.
+func NewWriterAfter(r *Region, gen uint64) *Writer {
+	w := NewWriter(r)
+	w.after = gen
+	return w
+}
+
+// Last is the generation this writer published last (or found in force when it took over).
+func (w *Writer) Last() uint64 { return max(w.last, w.after) }
+
+// next is the generation the next Publish writes.
+func (w *Writer) next() uint64 { return max(w.r.Generation(), w.after) + 1 }
+
+// Verify is the region's Verify, and also checks that the generation word is the one this writer
+// stored last: nobody else writes it.
+func (w *Writer) Verify() error {
+	if err := w.r.Verify(); err != nil {
+		return err
+	}
+	if g := w.r.Generation(); g != w.last {
+		return fmt.Errorf("%w: the generation word holds %d; its writer stored %d", ErrCorrupt, g, w.last)
+	}
+	return nil
 }
 
 func slotKey(set, id string) uint64 {
@@ -56,7 +84,7 @@ func (r *Region) slotOff(i uint32) int { return r.l.health + int(i)*healthSlotBy
 // has observed a generation without it. On error the region is unchanged.
 func (w *Writer) Publish(sets []Set) (uint64, error) {
 	r := w.r
-	next := r.Generation() + 1
+	next := w.next()
 	keys, err := keysOf(sets)
 	if err != nil {
 		return 0, err
@@ -117,6 +145,7 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 	r.store64(h+offHalfGen, next)
 	r.store64(h+offHalfSeq, seq+2)
 	r.store64(offGeneration, next)
+	w.last = next
 
 	// The slots of backends that are gone are free from now on, to be reused later.
 	for k, i := range w.slots {
@@ -151,7 +180,7 @@ func (w *Writer) Check(sets []Set) error {
 		}
 	}
 	minObserved, _ := w.r.MinObserved()
-	if need > w.freeSlots(w.r.Generation()+1, minObserved, need) {
+	if need > w.freeSlots(w.next(), minObserved, need) {
 		return fmt.Errorf("shm: no free health slot of %d: workers have not yet observed the generations that removed backends", w.r.l.healthSlots)
 	}
 	return nil

@@ -47,10 +47,17 @@ type Table struct {
 
 // Follower follows a region's generations for the worker of one slot.
 type Follower struct {
-	r    *shm.Region
-	slot int
-	pid  int
+	r      *shm.Region
+	slot   int
+	pid    int
+	loaded uint64 // the newest generation Load returned
 }
+
+// ErrCorrupt and ErrZeroed are wrapped by Load's errors of a damaged region (shm says which).
+var (
+	ErrCorrupt = shm.ErrCorrupt
+	ErrZeroed  = shm.ErrZeroed
+)
 
 // NewFollower follows r for the worker of slot, this process.
 func NewFollower(r *shm.Region, slot int) *Follower {
@@ -70,15 +77,20 @@ func (f *Follower) mine() bool {
 func (f *Follower) Generation() uint64 { return f.r.Generation() }
 
 // Load decodes the generation in force. Before the first generation is published it returns an
-// empty Table of generation 0.
+// empty Table of generation 0. A generation older than one it returned before is an error wrapping
+// ErrCorrupt: a worker's region never goes back (a rebuilt one is given to new workers).
 func (f *Follower) Load() (*Table, error) {
 	s, err := f.r.Read()
 	if err == shm.ErrEmpty {
-		return &Table{}, nil
+		s, err = shm.Snapshot{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	if s.Generation < f.loaded {
+		return nil, fmt.Errorf("%w: its generation went back from %d to %d", ErrCorrupt, f.loaded, s.Generation)
+	}
+	f.loaded = s.Generation
 	return &Table{Generation: s.Generation, Sets: s.Sets}, nil
 }
 
