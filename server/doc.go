@@ -28,8 +28,14 @@
 // The supervisor is the region's only writer. A fresh region gets the configured sets before any
 // worker starts; a region that holds a generation is served first and the file's sets are
 // published after (static stability: a restart never waits on, or is broken by, the file). The file
-// is watched with inotify (watch.go), and read again on SIGHUP; each change of its backend sets is
-// one new generation. The
+// is watched with inotify on its directory (watch.go), and read again on SIGHUP; each change of its
+// backend sets is one new generation. The watch follows the directory's inode: when that directory
+// is moved away or removed (`mv conf conf.old; mkdir conf`, or the kubelet removing the directory
+// that ..data pointed to when --config names a file through ..data), the supervisor logs it at WARN
+// ("config directory moved away"), polls the path (50ms doubling to 1s) until a directory is there,
+// then watches that one, logs it at INFO ("config directory is back") and reloads. A directory above
+// the watched one being moved or replaced is something inotify does not tell: SIGHUP watches the
+// directory at the path again ("config directory was replaced by another") besides reloading. The
 // supervisor wakes idle workers through their control pipes, and logs "generation applied" with its
 // latency once every live worker's slot shows the generation. A worker that exits unasked is
 // restarted after a delay that doubles with each crash that follows a short run (50ms to 10s); one
