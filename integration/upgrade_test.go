@@ -1451,6 +1451,10 @@ func testUpgradeNotHeard(t *testing.T) {
 	if left := u.awaitGone(append([]int{started.int("pid")}, newWorkers...), stopTimeout); len(left) > 0 {
 		t.Errorf("the killed xlb's processes %v still run %v after the timeout", left, stopTimeout)
 	}
+	// Killed, it could not remove its own sockets (NAME.sock.PID): the old supervisor did.
+	if left, _ := filepath.Glob(filepath.Join(u.stateDir, fmt.Sprintf("*.sock.%d*", started.int("pid")))); len(left) > 0 {
+		t.Errorf("the killed xlb's sockets %v are left in the state directory", left)
+	}
 
 	if st := u.call("Status", "-connect-timeout", "5"); st.err != nil {
 		t.Errorf("after the failed upgrade, the old supervisor (pid %d) does not answer on %s: %v", before.Pid, u.adminSock(), st)

@@ -17,7 +17,9 @@
 // # Supervisor and workers
 //
 // `xlb run` is a supervisor (supervisor.go). It locks its state directory (a second xlb on the same
-// directory is refused with the first one's pid), maps the region file there (dataplane/shm),
+// directory is refused with the first one's pid), removes the unix sockets there that a process
+// killed by SIGKILL left (NAME.sock.PID of a PID no process has, or on which a connect is refused:
+// the PID was reused), logging each, maps the region file there (dataplane/shm),
 // binds the listeners, and starts its workers: the same binary, as /proc/self/exe, re-executed as
 // `xlb worker` (worker.go) with the region, a control pipe and the listening sockets as inherited
 // descriptors. By default every worker accepts on the same sockets: one accept queue per listener,

@@ -242,6 +242,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		statusReqs:  make(chan statusReq),
 		healthWake:  make(chan struct{}, 1),
 	}
+	// Sockets of processes killed before they could remove them; this one's names are free then.
+	removeStaleSockets(dir, log)
 	saved := make(chan struct{})
 	go saver(dir, s.saves, log, saved)
 	defer func() {

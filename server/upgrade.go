@@ -269,7 +269,7 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 	s.upgrade = nil
 	if res.err != nil {
 		// killUpgrade has ended it: its staged sockets are no one's.
-		for _, name := range []string{adminSocket, controlSocket} {
+		for _, name := range []string{adminSocket, controlSocket, metricsSocket} {
 			os.Remove(stagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
 		}
 		s.publishSockets()
