@@ -1303,11 +1303,117 @@ const readyFD = `fd=$(printf '%s' "$XLB_UPGRADE" | sed -n 's/.*"Ready":\([0-9]*\
 //     succeeds;
 //   - "readiness pipe closed": a new binary that closes the readiness pipe without a word and
 //     keeps running (exec sleep 600) is killed at the timeout too, the Upgrade call failing with
-//     DEADLINE_EXCEEDED, and a later upgrade succeeds.
+//     DEADLINE_EXCEEDED, and a later upgrade succeeds;
+//   - "process group": a new binary that starts children of its own (two sleep 600 in the
+//     background) and never becomes ready runs as the leader of a process group of its own, and at
+//     the timeout no process of that group is left.
 func TestUpgradeTimeoutCleansUp(t *testing.T) {
 	t.Parallel()
 	t.Run("new xlb not heard", testUpgradeNotHeard)
 	t.Run("readiness pipe closed", testUpgradePipeClosed)
+	t.Run("process group", testUpgradeGroupKilled)
+}
+
+// procStat is the state and the process group of process pid, from /proc/PID/stat; ok is false
+// when it has ended or is a zombie.
+func procStat(pid int) (pgrp int, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+		return 0, false
+	}
+	pgrp, err = strconv.Atoi(f[2])
+	return pgrp, err == nil
+}
+
+// groupLive are the processes of process group pgid that run (not zombies), from /proc.
+func groupLive(tb testing.TB, pgid int) []int {
+	tb.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			if g, ok := procStat(pid); ok && g == pgid {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+func testUpgradeGroupKilled(t *testing.T) {
+	t.Parallel()
+	a, b := newCountingBackend(t, "a"), newCountingBackend(t, "b")
+	u := startUpgradable(t, "vA", twoBackends(a, b), "--upgrade-timeout", shortUpgradeTimeout.String())
+	u.await(t, 0, `"ready"`, says("ready", nil))
+	before := u.status(t)
+
+	// The children write their pids where the test reads them; they are never killed by the script.
+	children := filepath.Join(t.TempDir(), "children")
+	install(t, u.bin, fmt.Appendf(nil, "#!/bin/sh\nsleep 600 &\necho $! >> '%s'\nsleep 600 &\necho $! >> '%s'\nexec sleep 600\n", children, children))
+	from := logEnd(u.log)
+	slow := make(chan rpcResult, 1)
+	go func() { slow <- u.call("Upgrade") }()
+	started := u.await(t, from, `"upgrade started"`, says("upgrade started", nil))
+	leader := started.int("pid")
+
+	// While the upgrade waits: the new binary leads a group of its own, and its children are in it.
+	var kids []int
+	deadline := time.Now().Add(readyTimeout)
+	for len(kids) < 2 {
+		b, _ := os.ReadFile(children)
+		kids = kids[:0]
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				kids = append(kids, pid)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new binary's children did not write their pids to %s within %v: %q", children, readyTimeout, b)
+		}
+		time.Sleep(pollInterval)
+	}
+	for _, pid := range append([]int{leader}, kids...) {
+		if g, ok := procStat(pid); ok && g != leader {
+			t.Errorf("process %d of the upgrade is in process group %d; want %d, the new binary's own", pid, g, leader)
+		}
+	}
+
+	r := <-slow
+	if r.code() != "DeadlineExceeded" {
+		t.Errorf("Upgrade to a binary that never becomes ready: %s: %q; want DeadlineExceeded\n%v", r.code(), r.message(), r)
+	}
+	u.await(t, started.end, `"upgrade failed; serving on"`, says("upgrade failed; serving on", nil))
+	var left []int
+	deadline = time.Now().Add(stopTimeout)
+	for {
+		left = groupLive(t, leader)
+		for _, pid := range kids {
+			if _, ok := procStat(pid); ok && !slices.Contains(left, pid) {
+				left = append(left, pid) // left the group, and lives on
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(pollInterval)
+	}
+	if len(left) > 0 {
+		t.Errorf("processes %v of the failed upgrade (group %d, children %v) still run %v after it failed", left, leader, kids, stopTimeout)
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if st := u.status(t); st.Pid != before.Pid || st.Upgrading {
+		t.Errorf("Status after the failed upgrade: %+v; want pid %d, no upgrade in progress", st, before.Pid)
+	}
 }
 
 func testUpgradeNotHeard(t *testing.T) {
@@ -1340,6 +1446,10 @@ func testUpgradeNotHeard(t *testing.T) {
 	t.Logf("the new xlb, pid %d, was ready (%s) with workers %v, then killed: %s", started.int("pid"), newReady[0], newWorkers, failed)
 	if left := u.awaitGone(append([]int{started.int("pid")}, newWorkers...), stopTimeout); len(left) > 0 {
 		t.Errorf("the killed xlb's processes %v still run %v after the timeout", left, stopTimeout)
+	}
+	// Killed, it could not remove its own sockets (NAME.sock.PID): the old supervisor did.
+	if left, _ := filepath.Glob(filepath.Join(u.stateDir, fmt.Sprintf("*.sock.%d*", started.int("pid")))); len(left) > 0 {
+		t.Errorf("the killed xlb's sockets %v are left in the state directory", left)
 	}
 
 	if st := u.call("Status", "-connect-timeout", "5"); st.err != nil {

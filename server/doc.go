@@ -17,9 +17,12 @@
 // # Supervisor and workers
 //
 // `xlb run` is a supervisor (supervisor.go). It locks its state directory (a second xlb on the same
-// directory is refused with the first one's pid), loads the region file there into sealed memory
-// and maps that (dataplane/shm; the file stays a copy, saved as the region changes, and a damaged
-// one is moved aside and rebuilt: region.go), binds the listeners, and starts its workers: the same binary, as /proc/self/exe, re-executed as
+// directory is refused with the first one's pid), removes the unix sockets there that a process
+// killed by SIGKILL left (NAME.sock.PID of a PID no process has, or on which a connect is refused:
+// the PID was reused), logging each, loads the region file there into sealed memory and maps that
+// (dataplane/shm; the file stays a copy, saved as the region changes, and a damaged one is moved
+// aside and rebuilt: region.go), binds the listeners, and starts its workers: the same binary, as
+// /proc/self/exe, re-executed as
 // `xlb worker` (worker.go) with the region, a control pipe and the listening sockets as inherited
 // descriptors. By default every worker accepts on the same sockets: one accept queue per listener,
 // so a dying worker strands no queued connection. With reuse_port each worker has its own socket
@@ -29,8 +32,14 @@
 // The supervisor is the region's only writer. A fresh region gets the configured sets before any
 // worker starts; a region that holds a generation is served first and the file's sets are
 // published after (static stability: a restart never waits on, or is broken by, the file). The file
-// is watched with inotify (watch.go), and read again on SIGHUP; each change of its backend sets is
-// one new generation. The
+// is watched with inotify on its directory (watch.go), and read again on SIGHUP; each change of its
+// backend sets is one new generation. The watch follows the directory's inode: when that directory
+// is moved away or removed (`mv conf conf.old; mkdir conf`, or the kubelet removing the directory
+// that ..data pointed to when --config names a file through ..data), the supervisor logs it at WARN
+// ("config directory moved away"), polls the path (50ms doubling to 1s) until a directory is there,
+// then watches that one, logs it at INFO ("config directory is back") and reloads. A directory above
+// the watched one being moved or replaced is something inotify does not tell: SIGHUP watches the
+// directory at the path again ("config directory was replaced by another") besides reloading. The
 // supervisor wakes idle workers through their control pipes, and logs "generation applied" with its
 // latency once every live worker's slot shows the generation. A worker that exits unasked is
 // restarted after a delay that doubles with each crash that follows a short run (50ms to 10s); one

@@ -3,12 +3,15 @@ package server
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
@@ -146,4 +149,76 @@ func moveAside(path string) (string, error) {
 // asideName is the name a damaged copy of path is kept under.
 func asideName(path string) string {
 	return path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
+}
+
+// staleDialTimeout bounds the connect that tells whether a socket of a live PID is still served.
+const staleDialTimeout = time.Second
+
+// removeStaleSockets removes the unix sockets of dir that a process bound at its own name
+// (NAME.sock.PID, and NAME.sock.PID.link while it published one; see unixListener) and that no
+// process serves any more: one killed by SIGKILL leaves its socket files behind. A socket is stale
+// when no process has its PID (kill(PID, 0) fails with ESRCH), or when a connect to it is refused
+// (ECONNREFUSED): a process that got the PID since does not listen there. Anything else (a
+// connect that succeeds or fails otherwise, a file that is not a socket) is kept. Each removal is
+// logged. The supervisor calls it at start, holding the directory's lock; the sockets of a running
+// supervisor (the old one of an upgrade, still draining) answer, and stay.
+func removeStaleSockets(dir string, log hclog.Logger) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		log.Warn("cannot look for stale sockets in the state directory", "dir", dir, "error", err)
+		return
+	}
+	for _, e := range ents {
+		pid, ok := stagedPID(e.Name())
+		if !ok || pid == os.Getpid() || e.Type()&fs.ModeSocket == 0 {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		why := staleSocket(path, pid, func(pid int) error { return unix.Kill(pid, 0) }, func(path string) error {
+			c, err := net.DialTimeout("unix", path, staleDialTimeout)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if why == "" {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("cannot remove a stale socket", "path", path, "error", err)
+			continue
+		}
+		log.Info("removed a stale socket", "path", path, "pid", pid, "reason", why)
+	}
+}
+
+// staleSocket says why the socket at path, bound by process pid, is stale, or "" when it may be
+// in use. alive is kill(pid, 0); dial connects to the socket.
+func staleSocket(path string, pid int, alive func(int) error, dial func(string) error) string {
+	if err := alive(pid); errors.Is(err, unix.ESRCH) {
+		return fmt.Sprintf("no process %d", pid)
+	}
+	if err := dial(path); errors.Is(err, unix.ECONNREFUSED) {
+		return fmt.Sprintf("process %d does not listen on it (the PID was given to another process)", pid)
+	}
+	return ""
+}
+
+// stagedPID is the PID of a name that stagedName makes, NAME.sock.PID, or of its NAME.sock.PID.link
+// (unixListener.publish); ok is false for any other name.
+func stagedPID(name string) (pid int, ok bool) {
+	name = strings.TrimSuffix(name, ".link")
+	i := strings.LastIndexByte(name, '.')
+	if i < 0 || !strings.HasSuffix(name[:i], ".sock") || len(name[:i]) == len(".sock") {
+		return 0, false
+	}
+	digits := name[i+1:]
+	if digits == "" || strings.TrimLeft(digits, "0123456789") != "" || digits[0] == '0' {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(digits)
+	if err != nil {
+		return 0, false
+	}
+	return pid, true
 }

@@ -268,6 +268,8 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	s.slots.r.Store(region)
 	s.copy = regionCopy{gen: region.Generation(), epoch: region.HealthEpoch()}
 	s.copy.fi, _ = os.Stat(filepath.Join(dir, regionFile)) // nil: saved at the first heartbeat
+	// Sockets of processes killed before they could remove them; this one's names are free then.
+	removeStaleSockets(dir, log)
 	saved := make(chan struct{})
 	go saver(dir, s.saves, log, saved)
 	defer func() {
@@ -419,19 +421,29 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		}
 	}
 
+	// The watcher; nil when there is no file, or it could not be watched (then SIGHUP tries again).
+	var watcher *fileWatcher
 	var watch <-chan struct{}
-	if s.path != "" {
-		w, err := watchFile(s.path, reloadDebounce)
+	startWatcher := func() {
+		w, err := watchFile(s.path, reloadDebounce, log.Named("watch"))
 		if err != nil {
-			log.Warn("cannot watch the configuration file; edits need a restart", "error", err)
-		} else {
-			defer w.Close()
-			watch = w.C()
+			log.Warn("cannot watch the configuration file; edits need a SIGHUP", "error", err)
+			return
 		}
+		watcher, watch = w, w.C()
 	}
+	if s.path != "" {
+		startWatcher()
+	}
+	defer func() {
+		if watcher != nil {
+			watcher.Close()
+		}
+	}()
 
-	// SIGHUP reloads the file now, as nginx and HAProxy operators expect; the watcher makes it
-	// rarely needed.
+	// SIGHUP reloads the file now, as nginx and HAProxy operators expect, and watches its directory
+	// again: the one at its path, which may not be the one watched when a directory above it was
+	// moved or replaced. The watcher makes it rarely needed.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -490,6 +502,11 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 				continue
 			}
 			log.Info("SIGHUP: reloading the configuration", "file", s.path)
+			if watcher == nil {
+				startWatcher()
+			} else if err := watcher.Rearm(); err != nil {
+				log.Warn("SIGHUP: cannot watch the configuration file's directory", "error", err)
+			}
 			s.reload()
 		case <-poll:
 			poll = nil

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,8 +37,12 @@ import (
 // its workers on the generation in force, and once every one serves it, writes "ready" on the pipe;
 // a new supervisor that cannot go on writes "error: REASON" instead. Only then does the old
 // supervisor close its copies of the sockets (the new one holds them: no socket closes, no queued
-// connection is lost), tell its workers to drain, and exit once they have. If the new binary exits,
-// fails or is not ready within the upgrade timeout, it is killed and the old one serves on. While
+// connection is lost), tell its workers to drain, and exit once they have. The new binary is the
+// leader of a process group of its own. If it exits, fails or is not ready within the upgrade
+// timeout, it is killed (SIGKILL) and waited for, the rest of its group (its workers, a wrapper's
+// children) gets SIGTERM and, after the shutdown timeout and a grace, SIGKILL; the old one serves
+// on. After an upgrade xlb is thus in another process group than the shell that started it: a
+// terminal's Ctrl-C no longer reaches it (SIGTERM its pid, or let systemd stop it). While
 // an upgrade is in progress the old supervisor applies nothing (the region has one writer), and a
 // second upgrade is refused; an upgrade while older processes still drain is allowed.
 
@@ -114,6 +119,8 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	cmd.Env = append(environWithout(upgradeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"), upgradeEnv+"="+string(spec))
 	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
 	cmd.ExtraFiles = files
+	// The leader of a group of its own, so that what it starts can be ended with it (killUpgrade).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
 		fail(codes.FailedPrecondition, "cannot start %s: %v", s.e.binary, err)
@@ -136,6 +143,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 		timeout := s.cfg.upgradeTimeout()
 		t := time.NewTimer(timeout)
 		defer t.Stop()
+		reaped := false // exited has given Wait's result
 		select {
 		case line := <-lines:
 			switch {
@@ -148,18 +156,110 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 				// The pipe closed without a word: the process ended, or closed it and runs on.
 				select {
 				case err := <-exited:
+					reaped = true
 					res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
 				case <-t.C:
 					res.err = status.Errorf(codes.DeadlineExceeded, "the new binary closed its readiness pipe and was not ready within %v", timeout)
 				}
 			}
 		case err := <-exited:
+			reaped = true
 			res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
 		case <-t.C:
 			res.err = status.Errorf(codes.DeadlineExceeded, "the new binary was not ready within %v", timeout)
 		}
+		if res.err != nil {
+			s.killUpgrade(cmd.Process.Pid, exited, reaped)
+		}
 		s.upgradeDone <- res
 	}()
+}
+
+// upgradeGroupPoll is how often the processes left of a failed upgrade are looked for.
+const upgradeGroupPoll = 20 * time.Millisecond
+
+// killUpgrade ends the new binary of a failed upgrade, pid, and every process of its group: it was
+// started as the leader of a group of its own, so the group holds what it started, its workers or
+// a wrapper's children, however far down. The new binary gets SIGKILL and is waited for (exited,
+// unless reaped says Wait has returned already); the rest of the group gets SIGTERM, on which an
+// xlb worker drains what it accepted, and whatever is left after the shutdown timeout and
+// killGrace gets SIGKILL, in the background (reapGroup), so that the supervisor's loop serves on.
+func (s *supervisor) killUpgrade(pid int, exited <-chan error, reaped bool) {
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	_ = syscall.Kill(-pid, syscall.SIGTERM) // ESRCH: it was alone and is gone
+	if !reaped {
+		<-exited // SIGKILL ends it; Wait returns once it is reaped
+	}
+	go reapGroup(pid, s.cfg.shutdownTimeout()+killGrace, s.log)
+}
+
+// reapGroup waits up to bound for process group pgid to have no live process (zombies, which
+// whoever adopted them has not reaped yet, are not live), then kills what is left with SIGKILL and
+// logs it.
+func reapGroup(pgid int, bound time.Duration, log hclog.Logger) {
+	deadline := time.Now().Add(bound)
+	tick := time.NewTicker(upgradeGroupPoll)
+	defer tick.Stop()
+	for {
+		left, err := groupMembers(pgid)
+		if err != nil {
+			log.Warn("cannot look for the processes of the failed upgrade; killing its process group", "pgid", pgid, "error", err)
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			return
+		}
+		if len(left) == 0 {
+			log.Debug("every process of the failed upgrade has ended", "pgid", pgid)
+			return
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			log.Warn("processes of the failed upgrade were still running; killed them", "pgid", pgid, "pids", fmt.Sprint(left), "waited", bound.String())
+			return
+		}
+		<-tick.C
+	}
+}
+
+// groupMembers are the live processes of process group pgid, from /proc.
+func groupMembers(pgid int) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue // not a process
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // it ended meanwhile
+		}
+		if state, group, ok := parseProcStat(b); ok && group == pgid && state != 'Z' && state != 'X' {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// parseProcStat reads the state and the process group of /proc/PID/stat: "PID (COMM) STATE PPID
+// PGRP ...", where COMM may hold spaces and parentheses, so the fields are counted from its last
+// ')'. ok is false for anything else.
+func parseProcStat(b []byte) (state byte, pgrp int, ok bool) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	pgrp, err := strconv.Atoi(f[2])
+	if err != nil {
+		return 0, 0, false
+	}
+	return f[0][0], pgrp, true
 }
 
 // endUpgrade takes the outcome of an upgrade. It returns true when the new supervisor is ready and
@@ -168,8 +268,8 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 	u := s.upgrade
 	s.upgrade = nil
 	if res.err != nil {
-		u.cmd.Process.Kill() // its workers see their pipe end and drain
-		for _, name := range []string{adminSocket, controlSocket} {
+		// killUpgrade has ended it: its staged sockets are no one's.
+		for _, name := range []string{adminSocket, controlSocket, metricsSocket} {
 			os.Remove(stagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
 		}
 		s.publishSockets()

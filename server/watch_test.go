@@ -6,11 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -132,10 +134,11 @@ func TestWatchRelevant(t *testing.T) {
 		{"a directory made, file is a symlink", inotifyEvent{mask: unix.IN_CREATE | unix.IN_ISDIR, name: "..2024_01"}, true, true},
 		{"another file modified, file is a symlink", inotifyEvent{mask: unix.IN_MODIFY, name: "other"}, true, false},
 		{"queue overflow", inotifyEvent{wd: -1, mask: unix.IN_Q_OVERFLOW}, false, true},
-		{"directory deleted", inotifyEvent{mask: unix.IN_DELETE_SELF}, false, true},
-		{"directory moved", inotifyEvent{mask: unix.IN_MOVE_SELF}, false, true},
-		{"watch removed", inotifyEvent{mask: unix.IN_IGNORED}, false, true},
-		{"unmounted", inotifyEvent{mask: unix.IN_UNMOUNT}, false, true},
+		// The end of the watch: the file is not at its path; watching it again fires.
+		{"directory deleted", inotifyEvent{mask: unix.IN_DELETE_SELF}, true, false},
+		{"directory moved", inotifyEvent{mask: unix.IN_MOVE_SELF}, true, false},
+		{"watch removed", inotifyEvent{mask: unix.IN_IGNORED}, true, false},
+		{"unmounted", inotifyEvent{mask: unix.IN_UNMOUNT}, true, false},
 	}
 	for _, tt := range tests {
 		if got := isRelevant(tt.ev, name, tt.symlink); got != tt.relevant {
@@ -190,11 +193,87 @@ func (l *eventLog) waitFor(t *testing.T, name string, mask uint32) []watchEvent 
 	}
 }
 
+// since returns the events seen after the first n.
+func (l *eventLog) since(n int) []watchEvent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.evs[n:])
+}
+
+// len is how many events were seen so far.
+func (l *eventLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.evs)
+}
+
+// logRecorder keeps the lines a watcher logs, for tests to wait for.
+type logRecorder struct {
+	changed chan struct{} // a value after each write; buffer of one
+
+	mu    sync.Mutex
+	lines []string
+}
+
+func (r *logRecorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	r.lines = append(r.lines, strings.TrimSuffix(string(p), "\n"))
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// waitFor waits until a line at or after index from holds every one of parts, and returns the
+// index just past it.
+func (r *logRecorder) waitFor(t *testing.T, from int, parts ...string) int {
+	t.Helper()
+	timeout := time.After(watchWait)
+	for {
+		r.mu.Lock()
+		lines := r.lines
+		r.mu.Unlock()
+	next:
+		for i := from; i < len(lines); i++ {
+			for _, p := range parts {
+				if !strings.Contains(lines[i], p) {
+					continue next
+				}
+			}
+			return i + 1
+		}
+		select {
+		case <-r.changed:
+		case <-timeout:
+			t.Fatalf("no log line with %q within %v; logged:\n%s", parts, watchWait, strings.Join(lines, "\n"))
+		}
+	}
+}
+
+// all returns the lines logged so far.
+func (r *logRecorder) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.lines)
+}
+
 // startTestWatch watches path, with an event log, and closes the watcher at the end of the test.
 func startTestWatch(t *testing.T, path string, debounce time.Duration) (*fileWatcher, *eventLog) {
 	t.Helper()
-	log := &eventLog{changed: make(chan struct{}, 1)}
-	w, err := startWatch(path, debounce, log.add)
+	w, evs, _ := startLoggedWatch(t, path, debounce)
+	return w, evs
+}
+
+// startLoggedWatch is startTestWatch that also keeps what the watcher logs, and shows it when
+// the test failed.
+func startLoggedWatch(t *testing.T, path string, debounce time.Duration) (*fileWatcher, *eventLog, *logRecorder) {
+	t.Helper()
+	evs := &eventLog{changed: make(chan struct{}, 1)}
+	logs := &logRecorder{changed: make(chan struct{}, 1)}
+	log := hclog.New(&hclog.LoggerOptions{Name: "watch", Output: logs, Level: hclog.Debug, Color: hclog.ColorOff})
+	w, err := startWatch(path, debounce, log, evs.add)
 	if err != nil {
 		t.Fatalf("startWatch(%q): %v", path, err)
 	}
@@ -202,8 +281,43 @@ func startTestWatch(t *testing.T, path string, debounce time.Duration) (*fileWat
 		if err := w.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
+		if t.Failed() {
+			t.Logf("the watcher logged:\n%s", strings.Join(logs.all(), "\n"))
+		}
 	})
-	return w, log
+	return w, evs, logs
+}
+
+// drain takes the value on C, if there is one.
+func drain(w *fileWatcher) {
+	select {
+	case <-w.C():
+	default:
+	}
+}
+
+// noEventOn fails the test when an event on name is among evs: a watch saw it.
+func noEventOn(t *testing.T, evs []watchEvent, name, what string) {
+	t.Helper()
+	for _, ev := range evs {
+		if ev.name == name {
+			t.Errorf("%s: saw event %s on %q; saw %+v", what, maskString(ev.mask), name, evs)
+		}
+	}
+}
+
+func mkdir(t *testing.T, path string) {
+	t.Helper()
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rename(t *testing.T, from, to string) {
+	t.Helper()
+	if err := os.Rename(from, to); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // waitFire waits for a value on w.C, after what was done.
@@ -431,37 +545,246 @@ func TestWatchDebounceFires(t *testing.T) {
 	waitFire(t, w, "three writes and the debounce")
 }
 
+// TestWatchDirectoryRemoved removes the watched directory and makes it again: the watcher says
+// so, watches the new one once it is there, fires, and fires on the new one's events.
 func TestWatchDirectoryRemoved(t *testing.T) {
 	sub := filepath.Join(t.TempDir(), "conf")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	mkdir(t, sub)
 	path := filepath.Join(sub, "xlb.yaml")
-	w, err := watchFile(path, time.Hour) // the end fires at once, whatever the debounce
-	if err != nil {
+	writeFile(t, path, "a")
+	w, evs, logs := startLoggedWatch(t, path, 0)
+
+	if err := os.RemoveAll(sub); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(sub); err != nil {
+	at := logs.waitFor(t, 0, "[WARN]", "config directory removed", sub)
+	drain(w) // the file's deletion may have fired before the directory's
+
+	mkdir(t, sub)
+	writeFile(t, path, "b")
+	waitFire(t, w, "making the directory again")
+	logs.waitFor(t, at, "[INFO]", "config directory is back", sub)
+	// The removed directory's IN_IGNORED may come after the new watch is in force: it is not
+	// the new one's.
+	for _, ev := range evs.since(0) {
+		if ev.mask&unix.IN_IGNORED != 0 && ev.relevant {
+			t.Errorf("the removed directory's end was relevant: %+v", ev)
+		}
+	}
+
+	drain(w)
+	writeFile(t, path, "c")
+	waitFire(t, w, "writing the file in the new directory")
+}
+
+// TestWatchDirectoryMoved moves the watched directory away and makes another at its path: the
+// moved one is no longer watched, the new one is.
+func TestWatchDirectoryMoved(t *testing.T) {
+	dir := t.TempDir()
+	sub, old := filepath.Join(dir, "conf"), filepath.Join(dir, "conf.old")
+	mkdir(t, sub)
+	path := filepath.Join(sub, "xlb.yaml")
+	writeFile(t, path, "a")
+	w, evs, logs := startLoggedWatch(t, path, 0)
+
+	rename(t, sub, old)
+	at := logs.waitFor(t, 0, "[WARN]", "config directory moved away", sub, "IN_MOVE_SELF")
+	if len(w.C()) != 0 {
+		t.Errorf("C fired when the directory was moved away; there is no file to read")
+	}
+	mkdir(t, sub)
+	writeFile(t, path, "b")
+	logs.waitFor(t, at, "[INFO]", "config directory is back", sub)
+	waitFire(t, w, "making the directory again")
+
+	// Events are read in order: when the new directory's other.yaml is seen, an event of the
+	// moved directory's xlb.yaml, written before, would have been seen too.
+	n := evs.len()
+	writeFile(t, filepath.Join(old, "xlb.yaml"), "x")
+	writeFile(t, filepath.Join(sub, "other.yaml"), "x")
+	evs.waitFor(t, "other.yaml", unix.IN_CLOSE_WRITE)
+	noEventOn(t, evs.since(n), "xlb.yaml", "writing the moved directory's file")
+}
+
+// TestWatchRearm moves a directory above the watched one and makes another at its path, which
+// inotify does not tell (only the moved directory has IN_MOVE_SELF): Rearm watches the new one.
+func TestWatchRearm(t *testing.T) {
+	dir := t.TempDir()
+	top, old := filepath.Join(dir, "etc"), filepath.Join(dir, "etc.old")
+	sub := filepath.Join(top, "conf")
+	mkdir(t, sub)
+	path := filepath.Join(sub, "xlb.yaml")
+	writeFile(t, path, "a")
+	w, evs, logs := startLoggedWatch(t, path, 0)
+
+	if err := w.Rearm(); err != nil {
+		t.Fatalf("Rearm on the directory watched: %v", err)
+	}
+	rename(t, top, old)
+	mkdir(t, sub)
+	writeFile(t, path, "b")
+	if err := w.Rearm(); err != nil {
+		t.Fatalf("Rearm after a directory above was replaced: %v", err)
+	}
+	logs.waitFor(t, 0, "[INFO]", "config directory was replaced by another", sub)
+	if lines := logs.all(); len(lines) != 1 {
+		t.Errorf("logged %q; want one line, for the second Rearm only", lines)
+	}
+
+	drain(w)
+	n := evs.len()
+	writeFile(t, filepath.Join(old, "conf", "xlb.yaml"), "x")
+	writeFile(t, path, "c")
+	waitFire(t, w, "writing the file in the new directory")
+	evs.waitFor(t, "xlb.yaml", unix.IN_CLOSE_WRITE)
+	// Also seen: the IN_IGNORED of the old watch, which Rearm removed.
+	var named int
+	for _, ev := range evs.since(n) {
+		switch {
+		case ev.name == "xlb.yaml":
+			named++
+		case ev.relevant:
+			t.Errorf("relevant: %+v", ev)
+		}
+	}
+	if named != 1 {
+		t.Errorf("saw %+v; want one event on xlb.yaml: the new directory's IN_CLOSE_WRITE", evs.since(n))
+	}
+}
+
+// TestWatchRearmNothingThere: Rearm while nothing is at the directory's path loses the watch, says
+// so, and the watcher watches the path until a directory is there.
+func TestWatchRearmNothingThere(t *testing.T) {
+	dir := t.TempDir()
+	top := filepath.Join(dir, "etc")
+	sub := filepath.Join(top, "conf")
+	mkdir(t, sub)
+	path := filepath.Join(sub, "xlb.yaml")
+	w, _, logs := startLoggedWatch(t, path, 0)
+
+	rename(t, top, filepath.Join(dir, "etc.old"))
+	err := w.Rearm()
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("Rearm with nothing at the path: %v; want an error naming %s and saying why", err, path)
+	}
+	at := logs.waitFor(t, 0, "[WARN]", "config directory moved or removed", sub)
+	if err := w.Rearm(); err == nil || !strings.Contains(err.Error(), "is not there") {
+		t.Errorf("Rearm again: %v; want an error saying the directory is not there", err)
+	}
+	mkdir(t, sub)
+	waitFire(t, w, "making the directory")
+	logs.waitFor(t, at, "[INFO]", "config directory is back", sub)
+	drain(w)
+	writeFile(t, path, "a")
+	waitFire(t, w, "writing the file in the new directory")
+}
+
+// TestWatchConfigMapDataDir watches a file named through the ConfigMap's ..data symlink
+// (--config /etc/xlb/..data/xlb.yaml): the watch is on the timestamped directory it points to, which
+// the kubelet removes after swapping ..data. The watcher watches the new one and fires.
+func TestWatchConfigMapDataDir(t *testing.T) {
+	dir := t.TempDir()
+	for _, sub := range []string{"..2024_a", "..2024_b"} {
+		mkdir(t, filepath.Join(dir, sub))
+		writeFile(t, filepath.Join(dir, sub, "xlb.yaml"), sub)
+	}
+	if err := os.Symlink("..2024_a", filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	waitFire(t, w, "removing the directory")
-	select {
-	case <-w.done:
-	case <-time.After(watchWait):
-		t.Fatalf("the watcher did not stop within %v after its directory was removed", watchWait)
+	if err := os.Symlink("..2024_b", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
 	}
-	err = w.Close()
-	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "deleted") {
-		t.Errorf("Close after the directory was removed: %v, want an error naming %s and saying it was deleted", err, path)
+	path := filepath.Join(dir, "..data", "xlb.yaml")
+	w, _, logs := startLoggedWatch(t, path, 0)
+
+	rename(t, filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data"))
+	if err := os.RemoveAll(filepath.Join(dir, "..2024_a")); err != nil {
+		t.Fatal(err)
 	}
-	if again := w.Close(); again != err {
-		t.Errorf("second Close: %v, want the first one's %v", again, err)
+	waitFire(t, w, "swapping ..data and removing the old directory")
+	logs.waitFor(t, 0, "[INFO]", "config directory is back")
+	if got, err := os.ReadFile(path); err != nil || string(got) != "..2024_b" {
+		t.Errorf("after the swap the file reads %q, %v; want %q", got, err, "..2024_b")
+	}
+	drain(w)
+	writeFile(t, filepath.Join(dir, "..2024_b", "xlb.yaml"), "edited")
+	waitFire(t, w, "writing the file in the new directory")
+}
+
+func TestWatchLost(t *testing.T) {
+	tests := []struct {
+		mask uint32
+		want string
+	}{
+		{unix.IN_MOVE_SELF, "moved away"},
+		{unix.IN_DELETE_SELF, "removed"},
+		{unix.IN_UNMOUNT, "unmounted"},
+		{unix.IN_IGNORED, "moved or removed"},
+		{unix.IN_DELETE | unix.IN_ISDIR, ""}, // a directory in it
+		{unix.IN_MOVED_FROM, ""},
+		{unix.IN_CLOSE_WRITE, ""},
+		{unix.IN_Q_OVERFLOW, ""},
+	}
+	for _, tt := range tests {
+		if got := watchLost(inotifyEvent{wd: 1, mask: tt.mask}); got != tt.want {
+			t.Errorf("watchLost(%s) = %q, want %q", maskString(tt.mask), got, tt.want)
+		}
+	}
+}
+
+func TestWatchOfWatch(t *testing.T) {
+	tests := []struct {
+		what  string
+		ev    inotifyEvent
+		wd    int32
+		armed bool
+		want  bool
+	}{
+		{"the watch in force", inotifyEvent{wd: 2, mask: unix.IN_CLOSE_WRITE}, 2, true, true},
+		{"a dropped watch's", inotifyEvent{wd: 1, mask: unix.IN_CLOSE_WRITE}, 2, true, false},
+		{"a dropped watch's end", inotifyEvent{wd: 1, mask: unix.IN_IGNORED}, 2, true, false},
+		{"while nothing is watched", inotifyEvent{wd: 1, mask: unix.IN_IGNORED}, 1, false, false},
+		{"overflow", inotifyEvent{wd: -1, mask: unix.IN_Q_OVERFLOW}, 2, true, true},
+		{"overflow while nothing is watched", inotifyEvent{wd: -1, mask: unix.IN_Q_OVERFLOW}, 1, false, true},
+	}
+	for _, tt := range tests {
+		if got := ofWatch(tt.ev, tt.wd, tt.armed); got != tt.want {
+			t.Errorf("%s: ofWatch(%+v, %d, armed %v) = %v, want %v", tt.what, tt.ev, tt.wd, tt.armed, got, tt.want)
+		}
+	}
+}
+
+func TestWatchRearmDelay(t *testing.T) {
+	want := []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+		400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}
+	for tries, d := range want {
+		if got := rearmDelay(tries); got != d {
+			t.Errorf("rearmDelay(%d) = %v, want %v", tries, got, d)
+		}
+	}
+	for _, tries := range []int{-1, 64, 1 << 30} {
+		if got := rearmDelay(tries); got < rearmPollMin || got > rearmPollMax {
+			t.Errorf("rearmDelay(%d) = %v, want within [%v, %v]", tries, got, rearmPollMin, rearmPollMax)
+		}
+	}
+}
+
+func TestWatchMaskString(t *testing.T) {
+	for mask, want := range map[uint32]string{
+		unix.IN_CREATE | unix.IN_ISDIR: "IN_CREATE|IN_ISDIR",
+		unix.IN_MOVE_SELF:              "IN_MOVE_SELF",
+		unix.IN_ATTRIB:                 "0x4",
+		0:                              "0x0",
+	} {
+		if got := maskString(mask); got != want {
+			t.Errorf("maskString(%#x) = %q, want %q", mask, got, want)
+		}
 	}
 }
 
 func TestWatchClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "xlb.yaml")
-	w, err := watchFile(path, 0)
+	w, err := watchFile(path, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,7 +830,7 @@ func TestWatchErrors(t *testing.T) {
 		{filepath.Join(dir, "xlb.yaml"), -time.Second, "negative debounce"},
 	}
 	for _, tt := range tests {
-		w, err := watchFile(tt.path, tt.debounce)
+		w, err := watchFile(tt.path, tt.debounce, nil)
 		if err == nil {
 			w.Close()
 			t.Errorf("watchFile(%q, %v) succeeded, want an error", tt.path, tt.debounce)
@@ -519,7 +842,7 @@ func TestWatchErrors(t *testing.T) {
 		}
 	}
 	var errno unix.Errno
-	if _, err := watchFile(filepath.Join(dir, "missing", "x"), 0); !errors.As(err, &errno) || errno != unix.ENOENT {
+	if _, err := watchFile(filepath.Join(dir, "missing", "x"), 0, nil); !errors.As(err, &errno) || errno != unix.ENOENT {
 		t.Errorf("error for a missing directory does not wrap ENOENT: %v", err)
 	}
 }
