@@ -219,12 +219,12 @@ func TestSystemdUnitHardening(t *testing.T) {
 // xlbSyscalls are the system calls xlb makes, seen by strace -f of `xlb run --workers 2` serving a
 // request, reloading its file on SIGHUP, and upgrading on SIGUSR2 (Linux amd64, Go 1.26), with
 // those of paths that run did not take: inotify_rm_watch (the watch re-armed), setpgid and kill
-// (an upgrade's process group), splice and sendfile (the proxy's copies), and the socket calls of
+// (an upgrade's process group), memfd_create (the region's sealed memory), splice and sendfile (the proxy's copies), and the socket calls of
 // unix datagrams (sd_notify).
 var xlbSyscalls = strings.Fields(`accept4 access arch_prctl bind brk clone clone3 close connect
 	dup3 epoll_create1 epoll_ctl epoll_pwait eventfd2 execve exit_group fchmodat fcntl flock fstat
 	ftruncate futex getpeername getpid getrandom getsockname getsockopt gettid inotify_add_watch
-	inotify_init1 inotify_rm_watch ioctl kill linkat listen madvise mmap mprotect munmap nanosleep
+	inotify_init1 inotify_rm_watch ioctl kill linkat listen madvise memfd_create mmap mprotect munmap nanosleep
 	newfstatat openat pidfd_open pidfd_send_signal pipe2 prctl pread64 prlimit64 pwrite64 read
 	readlinkat recvfrom recvmsg renameat rseq rt_sigaction rt_sigprocmask rt_sigreturn
 	sched_getaffinity sched_yield sendfile sendmsg sendto set_robust_list set_tid_address setpgid
