@@ -254,6 +254,11 @@ func TestNodeRules(t *testing.T) {
 		second := cp.stream(t)
 		second.Send(&discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: "dp-r", Build: "2"}, Applied: map[string]string{"api": "0"}})
 		wantEnd(t, first, codes.Aborted, "replaced by a newer stream")
+		// And the control plane's log says so, at WARN, naming both peers.
+		if l := cp.logs.String(); !strings.Contains(l, "[WARN]") || !strings.Contains(l, "its previous stream is replaced") ||
+			!strings.Contains(l, "node=dp-r") || !strings.Contains(l, "previous_peer=127.0.0.1:") {
+			t.Errorf("no WARN line names the replaced stream of dp-r and its peer:\n%s", l)
+		}
 		resp, err := second.Recv()
 		if err != nil {
 			t.Fatal(err)
