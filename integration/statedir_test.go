@@ -8,19 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
-)
 
-// leftSocket makes a unix socket file at path that no one listens on: bound, then closed without
-// removing it, as a process killed by SIGKILL leaves its sockets.
-func leftSocket(tb testing.TB, path string) {
-	tb.Helper()
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	ln.Close()
-}
+	"github.com/xlbproxy/xlb/internal/testutil"
+)
 
 // TestRunRemovesStaleSockets starts xlb run on a state directory that holds the sockets of
 // processes killed by SIGKILL: of a PID no process has, and of a PID that a live process has and
@@ -42,7 +32,7 @@ func TestRunRemovesStaleSockets(t *testing.T) {
 		fmt.Sprintf("control.sock.%d", live),
 	}
 	for _, name := range stale {
-		leftSocket(t, filepath.Join(stateDir, name))
+		testutil.LeftSocket(t, filepath.Join(stateDir, name))
 	}
 	served := fmt.Sprintf("metrics.sock.%d", live)
 	ln, err := net.Listen("unix", filepath.Join(stateDir, served))

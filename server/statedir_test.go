@@ -93,18 +93,6 @@ func deadPID(t *testing.T) int {
 	return cmd.Process.Pid
 }
 
-// leftSocket makes a unix socket file at path that no one listens on: bound, then closed without
-// removing it, as a process killed by SIGKILL leaves it.
-func leftSocket(t *testing.T, path string) {
-	t.Helper()
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	ln.Close()
-}
-
 // TestRemoveStaleSockets: in a state directory, the sockets of a dead PID and of a live PID
 // that does not listen there are removed, with a log line each; a served socket of a live PID, a
 // file of such a name that is not a socket, and the directory's other files are kept.
@@ -117,7 +105,7 @@ func TestRemoveStaleSockets(t *testing.T) {
 		fmt.Sprintf("control.sock.%d", live),
 	}
 	for _, name := range stale {
-		leftSocket(t, filepath.Join(dir, name))
+		testutil.LeftSocket(t, filepath.Join(dir, name))
 	}
 	served := fmt.Sprintf("admin.sock.%d", live)
 	ln, err := net.Listen("unix", filepath.Join(dir, served))
@@ -137,7 +125,7 @@ func TestRemoveStaleSockets(t *testing.T) {
 	notSocket := fmt.Sprintf("notes.sock.%d", dead)
 	writeFile(t, filepath.Join(dir, notSocket), "x")
 	writeFile(t, filepath.Join(dir, "region"), "x")
-	leftSocket(t, filepath.Join(dir, "admin.sock")) // published names are for their owner to replace
+	testutil.LeftSocket(t, filepath.Join(dir, "admin.sock")) // published names are for their owner to replace
 
 	var buf testutil.SyncBuffer
 	removeStaleSockets(dir, hclog.New(&hclog.LoggerOptions{Output: &buf, Color: hclog.ColorOff}))
