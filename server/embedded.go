@@ -10,17 +10,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
-	"github.com/xlbproxy/xlb/controlplane/discovery"
-	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/controlplane/store"
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/table"
-	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
-	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/cpserver"
 )
 
 // controlSocket, in the state directory, is where `xlb run` serves its embedded control plane:
@@ -36,7 +32,7 @@ const embeddedDebounce = time.Millisecond
 // supervisor itself.
 type embeddedCP struct {
 	store *store.Store
-	disc  *discovery.Server
+	cp    *cpserver.Services
 	ln    *unixListener
 	serve func() // stops serving
 }
@@ -59,13 +55,10 @@ func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet, loadIn
 		st.Close()
 		return nil, err
 	}
-	c.disc = discovery.NewServer(storeSource{st}, discovery.Config{Debounce: embeddedDebounce, Logger: log})
-	discoveryv1.RegisterDiscoveryServiceServer(srv, c.disc)
-	agg := load.NewAggregator(loadInterval, log)
-	loadv1.RegisterLoadReportingServiceServer(srv, agg)
-	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, c.disc, log).WithLoad(agg))
+	c.cp = cpserver.New(st, cpserver.Config{Debounce: embeddedDebounce, LoadInterval: loadInterval, Logger: log})
+	c.cp.Register(srv)
 	if c.ln, c.serve, err = serveUnix(srv, filepath.Join(dir, controlSocket)); err != nil {
-		c.disc.Close()
+		c.cp.Close()
 		st.Close()
 		return nil, fmt.Errorf("embedded control plane: %w", err)
 	}
@@ -108,7 +101,7 @@ func (c *embeddedCP) load(sets []proxy.BackendSet) error {
 
 // stop ends the embedded control plane.
 func (c *embeddedCP) stop() {
-	c.disc.Close()
+	c.cp.Close()
 	c.serve()
 	c.store.Close()
 }
@@ -140,17 +133,3 @@ func toResource(s proxy.BackendSet) (*discoveryv1.BackendSet, error) {
 	healthResource(s.Health, m)
 	return m, nil
 }
-
-// storeSource is a store as the discovery server reads it.
-type storeSource struct{ st *store.Store }
-
-func (s storeSource) Snapshot() map[string]discovery.Entry {
-	snap := s.st.Snapshot()
-	out := make(map[string]discovery.Entry, len(snap))
-	for k, e := range snap {
-		out[k] = discovery.Entry{Set: e.Set, Version: e.Version}
-	}
-	return out
-}
-
-func (s storeSource) Subscribe() (<-chan struct{}, func()) { return s.st.Subscribe() }

@@ -13,13 +13,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
 	"github.com/xlbproxy/xlb/controlplane/discovery"
-	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/controlplane/store"
-	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
-	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
-	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/cpserver"
 )
 
 // `xlb dataplane` is `xlb run` whose backend sets come from a control plane: the same supervisor
@@ -209,7 +205,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 		log.Error("cannot serve", "error", err)
 		return exitFailure
 	}
-	dcfg := discovery.Config{Debounce: c.debounce, Logger: log}
+	ccfg := cpserver.Config{Debounce: c.debounce, LoadInterval: c.loadInterval, Logger: log}
 	var discP atomic.Pointer[discovery.Server] // set below; the gauge may be read before
 	if c.otlpEndpoint != "" {
 		cm, stopOTel, err := startControlPlaneOTel(context.Background(), c, func() int {
@@ -230,14 +226,11 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 			return exitFailure
 		}
 		defer stopOTel(context.Background())
-		dcfg.OnPush, dcfg.OnAnswer = cm.push, cm.answer
+		ccfg.OnPush, ccfg.OnAnswer = cm.push, cm.answer
 	}
-	disc := discovery.NewServer(storeSource{st}, dcfg)
-	discP.Store(disc)
-	discoveryv1.RegisterDiscoveryServiceServer(srv, disc)
-	agg := load.NewAggregator(c.loadInterval, log.Named("load"))
-	loadv1.RegisterLoadReportingServiceServer(srv, agg)
-	adminv1.RegisterAdminServiceServer(srv, cpadmin.NewServer(st, disc, log.Named("admin")).WithLoad(agg))
+	cp := cpserver.New(st, ccfg)
+	discP.Store(cp.Discovery)
+	cp.Register(srv)
 	network, addr := "tcp", c.listen
 	if p, ok := strings.CutPrefix(c.listen, "unix://"); ok {
 		network, addr = "unix", p
@@ -245,7 +238,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 	}
 	ln, err := net.Listen(network, addr)
 	if err != nil {
-		disc.Close()
+		cp.Close()
 		log.Error("cannot listen", "error", err)
 		return exitFailure
 	}
@@ -261,7 +254,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 		code = exitFailure
 	}
 	hs.Shutdown()
-	disc.Close() // ends the streams, which GracefulStop would wait for
+	cp.Close() // ends the streams, which GracefulStop would wait for
 	stopped := make(chan struct{})
 	go func() {
 		srv.GracefulStop()

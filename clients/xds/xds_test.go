@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/xlbproxy/xlb/controlplane/discovery"
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	"github.com/xlbproxy/xlb/internal/testutil"
 )
@@ -32,11 +33,11 @@ const waitLimit = 20 * time.Second
 // source is a discovery.Source in memory.
 type source struct {
 	mu   sync.Mutex
-	sets map[string]discovery.Entry
+	sets map[string]resource.Versioned
 	subs map[chan struct{}]struct{}
 }
 
-func (s *source) Snapshot() map[string]discovery.Entry {
+func (s *source) Snapshot() map[string]resource.Versioned {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.sets
@@ -58,7 +59,7 @@ func (s *source) put(name, version string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	next := maps.Clone(s.sets)
-	next[name] = discovery.Entry{Version: version, Set: &discoveryv1.BackendSet{
+	next[name] = resource.Versioned{Version: version, Set: &discoveryv1.BackendSet{
 		Name:     name,
 		Backends: []*discoveryv1.Backend{{Id: "b0", Address: "127.0.0.1", Port: 8080}},
 	}}
@@ -125,7 +126,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // reconnects, reports what it applied, and is sent nothing it has: Apply is not called again
 // until something changes, and then with that change alone.
 func TestReconnect(t *testing.T) {
-	src := &source{sets: map[string]discovery.Entry{}, subs: map[chan struct{}]struct{}{}}
+	src := &source{sets: map[string]resource.Versioned{}, subs: map[chan struct{}]struct{}{}}
 	src.put("api", "a1")
 	src.put("web", "w1")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -162,7 +162,7 @@ func (s *Server) ListDataPlanes(context.Context, *adminv1.ListDataPlanesRequest)
 
 // versioned is the wire form of a store entry. The set is shared, not copied: the store never
 // modifies it, and gRPC only reads it.
-func versioned(e store.Entry) *discoveryv1.VersionedBackendSet {
+func versioned(e resource.Versioned) *discoveryv1.VersionedBackendSet {
 	return &discoveryv1.VersionedBackendSet{BackendSet: e.Set, Version: e.Version}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
@@ -29,16 +30,10 @@ const (
 	nackRetryMaxFactor = 32
 )
 
-// Entry is one backend set of a Source, with its version.
-type Entry struct {
-	Set     *discoveryv1.BackendSet
-	Version string
-}
-
 // Source is where the server reads backend sets: the store.
 type Source interface {
 	// Snapshot returns every set by name. The map and the sets are never modified afterwards.
-	Snapshot() map[string]Entry
+	Snapshot() map[string]resource.Versioned
 	// Subscribe returns a channel that receives after each change (buffered 1: changes coalesce)
 	// and a func that cancels the subscription. A closed channel means nothing will change.
 	Subscribe() (<-chan struct{}, func())
@@ -174,7 +169,7 @@ func (s *Server) run(changes <-chan struct{}, cancel func()) {
 }
 
 // publish makes entries the snapshot that streams send from.
-func (s *Server) publish(entries map[string]Entry) {
+func (s *Server) publish(entries map[string]resource.Versioned) {
 	s.snap.Store(newSnapshot(s.snap.Load(), entries, func(name string, err error) {
 		s.log.Error("set cannot be encoded: it is not sent", "set", name, "error", err)
 	}))

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
@@ -37,7 +38,7 @@ type wireSet struct {
 // newSnapshot returns the snapshot that follows prev (nil for the first) with entries. A set
 // that prev has at the same version keeps its encoding; encode reports each set that cannot be
 // encoded.
-func newSnapshot(prev *snapshot, entries map[string]Entry, failed func(name string, err error)) *snapshot {
+func newSnapshot(prev *snapshot, entries map[string]resource.Versioned, failed func(name string, err error)) *snapshot {
 	next := &snapshot{seq: 1, sets: make(map[string]*wireSet, len(entries))}
 	if prev != nil {
 		next.seq = prev.seq + 1

@@ -9,15 +9,16 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
 // TestDiff: what a node is sent, by its applied and rejected versions and its subscription.
 func TestDiff(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	entries := map[string]Entry{}
+	entries := map[string]resource.Versioned{}
 	for _, nv := range [][2]string{{"a", "1"}, {"b", "1"}, {"c", "1"}} {
-		entries[nv[0]] = Entry{Set: backendSet(nv[0], 1), Version: nv[1]}
+		entries[nv[0]] = resource.Versioned{Set: backendSet(nv[0], 1), Version: nv[1]}
 	}
 	snap := newSnapshot(nil, entries, func(name string, err error) { t.Fatalf("set %s: %v", name, err) })
 	for _, tc := range []struct {
@@ -60,7 +61,7 @@ func TestDiff(t *testing.T) {
 // not change keeps its encoding; a set that cannot be encoded is neither sent nor removed.
 func TestSnapshotEncoding(t *testing.T) {
 	a, b := backendSet("a", 3), backendSet("b", 2)
-	first := newSnapshot(nil, map[string]Entry{"a": {a, "a1"}, "b": {b, "b1"}}, func(string, error) {})
+	first := newSnapshot(nil, map[string]resource.Versioned{"a": {Set: a, Version: "a1"}, "b": {Set: b, Version: "b1"}}, func(string, error) {})
 	sets, _ := diff(first, nil, nil, nil, time.Time{})
 	wire, err := proto.Marshal(response("7", sets, []string{"gone"}))
 	if err != nil {
@@ -80,7 +81,7 @@ func TestSnapshotEncoding(t *testing.T) {
 	bad := backendSet("bad", 1)
 	bad.Backends[0].Zone = "\xff" // not UTF-8: proto refuses to encode it
 	var failed []string
-	second := newSnapshot(first, map[string]Entry{"a": {a, "a1"}, "b": {backendSet("b", 2), "b2"}, "bad": {bad, "x1"}},
+	second := newSnapshot(first, map[string]resource.Versioned{"a": {Set: a, Version: "a1"}, "b": {Set: backendSet("b", 2), Version: "b2"}, "bad": {Set: bad, Version: "x1"}},
 		func(name string, err error) { failed = append(failed, name) })
 	if second.seq != 2 || second.sets["a"] != first.sets["a"] || second.sets["b"] == first.sets["b"] {
 		t.Errorf("seq %d; a kept its encoding %v; b kept its encoding %v: want 2, true, false",

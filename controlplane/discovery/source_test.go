@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
@@ -16,15 +17,15 @@ type memSource struct {
 	snapshots atomic.Int64
 
 	mu   sync.Mutex
-	sets map[string]Entry // replaced, never modified, on each change
+	sets map[string]resource.Versioned // replaced, never modified, on each change
 	subs map[chan struct{}]struct{}
 }
 
 func newMemSource() *memSource {
-	return &memSource{sets: map[string]Entry{}, subs: map[chan struct{}]struct{}{}}
+	return &memSource{sets: map[string]resource.Versioned{}, subs: map[chan struct{}]struct{}{}}
 }
 
-func (m *memSource) Snapshot() map[string]Entry {
+func (m *memSource) Snapshot() map[string]resource.Versioned {
 	m.snapshots.Add(1)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -50,17 +51,17 @@ func (m *memSource) put(name, version string, backends int) {
 
 // putSet makes set the one of its name, at version.
 func (m *memSource) putSet(version string, set *discoveryv1.BackendSet) {
-	m.change(func(sets map[string]Entry) {
-		sets[set.GetName()] = Entry{Set: set, Version: version}
+	m.change(func(sets map[string]resource.Versioned) {
+		sets[set.GetName()] = resource.Versioned{Set: set, Version: version}
 	})
 }
 
 // remove deletes set name.
 func (m *memSource) remove(name string) {
-	m.change(func(sets map[string]Entry) { delete(sets, name) })
+	m.change(func(sets map[string]resource.Versioned) { delete(sets, name) })
 }
 
-func (m *memSource) change(f func(map[string]Entry)) {
+func (m *memSource) change(f func(map[string]resource.Versioned)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	next := maps.Clone(m.sets)

@@ -1,7 +1,7 @@
 // Package resource is what a backend set must be, and its version: the rules that the control
 // plane applies to a put (INVALID_ARGUMENT naming the field) and that a data plane applies again
 // to what it is sent (a NACK naming the field), so that both refuse the same things in the same
-// words.
+// words; and the versioned set (Versioned) that the store keeps and discovery sends.
 package resource
 
 import (
@@ -293,6 +293,13 @@ func checkAddress(a string) string {
 		return fmt.Sprintf("%q: want an IP address or a host name (the port goes in port)", a)
 	}
 	return ""
+}
+
+// Versioned is a backend set and its version, as the store keeps it and discovery sends it. Set is
+// never modified once it is versioned: whoever holds one must not modify it.
+type Versioned struct {
+	Set     *discoveryv1.BackendSet
+	Version string
 }
 
 // Version is a set's version: the first 128 bits of the SHA-256 of its deterministic encoding, in

@@ -66,5 +66,5 @@
 // Put and Delete fails until the process restarts and recovers from the files. A failed compaction
 // is logged and retried later; the logs it did not replace are kept.
 //
-// Callers must never modify an Entry's Set, or the map Snapshot returns: both are shared.
+// Callers must never modify a resource.Versioned's Set, or the map Snapshot returns: both are shared.
 package store

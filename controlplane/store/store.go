@@ -17,13 +17,6 @@ import (
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
-// Entry is a stored set and its version. Set is never modified after it is stored: callers must not
-// modify it.
-type Entry struct {
-	Set     *discoveryv1.BackendSet
-	Version string
-}
-
 var (
 	// ErrNotFound is wrapped by the errors of Get and Delete for a set that does not exist.
 	ErrNotFound = errors.New("no such backend set")
@@ -43,13 +36,13 @@ type options struct {
 
 // state is one immutable generation of the store's contents.
 type state struct {
-	byName map[string]Entry
+	byName map[string]resource.Versioned
 	names  []string // the keys of byName, sorted
 }
 
 // with returns a copy of st with e put.
-func (st *state) with(e Entry) *state {
-	next := &state{byName: make(map[string]Entry, len(st.byName)+1), names: st.names}
+func (st *state) with(e resource.Versioned) *state {
+	next := &state{byName: make(map[string]resource.Versioned, len(st.byName)+1), names: st.names}
 	for k, v := range st.byName {
 		next.byName[k] = v
 	}
@@ -64,7 +57,7 @@ func (st *state) with(e Entry) *state {
 
 // without returns a copy of st without the set name, which it has.
 func (st *state) without(name string) *state {
-	next := &state{byName: make(map[string]Entry, len(st.byName)), names: make([]string, 0, len(st.names)-1)}
+	next := &state{byName: make(map[string]resource.Versioned, len(st.byName)), names: make([]string, 0, len(st.names)-1)}
 	for k, v := range st.byName {
 		if k != name {
 			next.byName[k] = v
@@ -122,7 +115,7 @@ func open(dir string, log hclog.Logger, o options) (*Store, error) {
 		s.compactBytes = o.compactBytesMin
 	}
 	if dir == "" {
-		s.cur.Store(&state{byName: map[string]Entry{}})
+		s.cur.Store(&state{byName: map[string]resource.Versioned{}})
 		return s, nil
 	}
 	if err := makeDir(dir); err != nil {
@@ -165,7 +158,7 @@ func (s *Store) load(initialized bool) error {
 	if err := os.Remove(filepath.Join(s.dir, snapshotTmp)); err == nil {
 		s.log.Info("removed the snapshot that a compaction did not finish", "file", snapshotTmp)
 	}
-	byName := map[string]Entry{}
+	byName := map[string]resource.Versioned{}
 	first, snapBytes, hasSnapshot, err := readSnapshot(s.dir, byName)
 	if err != nil {
 		return err
@@ -201,7 +194,7 @@ func (s *Store) load(initialized bool) error {
 	apply := func(_ int64, r record) error {
 		switch r.kind {
 		case kindPut:
-			byName[r.set.GetName()] = Entry{Set: r.set, Version: r.version}
+			byName[r.set.GetName()] = resource.Versioned{Set: r.set, Version: r.version}
 			puts++
 		case kindDelete:
 			delete(byName, r.name)
@@ -244,7 +237,7 @@ func (s *Store) load(initialized bool) error {
 
 // readSnapshot reads dir's snapshot, if there is one, into byName, and returns the first log that
 // follows it (1 when there is no snapshot) and its size.
-func readSnapshot(dir string, byName map[string]Entry) (first uint64, size int64, ok bool, err error) {
+func readSnapshot(dir string, byName map[string]resource.Versioned) (first uint64, size int64, ok bool, err error) {
 	path := filepath.Join(dir, snapshotFile)
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -271,7 +264,7 @@ func readSnapshot(dir string, byName map[string]Entry) (first uint64, size int64
 		case ended:
 			return errors.New("a record after the end record")
 		case r.kind == kindPut:
-			byName[r.set.GetName()] = Entry{Set: r.set, Version: r.version}
+			byName[r.set.GetName()] = resource.Versioned{Set: r.set, Version: r.version}
 			puts++
 		case r.kind == kindEnd && r.count == puts:
 			ended = true
@@ -433,23 +426,23 @@ func (s *Store) Put(set *discoveryv1.BackendSet, expected *string) (string, erro
 	if err := s.appendLocked(s.buf); err != nil {
 		return "", err
 	}
-	s.publishLocked(cur.with(Entry{Set: set, Version: version}))
+	s.publishLocked(cur.with(resource.Versioned{Set: set, Version: version}))
 	return version, nil
 }
 
 // Get returns the set name, or an error wrapping ErrNotFound.
-func (s *Store) Get(name string) (Entry, error) {
+func (s *Store) Get(name string) (resource.Versioned, error) {
 	e, ok := s.cur.Load().byName[name]
 	if !ok {
-		return Entry{}, fmt.Errorf("store: backend set %q: %w", name, ErrNotFound)
+		return resource.Versioned{}, fmt.Errorf("store: backend set %q: %w", name, ErrNotFound)
 	}
 	return e, nil
 }
 
 // List returns every set, by name.
-func (s *Store) List() []Entry {
+func (s *Store) List() []resource.Versioned {
 	st := s.cur.Load()
-	out := make([]Entry, len(st.names))
+	out := make([]resource.Versioned, len(st.names))
 	for i, name := range st.names {
 		out[i] = st.byName[name]
 	}
@@ -485,7 +478,7 @@ func (s *Store) Delete(name string, expected *string) error {
 
 // Snapshot returns every set by name. The map is shared and immutable: callers must not modify it.
 // It costs one atomic load.
-func (s *Store) Snapshot() map[string]Entry {
+func (s *Store) Snapshot() map[string]resource.Versioned {
 	return s.cur.Load().byName
 }
 
@@ -553,7 +546,7 @@ func (s *Store) writableLocked() error {
 
 // checkExpected checks the compare-and-set of an op on the set name, whose current entry is cur
 // if ok.
-func checkExpected(op, name string, cur Entry, ok bool, expected *string) error {
+func checkExpected(op, name string, cur resource.Versioned, ok bool, expected *string) error {
 	if expected == nil || (ok && *expected == cur.Version) || (!ok && *expected == "") {
 		return nil
 	}
