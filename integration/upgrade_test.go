@@ -1072,7 +1072,7 @@ func testUpgradeRefused(t *testing.T) {
 	}
 	t.Logf("a new binary that never becomes ready: after %v, %s: %s", took.Round(time.Millisecond), r.code(), r.message())
 	failed = u.await(t, started.end, `"upgrade failed; serving on" of the binary that sleeps`, says("upgrade failed; serving on", nil))
-	if !strings.Contains(failed.str("error"), "DeadlineExceeded") {
+	if !strings.Contains(failed.str("error"), "not ready within "+shortUpgradeTimeout.String()) {
 		t.Errorf("%s; want the deadline in the error", failed)
 	}
 	if left := u.awaitGone([]int{sleeper}, stopTimeout); len(left) > 0 {

@@ -20,13 +20,12 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/localadmin"
 )
 
 // The binary upgrade (DESIGN §3.4). On SIGUSR2, or the Upgrade RPC of the local admin service, the
@@ -65,7 +64,7 @@ type upgradeReq struct {
 type upgradeResult struct {
 	pid     int
 	version string
-	err     error // a gRPC status error
+	err     error // a *localadmin.UpgradeError
 }
 
 // upgradeState is an upgrade in progress.
@@ -77,11 +76,11 @@ type upgradeState struct {
 // beginUpgrade starts the new binary; its outcome comes back on s.upgradeDone.
 func (s *supervisor) beginUpgrade(req upgradeReq) {
 	if s.upgrade != nil {
-		req.done <- upgradeResult{err: status.Errorf(codes.Aborted, "an upgrade is in progress: pid %d is starting", s.upgrade.cmd.Process.Pid)}
+		req.done <- upgradeResult{err: localadmin.Errorf(localadmin.Busy, "an upgrade is in progress: pid %d is starting", s.upgrade.cmd.Process.Pid)}
 		return
 	}
-	fail := func(code codes.Code, format string, args ...any) {
-		err := status.Errorf(code, format, args...)
+	fail := func(kind localadmin.Kind, format string, args ...any) {
+		err := localadmin.Errorf(kind, format, args...)
 		s.log.Error("upgrade failed; serving on", "error", err)
 		req.done <- upgradeResult{err: err}
 	}
@@ -98,7 +97,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 
 	r, w, err := os.Pipe()
 	if err != nil {
-		fail(codes.Internal, "readiness pipe: %v", err)
+		fail(localadmin.Internal, "readiness pipe: %v", err)
 		return
 	}
 	defer w.Close()
@@ -123,7 +122,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
-		fail(codes.FailedPrecondition, "cannot start %s: %v", s.e.binary, err)
+		fail(localadmin.Failed, "cannot start %s: %v", s.e.binary, err)
 		return
 	}
 	s.upgrade = &upgradeState{cmd: cmd, replies: []chan upgradeResult{req.done}}
@@ -151,22 +150,22 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 				res.pid = cmd.Process.Pid
 				res.version = strings.TrimPrefix(line, "ready ")
 			case strings.HasPrefix(line, "error: "):
-				res.err = status.Errorf(codes.FailedPrecondition, "the new binary failed: %s", strings.TrimPrefix(line, "error: "))
+				res.err = localadmin.Errorf(localadmin.Failed, "the new binary failed: %s", strings.TrimPrefix(line, "error: "))
 			default:
 				// The pipe closed without a word: the process ended, or closed it and runs on.
 				select {
 				case err := <-exited:
 					reaped = true
-					res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
+					res.err = localadmin.Errorf(localadmin.Failed, "the new binary exited before it was ready: %v", err)
 				case <-t.C:
-					res.err = status.Errorf(codes.DeadlineExceeded, "the new binary closed its readiness pipe and was not ready within %v", timeout)
+					res.err = localadmin.Errorf(localadmin.NotReady, "the new binary closed its readiness pipe and was not ready within %v", timeout)
 				}
 			}
 		case err := <-exited:
 			reaped = true
-			res.err = status.Errorf(codes.FailedPrecondition, "the new binary exited before it was ready: %v", err)
+			res.err = localadmin.Errorf(localadmin.Failed, "the new binary exited before it was ready: %v", err)
 		case <-t.C:
-			res.err = status.Errorf(codes.DeadlineExceeded, "the new binary was not ready within %v", timeout)
+			res.err = localadmin.Errorf(localadmin.NotReady, "the new binary was not ready within %v", timeout)
 		}
 		if res.err != nil {
 			s.killUpgrade(cmd.Process.Pid, exited, reaped)
@@ -473,41 +472,36 @@ func socketActivated(listeners []Listener) ([]*os.File, error) {
 // adminSocket, in the state directory, serves the DataPlaneAdminService.
 const adminSocket = "admin.sock"
 
-type localAdmin struct {
-	dataplanev1.UnimplementedDataPlaneAdminServiceServer
-	s *supervisor
-}
+// loopAdmin is the local admin service's way to the supervisor's loop.
+type loopAdmin struct{ s *supervisor }
 
-func (a localAdmin) Upgrade(ctx context.Context, _ *dataplanev1.UpgradeRequest) (*dataplanev1.UpgradeResponse, error) {
+func (a loopAdmin) Upgrade(ctx context.Context) (int, string, error) {
 	req := upgradeReq{done: make(chan upgradeResult, 1)}
-	select {
-	case a.s.upgradeReqs <- req:
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+	res, err := ask(ctx, a.s.upgradeReqs, req, req.done)
+	if err != nil {
+		return 0, "", err
 	}
-	select {
-	case res := <-req.done:
-		if res.err != nil {
-			return nil, res.err
-		}
-		return &dataplanev1.UpgradeResponse{Pid: int32(res.pid), Version: res.version}, nil
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
-	}
+	return res.pid, res.version, res.err
 }
 
-func (a localAdmin) Status(ctx context.Context, _ *dataplanev1.StatusRequest) (*dataplanev1.StatusResponse, error) {
+func (a loopAdmin) Status(ctx context.Context) (*dataplanev1.StatusResponse, error) {
 	req := statusReq{done: make(chan *dataplanev1.StatusResponse, 1)}
+	return ask(ctx, a.s.statusReqs, req, req.done)
+}
+
+// ask sends req to the loop on reqs and waits for its answer on done, unless ctx ends first.
+func ask[Req, Res any](ctx context.Context, reqs chan<- Req, req Req, done <-chan Res) (Res, error) {
+	var zero Res
 	select {
-	case a.s.statusReqs <- req:
+	case reqs <- req:
 	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return zero, ctx.Err()
 	}
 	select {
-	case res := <-req.done:
+	case res := <-done:
 		return res, nil
 	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return zero, ctx.Err()
 	}
 }
 
@@ -558,7 +552,7 @@ func (s *supervisor) serveLocalAdmin(dir string, log hclog.Logger) (stop func(),
 	if err != nil {
 		return nil, err
 	}
-	dataplanev1.RegisterDataPlaneAdminServiceServer(srv, localAdmin{s: s})
+	localadmin.Register(srv, loopAdmin{s: s})
 	ln, stop, err := serveUnix(srv, path)
 	if err != nil {
 		return nil, err
