@@ -22,6 +22,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 // Bounds on what a configuration may say. What happens at each bound: the value is rejected with an
@@ -102,7 +103,7 @@ type Config struct {
 	// NodeID names this data plane to its control plane. Empty means the host name.
 	NodeID string
 	// ClientSecurity is how `xlb dataplane` connects to its control plane.
-	ClientSecurity clientSecurity
+	ClientSecurity rpc.ClientSecurity
 	// OTLPEndpoint, when set, is the host:port of an OpenTelemetry collector that the supervisor
 	// pushes its per-backend metrics to (OTLP/gRPC), every MetricsInterval. OTLPInsecure sends
 	// them in plaintext.

@@ -17,6 +17,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	"github.com/xlbproxy/xlb/server/cpserver"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 // controlSocket, in the state directory, is where `xlb run` serves its embedded control plane:
@@ -33,7 +34,7 @@ const embeddedDebounce = time.Millisecond
 type embeddedCP struct {
 	store *store.Store
 	cp    *cpserver.Services
-	ln    *unixListener
+	ln    *rpc.UnixListener
 	serve func() // stops serving
 }
 
@@ -50,14 +51,14 @@ func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet, loadIn
 		st.Close()
 		return nil, err
 	}
-	srv, _, err := newGRPCServer("unix:"+filepath.Join(dir, controlSocket), serverSecurity{}, log)
+	srv, _, err := rpc.NewServer("unix:"+filepath.Join(dir, controlSocket), rpc.ServerSecurity{}, log)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	c.cp = cpserver.New(st, cpserver.Config{Debounce: embeddedDebounce, LoadInterval: loadInterval, Logger: log})
 	c.cp.Register(srv)
-	if c.ln, c.serve, err = serveUnix(srv, filepath.Join(dir, controlSocket)); err != nil {
+	if c.ln, c.serve, err = rpc.ServeUnix(srv, filepath.Join(dir, controlSocket)); err != nil {
 		c.cp.Close()
 		st.Close()
 		return nil, fmt.Errorf("embedded control plane: %w", err)
@@ -66,7 +67,7 @@ func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet, loadIn
 }
 
 // target is how the supervisor dials it.
-func (c *embeddedCP) target() string { return "unix://" + c.ln.own } // absolute: unix:///...
+func (c *embeddedCP) target() string { return "unix://" + c.ln.Own } // absolute: unix:///...
 
 // load makes the store hold exactly sets: every set is checked first, so that a file with one bad
 // set changes nothing.

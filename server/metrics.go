@@ -20,6 +20,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 // Per-backend metrics travel from each worker to its supervisor on a gRPC stream over a unix
@@ -330,11 +331,11 @@ func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), er
 	s.load = newLoadTotals(s.cfg.metricsInterval(), log)
 	srv := grpc.NewServer()
 	loadv1.RegisterWorkerMetricsServiceServer(srv, s.load)
-	ln, stop, err := serveUnix(srv, filepath.Join(dir, metricsSocket))
+	ln, stop, err := rpc.ServeUnix(srv, filepath.Join(dir, metricsSocket))
 	if err != nil {
 		return nil, err
 	}
-	s.metricsSocket = ln.own
+	s.metricsSocket = ln.Own
 	return stop, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/discovery"
 	"github.com/xlbproxy/xlb/controlplane/store"
 	"github.com/xlbproxy/xlb/server/cpserver"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 // `xlb dataplane` is `xlb run` whose backend sets come from a control plane: the same supervisor
@@ -95,7 +96,7 @@ func parseDataplane(args []string) (Config, error) {
 // controlplaneFlags are the flags of `xlb controlplane`.
 type controlplaneFlags struct {
 	listen, dataDir string
-	sec             serverSecurity
+	sec             rpc.ServerSecurity
 	debounce        time.Duration
 	loadInterval    time.Duration
 	otlpEndpoint    string
@@ -200,7 +201,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 		return exitFailure
 	}
 	defer st.Close()
-	srv, hs, err := newGRPCServer(c.listen, c.sec, log)
+	srv, hs, err := rpc.NewServer(c.listen, c.sec, log)
 	if err != nil {
 		log.Error("cannot serve", "error", err)
 		return exitFailure

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 func TestParseDataplane(t *testing.T) {
@@ -32,13 +33,13 @@ func TestParseDataplane(t *testing.T) {
 				return Config{
 					Listeners:    []Listener{{Address: "127.0.0.1:8081", BackendSet: "web"}},
 					ControlPlane: "cp:7070", NodeID: "n1", Workers: 2,
-					ClientSecurity: clientSecurity{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "k.pem", ServerName: "cp"},
+					ClientSecurity: rpc.ClientSecurity{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "k.pem", ServerName: "cp"},
 				}
 			}},
 		{name: "defaults", args: []string{"--control-plane", "127.0.0.1:7070", "--insecure"},
 			want: func() Config {
 				return Config{Listeners: []Listener{{Address: defaultListen, BackendSet: defaultSet}}, ControlPlane: "127.0.0.1:7070",
-					ClientSecurity: clientSecurity{Insecure: true}}
+					ClientSecurity: rpc.ClientSecurity{Insecure: true}}
 			}},
 		{name: "a file of listeners naming sets it does not have", args: []string{"--control-plane", "cp:1", "--config", file},
 			want: func() Config {
@@ -82,7 +83,7 @@ func TestParseControlplane(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, loadInterval: time.Second, log: LogConfig{JSON: true},
-		sec: serverSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"}}
+		sec: rpc.ServerSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"}}
 	if c != want {
 		t.Errorf("got %+v, want %+v", c, want)
 	}
@@ -91,16 +92,5 @@ func TestParseControlplane(t *testing.T) {
 	}
 	if _, err := parseControlplane([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
-	}
-}
-
-func TestIsLocal(t *testing.T) {
-	for addr, want := range map[string]bool{
-		"127.0.0.1:7070": true, "[::1]:7070": true, "localhost:1": true, "unix:///run/x.sock": true,
-		"0.0.0.0:7070": false, ":7070": false, "10.1.2.3:7070": false, "cp.example:7070": false, "[::]:1": false,
-	} {
-		if got := isLocal(addr); got != want {
-			t.Errorf("isLocal(%q) = %v, want %v", addr, got, want)
-		}
 	}
 }

@@ -155,7 +155,7 @@ func asideName(path string) string {
 const staleDialTimeout = time.Second
 
 // removeStaleSockets removes the unix sockets of dir that a process bound at its own name
-// (NAME.sock.PID, and NAME.sock.PID.link while it published one; see unixListener) and that no
+// (NAME.sock.PID, and NAME.sock.PID.link while it published one; see rpc.UnixListener) and that no
 // process serves any more: one killed by SIGKILL leaves its socket files behind. A socket is stale
 // when no process has its PID (kill(PID, 0) fails with ESRCH), or when a connect to it is refused
 // (ECONNREFUSED): a process that got the PID since does not listen there. Anything else (a
@@ -204,8 +204,8 @@ func staleSocket(path string, pid int, alive func(int) error, dial func(string) 
 	return ""
 }
 
-// stagedPID is the PID of a name that stagedName makes, NAME.sock.PID, or of its NAME.sock.PID.link
-// (unixListener.publish); ok is false for any other name.
+// stagedPID is the PID of a name that rpc.StagedName makes, NAME.sock.PID, or of its NAME.sock.PID.link
+// (rpc.UnixListener.Publish); ok is false for any other name.
 func stagedPID(name string) (pid int, ok bool) {
 	name = strings.TrimSuffix(name, ".link")
 	i := strings.LastIndexByte(name, '.')

@@ -27,6 +27,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
@@ -104,10 +105,10 @@ type supervisor struct {
 	pending   []pendingGen
 	ready     bool
 
-	lock        *os.File        // the state directory's lock, handed on by an upgrade
-	listenAddrs []string        // the listeners' bound addresses
-	inherit     *inherited      // what an upgrade handed this supervisor; nil after it is ready
-	sockFiles   []*unixListener // the state directory's unix sockets, published once ready
+	lock        *os.File            // the state directory's lock, handed on by an upgrade
+	listenAddrs []string            // the listeners' bound addresses
+	inherit     *inherited          // what an upgrade handed this supervisor; nil after it is ready
+	sockFiles   []*rpc.UnixListener // the state directory's unix sockets, published once ready
 
 	load          *loadTotals // the workers' metrics
 	metricsSocket string      // where the workers report them
@@ -360,7 +361,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		defer cp.stop()
 		s.embedded, target = cp, cp.target()
 		s.sockFiles = append(s.sockFiles, cp.ln)
-	} else if creds, err = cfg.ClientSecurity.dialCreds(target); err != nil {
+	} else if creds, err = cfg.ClientSecurity.DialCreds(target); err != nil {
 		return startFailed("cannot reach the control plane", err)
 	}
 	if in == nil {
@@ -803,8 +804,8 @@ func (s *supervisor) becomeReady() {
 // own, and was then killed, must not leave them naming a dead socket).
 func (s *supervisor) publishSockets() {
 	for _, l := range s.sockFiles {
-		if err := l.publish(); err != nil {
-			s.log.Error("cannot publish a unix socket", "path", l.path, "error", err)
+		if err := l.Publish(); err != nil {
+			s.log.Error("cannot publish a unix socket", "path", l.Path, "error", err)
 		}
 	}
 }

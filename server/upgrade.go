@@ -19,13 +19,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/server/localadmin"
+	"github.com/xlbproxy/xlb/server/rpc"
 )
 
 // The binary upgrade (DESIGN §3.4). On SIGUSR2, or the Upgrade RPC of the local admin service, the
@@ -269,7 +269,7 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 	if res.err != nil {
 		// killUpgrade has ended it: its staged sockets are no one's.
 		for _, name := range []string{adminSocket, controlSocket, metricsSocket} {
-			os.Remove(stagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
+			os.Remove(rpc.StagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
 		}
 		s.publishSockets()
 		s.monitor.Resume(context.Background()) // reading back what the new one's monitor did
@@ -548,87 +548,15 @@ func (s *supervisor) status() *dataplanev1.StatusResponse {
 // serveLocalAdmin serves the DataPlaneAdminService on dir's admin socket (mode 0600) until stop.
 func (s *supervisor) serveLocalAdmin(dir string, log hclog.Logger) (stop func(), err error) {
 	path := filepath.Join(dir, adminSocket)
-	srv, _, err := newGRPCServer("unix:"+path, serverSecurity{}, log)
+	srv, _, err := rpc.NewServer("unix:"+path, rpc.ServerSecurity{}, log)
 	if err != nil {
 		return nil, err
 	}
 	localadmin.Register(srv, loopAdmin{s: s})
-	ln, stop, err := serveUnix(srv, path)
+	ln, stop, err := rpc.ServeUnix(srv, path)
 	if err != nil {
 		return nil, err
 	}
 	s.sockFiles = append(s.sockFiles, ln)
 	return stop, nil
-}
-
-// serveUnix serves srv on a unix socket of the state directory (listenUnix) until the returned
-// func, which stops srv and removes the socket if it is still its own.
-func serveUnix(srv *grpc.Server, path string) (*unixListener, func(), error) {
-	ln, err := listenUnix(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	done := make(chan struct{})
-	go func() {
-		srv.Serve(ln.Listener)
-		close(done)
-	}()
-	return ln, func() {
-		srv.Stop()
-		<-done
-		ln.removeIfOurs()
-	}, nil
-}
-
-// unixListener is a unix socket listener of the state directory. It is bound at a name of its
-// own process (PATH.PID) and published at PATH by a rename when the process is ready to answer
-// there: during an upgrade the old supervisor's socket stays at PATH until the new one serves, and
-// a new one that dies before it is ready leaves the old one's in place. At the end it removes its
-// own name, and PATH if PATH is still its socket.
-type unixListener struct {
-	net.Listener
-	path, own string
-	fi        os.FileInfo
-}
-
-func listenUnix(path string) (*unixListener, error) {
-	own := stagedName(path, os.Getpid())
-	if err := os.Remove(own); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	ln, err := net.Listen("unix", own)
-	if err != nil {
-		return nil, err
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(own, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	fi, err := os.Stat(own)
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return &unixListener{Listener: ln, path: path, own: own, fi: fi}, nil
-}
-
-// stagedName is the name a process binds a socket of path at.
-func stagedName(path string, pid int) string { return path + "." + strconv.Itoa(pid) }
-
-// publish makes path name this socket, replacing whatever was there.
-func (l *unixListener) publish() error {
-	tmp := l.own + ".link"
-	os.Remove(tmp)
-	if err := os.Link(l.own, tmp); err != nil {
-		return err
-	}
-	return os.Rename(tmp, l.path)
-}
-
-func (l *unixListener) removeIfOurs() {
-	os.Remove(l.own)
-	if fi, err := os.Stat(l.path); err == nil && os.SameFile(fi, l.fi) {
-		os.Remove(l.path)
-	}
 }

@@ -1,4 +1,9 @@
-package server
+// Package rpc is the gRPC plumbing of xlb's processes: the control plane's server with its TLS,
+// authentication and node binding (NewServer, ServerSecurity), how a data plane dials its control
+// plane (ClientSecurity), and the unix sockets of a state directory, bound at a name of their own
+// process and published by a rename when ready (UnixListener), so that an upgrade never leaves a
+// socket path without a server.
+package rpc
 
 import (
 	"context"
@@ -45,8 +50,8 @@ import (
 //   - The health service and reflection are open: they tell nothing about backends.
 //   - A refused call gets UNAUTHENTICATED and is logged at warn with the peer and the reason.
 
-// serverSecurity is how the control plane's server authenticates.
-type serverSecurity struct {
+// ServerSecurity is how the control plane's server authenticates.
+type ServerSecurity struct {
 	CertFile, KeyFile string // the server's certificate
 	ClientCAFile      string // verifies client certificates
 	AdminTokenFile    string // holds the admin bearer token
@@ -61,9 +66,9 @@ const (
 	reflectionPrefix = "/grpc.reflection."
 )
 
-// grpcServer makes the control plane's gRPC server for listening on addr ("unix:PATH" for a unix
+// NewServer makes the control plane's gRPC server for listening on addr ("unix:PATH" for a unix
 // socket): TLS and authentication as sec says, the health service (SERVING) and reflection.
-func newGRPCServer(addr string, sec serverSecurity, log hclog.Logger) (*grpc.Server, *health.Server, error) {
+func NewServer(addr string, sec ServerSecurity, log hclog.Logger) (*grpc.Server, *health.Server, error) {
 	var opts []grpc.ServerOption
 	a := &authenticator{log: log}
 	switch {
@@ -88,7 +93,7 @@ func newGRPCServer(addr string, sec serverSecurity, log hclog.Logger) (*grpc.Ser
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
 	case sec.ClientCAFile != "":
 		return nil, nil, errors.New("--client-ca needs --tls-cert and --tls-key")
-	case !isLocal(addr) && !sec.Insecure:
+	case !IsLocal(addr) && !sec.Insecure:
 		return nil, nil, fmt.Errorf("listening on %s, which is not loopback, needs --tls-cert and --tls-key (or --insecure for plaintext)", addr)
 	}
 	if sec.AdminTokenFile != "" {
@@ -111,9 +116,9 @@ func newGRPCServer(addr string, sec serverSecurity, log hclog.Logger) (*grpc.Ser
 	return s, hs, nil
 }
 
-// isLocal tells whether addr is a unix socket or a loopback address. An empty host (every
+// IsLocal tells whether addr is a unix socket or a loopback address. An empty host (every
 // interface) is not.
-func isLocal(addr string) bool {
+func IsLocal(addr string) bool {
 	if strings.HasPrefix(addr, "unix:") {
 		return true
 	}
@@ -273,18 +278,18 @@ func (a *authenticator) tokenOK(ctx context.Context) bool {
 	return false
 }
 
-// clientSecurity is how a data plane connects to its control plane.
-type clientSecurity struct {
+// ClientSecurity is how a data plane connects to its control plane.
+type ClientSecurity struct {
 	CAFile            string // verifies the control plane's certificate; TLS when set
 	CertFile, KeyFile string // the data plane's client certificate
 	ServerName        string // overrides the name verified
 	Insecure          bool   // allows plaintext to a non-loopback control plane
 }
 
-// dialCreds returns the transport credentials for reaching the control plane at addr.
-func (c clientSecurity) dialCreds(addr string) (credentials.TransportCredentials, error) {
+// DialCreds returns the transport credentials for reaching the control plane at addr.
+func (c ClientSecurity) DialCreds(addr string) (credentials.TransportCredentials, error) {
 	if c.CAFile == "" && c.CertFile == "" {
-		if !isLocal(addr) && !c.Insecure {
+		if !IsLocal(addr) && !c.Insecure {
 			return nil, fmt.Errorf("the control plane %s is not loopback: give --tls-ca (TLS) or --insecure (plaintext)", addr)
 		}
 		return insecure.NewCredentials(), nil
