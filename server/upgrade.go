@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -26,6 +24,7 @@ import (
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/server/localadmin"
 	"github.com/xlbproxy/xlb/server/rpc"
+	"github.com/xlbproxy/xlb/server/upgrade"
 )
 
 // The binary upgrade (DESIGN §3.4). On SIGUSR2, or the Upgrade RPC of the local admin service, the
@@ -64,7 +63,7 @@ type upgradeReq struct {
 type upgradeResult struct {
 	pid     int
 	version string
-	err     error // a *localadmin.UpgradeError
+	err     error // an *upgrade.Error
 }
 
 // upgradeState is an upgrade in progress.
@@ -76,11 +75,11 @@ type upgradeState struct {
 // beginUpgrade starts the new binary; its outcome comes back on s.upgradeDone.
 func (s *supervisor) beginUpgrade(req upgradeReq) {
 	if s.upgrade != nil {
-		req.done <- upgradeResult{err: localadmin.Errorf(localadmin.Busy, "an upgrade is in progress: pid %d is starting", s.upgrade.cmd.Process.Pid)}
+		req.done <- upgradeResult{err: upgrade.Errorf(upgrade.Busy, "an upgrade is in progress: pid %d is starting", s.upgrade.cmd.Process.Pid)}
 		return
 	}
-	fail := func(kind localadmin.Kind, format string, args ...any) {
-		err := localadmin.Errorf(kind, format, args...)
+	fail := func(kind upgrade.Kind, format string, args ...any) {
+		err := upgrade.Errorf(kind, format, args...)
 		s.log.Error("upgrade failed; serving on", "error", err)
 		req.done <- upgradeResult{err: err}
 	}
@@ -97,7 +96,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 
 	r, w, err := os.Pipe()
 	if err != nil {
-		fail(localadmin.Internal, "readiness pipe: %v", err)
+		fail(upgrade.Internal, "readiness pipe: %v", err)
 		return
 	}
 	defer w.Close()
@@ -122,7 +121,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
-		fail(localadmin.Failed, "cannot start %s: %v", s.e.binary, err)
+		fail(upgrade.Failed, "cannot start %s: %v", s.e.binary, err)
 		return
 	}
 	s.upgrade = &upgradeState{cmd: cmd, replies: []chan upgradeResult{req.done}}
@@ -138,127 +137,10 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 		lines <- strings.TrimSpace(line)
 	}()
 	go func() {
-		var res upgradeResult
-		timeout := s.cfg.upgradeTimeout()
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		reaped := false // exited has given Wait's result
-		select {
-		case line := <-lines:
-			switch {
-			case strings.HasPrefix(line, "ready "):
-				res.pid = cmd.Process.Pid
-				res.version = strings.TrimPrefix(line, "ready ")
-			case strings.HasPrefix(line, "error: "):
-				res.err = localadmin.Errorf(localadmin.Failed, "the new binary failed: %s", strings.TrimPrefix(line, "error: "))
-			default:
-				// The pipe closed without a word: the process ended, or closed it and runs on.
-				select {
-				case err := <-exited:
-					reaped = true
-					res.err = localadmin.Errorf(localadmin.Failed, "the new binary exited before it was ready: %v", err)
-				case <-t.C:
-					res.err = localadmin.Errorf(localadmin.NotReady, "the new binary closed its readiness pipe and was not ready within %v", timeout)
-				}
-			}
-		case err := <-exited:
-			reaped = true
-			res.err = localadmin.Errorf(localadmin.Failed, "the new binary exited before it was ready: %v", err)
-		case <-t.C:
-			res.err = localadmin.Errorf(localadmin.NotReady, "the new binary was not ready within %v", timeout)
-		}
-		if res.err != nil {
-			s.killUpgrade(cmd.Process.Pid, exited, reaped)
-		}
-		s.upgradeDone <- res
+		out := upgrade.OS.Await(upgrade.Child{Pid: cmd.Process.Pid, Line: lines, Exited: exited},
+			s.cfg.upgradeTimeout(), s.cfg.shutdownTimeout()+killGrace, s.log)
+		s.upgradeDone <- upgradeResult{pid: out.Pid, version: out.Version, err: out.Err}
 	}()
-}
-
-// upgradeGroupPoll is how often the processes left of a failed upgrade are looked for.
-const upgradeGroupPoll = 20 * time.Millisecond
-
-// killUpgrade ends the new binary of a failed upgrade, pid, and every process of its group: it was
-// started as the leader of a group of its own, so the group holds what it started, its workers or
-// a wrapper's children, however far down. The new binary gets SIGKILL and is waited for (exited,
-// unless reaped says Wait has returned already); the rest of the group gets SIGTERM, on which an
-// xlb worker drains what it accepted, and whatever is left after the shutdown timeout and
-// killGrace gets SIGKILL, in the background (reapGroup), so that the supervisor's loop serves on.
-func (s *supervisor) killUpgrade(pid int, exited <-chan error, reaped bool) {
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	_ = syscall.Kill(-pid, syscall.SIGTERM) // ESRCH: it was alone and is gone
-	if !reaped {
-		<-exited // SIGKILL ends it; Wait returns once it is reaped
-	}
-	go reapGroup(pid, s.cfg.shutdownTimeout()+killGrace, s.log)
-}
-
-// reapGroup waits up to bound for process group pgid to have no live process (zombies, which
-// whoever adopted them has not reaped yet, are not live), then kills what is left with SIGKILL and
-// logs it.
-func reapGroup(pgid int, bound time.Duration, log hclog.Logger) {
-	deadline := time.Now().Add(bound)
-	tick := time.NewTicker(upgradeGroupPoll)
-	defer tick.Stop()
-	for {
-		left, err := groupMembers(pgid)
-		if err != nil {
-			log.Warn("cannot look for the processes of the failed upgrade; killing its process group", "pgid", pgid, "error", err)
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			return
-		}
-		if len(left) == 0 {
-			log.Debug("every process of the failed upgrade has ended", "pgid", pgid)
-			return
-		}
-		if time.Now().After(deadline) {
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			log.Warn("processes of the failed upgrade were still running; killed them", "pgid", pgid, "pids", fmt.Sprint(left), "waited", bound.String())
-			return
-		}
-		<-tick.C
-	}
-}
-
-// groupMembers are the live processes of process group pgid, from /proc.
-func groupMembers(pgid int) ([]int, error) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue // not a process
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // it ended meanwhile
-		}
-		if state, group, ok := parseProcStat(b); ok && group == pgid && state != 'Z' && state != 'X' {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
-}
-
-// parseProcStat reads the state and the process group of /proc/PID/stat: "PID (COMM) STATE PPID
-// PGRP ...", where COMM may hold spaces and parentheses, so the fields are counted from its last
-// ')'. ok is false for anything else.
-func parseProcStat(b []byte) (state byte, pgrp int, ok bool) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 || len(f[0]) != 1 {
-		return 0, 0, false
-	}
-	pgrp, err := strconv.Atoi(f[2])
-	if err != nil {
-		return 0, 0, false
-	}
-	return f[0][0], pgrp, true
 }
 
 // endUpgrade takes the outcome of an upgrade. It returns true when the new supervisor is ready and

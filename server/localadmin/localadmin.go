@@ -15,53 +15,27 @@ package localadmin
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
+	"github.com/xlbproxy/xlb/server/upgrade"
 )
 
 // Supervisor is the supervisor's side of the service. Each call is answered by the supervisor's
 // loop; it returns ctx's error when ctx ends first.
 type Supervisor interface {
 	// Upgrade upgrades to the binary at the supervisor's path, and returns the new supervisor's
-	// pid and version once it is ready, or an *UpgradeError.
+	// pid and version once it is ready, or an *upgrade.Error.
 	Upgrade(ctx context.Context) (pid int, version string, err error)
 	// Status is what the supervisor serves now.
 	Status(ctx context.Context) (*dataplanev1.StatusResponse, error)
 }
 
-// Kind is why an upgrade failed.
-type Kind uint8
-
-const (
-	// Internal: the supervisor could not prepare the upgrade (a pipe, a descriptor).
-	Internal Kind = iota
-	// Busy: another upgrade is in progress.
-	Busy
-	// Failed: the new binary could not start, exited, or said it could not go on.
-	Failed
-	// NotReady: the new binary was not ready within the upgrade timeout.
-	NotReady
-)
-
-// UpgradeError is why an upgrade failed. Its text says it in plain words.
-type UpgradeError struct {
-	Kind Kind
-	Msg  string
-}
-
-// Errorf makes an *UpgradeError of kind.
-func Errorf(kind Kind, format string, args ...any) error {
-	return &UpgradeError{Kind: kind, Msg: fmt.Sprintf(format, args...)}
-}
-
-func (e *UpgradeError) Error() string { return e.Msg }
-
-var codeOf = map[Kind]codes.Code{Internal: codes.Internal, Busy: codes.Aborted, Failed: codes.FailedPrecondition, NotReady: codes.DeadlineExceeded}
+var codeOf = map[upgrade.Kind]codes.Code{upgrade.Internal: codes.Internal, upgrade.Busy: codes.Aborted,
+	upgrade.Failed: codes.FailedPrecondition, upgrade.NotReady: codes.DeadlineExceeded}
 
 // Register registers the service of s on srv.
 func Register(srv grpc.ServiceRegistrar, s Supervisor) {
@@ -91,7 +65,7 @@ func (a service) Status(ctx context.Context, _ *dataplanev1.StatusRequest) (*dat
 
 // statusOf is the gRPC status of an outcome of the supervisor.
 func statusOf(err error) error {
-	var ue *UpgradeError
+	var ue *upgrade.Error
 	switch {
 	case errors.As(err, &ue):
 		return status.Error(codeOf[ue.Kind], ue.Msg)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
+	"github.com/xlbproxy/xlb/server/upgrade"
 )
 
 // answers is a Supervisor that answers with what it is given, or waits for ctx when block is set.
@@ -51,10 +52,10 @@ func TestCodes(t *testing.T) {
 		msg  string
 	}{
 		{"ready", answers{}, codes.OK, ""},
-		{"busy", answers{err: Errorf(Busy, "an upgrade is in progress: pid %d is starting", 9)}, codes.Aborted, "an upgrade is in progress: pid 9 is starting"},
-		{"failed", answers{err: Errorf(Failed, "the new binary exited before it was ready: exit status 1")}, codes.FailedPrecondition, "exit status 1"},
-		{"not ready", answers{err: Errorf(NotReady, "the new binary was not ready within 2s")}, codes.DeadlineExceeded, "not ready within 2s"},
-		{"internal", answers{err: Errorf(Internal, "readiness pipe: too many open files")}, codes.Internal, "readiness pipe"},
+		{"busy", answers{err: upgrade.Errorf(upgrade.Busy, "an upgrade is in progress: pid %d is starting", 9)}, codes.Aborted, "an upgrade is in progress: pid 9 is starting"},
+		{"failed", answers{err: upgrade.Errorf(upgrade.Failed, "the new binary exited before it was ready: exit status 1")}, codes.FailedPrecondition, "exit status 1"},
+		{"not ready", answers{err: upgrade.Errorf(upgrade.NotReady, "the new binary was not ready within 2s")}, codes.DeadlineExceeded, "not ready within 2s"},
+		{"internal", answers{err: upgrade.Errorf(upgrade.Internal, "readiness pipe: too many open files")}, codes.Internal, "readiness pipe"},
 		{"another error", answers{err: errors.New("odd")}, codes.Internal, "odd"},
 		{"the caller gives up", answers{block: true}, codes.DeadlineExceeded, ""},
 	} {
