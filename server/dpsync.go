@@ -24,6 +24,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/internal/atomicfile"
 )
 
 // The data plane's side of xDS-lite: the supervisor turns each response of its control plane into
@@ -252,7 +253,7 @@ func saver(dir string, saves <-chan savedState, log hclog.Logger, done chan<- st
 		body, err := proto.MarshalOptions{Deterministic: true}.Marshal(st.sets)
 		if err == nil {
 			buf := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(body)), st.gen)
-			err = writeFileAtomic(filepath.Join(dir, appliedFile), append(buf, body...))
+			err = atomicfile.Write(filepath.Join(dir, appliedFile), append(buf, body...))
 		}
 		if err != nil {
 			log.Error("cannot save the applied backend sets; a restart will ask the control plane for all of them", "error", err)
@@ -302,15 +303,6 @@ func readApplied(dir string) (map[string]*discoveryv1.VersionedBackendSet, uint6
 		out[vs.GetBackendSet().GetName()] = vs
 	}
 	return out, gen, nil
-}
-
-// writeFileAtomic replaces path with data: readers see the old file or the new one.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // xdsApply is the xds client's Apply: it hands the response to the supervisor's loop and waits

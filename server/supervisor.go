@@ -28,6 +28,7 @@ import (
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/server/rpc"
+	"github.com/xlbproxy/xlb/server/sysd"
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
@@ -318,7 +319,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		s.republish()
 	}
 	if cfg.PidFile != "" {
-		defer removePIDFile(cfg.PidFile)
+		defer sysd.RemovePIDFile(cfg.PidFile)
 	}
 
 	// Static stability: what the region holds is served first, before the control plane (or the
@@ -792,11 +793,11 @@ func (s *supervisor) becomeReady() {
 		s.inherit = nil
 	}
 	if s.cfg.PidFile != "" {
-		if err := writePIDFile(s.cfg.PidFile); err != nil {
+		if err := sysd.WritePIDFile(s.cfg.PidFile); err != nil {
 			s.log.Error("cannot write the pid file", "path", s.cfg.PidFile, "error", err)
 		}
 	}
-	sdNotify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid()))
+	sysd.Notify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid()))
 }
 
 // publishSockets makes the state directory's unix sockets name this supervisor's: when it
@@ -835,7 +836,7 @@ func (s *supervisor) takeSockets() error {
 		s.sockets, s.listenAddrs = socks, in.fds.Listeners
 		return nil
 	}
-	files, err := socketActivated(s.cfg.Listeners)
+	files, err := sysd.Sockets(len(s.cfg.Listeners))
 	if err != nil || files == nil {
 		if err == nil {
 			err = s.listen(s.cfg.ReusePort)

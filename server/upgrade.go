@@ -290,65 +290,6 @@ func freeSlots(r *shm.Region, n int) ([]int, error) {
 	return out, nil
 }
 
-// writePIDFile replaces path with this process's pid, atomically: `kill -USR2 $(cat PATH)` always
-// reaches a live supervisor.
-func writePIDFile(path string) error {
-	return writeFileAtomic(path, []byte(strconv.Itoa(os.Getpid())+"\n"))
-}
-
-// removePIDFile removes path if it still names this process.
-func removePIDFile(path string) {
-	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
-		os.Remove(path)
-	}
-}
-
-// sdNotify sends state to systemd when it runs this process as a Type=notify service.
-func sdNotify(state string) {
-	sock := os.Getenv("NOTIFY_SOCKET")
-	if sock == "" {
-		return
-	}
-	if strings.HasPrefix(sock, "@") {
-		sock = "\x00" + sock[1:]
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		return
-	}
-	defer c.Close()
-	c.Write([]byte(state))
-}
-
-// socketActivated returns the listening sockets systemd passed (LISTEN_FDS), in the order of the
-// listeners, or nil when there are none for this process.
-func socketActivated(listeners []Listener) ([]*os.File, error) {
-	if os.Getenv("LISTEN_PID") != strconv.Itoa(os.Getpid()) {
-		return nil, nil
-	}
-	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
-	if err != nil || n <= 0 {
-		return nil, nil
-	}
-	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
-	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
-		os.Unsetenv(v)
-	}
-	if n != len(listeners) {
-		return nil, fmt.Errorf("systemd passed %d sockets (LISTEN_FDS) for %d listeners", n, len(listeners))
-	}
-	files := make([]*os.File, n)
-	for i := range files {
-		name := "socket"
-		if i < len(names) && names[i] != "" {
-			name = names[i]
-		}
-		syscall.CloseOnExec(3 + i)
-		files[i] = os.NewFile(uintptr(3+i), name)
-	}
-	return files, nil
-}
-
 // The local admin service.
 
 // adminSocket, in the state directory, serves the DataPlaneAdminService.

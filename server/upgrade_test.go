@@ -1,14 +1,11 @@
 package server
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
 )
@@ -47,45 +44,6 @@ func TestFreeSlots(t *testing.T) {
 	}
 	if _, err := freeSlots(r, 3); err == nil || !strings.Contains(err.Error(), "region.workers") {
 		t.Fatalf("freeSlots(3) = %v, want an error naming region.workers", err)
-	}
-}
-
-func TestPIDFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "xlb.pid")
-	if err := writePIDFile(path); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(path); string(b) != strconv.Itoa(os.Getpid())+"\n" {
-		t.Fatalf("pid file %q", b)
-	}
-	// Another supervisor took over: its file stays.
-	os.WriteFile(path, []byte("1\n"), 0o644)
-	removePIDFile(path)
-	if _, err := os.Stat(path); err != nil {
-		t.Fatal("removed another process's pid file")
-	}
-	writePIDFile(path)
-	removePIDFile(path)
-	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Fatalf("own pid file left: %v", err)
-	}
-}
-
-// TestSDNotify: the message reaches the socket systemd names in NOTIFY_SOCKET.
-func TestSDNotify(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "notify")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	t.Setenv("NOTIFY_SOCKET", path)
-	sdNotify("READY=1\nMAINPID=42")
-	c.SetReadDeadline(time.Now().Add(wait))
-	buf := make([]byte, 64)
-	n, err := c.Read(buf)
-	if err != nil || string(buf[:n]) != "READY=1\nMAINPID=42" {
-		t.Fatalf("read %q, %v", buf[:n], err)
 	}
 }
 

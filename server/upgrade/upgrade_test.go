@@ -3,6 +3,7 @@ package upgrade
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -81,7 +82,13 @@ func TestAwait(t *testing.T) {
 		}, Failed, "the new binary exited before it was ready: exit status 2", ""},
 		{"closes the pipe and runs on", func(w *world, line chan<- string) {
 			line <- ""
-			w.deadline <- w.now
+			go func() {
+				// The deadline passes once the closed pipe was seen.
+				for len(line) > 0 {
+					runtime.Gosched()
+				}
+				w.deadline <- time.Time{}
+			}()
 		}, NotReady, "the new binary closed its readiness pipe and was not ready within 30s", ""},
 		{"says nothing in time", func(w *world, line chan<- string) { w.deadline <- w.now }, NotReady,
 			"the new binary was not ready within 30s", ""},
