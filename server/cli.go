@@ -79,7 +79,7 @@ Usage:
   xlb run --config FILE                                     balance as a YAML file says
   xlb controlplane --data-dir DIR [--listen ADDR]           the control plane, for many data planes
   xlb dataplane --control-plane ADDR [--listen ADDR]        balance over the control plane's backend sets
-  xlb demo [--listen ADDR]                                  three demo backends behind xlb
+  xlb demo [--listen ADDR]                                  xlb run over three demo backends; prints what to try
   xlb version                                               print the version
   xlb help [COMMAND]                                        help about a command
 
@@ -124,12 +124,15 @@ func (e *env) dataplaneCommand(args []string) int {
 	return e.superviseCommand(supervised{name: "dataplane", parse: parseDataplane, flags: newDataplaneFlags, usage: dataplaneUsage}, args)
 }
 
-// supervised is a command that runs a supervisor: xlb run or xlb dataplane.
+// supervised is a command that runs a supervisor: xlb run, xlb dataplane or xlb demo.
 type supervised struct {
 	name  string
 	parse func([]string) (Config, error)
 	flags func() *runFlags
 	usage func() string
+	// ready, when not nil, is called once, on the supervisor's goroutine, when the supervisor first
+	// serves (every worker runs the generation in force). It must not block.
+	ready func(served)
 }
 
 func (e *env) superviseCommand(c supervised, args []string) int {

@@ -103,28 +103,28 @@ func newMeterProvider(instance string, readers ...sdkmetric.Reader) *sdkmetric.M
 	return sdkmetric.NewMeterProvider(opts...)
 }
 
-// prometheusReader serves the metrics for Prometheus to scrape at http://listen/metrics. The
-// returned func stops the server.
-func prometheusReader(listen string, log hclog.Logger, producers ...sdkmetric.Producer) (sdkmetric.Reader, func(), error) {
+// prometheusReader serves the metrics for Prometheus to scrape at http://listen/metrics; addr is
+// the address bound (listen's port may be 0). The returned func stops the server.
+func prometheusReader(listen string, log hclog.Logger, producers ...sdkmetric.Producer) (r sdkmetric.Reader, addr string, stop func(), err error) {
 	reg := prometheus.NewRegistry()
 	opts := []otelprom.Option{otelprom.WithRegisterer(reg)}
 	for _, p := range producers {
 		opts = append(opts, otelprom.WithProducer(p))
 	}
-	r, err := otelprom.New(opts...)
+	r, err = otelprom.New(opts...)
 	if err != nil {
-		return nil, nil, err
+		return nil, "", nil, err
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--prometheus-listen: %w", err)
+		return nil, "", nil, fmt.Errorf("--prometheus-listen: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	log.Info("serving metrics for Prometheus", "address", "http://"+ln.Addr().String()+"/metrics")
-	return r, func() { srv.Close() }, nil
+	return r, ln.Addr().String(), func() { srv.Close() }, nil
 }
 
 // stopper flushes and stops mp within a bound.
@@ -150,10 +150,11 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		readers = append(readers, r)
 	}
 	if s.cfg.PrometheusListen != "" {
-		r, stop, err := prometheusReader(s.cfg.PrometheusListen, s.log.Named("otel"), prod)
+		r, addr, stop, err := prometheusReader(s.cfg.PrometheusListen, s.log.Named("otel"), prod)
 		if err != nil {
 			return nil, err
 		}
+		s.promAddr = addr
 		readers, stops = append(readers, r), append(stops, stop)
 	}
 	mp := newMeterProvider(s.cfg.nodeID(), readers...)

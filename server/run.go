@@ -110,9 +110,9 @@ func newLogger(c LogConfig, w io.Writer) hclog.Logger {
 
 // serve runs the load balancer that cfg describes in this one process, with the backend sets of
 // cfg, until ctx ends or a listener fails, then shuts the proxy down within cfg's shutdown timeout.
-// `xlb demo` comes here; `xlb run` runs a supervisor and workers instead (supervise). ready, when
-// not nil, is called once every listener is bound, with their addresses in the order of
-// cfg.Listeners. serve returns the exit status: exitOK after a clean shutdown, exitFailure when
+// The tests of serveOn come here; every command runs a supervisor and workers instead (supervise).
+// ready, when not nil, is called once every listener is bound, with their addresses in the order
+// of cfg.Listeners. serve returns the exit status: exitOK after a clean shutdown, exitFailure when
 // anything failed.
 func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready func([]net.Addr)) int {
 	if err := cfg.check(); err != nil {

@@ -113,6 +113,7 @@ type supervisor struct {
 
 	load          *loadTotals // the workers' metrics
 	metricsSocket string      // where the workers report them
+	promAddr      string      // the Prometheus listener's bound address; "" without one
 
 	monitor     *monitor.Monitor // the health of every backend of the region
 	regionSets  []shm.Set        // the sets of the region's generation in force, with their health slots
@@ -122,6 +123,14 @@ type supervisor struct {
 	upgradeReqs chan upgradeReq
 	upgradeDone chan upgradeResult
 	statusReqs  chan statusReq
+}
+
+// served is where a supervisor that became ready serves, for a command that tells its user (xlb
+// demo).
+type served struct {
+	listeners  []string // the bound address of each listener, in the order of Config.Listeners
+	stateDir   string   // absolute: where admin.sock and control.sock are
+	prometheus string   // the Prometheus listener's bound address; "" without one
 }
 
 type workerProc struct {
@@ -788,6 +797,10 @@ func (s *supervisor) liveWorkers() int {
 // file names this process, and systemd hears of it.
 func (s *supervisor) becomeReady() {
 	s.publishSockets()
+	if s.cmd.ready != nil {
+		s.cmd.ready(served{listeners: slices.Clone(s.listenAddrs), stateDir: s.stateDir, prometheus: s.promAddr})
+		s.cmd.ready = nil
+	}
 	if s.inherit != nil {
 		s.inherit.signalReady()
 		s.inherit = nil
