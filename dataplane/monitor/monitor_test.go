@@ -108,6 +108,22 @@ func (f *fixture) awaitRoute(id, what string, cond func(health.Route) bool) {
 	}
 }
 
+// awaitStatus waits until the status of id satisfies cond, and returns it.
+func (f *fixture) awaitStatus(id, what string, cond func(BackendStatus) bool) BackendStatus {
+	f.t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		st := f.status(id)
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s: not within %v; status %v %+v", what, wait, st, st.Machine)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func (f *fixture) status(id string) BackendStatus {
 	for _, s := range f.mon.Status(context.Background()).Sets {
 		for _, b := range s.Backend {
@@ -167,7 +183,11 @@ func TestMonitorPassive(t *testing.T) {
 	// second ejection in a row lasts twice as long.
 	f.worker.ObserveFailure(f.slots["a"], health.KindTimeout, 0)
 	f.mon.Notify()
-	if st := f.status("a"); st.Machine.Status != health.Healthy || st.Machine.Fails != 1 {
+	// Notify does not wait: the loop may answer Status before it reads the failure.
+	st = f.awaitStatus("a", "the failure after readmission counted", func(st BackendStatus) bool {
+		return st.Machine.Fails > 0 || st.Machine.Status != health.Healthy
+	})
+	if st.Machine.Status != health.Healthy || st.Machine.Fails != 1 {
 		t.Fatalf("one failure after readmission: %v %+v", st, st.Machine)
 	}
 	f.worker.ObserveFailure(f.slots["a"], health.KindTimeout, 0)
