@@ -224,28 +224,6 @@ func TestReconnect(t *testing.T) {
 	}
 }
 
-// TestBackoff: waits are full jitter under a bound that doubles from min up to max, and starts over
-// after a reset.
-func TestBackoff(t *testing.T) {
-	var bounds []int64
-	b := backoff{min: 100 * time.Millisecond, max: time.Second, rand: func(n int64) int64 {
-		bounds = append(bounds, n)
-		return n - 1
-	}}
-	var waits []time.Duration
-	for range 6 {
-		waits = append(waits, b.next())
-	}
-	b.reset()
-	waits = append(waits, b.next())
-	want := []time.Duration{100, 200, 400, 800, 1000, 1000, 100}
-	for i := range want {
-		if bounds[i] != int64(want[i]*time.Millisecond) || waits[i] != want[i]*time.Millisecond-1 {
-			t.Fatalf("wait %d: bound %v, wait %v; want bound %v", i, time.Duration(bounds[i]), waits[i], want[i]*time.Millisecond)
-		}
-	}
-}
-
 // TestConfig: Run refuses a config without what it needs, at once.
 func TestConfig(t *testing.T) {
 	initial := func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) { return nil, 0, nil }

@@ -19,6 +19,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
+	"github.com/xlbproxy/xlb/internal/backoff"
 )
 
 // Proxy forwards HTTP/1.1 from the listeners it serves to backend sets.
@@ -509,7 +510,7 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 		p.mu.Unlock()
 		p.serveWG.Done()
 	}()
-	var backoff time.Duration
+	retry := backoff.Backoff{Base: acceptRetryMin, Max: acceptRetryMax, Jitter: backoff.None}
 	for {
 		if !p.takeConnSlot(ln) {
 			return nil
@@ -523,17 +524,25 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || transientAccept(err) {
 				// Out of file descriptors or memory: back off rather than spin.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", backoff)
-				time.Sleep(backoff)
+				wait := retry.Next()
+				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", wait)
+				time.Sleep(wait)
 				continue
 			}
 			return fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
 		}
-		backoff = 0
+		retry.Reset()
 		go p.newConn(nc, set).serve()
 	}
 }
+
+// acceptRetryMin and acceptRetryMax bound the wait before an accept that failed for want of
+// resources (EMFILE, ENFILE, ENOBUFS, ENOMEM, a timeout) is tried again: it doubles with each such
+// failure in a row. Not jittered: a worker backs off its own accepts, against its own limits.
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+)
 
 // pauseLogEvery bounds how often a pause at Config.ConnectionsMax is logged.
 const pauseLogEvery = 10 * time.Second
