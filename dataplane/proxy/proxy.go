@@ -161,10 +161,10 @@ func (c *Config) setDefaults() error {
 		return nil
 	}
 	for _, e := range []error{
-		def(&c.ConnectTimeout, 5*time.Second, "ConnectTimeout"),
-		def(&c.BackendTimeout, 60*time.Second, "BackendTimeout"),
-		def(&c.ClientTimeout, 60*time.Second, "ClientTimeout"),
-		def(&c.IdleTimeout, 60*time.Second, "IdleTimeout"),
+		def(&c.ConnectTimeout, DefaultConnectTimeout, "ConnectTimeout"),
+		def(&c.BackendTimeout, DefaultBackendTimeout, "BackendTimeout"),
+		def(&c.ClientTimeout, DefaultClientTimeout, "ClientTimeout"),
+		def(&c.IdleTimeout, DefaultIdleTimeout, "IdleTimeout"),
 	} {
 		if e != nil {
 			return e
@@ -180,10 +180,10 @@ func (c *Config) setDefaults() error {
 		return nil
 	}
 	for _, e := range []error{
-		size(&c.RequestLineBytesMax, 8<<10, "RequestLineBytesMax"),
-		size(&c.HeaderBytesMax, 32<<10, "HeaderBytesMax"),
-		size(&c.HeadersMax, 100, "HeadersMax"),
-		size(&c.ReplayBufferBytesMax, 64<<10, "ReplayBufferBytesMax"),
+		size(&c.RequestLineBytesMax, DefaultRequestLineBytesMax, "RequestLineBytesMax"),
+		size(&c.HeaderBytesMax, DefaultHeaderBytesMax, "HeaderBytesMax"),
+		size(&c.HeadersMax, DefaultHeadersMax, "HeadersMax"),
+		size(&c.ReplayBufferBytesMax, DefaultReplayBufferBytesMax, "ReplayBufferBytesMax"),
 	} {
 		if e != nil {
 			return e
@@ -197,7 +197,7 @@ func (c *Config) setDefaults() error {
 	}
 	switch {
 	case c.Retries == 0:
-		c.Retries = 2
+		c.Retries = DefaultRetries
 	case c.Retries < 0:
 		c.Retries = 0
 	case c.Retries > balance.TriedMax-1:
@@ -211,7 +211,7 @@ func (c *Config) setDefaults() error {
 	}
 	switch {
 	case c.IdleConnsPerBackend == 0:
-		c.IdleConnsPerBackend = 256
+		c.IdleConnsPerBackend = DefaultIdleConnsPerBackend
 	case c.IdleConnsPerBackend < 0:
 		c.IdleConnsPerBackend = 0
 	}
