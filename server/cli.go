@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -224,22 +225,22 @@ func newRunFlags() *runFlags {
 				f.backends = append(f.backends, b)
 				return nil
 			}},
-		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default round_robin)",
+		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default " + balance.RoundRobin.String() + ")",
 			set: func(s string) (err error) { policy, err = parsePolicy(s); return err },
 			apply: func(c *Config) {
 				for i := range c.BackendSets {
 					c.BackendSets[i].Policy = policy
 				}
 			}},
-		connect.def("connect-timeout", "bounds a TCP connect to a backend (default 5s)",
+		connect.def("connect-timeout", "bounds a TCP connect to a backend (default "+durationDoc(proxy.DefaultConnectTimeout)+")",
 			func(c *Config) { c.Proxy.ConnectTimeout = connect.d }),
-		back.def("backend-timeout", "bounds the wait for a backend's response header, and silences in its body (default 60s)",
+		back.def("backend-timeout", "bounds the wait for a backend's response header, and silences in its body (default "+durationDoc(proxy.DefaultBackendTimeout)+")",
 			func(c *Config) { c.Proxy.BackendTimeout = back.d }),
-		client.def("client-timeout", "bounds the rest of a client's request header, silences in its body, and stalls writing to it (default 60s)",
+		client.def("client-timeout", "bounds the rest of a client's request header, silences in its body, and stalls writing to it (default "+durationDoc(proxy.DefaultClientTimeout)+")",
 			func(c *Config) { c.Proxy.ClientTimeout = client.d }),
-		idle.def("idle-timeout", "bounds how long a keep-alive connection waits for its next request or use (default 60s)",
+		idle.def("idle-timeout", "bounds how long a keep-alive connection waits for its next request or use (default "+durationDoc(proxy.DefaultIdleTimeout)+")",
 			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
-		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default 30s)",
+		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default "+durationDoc(defaultShutdownTimeout)+")",
 			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
 		{name: "otlp-endpoint", arg: "HOST:PORT", usage: "push per-backend metrics to this OpenTelemetry collector (OTLP/gRPC), every --metrics-interval",
 			set: func(s string) error {
@@ -262,28 +263,28 @@ func newRunFlags() *runFlags {
 		{name: "otlp-insecure", boolean: true, usage: "send OTLP in plaintext (default TLS)",
 			set:   func(string) error { return nil },
 			apply: func(c *Config) { c.OTLPInsecure = true }},
-		metricsEvery.def("metrics-interval", "how often workers report their per-backend metrics to the supervisor (default 1s)",
+		metricsEvery.def("metrics-interval", "how often workers report their per-backend metrics to the supervisor (default "+durationDoc(defaultMetricsInterval)+")",
 			func(c *Config) { c.MetricsInterval = metricsEvery.d }),
-		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default 30s)",
+		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default "+durationDoc(defaultUpgradeTimeout)+")",
 			func(c *Config) { c.UpgradeTimeout = upgradeWait.d }),
-		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default 30s)",
+		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default "+durationDoc(defaultWorkerStallTimeout)+")",
 			func(c *Config) { c.WorkerStallTimeout = stall.d }),
-		lineMax.def("request-line-max", "BYTES", "the longest request line; longer is answered 414 (default 8192)", 1,
+		lineMax.def("request-line-max", "BYTES", "the longest request line; longer is answered 414 (default "+strconv.Itoa(proxy.DefaultRequestLineBytesMax)+")", 1,
 			func(c *Config) { c.Proxy.RequestLineBytesMax = lineMax.n }),
-		headBytes.def("header-bytes-max", "BYTES", "the largest request or response head (default 32768)", 1,
+		headBytes.def("header-bytes-max", "BYTES", "the largest request or response head (default "+strconv.Itoa(proxy.DefaultHeaderBytesMax)+")", 1,
 			func(c *Config) { c.Proxy.HeaderBytesMax = headBytes.n }),
-		heads.def("headers-max", "N", "the most header fields of a request or response (default 100)", 1,
+		heads.def("headers-max", "N", "the most header fields of a request or response (default "+strconv.Itoa(proxy.DefaultHeadersMax)+")", 1,
 			func(c *Config) { c.Proxy.HeadersMax = heads.n }),
 		connsMax.def("connections-max", "N", "the most client connections a worker holds open; at it, accept waits until one closes (default: half the file-descriptor limit)", 1,
 			func(c *Config) { c.Proxy.ConnectionsMax = connsMax.n }),
-		{name: "retries", arg: "N", usage: "how many more backends a failed request may try; 0 for none (default 2)",
+		{name: "retries", arg: "N", usage: "how many more backends a failed request may try; 0 for none (default " + strconv.Itoa(proxy.DefaultRetries) + ")",
 			set:   func(s string) (err error) { retries, err = parseInt(s, 0, retriesMax); return err },
 			apply: func(c *Config) { c.Proxy.Retries = proxyRetries(retries) }},
-		replayBytes.def("replay-buffer", "BYTES", "the largest request body held so that it can be retried (default 65536)", 1,
+		replayBytes.def("replay-buffer", "BYTES", "the largest request body held so that it can be retried (default "+strconv.Itoa(proxy.DefaultReplayBufferBytesMax)+")", 1,
 			func(c *Config) { c.Proxy.ReplayBufferBytesMax = replayBytes.n }),
-		idleConnsMax.def("idle-conns-per-backend", "N", "the most idle connections pooled per backend (default 256)", 1,
+		idleConnsMax.def("idle-conns-per-backend", "N", "the most idle connections pooled per backend (default "+strconv.Itoa(proxy.DefaultIdleConnsPerBackend)+")", 1,
 			func(c *Config) { c.Proxy.IdleConnsPerBackend = idleConnsMax.n }),
-		{name: "forwarded", arg: "MODE", usage: "X-Forwarded-For, -Proto, -Host: append, replace or off (default append)",
+		{name: "forwarded", arg: "MODE", usage: "X-Forwarded-For, -Proto, -Host: append, replace or off (default " + proxy.ForwardedAppend.String() + ")",
 			set:   func(s string) (err error) { forwarded, err = parseForwarded(s); return err },
 			apply: func(c *Config) { c.Proxy.Forwarded = forwarded }},
 		{name: "trusted-proxies", arg: "CIDRS", usage: "comma-separated prefixes or addresses whose X-Forwarded-* fields are appended to; everyone else's are replaced (default none)",
@@ -346,6 +347,15 @@ func newRunFlags() *runFlags {
 			apply: func(c *Config) { c.Log.JSON = logCfg.JSON }},
 	}
 	return f
+}
+
+// durationDoc is how help writes a default duration: in whole seconds when it is some ("60s", where
+// time.Duration's String says "1m0s"), else as Go writes it.
+func durationDoc(d time.Duration) string {
+	if d > 0 && d%time.Second == 0 {
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	}
+	return d.String()
 }
 
 // durationVar is the value of a duration flag: a positive Go duration.
@@ -534,8 +544,9 @@ or configuration.
 	return b.String()
 }
 
-// sampleConfig is the configuration file shown in help; a test checks that it parses.
-const sampleConfig = `  listeners:
+// sampleConfig is the configuration file shown in help; a test checks that it parses. Its
+// timeouts, limits and retries are the defaults.
+var sampleConfig = `  listeners:
     - address: 127.0.0.1:8080
       backend_set: web
   backend_sets:
@@ -552,10 +563,14 @@ const sampleConfig = `  listeners:
       outlier_detection: {consecutive_failures: 5, failure_statuses: none, base_ejection_time: 30s, max_ejection_time: 300s, max_ejection_percent: 50}
       slow_start: {window: 30s, min_weight_percent: 10}   # none without this key
       panic_threshold: 0             # % in below which every backend takes traffic (0: none in)
-  timeouts: {connect: 5s, backend: 60s, client: 60s, idle: 60s, shutdown: 30s, worker_stall: 30s}
-  limits: {request_line_bytes: 8192, header_bytes: 32768, headers: 100, replay_buffer_bytes: 65536, idle_conns_per_backend: 256,
+  timeouts: {connect: ` + durationDoc(proxy.DefaultConnectTimeout) + `, backend: ` + durationDoc(proxy.DefaultBackendTimeout) +
+	`, client: ` + durationDoc(proxy.DefaultClientTimeout) + `, idle: ` + durationDoc(proxy.DefaultIdleTimeout) +
+	`, shutdown: ` + durationDoc(defaultShutdownTimeout) + `, worker_stall: ` + durationDoc(defaultWorkerStallTimeout) + `}
+  limits: {request_line_bytes: ` + strconv.Itoa(proxy.DefaultRequestLineBytesMax) + `, header_bytes: ` + strconv.Itoa(proxy.DefaultHeaderBytesMax) +
+	`, headers: ` + strconv.Itoa(proxy.DefaultHeadersMax) + `, replay_buffer_bytes: ` + strconv.Itoa(proxy.DefaultReplayBufferBytesMax) +
+	`, idle_conns_per_backend: ` + strconv.Itoa(proxy.DefaultIdleConnsPerBackend) + `,
             connections: 10000}       # per worker; default: half the file-descriptor limit
-  retries: 2                         # 0 for none
+  retries: ` + strconv.Itoa(proxy.DefaultRetries) + `                         # 0 for none
   forwarded: append                  # append | replace | off
   trusted_proxies: [10.0.0.0/8]      # whose X-Forwarded-* append extends (default: no one's)
   forwarded_field: false             # true: also an RFC 7239 Forwarded field

@@ -315,3 +315,66 @@ func FuzzParseBackendFlag(f *testing.F) {
 		}
 	})
 }
+
+// TestHelpDefaults: each default that help names is the one applied: given back as the flag's
+// value, it sets what a zero value means (proxy's exported defaults, which proxy's
+// TestConfigDefaults pins to what New applies, and this package's). The sample configuration's
+// timeouts, limits and retries are those defaults too.
+func TestHelpDefaults(t *testing.T) {
+	var zero Config
+	tests := []struct {
+		flag string
+		got  func(Config) any
+		want any
+	}{
+		{"connect-timeout", func(c Config) any { return c.Proxy.ConnectTimeout }, proxy.DefaultConnectTimeout},
+		{"backend-timeout", func(c Config) any { return c.Proxy.BackendTimeout }, proxy.DefaultBackendTimeout},
+		{"client-timeout", func(c Config) any { return c.Proxy.ClientTimeout }, proxy.DefaultClientTimeout},
+		{"idle-timeout", func(c Config) any { return c.Proxy.IdleTimeout }, proxy.DefaultIdleTimeout},
+		{"shutdown-timeout", func(c Config) any { return c.ShutdownTimeout }, zero.shutdownTimeout()},
+		{"metrics-interval", func(c Config) any { return c.MetricsInterval }, zero.metricsInterval()},
+		{"upgrade-timeout", func(c Config) any { return c.UpgradeTimeout }, zero.upgradeTimeout()},
+		{"worker-stall-timeout", func(c Config) any { return c.WorkerStallTimeout }, zero.workerStallTimeout()},
+		{"request-line-max", func(c Config) any { return c.Proxy.RequestLineBytesMax }, proxy.DefaultRequestLineBytesMax},
+		{"header-bytes-max", func(c Config) any { return c.Proxy.HeaderBytesMax }, proxy.DefaultHeaderBytesMax},
+		{"headers-max", func(c Config) any { return c.Proxy.HeadersMax }, proxy.DefaultHeadersMax},
+		{"retries", func(c Config) any { return c.Proxy.Retries }, proxy.DefaultRetries},
+		{"replay-buffer", func(c Config) any { return c.Proxy.ReplayBufferBytesMax }, proxy.DefaultReplayBufferBytesMax},
+		{"idle-conns-per-backend", func(c Config) any { return c.Proxy.IdleConnsPerBackend }, proxy.DefaultIdleConnsPerBackend},
+		{"forwarded", func(c Config) any { return c.Proxy.Forwarded }, zero.Proxy.Forwarded},
+		{"policy", func(c Config) any { return c.BackendSets[0].Policy }, balance.Policy(0)},
+	}
+	for _, usage := range []struct{ name, text string }{{"run", runUsage()}, {"dataplane", dataplaneUsage()}} {
+		for _, tt := range tests {
+			m := regexp.MustCompile(`(?m)^  --` + regexp.QuoteMeta(tt.flag) + ` [A-Z]+\n {8}.*\(default ([^)]+)\)$`).FindStringSubmatch(usage.text)
+			if m == nil && (usage.name == "run" || strings.Contains(usage.text, "\n  --"+tt.flag+" ")) {
+				t.Errorf("%s help: no (default ...) for --%s", usage.name, tt.flag)
+			}
+			if m == nil {
+				continue // dataplane takes no --policy: the control plane says
+			}
+			c, err := parseRun([]string{"--backend", "127.0.0.1:1", "--" + tt.flag, m[1]})
+			if err != nil {
+				t.Errorf("%s help: --%s %s, its default, is refused: %v", usage.name, tt.flag, m[1], err)
+				continue
+			}
+			if got := tt.got(c); got != tt.want {
+				t.Errorf("%s help: --%s's default %s sets %v, but the default is %v", usage.name, tt.flag, m[1], got, tt.want)
+			}
+		}
+	}
+
+	c, err := ParseConfig("help", []byte(sampleConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		switch tt.flag {
+		case "metrics-interval", "upgrade-timeout", "forwarded", "policy":
+			continue // not in the sample's lines of defaults
+		}
+		if got := tt.got(c); got != tt.want {
+			t.Errorf("help's sample configuration: %v for %s, but the default is %v", got, tt.flag, tt.want)
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/internal/backoff"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
 
@@ -35,6 +36,13 @@ const metricsSocket = "metrics.sock"
 
 // defaultMetricsInterval is what a zero Config.MetricsInterval means.
 const defaultMetricsInterval = time.Second
+
+// loadRetry is the backoff of reportLoad's stream, those of the xDS-lite stream (clients/xds's
+// defaults): full jitter, so that the data planes that lost one control plane together do not
+// come back to it together.
+func loadRetry() backoff.Backoff {
+	return backoff.Backoff{Base: 100 * time.Millisecond, Max: 15 * time.Second, Jitter: backoff.Full}
+}
 
 // loadTotals are the sums of the reports of a supervisor's workers, and what of them the control
 // plane has not been sent yet.
@@ -341,14 +349,15 @@ func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), er
 
 // reportLoad streams the supervisor's load to its control plane: every interval the control plane
 // asks for, what the workers reported since the previous report. A stream that breaks keeps what
-// it could not send for the next one. It returns when ctx ends, after a last report.
+// it could not send for the next one, and is opened again after a wait of loadRetry, which starts
+// over once the control plane answered. It returns when ctx ends, after a last report.
 //
 // Each report also carries the data plane's view of its backends' health when it differs from the
 // one this stream last sent (health, which may be nil).
 func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *loadTotals, health func() []*loadv1.BackendHealth, log hclog.Logger) {
 	instance := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 	var seq uint64
-	backoff := 100 * time.Millisecond
+	retry := loadRetry()
 	for ctx.Err() == nil {
 		sctx, cancel := context.WithCancel(context.Background())
 		err := func() error {
@@ -360,7 +369,7 @@ func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string,
 			if err != nil {
 				return err
 			}
-			backoff = 100 * time.Millisecond
+			retry.Reset()
 			interval := first.GetReportInterval().AsDuration()
 			if interval <= 0 {
 				interval = defaultMetricsInterval
@@ -410,12 +419,12 @@ func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string,
 		}()
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			log.Debug("load reports: the stream to the control plane ended", "error", err, "retry_in", backoff)
+			wait := retry.Next()
+			log.Debug("load reports: the stream to the control plane ended", "error", err, "retry_in", wait)
 			select {
-			case <-time.After(backoff):
+			case <-time.After(wait):
 			case <-ctx.Done():
 			}
-			backoff = min(2*backoff, 15*time.Second)
 		}
 	}
 }

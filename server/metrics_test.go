@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -154,5 +155,27 @@ func TestReporterConnections(t *testing.T) {
 	}
 	if _, total := lt.connStats(); total != 7 {
 		t.Fatalf("total pauses %d, want 7", total)
+	}
+}
+
+// TestLoadRetry: the load-report stream is retried as the xDS-lite stream is, 100ms doubling to
+// 15s, and each wait is drawn anywhere below its bound, so data planes that lost the control
+// plane together do not retry in lockstep (they did: the waits were the bounds).
+func TestLoadRetry(t *testing.T) {
+	b := loadRetry()
+	b.Rand = func(n int64) int64 { return n - 1 }
+	var got []time.Duration
+	for range 10 {
+		got = append(got, b.Next()+1)
+	}
+	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond,
+		1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, 12800 * time.Millisecond, 15 * time.Second, 15 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Fatalf("bounds of the waits %v, want %v", got, want)
+	}
+	b.Reset()
+	b.Rand = func(int64) int64 { return 0 }
+	if w := b.Next(); w != 0 {
+		t.Fatalf("the shortest first wait is %v, want 0 (full jitter)", w)
 	}
 }

@@ -293,7 +293,7 @@ func TestRunCommand(t *testing.T) {
 		done <- e.main([]string{"run", "--config", path, "--workers", "1", "--state-dir", filepath.Join(dir, "state"),
 			"--access-log", "-"})
 	}()
-	waitFor(t, func() bool { return strings.Contains(stderr.String(), `"@message":"ready"`) }, "ready")
+	testutil.WaitFor(t, wait, "the ready line", func() bool { return strings.Contains(stderr.String(), `"@message":"ready"`) })
 	res, err := http.Get("http://" + addr + "/x")
 	if err != nil {
 		t.Fatal(err)
@@ -315,18 +315,6 @@ func TestRunCommand(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), `"target":"/x"`) {
 		t.Errorf("the worker's access log on standard output lacks the request:\n%s", stdout)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after wait.
-func waitFor(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, wait)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/internal/dirlock"
 )
 
 // regionFile and lockFile are the names of the state directory's files. The region file is a copy
@@ -68,23 +69,15 @@ func lockStateDir(dir string) (*stateDir, error) {
 		return nil, fmt.Errorf("state directory %s is writable by its group or by everyone (mode %04o), so another user could "+
 			"replace its region or its sockets: chmod go-w %s, or give another --state-dir", dir, m, dir)
 	}
-	path := filepath.Join(dir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, _, err := dirlock.Lock(filepath.Join(dir, lockFile))
+	var held *dirlock.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("state directory %s is in use by another xlb (pid %s); give each its own --state-dir", dir, held.PID)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
+		return nil, fmt.Errorf("state directory: lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		holder, _ := os.ReadFile(path)
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("state directory %s is in use by another xlb (pid %s); give each its own --state-dir",
-				dir, strings.TrimSpace(string(holder)))
-		}
-		return nil, fmt.Errorf("state directory: lock %s: %w", path, err)
-	}
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
+	dirlock.Write(f) // the pid is for the refusal's message only: the flock is the lock
 	return &stateDir{path: dir, lock: f}, nil
 }
 

@@ -151,3 +151,22 @@ func TestRemoveStaleSockets(t *testing.T) {
 		t.Errorf("the log does not say why each was stale:\n%s", buf.String())
 	}
 }
+
+func TestLockStateDirHeld(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	sd, err := lockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = lockStateDir(dir)
+	if want := fmt.Sprintf("state directory %s is in use by another xlb (pid %d)", dir, os.Getpid()); err == nil ||
+		!strings.Contains(err.Error(), want) {
+		t.Fatalf("a second lock of a held state directory: %v, want %q", err, want)
+	}
+	sd.lock.Close()
+	sd, err = lockStateDir(dir)
+	if err != nil {
+		t.Fatalf("lock after the holder closed it: %v", err)
+	}
+	sd.lock.Close()
+}

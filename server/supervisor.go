@@ -27,6 +27,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/internal/backoff"
 	"github.com/xlbproxy/xlb/server/rpc"
 	"github.com/xlbproxy/xlb/server/sysd"
 )
@@ -158,9 +159,24 @@ type pendingGen struct {
 	replies []func() // called once it is applied: the control plane's answers wait for that
 }
 
-// slotState is what the supervisor remembers about a slot across restarts of its worker.
+// slotState is what the supervisor remembers about a slot across restarts of its worker. Its zero
+// value is a slot whose worker has not crashed.
 type slotState struct {
-	crashes int // consecutive crashes after short runs
+	restart backoff.Backoff // delays of the restarts after short runs; zero until the first
+}
+
+// restartDelay is the delay before the restart of a worker that exited after it ran for ran:
+// restartDelayMin doubled with each crash after a short run, at most restartDelayMax, and
+// restartDelayMin again after a run of restartStable or more. Not jittered: the supervisor restarts
+// its own workers, and the delay it logs is the delay.
+func (st *slotState) restartDelay(ran time.Duration) time.Duration {
+	if st.restart.Base == 0 {
+		st.restart = backoff.Backoff{Base: restartDelayMin, Max: restartDelayMax, Jitter: backoff.None}
+	}
+	if ran >= restartStable {
+		st.restart.Reset()
+	}
+	return st.restart.Next()
 }
 
 // supervise runs `xlb run` until ctx ends; it returns the exit status.
@@ -662,11 +678,7 @@ func (s *supervisor) exited(x workerExit, st *slotState) {
 	if s.stopping {
 		return
 	}
-	if x.ran >= restartStable {
-		st.crashes = 0
-	}
-	delay := min(restartDelayMin<<min(st.crashes, 16), restartDelayMax)
-	st.crashes++
+	delay := st.restartDelay(x.ran)
 	msg := "exit status 0"
 	if x.err != nil {
 		msg = x.err.Error()

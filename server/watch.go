@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/xlbproxy/xlb/internal/backoff"
 )
 
 // watchReadBytes is the size of the buffer one read of the inotify descriptor fills. The kernel
@@ -40,6 +42,12 @@ const (
 	rearmPollMin = 50 * time.Millisecond
 	rearmPollMax = time.Second
 )
+
+// rearmPoll is the backoff of the polls of a lost directory's path. Not jittered: one process
+// polls one path.
+func rearmPoll() backoff.Backoff {
+	return backoff.Backoff{Base: rearmPollMin, Max: rearmPollMax, Jitter: backoff.None}
+}
 
 // fileWatcher tells when a file may have changed. It watches the file's directory with inotify and
 // filters the directory's events by name; watchFile starts it and Close stops it. Its zero value is
@@ -76,12 +84,13 @@ type fileWatcher struct {
 	onEvent func(ev inotifyEvent, relevant bool)
 
 	// Only run uses these, after startWatch.
-	wd      int32     // the watch on dir, when armed
-	armed   bool      // whether wd watches the directory at dir's path (as far as the events said)
-	lostAt  time.Time // when the watch was lost, while not armed
-	tries   int       // failed tries to watch dir again since it was lost
-	lastErr string    // the last of those tries' errors logged, so that each is logged once
-	symlink bool      // whether path was a symlink when last looked at
+	wd      int32           // the watch on dir, when armed
+	armed   bool            // whether wd watches the directory at dir's path (as far as the events said)
+	lostAt  time.Time       // when the watch was lost, while not armed
+	repoll  backoff.Backoff // the polls of dir's path since the watch was lost: rearmPollMin doubling to rearmPollMax
+	pollIn  time.Duration   // the wait before the next of those polls
+	lastErr string          // the last of those tries' errors logged, so that each is logged once
+	symlink bool            // whether path was a symlink when last looked at
 
 	// err is why run stopped before Close, or nil. Written by run before it closes done.
 	err error
@@ -163,6 +172,7 @@ func startWatch(path string, debounce time.Duration, log hclog.Logger, onEvent f
 		done:     make(chan struct{}),
 		readDone: make(chan struct{}),
 		onEvent:  onEvent,
+		repoll:   rearmPoll(),
 	}
 	if _, err := w.arm(); err != nil {
 		file.Close()
@@ -280,11 +290,10 @@ func (w *fileWatcher) run() {
 			pollC = nil
 			return
 		}
-		d := rearmDelay(w.tries)
 		if poll == nil {
-			poll = time.NewTimer(d)
+			poll = time.NewTimer(w.pollIn)
 		} else {
-			poll.Reset(d)
+			poll.Reset(w.pollIn)
 		}
 		pollC = poll.C
 	}
@@ -388,7 +397,9 @@ func (w *fileWatcher) drop() {
 // lose handles the end of the watched directory at its path: it is logged and the watch dropped.
 func (w *fileWatcher) lose(ev inotifyEvent, why string) {
 	w.drop() // a moved directory is still watched where it went
-	w.lostAt, w.tries, w.lastErr = time.Now(), 0, ""
+	w.lostAt, w.lastErr = time.Now(), ""
+	w.repoll.Reset()
+	w.pollIn = w.repoll.Next()
 	w.log.Warn("config directory "+why+"; watching its path until a directory is there again",
 		"event", maskString(ev.mask))
 }
@@ -398,10 +409,10 @@ func (w *fileWatcher) lose(ev inotifyEvent, why string) {
 // nothing is at the path yet.
 func (w *fileWatcher) retry() bool {
 	if _, err := w.arm(); err != nil {
-		w.tries++
+		w.pollIn = w.repoll.Next()
 		if msg := err.Error(); !errors.Is(err, unix.ENOENT) && msg != w.lastErr {
 			w.lastErr = msg
-			w.log.Warn("cannot watch the config directory again; still trying", "error", err, "retry_in", rearmDelay(w.tries).String())
+			w.log.Warn("cannot watch the config directory again; still trying", "error", err, "retry_in", w.pollIn.String())
 		}
 		return false
 	}
@@ -427,15 +438,6 @@ func (w *fileWatcher) rearm() error {
 		w.log.Info("config directory was replaced by another; watching the new one")
 	}
 	return nil
-}
-
-// rearmDelay is how long to wait before the next try to watch a lost directory again, after tries
-// failed tries: rearmPollMin doubled with each try, at most rearmPollMax.
-func rearmDelay(tries int) time.Duration {
-	if tries <= 0 {
-		return rearmPollMin
-	}
-	return min(rearmPollMin<<min(tries, 16), rearmPollMax)
 }
 
 // ofWatch reports whether ev comes from the watch in force: wd, when armed. IN_Q_OVERFLOW is of no

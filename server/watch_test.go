@@ -754,18 +754,26 @@ func TestWatchOfWatch(t *testing.T) {
 	}
 }
 
+// TestWatchRearmDelay: once the watch is lost the path is polled after rearmPollMin, doubled after
+// each failed try up to rearmPollMax, and after rearmPollMin again once the watch is lost anew.
 func TestWatchRearmDelay(t *testing.T) {
+	// fd -1: every try to watch the directory again fails (EBADF), as if it were not there.
+	w := &fileWatcher{dir: t.TempDir(), fd: -1, log: hclog.NewNullLogger(), repoll: rearmPoll()}
+	w.armed = true
+	w.lose(inotifyEvent{}, "removed")
 	want := []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
 		400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}
 	for tries, d := range want {
-		if got := rearmDelay(tries); got != d {
-			t.Errorf("rearmDelay(%d) = %v, want %v", tries, got, d)
+		if tries > 0 && w.retry() {
+			t.Fatal("a try to watch with no inotify descriptor succeeded")
+		}
+		if w.pollIn != d {
+			t.Errorf("after %d failed tries: next poll in %v, want %v", tries, w.pollIn, d)
 		}
 	}
-	for _, tries := range []int{-1, 64, 1 << 30} {
-		if got := rearmDelay(tries); got < rearmPollMin || got > rearmPollMax {
-			t.Errorf("rearmDelay(%d) = %v, want within [%v, %v]", tries, got, rearmPollMin, rearmPollMax)
-		}
+	w.lose(inotifyEvent{}, "removed")
+	if w.pollIn != rearmPollMin {
+		t.Errorf("lost again: next poll in %v, want %v", w.pollIn, rearmPollMin)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/internal/backoff"
 )
 
 // Defaults of the options.
@@ -260,7 +260,7 @@ func pendingOn(dps []*adminv1.DataPlane, set, version string, nodeIDs []string) 
 // call runs rpc until it succeeds, fails with a code other than UNAVAILABLE, has run c.attempts
 // times, or ctx ends. retried says whether rpc ran more than once.
 func (c *Client) call(ctx context.Context, rpc func(context.Context) error) (retried bool, err error) {
-	delay := c.backoffBase
+	b := backoff.Backoff{Base: c.backoffBase, Max: c.backoffMax, Jitter: backoff.Equal}
 	for attempt := 1; ; attempt++ {
 		err = rpc(ctx)
 		if err == nil || status.Code(err) != codes.Unavailable || attempt >= c.attempts {
@@ -269,13 +269,12 @@ func (c *Client) call(ctx context.Context, rpc func(context.Context) error) (ret
 		if c.onRetry != nil {
 			c.onRetry(attempt, err)
 		}
-		t := time.NewTimer(delay/2 + rand.N(delay/2+1))
+		t := time.NewTimer(b.Next())
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return attempt > 1, fmt.Errorf("%w; after %d attempts: %w", err, attempt, ctx.Err())
 		case <-t.C:
 		}
-		delay = min(2*delay, c.backoffMax)
 	}
 }

@@ -6,8 +6,9 @@
 //   - Responses are applied one at a time, in order, from Run's goroutine; the answer to a response
 //     is sent only once Config.Apply returned, so an ACK means the change is in force.
 //   - A stream that fails is opened again after a jittered exponential backoff (full jitter,
-//     between Config.BackoffMin and Config.BackoffMax), which starts over once a stream delivered a
-//     response. Each new stream reports what the data plane serves now: the versions of the latest
+//     between Config.BackoffMin and Config.BackoffMax; internal/backoff), which starts over once a
+//     stream delivered a response: data planes that lost a control plane together do not come back
+//     to it together. Each new stream reports what the data plane serves now: the versions of the latest
 //     Apply, or Config.Initial's before the first.
 //   - Losing the stream changes nothing the data plane serves: Apply is called only with responses
 //     of the control plane, never on a disconnect.

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/internal/backoff"
 )
 
 // Defaults of Config's zero values.
@@ -81,16 +81,16 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, cfg Config) error {
 	}
 	c := &client{cfg: cfg, log: cfg.Logger.Named("xds"), api: discoveryv1.NewDiscoveryServiceClient(conn)}
 	c.applied, c.generation, c.workers = cfg.Initial()
-	b := backoff{min: cfg.BackoffMin, max: cfg.BackoffMax, rand: rand.Int64N}
+	b := backoff.Backoff{Base: cfg.BackoffMin, Max: cfg.BackoffMax, Jitter: backoff.Full}
 	for {
 		responded, err := c.stream(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if responded {
-			b.reset()
+			b.Reset()
 		}
-		wait := b.next()
+		wait := b.Next()
 		c.log.Warn("control plane stream ended", "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -171,29 +171,3 @@ func send(st grpc.BidiStreamingClient[discoveryv1.StreamBackendSetsRequest, disc
 	}
 	return nil
 }
-
-// backoff is full-jitter exponential backoff: the n-th wait is random in [0, min(max, min·2ⁿ⁻¹)).
-type backoff struct {
-	min, max time.Duration
-	// rand returns a random number in [0, n).
-	rand func(n int64) int64
-	// ceiling is the bound of the next wait; 0 means min.
-	ceiling time.Duration
-}
-
-// next returns the next wait and doubles the bound of the one after, up to max.
-func (b *backoff) next() time.Duration {
-	if b.ceiling == 0 {
-		b.ceiling = b.min
-	}
-	wait := time.Duration(b.rand(int64(b.ceiling)))
-	if b.ceiling > b.max/2 {
-		b.ceiling = b.max
-	} else {
-		b.ceiling *= 2
-	}
-	return wait
-}
-
-// reset makes the next wait bounded by min again.
-func (b *backoff) reset() { b.ceiling = 0 }

@@ -31,45 +31,14 @@ func TestMain(m *testing.M) {
 const waitLimit = 20 * time.Second
 
 // source is a discovery.Source in memory.
-type source struct {
-	mu   sync.Mutex
-	sets map[string]resource.Versioned
-	subs map[chan struct{}]struct{}
-}
+type source = testutil.MemSource[resource.Versioned]
 
-func (s *source) Snapshot() map[string]resource.Versioned {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sets
-}
-
-func (s *source) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	s.subs[ch] = struct{}{}
-	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		delete(s.subs, ch)
-		s.mu.Unlock()
-	}
-}
-
-func (s *source) put(name, version string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	next := maps.Clone(s.sets)
-	next[name] = resource.Versioned{Version: version, Set: &discoveryv1.BackendSet{
+// put makes set name, of one backend, the source's at version.
+func put(src *source, name, version string) {
+	src.Put(name, resource.Versioned{Version: version, Set: &discoveryv1.BackendSet{
 		Name:     name,
 		Backends: []*discoveryv1.Backend{{Id: "b0", Address: "127.0.0.1", Port: 8080}},
-	}}
-	s.sets = next
-	for ch := range s.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
+	}})
 }
 
 // serve serves src on ln until the returned func stops it.
@@ -108,27 +77,13 @@ func applied(srv *discovery.Server, id string) (map[string]string, bool) {
 	return nil, false
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	limit := time.After(waitLimit)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-limit:
-			t.Fatalf("waited %v for %s", waitLimit, what)
-		}
-	}
-}
-
 // TestReconnect: when its control plane goes away and another takes its port, the client
 // reconnects, reports what it applied, and is sent nothing it has: Apply is not called again
 // until something changes, and then with that change alone.
 func TestReconnect(t *testing.T) {
-	src := &source{sets: map[string]resource.Versioned{}, subs: map[chan struct{}]struct{}{}}
-	src.put("api", "a1")
-	src.put("web", "w1")
+	src := testutil.NewMemSource[resource.Versioned]()
+	put(src, "api", "a1")
+	put(src, "web", "w1")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -206,12 +161,12 @@ func TestReconnect(t *testing.T) {
 		t.Fatalf("listen again on %s: %v", addr, err)
 	}
 	srv2, _ := serve(t, src, ln2)
-	waitFor(t, "the client to report api@a1 and web@w1 to the new control plane", func() bool {
+	testutil.WaitFor(t, waitLimit, "the client to report api@a1 and web@w1 to the new control plane", func() bool {
 		got, connected := applied(srv2, "dp-1")
 		return connected && maps.Equal(got, map[string]string{"api": "a1", "web": "w1"})
 	})
 	// Responses are in order: had the new server sent anything on connect, it would come first.
-	src.put("web", "w2")
+	put(src, "web", "w2")
 	if resp := next(); len(resp.GetSets()) != 1 || resp.GetSets()[0].GetVersion() != "w2" || len(resp.GetRemoved()) != 0 {
 		t.Fatalf("after reconnecting and a change of web: response %v, want web@w2 alone", resp)
 	}
@@ -221,28 +176,6 @@ func TestReconnect(t *testing.T) {
 	for _, want := range []string{"control plane stream open", "control plane stream ended"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, logs.String())
-		}
-	}
-}
-
-// TestBackoff: waits are full jitter under a bound that doubles from min up to max, and starts over
-// after a reset.
-func TestBackoff(t *testing.T) {
-	var bounds []int64
-	b := backoff{min: 100 * time.Millisecond, max: time.Second, rand: func(n int64) int64 {
-		bounds = append(bounds, n)
-		return n - 1
-	}}
-	var waits []time.Duration
-	for range 6 {
-		waits = append(waits, b.next())
-	}
-	b.reset()
-	waits = append(waits, b.next())
-	want := []time.Duration{100, 200, 400, 800, 1000, 1000, 100}
-	for i := range want {
-		if bounds[i] != int64(want[i]*time.Millisecond) || waits[i] != want[i]*time.Millisecond-1 {
-			t.Fatalf("wait %d: bound %v, wait %v; want bound %v", i, time.Duration(bounds[i]), waits[i], want[i]*time.Millisecond)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/internal/dirlock"
 )
 
 // The files of a store's directory.
@@ -438,25 +439,19 @@ func fdatasync(f *os.File) error {
 	return serr
 }
 
-// lockDir takes the exclusive flock of dir's LOCK file and writes this process's pid in it. A
+// lockDir takes the lock of dir (its LOCK file, see dirlock) and writes this process's pid in it. A
 // directory locked by another process is refused with that process's pid. initialized tells
 // whether LOCK said that a store had been opened there before (writeLock).
 func lockDir(dir string) (f *os.File, initialized bool, err error) {
-	path := filepath.Join(dir, lockFile)
-	f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, prev, err := dirlock.Lock(filepath.Join(dir, lockFile))
+	var held *dirlock.HeldError
+	if errors.As(err, &held) {
+		return nil, false, fmt.Errorf("store: directory %s is in use by another control plane (pid %s); give each its own directory",
+			dir, held.PID)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("store: lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		holder, _ := os.ReadFile(path)
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, false, fmt.Errorf("store: directory %s is in use by another control plane (pid %s); give each its own directory",
-				dir, strings.TrimSpace(strings.SplitN(string(holder), "\n", 2)[0]))
-		}
-		return nil, false, fmt.Errorf("store: lock %s: %w", path, err)
-	}
-	prev, _ := os.ReadFile(path)
 	initialized = strings.Contains(string(prev), lockInitialized)
 	if err := writeLock(f, initialized); err != nil {
 		f.Close()
@@ -469,18 +464,15 @@ func lockDir(dir string) (f *os.File, initialized bool, err error) {
 // log since, so a directory with that line and neither log nor snapshot lost its files.
 const lockInitialized = "initialized: this directory holds a store's log"
 
-// writeLock writes LOCK: this process's pid, and the initialized line when the store has been
-// opened here.
+// writeLock writes LOCK: this process's pid, and the initialized line, fsynced, when the store has
+// been opened here.
 func writeLock(f *os.File, initialized bool) error {
-	b := strconv.Itoa(os.Getpid()) + "\n"
+	var lines []string
 	if initialized {
-		b += lockInitialized + "\n"
+		lines = append(lines, lockInitialized)
 	}
-	if err := f.Truncate(0); err != nil {
-		return fmt.Errorf("store: write %s: %w", f.Name(), err)
-	}
-	if _, err := f.WriteAt([]byte(b), 0); err != nil {
-		return fmt.Errorf("store: write %s: %w", f.Name(), err)
+	if err := dirlock.Write(f, lines...); err != nil {
+		return fmt.Errorf("store: %w", err)
 	}
 	if initialized {
 		if err := f.Sync(); err != nil {

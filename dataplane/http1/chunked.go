@@ -259,6 +259,38 @@ func unhex(c byte) int {
 	return -1
 }
 
+// Reframe decodes the chunked body bytes buffered in in, consuming them, and appends the body to
+// dst. When chunked, it is framed anew: a chunk of our own for each piece of data that Decode
+// returns (extensions dropped), then, once the body ends, the last chunk, the trailers and the
+// empty line; when not, the data alone, for a receiver that takes no chunked framing (HTTP/1.0).
+// It stops at the end of the body or of in, and returns dst and the bytes of data it appended. On
+// an error, what was decoded before it is appended. It allocates only to grow dst.
+func (d *ChunkedDecoder) Reframe(dst []byte, in *Buffer, chunked bool) (out []byte, data int, err error) {
+	for in.Len() > 0 && !d.Done() {
+		n, b, err := d.Decode(in.Buffered())
+		if err != nil {
+			return dst, data, err
+		}
+		if len(b) > 0 {
+			data += len(b)
+			if chunked {
+				dst = AppendChunkHeader(dst, len(b))
+			}
+			dst = append(dst, b...)
+			if chunked {
+				dst = append(dst, '\r', '\n')
+			}
+		}
+		in.Consume(n)
+	}
+	if d.Done() && chunked {
+		dst = append(dst, "0\r\n"...)
+		dst = append(dst, d.trailer...)
+		dst = append(dst, '\r', '\n')
+	}
+	return dst, data, nil
+}
+
 // AppendChunkHeader appends the size line of a chunk of n > 0 bytes.
 func AppendChunkHeader(b []byte, n int) []byte {
 	const hexdigits = "0123456789abcdef"

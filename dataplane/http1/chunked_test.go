@@ -371,3 +371,85 @@ func BenchmarkChunkedDecoder(b *testing.B) {
 		}
 	}
 }
+
+// TestReframe: a chunked body, fed in pieces, comes out framed anew (extensions dropped, one chunk
+// per piece of data, trailers kept) or as its data alone; what follows the body stays in the buffer;
+// a malformed body keeps what was decoded before the error, and the bytes of the call that failed
+// stay in the buffer.
+func TestReframe(t *testing.T) {
+	body := "5;ext=1\r\nhello\r\n1A\r\n" + strings.Repeat("z", 26) + "\r\n0\r\nX-Sum: 1\r\n\r\n"
+	tests := []struct {
+		what    string
+		in      string
+		pieces  int // bytes fed at a time; 0: all at once
+		chunked bool
+		want    string
+		data    int
+		left    string // in the buffer afterwards
+		err     bool
+	}{
+		{what: "whole", in: body + "GET", chunked: true,
+			want: "5\r\nhello\r\n1a\r\n" + strings.Repeat("z", 26) + "\r\n0\r\nX-Sum: 1\r\n\r\n", data: 31, left: "GET"},
+		{what: "in pieces of 7", in: body, pieces: 7, chunked: true,
+			want: "5\r\nhello\r\n1\r\nz\r\n7\r\nzzzzzzz\r\n7\r\nzzzzzzz\r\n7\r\nzzzzzzz\r\n4\r\nzzzz\r\n0\r\nX-Sum: 1\r\n\r\n", data: 31},
+		{what: "raw", in: body + "GET", chunked: false, want: "hello" + strings.Repeat("z", 26), data: 31, left: "GET"},
+		{what: "malformed", in: "5\r\nhello\r\nzz\r\n", chunked: true, want: "5\r\nhello\r\n", data: 5, left: "\r\nzz\r\n", err: true},
+	}
+	for _, tt := range tests {
+		var d ChunkedDecoder
+		in := Buffer{Buf: make([]byte, 256)}
+		var out []byte
+		var data int
+		var err error
+		for src := tt.in; err == nil && !d.Done(); {
+			k := len(src)
+			if tt.pieces > 0 {
+				k = min(k, tt.pieces)
+			}
+			in.W += copy(in.Space(), src[:k])
+			src = src[k:]
+			var n int
+			out, n, err = d.Reframe(out, &in, tt.chunked)
+			data += n
+			if k == 0 && !d.Done() && err == nil {
+				t.Fatalf("%s: the body did not end", tt.what)
+			}
+		}
+		if (err != nil) != tt.err || string(out) != tt.want || data != tt.data || string(in.Buffered()) != tt.left {
+			t.Errorf("%s: %q, %d bytes of data, %q left, error %v; want %q, %d, %q, error %v",
+				tt.what, out, data, in.Buffered(), err, tt.want, tt.data, tt.left, tt.err)
+		}
+	}
+}
+
+func TestAllocsReframe(t *testing.T) {
+	body := []byte("5;ext=1\r\nhello\r\n1A\r\n" + strings.Repeat("z", 26) + "\r\n0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\n")
+	var d ChunkedDecoder
+	in := Buffer{Buf: make([]byte, len(body))}
+	dst := make([]byte, 0, 256)
+	allocs := testing.AllocsPerRun(100, func() {
+		d.Reset()
+		in.R, in.W = 0, copy(in.Buf, body)
+		var err error
+		if dst, _, err = d.Reframe(dst[:0], &in, true); err != nil || !d.Done() {
+			panic(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("Reframe: %v allocations per run, want 0", allocs)
+	}
+}
+
+// BenchmarkReframe re-frames a body of three chunks, 1 KiB of data, with a trailer.
+func BenchmarkReframe(b *testing.B) {
+	body := []byte("5;ext=1\r\nhello\r\n400\r\n" + strings.Repeat("z", 1024) + "\r\n1A\r\n" + strings.Repeat("z", 26) + "\r\n0\r\nX-Sum: 1\r\n\r\n")
+	var d ChunkedDecoder
+	in := Buffer{Buf: make([]byte, len(body))}
+	dst := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		d.Reset()
+		in.R, in.W = 0, copy(in.Buf, body)
+		dst, _, _ = d.Reframe(dst[:0], &in, true)
+	}
+}

@@ -53,6 +53,20 @@ func (f Forwarded) String() string {
 	return "append"
 }
 
+// The defaults of Config's zero values, exported so that help texts show what New applies.
+const (
+	DefaultConnectTimeout       = 5 * time.Second
+	DefaultBackendTimeout       = 60 * time.Second
+	DefaultClientTimeout        = 60 * time.Second
+	DefaultIdleTimeout          = 60 * time.Second
+	DefaultRequestLineBytesMax  = 8 << 10
+	DefaultHeaderBytesMax       = 32 << 10
+	DefaultHeadersMax           = 100
+	DefaultRetries              = 2
+	DefaultReplayBufferBytesMax = 64 << 10
+	DefaultIdleConnsPerBackend  = 256
+)
+
 // Config is the behaviour of one proxy. The zero value of every field means the documented default;
 // New validates the whole and the Config is never changed afterwards.
 type Config struct {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -44,5 +45,24 @@ func TestConfigCopies(t *testing.T) {
 	}
 	if !p.upgradeAllowed([]byte("WEBSOCKET/13")) || p.upgradeAllowed([]byte("h2c")) {
 		t.Errorf("upgradeAllowed does not match %v without case and version", p.cfg.UpgradeProtocols)
+	}
+}
+
+// TestConfigDefaults: the zero Config gets the exported defaults, which help texts show.
+func TestConfigDefaults(t *testing.T) {
+	var c Config
+	if err := c.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	got := Config{ConnectTimeout: c.ConnectTimeout, BackendTimeout: c.BackendTimeout, ClientTimeout: c.ClientTimeout,
+		IdleTimeout: c.IdleTimeout, RequestLineBytesMax: c.RequestLineBytesMax, HeaderBytesMax: c.HeaderBytesMax,
+		HeadersMax: c.HeadersMax, Retries: c.Retries, ReplayBufferBytesMax: c.ReplayBufferBytesMax,
+		IdleConnsPerBackend: c.IdleConnsPerBackend}
+	want := Config{ConnectTimeout: DefaultConnectTimeout, BackendTimeout: DefaultBackendTimeout, ClientTimeout: DefaultClientTimeout,
+		IdleTimeout: DefaultIdleTimeout, RequestLineBytesMax: DefaultRequestLineBytesMax, HeaderBytesMax: DefaultHeaderBytesMax,
+		HeadersMax: DefaultHeadersMax, Retries: DefaultRetries, ReplayBufferBytesMax: DefaultReplayBufferBytesMax,
+		IdleConnsPerBackend: DefaultIdleConnsPerBackend}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("defaults %+v, want %+v", got, want)
 	}
 }

@@ -606,7 +606,7 @@ func (c *conn) bufferBody() (complete bool, err error) {
 		c.dec.Reset()
 		bodyStart := len(c.out)
 		for {
-			if c.out, err = c.decodeChunks(c.out); err != nil {
+			if c.out, _, err = c.dec.Reframe(c.out, &c.in, true); err != nil {
 				return false, err
 			}
 			if c.dec.Done() {
@@ -621,29 +621,6 @@ func (c *conn) bufferBody() (complete bool, err error) {
 		}
 	}
 	return true, nil
-}
-
-// decodeChunks decodes the chunked body bytes in c.in and appends them to dst, re-framed as chunks
-// of our own (extensions dropped), with the last chunk and trailers once the body ends.
-func (c *conn) decodeChunks(dst []byte) ([]byte, error) {
-	for c.in.Len() > 0 && !c.dec.Done() {
-		n, data, err := c.dec.Decode(c.in.Buffered())
-		if err != nil {
-			return dst, err
-		}
-		if len(data) > 0 {
-			dst = http1.AppendChunkHeader(dst, len(data))
-			dst = append(dst, data...)
-			dst = append(dst, '\r', '\n')
-		}
-		c.in.Consume(n)
-	}
-	if c.dec.Done() {
-		dst = append(dst, "0\r\n"...)
-		dst = append(dst, c.dec.Trailers()...)
-		dst = append(dst, '\r', '\n')
-	}
-	return dst, nil
 }
 
 // bodyError answers a request whose body could not be read: a malformed chunked body is a 400, a

@@ -362,7 +362,7 @@ func (c *conn) pumpBody(u *upstream.Conn) error {
 			if err := c.pumpFill(); err != nil {
 				return err
 			}
-			buf, err := c.decodeChunks(c.pumpBuf[:0])
+			buf, _, err := c.dec.Reframe(c.pumpBuf[:0], &c.in, true)
 			c.pumpBuf = buf
 			if err != nil {
 				return err
@@ -556,8 +556,10 @@ func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
 	case http1.BodyChunked:
 		c.rdec.Reset()
 		for {
-			var err error
-			if c.out, err = c.decodeResponseChunks(u, c.out, chunked); err != nil {
+			out, n, err := c.rdec.Reframe(c.out, &u.In, chunked)
+			c.out = out
+			c.bytesOut += int64(n)
+			if err != nil {
 				p.log.Trace("malformed chunked response", "backend", u.Pool().Address(), "error", err)
 				c.writeClient(c.out)
 				return attemptFatal
@@ -609,34 +611,6 @@ func (c *conn) forwardResponse(u *upstream.Conn) attemptResult {
 	}
 	c.keepUpstream = resp.KeepAlive && u.In.Len() == 0
 	return attemptOK
-}
-
-// decodeResponseChunks decodes the chunked body bytes in u.In and appends them to dst: re-framed as
-// chunks for an HTTP/1.1 client, raw for an HTTP/1.0 one.
-func (c *conn) decodeResponseChunks(u *upstream.Conn, dst []byte, chunked bool) ([]byte, error) {
-	for u.In.Len() > 0 && !c.rdec.Done() {
-		n, data, err := c.rdec.Decode(u.In.Buffered())
-		if err != nil {
-			return dst, err
-		}
-		if len(data) > 0 {
-			c.bytesOut += int64(len(data))
-			if chunked {
-				dst = http1.AppendChunkHeader(dst, len(data))
-				dst = append(dst, data...)
-				dst = append(dst, '\r', '\n')
-			} else {
-				dst = append(dst, data...)
-			}
-		}
-		u.In.Consume(n)
-	}
-	if c.rdec.Done() && chunked {
-		dst = append(dst, "0\r\n"...)
-		dst = append(dst, c.rdec.Trailers()...)
-		dst = append(dst, '\r', '\n')
-	}
-	return dst, nil
 }
 
 // fillUpstream reads more of a response body, within the backend timeout.

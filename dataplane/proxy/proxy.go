@@ -19,6 +19,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
+	"github.com/xlbproxy/xlb/internal/backoff"
 )
 
 // Proxy forwards HTTP/1.1 from the listeners it serves to backend sets.
@@ -160,10 +161,10 @@ func (c *Config) setDefaults() error {
 		return nil
 	}
 	for _, e := range []error{
-		def(&c.ConnectTimeout, 5*time.Second, "ConnectTimeout"),
-		def(&c.BackendTimeout, 60*time.Second, "BackendTimeout"),
-		def(&c.ClientTimeout, 60*time.Second, "ClientTimeout"),
-		def(&c.IdleTimeout, 60*time.Second, "IdleTimeout"),
+		def(&c.ConnectTimeout, DefaultConnectTimeout, "ConnectTimeout"),
+		def(&c.BackendTimeout, DefaultBackendTimeout, "BackendTimeout"),
+		def(&c.ClientTimeout, DefaultClientTimeout, "ClientTimeout"),
+		def(&c.IdleTimeout, DefaultIdleTimeout, "IdleTimeout"),
 	} {
 		if e != nil {
 			return e
@@ -179,10 +180,10 @@ func (c *Config) setDefaults() error {
 		return nil
 	}
 	for _, e := range []error{
-		size(&c.RequestLineBytesMax, 8<<10, "RequestLineBytesMax"),
-		size(&c.HeaderBytesMax, 32<<10, "HeaderBytesMax"),
-		size(&c.HeadersMax, 100, "HeadersMax"),
-		size(&c.ReplayBufferBytesMax, 64<<10, "ReplayBufferBytesMax"),
+		size(&c.RequestLineBytesMax, DefaultRequestLineBytesMax, "RequestLineBytesMax"),
+		size(&c.HeaderBytesMax, DefaultHeaderBytesMax, "HeaderBytesMax"),
+		size(&c.HeadersMax, DefaultHeadersMax, "HeadersMax"),
+		size(&c.ReplayBufferBytesMax, DefaultReplayBufferBytesMax, "ReplayBufferBytesMax"),
 	} {
 		if e != nil {
 			return e
@@ -196,7 +197,7 @@ func (c *Config) setDefaults() error {
 	}
 	switch {
 	case c.Retries == 0:
-		c.Retries = 2
+		c.Retries = DefaultRetries
 	case c.Retries < 0:
 		c.Retries = 0
 	case c.Retries > balance.TriedMax-1:
@@ -210,7 +211,7 @@ func (c *Config) setDefaults() error {
 	}
 	switch {
 	case c.IdleConnsPerBackend == 0:
-		c.IdleConnsPerBackend = 256
+		c.IdleConnsPerBackend = DefaultIdleConnsPerBackend
 	case c.IdleConnsPerBackend < 0:
 		c.IdleConnsPerBackend = 0
 	}
@@ -509,7 +510,7 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 		p.mu.Unlock()
 		p.serveWG.Done()
 	}()
-	var backoff time.Duration
+	retry := backoff.Backoff{Base: acceptRetryMin, Max: acceptRetryMax, Jitter: backoff.None}
 	for {
 		if !p.takeConnSlot(ln) {
 			return nil
@@ -523,17 +524,25 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || transientAccept(err) {
 				// Out of file descriptors or memory: back off rather than spin.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", backoff)
-				time.Sleep(backoff)
+				wait := retry.Next()
+				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", wait)
+				time.Sleep(wait)
 				continue
 			}
 			return fmt.Errorf("proxy: accept on %s: %w", ln.Addr(), err)
 		}
-		backoff = 0
+		retry.Reset()
 		go p.newConn(nc, set).serve()
 	}
 }
+
+// acceptRetryMin and acceptRetryMax bound the wait before an accept that failed for want of
+// resources (EMFILE, ENFILE, ENOBUFS, ENOMEM, a timeout) is tried again: it doubles with each such
+// failure in a row. Not jittered: a worker backs off its own accepts, against its own limits.
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+)
 
 // pauseLogEvery bounds how often a pause at Config.ConnectionsMax is logged.
 const pauseLogEvery = 10 * time.Second
