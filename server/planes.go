@@ -104,7 +104,11 @@ type controlplaneFlags struct {
 	log             LogConfig
 }
 
-const defaultControlPlaneListen = "127.0.0.1:7070"
+// The defaults of `xlb controlplane`'s flags.
+const (
+	defaultControlPlaneListen = "127.0.0.1:7070"
+	defaultLoadInterval       = time.Second
+)
 
 func parseControlplane(args []string) (controlplaneFlags, error) {
 	c := controlplaneFlags{listen: defaultControlPlaneListen}
@@ -118,8 +122,8 @@ func parseControlplane(args []string) (controlplaneFlags, error) {
 	fs.StringVar(&c.sec.ClientCAFile, "client-ca", "", "")
 	fs.StringVar(&c.sec.AdminTokenFile, "admin-token-file", "", "")
 	fs.BoolVar(&c.sec.Insecure, "insecure", false, "")
-	fs.DurationVar(&c.debounce, "debounce", 50*time.Millisecond, "")
-	fs.DurationVar(&c.loadInterval, "load-interval", time.Second, "")
+	fs.DurationVar(&c.debounce, "debounce", discovery.DefaultDebounce, "")
+	fs.DurationVar(&c.loadInterval, "load-interval", defaultLoadInterval, "")
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", "", "")
 	fs.BoolVar(&c.otlpInsecure, "otlp-insecure", false, "")
 	fs.Func("log-level", "", func(s string) (err error) { c.log.Level, err = parseLogLevel(s); return err })
@@ -146,7 +150,7 @@ type ioDiscard struct{}
 
 func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
 
-const controlplaneUsage = `Usage:
+var controlplaneUsage = fmt.Sprintf(`Usage:
   xlb controlplane --data-dir DIR [--listen ADDR] [flags]
 
 Runs the control plane: it keeps backend sets durably in DIR, serves the AdminService (put, get,
@@ -157,7 +161,7 @@ grpcurl needs no .proto files:
   grpcurl -plaintext 127.0.0.1:7070 list
 
 Flags:
-  --listen ADDR              host:port or unix://PATH (default 127.0.0.1:7070)
+  --listen ADDR              host:port or unix://PATH (default %[1]s)
   --data-dir DIR             where the backend sets are kept (required)
   --tls-cert FILE, --tls-key FILE
                              serve TLS; required on an address that is not loopback
@@ -166,15 +170,15 @@ Flags:
   --admin-token-file FILE    admin callers must send "authorization: Bearer TOKEN" (or a client
                              certificate)
   --insecure                 allow plaintext on an address that is not loopback
-  --debounce DURATION        how long changes gather before a push (default 50ms)
-  --load-interval DURATION   how often data planes report their load (default 1s); GetLoad
+  --debounce DURATION        how long changes gather before a push (default %[2]v)
+  --load-interval DURATION   how often data planes report their load (default %[3]v); GetLoad
                              serves the sums
   --otlp-endpoint HOST:PORT  push the control plane's metrics (pushes, ACKs, NACKs, push
                              duration, data planes connected) to an OpenTelemetry collector,
                              every --load-interval; --otlp-insecure for plaintext
   --log-level LEVEL, --log-format FORMAT
                              as for xlb run
-`
+`, defaultControlPlaneListen, discovery.DefaultDebounce, defaultLoadInterval)
 
 // controlplaneCommand is `xlb controlplane`.
 func (e *env) controlplaneCommand(args []string) int {

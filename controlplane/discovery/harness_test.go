@@ -195,19 +195,10 @@ func (f *fakeDataPlane) next(tb testing.TB) *discoveryv1.StreamBackendSetsRespon
 	}
 }
 
-// waitFor waits until cond holds, checking it every millisecond.
+// waitFor waits until cond holds, for up to waitLimit.
 func waitFor(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	limit := time.After(waitLimit)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-limit:
-			tb.Fatalf("waited %v for %s", waitLimit, what)
-		}
-	}
+	testutil.WaitFor(tb, waitLimit, what, cond)
 }
 
 // summary is a response as "name@version ... -removed ...", for comparisons.

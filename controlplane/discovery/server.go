@@ -21,8 +21,8 @@ import (
 // disconnected node that left first is forgotten; nodes that are connected are never forgotten.
 const DataPlanesMax = 100_000
 
-// defaultDebounce is Config.Debounce's zero value.
-const defaultDebounce = 50 * time.Millisecond
+// DefaultDebounce is what a zero Config.Debounce means.
+const DefaultDebounce = 50 * time.Millisecond
 
 // defaultNackRetry is Config.NackRetry's zero value; nackRetryMaxFactor bounds its doubling.
 const (
@@ -95,7 +95,7 @@ func NewServer(src Source, cfg Config) *Server {
 		panic("discovery: negative Config.Debounce")
 	}
 	if cfg.Debounce == 0 {
-		cfg.Debounce = defaultDebounce
+		cfg.Debounce = DefaultDebounce
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()

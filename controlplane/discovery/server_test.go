@@ -182,7 +182,7 @@ func TestDebounce(t *testing.T) {
 	dp.next(t)
 
 	const changes = 200
-	snapshots := src.snapshots.Load()
+	snapshots := src.Snapshots()
 	for i := 1; i <= changes; i++ {
 		src.put("api", fmt.Sprintf("v%d", i), 1)
 	}
@@ -195,7 +195,7 @@ func TestDebounce(t *testing.T) {
 		}
 	}
 	// The burst takes microseconds: it fits in one window, or two if a window closed within it.
-	if pushes := src.snapshots.Load() - snapshots; pushes > 2 || responses > 2 {
+	if pushes := src.Snapshots() - snapshots; pushes > 2 || responses > 2 {
 		t.Errorf("%d changes made %d pushes and %d responses, want at most 2 of each", changes, pushes, responses)
 	}
 }

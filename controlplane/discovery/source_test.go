@@ -2,46 +2,20 @@ package discovery
 
 import (
 	"fmt"
-	"maps"
-	"sync"
-	"sync/atomic"
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // memSource is a Source in memory: the store as the server sees it, with versions chosen by the
 // test.
 type memSource struct {
-	// snapshots counts the calls of Snapshot: one per push.
-	snapshots atomic.Int64
-
-	mu   sync.Mutex
-	sets map[string]resource.Versioned // replaced, never modified, on each change
-	subs map[chan struct{}]struct{}
+	*testutil.MemSource[resource.Versioned]
 }
 
 func newMemSource() *memSource {
-	return &memSource{sets: map[string]resource.Versioned{}, subs: map[chan struct{}]struct{}{}}
-}
-
-func (m *memSource) Snapshot() map[string]resource.Versioned {
-	m.snapshots.Add(1)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.sets
-}
-
-func (m *memSource) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	m.mu.Lock()
-	m.subs[ch] = struct{}{}
-	m.mu.Unlock()
-	return ch, func() {
-		m.mu.Lock()
-		delete(m.subs, ch)
-		m.mu.Unlock()
-	}
+	return &memSource{testutil.NewMemSource[resource.Versioned]()}
 }
 
 // put makes set name hold backends backends, at version.
@@ -51,29 +25,11 @@ func (m *memSource) put(name, version string, backends int) {
 
 // putSet makes set the one of its name, at version.
 func (m *memSource) putSet(version string, set *discoveryv1.BackendSet) {
-	m.change(func(sets map[string]resource.Versioned) {
-		sets[set.GetName()] = resource.Versioned{Set: set, Version: version}
-	})
+	m.Put(set.GetName(), resource.Versioned{Set: set, Version: version})
 }
 
 // remove deletes set name.
-func (m *memSource) remove(name string) {
-	m.change(func(sets map[string]resource.Versioned) { delete(sets, name) })
-}
-
-func (m *memSource) change(f func(map[string]resource.Versioned)) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	next := maps.Clone(m.sets)
-	f(next)
-	m.sets = next
-	for ch := range m.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
+func (m *memSource) remove(name string) { m.Delete(name) }
 
 // backendSet returns a set of n backends that look like a real deployment's.
 func backendSet(name string, n int) *discoveryv1.BackendSet {

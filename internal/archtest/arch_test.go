@@ -7,6 +7,11 @@
 //     packages. The two planes meet only in server.
 //   - server-only-from-main: only the root main package imports server (packages under server/ may
 //     import each other, and server's own tests may import it).
+//   - server-inward: a package under server/ (server/cpserver, server/rpc, ...) does not import the
+//     server package: the commands there are built from the packages below them, never the reverse.
+//   - status-codes-at-the-edge: of the server packages, only server/localadmin (the data plane's
+//     admin service) and server/rpc (authentication) import grpc/codes or grpc/status: the
+//     supervisor and the upgrade say what happened in plain errors, and the edge picks the code.
 //   - unsafe-only-in-shm: of our packages, only dataplane/shm (the shared region) and dataplane/rawio
 //     (raw socket reads and writes, see its doc.go for the measurement) import "unsafe"; and gen/,
 //     protoc-gen-go's output, whose generated code does.
@@ -45,6 +50,8 @@ var (
 	ruleDataplane    = rule{"dataplane-isolation", "the data plane must not depend on gRPC, protobuf, OpenTelemetry, server or controlplane"}
 	ruleControlplane = rule{"controlplane-isolation", "the control plane must not depend on dataplane or server"}
 	ruleServer       = rule{"server-only-from-main", "only the root main package may import server"}
+	ruleInward       = rule{"server-inward", "a package under server/ must not import server: arrows point inward"}
+	ruleCodes        = rule{"status-codes-at-the-edge", "only server/localadmin and server/rpc may make gRPC status codes"}
 	ruleUnsafe       = rule{"unsafe-only-in-shm", `only dataplane/shm and dataplane/rawio may import "unsafe"`}
 )
 
@@ -146,6 +153,20 @@ func check(module string, pkgs []pkg) []string {
 			for _, imp := range imports {
 				if under(imp, ours("server")) {
 					report(ruleServer, p, owner, inTests, imp, true)
+				}
+			}
+		}
+		if under(owner, ours("server")) && owner != ours("server") && !inTests {
+			for _, imp := range imports {
+				if imp == ours("server") {
+					report(ruleInward, p, owner, inTests, imp, true)
+				}
+			}
+		}
+		if under(owner, ours("server")) && owner != ours("server/localadmin") && owner != ours("server/rpc") && !inTests {
+			for _, imp := range imports {
+				if imp == "google.golang.org/grpc/codes" || imp == "google.golang.org/grpc/status" {
+					report(ruleCodes, p, owner, inTests, imp, true)
 				}
 			}
 		}
@@ -258,6 +279,12 @@ func TestRulesFire(t *testing.T) {
 		{"non-main imports server", []pkg{
 			{ImportPath: m + "/integration", Imports: []string{m + "/server"}, Deps: []string{m + "/server"}},
 		}, "server-only-from-main"},
+		{"a server package imports server", []pkg{
+			{ImportPath: m + "/server/cpserver", Imports: []string{m + "/server"}, Deps: []string{m + "/server"}},
+		}, "server-inward"},
+		{"the supervisor makes a status code", []pkg{
+			{ImportPath: m + "/server", Imports: []string{"google.golang.org/grpc/status"}, Deps: []string{"google.golang.org/grpc/status"}},
+		}, "status-codes-at-the-edge"},
 		{"unsafe outside shm", []pkg{
 			{ImportPath: m + "/dataplane/http1", Imports: []string{"unsafe"}, Deps: []string{"unsafe"}},
 		}, "unsafe-only-in-shm"},
@@ -271,6 +298,9 @@ func TestRulesFire(t *testing.T) {
 			{ImportPath: m + "/controlplane", Imports: []string{"google.golang.org/grpc"}, Deps: []string{"google.golang.org/grpc", "unsafe"}},
 			{ImportPath: "os", Standard: true, Imports: []string{"unsafe"}},
 			{ImportPath: m + "/dataplane/proxy.test", Name: "main", Imports: []string{"unsafe"}},
+			{ImportPath: m + "/server/localadmin", Imports: []string{"google.golang.org/grpc/codes", "google.golang.org/grpc/status"}},
+			{ImportPath: m + "/server/rpc", Imports: []string{"google.golang.org/grpc/codes", m + "/server/cpserver"}},
+			{ImportPath: m + "/server/upgrade_test [" + m + "/server/upgrade.test]", ForTest: m + "/server/upgrade", Imports: []string{"google.golang.org/grpc/status"}},
 		}, ""},
 	}
 	for _, tt := range tests {

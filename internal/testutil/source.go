@@ -7,8 +7,8 @@ import (
 )
 
 // MemSource is a source of backend sets in memory, as controlplane/discovery's Server reads one
-// (its Source interface), with the versions chosen by the test: MemSource[discovery.Entry] is a
-// discovery.Source. It is generic in the entry so that testutil depends on none of our packages.
+// (its Source interface), with the versions chosen by the test: MemSource[resource.Versioned] is
+// a discovery.Source. It is generic in the entry so that testutil depends on none of our packages.
 // Its methods are safe for concurrent use.
 type MemSource[E any] struct {
 	snapshots atomic.Int64 // calls of Snapshot
