@@ -171,7 +171,7 @@ func launchUpgradable(tb testing.TB, bin string, args []string) *upgradable {
 	p := &proc{tb: tb, args: args, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = w, w
-	err = p.cmd.Start()
+	err = startExecutable(p.cmd)
 	w.Close()
 	if err != nil {
 		r.Close()
@@ -304,6 +304,25 @@ func installCopy(tb testing.TB, path, src string) {
 // install puts content at path, executable, as a package manager would: written beside it, then
 // renamed over it, so that the processes running the old file keep it and the next exec of path
 // gets the new one.
+// startExecutable starts cmd, whose program a test has just written, trying again while exec
+// says ETXTBSY: a process forked by another test at the moment the file was open for writing
+// holds that descriptor until it execs (golang.org/issue/22315), briefly.
+func startExecutable(cmd *exec.Cmd) error {
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		err := cmd.Start()
+		if !errors.Is(err, syscall.ETXTBSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+		// A failed Start leaves cmd unusable: make it again, as it was.
+		next := exec.Command(cmd.Path, cmd.Args[1:]...)
+		next.Args[0], next.Env, next.Dir = cmd.Args[0], cmd.Env, cmd.Dir
+		next.Stdin, next.Stdout, next.Stderr, next.ExtraFiles, next.SysProcAttr = cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.ExtraFiles, cmd.SysProcAttr
+		*cmd = *next
+	}
+}
+
 func install(tb testing.TB, path string, content []byte) {
 	tb.Helper()
 	tmp := path + ".new"
