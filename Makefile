@@ -2,7 +2,7 @@
 export GOTOOLCHAIN := local
 
 FUZZTIME ?= 2m
-FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./dataplane/health ./server
+FUZZPKGS := ./dataplane/http1 ./dataplane/proxy ./dataplane/health ./server ./server/config
 
 .PHONY: test build demo fuzz bench gen gen-check
 

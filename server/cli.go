@@ -15,6 +15,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // version is the release, set when building:
@@ -128,7 +129,7 @@ func (e *env) dataplaneCommand(args []string) int {
 // supervised is a command that runs a supervisor: xlb run, xlb dataplane or xlb demo.
 type supervised struct {
 	name  string
-	parse func([]string) (Config, error)
+	parse func([]string) (config.Config, error)
 	flags func() *runFlags
 	usage func() string
 	// ready, when not nil, is called once, on the supervisor's goroutine, when the supervisor first
@@ -160,9 +161,9 @@ type flagDef struct {
 	set func(string) error
 	// boolean flags take no value (--flag); set gets "true".
 	boolean bool
-	// apply copies the value into the Config being built. It is called only for the flags given
+	// apply copies the value into the config.Config being built. It is called only for the flags given
 	// explicitly (FlagSet.Visit), so that a flag overrides a file's value and an absent flag does not.
-	apply func(*Config)
+	apply func(*config.Config)
 }
 
 // runFlags are the flags of `xlb run` and where their values go.
@@ -191,7 +192,7 @@ func newRunFlags() *runFlags {
 		forwarded                 proxy.Forwarded
 		trusted                   []netip.Prefix
 		accessLog                 string
-		logCfg                    LogConfig
+		logCfg                    config.LogConfig
 		listenGiven               bool
 	)
 	f.defs = []flagDef{
@@ -203,13 +204,13 @@ func newRunFlags() *runFlags {
 				f.config = s
 				return nil
 			}},
-		{name: "listen", arg: "ADDR", usage: "the address to accept on, host:port (default " + defaultListen + "); not with --config",
+		{name: "listen", arg: "ADDR", usage: "the address to accept on, host:port (default " + config.DefaultListen + "); not with --config",
 			set: func(s string) error {
 				if listenGiven {
 					return errors.New("given twice; use --config for several listeners")
 				}
 				listenGiven = true
-				if err := checkListenAddress(s); err != nil {
+				if err := config.CheckListenAddress(s); err != nil {
 					return err
 				}
 				f.listen = s
@@ -226,22 +227,22 @@ func newRunFlags() *runFlags {
 				return nil
 			}},
 		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default " + balance.RoundRobin.String() + ")",
-			set: func(s string) (err error) { policy, err = parsePolicy(s); return err },
-			apply: func(c *Config) {
+			set: func(s string) (err error) { policy, err = config.ParsePolicy(s); return err },
+			apply: func(c *config.Config) {
 				for i := range c.BackendSets {
 					c.BackendSets[i].Policy = policy
 				}
 			}},
-		connect.def("connect-timeout", "bounds a TCP connect to a backend (default "+durationDoc(proxy.DefaultConnectTimeout)+")",
-			func(c *Config) { c.Proxy.ConnectTimeout = connect.d }),
-		back.def("backend-timeout", "bounds the wait for a backend's response header, and silences in its body (default "+durationDoc(proxy.DefaultBackendTimeout)+")",
-			func(c *Config) { c.Proxy.BackendTimeout = back.d }),
-		client.def("client-timeout", "bounds the rest of a client's request header, silences in its body, and stalls writing to it (default "+durationDoc(proxy.DefaultClientTimeout)+")",
-			func(c *Config) { c.Proxy.ClientTimeout = client.d }),
-		idle.def("idle-timeout", "bounds how long a keep-alive connection waits for its next request or use (default "+durationDoc(proxy.DefaultIdleTimeout)+")",
-			func(c *Config) { c.Proxy.IdleTimeout = idle.d }),
-		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default "+durationDoc(defaultShutdownTimeout)+")",
-			func(c *Config) { c.ShutdownTimeout = shutdown.d }),
+		connect.def("connect-timeout", "bounds a TCP connect to a backend (default "+config.DurationDoc(proxy.DefaultConnectTimeout)+")",
+			func(c *config.Config) { c.Proxy.ConnectTimeout = connect.d }),
+		back.def("backend-timeout", "bounds the wait for a backend's response header, and silences in its body (default "+config.DurationDoc(proxy.DefaultBackendTimeout)+")",
+			func(c *config.Config) { c.Proxy.BackendTimeout = back.d }),
+		client.def("client-timeout", "bounds the rest of a client's request header, silences in its body, and stalls writing to it (default "+config.DurationDoc(proxy.DefaultClientTimeout)+")",
+			func(c *config.Config) { c.Proxy.ClientTimeout = client.d }),
+		idle.def("idle-timeout", "bounds how long a keep-alive connection waits for its next request or use (default "+config.DurationDoc(proxy.DefaultIdleTimeout)+")",
+			func(c *config.Config) { c.Proxy.IdleTimeout = idle.d }),
+		shutdown.def("shutdown-timeout", "bounds the graceful shutdown after SIGTERM or SIGINT (default "+config.DurationDoc(config.DefaultShutdownTimeout)+")",
+			func(c *config.Config) { c.ShutdownTimeout = shutdown.d }),
 		{name: "otlp-endpoint", arg: "HOST:PORT", usage: "push per-backend metrics to this OpenTelemetry collector (OTLP/gRPC), every --metrics-interval",
 			set: func(s string) error {
 				if _, _, err := net.SplitHostPort(s); err != nil {
@@ -250,7 +251,7 @@ func newRunFlags() *runFlags {
 				otlpEndpoint = s
 				return nil
 			},
-			apply: func(c *Config) { c.OTLPEndpoint = otlpEndpoint }},
+			apply: func(c *config.Config) { c.OTLPEndpoint = otlpEndpoint }},
 		{name: "prometheus-listen", arg: "HOST:PORT", usage: "serve per-backend metrics for Prometheus to scrape at http://HOST:PORT/metrics",
 			set: func(s string) error {
 				if _, _, err := net.SplitHostPort(s); err != nil {
@@ -259,39 +260,39 @@ func newRunFlags() *runFlags {
 				promListen = s
 				return nil
 			},
-			apply: func(c *Config) { c.PrometheusListen = promListen }},
+			apply: func(c *config.Config) { c.PrometheusListen = promListen }},
 		{name: "otlp-insecure", boolean: true, usage: "send OTLP in plaintext (default TLS)",
 			set:   func(string) error { return nil },
-			apply: func(c *Config) { c.OTLPInsecure = true }},
-		metricsEvery.def("metrics-interval", "how often workers report their per-backend metrics to the supervisor (default "+durationDoc(defaultMetricsInterval)+")",
-			func(c *Config) { c.MetricsInterval = metricsEvery.d }),
-		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default "+durationDoc(defaultUpgradeTimeout)+")",
-			func(c *Config) { c.UpgradeTimeout = upgradeWait.d }),
-		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default "+durationDoc(defaultWorkerStallTimeout)+")",
-			func(c *Config) { c.WorkerStallTimeout = stall.d }),
+			apply: func(c *config.Config) { c.OTLPInsecure = true }},
+		metricsEvery.def("metrics-interval", "how often workers report their per-backend metrics to the supervisor (default "+config.DurationDoc(config.DefaultMetricsInterval)+")",
+			func(c *config.Config) { c.MetricsInterval = metricsEvery.d }),
+		upgradeWait.def("upgrade-timeout", "how long the new binary of an upgrade (SIGUSR2) may take to be ready before it is killed and this one serves on (default "+config.DurationDoc(config.DefaultUpgradeTimeout)+")",
+			func(c *config.Config) { c.UpgradeTimeout = upgradeWait.d }),
+		stall.def("worker-stall-timeout", "how long a worker may miss its heartbeats before it is killed and replaced (default "+config.DurationDoc(config.DefaultWorkerStallTimeout)+")",
+			func(c *config.Config) { c.WorkerStallTimeout = stall.d }),
 		lineMax.def("request-line-max", "BYTES", "the longest request line; longer is answered 414 (default "+strconv.Itoa(proxy.DefaultRequestLineBytesMax)+")", 1,
-			func(c *Config) { c.Proxy.RequestLineBytesMax = lineMax.n }),
+			func(c *config.Config) { c.Proxy.RequestLineBytesMax = lineMax.n }),
 		headBytes.def("header-bytes-max", "BYTES", "the largest request or response head (default "+strconv.Itoa(proxy.DefaultHeaderBytesMax)+")", 1,
-			func(c *Config) { c.Proxy.HeaderBytesMax = headBytes.n }),
+			func(c *config.Config) { c.Proxy.HeaderBytesMax = headBytes.n }),
 		heads.def("headers-max", "N", "the most header fields of a request or response (default "+strconv.Itoa(proxy.DefaultHeadersMax)+")", 1,
-			func(c *Config) { c.Proxy.HeadersMax = heads.n }),
+			func(c *config.Config) { c.Proxy.HeadersMax = heads.n }),
 		connsMax.def("connections-max", "N", "the most client connections a worker holds open; at it, accept waits until one closes (default: half the file-descriptor limit)", 1,
-			func(c *Config) { c.Proxy.ConnectionsMax = connsMax.n }),
+			func(c *config.Config) { c.Proxy.ConnectionsMax = connsMax.n }),
 		{name: "retries", arg: "N", usage: "how many more backends a failed request may try; 0 for none (default " + strconv.Itoa(proxy.DefaultRetries) + ")",
-			set:   func(s string) (err error) { retries, err = parseInt(s, 0, retriesMax); return err },
-			apply: func(c *Config) { c.Proxy.Retries = proxyRetries(retries) }},
+			set:   func(s string) (err error) { retries, err = config.ParseInt(s, 0, config.RetriesMax); return err },
+			apply: func(c *config.Config) { c.Proxy.Retries = config.ProxyRetries(retries) }},
 		replayBytes.def("replay-buffer", "BYTES", "the largest request body held so that it can be retried (default "+strconv.Itoa(proxy.DefaultReplayBufferBytesMax)+")", 1,
-			func(c *Config) { c.Proxy.ReplayBufferBytesMax = replayBytes.n }),
+			func(c *config.Config) { c.Proxy.ReplayBufferBytesMax = replayBytes.n }),
 		idleConnsMax.def("idle-conns-per-backend", "N", "the most idle connections pooled per backend (default "+strconv.Itoa(proxy.DefaultIdleConnsPerBackend)+")", 1,
-			func(c *Config) { c.Proxy.IdleConnsPerBackend = idleConnsMax.n }),
+			func(c *config.Config) { c.Proxy.IdleConnsPerBackend = idleConnsMax.n }),
 		{name: "forwarded", arg: "MODE", usage: "X-Forwarded-For, -Proto, -Host: append, replace or off (default " + proxy.ForwardedAppend.String() + ")",
-			set:   func(s string) (err error) { forwarded, err = parseForwarded(s); return err },
-			apply: func(c *Config) { c.Proxy.Forwarded = forwarded }},
+			set:   func(s string) (err error) { forwarded, err = config.ParseForwarded(s); return err },
+			apply: func(c *config.Config) { c.Proxy.Forwarded = forwarded }},
 		{name: "trusted-proxies", arg: "CIDRS", usage: "comma-separated prefixes or addresses whose X-Forwarded-* fields are appended to; everyone else's are replaced (default none)",
 			set: func(s string) error {
 				trusted = nil
 				for item := range strings.SplitSeq(s, ",") {
-					pr, err := parseTrustedProxy(strings.TrimSpace(item))
+					pr, err := config.ParseTrustedProxy(strings.TrimSpace(item))
 					if err != nil {
 						return err
 					}
@@ -299,7 +300,7 @@ func newRunFlags() *runFlags {
 				}
 				return nil
 			},
-			apply: func(c *Config) { c.Proxy.TrustedProxies = trusted }},
+			apply: func(c *config.Config) { c.Proxy.TrustedProxies = trusted }},
 		{name: "forwarded-field", boolean: true, usage: "also send an RFC 7239 Forwarded field (for, host, proto)",
 			set: func(s string) error {
 				if s != "true" {
@@ -307,12 +308,12 @@ func newRunFlags() *runFlags {
 				}
 				return nil
 			},
-			apply: func(c *Config) { c.Proxy.ForwardedField = true }},
+			apply: func(c *config.Config) { c.Proxy.ForwardedField = true }},
 		{name: "access-log", arg: "PATH", usage: `a file for one JSON line per request, appended to; "-" for standard output, "" for none (default none)`,
 			set:   func(s string) error { accessLog = s; return nil },
-			apply: func(c *Config) { c.AccessLog = accessLog }},
+			apply: func(c *config.Config) { c.AccessLog = accessLog }},
 		workers.def("workers", "N", "the worker processes that serve traffic (default: "+defaultWorkersDoc+")", 1,
-			func(c *Config) { c.Workers = workers.n }),
+			func(c *config.Config) { c.Workers = workers.n }),
 		{name: "state-dir", arg: "DIR", usage: "where the shared region file keeps the last backend sets across restarts (default: " + defaultStateDirDoc + ")",
 			set: func(s string) error {
 				if s == "" {
@@ -321,7 +322,7 @@ func newRunFlags() *runFlags {
 				stateDir = s
 				return nil
 			},
-			apply: func(c *Config) { c.StateDir = stateDir }},
+			apply: func(c *config.Config) { c.StateDir = stateDir }},
 		{name: "reuse-port", boolean: true, usage: "give each worker its own listening sockets (SO_REUSEPORT): no accept wakes every worker; a crashed worker's queued connections wait for its restart",
 			set: func(s string) error {
 				if s != "true" {
@@ -329,7 +330,7 @@ func newRunFlags() *runFlags {
 				}
 				return nil
 			},
-			apply: func(c *Config) { c.ReusePort = true }},
+			apply: func(c *config.Config) { c.ReusePort = true }},
 		{name: "pid-file", arg: "PATH", usage: "write the supervisor's pid there, replaced atomically (after an upgrade, the new supervisor's)",
 			set: func(s string) error {
 				if s == "" {
@@ -338,40 +339,31 @@ func newRunFlags() *runFlags {
 				pidFile = s
 				return nil
 			},
-			apply: func(c *Config) { c.PidFile = pidFile }},
+			apply: func(c *config.Config) { c.PidFile = pidFile }},
 		{name: "log-level", arg: "LEVEL", usage: "trace, debug, info, warn, error or off (default info)",
-			set:   func(s string) (err error) { logCfg.Level, err = parseLogLevel(s); return err },
-			apply: func(c *Config) { c.Log.Level = logCfg.Level }},
+			set:   func(s string) (err error) { logCfg.Level, err = config.ParseLogLevel(s); return err },
+			apply: func(c *config.Config) { c.Log.Level = logCfg.Level }},
 		{name: "log-format", arg: "FORMAT", usage: "text or json (default text)",
-			set:   func(s string) (err error) { logCfg.JSON, err = parseLogFormat(s); return err },
-			apply: func(c *Config) { c.Log.JSON = logCfg.JSON }},
+			set:   func(s string) (err error) { logCfg.JSON, err = config.ParseLogFormat(s); return err },
+			apply: func(c *config.Config) { c.Log.JSON = logCfg.JSON }},
 	}
 	return f
-}
-
-// durationDoc is how help writes a default duration: in whole seconds when it is some ("60s", where
-// time.Duration's String says "1m0s"), else as Go writes it.
-func durationDoc(d time.Duration) string {
-	if d > 0 && d%time.Second == 0 {
-		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
-	}
-	return d.String()
 }
 
 // durationVar is the value of a duration flag: a positive Go duration.
 type durationVar struct{ d time.Duration }
 
-func (v *durationVar) def(name, usage string, apply func(*Config)) flagDef {
+func (v *durationVar) def(name, usage string, apply func(*config.Config)) flagDef {
 	return flagDef{name: name, arg: "DURATION", usage: usage, apply: apply,
-		set: func(s string) (err error) { v.d, err = parseDuration(s); return err }}
+		set: func(s string) (err error) { v.d, err = config.ParseDuration(s); return err }}
 }
 
-// intVar is the value of a size or count flag: a decimal integer from its minimum to limitMax.
+// intVar is the value of a size or count flag: a decimal integer from its minimum to config.LimitMax.
 type intVar struct{ n int }
 
-func (v *intVar) def(name, arg, usage string, lo int, apply func(*Config)) flagDef {
+func (v *intVar) def(name, arg, usage string, lo int, apply func(*config.Config)) flagDef {
 	return flagDef{name: name, arg: arg, usage: usage, apply: apply,
-		set: func(s string) (err error) { v.n, err = parseInt(s, lo, limitMax); return err }}
+		set: func(s string) (err error) { v.n, err = config.ParseInt(s, lo, config.LimitMax); return err }}
 }
 
 // flagSet returns a FlagSet that knows the defs and prints nothing itself.
@@ -419,32 +411,32 @@ func parseGiven(name string, defs []flagDef, args []string) (map[string]bool, er
 // parseRun turns the arguments of `xlb run` into a Config: from the file that --config names, or
 // from --listen and --backend, with every other flag given explicitly overriding the file's value.
 // It returns flag.ErrHelp for --help.
-func parseRun(args []string) (Config, error) {
+func parseRun(args []string) (config.Config, error) {
 	f := newRunFlags()
 	given, err := parseGiven("run", f.defs, args)
 	if err != nil {
-		return Config{}, err
+		return config.Config{}, err
 	}
 
-	var cfg Config
+	var cfg config.Config
 	switch {
 	case given["config"] && (given["listen"] || given["backend"]):
-		return Config{}, errors.New("--listen and --backend cannot be combined with --config; put listeners and backends in the file")
+		return config.Config{}, errors.New("--listen and --backend cannot be combined with --config; put listeners and backends in the file")
 	case given["config"]:
-		if cfg, err = LoadConfig(f.config); err != nil {
-			return Config{}, err
+		if cfg, err = config.Load(f.config); err != nil {
+			return config.Config{}, err
 		}
 	default:
 		if len(f.backends) == 0 {
-			return Config{}, errors.New("no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE")
+			return config.Config{}, errors.New("no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE")
 		}
 		listen := f.listen
 		if listen == "" {
-			listen = defaultListen
+			listen = config.DefaultListen
 		}
-		cfg = Config{
-			Listeners:   []Listener{{Address: listen, BackendSet: defaultSet}},
-			BackendSets: []proxy.BackendSet{{Name: defaultSet, Backends: f.backends}},
+		cfg = config.Config{
+			Listeners:   []config.Listener{{Address: listen, BackendSet: config.DefaultSet}},
+			BackendSets: []proxy.BackendSet{{Name: config.DefaultSet, Backends: f.backends}},
 		}
 	}
 	for _, d := range f.defs {
@@ -458,7 +450,7 @@ func parseRun(args []string) (Config, error) {
 // parseBackendFlag parses HOST:PORT[,weight=N]; the ID is left to the caller.
 func parseBackendFlag(s string) (proxy.Backend, error) {
 	addr, opts, _ := strings.Cut(s, ",")
-	if err := checkBackendAddress(addr); err != nil {
+	if err := config.CheckBackendAddress(addr); err != nil {
 		return proxy.Backend{}, fmt.Errorf("address %q: %v", addr, err)
 	}
 	b := proxy.Backend{Address: addr, Weight: 1}
@@ -479,7 +471,7 @@ func parseBackendFlag(s string) (proxy.Backend, error) {
 		case weightGiven:
 			return proxy.Backend{}, errors.New("weight given twice")
 		}
-		w, err := parseInt(val, 1, weightMax)
+		w, err := config.ParseInt(val, 1, config.WeightMax)
 		if err != nil {
 			return proxy.Backend{}, fmt.Errorf("weight %q: %v", val, err)
 		}
@@ -537,48 +529,9 @@ Flags:
 	b.WriteString(`
 Configuration file (every key but listeners and backend_sets is optional; unknown keys are errors):
 
-` + sampleConfig + `
+` + config.Sample + `
 Exit status: 0 after a clean shutdown, 1 when starting or serving failed, 2 for a bad command line
 or configuration.
 `)
 	return b.String()
 }
-
-// sampleConfig is the configuration file shown in help; a test checks that it parses. Its
-// timeouts, limits and retries are the defaults.
-var sampleConfig = `  listeners:
-    - address: 127.0.0.1:8080
-      backend_set: web
-  backend_sets:
-    - name: web
-      policy: round_robin            # or least_request
-      backends:
-        - {id: a, address: 127.0.0.1:9001, weight: 1}
-        - {id: b, address: 127.0.0.1:9002, weight: 3}
-        - {id: c, address: 127.0.0.1:9003, state: draining}   # active | draining | disabled
-      health_check:                  # active probes (none without this key; {} = the defaults)
-        interval: 2s                 # timeout: the smaller of 1s and interval
-        fall: 3                      # failed in a row to eject; rise: 2 passed in a row to readmit
-        http: {path: /, expected_statuses: ["200-399"]}   # or tcp: {}
-      outlier_detection: {consecutive_failures: 5, failure_statuses: none, base_ejection_time: 30s, max_ejection_time: 300s, max_ejection_percent: 50}
-      slow_start: {window: 30s, min_weight_percent: 10}   # none without this key
-      panic_threshold: 0             # % in below which every backend takes traffic (0: none in)
-  timeouts: {connect: ` + durationDoc(proxy.DefaultConnectTimeout) + `, backend: ` + durationDoc(proxy.DefaultBackendTimeout) +
-	`, client: ` + durationDoc(proxy.DefaultClientTimeout) + `, idle: ` + durationDoc(proxy.DefaultIdleTimeout) +
-	`, shutdown: ` + durationDoc(defaultShutdownTimeout) + `, worker_stall: ` + durationDoc(defaultWorkerStallTimeout) + `}
-  limits: {request_line_bytes: ` + strconv.Itoa(proxy.DefaultRequestLineBytesMax) + `, header_bytes: ` + strconv.Itoa(proxy.DefaultHeaderBytesMax) +
-	`, headers: ` + strconv.Itoa(proxy.DefaultHeadersMax) + `, replay_buffer_bytes: ` + strconv.Itoa(proxy.DefaultReplayBufferBytesMax) +
-	`, idle_conns_per_backend: ` + strconv.Itoa(proxy.DefaultIdleConnsPerBackend) + `,
-            connections: 10000}       # per worker; default: half the file-descriptor limit
-  retries: ` + strconv.Itoa(proxy.DefaultRetries) + `                         # 0 for none
-  forwarded: append                  # append | replace | off
-  trusted_proxies: [10.0.0.0/8]      # whose X-Forwarded-* append extends (default: no one's)
-  forwarded_field: false             # true: also an RFC 7239 Forwarded field
-  upgrade_protocols: [websocket]     # the Upgrade protocols tunnelled (h2c only if listed)
-  access_log: /var/log/xlb/access.jsonl   # "-" = standard output
-  log: {level: info, format: text}   # format: text | json
-  workers: 2                         # default: one per two CPUs
-  reuse_port: false                  # true: a SO_REUSEPORT socket per worker
-  state_dir: /var/lib/xlb            # holds the region file
-  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created
-`

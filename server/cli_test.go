@@ -17,6 +17,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // runMain runs Main with buffers.
@@ -139,8 +140,8 @@ func TestParseBackendFlag(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := parseBackendFlag(tt.in)
-			if errString(err) != tt.wantErr {
-				t.Fatalf("parseBackendFlag(%q) error = %q, want %q", tt.in, errString(err), tt.wantErr)
+			if errText(err) != tt.wantErr {
+				t.Fatalf("parseBackendFlag(%q) error = %q, want %q", tt.in, errText(err), tt.wantErr)
 			}
 			if got != tt.want {
 				t.Errorf("parseBackendFlag(%q) = %+v, want %+v", tt.in, got, tt.want)
@@ -149,11 +150,33 @@ func TestParseBackendFlag(t *testing.T) {
 	}
 }
 
+// sampleWant is the sample file as server/config reads it (its own tests say what that is): the
+// flags are laid over it.
+func sampleWant() config.Config {
+	c, err := config.Load("config/testdata/xlb.yaml")
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// errText is err's text, "" for nil.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
 // writeSample writes the sample file into a temporary directory and returns its path.
 func writeSample(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "xlb.yaml")
-	if err := os.WriteFile(path, []byte(sampleFile(t)), 0o600); err != nil {
+	data, err := os.ReadFile("config/testdata/xlb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -161,29 +184,29 @@ func writeSample(t *testing.T) string {
 
 func TestParseRun(t *testing.T) {
 	file := writeSample(t)
-	fromFlags := func(backends ...proxy.Backend) Config {
-		return Config{
-			Listeners:   []Listener{{Address: "127.0.0.1:8080", BackendSet: "default"}},
+	fromFlags := func(backends ...proxy.Backend) config.Config {
+		return config.Config{
+			Listeners:   []config.Listener{{Address: "127.0.0.1:8080", BackendSet: "default"}},
 			BackendSets: []proxy.BackendSet{{Name: "default", Backends: backends}},
 		}
 	}
 	tests := []struct {
 		name    string
 		args    []string
-		want    func() Config
+		want    func() config.Config
 		wantErr string
 	}{
 		{
 			name: "backends from flags",
 			args: []string{"--listen", "127.0.0.1:8080", "--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9002,weight=3"},
-			want: func() Config {
+			want: func() config.Config {
 				return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}, proxy.Backend{ID: "b2", Address: "127.0.0.1:9002", Weight: 3})
 			},
 		},
 		{
 			name: "listen defaults to 127.0.0.1:8080",
 			args: []string{"--backend", "127.0.0.1:9001"},
-			want: func() Config { return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
+			want: func() config.Config { return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
 		},
 		{
 			name: "every other flag",
@@ -193,9 +216,9 @@ func TestParseRun(t *testing.T) {
 				"--retries", "0", "--replay-buffer", "300", "--idle-conns-per-backend", "7", "--forwarded", "replace",
 				"--trusted-proxies", "10.0.0.0/8, 192.0.2.7,::ffff:198.51.100.1", "--forwarded-field",
 				"--access-log", "-", "--log-level", "debug", "--log-format", "json", "--workers", "3", "--state-dir", "/srv/xlb", "--reuse-port", "--worker-stall-timeout", "7s"},
-			want: func() Config {
-				return Config{
-					Listeners: []Listener{{Address: ":9000", BackendSet: "default"}},
+			want: func() config.Config {
+				return config.Config{
+					Listeners: []config.Listener{{Address: ":9000", BackendSet: "default"}},
 					BackendSets: []proxy.BackendSet{{Name: "default", Policy: balance.LeastRequest,
 						Backends: []proxy.Backend{{ID: "b1", Address: "10.0.0.1:80", Weight: 1}}}},
 					Proxy: proxy.Config{
@@ -208,7 +231,7 @@ func TestParseRun(t *testing.T) {
 					},
 					AccessLog:          "-",
 					ShutdownTimeout:    5 * time.Second,
-					Log:                LogConfig{Level: hclog.Debug, JSON: true},
+					Log:                config.LogConfig{Level: hclog.Debug, JSON: true},
 					Workers:            3,
 					StateDir:           "/srv/xlb",
 					ReusePort:          true,
@@ -225,7 +248,7 @@ func TestParseRun(t *testing.T) {
 			name: "explicit flags override the file",
 			args: []string{"--config", file, "--policy", "least_request", "--connect-timeout", "1s", "--retries", "0",
 				"--access-log", "", "--log-format", "json", "--headers-max", "50"},
-			want: func() Config {
+			want: func() config.Config {
 				c := sampleWant()
 				c.BackendSets[0].Policy = balance.LeastRequest
 				c.Proxy.ConnectTimeout = time.Second
@@ -239,7 +262,7 @@ func TestParseRun(t *testing.T) {
 		{
 			name: "the last of a repeated flag wins",
 			args: []string{"--config", file, "--retries", "1", "--retries", "3"},
-			want: func() Config { c := sampleWant(); c.Proxy.Retries = 3; return c },
+			want: func() config.Config { c := sampleWant(); c.Proxy.Retries = 3; return c },
 		},
 		{name: "--config with --backend", args: []string{"--config", file, "--backend", "127.0.0.1:9001"},
 			wantErr: "--listen and --backend cannot be combined with --config; put listeners and backends in the file"},
@@ -276,7 +299,7 @@ func TestParseRun(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := parseRun(tt.args)
 			if tt.wantErr != "" {
-				if err == nil || !hasLine(err, tt.wantErr) {
+				if err == nil || !strings.Contains("\n"+err.Error()+"\n", "\n"+tt.wantErr+"\n") {
 					t.Fatalf("parseRun error = %v, want %q", err, tt.wantErr)
 				}
 				return
@@ -310,7 +333,7 @@ func FuzzParseBackendFlag(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if checkBackendAddress(b.Address) != nil || b.Weight < 1 || b.Weight > weightMax {
+		if config.CheckBackendAddress(b.Address) != nil || b.Weight < 1 || b.Weight > config.WeightMax {
 			t.Fatalf("parseBackendFlag(%q) = %+v", s, b)
 		}
 	})
@@ -321,28 +344,28 @@ func FuzzParseBackendFlag(f *testing.F) {
 // TestConfigDefaults pins to what New applies, and this package's). The sample configuration's
 // timeouts, limits and retries are those defaults too.
 func TestHelpDefaults(t *testing.T) {
-	var zero Config
+	var zero config.Config
 	tests := []struct {
 		flag string
-		got  func(Config) any
+		got  func(config.Config) any
 		want any
 	}{
-		{"connect-timeout", func(c Config) any { return c.Proxy.ConnectTimeout }, proxy.DefaultConnectTimeout},
-		{"backend-timeout", func(c Config) any { return c.Proxy.BackendTimeout }, proxy.DefaultBackendTimeout},
-		{"client-timeout", func(c Config) any { return c.Proxy.ClientTimeout }, proxy.DefaultClientTimeout},
-		{"idle-timeout", func(c Config) any { return c.Proxy.IdleTimeout }, proxy.DefaultIdleTimeout},
-		{"shutdown-timeout", func(c Config) any { return c.ShutdownTimeout }, zero.shutdownTimeout()},
-		{"metrics-interval", func(c Config) any { return c.MetricsInterval }, zero.metricsInterval()},
-		{"upgrade-timeout", func(c Config) any { return c.UpgradeTimeout }, zero.upgradeTimeout()},
-		{"worker-stall-timeout", func(c Config) any { return c.WorkerStallTimeout }, zero.workerStallTimeout()},
-		{"request-line-max", func(c Config) any { return c.Proxy.RequestLineBytesMax }, proxy.DefaultRequestLineBytesMax},
-		{"header-bytes-max", func(c Config) any { return c.Proxy.HeaderBytesMax }, proxy.DefaultHeaderBytesMax},
-		{"headers-max", func(c Config) any { return c.Proxy.HeadersMax }, proxy.DefaultHeadersMax},
-		{"retries", func(c Config) any { return c.Proxy.Retries }, proxy.DefaultRetries},
-		{"replay-buffer", func(c Config) any { return c.Proxy.ReplayBufferBytesMax }, proxy.DefaultReplayBufferBytesMax},
-		{"idle-conns-per-backend", func(c Config) any { return c.Proxy.IdleConnsPerBackend }, proxy.DefaultIdleConnsPerBackend},
-		{"forwarded", func(c Config) any { return c.Proxy.Forwarded }, zero.Proxy.Forwarded},
-		{"policy", func(c Config) any { return c.BackendSets[0].Policy }, balance.Policy(0)},
+		{"connect-timeout", func(c config.Config) any { return c.Proxy.ConnectTimeout }, proxy.DefaultConnectTimeout},
+		{"backend-timeout", func(c config.Config) any { return c.Proxy.BackendTimeout }, proxy.DefaultBackendTimeout},
+		{"client-timeout", func(c config.Config) any { return c.Proxy.ClientTimeout }, proxy.DefaultClientTimeout},
+		{"idle-timeout", func(c config.Config) any { return c.Proxy.IdleTimeout }, proxy.DefaultIdleTimeout},
+		{"shutdown-timeout", func(c config.Config) any { return c.ShutdownTimeout }, zero.ShutdownTimeoutOrDefault()},
+		{"metrics-interval", func(c config.Config) any { return c.MetricsInterval }, zero.MetricsIntervalOrDefault()},
+		{"upgrade-timeout", func(c config.Config) any { return c.UpgradeTimeout }, zero.UpgradeTimeoutOrDefault()},
+		{"worker-stall-timeout", func(c config.Config) any { return c.WorkerStallTimeout }, zero.WorkerStallTimeoutOrDefault()},
+		{"request-line-max", func(c config.Config) any { return c.Proxy.RequestLineBytesMax }, proxy.DefaultRequestLineBytesMax},
+		{"header-bytes-max", func(c config.Config) any { return c.Proxy.HeaderBytesMax }, proxy.DefaultHeaderBytesMax},
+		{"headers-max", func(c config.Config) any { return c.Proxy.HeadersMax }, proxy.DefaultHeadersMax},
+		{"retries", func(c config.Config) any { return c.Proxy.Retries }, proxy.DefaultRetries},
+		{"replay-buffer", func(c config.Config) any { return c.Proxy.ReplayBufferBytesMax }, proxy.DefaultReplayBufferBytesMax},
+		{"idle-conns-per-backend", func(c config.Config) any { return c.Proxy.IdleConnsPerBackend }, proxy.DefaultIdleConnsPerBackend},
+		{"forwarded", func(c config.Config) any { return c.Proxy.Forwarded }, zero.Proxy.Forwarded},
+		{"policy", func(c config.Config) any { return c.BackendSets[0].Policy }, balance.Policy(0)},
 	}
 	for _, usage := range []struct{ name, text string }{{"run", runUsage()}, {"dataplane", dataplaneUsage()}} {
 		for _, tt := range tests {
@@ -364,7 +387,7 @@ func TestHelpDefaults(t *testing.T) {
 		}
 	}
 
-	c, err := ParseConfig("help", []byte(sampleConfig))
+	c, err := config.Parse("help", []byte(config.Sample))
 	if err != nil {
 		t.Fatal(err)
 	}

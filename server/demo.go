@@ -23,6 +23,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // demoWeights are the weights of the demo's backends, b1 to b3.
@@ -81,11 +82,11 @@ type demoFlags struct {
 }
 
 func newDemoFlags() *demoFlags {
-	f := &demoFlags{listen: defaultListen, workers: demoWorkers}
+	f := &demoFlags{listen: config.DefaultListen, workers: demoWorkers}
 	f.defs = []flagDef{
-		{name: "listen", arg: "ADDR", usage: "the address to accept on, host:port (default " + defaultListen + ")",
+		{name: "listen", arg: "ADDR", usage: "the address to accept on, host:port (default " + config.DefaultListen + ")",
 			set: func(s string) error {
-				if err := checkListenAddress(s); err != nil {
+				if err := config.CheckListenAddress(s); err != nil {
 					return err
 				}
 				f.listen = s
@@ -100,7 +101,7 @@ func newDemoFlags() *demoFlags {
 				return nil
 			}},
 		{name: "workers", arg: "N", usage: "the worker processes that serve traffic (default " + strconv.Itoa(demoWorkers) + ")",
-			set: func(s string) (err error) { f.workers, err = parseInt(s, 1, limitMax); return err }},
+			set: func(s string) (err error) { f.workers, err = config.ParseInt(s, 1, config.LimitMax); return err }},
 	}
 	return f
 }
@@ -118,7 +119,7 @@ func (e *env) demoCommand(args []string) int {
 	case fs.NArg() > 0:
 		return e.usageError("demo", fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
-	log := newLogger(LogConfig{}, e.stderr)
+	log := newLogger(config.LogConfig{}, e.stderr)
 	log.Info("starting the demo", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
@@ -151,8 +152,8 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 		}()
 		dir = tmp
 	}
-	cfg := Config{
-		Listeners:        []Listener{{Address: f.listen, BackendSet: demoSet}},
+	cfg := config.Config{
+		Listeners:        []config.Listener{{Address: f.listen, BackendSet: demoSet}},
 		BackendSets:      []proxy.BackendSet{set},
 		AccessLog:        "-",
 		Workers:          f.workers,
@@ -164,7 +165,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 	ready := make(chan served, 1)
 	cmd := supervised{
 		name:  "demo",
-		parse: func([]string) (Config, error) { return cfg, nil }, // no file to reload
+		parse: func([]string) (config.Config, error) { return cfg, nil }, // no file to reload
 		flags: newRunFlags,
 		usage: demoUsage,
 		ready: func(sv served) { ready <- sv },

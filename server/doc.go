@@ -3,7 +3,7 @@
 // its YAML configuration, the root hclog logger, the supervisor and the worker role, the gRPC
 // servers of the control plane and their security, and the wiring of the other folders.
 //
-// A Config is built from either a file (ParseConfig, LoadConfig) or the flags of `xlb run`, and
+// A config.Config is built from either a file (config.Parse, config.Load) or the flags of `xlb run`, and
 // both reject what they do not understand: an unknown key, a value of the wrong type or range, a
 // listener naming a backend set that does not exist. Errors about a file name its key path and line,
 // as in

@@ -3,19 +3,16 @@ package server
 import (
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/controlplane/store"
-	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
-	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/cpserver"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
@@ -74,7 +71,7 @@ func (c *embeddedCP) target() string { return "unix://" + c.ln.Own } // absolute
 func (c *embeddedCP) load(sets []proxy.BackendSet) error {
 	msgs := make([]*discoveryv1.BackendSet, len(sets))
 	for i, s := range sets {
-		m, err := toResource(s)
+		m, err := config.Resource(s)
 		if err == nil {
 			err = resource.Validate("backend_set", m)
 		}
@@ -105,32 +102,4 @@ func (c *embeddedCP) stop() {
 	c.cp.Close()
 	c.serve()
 	c.store.Close()
-}
-
-// toResource is a set of the configuration file as the control plane holds it.
-func toResource(s proxy.BackendSet) (*discoveryv1.BackendSet, error) {
-	m := &discoveryv1.BackendSet{Name: s.Name, Policy: discoveryv1.Policy_POLICY_ROUND_ROBIN}
-	if s.Policy == balance.LeastRequest {
-		m.Policy = discoveryv1.Policy_POLICY_LEAST_REQUEST
-	}
-	for _, b := range s.Backends {
-		host, port, err := net.SplitHostPort(b.Address)
-		if err != nil {
-			return nil, fmt.Errorf("backend %s: %w", b.ID, err)
-		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, fmt.Errorf("backend %s: port %q: %w", b.ID, port, err)
-		}
-		rb := &discoveryv1.Backend{Id: b.ID, Address: host, Port: uint32(p), Weight: uint32(b.Weight)}
-		switch b.State {
-		case table.Draining:
-			rb.State = discoveryv1.BackendState_BACKEND_STATE_DRAINING
-		case table.Disabled:
-			rb.State = discoveryv1.BackendState_BACKEND_STATE_DISABLED
-		}
-		m.Backends = append(m.Backends, rb)
-	}
-	healthResource(s.Health, m)
-	return m, nil
 }

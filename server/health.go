@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/xlbproxy/xlb/dataplane/health"
@@ -18,6 +17,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // Health in the data plane: the supervisor runs one dataplane/monitor over its region, which owns
@@ -69,48 +69,9 @@ func failureStatusesOf(f discoveryv1.FailureStatuses) health.FailureStatuses {
 	return health.FailNoStatus
 }
 
-// healthResource puts c, the health policy of a set of the configuration file, into m as the
-// control plane holds it.
-func healthResource(c health.Config, m *discoveryv1.BackendSet) {
-	dur := func(d time.Duration) *durationpb.Duration {
-		if d == 0 {
-			return nil
-		}
-		return durationpb.New(d)
-	}
-	if p := c.Probe; p.Kind != health.ProbeNone {
-		hc := &discoveryv1.HealthCheck{Interval: dur(p.Interval), Timeout: dur(p.Timeout), Fall: uint32(p.Fall), Rise: uint32(p.Rise)}
-		if p.Kind == health.ProbeTCP {
-			hc.Probe = &discoveryv1.HealthCheck_Tcp{Tcp: &discoveryv1.TcpProbe{}}
-		} else {
-			h := &discoveryv1.HttpProbe{Path: p.Path, Host: p.Host}
-			for _, r := range p.Statuses {
-				h.ExpectedStatuses = append(h.ExpectedStatuses, &discoveryv1.StatusRange{Start: uint32(r.Lo), End: uint32(r.Hi)})
-			}
-			hc.Probe = &discoveryv1.HealthCheck_Http{Http: h}
-		}
-		m.HealthCheck = hc
-	}
-	if o := c.Outlier; o != (health.Outlier{}) {
-		od := &discoveryv1.OutlierDetection{Disabled: o.Disabled, ConsecutiveFailures: uint32(o.ConsecutiveFailures),
-			BaseEjectionTime: dur(o.BaseEjectionTime), MaxEjectionTime: dur(o.MaxEjectionTime), MaxEjectionPercent: uint32(o.MaxEjectionPercent)}
-		switch o.FailureStatuses {
-		case health.FailGateway:
-			od.FailureStatuses = discoveryv1.FailureStatuses_FAILURE_STATUSES_GATEWAY
-		case health.Fail5xx:
-			od.FailureStatuses = discoveryv1.FailureStatuses_FAILURE_STATUSES_5XX
-		}
-		m.OutlierDetection = od
-	}
-	if s := c.SlowStart; s.Window > 0 || s.MinWeightPercent > 0 {
-		m.SlowStart = &discoveryv1.SlowStart{Window: dur(s.Window), MinWeightPercent: uint32(s.MinWeightPercent)}
-	}
-	m.PanicThreshold = uint32(c.PanicThreshold)
-}
-
 // trialTimeout is how long a claimed trial request may go without an outcome: a connect, the wait
 // for a response head, and a margin.
-func (c *Config) trialTimeout() time.Duration {
+func trialTimeout(c *config.Config) time.Duration {
 	connect, backend := c.Proxy.ConnectTimeout, c.Proxy.BackendTimeout
 	if connect <= 0 {
 		connect = 5 * time.Second

@@ -8,6 +8,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // TestHealthResourceRoundTrip: a set's health policy from the file reaches the monitor unchanged
@@ -28,9 +29,9 @@ func TestHealthResourceRoundTrip(t *testing.T) {
 	}
 	for i, c := range policies {
 		set := proxy.BackendSet{Name: "web", Backends: []proxy.Backend{{ID: "a", Address: "127.0.0.1:9001", Weight: 1}}, Health: c}
-		m, err := toResource(set)
+		m, err := config.Resource(set)
 		if err != nil {
-			t.Fatalf("%d: toResource: %v", i, err)
+			t.Fatalf("%d: config.Resource: %v", i, err)
 		}
 		if err := resource.Validate("backend_set", m); err != nil {
 			t.Errorf("%d: Validate: %v", i, err)

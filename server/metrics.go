@@ -21,6 +21,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/internal/backoff"
+	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
 
@@ -33,9 +34,6 @@ import (
 
 // metricsSocket, in the state directory, is where a supervisor's workers report.
 const metricsSocket = "metrics.sock"
-
-// defaultMetricsInterval is what a zero Config.MetricsInterval means.
-const defaultMetricsInterval = time.Second
 
 // loadRetry is the backoff of reportLoad's stream, those of the xDS-lite stream (clients/xds's
 // defaults): full jitter, so that the data planes that lost one control plane together do not
@@ -225,7 +223,7 @@ func runReporter(ctx context.Context, socket string, r *reporter) {
 	}
 	interval := first.GetReportInterval().AsDuration()
 	if interval <= 0 {
-		interval = defaultMetricsInterval
+		interval = config.DefaultMetricsInterval
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -336,7 +334,7 @@ func deltaHistogram(h, prev proxy.Histogram) *loadv1.Histogram {
 // serveMetrics serves the WorkerMetricsService on dir's metrics socket, this supervisor's own
 // (never published: only its workers use it).
 func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), err error) {
-	s.load = newLoadTotals(s.cfg.metricsInterval(), log)
+	s.load = newLoadTotals(s.cfg.MetricsIntervalOrDefault(), log)
 	srv := grpc.NewServer()
 	loadv1.RegisterWorkerMetricsServiceServer(srv, s.load)
 	ln, stop, err := rpc.ServeUnix(srv, filepath.Join(dir, metricsSocket))
@@ -372,7 +370,7 @@ func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string,
 			retry.Reset()
 			interval := first.GetReportInterval().AsDuration()
 			if interval <= 0 {
-				interval = defaultMetricsInterval
+				interval = config.DefaultMetricsInterval
 			}
 			tick := time.NewTicker(interval)
 			defer tick.Stop()

@@ -143,7 +143,7 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 	var readers []sdkmetric.Reader
 	var stops []func()
 	if s.cfg.OTLPEndpoint != "" {
-		r, err := otlpReader(ctx, s.cfg.OTLPEndpoint, s.cfg.OTLPInsecure, s.cfg.metricsInterval(), s.log.Named("otel"), prod)
+		r, err := otlpReader(ctx, s.cfg.OTLPEndpoint, s.cfg.OTLPInsecure, s.cfg.MetricsIntervalOrDefault(), s.log.Named("otel"), prod)
 		if err != nil {
 			return nil, err
 		}
@@ -157,7 +157,7 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 		s.promAddr = addr
 		readers, stops = append(readers, r), append(stops, stop)
 	}
-	mp := newMeterProvider(s.cfg.nodeID(), readers...)
+	mp := newMeterProvider(s.cfg.NodeIDOrDefault(), readers...)
 	stopAll := func(ctx context.Context) error {
 		for _, stop := range stops {
 			stop()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/xlbproxy/xlb/controlplane/discovery"
 	"github.com/xlbproxy/xlb/controlplane/store"
+	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/cpserver"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
@@ -29,7 +30,7 @@ func newDataplaneFlags() *runFlags {
 			defs = append(defs, d)
 		}
 	}
-	str := func(name, arg, usage string, apply func(*Config, string)) flagDef {
+	str := func(name, arg, usage string, apply func(*config.Config, string)) flagDef {
 		var v string
 		return flagDef{name: name, arg: arg, usage: usage,
 			set: func(s string) error {
@@ -39,40 +40,40 @@ func newDataplaneFlags() *runFlags {
 				v = s
 				return nil
 			},
-			apply: func(c *Config) { apply(c, v) }}
+			apply: func(c *config.Config) { apply(c, v) }}
 	}
 	defs = append(defs,
-		str("control-plane", "ADDR", "the control plane: host:port, or unix://PATH (required)", func(c *Config, v string) { c.ControlPlane = v }),
-		str("node-id", "ID", "this data plane's name at the control plane (default: the host name)", func(c *Config, v string) { c.NodeID = v }),
-		str("backend-set", "NAME", "the backend set that --listen serves (default "+defaultSet+"); not with --config", func(c *Config, v string) { f.backendSet = v }),
-		str("tls-ca", "FILE", "CA certificates that verify the control plane's; TLS to it when given", func(c *Config, v string) { c.ClientSecurity.CAFile = v }),
-		str("tls-cert", "FILE", "this data plane's client certificate, for a control plane that asks for one", func(c *Config, v string) { c.ClientSecurity.CertFile = v }),
-		str("tls-key", "FILE", "the key of --tls-cert", func(c *Config, v string) { c.ClientSecurity.KeyFile = v }),
-		str("tls-server-name", "NAME", "the name the control plane's certificate must have (default: from ADDR)", func(c *Config, v string) { c.ClientSecurity.ServerName = v }),
+		str("control-plane", "ADDR", "the control plane: host:port, or unix://PATH (required)", func(c *config.Config, v string) { c.ControlPlane = v }),
+		str("node-id", "ID", "this data plane's name at the control plane (default: the host name)", func(c *config.Config, v string) { c.NodeID = v }),
+		str("backend-set", "NAME", "the backend set that --listen serves (default "+config.DefaultSet+"); not with --config", func(c *config.Config, v string) { f.backendSet = v }),
+		str("tls-ca", "FILE", "CA certificates that verify the control plane's; TLS to it when given", func(c *config.Config, v string) { c.ClientSecurity.CAFile = v }),
+		str("tls-cert", "FILE", "this data plane's client certificate, for a control plane that asks for one", func(c *config.Config, v string) { c.ClientSecurity.CertFile = v }),
+		str("tls-key", "FILE", "the key of --tls-cert", func(c *config.Config, v string) { c.ClientSecurity.KeyFile = v }),
+		str("tls-server-name", "NAME", "the name the control plane's certificate must have (default: from ADDR)", func(c *config.Config, v string) { c.ClientSecurity.ServerName = v }),
 		flagDef{name: "insecure", boolean: true, usage: "allow plaintext to a control plane that is not on loopback",
 			set:   func(string) error { return nil },
-			apply: func(c *Config) { c.ClientSecurity.Insecure = true }},
+			apply: func(c *config.Config) { c.ClientSecurity.Insecure = true }},
 	)
 	f.defs = defs
 	return f
 }
 
-// parseDataplane builds the Config of `xlb dataplane`.
-func parseDataplane(args []string) (Config, error) {
+// parseDataplane builds the config.Config of `xlb dataplane`.
+func parseDataplane(args []string) (config.Config, error) {
 	f := newDataplaneFlags()
 	given, err := parseGiven("dataplane", f.defs, args)
 	if err != nil {
-		return Config{}, err
+		return config.Config{}, err
 	}
-	var cfg Config
+	var cfg config.Config
 	switch {
 	case !given["control-plane"]:
-		return Config{}, errors.New("--control-plane ADDR is required")
+		return config.Config{}, errors.New("--control-plane ADDR is required")
 	case given["config"] && (given["listen"] || given["backend-set"]):
-		return Config{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
+		return config.Config{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
 	case given["config"]:
-		if cfg, err = loadConfig(f.config, true); err != nil {
-			return Config{}, err
+		if cfg, err = config.LoadDataPlane(f.config); err != nil {
+			return config.Config{}, err
 		}
 	}
 	for _, d := range f.defs {
@@ -83,12 +84,12 @@ func parseDataplane(args []string) (Config, error) {
 	if !given["config"] {
 		listen, set := f.listen, f.backendSet
 		if listen == "" {
-			listen = defaultListen
+			listen = config.DefaultListen
 		}
 		if set == "" {
-			set = defaultSet
+			set = config.DefaultSet
 		}
-		cfg.Listeners = []Listener{{Address: listen, BackendSet: set}}
+		cfg.Listeners = []config.Listener{{Address: listen, BackendSet: set}}
 	}
 	return cfg, nil
 }
@@ -101,7 +102,7 @@ type controlplaneFlags struct {
 	loadInterval    time.Duration
 	otlpEndpoint    string
 	otlpInsecure    bool
-	log             LogConfig
+	log             config.LogConfig
 }
 
 // The defaults of `xlb controlplane`'s flags.
@@ -126,8 +127,8 @@ func parseControlplane(args []string) (controlplaneFlags, error) {
 	fs.DurationVar(&c.loadInterval, "load-interval", defaultLoadInterval, "")
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", "", "")
 	fs.BoolVar(&c.otlpInsecure, "otlp-insecure", false, "")
-	fs.Func("log-level", "", func(s string) (err error) { c.log.Level, err = parseLogLevel(s); return err })
-	fs.Func("log-format", "", func(s string) (err error) { c.log.JSON, err = parseLogFormat(s); return err })
+	fs.Func("log-level", "", func(s string) (err error) { c.log.Level, err = config.ParseLogLevel(s); return err })
+	fs.Func("log-format", "", func(s string) (err error) { c.log.JSON, err = config.ParseLogFormat(s); return err })
 	if err := parseFlags(fs, args); err != nil {
 		return c, err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
 
@@ -19,31 +20,31 @@ func TestParseDataplane(t *testing.T) {
 	file := filepath.Join(dir, "dp.yaml")
 	os.WriteFile(file, []byte("listeners:\n  - {address: \"127.0.0.1:9000\", backend_set: api}\nretries: 1\n"), 0o600)
 	withSets := filepath.Join(dir, "sets.yaml")
-	os.WriteFile(withSets, []byte(minimal), 0o600)
+	os.WriteFile(withSets, []byte("listeners:\n  - {address: 127.0.0.1:8080, backend_set: web}\nbackend_sets:\n  - {name: web, backends: [{id: a, address: 127.0.0.1:9001}]}\n"), 0o600)
 
 	tests := []struct {
 		name    string
 		args    []string
-		want    func() Config
+		want    func() config.Config
 		wantErr string
 	}{
 		{name: "flags", args: []string{"--control-plane", "cp:7070", "--node-id", "n1", "--listen", "127.0.0.1:8081", "--backend-set", "web",
 			"--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-server-name", "cp", "--workers", "2"},
-			want: func() Config {
-				return Config{
-					Listeners:    []Listener{{Address: "127.0.0.1:8081", BackendSet: "web"}},
+			want: func() config.Config {
+				return config.Config{
+					Listeners:    []config.Listener{{Address: "127.0.0.1:8081", BackendSet: "web"}},
 					ControlPlane: "cp:7070", NodeID: "n1", Workers: 2,
 					ClientSecurity: rpc.ClientSecurity{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "k.pem", ServerName: "cp"},
 				}
 			}},
 		{name: "defaults", args: []string{"--control-plane", "127.0.0.1:7070", "--insecure"},
-			want: func() Config {
-				return Config{Listeners: []Listener{{Address: defaultListen, BackendSet: defaultSet}}, ControlPlane: "127.0.0.1:7070",
+			want: func() config.Config {
+				return config.Config{Listeners: []config.Listener{{Address: config.DefaultListen, BackendSet: config.DefaultSet}}, ControlPlane: "127.0.0.1:7070",
 					ClientSecurity: rpc.ClientSecurity{Insecure: true}}
 			}},
 		{name: "a file of listeners naming sets it does not have", args: []string{"--control-plane", "cp:1", "--config", file},
-			want: func() Config {
-				return Config{Listeners: []Listener{{Address: "127.0.0.1:9000", BackendSet: "api"}}, ControlPlane: "cp:1",
+			want: func() config.Config {
+				return config.Config{Listeners: []config.Listener{{Address: "127.0.0.1:9000", BackendSet: "api"}}, ControlPlane: "cp:1",
 					Proxy: proxyWithRetries(1)}
 			}},
 		{name: "no control plane", args: []string{"--listen", "127.0.0.1:1"}, wantErr: "--control-plane ADDR is required"},
@@ -67,7 +68,7 @@ func TestParseDataplane(t *testing.T) {
 			if want := tt.want(); !reflect.DeepEqual(got, want) {
 				t.Errorf("got  %+v\nwant %+v", got, want)
 			}
-			if err := got.check(); err != nil {
+			if err := got.Check(); err != nil {
 				t.Errorf("check: %v", err)
 			}
 		})
@@ -82,7 +83,7 @@ func TestParseControlplane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, loadInterval: time.Second, log: LogConfig{JSON: true},
+	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, loadInterval: time.Second, log: config.LogConfig{JSON: true},
 		sec: rpc.ServerSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"}}
 	if c != want {
 		t.Errorf("got %+v, want %+v", c, want)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // Exit statuses of the xlb command.
@@ -94,7 +95,7 @@ func newProxy(cfg proxy.Config) (dataplane, error) {
 }
 
 // newLogger makes the process's one root logger, named "xlb", writing to w.
-func newLogger(c LogConfig, w io.Writer) hclog.Logger {
+func newLogger(c config.LogConfig, w io.Writer) hclog.Logger {
 	level := c.Level
 	if level == hclog.NoLevel {
 		level = hclog.Info
@@ -114,8 +115,8 @@ func newLogger(c LogConfig, w io.Writer) hclog.Logger {
 // ready, when not nil, is called once every listener is bound, with their addresses in the order
 // of cfg.Listeners. serve returns the exit status: exitOK after a clean shutdown, exitFailure when
 // anything failed.
-func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready func([]net.Addr)) int {
-	if err := cfg.check(); err != nil {
+func (e *env) serve(ctx context.Context, log hclog.Logger, cfg config.Config, ready func([]net.Addr)) int {
+	if err := cfg.Check(); err != nil {
 		log.Error("invalid configuration", "error", err)
 		return exitFailure
 	}
@@ -140,7 +141,7 @@ func (e *env) serve(ctx context.Context, log hclog.Logger, cfg Config, ready fun
 }
 
 // listen binds every listener, or none; with reusePort, each socket with SO_REUSEPORT.
-func listen(ls []Listener, reusePort bool) ([]net.Listener, error) {
+func listen(ls []config.Listener, reusePort bool) ([]net.Listener, error) {
 	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
 	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
 	lc := net.ListenConfig{KeepAlive: -1}
@@ -172,7 +173,7 @@ func listen(ls []Listener, reusePort bool) ([]net.Listener, error) {
 // serveOn is the data plane of one process: it makes the proxy, lets start give it its backend
 // sets, and serves lns (listener i for cfg.Listeners[i]'s set) until ctx ends or a listener fails.
 // It closes lns before returning.
-func (e *env) serveOn(ctx context.Context, log hclog.Logger, cfg Config, lns []net.Listener, start func(dataplane) error) int {
+func (e *env) serveOn(ctx context.Context, log hclog.Logger, cfg config.Config, lns []net.Listener, start func(dataplane) error) int {
 	closeListeners := func() {
 		for _, ln := range lns {
 			ln.Close() // an error here means it is closed already: Serve or Shutdown closed it
@@ -222,7 +223,7 @@ func (e *env) serveOn(ctx context.Context, log hclog.Logger, cfg Config, lns []n
 	running := len(lns)
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.shutdownTimeout())
+		log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.ShutdownTimeoutOrDefault())
 	case r := <-results:
 		running--
 		code = exitFailure
@@ -232,11 +233,11 @@ func (e *env) serveOn(ctx context.Context, log hclog.Logger, cfg Config, lns []n
 		log.Error("serving failed; shutting down", "address", r.addr, "error", r.err)
 	}
 
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeoutOrDefault())
 	defer cancel()
 	switch err := p.Shutdown(sctx); {
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("shutdown timeout passed; closed the connections still open", "timeout", cfg.shutdownTimeout())
+		log.Warn("shutdown timeout passed; closed the connections still open", "timeout", cfg.ShutdownTimeoutOrDefault())
 	case err != nil:
 		log.Error("shutdown failed", "error", err)
 		code = exitFailure

@@ -20,6 +20,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/internal/testutil"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // wait bounds every wait of these tests; it is a deadline, never a pause.
@@ -110,9 +111,9 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
-func twoListeners(accessLog string) Config {
-	return Config{
-		Listeners: []Listener{{Address: "127.0.0.1:0", BackendSet: "web"}, {Address: "127.0.0.1:0", BackendSet: "api"}},
+func twoListeners(accessLog string) config.Config {
+	return config.Config{
+		Listeners: []config.Listener{{Address: "127.0.0.1:0", BackendSet: "web"}, {Address: "127.0.0.1:0", BackendSet: "api"}},
 		BackendSets: []proxy.BackendSet{
 			{Name: "web", Backends: []proxy.Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 1}}},
 			{Name: "api"},
@@ -132,7 +133,9 @@ func TestServeUntilStopped(t *testing.T) {
 
 	readyc := make(chan []net.Addr, 1)
 	done := make(chan int, 1)
-	go func() { done <- e.serve(ctx, newLogger(LogConfig{}, stderr), cfg, func(a []net.Addr) { readyc <- a }) }()
+	go func() {
+		done <- e.serve(ctx, newLogger(config.LogConfig{}, stderr), cfg, func(a []net.Addr) { readyc <- a })
+	}()
 
 	addrs := receive(t, readyc, "ready")
 	sets := []string{receive(t, fp.serving, "Serve"), receive(t, fp.serving, "Serve")}
@@ -160,10 +163,10 @@ func TestServeUntilStopped(t *testing.T) {
 	}
 
 	if fp.cfg.Retries != 3 || fp.cfg.Logger == nil || fp.cfg.AccessLog == nil {
-		t.Errorf("proxy config %+v: want the Config's Retries, a Logger and an AccessLog", fp.cfg)
+		t.Errorf("proxy config %+v: want the config.Config's Retries, a Logger and an AccessLog", fp.cfg)
 	}
 	if len(fp.sets) != 2 || fp.sets[0].Name != "web" {
-		t.Errorf("SetBackends(%+v), want the Config's sets", fp.sets)
+		t.Errorf("SetBackends(%+v), want the config.Config's sets", fp.sets)
 	}
 	if fi, err := os.Stat(accessLog); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Errorf("access log: %v %v, want a file of mode 0644", fi, err)
@@ -198,7 +201,7 @@ func TestServeAppendsToTheAccessLog(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	stop()
 	e, _, stderr := testEnv(ctx, fp, nil)
-	if code := e.serve(ctx, newLogger(LogConfig{}, stderr), twoListeners(path), nil); code != exitOK {
+	if code := e.serve(ctx, newLogger(config.LogConfig{}, stderr), twoListeners(path), nil); code != exitOK {
 		t.Fatalf("exit %d; log:\n%s", code, stderr)
 	}
 	if _, err := io.WriteString(fp.cfg.AccessLog, "new\n"); !errors.Is(err, os.ErrClosed) {
@@ -218,13 +221,13 @@ func TestServeFailures(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		cfg     func(Config) Config
+		cfg     func(config.Config) config.Config
 		fake    func(*fakeProxy)
 		newErr  error
 		wantLog string
 	}{
-		{name: "listen fails", cfg: func(c Config) Config {
-			c.Listeners = append(c.Listeners, Listener{Address: busy.Addr().String(), BackendSet: "web"})
+		{name: "listen fails", cfg: func(c config.Config) config.Config {
+			c.Listeners = append(c.Listeners, config.Listener{Address: busy.Addr().String(), BackendSet: "web"})
 			return c
 		}, wantLog: `[ERROR] xlb: cannot listen: error="listen tcp ` + busy.Addr().String() + `: bind: address already in use"`},
 		{name: "proxy refuses its config", newErr: errors.New("proxy: no"), wantLog: `[ERROR] xlb: cannot start the proxy: error="proxy: no"`},
@@ -232,11 +235,11 @@ func TestServeFailures(t *testing.T) {
 			wantLog: `[ERROR] xlb: cannot start serving: error="the proxy refused the backend sets: proxy: bad set"`},
 		{name: "serving fails", fake: func(f *fakeProxy) { f.serveErr = errors.New("accept: too many files") },
 			wantLog: `error="accept: too many files"`},
-		{name: "access log cannot open", cfg: func(c Config) Config {
+		{name: "access log cannot open", cfg: func(c config.Config) config.Config {
 			c.AccessLog = filepath.Join(t.TempDir(), "no", "such", "dir", "access.jsonl")
 			return c
 		}, wantLog: "[ERROR] xlb: cannot open the access log"},
-		{name: "invalid config", cfg: func(c Config) Config { c.Listeners[0].BackendSet = "nope"; return c },
+		{name: "invalid config", cfg: func(c config.Config) config.Config { c.Listeners[0].BackendSet = "nope"; return c },
 			wantLog: `[ERROR] xlb: invalid configuration: error="server: config: listener 127.0.0.1:0: no backend set named \"nope\""`},
 	}
 	for _, tt := range tests {
@@ -252,7 +255,7 @@ func TestServeFailures(t *testing.T) {
 			// The stop never comes: serve must return on its own.
 			e, _, stderr := testEnv(context.Background(), fp, tt.newErr)
 			done := make(chan int, 1)
-			go func() { done <- e.serve(context.Background(), newLogger(LogConfig{}, stderr), cfg, nil) }()
+			go func() { done <- e.serve(context.Background(), newLogger(config.LogConfig{}, stderr), cfg, nil) }()
 			if code := receive(t, done, "exit"); code != exitFailure {
 				t.Errorf("exit %d, want 1", code)
 			}
@@ -320,12 +323,12 @@ func TestRunCommand(t *testing.T) {
 
 func TestNewLogger(t *testing.T) {
 	tests := []struct {
-		cfg       LogConfig
+		cfg       config.LogConfig
 		wantLevel hclog.Level
 	}{
-		{LogConfig{}, hclog.Info},
-		{LogConfig{Level: hclog.Trace}, hclog.Trace},
-		{LogConfig{Level: hclog.Off}, hclog.Off},
+		{config.LogConfig{}, hclog.Info},
+		{config.LogConfig{Level: hclog.Trace}, hclog.Trace},
+		{config.LogConfig{Level: hclog.Off}, hclog.Off},
 	}
 	for _, tt := range tests {
 		if got := newLogger(tt.cfg, io.Discard).GetLevel(); got != tt.wantLevel {
@@ -333,7 +336,7 @@ func TestNewLogger(t *testing.T) {
 		}
 	}
 	var buf bytes.Buffer
-	newLogger(LogConfig{}, &buf).Named("proxy").Info("hello")
+	newLogger(config.LogConfig{}, &buf).Named("proxy").Info("hello")
 	if !strings.Contains(buf.String(), "[INFO]  xlb.proxy: hello") {
 		t.Errorf("log %q, want the root named xlb", buf.String())
 	}

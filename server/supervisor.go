@@ -28,6 +28,7 @@ import (
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/internal/backoff"
+	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/rpc"
 	"github.com/xlbproxy/xlb/server/sysd"
 )
@@ -80,9 +81,9 @@ type supervisor struct {
 	e    *env
 	log  hclog.Logger
 	cmd  supervised
-	args []string // the command line, for reloading the file with its flag overrides
-	path string   // the configuration file; empty when flags gave everything
-	cfg  Config   // the configuration in force; its listeners and settings are fixed at start
+	args []string      // the command line, for reloading the file with its flag overrides
+	path string        // the configuration file; empty when flags gave everything
+	cfg  config.Config // the configuration in force; its listeners and settings are fixed at start
 
 	region  *shm.Region
 	writer  *shm.Writer
@@ -129,7 +130,7 @@ type supervisor struct {
 // served is where a supervisor that became ready serves, for a command that tells its user (xlb
 // demo).
 type served struct {
-	listeners  []string // the bound address of each listener, in the order of Config.Listeners
+	listeners  []string // the bound address of each listener, in the order of config.Config.Listeners
 	stateDir   string   // absolute: where admin.sock and control.sock are
 	prometheus string   // the Prometheus listener's bound address; "" without one
 }
@@ -180,8 +181,8 @@ func (st *slotState) restartDelay(ran time.Duration) time.Duration {
 }
 
 // supervise runs `xlb run` until ctx ends; it returns the exit status.
-func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd supervised, args []string) int {
-	if err := cfg.check(); err != nil {
+func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg config.Config, cmd supervised, args []string) int {
+	if err := cfg.Check(); err != nil {
 		log.Error("invalid configuration", "error", err)
 		return exitFailure
 	}
@@ -330,7 +331,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	defer healthR.Close()
 	defer healthW.Close()
 	s.healthW = healthW
-	s.monitor = monitor.New(monitor.Config{Slots: s.slots, Changed: s.healthChanged, TrialTimeout: cfg.trialTimeout(), Logger: log.Named("health")})
+	s.monitor = monitor.New(monitor.Config{Slots: s.slots, Changed: s.healthChanged, TrialTimeout: trialTimeout(&cfg), Logger: log.Named("health")})
 	monCtx, stopMonitor := context.WithCancel(context.Background())
 	monDone := make(chan struct{})
 	go func() { s.monitor.Run(monCtx); close(monDone) }()
@@ -380,7 +381,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	// xlb dataplane's.
 	target, creds := cfg.ControlPlane, insecure.NewCredentials()
 	if target == "" {
-		cp, err := startEmbedded(dir, log.Named("controlplane"), cfg.BackendSets, cfg.metricsInterval())
+		cp, err := startEmbedded(dir, log.Named("controlplane"), cfg.BackendSets, cfg.MetricsIntervalOrDefault())
 		if err != nil {
 			return startFailed("cannot start the embedded control plane", err)
 		}
@@ -406,7 +407,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	go func() {
 		defer close(xdone)
 		xds.Run(xctx, conn, xds.Config{
-			Node:      &discoveryv1.Node{Id: cfg.nodeID(), Build: Version()},
+			Node:      &discoveryv1.Node{Id: cfg.NodeIDOrDefault(), Build: Version()},
 			Subscribe: listenedSets(cfg.Listeners),
 			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
 				return applied, gen, nil
@@ -418,7 +419,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 	reported := make(chan struct{})
 	go func() {
 		defer close(reported)
-		reportLoad(xctx, conn, cfg.nodeID(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
+		reportLoad(xctx, conn, cfg.NodeIDOrDefault(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
 	}()
 	// Runs before the deferred cleanups above: the clients stop before their connection closes.
 	defer func() {
@@ -492,7 +493,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg Config, cmd s
 		}
 		select {
 		case <-ctx.Done():
-			log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.shutdownTimeout())
+			log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.ShutdownTimeoutOrDefault())
 			return s.shutdown()
 		case x := <-s.exits:
 			s.exited(x, &state[x.slot])
@@ -703,7 +704,7 @@ func (s *supervisor) handleApply(req applyReq) {
 func (s *supervisor) reload() {
 	cfg, err := s.cmd.parse(s.args)
 	if err == nil {
-		err = cfg.check()
+		err = cfg.Check()
 	}
 	if err != nil {
 		s.log.Error("config reload failed; the previous backend sets keep serving", "error", err)
@@ -733,7 +734,7 @@ func withHint(err error) []any {
 }
 
 // restartKeys names what differs between a and b other than backend sets.
-func restartKeys(a, b Config) []string {
+func restartKeys(a, b config.Config) []string {
 	var keys []string
 	diff := func(key string, same bool) {
 		if !same {
@@ -838,7 +839,7 @@ func (s *supervisor) publishSockets() {
 
 // listenedSets is the names of the sets that ls serve, sorted, once each: what the data plane
 // subscribes to.
-func listenedSets(ls []Listener) []string {
+func listenedSets(ls []config.Listener) []string {
 	var names []string
 	for _, l := range ls {
 		names = append(names, l.BackendSet)
@@ -894,7 +895,7 @@ func (s *supervisor) checkStalled(now time.Time) {
 		}
 		w := s.region.Worker(wp.region)
 		last := time.Unix(0, max(w.Heartbeat, wp.started.UnixNano()))
-		if silent := now.Sub(last); w.PID == wp.pid && silent > s.cfg.workerStallTimeout() {
+		if silent := now.Sub(last); w.PID == wp.pid && silent > s.cfg.WorkerStallTimeoutOrDefault() {
 			s.log.Error("worker stopped beating; killing it", "slot", wp.slot, "pid", wp.pid, "silent_for", silent.Round(time.Millisecond).String())
 			wp.cmd.Process.Kill()
 			wp.killed = true
@@ -959,7 +960,7 @@ func (s *supervisor) shutdown() int {
 		}
 	}
 	code := exitOK
-	kill := time.After(s.cfg.shutdownTimeout() + killGrace)
+	kill := time.After(s.cfg.ShutdownTimeoutOrDefault() + killGrace)
 	for running > 0 {
 		select {
 		case x := <-s.exits:

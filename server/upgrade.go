@@ -22,6 +22,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/localadmin"
 	"github.com/xlbproxy/xlb/server/rpc"
 	"github.com/xlbproxy/xlb/server/upgrade"
@@ -138,7 +139,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	}()
 	go func() {
 		out := upgrade.OS.Await(upgrade.Child{Pid: cmd.Process.Pid, Line: lines, Exited: exited},
-			s.cfg.upgradeTimeout(), s.cfg.shutdownTimeout()+killGrace, s.log)
+			s.cfg.UpgradeTimeoutOrDefault(), s.cfg.ShutdownTimeoutOrDefault()+killGrace, s.log)
 		s.upgradeDone <- upgradeResult{pid: out.Pid, version: out.Version, err: out.Err}
 	}()
 }
@@ -243,7 +244,7 @@ func (in *inherited) signalReady() {
 
 // sockets turns the inherited socket descriptors into files, checking that the configuration
 // still has the same listeners.
-func (in *inherited) sockets(listeners []Listener, reusePort bool) ([][]*os.File, error) {
+func (in *inherited) sockets(listeners []config.Listener, reusePort bool) ([][]*os.File, error) {
 	if len(listeners) != len(in.fds.Listeners) {
 		return nil, fmt.Errorf("the configuration has %d listeners, the running xlb %d: a change of listeners needs a restart", len(listeners), len(in.fds.Listeners))
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/rawio"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // The worker role. `xlb run` starts each worker by re-executing its own binary (/proc/self/exe, so
@@ -45,7 +46,7 @@ type workerSpec struct {
 	Proxy           proxy.Config
 	AccessLog       string
 	ShutdownTimeout time.Duration
-	Log             LogConfig
+	Log             config.LogConfig
 	MetricsSocket   string // where the worker reports its per-backend metrics
 }
 
@@ -92,7 +93,7 @@ func (e *env) workerMain(args []string) int {
 	notifier := newHealthNotifier(healthPipe)
 
 	lns := make([]net.Listener, len(spec.Sets))
-	listeners := make([]Listener, len(spec.Sets))
+	listeners := make([]config.Listener, len(spec.Sets))
 	for i, set := range spec.Sets {
 		ln, err := rawio.NewListener(os.NewFile(uintptr(fdListener+i), fmt.Sprintf("listener %d", i)))
 		if err != nil {
@@ -100,14 +101,14 @@ func (e *env) workerMain(args []string) int {
 			return exitFailure
 		}
 		lns[i] = ln
-		listeners[i] = Listener{Address: ln.Addr().String(), BackendSet: set}
+		listeners[i] = config.Listener{Address: ln.Addr().String(), BackendSet: set}
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
 	follower := table.NewFollower(region, spec.Slot)
-	cfg := Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
+	cfg := config.Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
 	cfg.Proxy.HealthChanged = notifier.Signal
 	nctx, stopNotifier := context.WithCancel(context.Background()) // it outlives the drain too
 	defer stopNotifier()

@@ -1,4 +1,4 @@
-package server
+package config
 
 import (
 	"bytes"
@@ -32,12 +32,12 @@ const (
 	configBytesMax = 1 << 20
 	// configErrorsMax bounds the errors reported for one file; past it the rest are counted.
 	configErrorsMax = 20
-	// weightMax is the largest backend weight.
-	weightMax = 1_000_000
-	// limitMax bounds every limit in bytes or counts, so that no limit overflows an int anywhere.
-	limitMax = 1 << 30
-	// retriesMax bounds retries; more than a few never helps.
-	retriesMax = 100
+	// WeightMax is the largest backend weight.
+	WeightMax = 1_000_000
+	// LimitMax bounds every limit in bytes or counts, so that no limit overflows an int anywhere.
+	LimitMax = 1 << 30
+	// RetriesMax bounds retries; more than a few never helps.
+	RetriesMax = 100
 	// workersMax bounds the worker processes.
 	workersMax = 1024
 	// regionCapacityMax bounds each capacity of the shared region (shm refuses more).
@@ -45,19 +45,21 @@ const (
 )
 
 const (
-	// defaultListen is the listen address of `xlb run` without --config and of `xlb demo`.
-	defaultListen = "127.0.0.1:8080"
-	// defaultSet names the one backend set that flags build.
-	defaultSet = "default"
-	// defaultShutdownTimeout is what a zero Config.ShutdownTimeout means.
-	defaultShutdownTimeout = 30 * time.Second
-	// defaultUpgradeTimeout is what a zero Config.UpgradeTimeout means.
-	defaultUpgradeTimeout = 30 * time.Second
-	// defaultWorkerStallTimeout is what a zero Config.WorkerStallTimeout means.
-	defaultWorkerStallTimeout = 30 * time.Second
+	// DefaultListen is the listen address of `xlb run` without --config and of `xlb demo`.
+	DefaultListen = "127.0.0.1:8080"
+	// DefaultSet names the one backend set that flags build.
+	DefaultSet = "default"
+	// DefaultShutdownTimeout is what a zero Config.ShutdownTimeout means.
+	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultUpgradeTimeout is what a zero Config.UpgradeTimeout means.
+	DefaultUpgradeTimeout = 30 * time.Second
+	// DefaultWorkerStallTimeout is what a zero Config.WorkerStallTimeout means.
+	DefaultWorkerStallTimeout = 30 * time.Second
+	// DefaultMetricsInterval is what a zero Config.MetricsInterval means.
+	DefaultMetricsInterval = time.Second
 )
 
-// Config is everything `xlb run` needs to serve. Both a configuration file (ParseConfig, LoadConfig)
+// Config is everything `xlb run` needs to serve. Both a configuration file (Parse, Load)
 // and the flags of `xlb run` build one. The zero value of every field means its documented default;
 // a Config is not changed once serving starts.
 type Config struct {
@@ -143,24 +145,24 @@ type LogConfig struct {
 	JSON bool
 }
 
-// metricsInterval is MetricsInterval with its default applied.
-func (c *Config) metricsInterval() time.Duration {
+// MetricsIntervalOrDefault is MetricsInterval with its default applied.
+func (c *Config) MetricsIntervalOrDefault() time.Duration {
 	if c.MetricsInterval <= 0 {
-		return defaultMetricsInterval
+		return DefaultMetricsInterval
 	}
 	return c.MetricsInterval
 }
 
-// upgradeTimeout is UpgradeTimeout with its default applied.
-func (c *Config) upgradeTimeout() time.Duration {
+// UpgradeTimeoutOrDefault is UpgradeTimeout with its default applied.
+func (c *Config) UpgradeTimeoutOrDefault() time.Duration {
 	if c.UpgradeTimeout <= 0 {
-		return defaultUpgradeTimeout
+		return DefaultUpgradeTimeout
 	}
 	return c.UpgradeTimeout
 }
 
-// nodeID is NodeID with its default applied.
-func (c *Config) nodeID() string {
+// NodeIDOrDefault is NodeID with its default applied.
+func (c *Config) NodeIDOrDefault() string {
 	if c.NodeID != "" {
 		return c.NodeID
 	}
@@ -170,26 +172,26 @@ func (c *Config) nodeID() string {
 	return "xlb"
 }
 
-// workerStallTimeout is WorkerStallTimeout with its default applied.
-func (c *Config) workerStallTimeout() time.Duration {
+// WorkerStallTimeoutOrDefault is WorkerStallTimeout with its default applied.
+func (c *Config) WorkerStallTimeoutOrDefault() time.Duration {
 	if c.WorkerStallTimeout <= 0 {
-		return defaultWorkerStallTimeout
+		return DefaultWorkerStallTimeout
 	}
 	return c.WorkerStallTimeout
 }
 
-// shutdownTimeout is ShutdownTimeout with its default applied.
-func (c *Config) shutdownTimeout() time.Duration {
+// ShutdownTimeoutOrDefault is ShutdownTimeout with its default applied.
+func (c *Config) ShutdownTimeoutOrDefault() time.Duration {
 	if c.ShutdownTimeout <= 0 {
-		return defaultShutdownTimeout
+		return DefaultShutdownTimeout
 	}
 	return c.ShutdownTimeout
 }
 
-// check is the last look at a Config before serving it, whoever built it: every listener names a
+// Check is the last look at a Config before serving it, whoever built it: every listener names a
 // set that exists. Files and flags were validated in detail already; a Config built in code (the
 // demo, tests) is held to the same few rules here.
-func (c *Config) check() error {
+func (c *Config) Check() error {
 	if len(c.Listeners) == 0 {
 		return errors.New("server: config: no listeners")
 	}
@@ -209,8 +211,8 @@ func (c *Config) check() error {
 	return nil
 }
 
-// ConfigError is one thing wrong with a configuration file: where it is and what is wrong.
-type ConfigError struct {
+// Error is one thing wrong with a configuration file: where it is and what is wrong.
+type Error struct {
 	// File is the file's name as it was given.
 	File string
 	// Line is the 1-based line of the offending key or value.
@@ -222,19 +224,21 @@ type ConfigError struct {
 }
 
 // Error reads like a compiler's diagnostic: xlb.yaml:7: backend_sets[0].backends[1].weight: want ...
-func (e *ConfigError) Error() string {
+func (e *Error) Error() string {
 	if e.Path == "" {
 		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
 	}
 	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Path, e.Msg)
 }
 
-// LoadConfig reads and parses the configuration file at path; see ParseConfig.
-func LoadConfig(path string) (Config, error) { return loadConfig(path, false) }
+// Load reads and parses the configuration file at path; see Parse.
+func Load(path string) (Config, error) { return load(path, false) }
 
-// loadConfig is LoadConfig; with externalSets, for a data plane whose sets come from its control
-// plane.
-func loadConfig(path string, externalSets bool) (Config, error) {
+// LoadDataPlane is Load for `xlb dataplane`, whose sets come from its control plane: the file
+// must have none.
+func LoadDataPlane(path string) (Config, error) { return load(path, true) }
+
+func load(path string, externalSets bool) (Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("server: config: %w", err)
@@ -250,11 +254,11 @@ func loadConfig(path string, externalSets bool) (Config, error) {
 	return parseConfig(path, data, externalSets)
 }
 
-// ParseConfig parses a YAML configuration file; name is the file's name, used in errors. Decoding is
+// Parse parses a YAML configuration file; name is the file's name, used in errors. Decoding is
 // strict: an unknown key, a key given twice, a value of the wrong type or out of its range is an
-// error. Each error is a *ConfigError naming the key path and its line; when there are several they
+// error. Each error is a *Error naming the key path and its line; when there are several they
 // come joined (errors.Join) in the order of their lines.
-func ParseConfig(name string, data []byte) (Config, error) { return parseConfig(name, data, false) }
+func Parse(name string, data []byte) (Config, error) { return parseConfig(name, data, false) }
 
 func parseConfig(name string, data []byte, externalSets bool) (Config, error) {
 	d := &decoder{file: name, externalSets: externalSets}
@@ -266,7 +270,7 @@ func parseConfig(name string, data []byte, externalSets bool) (Config, error) {
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case err == nil:
-		return Config{}, &ConfigError{File: name, Line: next.Line, Msg: "a second YAML document; want one"}
+		return Config{}, &Error{File: name, Line: next.Line, Msg: "a second YAML document; want one"}
 	case !errors.Is(err, io.EOF):
 		return Config{}, d.syntaxError(err)
 	}
@@ -297,7 +301,7 @@ func (d *decoder) syntaxError(err error) error {
 		if strings.HasPrefix(m[2], "did not find expected") {
 			line++
 		}
-		return &ConfigError{File: d.file, Line: line, Msg: m[2]}
+		return &Error{File: d.file, Line: line, Msg: m[2]}
 	}
 	return fmt.Errorf("server: config: %s: %w", d.file, err)
 }
@@ -305,14 +309,14 @@ func (d *decoder) syntaxError(err error) error {
 // decoder walks the nodes of a configuration file, building a Config and collecting errors.
 type decoder struct {
 	file string
-	errs []*ConfigError
+	errs []*Error
 	// externalSets says the backend sets come from a control plane (xlb dataplane): the file
 	// must not have any, and its listeners may name sets it does not define.
 	externalSets bool
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
-	d.errs = append(d.errs, &ConfigError{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
 // err returns the collected errors, in the order of their lines, or nil.
@@ -368,12 +372,12 @@ func (d *decoder) top(root *yaml.Node) Config {
 		case "limits":
 			d.limits(v, key, &c)
 		case "retries":
-			if n, ok := d.integer(v, key, 0, retriesMax); ok {
-				c.Proxy.Retries = proxyRetries(n)
+			if n, ok := d.integer(v, key, 0, RetriesMax); ok {
+				c.Proxy.Retries = ProxyRetries(n)
 			}
 		case "forwarded":
 			if s, ok := d.str(v, key); ok {
-				f, err := parseForwarded(s)
+				f, err := ParseForwarded(s)
 				if err != nil {
 					d.errorf(v, key, "%v, got %q", err, s)
 				}
@@ -382,7 +386,7 @@ func (d *decoder) top(root *yaml.Node) Config {
 		case "trusted_proxies":
 			for i, n := range d.sequence(v, key) {
 				if s, ok := d.str(n, index(key, i)); ok {
-					pr, err := parseTrustedProxy(s)
+					pr, err := ParseTrustedProxy(s)
 					if err != nil {
 						d.errorf(n, index(key, i), "%v", err)
 					}
@@ -466,7 +470,7 @@ func (d *decoder) listener(n *yaml.Node, path string) *located {
 		case "address":
 			l.nameNode = v
 			if s, ok := d.str(v, path+".address"); ok {
-				if err := checkListenAddress(s); err != nil {
+				if err := CheckListenAddress(s); err != nil {
 					d.errorf(v, path+".address", "%v, got %q", err, s)
 				}
 				l.name = s
@@ -509,7 +513,7 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 			}
 		case "policy":
 			if p, ok := d.str(v, path+".policy"); ok {
-				pol, err := parsePolicy(p)
+				pol, err := ParsePolicy(p)
 				if err != nil {
 					d.errorf(v, path+".policy", "%v, got %q", err, p)
 				}
@@ -570,13 +574,13 @@ func (d *decoder) backend(n *yaml.Node, path string) (b proxy.Backend, idNode *y
 		case "address":
 			addrNode = v
 			if s, ok := d.str(v, path+".address"); ok {
-				if err := checkBackendAddress(s); err != nil {
+				if err := CheckBackendAddress(s); err != nil {
 					d.errorf(v, path+".address", "%v, got %q", err, s)
 				}
 				b.Address = s
 			}
 		case "weight":
-			if w, ok := d.integer(v, path+".weight", 1, weightMax); ok {
+			if w, ok := d.integer(v, path+".weight", 1, WeightMax); ok {
 				b.Weight = w
 			}
 		case "state":
@@ -651,7 +655,7 @@ func (d *decoder) limits(n *yaml.Node, path string, c *Config) {
 		default:
 			return false
 		}
-		if x, ok := d.integer(v, path+"."+key, 1, limitMax); ok {
+		if x, ok := d.integer(v, path+"."+key, 1, LimitMax); ok {
 			*dst = x
 		}
 		return true
@@ -692,7 +696,7 @@ func (d *decoder) log(n *yaml.Node, path string, l *LogConfig) {
 		switch key {
 		case "level":
 			if s, ok := d.str(v, path+".level"); ok {
-				lvl, err := parseLogLevel(s)
+				lvl, err := ParseLogLevel(s)
 				if err != nil {
 					d.errorf(v, path+".level", "%v, got %q", err, s)
 				}
@@ -700,7 +704,7 @@ func (d *decoder) log(n *yaml.Node, path string, l *LogConfig) {
 			}
 		case "format":
 			if s, ok := d.str(v, path+".format"); ok {
-				json, err := parseLogFormat(s)
+				json, err := ParseLogFormat(s)
 				if err != nil {
 					d.errorf(v, path+".format", "%v, got %q", err, s)
 				}
@@ -908,7 +912,7 @@ func (d *decoder) duration(n *yaml.Node, path string) (time.Duration, bool) {
 		d.errorf(n, path, "%v, got %s", errDuration, kindName(n))
 		return 0, false
 	}
-	dur, err := parseDuration(n.Value)
+	dur, err := ParseDuration(n.Value)
 	if err != nil {
 		d.errorf(n, path, "%v, got %q", err, n.Value)
 		return 0, false
@@ -930,7 +934,7 @@ func index(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
 
 var errDuration = errors.New("want a positive duration such as 5s or 1m30s")
 
-func parseDuration(s string) (time.Duration, error) {
+func ParseDuration(s string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
 		return 0, errDuration
@@ -948,8 +952,8 @@ func checkRange(x int64, lo, hi int) error {
 	return nil
 }
 
-// parseInt parses a decimal integer from lo to hi.
-func parseInt(s string, lo, hi int) (int, error) {
+// ParseInt parses a decimal integer from lo to hi.
+func ParseInt(s string, lo, hi int) (int, error) {
 	x, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("want an integer >= %d", lo)
@@ -960,8 +964,8 @@ func parseInt(s string, lo, hi int) (int, error) {
 	return int(x), nil
 }
 
-// checkListenAddress accepts host:port with a numeric port from 0 to 65535; the host may be empty.
-func checkListenAddress(s string) error {
+// CheckListenAddress accepts host:port with a numeric port from 0 to 65535; the host may be empty.
+func CheckListenAddress(s string) error {
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return errors.New("want host:port with a numeric port")
@@ -972,8 +976,8 @@ func checkListenAddress(s string) error {
 	return nil
 }
 
-// checkBackendAddress accepts host:port with a host and a numeric port from 1 to 65535.
-func checkBackendAddress(s string) error {
+// CheckBackendAddress accepts host:port with a host and a numeric port from 1 to 65535.
+func CheckBackendAddress(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil || host == "" {
 		return errors.New("want host:port with a numeric port")
@@ -984,7 +988,7 @@ func checkBackendAddress(s string) error {
 	return nil
 }
 
-func parsePolicy(s string) (balance.Policy, error) {
+func ParsePolicy(s string) (balance.Policy, error) {
 	if s == "" {
 		return 0, errors.New("want round_robin or least_request")
 	}
@@ -995,7 +999,7 @@ func parsePolicy(s string) (balance.Policy, error) {
 	return p, nil
 }
 
-func parseForwarded(s string) (proxy.Forwarded, error) {
+func ParseForwarded(s string) (proxy.Forwarded, error) {
 	if s == "" {
 		return 0, errors.New("want append, replace or off")
 	}
@@ -1006,8 +1010,8 @@ func parseForwarded(s string) (proxy.Forwarded, error) {
 	return f, nil
 }
 
-// parseTrustedProxy parses a CIDR prefix, or an address as the prefix of that address alone.
-func parseTrustedProxy(s string) (netip.Prefix, error) {
+// ParseTrustedProxy parses a CIDR prefix, or an address as the prefix of that address alone.
+func ParseTrustedProxy(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		pr, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -1023,7 +1027,7 @@ func parseTrustedProxy(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-func parseLogLevel(s string) (hclog.Level, error) {
+func ParseLogLevel(s string) (hclog.Level, error) {
 	switch s {
 	case "trace":
 		return hclog.Trace, nil
@@ -1041,8 +1045,8 @@ func parseLogLevel(s string) (hclog.Level, error) {
 	return 0, errors.New("want trace, debug, info, warn, error or off")
 }
 
-// parseLogFormat returns whether the format is JSON.
-func parseLogFormat(s string) (bool, error) {
+// ParseLogFormat returns whether the format is JSON.
+func ParseLogFormat(s string) (bool, error) {
 	switch s {
 	case "text":
 		return false, nil
@@ -1052,11 +1056,59 @@ func parseLogFormat(s string) (bool, error) {
 	return false, errors.New("want text or json")
 }
 
-// proxyRetries turns a count of retries, where 0 means none, into proxy.Config.Retries, where 0
+// ProxyRetries turns a count of retries, where 0 means none, into proxy.Config.Retries, where 0
 // means the default and a negative value none.
-func proxyRetries(n int) int {
+func ProxyRetries(n int) int {
 	if n == 0 {
 		return -1
 	}
 	return n
 }
+
+// DurationDoc is how help writes a default duration: in whole seconds when it is some ("60s", where
+// time.Duration's String says "1m0s"), else as Go writes it.
+func DurationDoc(d time.Duration) string {
+	if d > 0 && d%time.Second == 0 {
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	}
+	return d.String()
+}
+
+// Sample is the configuration file shown in help; a test checks that it parses. Its
+// timeouts, limits and retries are the defaults.
+var Sample = `  listeners:
+    - address: 127.0.0.1:8080
+      backend_set: web
+  backend_sets:
+    - name: web
+      policy: round_robin            # or least_request
+      backends:
+        - {id: a, address: 127.0.0.1:9001, weight: 1}
+        - {id: b, address: 127.0.0.1:9002, weight: 3}
+        - {id: c, address: 127.0.0.1:9003, state: draining}   # active | draining | disabled
+      health_check:                  # active probes (none without this key; {} = the defaults)
+        interval: 2s                 # timeout: the smaller of 1s and interval
+        fall: 3                      # failed in a row to eject; rise: 2 passed in a row to readmit
+        http: {path: /, expected_statuses: ["200-399"]}   # or tcp: {}
+      outlier_detection: {consecutive_failures: 5, failure_statuses: none, base_ejection_time: 30s, max_ejection_time: 300s, max_ejection_percent: 50}
+      slow_start: {window: 30s, min_weight_percent: 10}   # none without this key
+      panic_threshold: 0             # % in below which every backend takes traffic (0: none in)
+  timeouts: {connect: ` + DurationDoc(proxy.DefaultConnectTimeout) + `, backend: ` + DurationDoc(proxy.DefaultBackendTimeout) +
+	`, client: ` + DurationDoc(proxy.DefaultClientTimeout) + `, idle: ` + DurationDoc(proxy.DefaultIdleTimeout) +
+	`, shutdown: ` + DurationDoc(DefaultShutdownTimeout) + `, worker_stall: ` + DurationDoc(DefaultWorkerStallTimeout) + `}
+  limits: {request_line_bytes: ` + strconv.Itoa(proxy.DefaultRequestLineBytesMax) + `, header_bytes: ` + strconv.Itoa(proxy.DefaultHeaderBytesMax) +
+	`, headers: ` + strconv.Itoa(proxy.DefaultHeadersMax) + `, replay_buffer_bytes: ` + strconv.Itoa(proxy.DefaultReplayBufferBytesMax) +
+	`, idle_conns_per_backend: ` + strconv.Itoa(proxy.DefaultIdleConnsPerBackend) + `,
+            connections: 10000}       # per worker; default: half the file-descriptor limit
+  retries: ` + strconv.Itoa(proxy.DefaultRetries) + `                         # 0 for none
+  forwarded: append                  # append | replace | off
+  trusted_proxies: [10.0.0.0/8]      # whose X-Forwarded-* append extends (default: no one's)
+  forwarded_field: false             # true: also an RFC 7239 Forwarded field
+  upgrade_protocols: [websocket]     # the Upgrade protocols tunnelled (h2c only if listed)
+  access_log: /var/log/xlb/access.jsonl   # "-" = standard output
+  log: {level: info, format: text}   # format: text | json
+  workers: 2                         # default: one per two CPUs
+  reuse_port: false                  # true: a SO_REUSEPORT socket per worker
+  state_dir: /var/lib/xlb            # holds the region file
+  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created
+`

@@ -1,4 +1,4 @@
-package server
+package config
 
 import (
 	"errors"
@@ -61,25 +61,25 @@ func sampleWant() Config {
 }
 
 func TestParseConfigSample(t *testing.T) {
-	got, err := ParseConfig("xlb.yaml", []byte(sampleFile(t)))
+	got, err := Parse("xlb.yaml", []byte(sampleFile(t)))
 	if err != nil {
-		t.Fatalf("ParseConfig: %v", err)
+		t.Fatalf("Parse: %v", err)
 	}
 	if want := sampleWant(); !reflect.DeepEqual(got, want) {
-		t.Errorf("ParseConfig:\n got %+v\nwant %+v", got, want)
+		t.Errorf("Parse:\n got %+v\nwant %+v", got, want)
 	}
-	loaded, err := LoadConfig("testdata/xlb.yaml")
+	loaded, err := Load("testdata/xlb.yaml")
 	if err != nil {
-		t.Fatalf("LoadConfig: %v", err)
+		t.Fatalf("Load: %v", err)
 	}
 	if !reflect.DeepEqual(loaded, got) {
-		t.Errorf("LoadConfig and ParseConfig differ:\n%+v\n%+v", loaded, got)
+		t.Errorf("Load and Parse differ:\n%+v\n%+v", loaded, got)
 	}
 }
 
 // TestParseConfigHelpSample keeps the file shown by `xlb run --help` valid.
 func TestParseConfigHelpSample(t *testing.T) {
-	if _, err := ParseConfig("help", []byte(sampleConfig)); err != nil {
+	if _, err := Parse("help", []byte(Sample)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -192,12 +192,12 @@ backend_sets: [{name: web, backends: []}]
 				}}},
 			}
 			tt.want(&want)
-			got, err := ParseConfig("xlb.yaml", []byte(tt.yaml))
+			got, err := Parse("xlb.yaml", []byte(tt.yaml))
 			if err != nil {
-				t.Fatalf("ParseConfig: %v", err)
+				t.Fatalf("Parse: %v", err)
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Errorf("ParseConfig:\n got %+v\nwant %+v", got, want)
+				t.Errorf("Parse:\n got %+v\nwant %+v", got, want)
 			}
 		})
 	}
@@ -457,13 +457,13 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseConfig("xlb.yaml", []byte(tt.yaml(t)))
+			_, err := Parse("xlb.yaml", []byte(tt.yaml(t)))
 			if err == nil {
-				t.Fatalf("ParseConfig: no error, want %q", tt.want)
+				t.Fatalf("Parse: no error, want %q", tt.want)
 			}
 			for _, want := range tt.want {
 				if !hasLine(err, want) {
-					t.Errorf("ParseConfig error:\n%v\nhas no line\n%s", err, want)
+					t.Errorf("Parse error:\n%v\nhas no line\n%s", err, want)
 				}
 			}
 		})
@@ -471,14 +471,14 @@ func TestParseConfigErrors(t *testing.T) {
 }
 
 func TestParseConfigErrorType(t *testing.T) {
-	_, err := ParseConfig("xlb.yaml", []byte(edit(t, "weight: 3}", "weight: x}")))
-	var ce *ConfigError
+	_, err := Parse("xlb.yaml", []byte(edit(t, "weight: 3}", "weight: x}")))
+	var ce *Error
 	if !errors.As(err, &ce) {
-		t.Fatalf("error %v (%T) is not a *ConfigError", err, err)
+		t.Fatalf("error %v (%T) is not a *Error", err, err)
 	}
-	want := ConfigError{File: "xlb.yaml", Line: 9, Path: "backend_sets[0].backends[1].weight", Msg: `want an integer >= 1, got "x"`}
+	want := Error{File: "xlb.yaml", Line: 9, Path: "backend_sets[0].backends[1].weight", Msg: `want an integer >= 1, got "x"`}
 	if *ce != want {
-		t.Errorf("ConfigError = %+v, want %+v", *ce, want)
+		t.Errorf("Error = %+v, want %+v", *ce, want)
 	}
 }
 
@@ -489,7 +489,7 @@ func TestParseConfigErrorsSortedAndBounded(t *testing.T) {
 		b.WriteString("  - {name: \"\"}\n")
 	}
 	b.WriteString("retries: -1\n")
-	_, err := ParseConfig("xlb.yaml", []byte(b.String()))
+	_, err := Parse("xlb.yaml", []byte(b.String()))
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -507,21 +507,21 @@ func TestParseConfigErrorsSortedAndBounded(t *testing.T) {
 
 func TestLoadConfigErrors(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := LoadConfig(filepath.Join(dir, "missing.yaml")); err == nil || !strings.HasPrefix(err.Error(), "server: config: open ") {
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil || !strings.HasPrefix(err.Error(), "server: config: open ") {
 		t.Errorf("missing file: error %v, want server: config: open ...", err)
 	}
 	big := filepath.Join(dir, "big.yaml")
 	if err := os.WriteFile(big, make([]byte, configBytesMax+1), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadConfig(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("big file: error %v, want larger than ...", err)
 	}
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte(minimal+"retries: x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadConfig(bad); err == nil || !hasLine(err, bad+`:8: retries: want an integer >= 0, got "x"`) {
+	if _, err := Load(bad); err == nil || !hasLine(err, bad+`:8: retries: want an integer >= 0, got "x"`) {
 		t.Errorf("bad file: error %v, want it named by its path", err)
 	}
 }
@@ -540,7 +540,7 @@ func TestConfigCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.cfg.check()
+			err := tt.cfg.Check()
 			if got := errString(err); got != tt.wantErr {
 				t.Errorf("check() = %q, want %q", got, tt.wantErr)
 			}
@@ -555,7 +555,7 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// FuzzParseConfig holds that ParseConfig never panics, and that what it accepts is a Config that
+// FuzzParseConfig holds that Parse never panics, and that what it accepts is a Config that
 // serving accepts too, within every bound of the format.
 func FuzzParseConfig(f *testing.F) {
 	data, err := os.ReadFile("testdata/xlb.yaml")
@@ -568,23 +568,23 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add("listeners: &l [{address: ':1', backend_set: s}]\nbackend_sets: [{name: s, backends: *l}]\n")
 	f.Add("a: {b: [c, {d: e}]}\n---\n")
 	f.Fuzz(func(t *testing.T, s string) {
-		cfg, err := ParseConfig("f.yaml", []byte(s))
+		cfg, err := Parse("f.yaml", []byte(s))
 		if err != nil {
 			return
 		}
-		if err := cfg.check(); err != nil {
-			t.Fatalf("ParseConfig accepted a Config that check refuses: %v\n%s", err, s)
+		if err := cfg.Check(); err != nil {
+			t.Fatalf("Parse accepted a Config that check refuses: %v\n%s", err, s)
 		}
 		for _, set := range cfg.BackendSets {
 			for _, b := range set.Backends {
-				if b.ID == "" || b.Weight < 1 || b.Weight > weightMax || checkBackendAddress(b.Address) != nil {
-					t.Fatalf("ParseConfig accepted backend %+v\n%s", b, s)
+				if b.ID == "" || b.Weight < 1 || b.Weight > WeightMax || CheckBackendAddress(b.Address) != nil {
+					t.Fatalf("Parse accepted backend %+v\n%s", b, s)
 				}
 			}
 		}
 		for _, l := range cfg.Listeners {
-			if checkListenAddress(l.Address) != nil {
-				t.Fatalf("ParseConfig accepted listener %+v\n%s", l, s)
+			if CheckListenAddress(l.Address) != nil {
+				t.Fatalf("Parse accepted listener %+v\n%s", l, s)
 			}
 		}
 	})
