@@ -118,18 +118,18 @@ func (e *env) usageError(cmd string, err error) int {
 
 // runCommand is `xlb run`.
 func (e *env) runCommand(args []string) int {
-	return e.superviseCommand(supervised{name: "run", parse: parseRun, flags: newRunFlags, usage: runUsage}, args)
+	return e.superviseCommand(supervised{name: "run", parse: runCommandLine, flags: newRunFlags, usage: runUsage}, args)
 }
 
 // dataplaneCommand is `xlb dataplane`.
 func (e *env) dataplaneCommand(args []string) int {
-	return e.superviseCommand(supervised{name: "dataplane", parse: parseDataplane, flags: newDataplaneFlags, usage: dataplaneUsage}, args)
+	return e.superviseCommand(supervised{name: "dataplane", parse: dataplaneCommandLine, flags: newDataplaneFlags, usage: dataplaneUsage}, args)
 }
 
 // supervised is a command that runs a supervisor: xlb run, xlb dataplane or xlb demo.
 type supervised struct {
 	name  string
-	parse func([]string) (config.Config, error)
+	parse func([]string) (commandLine, error)
 	flags func() *runFlags
 	usage func() string
 	// ready, when not nil, is called once, on the supervisor's goroutine, when the supervisor first
@@ -137,8 +137,18 @@ type supervised struct {
 	ready func(served)
 }
 
+// commandLine is a command line as a supervisor serves it: its Config, and, when it names a
+// configuration file, how to read that file again with the flags given laid over it as at start
+// (a reload never parses the command line again).
+type commandLine struct {
+	cfg    config.Config
+	file   string                        // "" when the flags gave everything
+	reload func() (config.Config, error) // nil without a file
+}
+
 func (e *env) superviseCommand(c supervised, args []string) int {
-	cfg, err := c.parse(args)
+	cl, err := c.parse(args)
+	cfg := cl.cfg
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(e.stdout, c.usage())
@@ -150,7 +160,7 @@ func (e *env) superviseCommand(c supervised, args []string) int {
 	log.Info("starting", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
-	return e.supervise(ctx, log, cfg, c, args)
+	return e.supervise(ctx, log, cl, c)
 }
 
 // flagDef is one flag of a command, in the order its help lists it.
@@ -412,39 +422,55 @@ func parseGiven(name string, defs []flagDef, args []string) (map[string]bool, er
 // from --listen and --backend, with every other flag given explicitly overriding the file's value.
 // It returns flag.ErrHelp for --help.
 func parseRun(args []string) (config.Config, error) {
+	cl, err := runCommandLine(args)
+	return cl.cfg, err
+}
+
+// runCommandLine is parseRun's, with the means to reload the file.
+func runCommandLine(args []string) (commandLine, error) {
 	f := newRunFlags()
 	given, err := parseGiven("run", f.defs, args)
 	if err != nil {
-		return config.Config{}, err
+		return commandLine{}, err
 	}
-
-	var cfg config.Config
+	overlay := func(c *config.Config) { f.applyGiven(given, c) }
 	switch {
 	case given["config"] && (given["listen"] || given["backend"]):
-		return config.Config{}, errors.New("--listen and --backend cannot be combined with --config; put listeners and backends in the file")
+		return commandLine{}, errors.New("--listen and --backend cannot be combined with --config; put listeners and backends in the file")
 	case given["config"]:
-		if cfg, err = config.Load(f.config); err != nil {
-			return config.Config{}, err
+		reload := func() (config.Config, error) {
+			cfg, err := config.Load(f.config)
+			if err != nil {
+				return config.Config{}, err
+			}
+			overlay(&cfg)
+			return cfg, nil
 		}
-	default:
-		if len(f.backends) == 0 {
-			return config.Config{}, errors.New("no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE")
-		}
-		listen := f.listen
-		if listen == "" {
-			listen = config.DefaultListen
-		}
-		cfg = config.Config{
-			Listeners:   []config.Listener{{Address: listen, BackendSet: config.DefaultSet}},
-			BackendSets: []proxy.BackendSet{{Name: config.DefaultSet, Backends: f.backends}},
-		}
+		cfg, err := reload()
+		return commandLine{cfg: cfg, file: f.config, reload: reload}, err
 	}
+	if len(f.backends) == 0 {
+		return commandLine{}, errors.New("no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE")
+	}
+	listen := f.listen
+	if listen == "" {
+		listen = config.DefaultListen
+	}
+	cfg := config.Config{
+		Listeners:   []config.Listener{{Address: listen, BackendSet: config.DefaultSet}},
+		BackendSets: []proxy.BackendSet{{Name: config.DefaultSet, Backends: f.backends}},
+	}
+	overlay(&cfg)
+	return commandLine{cfg: cfg}, nil
+}
+
+// applyGiven copies into c the values of the flags that the command line gave.
+func (f *runFlags) applyGiven(given map[string]bool, c *config.Config) {
 	for _, d := range f.defs {
 		if given[d.name] && d.apply != nil {
-			d.apply(&cfg)
+			d.apply(c)
 		}
 	}
-	return cfg, nil
 }
 
 // parseBackendFlag parses HOST:PORT[,weight=N]; the ID is left to the caller.

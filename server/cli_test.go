@@ -401,3 +401,36 @@ func TestHelpDefaults(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandLineReload: a command line with a file reloads the file as it is now, with the flags
+// given at start laid over it again, and without parsing the command line again; one without a
+// file has nothing to reload.
+func TestCommandLineReload(t *testing.T) {
+	path := writeSample(t)
+	cl, err := runCommandLine([]string{"--config", path, "--retries", "5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.file != path || cl.reload == nil || cl.cfg.Proxy.Retries != 5 {
+		t.Fatalf("file %q, reload %v, retries %d", cl.file, cl.reload != nil, cl.cfg.Proxy.Retries)
+	}
+	data, _ := os.ReadFile(path)
+	edited := strings.Replace(string(data), "127.0.0.1:9001", "127.0.0.1:9101", 1)
+	if edited == string(data) {
+		t.Fatal("the sample has no 127.0.0.1:9001 to change")
+	}
+	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cl.reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.BackendSets[0].Backends[0].Address; got != "127.0.0.1:9101" || cfg.Proxy.Retries != 5 {
+		t.Fatalf("reloaded: first backend %s, retries %d; want the file's new address and the flag's 5", got, cfg.Proxy.Retries)
+	}
+	noFile, err := runCommandLine([]string{"--backend", "127.0.0.1:9001"})
+	if err != nil || noFile.reload != nil || noFile.file != "" {
+		t.Fatalf("flags alone: %+v, %v; want nothing to reload", noFile, err)
+	}
+}

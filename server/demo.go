@@ -165,7 +165,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 	ready := make(chan served, 1)
 	cmd := supervised{
 		name:  "demo",
-		parse: func([]string) (config.Config, error) { return cfg, nil }, // no file to reload
+		parse: func([]string) (commandLine, error) { return commandLine{cfg: cfg}, nil }, // no file to reload
 		flags: newRunFlags,
 		usage: demoUsage,
 		ready: func(sv served) { ready <- sv },
@@ -186,7 +186,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 		case <-bctx.Done():
 		}
 	}()
-	code := e.supervise(ctx, log, cfg, cmd, nil)
+	code := e.supervise(ctx, log, commandLine{cfg: cfg}, cmd)
 	stopBanner()
 	<-bannerDone
 	return code

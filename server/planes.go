@@ -60,38 +60,45 @@ func newDataplaneFlags() *runFlags {
 
 // parseDataplane builds the config.Config of `xlb dataplane`.
 func parseDataplane(args []string) (config.Config, error) {
+	cl, err := dataplaneCommandLine(args)
+	return cl.cfg, err
+}
+
+// dataplaneCommandLine is parseDataplane's, with the means to reload the file.
+func dataplaneCommandLine(args []string) (commandLine, error) {
 	f := newDataplaneFlags()
 	given, err := parseGiven("dataplane", f.defs, args)
 	if err != nil {
-		return config.Config{}, err
+		return commandLine{}, err
 	}
-	var cfg config.Config
 	switch {
 	case !given["control-plane"]:
-		return config.Config{}, errors.New("--control-plane ADDR is required")
+		return commandLine{}, errors.New("--control-plane ADDR is required")
 	case given["config"] && (given["listen"] || given["backend-set"]):
-		return config.Config{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
+		return commandLine{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
 	case given["config"]:
-		if cfg, err = config.LoadDataPlane(f.config); err != nil {
-			return config.Config{}, err
+		reload := func() (config.Config, error) {
+			cfg, err := config.LoadDataPlane(f.config)
+			if err != nil {
+				return config.Config{}, err
+			}
+			f.applyGiven(given, &cfg)
+			return cfg, nil
 		}
+		cfg, err := reload()
+		return commandLine{cfg: cfg, file: f.config, reload: reload}, err
 	}
-	for _, d := range f.defs {
-		if given[d.name] && d.apply != nil {
-			d.apply(&cfg)
-		}
+	var cfg config.Config
+	f.applyGiven(given, &cfg)
+	listen, set := f.listen, f.backendSet
+	if listen == "" {
+		listen = config.DefaultListen
 	}
-	if !given["config"] {
-		listen, set := f.listen, f.backendSet
-		if listen == "" {
-			listen = config.DefaultListen
-		}
-		if set == "" {
-			set = config.DefaultSet
-		}
-		cfg.Listeners = []config.Listener{{Address: listen, BackendSet: set}}
+	if set == "" {
+		set = config.DefaultSet
 	}
-	return cfg, nil
+	cfg.Listeners = []config.Listener{{Address: listen, BackendSet: set}}
+	return commandLine{cfg: cfg}, nil
 }
 
 // controlplaneFlags are the flags of `xlb controlplane`.

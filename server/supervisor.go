@@ -78,12 +78,14 @@ const (
 // sockets, starts the workers and restarts them when they crash, and turns each change of the
 // configuration file's backend sets into a new generation of the region.
 type supervisor struct {
-	e    *env
-	log  hclog.Logger
-	cmd  supervised
-	args []string      // the command line, for reloading the file with its flag overrides
-	path string        // the configuration file; empty when flags gave everything
-	cfg  config.Config // the configuration in force; its listeners and settings are fixed at start
+	e   *env
+	log hclog.Logger
+	cmd supervised
+	// reloadCfg reads the configuration file at path again, with the command line's flags laid
+	// over it; nil when flags gave everything.
+	reloadCfg func() (config.Config, error)
+	path      string        // the configuration file; empty when flags gave everything
+	cfg       config.Config // the configuration in force; its listeners and settings are fixed at start
 
 	region  *shm.Region
 	writer  *shm.Writer
@@ -181,7 +183,8 @@ func (st *slotState) restartDelay(ran time.Duration) time.Duration {
 }
 
 // supervise runs `xlb run` until ctx ends; it returns the exit status.
-func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg config.Config, cmd supervised, args []string) int {
+func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, cmd supervised) int {
+	cfg := cl.cfg
 	if err := cfg.Check(); err != nil {
 		log.Error("invalid configuration", "error", err)
 		return exitFailure
@@ -274,7 +277,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cfg config.Config
 	}
 
 	s = &supervisor{
-		e: e, log: log, cmd: cmd, args: args, path: configPath(cmd, args), cfg: cfg,
+		e: e, log: log, cmd: cmd, path: cl.file, reloadCfg: cl.reload, cfg: cfg,
 		region:      region,
 		writer:      shm.NewWriter(region),
 		workers:     make([]*workerProc, workers),
@@ -702,7 +705,10 @@ func (s *supervisor) handleApply(req applyReq) {
 // reload reads the configuration file again and applies its backend sets. A file that fails is
 // logged and changes nothing; settings that only a restart can change are logged and ignored.
 func (s *supervisor) reload() {
-	cfg, err := s.cmd.parse(s.args)
+	if s.reloadCfg == nil {
+		return
+	}
+	cfg, err := s.reloadCfg()
 	if err == nil {
 		err = cfg.Check()
 	}
@@ -1015,16 +1021,6 @@ func versionsOf(sets map[string]*discoveryv1.VersionedBackendSet) map[string]str
 		out[name] = vs.GetVersion()
 	}
 	return out
-}
-
-// configPath is the --config of a command line, or "".
-func configPath(cmd supervised, args []string) string {
-	f := cmd.flags()
-	fs := flagSet(cmd.name, f.defs)
-	if parseFlags(fs, args) != nil {
-		return ""
-	}
-	return f.config
 }
 
 // healthChanged is the monitor's Changed: the loop wakes the workers.
