@@ -187,7 +187,7 @@ func regionSetsOf(sets map[string]*discoveryv1.VersionedBackendSet) []shm.Set {
 	out := make([]shm.Set, 0, len(sets))
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
 		set := sets[name].GetBackendSet()
-		rs := shm.Set{Name: name, Policy: uint8(policyOf(set.GetPolicy())),
+		rs := shm.Set{Name: name, Policy: policyOf(set.GetPolicy()),
 			FailureStatuses: uint8(failureStatusesOf(set.GetOutlierDetection().GetFailureStatuses())),
 			Backends:        make([]shm.Backend, len(set.GetBackends()))}
 		for i, b := range set.GetBackends() {

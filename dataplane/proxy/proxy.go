@@ -439,7 +439,7 @@ func (p *Proxy) refreshLocked() (uint64, error) {
 	if err == nil {
 		sets := make([]BackendSet, len(t.Sets))
 		for i, s := range t.Sets {
-			sets[i] = BackendSet{Name: s.Name, Policy: balance.Policy(s.Policy),
+			sets[i] = BackendSet{Name: s.Name, Policy: s.Policy,
 				FailureStatuses: health.FailureStatuses(s.FailureStatuses), Backends: make([]Backend, len(s.Backends))}
 			for j, b := range s.Backends {
 				sets[i].Backends[j] = Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot}

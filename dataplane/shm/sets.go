@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"runtime"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
 )
 
 // State is a backend's administrative state, as the control plane sets it.
@@ -31,7 +33,7 @@ type Backend struct {
 // Set is one backend set of a generation.
 type Set struct {
 	Name   string
-	Policy uint8
+	Policy balance.Policy
 	// FailureStatuses says which response statuses the workers count as a backend's failure: a
 	// dataplane/health.FailureStatuses, which this package only keeps.
 	FailureStatuses uint8
@@ -105,7 +107,7 @@ func encode(sets []Set, backends, strs int) []byte {
 		rec := payload[setsAt+i*setRecordBytes:]
 		le.PutUint32(rec[0:], str(s.Name))
 		le.PutUint16(rec[4:], uint16(len(s.Name)))
-		rec[6] = s.Policy
+		rec[6] = uint8(s.Policy)
 		rec[7] = s.FailureStatuses
 		le.PutUint32(rec[8:], uint32(bi))
 		le.PutUint32(rec[12:], uint32(len(s.Backends)))
@@ -162,7 +164,7 @@ func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
 			return nil, fmt.Errorf("%w: set %d's backends %d+%d, want them from %d within %d", ErrCorrupt, i, first, n, next, backendCount)
 		}
 		next += n
-		sets[i] = Set{Name: name, Policy: rec[6], FailureStatuses: rec[7], Backends: backends[first : first+n : first+n]}
+		sets[i] = Set{Name: name, Policy: balance.Policy(rec[6]), FailureStatuses: rec[7], Backends: backends[first : first+n : first+n]}
 		for j := first; j < first+n; j++ {
 			rec := p[backendsAt+j*backendRecordBytes:]
 			id, err := str(le.Uint32(rec[0:]), le.Uint16(rec[4:]))

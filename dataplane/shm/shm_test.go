@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
 )
 
 func TestMain(m *testing.M) {
@@ -107,7 +109,7 @@ func TestLayout(t *testing.T) {
 
 func sampleSets() []Set {
 	return []Set{
-		{Name: "web", Policy: 1, FailureStatuses: 2, Backends: []Backend{
+		{Name: "web", Policy: balance.LeastRequest, FailureStatuses: 2, Backends: []Backend{
 			{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
 			{ID: "b", Address: "127.0.0.1:9002", Weight: 3, State: StateDraining},
 		}},
@@ -171,6 +173,7 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 		{[]Set{{Name: strings.Repeat("n", 41)}}, "Capacities.StringBytes"},
 		{[]Set{{Name: "a"}, {Name: "a"}}, `"a" named twice`},
 		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("1")}}}, `id "1" used twice`},
+		{[]Set{{Name: "a", Policy: balance.LeastRequest + 1}}, `"a": policy 2: not a balance.Policy`},
 	} {
 		checked := w.Check(tc.sets)
 		_, err := w.Publish(tc.sets)

@@ -5,6 +5,8 @@ import (
 	"hash/crc32"
 	"hash/fnv"
 	"sync/atomic"
+
+	"github.com/xlbproxy/xlb/dataplane/balance"
 )
 
 // Health slot fields.
@@ -187,7 +189,7 @@ func (w *Writer) Check(sets []Set) error {
 }
 
 // keysOf returns the health slot key of every backend of sets, refusing a set named twice and a
-// backend id used twice in a set.
+// backend id used twice in a set, and a policy that balance does not know.
 func keysOf(sets []Set) (map[uint64]bool, error) {
 	names := make(map[string]bool, len(sets))
 	keys := make(map[uint64]bool)
@@ -196,6 +198,9 @@ func keysOf(sets []Set) (map[uint64]bool, error) {
 			return nil, fmt.Errorf("shm: backend set %q named twice", s.Name)
 		}
 		names[s.Name] = true
+		if s.Policy > balance.LeastRequest {
+			return nil, fmt.Errorf("shm: backend set %q: policy %d: not a balance.Policy", s.Name, s.Policy)
+		}
 		for _, b := range s.Backends {
 			k := slotKey(s.Name, b.ID)
 			if keys[k] {
