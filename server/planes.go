@@ -18,6 +18,7 @@ import (
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/cpserver"
 	"github.com/xlbproxy/xlb/server/rpc"
+	"github.com/xlbproxy/xlb/server/telemetry"
 )
 
 // `xlb dataplane` is `xlb run` whose backend sets come from a control plane: the same supervisor
@@ -221,7 +222,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 	ccfg := cpserver.Config{Debounce: c.debounce, LoadInterval: c.loadInterval, Logger: log}
 	var discP atomic.Pointer[discovery.Server] // set below; the gauge may be read before
 	if c.otlpEndpoint != "" {
-		cm, stopOTel, err := startControlPlaneOTel(context.Background(), c, func() int {
+		cm, stopOTel, err := telemetry.StartControlPlane(context.Background(), c.otlpEndpoint, c.otlpInsecure, c.loadInterval, Version(), func() int {
 			disc := discP.Load()
 			if disc == nil {
 				return 0
@@ -239,7 +240,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 			return exitFailure
 		}
 		defer stopOTel(context.Background())
-		ccfg.OnPush, ccfg.OnAnswer = cm.push, cm.answer
+		ccfg.OnPush, ccfg.OnAnswer = cm.Push, cm.Answer
 	}
 	cp := cpserver.New(st, ccfg)
 	discP.Store(cp.Discovery)

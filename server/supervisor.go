@@ -31,6 +31,7 @@ import (
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/rpc"
 	"github.com/xlbproxy/xlb/server/sysd"
+	"github.com/xlbproxy/xlb/server/telemetry"
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
@@ -115,9 +116,9 @@ type supervisor struct {
 	inherit     *inherited          // what an upgrade handed this supervisor; nil after it is ready
 	sockFiles   []*rpc.UnixListener // the state directory's unix sockets, published once ready
 
-	load          *loadTotals // the workers' metrics
-	metricsSocket string      // where the workers report them
-	promAddr      string      // the Prometheus listener's bound address; "" without one
+	load          *telemetry.Totals // the workers' metrics
+	metricsSocket string            // where the workers report them
+	promAddr      string            // the Prometheus listener's bound address; "" without one
 
 	monitor     *monitor.Monitor // the health of every backend of the region
 	regionSets  []shm.Set        // the sets of the region's generation in force, with their health slots
@@ -362,16 +363,21 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		return startFailed("cannot serve the local admin service", err)
 	}
 	defer stopAdmin()
-	stopMetrics, err := s.serveMetrics(dir, log.Named("metrics"))
+	load, socket, stopMetrics, err := telemetry.Serve(dir, cfg.MetricsIntervalOrDefault(), log.Named("metrics"))
 	if err != nil {
 		return startFailed("cannot serve the workers' metrics", err)
 	}
+	s.load, s.metricsSocket = load, socket
 	defer stopMetrics()
 	if cfg.OTLPEndpoint != "" || cfg.PrometheusListen != "" {
-		stopOTel, err := s.startOTel(context.Background())
+		exp := telemetry.Export{OTLPEndpoint: cfg.OTLPEndpoint, OTLPInsecure: cfg.OTLPInsecure, Interval: cfg.MetricsIntervalOrDefault(),
+			PrometheusListen: cfg.PrometheusListen, Instance: cfg.NodeIDOrDefault(), Version: Version()}
+		stopOTel, promAddr, err := exp.Start(context.Background(),
+			telemetry.Sources{Backends: s.load.Snapshot, Health: s.monitor.Status, Conns: s.load.ConnStats}, log.Named("otel"))
 		if err != nil {
 			return startFailed("cannot export metrics", err)
 		}
+		s.promAddr = promAddr
 		// The last export, after the workers' last reports.
 		defer func() {
 			if err := stopOTel(context.Background()); err != nil {
@@ -422,7 +428,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	reported := make(chan struct{})
 	go func() {
 		defer close(reported)
-		reportLoad(xctx, conn, cfg.NodeIDOrDefault(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
+		telemetry.ReportLoad(xctx, conn, cfg.NodeIDOrDefault(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
 	}()
 	// Runs before the deferred cleanups above: the clients stop before their connection closes.
 	defer func() {

@@ -25,6 +25,7 @@ import (
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/localadmin"
 	"github.com/xlbproxy/xlb/server/rpc"
+	"github.com/xlbproxy/xlb/server/telemetry"
 	"github.com/xlbproxy/xlb/server/upgrade"
 )
 
@@ -151,7 +152,7 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 	s.upgrade = nil
 	if res.err != nil {
 		// killUpgrade has ended it: its staged sockets are no one's.
-		for _, name := range []string{adminSocket, controlSocket, metricsSocket} {
+		for _, name := range []string{adminSocket, controlSocket, telemetry.Socket} {
 			os.Remove(rpc.StagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
 		}
 		s.publishSockets()
@@ -336,7 +337,7 @@ type statusReq struct {
 // status answers a Status request, from the loop.
 func (s *supervisor) status() *dataplanev1.StatusResponse {
 	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil,
-		Backends: s.load.snapshot()}
+		Backends: s.load.Snapshot()}
 	healthOf := map[[2]string]*loadv1.BackendHealth{}
 	for _, h := range backendHealth(s.monitor.Status(context.Background())) {
 		healthOf[[2]string{h.GetBackendSet(), h.GetBackendId()}] = h
@@ -361,9 +362,9 @@ func (s *supervisor) status() *dataplanev1.StatusResponse {
 	}
 	for _, wp := range s.workers {
 		if wp != nil {
-			c := s.load.connsOf(int32(wp.pid))
+			c := s.load.ConnsOf(int32(wp.pid))
 			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed,
-				Connections: c.connections, AcceptPaused: c.acceptPaused})
+				Connections: c.Connections, AcceptPaused: c.AcceptPaused})
 		}
 	}
 	return res

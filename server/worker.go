@@ -16,6 +16,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/telemetry"
 )
 
 // The worker role. `xlb run` starts each worker by re-executing its own binary (/proc/self/exe, so
@@ -128,8 +129,8 @@ func (e *env) workerMain(args []string) int {
 			started = true
 			go func() {
 				defer close(reported)
-				runReporter(rctx, spec.MetricsSocket, &reporter{slot: spec.Slot, metrics: p.BackendMetrics, stats: p.Stats,
-					gen: func() uint64 { return region.Worker(spec.Slot).Observed }, log: log})
+				telemetry.RunReporter(rctx, spec.MetricsSocket, &telemetry.Reporter{Slot: spec.Slot, Metrics: p.BackendMetrics, Stats: p.Stats,
+					Gen: func() uint64 { return region.Worker(spec.Slot).Observed }, Log: log})
 			}()
 		}
 		return nil

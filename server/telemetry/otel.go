@@ -1,4 +1,4 @@
-package server
+package telemetry
 
 import (
 	"context"
@@ -89,11 +89,11 @@ func otlpReader(ctx context.Context, endpoint string, insecure bool, interval ti
 	return sdkmetric.NewPeriodicReader(exp, ropts...), nil
 }
 
-// newMeterProvider makes a meter provider of xlb (instance names it) with readers.
-func newMeterProvider(instance string, readers ...sdkmetric.Reader) *sdkmetric.MeterProvider {
+// newMeterProvider makes a meter provider of xlb at version (instance names it) with readers.
+func newMeterProvider(instance, version string, readers ...sdkmetric.Reader) *sdkmetric.MeterProvider {
 	res := resource.NewSchemaless(
 		attribute.String("service.name", "xlb"),
-		attribute.String("service.version", Version()),
+		attribute.String("service.version", version),
 		attribute.String("service.instance.id", instance),
 	)
 	opts := []sdkmetric.Option{sdkmetric.WithResource(res)}
@@ -136,35 +136,57 @@ func stopper(mp *sdkmetric.MeterProvider) func(context.Context) error {
 	}
 }
 
-// startOTel starts the export of the supervisor's metrics (OTLP push, Prometheus scrape, or
-// both); the func it returns flushes and stops it.
-func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error, error) {
-	prod := durations{s: s, start: time.Now()}
+// Export is what the supervisor exports and where.
+type Export struct {
+	// OTLPEndpoint, when set, is the OpenTelemetry collector pushed to every Interval (plaintext
+	// with OTLPInsecure); PrometheusListen, when set, where Prometheus scrapes /metrics.
+	OTLPEndpoint     string
+	OTLPInsecure     bool
+	Interval         time.Duration
+	PrometheusListen string
+	// Instance names the data plane (service.instance.id), Version the binary's.
+	Instance, Version string
+}
+
+// Sources are what the metrics are observed from.
+type Sources struct {
+	// Backends are the per-backend totals of the workers' reports (Totals.Snapshot).
+	Backends func() []*loadv1.BackendLoad
+	// Health is the monitor's status.
+	Health func(context.Context) monitor.Status
+	// Conns are the workers' client connections (Totals.ConnStats).
+	Conns func() (map[int32]WorkerConns, uint64)
+}
+
+// Start starts the export of the supervisor's metrics (OTLP push, Prometheus scrape, or both),
+// observed from src. It returns the func that flushes and stops it, and the address Prometheus
+// scrapes ("" without one).
+func (e Export) Start(ctx context.Context, src Sources, log hclog.Logger) (stop func(context.Context) error, promAddr string, err error) {
+	prod := durations{backends: src.Backends, start: time.Now()}
 	var readers []sdkmetric.Reader
 	var stops []func()
-	if s.cfg.OTLPEndpoint != "" {
-		r, err := otlpReader(ctx, s.cfg.OTLPEndpoint, s.cfg.OTLPInsecure, s.cfg.MetricsIntervalOrDefault(), s.log.Named("otel"), prod)
+	if e.OTLPEndpoint != "" {
+		r, err := otlpReader(ctx, e.OTLPEndpoint, e.OTLPInsecure, e.Interval, log, prod)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		readers = append(readers, r)
 	}
-	if s.cfg.PrometheusListen != "" {
-		r, addr, stop, err := prometheusReader(s.cfg.PrometheusListen, s.log.Named("otel"), prod)
+	if e.PrometheusListen != "" {
+		r, addr, stop, err := prometheusReader(e.PrometheusListen, log, prod)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		s.promAddr = addr
+		promAddr = addr
 		readers, stops = append(readers, r), append(stops, stop)
 	}
-	mp := newMeterProvider(s.cfg.NodeIDOrDefault(), readers...)
+	mp := newMeterProvider(e.Instance, e.Version, readers...)
 	stopAll := func(ctx context.Context) error {
 		for _, stop := range stops {
 			stop()
 		}
 		return stopper(mp)(ctx)
 	}
-	var err error
 	m := mp.Meter("github.com/xlbproxy/xlb")
 	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
 		c, err2 := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -185,11 +207,11 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 	}
 	if err != nil {
 		stopAll(ctx)
-		return nil, err
+		return nil, "", err
 	}
 	classes := [5]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		for _, b := range capBackends(s.load.snapshot(), otelBackendsMax) {
+		for _, b := range capBackends(src.Backends(), otelBackendsMax) {
 			host, port, _ := net.SplitHostPort(b.GetAddress())
 			p, _ := strconv.Atoi(port)
 			base := []attribute.KeyValue{
@@ -215,22 +237,22 @@ func (s *supervisor) startOTel(ctx context.Context) (func(context.Context) error
 	}, requests, responses, localErrors, badResponses, opened, reused, inFlight)
 	if err != nil {
 		stopAll(ctx)
-		return nil, err
+		return nil, "", err
 	}
-	if err := healthMetrics(m, s.monitor.Status); err != nil {
+	if err := healthMetrics(m, src.Health); err != nil {
 		stopAll(ctx)
-		return nil, err
+		return nil, "", err
 	}
-	if err := connectionMetrics(m, s.load.connStats); err != nil {
+	if err := connectionMetrics(m, src.Conns); err != nil {
 		stopAll(ctx)
-		return nil, err
+		return nil, "", err
 	}
-	return stopAll, nil
+	return stopAll, promAddr, nil
 }
 
 // connectionMetrics registers the client-connection metrics of startOTel's doc, observed from
 // stats.
-func connectionMetrics(m metric.Meter, stats func() (map[int32]workerConns, uint64)) error {
+func connectionMetrics(m metric.Meter, stats func() (map[int32]WorkerConns, uint64)) error {
 	conns, err := m.Int64ObservableGauge("xlb.worker.connections", metric.WithUnit("{connection}"),
 		metric.WithDescription("Client connections a worker holds open, at its last report."))
 	if err != nil {
@@ -244,7 +266,7 @@ func connectionMetrics(m metric.Meter, stats func() (map[int32]workerConns, uint
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		workers, total := stats()
 		for _, w := range workers {
-			o.ObserveInt64(conns, int64(w.connections), metric.WithAttributeSet(attribute.NewSet(attribute.Int("xlb.worker.slot", int(w.slot)))))
+			o.ObserveInt64(conns, int64(w.Connections), metric.WithAttributeSet(attribute.NewSet(attribute.Int("xlb.worker.slot", int(w.Slot)))))
 		}
 		o.ObserveInt64(paused, int64(total))
 		return nil
@@ -334,14 +356,14 @@ func capBackends(bs []*loadv1.BackendLoad, max int) []*loadv1.BackendLoad {
 
 // durations produces http.client.request.duration from the workers' aggregated histograms.
 type durations struct {
-	s     *supervisor
-	start time.Time
+	backends func() []*loadv1.BackendLoad
+	start    time.Time
 }
 
 func (d durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 	now := time.Now()
 	h := metricdata.Histogram[float64]{Temporality: metricdata.CumulativeTemporality}
-	for _, b := range capBackends(d.s.load.snapshot(), otelBackendsMax) {
+	for _, b := range capBackends(d.backends(), otelBackendsMax) {
 		tl := b.GetTotalLatency()
 		if tl == nil {
 			continue
@@ -381,7 +403,7 @@ func (d durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 	}}, nil
 }
 
-// controlPlaneMetrics are the control plane's own: pushes, their answers and how long those took,
+// ControlPlaneMetrics are the control plane's own: pushes, their answers and how long those took,
 // and the data planes connected.
 //
 //	xlb.controlplane.pushes               counter    responses sent to data planes
@@ -389,20 +411,21 @@ func (d durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 //	xlb.controlplane.nacks                counter    responses that rejected a set
 //	xlb.controlplane.push.duration        histogram  seconds from a response's send to its answer
 //	xlb.controlplane.data_planes.connected gauge     data planes with a stream open
-type controlPlaneMetrics struct {
+type ControlPlaneMetrics struct {
 	pushes, acks, nacks metric.Int64Counter
 	duration            metric.Float64Histogram
 }
 
-// startControlPlaneOTel exports the control plane's metrics; connected counts the data planes.
-func startControlPlaneOTel(ctx context.Context, c controlplaneFlags, connected func() int, log hclog.Logger) (*controlPlaneMetrics, func(context.Context) error, error) {
-	r, err := otlpReader(ctx, c.otlpEndpoint, c.otlpInsecure, c.loadInterval, log)
+// StartControlPlane exports the control plane's metrics to the OTLP collector at endpoint every
+// interval (plaintext with insecure); connected counts the data planes.
+func StartControlPlane(ctx context.Context, endpoint string, insecure bool, interval time.Duration, version string, connected func() int, log hclog.Logger) (*ControlPlaneMetrics, func(context.Context) error, error) {
+	r, err := otlpReader(ctx, endpoint, insecure, interval, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	mp := newMeterProvider("controlplane", r)
+	mp := newMeterProvider("controlplane", version, r)
 	m := mp.Meter("github.com/xlbproxy/xlb/controlplane")
-	cm := &controlPlaneMetrics{}
+	cm := &ControlPlaneMetrics{}
 	var errs []error
 	add := func(err error) {
 		if err != nil {
@@ -432,9 +455,11 @@ func startControlPlaneOTel(ctx context.Context, c controlplaneFlags, connected f
 	return cm, stopper(mp), nil
 }
 
-func (cm *controlPlaneMetrics) push() { cm.pushes.Add(context.Background(), 1) }
+// Push counts a response sent.
+func (cm *ControlPlaneMetrics) Push() { cm.pushes.Add(context.Background(), 1) }
 
-func (cm *controlPlaneMetrics) answer(d time.Duration, nack bool) {
+// Answer counts an ACK or a NACK, d after its response was sent.
+func (cm *ControlPlaneMetrics) Answer(d time.Duration, nack bool) {
 	if nack {
 		cm.nacks.Add(context.Background(), 1)
 	} else {

@@ -1,4 +1,4 @@
-package server
+package telemetry
 
 import (
 	"fmt"
@@ -17,7 +17,7 @@ import (
 // counters went back to zero (it left and came back) is counted from zero.
 func TestReporterDeltas(t *testing.T) {
 	cur := []proxy.BackendMetrics{{Set: "web", ID: "a", Address: "h:1", Requests: 5, Responses: [5]uint64{0, 4, 0, 0, 1}}}
-	r := &reporter{metrics: func() []proxy.BackendMetrics { return cur }, gen: func() uint64 { return 7 }}
+	r := &Reporter{Metrics: func() []proxy.BackendMetrics { return cur }, Gen: func() uint64 { return 7 }}
 	first := r.reports()[0]
 	if first.Seq != 1 || first.ObservedGeneration != 7 || first.Backends[0].Requests != 5 || first.Backends[0].Responses[4] != 1 {
 		t.Fatalf("first report %v", first)
@@ -42,8 +42,8 @@ func TestReportsBounded(t *testing.T) {
 	for i := range cur {
 		cur[i] = proxy.BackendMetrics{Set: "web", ID: fmt.Sprint("b", i), Address: "h:1"}
 	}
-	r := &reporter{metrics: func() []proxy.BackendMetrics { return cur }, gen: func() uint64 { return 1 }}
-	lt := newLoadTotals(time.Second, hclog.NewNullLogger())
+	r := &Reporter{Metrics: func() []proxy.BackendMetrics { return cur }, Gen: func() uint64 { return 1 }}
+	lt := NewTotals(time.Second, hclog.NewNullLogger())
 	first := r.reports()
 	if len(first) != 15 {
 		t.Fatalf("first report in %d messages, want 15 of 2000 backends", len(first))
@@ -57,7 +57,7 @@ func TestReportsBounded(t *testing.T) {
 		}
 		lt.add(req)
 	}
-	if got := len(lt.snapshot()); got != 30_000 {
+	if got := len(lt.Snapshot()); got != 30_000 {
 		t.Fatalf("the supervisor knows %d backends, want 30000", got)
 	}
 
@@ -78,7 +78,7 @@ func TestReportsBounded(t *testing.T) {
 		t.Fatalf("third report %v, want b9 alone (its gauge back to 0)", third)
 	}
 	inFlight := func() int64 {
-		for _, b := range lt.snapshot() {
+		for _, b := range lt.Snapshot() {
 			if b.BackendId == "b9" {
 				return b.InFlight
 			}
@@ -101,7 +101,7 @@ func TestReportsBounded(t *testing.T) {
 // TestLoadTotalsCountOnce: a report is added once per (pid, seq); in-flight is the sum of the
 // live workers' last gauges.
 func TestLoadTotalsCountOnce(t *testing.T) {
-	lt := newLoadTotals(time.Second, hclog.NewNullLogger())
+	lt := NewTotals(time.Second, hclog.NewNullLogger())
 	rep := func(pid int32, seq uint64, requests uint64, inFlight int64) *loadv1.StreamMetricsRequest {
 		return &loadv1.StreamMetricsRequest{Pid: pid, Seq: seq, Backends: []*loadv1.BackendLoad{
 			{BackendSet: "web", BackendId: "a", Requests: requests, InFlight: inFlight, Responses: []uint64{0, requests, 0, 0, 0}}}}
@@ -110,7 +110,7 @@ func TestLoadTotalsCountOnce(t *testing.T) {
 	lt.add(rep(10, 1, 5, 1)) // the same report again
 	lt.add(rep(11, 1, 3, 2))
 	lt.add(rep(10, 2, 1, 0))
-	got := lt.snapshot()
+	got := lt.Snapshot()
 	if len(got) != 1 || got[0].Requests != 9 || got[0].Responses[1] != 9 || got[0].InFlight != 2 {
 		t.Fatalf("totals %v, want 9 requests and 2 in flight", got)
 	}
@@ -137,9 +137,9 @@ func TestCapBackends(t *testing.T) {
 // the pauses in a total that outlives the worker.
 func TestReporterConnections(t *testing.T) {
 	st := proxy.Stats{Connections: 5, AcceptPaused: 3}
-	r := &reporter{slot: 1, metrics: func() []proxy.BackendMetrics { return nil }, gen: func() uint64 { return 1 },
-		stats: func() proxy.Stats { return st }}
-	lt := newLoadTotals(time.Second, hclog.NewNullLogger())
+	r := &Reporter{Slot: 1, Metrics: func() []proxy.BackendMetrics { return nil }, Gen: func() uint64 { return 1 },
+		Stats: func() proxy.Stats { return st }}
+	lt := NewTotals(time.Second, hclog.NewNullLogger())
 	first := r.reports()
 	st = proxy.Stats{Connections: 4, AcceptPaused: 7}
 	second := r.reports()
@@ -150,10 +150,10 @@ func TestReporterConnections(t *testing.T) {
 		lt.add(req)
 	}
 	pid := first[0].Pid
-	if c := lt.connsOf(pid); c != (workerConns{slot: 1, connections: 4, acceptPaused: 7}) {
+	if c := lt.ConnsOf(pid); c != (WorkerConns{Slot: 1, Connections: 4, AcceptPaused: 7}) {
 		t.Fatalf("the supervisor keeps %+v of worker %d", c, pid)
 	}
-	if _, total := lt.connStats(); total != 7 {
+	if _, total := lt.ConnStats(); total != 7 {
 		t.Fatalf("total pauses %d, want 7", total)
 	}
 }

@@ -1,4 +1,4 @@
-package server
+package telemetry
 
 import (
 	"context"
@@ -32,19 +32,19 @@ import (
 // first; one that is killed loses at most what it counted since its last report. A restarted
 // worker is a new pid whose counters start at zero, so nothing is counted twice.
 
-// metricsSocket, in the state directory, is where a supervisor's workers report.
-const metricsSocket = "metrics.sock"
+// Socket, in the state directory, is where a supervisor's workers report.
+const Socket = "metrics.sock"
 
-// loadRetry is the backoff of reportLoad's stream, those of the xDS-lite stream (clients/xds's
+// loadRetry is the backoff of ReportLoad's stream, those of the xDS-lite stream (clients/xds's
 // defaults): full jitter, so that the data planes that lost one control plane together do not
 // come back to it together.
 func loadRetry() backoff.Backoff {
 	return backoff.Backoff{Base: 100 * time.Millisecond, Max: 15 * time.Second, Jitter: backoff.Full}
 }
 
-// loadTotals are the sums of the reports of a supervisor's workers, and what of them the control
+// Totals are the sums of the reports of a supervisor's workers, and what of them the control
 // plane has not been sent yet.
-type loadTotals struct {
+type Totals struct {
 	loadv1.UnimplementedWorkerMetricsServiceServer
 	interval time.Duration
 	log      hclog.Logger
@@ -55,25 +55,25 @@ type loadTotals struct {
 	inFlight map[int32]map[load.Key]int64 // by worker pid, from its last report
 	lastSeq  map[int32]uint64
 	// conns are the live workers' client connections, by pid, from their last reports.
-	conns map[int32]workerConns
+	conns map[int32]WorkerConns
 	// acceptPaused counts the pauses at limits.connections of every worker since this supervisor
 	// started.
 	acceptPaused uint64
 }
 
-// workerConns is what a worker last reported of its client connections.
-type workerConns struct {
-	slot                      uint32
-	connections, acceptPaused uint64 // acceptPaused: the worker's total
+// WorkerConns is what a worker last reported of its client connections.
+type WorkerConns struct {
+	Slot                      uint32
+	Connections, AcceptPaused uint64 // AcceptPaused: the worker's total
 }
 
-func newLoadTotals(interval time.Duration, log hclog.Logger) *loadTotals {
-	return &loadTotals{interval: interval, log: log, totals: load.Totals{}, pending: load.Totals{},
-		inFlight: map[int32]map[load.Key]int64{}, lastSeq: map[int32]uint64{}, conns: map[int32]workerConns{}}
+func NewTotals(interval time.Duration, log hclog.Logger) *Totals {
+	return &Totals{interval: interval, log: log, totals: load.Totals{}, pending: load.Totals{},
+		inFlight: map[int32]map[load.Key]int64{}, lastSeq: map[int32]uint64{}, conns: map[int32]WorkerConns{}}
 }
 
 // StreamMetrics is the supervisor's side of a worker's stream.
-func (t *loadTotals) StreamMetrics(stream grpc.BidiStreamingServer[loadv1.StreamMetricsRequest, loadv1.StreamMetricsResponse]) error {
+func (t *Totals) StreamMetrics(stream grpc.BidiStreamingServer[loadv1.StreamMetricsRequest, loadv1.StreamMetricsResponse]) error {
 	if err := stream.Send(&loadv1.StreamMetricsResponse{ReportInterval: durationpb.New(t.interval)}); err != nil {
 		return err
 	}
@@ -98,7 +98,7 @@ func (t *loadTotals) StreamMetrics(stream grpc.BidiStreamingServer[loadv1.Stream
 }
 
 // add counts one report, once. A backend it leaves out keeps the worker's last gauge.
-func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
+func (t *Totals) add(req *loadv1.StreamMetricsRequest) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pid := req.GetPid()
@@ -107,8 +107,8 @@ func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
 	}
 	t.lastSeq[pid] = req.GetSeq()
 	w := t.conns[pid]
-	w.slot, w.connections = req.GetWorkerSlot(), req.GetConnections()
-	w.acceptPaused += req.GetAcceptPaused()
+	w.Slot, w.Connections = req.GetWorkerSlot(), req.GetConnections()
+	w.AcceptPaused += req.GetAcceptPaused()
 	t.conns[pid] = w
 	t.acceptPaused += req.GetAcceptPaused()
 	gauges := t.inFlight[pid]
@@ -129,7 +129,7 @@ func (t *loadTotals) add(req *loadv1.StreamMetricsRequest) {
 }
 
 // inFlightOf sums the live workers' last gauges of k; the caller holds mu.
-func (t *loadTotals) inFlightOf(k load.Key) (n int64) {
+func (t *Totals) inFlightOf(k load.Key) (n int64) {
 	for _, g := range t.inFlight {
 		n += g[k]
 	}
@@ -137,7 +137,7 @@ func (t *loadTotals) inFlightOf(k load.Key) (n int64) {
 }
 
 // takePending returns what the control plane has not been sent, and forgets it.
-func (t *loadTotals) takePending() []*loadv1.BackendLoad {
+func (t *Totals) takePending() []*loadv1.BackendLoad {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := t.pending.Sorted()
@@ -149,7 +149,7 @@ func (t *loadTotals) takePending() []*loadv1.BackendLoad {
 }
 
 // restore gives back what takePending took and could not be sent.
-func (t *loadTotals) restore(bs []*loadv1.BackendLoad) {
+func (t *Totals) restore(bs []*loadv1.BackendLoad) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, b := range bs {
@@ -158,7 +158,7 @@ func (t *loadTotals) restore(bs []*loadv1.BackendLoad) {
 }
 
 // snapshot is the totals by set and id, with in_flight summed over the live workers.
-func (t *loadTotals) snapshot() []*loadv1.BackendLoad {
+func (t *Totals) Snapshot() []*loadv1.BackendLoad {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := t.totals.Sorted()
@@ -169,14 +169,14 @@ func (t *loadTotals) snapshot() []*loadv1.BackendLoad {
 }
 
 // connsOf is what the worker pid last reported of its client connections.
-func (t *loadTotals) connsOf(pid int32) workerConns {
+func (t *Totals) ConnsOf(pid int32) WorkerConns {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.conns[pid]
 }
 
 // connStats are the live workers' client connections (by pid) and every pause at the limit.
-func (t *loadTotals) connStats() (map[int32]workerConns, uint64) {
+func (t *Totals) ConnStats() (map[int32]WorkerConns, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return maps.Clone(t.conns), t.acceptPaused
@@ -184,14 +184,16 @@ func (t *loadTotals) connStats() (map[int32]workerConns, uint64) {
 
 // The worker's side.
 
-// reporter streams a worker's metrics to its supervisor.
-type reporter struct {
-	slot    int
-	metrics func() []proxy.BackendMetrics
-	gen     func() uint64
-	// stats are the proxy's counters, for its client connections; nil reports none.
-	stats func() proxy.Stats
-	log   hclog.Logger
+// Reporter streams a worker's metrics to its supervisor.
+type Reporter struct {
+	// Slot is the worker's slot in the region; Metrics and Gen are its proxy's per-backend counters
+	// and the region generation it serves.
+	Slot    int
+	Metrics func() []proxy.BackendMetrics
+	Gen     func() uint64
+	// Stats are the proxy's counters, for its client connections; nil reports none.
+	Stats func() proxy.Stats
+	Log   hclog.Logger
 
 	paused uint64 // Stats.AcceptPaused at the previous report
 
@@ -199,12 +201,12 @@ type reporter struct {
 	last map[load.Key]proxy.BackendMetrics
 }
 
-// runReporter reports p's metrics to the supervisor at socket until ctx ends, then sends a last
+// RunReporter reports p's metrics to the supervisor at socket until ctx ends, then sends a last
 // report (the deltas since the previous one) and returns.
-func runReporter(ctx context.Context, socket string, r *reporter) {
+func RunReporter(ctx context.Context, socket string, r *Reporter) {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		r.log.Error("metrics: cannot reach the supervisor", "error", err)
+		r.Log.Error("metrics: cannot reach the supervisor", "error", err)
 		return
 	}
 	defer conn.Close()
@@ -213,12 +215,12 @@ func runReporter(ctx context.Context, socket string, r *reporter) {
 	defer cancel()
 	stream, err := loadv1.NewWorkerMetricsServiceClient(conn).StreamMetrics(sctx)
 	if err != nil {
-		r.log.Error("metrics: cannot open the stream to the supervisor", "error", err)
+		r.Log.Error("metrics: cannot open the stream to the supervisor", "error", err)
 		return
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		r.log.Error("metrics: the supervisor did not answer", "error", err)
+		r.Log.Error("metrics: the supervisor did not answer", "error", err)
 		return
 	}
 	interval := first.GetReportInterval().AsDuration()
@@ -232,7 +234,7 @@ func runReporter(ctx context.Context, socket string, r *reporter) {
 		case <-t.C:
 			for _, req := range r.reports() {
 				if err := stream.Send(req); err != nil {
-					r.log.Warn("metrics: the stream to the supervisor ended", "error", err)
+					r.Log.Warn("metrics: the stream to the supervisor ended", "error", err)
 					return
 				}
 			}
@@ -270,10 +272,10 @@ const reportBackendsMax = 2000
 // backends (at least one message). A backend is in it when it is new, when a counter moved, or
 // when its in-flight gauge changed: one left out has nothing to add and its gauge is as last
 // reported.
-func (r *reporter) reports() []*loadv1.StreamMetricsRequest {
+func (r *Reporter) reports() []*loadv1.StreamMetricsRequest {
 	var backends []*loadv1.BackendLoad
 	now := map[load.Key]proxy.BackendMetrics{}
-	for _, m := range r.metrics() {
+	for _, m := range r.Metrics() {
 		k := load.Key{Set: m.Set, ID: m.ID}
 		now[k] = m
 		prev, ok := r.last[k]
@@ -287,15 +289,15 @@ func (r *reporter) reports() []*loadv1.StreamMetricsRequest {
 	}
 	r.last = now
 	var st proxy.Stats
-	if r.stats != nil {
-		st = r.stats()
+	if r.Stats != nil {
+		st = r.Stats()
 	}
 	var out []*loadv1.StreamMetricsRequest
 	for len(out) == 0 || len(backends) > 0 {
 		n := min(len(backends), reportBackendsMax)
 		r.seq++
-		out = append(out, &loadv1.StreamMetricsRequest{WorkerSlot: uint32(r.slot), Pid: int32(os.Getpid()), Seq: r.seq,
-			ObservedGeneration: r.gen(), Backends: backends[:n:n], Connections: st.Connections})
+		out = append(out, &loadv1.StreamMetricsRequest{WorkerSlot: uint32(r.Slot), Pid: int32(os.Getpid()), Seq: r.seq,
+			ObservedGeneration: r.Gen(), Backends: backends[:n:n], Connections: st.Connections})
 		backends = backends[n:]
 	}
 	out[0].AcceptPaused, r.paused = st.AcceptPaused-r.paused, st.AcceptPaused
@@ -331,28 +333,28 @@ func deltaHistogram(h, prev proxy.Histogram) *loadv1.Histogram {
 	return out
 }
 
-// serveMetrics serves the WorkerMetricsService on dir's metrics socket, this supervisor's own
-// (never published: only its workers use it).
-func (s *supervisor) serveMetrics(dir string, log hclog.Logger) (stop func(), err error) {
-	s.load = newLoadTotals(s.cfg.MetricsIntervalOrDefault(), log)
+// Serve serves the WorkerMetricsService on dir's metrics socket, this supervisor's own (never
+// published: only its workers use it), telling them to report every interval. It returns the totals
+// of their reports, the socket's path, and the func that stops serving.
+func Serve(dir string, interval time.Duration, log hclog.Logger) (t *Totals, socket string, stop func(), err error) {
+	t = NewTotals(interval, log)
 	srv := grpc.NewServer()
-	loadv1.RegisterWorkerMetricsServiceServer(srv, s.load)
-	ln, stop, err := rpc.ServeUnix(srv, filepath.Join(dir, metricsSocket))
+	loadv1.RegisterWorkerMetricsServiceServer(srv, t)
+	ln, stop, err := rpc.ServeUnix(srv, filepath.Join(dir, Socket))
 	if err != nil {
-		return nil, err
+		return nil, "", nil, err
 	}
-	s.metricsSocket = ln.Own
-	return stop, nil
+	return t, ln.Own, stop, nil
 }
 
-// reportLoad streams the supervisor's load to its control plane: every interval the control plane
+// ReportLoad streams the supervisor's load to its control plane: every interval the control plane
 // asks for, what the workers reported since the previous report. A stream that breaks keeps what
 // it could not send for the next one, and is opened again after a wait of loadRetry, which starts
 // over once the control plane answered. It returns when ctx ends, after a last report.
 //
 // Each report also carries the data plane's view of its backends' health when it differs from the
 // one this stream last sent (health, which may be nil).
-func reportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *loadTotals, health func() []*loadv1.BackendHealth, log hclog.Logger) {
+func ReportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *Totals, health func() []*loadv1.BackendHealth, log hclog.Logger) {
 	instance := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 	var seq uint64
 	retry := loadRetry()
