@@ -57,56 +57,21 @@ type applyResult struct {
 // generation the caller must wait for (every live worker serving it) before answering; 0 when
 // nothing changed in the region.
 func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyResult, uint64) {
-	next := maps.Clone(s.current)
-	for _, name := range resp.GetRemoved() {
-		delete(next, name)
-	}
+	next, rejections := planApply(s.current, resp, func(sets map[string]*discoveryv1.VersionedBackendSet) error {
+		return s.writer.Check(regionSetsOf(sets))
+	})
 	var rejected []*discoveryv1.SetError
 	reject := func(vs *discoveryv1.VersionedBackendSet, err error) {
 		rejected = append(rejected, &discoveryv1.SetError{Name: vs.GetBackendSet().GetName(), Version: vs.GetVersion(), Message: err.Error()})
 		s.log.Warn("rejected a backend set", "set", vs.GetBackendSet().GetName(), "version", vs.GetVersion(), "error", err)
 	}
-	var valid []*discoveryv1.VersionedBackendSet
-	for _, vs := range resp.GetSets() {
-		set := vs.GetBackendSet()
-		err := resource.Validate("backend_set", set)
-		if err == nil {
-			err = supported(set)
+	for _, r := range rejections {
+		if r.unfit {
+			s.log.Error("a backend set does not fit the region; its previous version keeps serving", withHint(r.err)...)
 		}
-		if err != nil {
-			reject(vs, err)
-			continue
-		}
-		valid = append(valid, vs)
-	}
-	for _, vs := range valid {
-		next[vs.GetBackendSet().GetName()] = vs
+		reject(r.set, r.err)
 	}
 	sets := regionSetsOf(next)
-	if err := s.writer.Check(sets); err != nil && len(valid) > 0 {
-		// Not all of it fits: each set in turn, on what fitted before it.
-		for _, vs := range valid {
-			name := vs.GetBackendSet().GetName()
-			delete(next, name)
-			if old, ok := s.current[name]; ok && !slices.Contains(resp.GetRemoved(), name) {
-				next[name] = old
-			}
-		}
-		for _, vs := range slices.SortedFunc(slices.Values(valid), byName) {
-			name, old := vs.GetBackendSet().GetName(), next[vs.GetBackendSet().GetName()]
-			next[name] = vs
-			if err := s.writer.Check(regionSetsOf(next)); err != nil {
-				s.log.Error("a backend set does not fit the region; its previous version keeps serving", withHint(err)...)
-				reject(vs, err)
-				if old != nil {
-					next[name] = old
-				} else {
-					delete(next, name)
-				}
-			}
-		}
-		sets = regionSetsOf(next)
-	}
 	var wait uint64
 	if !sameSets(sets, regionSetsOf(s.current)) {
 		g, err := s.writer.Publish(sets)
@@ -114,8 +79,10 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 			// Check accepted these sets, or refused a generation that brings none: nothing of
 			// this response applies.
 			s.log.Error("backend sets rejected; the previous ones keep serving", withHint(err)...)
-			for _, vs := range valid {
-				reject(vs, err)
+			for _, vs := range resp.GetSets() {
+				if !slices.ContainsFunc(rejections, func(r rejection) bool { return r.set == vs }) {
+					reject(vs, err)
+				}
 			}
 			return s.result(rejected), 0
 		}
@@ -134,6 +101,74 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 	s.saveApplied()
 	s.updateMonitor() // a set's health policy may have changed alone
 	return s.result(rejected), wait
+}
+
+// rejection is a set of a response that is not applied, and why. unfit says that the set is valid
+// but the region cannot hold it beside the others.
+type rejection struct {
+	set   *discoveryv1.VersionedBackendSet
+	err   error
+	unfit bool
+}
+
+// planApply is the supervisor's decision on a response, the pure core of apply: the sets to serve
+// next, and those of the response it rejects. current are the sets in force; fits says whether the
+// region can hold a generation of the given sets (shm.Writer.Check). Each set is validated alone
+// (the control plane's rules, then what this data plane supports), and one that fails is rejected
+// alone. When the valid sets do not fit the region together, they are added one at a time in name
+// order on top of the sets kept, and only those that do not fit are rejected: their previous
+// versions, if any, keep serving. Removals always apply.
+func planApply(current map[string]*discoveryv1.VersionedBackendSet, resp *discoveryv1.StreamBackendSetsResponse,
+	fits func(map[string]*discoveryv1.VersionedBackendSet) error) (map[string]*discoveryv1.VersionedBackendSet, []rejection) {
+	next := maps.Clone(current)
+	if next == nil {
+		next = map[string]*discoveryv1.VersionedBackendSet{}
+	}
+	for _, name := range resp.GetRemoved() {
+		delete(next, name)
+	}
+	var rejected []rejection
+	var valid []*discoveryv1.VersionedBackendSet
+	for _, vs := range resp.GetSets() {
+		set := vs.GetBackendSet()
+		err := resource.Validate("backend_set", set)
+		if err == nil {
+			err = supported(set)
+		}
+		if err != nil {
+			rejected = append(rejected, rejection{set: vs, err: err})
+			continue
+		}
+		valid = append(valid, vs)
+	}
+	for _, vs := range valid {
+		next[vs.GetBackendSet().GetName()] = vs
+	}
+	if len(valid) == 0 || fits(next) == nil {
+		return next, rejected
+	}
+	// Not all of it fits: each set in turn, on what fitted before it.
+	for _, vs := range valid {
+		name := vs.GetBackendSet().GetName()
+		delete(next, name)
+		if old, ok := current[name]; ok && !slices.Contains(resp.GetRemoved(), name) {
+			next[name] = old
+		}
+	}
+	for _, vs := range slices.SortedFunc(slices.Values(valid), byName) {
+		name := vs.GetBackendSet().GetName()
+		old := next[name]
+		next[name] = vs
+		if err := fits(next); err != nil {
+			rejected = append(rejected, rejection{set: vs, err: err, unfit: true})
+			if old != nil {
+				next[name] = old
+			} else {
+				delete(next, name)
+			}
+		}
+	}
+	return next, rejected
 }
 
 func byName(a, b *discoveryv1.VersionedBackendSet) int {

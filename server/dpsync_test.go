@@ -1,0 +1,95 @@
+package server
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+)
+
+// vset is set name of n backends at version v.
+func vset(name, v string, n int) *discoveryv1.VersionedBackendSet {
+	set := &discoveryv1.BackendSet{Name: name, Policy: discoveryv1.Policy_POLICY_ROUND_ROBIN}
+	for i := range n {
+		set.Backends = append(set.Backends, &discoveryv1.Backend{Id: fmt.Sprint("b", i), Address: "127.0.0.1", Port: uint32(9000 + i), Weight: 1})
+	}
+	return &discoveryv1.VersionedBackendSet{BackendSet: set, Version: v}
+}
+
+// inForce is the sets as "name@version", sorted.
+func inForce(m map[string]*discoveryv1.VersionedBackendSet) string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, name+"@"+m[name].GetVersion())
+	}
+	return strings.Join(out, " ")
+}
+
+// TestPlanApply: scenarios of the supervisor's decision on a response, with a region that holds
+// at most 8 backends: what serves next and what is rejected, and why.
+func TestPlanApply(t *testing.T) {
+	fits := func(sets map[string]*discoveryv1.VersionedBackendSet) error {
+		n := 0
+		for _, vs := range sets {
+			n += len(vs.GetBackendSet().GetBackends())
+		}
+		if n > 8 {
+			return fmt.Errorf("shm: %d backends: more than the region's capacity of 8 (Capacities.Backends)", n)
+		}
+		return nil
+	}
+	bad := vset("bad", "1", 1)
+	bad.BackendSet.Backends[0].Id = "" // every backend needs an id
+	for _, tc := range []struct {
+		name     string
+		current  map[string]*discoveryv1.VersionedBackendSet
+		sets     []*discoveryv1.VersionedBackendSet
+		removed  []string
+		want     string   // the sets in force next
+		rejected []string // "name unfit" or "name invalid", in order
+	}{
+		{"everything fits", nil, []*discoveryv1.VersionedBackendSet{vset("web", "1", 3), vset("api", "1", 2)}, nil,
+			"api@1 web@1", nil},
+		{"an invalid set alone", map[string]*discoveryv1.VersionedBackendSet{"web": vset("web", "0", 1)},
+			[]*discoveryv1.VersionedBackendSet{vset("web", "1", 3), bad}, nil, "web@1", []string{"bad invalid"}},
+		{"one set over capacity keeps its old version; the others apply", map[string]*discoveryv1.VersionedBackendSet{"api": vset("api", "0", 1)},
+			[]*discoveryv1.VersionedBackendSet{vset("web", "1", 3), vset("api", "1", 12), vset("static", "1", 2)}, nil,
+			"api@0 static@1 web@1", []string{"api unfit"}},
+		{"a new set over capacity is left out", nil,
+			[]*discoveryv1.VersionedBackendSet{vset("web", "1", 4), vset("api", "1", 5)}, nil,
+			"api@1", []string{"web unfit"}},
+		{"a removal makes room", map[string]*discoveryv1.VersionedBackendSet{"old": vset("old", "1", 6)},
+			[]*discoveryv1.VersionedBackendSet{vset("web", "1", 7)}, []string{"old"}, "web@1", nil},
+		{"a removed set is not kept for a set that does not fit", map[string]*discoveryv1.VersionedBackendSet{"web": vset("web", "1", 2)},
+			[]*discoveryv1.VersionedBackendSet{vset("web", "2", 9)}, []string{"web"}, "", []string{"web unfit"}},
+		{"nothing new", map[string]*discoveryv1.VersionedBackendSet{"web": vset("web", "1", 2)}, nil, nil, "web@1", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := inForce(tc.current)
+			next, rejected := planApply(tc.current, &discoveryv1.StreamBackendSetsResponse{Sets: tc.sets, Removed: tc.removed}, fits)
+			if got := inForce(next); got != tc.want {
+				t.Errorf("in force next: %q, want %q", got, tc.want)
+			}
+			var got []string
+			for _, r := range rejected {
+				why := "invalid"
+				if r.unfit {
+					why = "unfit"
+					if !strings.Contains(r.err.Error(), "Capacities.Backends") {
+						t.Errorf("%s: unfit with %v", r.set.GetBackendSet().GetName(), r.err)
+					}
+				}
+				got = append(got, r.set.GetBackendSet().GetName()+" "+why)
+			}
+			if !slices.Equal(got, tc.rejected) {
+				t.Errorf("rejected %q, want %q", got, tc.rejected)
+			}
+			if after := inForce(tc.current); after != before {
+				t.Errorf("the sets in force were changed in place: %q, then %q", before, after)
+			}
+		})
+	}
+}
