@@ -58,14 +58,28 @@
 // dials one (--control-plane); `xlb run` starts one inside itself (embedded.go): an in-memory store
 // that the configuration file fills, served on STATE_DIR/control.sock, so that grpcurl works on a
 // single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
-// which validates every set (controlplane/resource, plus what this data plane cannot do: TLS to
-// backends), publishes one generation, and answers once every live worker serves it: an ACK, or a
-// NACK naming each rejected set, whose previous version keeps serving. The applied sets and their
+// which decides (planApply, a pure function) what serves next: every set is validated alone
+// (controlplane/resource, plus what this data plane cannot do: TLS to backends), and when the valid
+// ones do not fit the region together they go in one at a time, by name; it publishes one
+// generation, and answers once every live worker serves it: an ACK, or a NACK naming each rejected
+// set, whose previous version keeps serving. The applied sets and their
 // versions are saved beside the region (STATE_DIR/applied, not synced: a stale one is ignored), so a
 // restarted data plane tells the control plane what it has.
 //
 // `xlb controlplane` (planes.go) serves the discovery and admin services over a durable store,
-// with health and reflection; grpcserver.go holds the TLS and authentication rules.
+// with health and reflection.
+//
+// # The packages below
+//
+// This package holds the commands and their flags, the supervisor and the worker role. What they
+// are built from has a package of its own, none of which imports this one (internal/archtest):
+// server/config (the Config and its YAML file), server/cpserver (a control plane's services over a
+// store, for `xlb controlplane` and the one inside `xlb run`), server/rpc (the gRPC server's TLS
+// and authentication, the data plane's dial credentials, the state directory's unix sockets),
+// server/localadmin (the data plane's admin service, the one place that picks gRPC status codes),
+// server/upgrade (the old supervisor's side of an upgrade, over an Env of OS calls),
+// server/telemetry (the metrics path from workers to OpenTelemetry) and server/sysd (pid file,
+// sd_notify, socket activation).
 //
 // Exit statuses: 0 for success (for run and demo, a clean shutdown), 1 when starting or serving
 // failed, 2 for a bad command line or configuration.
