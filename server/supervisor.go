@@ -780,23 +780,17 @@ func restartKeys(a, b config.Config) []string {
 func (s *supervisor) checkApplied() {
 	min, live := s.region.MinObserved()
 	now := time.Now()
-	kept := s.pending[:0]
-	for _, p := range s.pending {
-		switch {
-		case min >= p.gen:
-			s.log.Info("generation applied", "generation", p.gen, "workers", live, "latency", now.Sub(p.at).String())
-			for _, reply := range p.replies {
-				reply()
-			}
-		case !p.warned && now.Sub(p.at) > appliedWarn:
-			p.warned = true
-			s.log.Warn("generation not yet applied by every worker", "generation", p.gen, "waiting", s.lagging(p.gen))
-			fallthrough
-		default:
-			kept = append(kept, p)
+	var applied, late []pendingGen
+	s.pending, applied, late = sortPending(s.pending, min, now)
+	for _, p := range applied {
+		s.log.Info("generation applied", "generation", p.gen, "workers", live, "latency", now.Sub(p.at).String())
+		for _, reply := range p.replies {
+			reply()
 		}
 	}
-	s.pending = kept
+	for _, p := range late {
+		s.log.Warn("generation not yet applied by every worker", "generation", p.gen, "waiting", s.lagging(p.gen))
+	}
 	if !s.ready && s.liveWorkers() == len(s.workers) && min >= s.region.Generation() {
 		s.ready = true
 		s.log.Info("ready", "workers", len(s.workers), "generation", s.region.Generation())
@@ -805,6 +799,26 @@ func (s *supervisor) checkApplied() {
 		}
 		s.becomeReady()
 	}
+}
+
+// sortPending is checkApplied's core: of the generations pending, those that every live worker
+// has observed (min is the least generation they observed) are applied; of the rest, those that
+// have waited past appliedWarn and were not yet said to be late are late now (and marked so); kept
+// are the rest, late ones included, in their order.
+func sortPending(pending []pendingGen, min uint64, now time.Time) (kept, applied, late []pendingGen) {
+	for _, p := range pending {
+		switch {
+		case min >= p.gen:
+			applied = append(applied, p)
+		case !p.warned && now.Sub(p.at) > appliedWarn:
+			p.warned = true
+			late = append(late, p)
+			kept = append(kept, p)
+		default:
+			kept = append(kept, p)
+		}
+	}
+	return kept, applied, late
 }
 
 // liveWorkers counts this supervisor's workers that run.
@@ -906,13 +920,22 @@ func (s *supervisor) checkStalled(now time.Time) {
 			continue
 		}
 		w := s.region.Worker(wp.region)
-		last := time.Unix(0, max(w.Heartbeat, wp.started.UnixNano()))
-		if silent := now.Sub(last); w.PID == wp.pid && silent > s.cfg.WorkerStallTimeoutOrDefault() {
+		if silent, stalled := stalledFor(w.PID, w.Heartbeat, wp.pid, wp.started, now, s.cfg.WorkerStallTimeoutOrDefault()); stalled {
 			s.log.Error("worker stopped beating; killing it", "slot", wp.slot, "pid", wp.pid, "silent_for", silent.Round(time.Millisecond).String())
 			wp.cmd.Process.Kill()
 			wp.killed = true
 		}
 	}
+}
+
+// stalledFor is checkStalled's core: whether the worker pid, started at started, has been silent
+// longer than timeout at now, and for how long. slotPID and heartbeat are its region slot's: a
+// slot that another process holds says nothing of this one, and a worker is never silent since
+// before it started (its first beat may come after the supervisor first looks).
+func stalledFor(slotPID int, heartbeat int64, pid int, started, now time.Time, timeout time.Duration) (time.Duration, bool) {
+	last := time.Unix(0, max(heartbeat, started.UnixNano()))
+	silent := now.Sub(last)
+	return silent, slotPID == pid && silent > timeout
 }
 
 // reapSlots frees the region's worker slots of processes that no longer exist: the workers of a
