@@ -948,16 +948,27 @@ func (s *supervisor) reapSlots() {
 			ours[wp.region] = true
 		}
 	}
-	for i := 0; i < s.region.Capacities().Workers; i++ {
-		w := s.region.Worker(i)
-		if w.PID == 0 || ours[i] {
-			continue
-		}
-		if err := syscall.Kill(w.PID, 0); errors.Is(err, syscall.ESRCH) {
-			s.log.Info("released the worker slot of a process that is gone", "region_slot", i, "pid", w.PID)
-			s.region.ReleaseWorker(i)
+	pids := make([]int, s.region.Capacities().Workers)
+	for i := range pids {
+		pids[i] = s.region.Worker(i).PID
+	}
+	gone := func(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
+	for _, i := range slotsToReap(pids, ours, gone) {
+		s.log.Info("released the worker slot of a process that is gone", "region_slot", i, "pid", pids[i])
+		s.region.ReleaseWorker(i)
+	}
+}
+
+// slotsToReap is reapSlots' core: of the region's worker slots, held by pids (0: free), those
+// that are not ours and whose process is gone.
+func slotsToReap(pids []int, ours map[int]bool, gone func(pid int) bool) []int {
+	var out []int
+	for i, pid := range pids {
+		if pid != 0 && !ours[i] && gone(pid) {
+			out = append(out, i)
 		}
 	}
+	return out
 }
 
 // lagging describes the workers that have not observed generation g.

@@ -80,3 +80,14 @@ func TestStalledFor(t *testing.T) {
 		}
 	}
 }
+
+// TestSlotsToReap: a slot is released only when it is held, not by one of ours, and its process
+// is gone.
+func TestSlotsToReap(t *testing.T) {
+	pids := []int{0, 101, 102, 103, 104}
+	ours := map[int]bool{1: true}
+	gone := func(pid int) bool { return pid == 101 || pid == 103 }
+	if got := slotsToReap(pids, ours, gone); !slices.Equal(got, []int{3}) {
+		t.Fatalf("slots to reap %v, want [3]: slot 1 is ours, 2 and 4 run, 0 is free", got)
+	}
+}
