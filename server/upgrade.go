@@ -119,7 +119,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	cmd.Env = append(environWithout(upgradeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"), upgradeEnv+"="+string(spec))
 	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
 	cmd.ExtraFiles = files
-	// The leader of a group of its own, so that what it starts can be ended with it (killUpgrade).
+	// The leader of a group of its own, so that what it starts can be ended with it (upgrade.Env.Await).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
@@ -151,7 +151,7 @@ func (s *supervisor) endUpgrade(res upgradeResult) bool {
 	u := s.upgrade
 	s.upgrade = nil
 	if res.err != nil {
-		// killUpgrade has ended it: its staged sockets are no one's.
+		// Await has ended it: its staged sockets are no one's.
 		for _, name := range []string{adminSocket, controlSocket, telemetry.Socket} {
 			os.Remove(rpc.StagedName(filepath.Join(s.stateDir, name), u.cmd.Process.Pid))
 		}

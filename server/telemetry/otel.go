@@ -250,7 +250,7 @@ func (e Export) Start(ctx context.Context, src Sources, log hclog.Logger) (stop 
 	return stopAll, promAddr, nil
 }
 
-// connectionMetrics registers the client-connection metrics of startOTel's doc, observed from
+// connectionMetrics registers the client-connection metrics listed at the top of this file, observed from
 // stats.
 func connectionMetrics(m metric.Meter, stats func() (map[int32]WorkerConns, uint64)) error {
 	conns, err := m.Int64ObservableGauge("xlb.worker.connections", metric.WithUnit("{connection}"),
@@ -274,7 +274,7 @@ func connectionMetrics(m metric.Meter, stats func() (map[int32]WorkerConns, uint
 	return err
 }
 
-// healthMetrics registers the health metrics of startOTel's doc, observed from status.
+// healthMetrics registers the health metrics listed at the top of this file, observed from status.
 func healthMetrics(m metric.Meter, status func(context.Context) monitor.Status) error {
 	var errs []error
 	add := func(err error) {
