@@ -250,8 +250,8 @@ func (e Export) Start(ctx context.Context, src Sources, log hclog.Logger) (stop 
 	return stopAll, promAddr, nil
 }
 
-// connectionMetrics registers the client-connection metrics listed at the top of this file, observed from
-// stats.
+// connectionMetrics registers the client-connection metrics listed at the top of this file,
+// observed from stats.
 func connectionMetrics(m metric.Meter, stats func() (map[int32]WorkerConns, uint64)) error {
 	conns, err := m.Int64ObservableGauge("xlb.worker.connections", metric.WithUnit("{connection}"),
 		metric.WithDescription("Client connections a worker holds open, at its last report."))
