@@ -3,9 +3,10 @@ package shm
 import (
 	"fmt"
 	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xlbproxy/xlb/internal/atomicfile"
 )
 
 // sealedName is the name a sealed region's memfd shows in /proc/PID/fd ("/memfd:xlb-region").
@@ -97,13 +98,7 @@ func (r *Region) Sealed() bool {
 func (r *Region) Save(path string) error {
 	buf := make([]byte, len(r.mem))
 	r.copyOut(buf, 0)
-	tmp := path + "." + strconv.Itoa(os.Getpid()) + ".tmp"
-	if err := os.WriteFile(tmp, buf, 0o600); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("shm: save %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(path, buf); err != nil {
 		return fmt.Errorf("shm: save %s: %w", path, err)
 	}
 	return nil

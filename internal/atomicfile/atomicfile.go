@@ -3,11 +3,15 @@
 // lose acknowledged writes, fsyncs its own files).
 package atomicfile
 
-import "os"
+import (
+	"os"
+	"strconv"
+)
 
-// Write replaces path with data (mode 0600), by writing path.tmp and renaming it over path.
+// Write replaces path with data (mode 0600), by writing path.PID.tmp and renaming it over path:
+// two processes that replace one file (the supervisors of an upgrade) never share a temporary.
 func Write(path string, data []byte) error {
-	tmp := path + ".tmp"
+	tmp := path + "." + strconv.Itoa(os.Getpid()) + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		os.Remove(tmp)
 		return err
