@@ -344,15 +344,9 @@ func readApplied(dir string) (map[string]*discoveryv1.VersionedBackendSet, uint6
 // until the change is in force.
 func (s *supervisor) xdsApply(ctx context.Context, resp *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
 	req := applyReq{resp: resp, done: make(chan applyResult, 1)}
-	select {
-	case s.applyReqs <- req:
-	case <-ctx.Done():
+	r, err := ask(ctx, s.applyReqs, req, req.done)
+	if err != nil {
 		return nil, nil, 0, nil
 	}
-	select {
-	case r := <-req.done:
-		return r.applied, r.rejected, r.generation, r.workers
-	case <-ctx.Done():
-		return nil, nil, 0, nil
-	}
+	return r.applied, r.rejected, r.generation, r.workers
 }
