@@ -3,16 +3,9 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -25,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // The tests of `xlb controlplane` and `xlb dataplane`: a control plane that keeps backend sets in
@@ -721,96 +716,6 @@ func TestControlPlaneKill9(t *testing.T) {
 	t.Logf("%d requests, %d of them while the control plane was down, %d failed", total, outage, failed)
 }
 
-// certAuthority is a CA of a test.
-type certAuthority struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	// file holds its certificate, PEM.
-	file string
-}
-
-// newCA makes a self-signed CA named name, its certificate in dir/name.pem.
-func newCA(tb testing.TB, dir, name string) *certAuthority {
-	tb.Helper()
-	key := newKey(tb)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(tb),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ca := &certAuthority{cert: cert, key: key, file: filepath.Join(dir, name+".pem")}
-	writePEM(tb, ca.file, "CERTIFICATE", der)
-	return ca
-}
-
-// issue makes a certificate named name signed by ca: for a server on 127.0.0.1 (an IP SAN), or for
-// a client. It writes dir/name.pem and dir/name-key.pem and returns their paths.
-func (ca *certAuthority) issue(tb testing.TB, dir, name string, server bool) (certFile, keyFile string) {
-	tb.Helper()
-	key := newKey(tb)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(tb),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	writePEM(tb, certFile, "CERTIFICATE", der)
-	writePEM(tb, keyFile, "PRIVATE KEY", keyDER)
-	return certFile, keyFile
-}
-
-func newKey(tb testing.TB) *ecdsa.PrivateKey {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key
-}
-
-func serial(tb testing.TB) *big.Int {
-	tb.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return n
-}
-
-func writePEM(tb testing.TB, path, typ string, der []byte) {
-	tb.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-}
-
 // refusedCall matches the control plane's "refused an unauthenticated call" lines of method.
 func refusedCall(method string) func(logLine) bool {
 	return says("refused an unauthenticated call", func(l logLine) bool { return l.str("method") == method })
@@ -829,10 +734,13 @@ func refusedCall(method string) func(logLine) bool {
 func TestControlPlaneSecurity(t *testing.T) {
 	t.Parallel()
 	pki := t.TempDir()
-	ca := newCA(t, pki, "ca")
-	serverCert, serverKey := ca.issue(t, pki, "server", true)
-	clientCert, clientKey := ca.issue(t, pki, "trusted", false) // the node id of the data plane that presents it
-	rogueCert, rogueKey := newCA(t, pki, "rogue-ca").issue(t, pki, "rogue", false)
+	ca := testutil.NewCA(t, pki, "ca")
+	server := ca.IssueServer(t, pki, "server", "127.0.0.1")
+	serverCert, serverKey := server.CertFile, server.KeyFile
+	client := ca.IssueClient(t, pki, "trusted") // the node id of the data plane that presents it
+	clientCert, clientKey := client.CertFile, client.KeyFile
+	rogue := testutil.NewCA(t, pki, "rogue-ca").IssueClient(t, pki, "rogue")
+	rogueCert, rogueKey := rogue.CertFile, rogue.KeyFile
 	const token = "s3cret-admin-token"
 	tokenFile := filepath.Join(pki, "admin-token")
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
@@ -861,32 +769,32 @@ func TestControlPlaneSecurity(t *testing.T) {
 	t.Run("TLS", func(t *testing.T) {
 		t.Parallel()
 		a := newCountingBackend(t, "A")
-		withToken := []string{"-cacert", ca.file, "-H", "authorization: Bearer " + token}
+		withToken := []string{"-cacert", ca.File, "-H", "authorization: Bearer " + token}
 		cp := startControlPlane(t, t.TempDir(), withToken,
-			"--tls-cert", serverCert, "--tls-key", serverKey, "--client-ca", ca.file, "--admin-token-file", tokenFile)
+			"--tls-cert", serverCert, "--tls-key", serverKey, "--client-ca", ca.File, "--admin-token-file", tokenFile)
 
 		// Health and reflection are open.
-		if r := runGrpcurl(t, "-cacert", ca.file, cp.addr, "list"); r.err != nil || !strings.Contains(r.stdout, "xlb.admin.v1.AdminService") {
+		if r := runGrpcurl(t, "-cacert", ca.File, cp.addr, "list"); r.err != nil || !strings.Contains(r.stdout, "xlb.admin.v1.AdminService") {
 			t.Errorf("reflection without a credential: %v", r)
 		}
-		if r := runGrpcurl(t, "-cacert", ca.file, cp.addr, "grpc.health.v1.Health/Check"); r.err != nil || !strings.Contains(r.stdout, "SERVING") {
+		if r := runGrpcurl(t, "-cacert", ca.File, cp.addr, "grpc.health.v1.Health/Check"); r.err != nil || !strings.Contains(r.stdout, "SERVING") {
 			t.Errorf("health without a credential: %v", r)
 		}
 
 		// Every method of every service but health and reflection, as reflection lists them, is
 		// refused without a credential.
-		services := runGrpcurl(t, "-cacert", ca.file, cp.addr, "list")
+		services := runGrpcurl(t, "-cacert", ca.File, cp.addr, "list")
 		checked, bySvc := 0, map[string]int{}
 		for _, svc := range strings.Fields(services.stdout) {
 			if svc == "grpc.health.v1.Health" || strings.HasPrefix(svc, "grpc.reflection.") {
 				continue
 			}
-			methods := runGrpcurl(t, "-cacert", ca.file, cp.addr, "list", svc)
+			methods := runGrpcurl(t, "-cacert", ca.File, cp.addr, "list", svc)
 			if methods.err != nil {
 				t.Fatalf("list %s: %v", svc, methods)
 			}
 			for _, m := range strings.Fields(methods.stdout) {
-				r := runGrpcurl(t, "-cacert", ca.file, "-d", "{}", cp.addr, m)
+				r := runGrpcurl(t, "-cacert", ca.File, "-d", "{}", cp.addr, m)
 				if got := r.code(); got != "Unauthenticated" {
 					t.Errorf("%s without a credential: %q, want Unauthenticated\n%v", m, got, r)
 				}
@@ -914,7 +822,7 @@ func TestControlPlaneSecurity(t *testing.T) {
 			{"a client certificate of the CA", "OK", []string{"-cert", clientCert, "-key", clientKey}},
 			{"a client certificate of another CA", "refused", []string{"-cert", rogueCert, "-key", rogueKey}},
 		} {
-			r := runGrpcurl(t, append(append([]string{"-cacert", ca.file}, c.flags...), cp.addr, listSets)...)
+			r := runGrpcurl(t, append(append([]string{"-cacert", ca.File}, c.flags...), cp.addr, listSets)...)
 			switch got := r.code(); {
 			case c.want == "refused" && (got == "" || got == "Unauthenticated"):
 				t.Logf("with %s: refused: %s", c.name, strings.TrimSpace(r.stderr))
@@ -932,13 +840,13 @@ func TestControlPlaneSecurity(t *testing.T) {
 
 		// A data plane without a client certificate.
 		from = logEnd(cp.log)
-		anon := startDataPlane(t, cp, "anonymous", "web", "--tls-ca", ca.file)
+		anon := startDataPlane(t, cp, "anonymous", "web", "--tls-ca", ca.File)
 		refused := awaitLine(t, cp.proc, cp.log, from, `"refused an unauthenticated call" of the DiscoveryService`,
 			refusedCall("/xlb.discovery.v1.DiscoveryService/StreamBackendSets"))
 		t.Logf("a data plane without a client certificate: %s", refused)
 
 		// One with a certificate of the CA.
-		dp := startDataPlane(t, cp, "trusted", "web", "--tls-ca", ca.file, "--tls-cert", clientCert, "--tls-key", clientKey)
+		dp := startDataPlane(t, cp, "trusted", "web", "--tls-ca", ca.File, "--tls-cert", clientCert, "--tls-key", clientKey)
 		cp.awaitApplied(t, "trusted", map[string]string{"web": vA})
 		if by := traffic(t, dp.addr, "/trusted", checkRequests); by["A"] != checkRequests {
 			t.Errorf("the data plane with a client certificate: requests by backend %v, want all %d to A", by, checkRequests)
@@ -946,7 +854,7 @@ func TestControlPlaneSecurity(t *testing.T) {
 
 		// One with that certificate that says it is another node.
 		from = logEnd(cp.log)
-		impostor := startDataPlane(t, cp, "impostor", "web", "--tls-ca", ca.file, "--tls-cert", clientCert, "--tls-key", clientKey)
+		impostor := startDataPlane(t, cp, "impostor", "web", "--tls-ca", ca.File, "--tls-cert", clientCert, "--tls-key", clientKey)
 		refused = awaitLine(t, cp.proc, cp.log, from, `"refused a data plane speaking for another node"`,
 			says("refused a data plane speaking for another node", func(l logLine) bool { return strings.Contains(l.str("reason"), `"impostor"`) }))
 		t.Logf("a data plane whose node id is not its certificate's: %s", refused)
