@@ -45,7 +45,9 @@
 // restarted after a delay that doubles with each crash that follows a short run (50ms to 10s); one
 // whose heartbeat (written every second) is older than the worker stall timeout is killed first. On
 // SIGTERM or SIGINT the supervisor closes its listening sockets, sends SIGTERM to every worker and
-// waits for them to drain, killing them past the shutdown timeout and a grace of 5s. A worker whose
+// waits for them to drain, killing them past the shutdown timeout and a grace of 5s. Those
+// decisions are server/supervisor's pure core; the loop here feeds it events (exits, ticks,
+// publications, a rebuilt region, the stop) and carries out its actions on the processes. A worker whose
 // control pipe ends (its supervisor died, even by SIGKILL) drains and exits by itself. Workers
 // ignore SIGHUP, which a terminal's hang-up sends to the whole process group.
 //
@@ -76,6 +78,7 @@
 // server/config (the Config and its YAML file), server/cpserver (a control plane's services over a
 // store, for `xlb controlplane` and the one inside `xlb run`), server/rpc (the gRPC server's TLS
 // and authentication, the data plane's dial credentials, the state directory's unix sockets),
+// server/supervisor (the supervisor's decisions about its workers, a pure core),
 // server/localadmin (the data plane's admin service, the one place that picks gRPC status codes),
 // server/upgrade (the old supervisor's side of an upgrade, over an Env of OS calls),
 // server/telemetry (the metrics path from workers to OpenTelemetry) and server/sysd (pid file,

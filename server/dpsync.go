@@ -93,7 +93,7 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 		s.log.Info("generation published", "generation", g, "sets", len(sets), "backends", n)
 		s.regionSets = sets // with the health slots Publish gave
 		s.saveRegion()
-		s.pending = append(s.pending, pendingGen{gen: g, at: time.Now()})
+		s.core.Published(g, time.Now())
 		s.wake()
 		wait = g
 	}
@@ -191,11 +191,9 @@ func (s *supervisor) result(rejected []*discoveryv1.SetError) applyResult {
 	for name, vs := range s.current {
 		r.applied[name] = vs.GetVersion()
 	}
-	for _, wp := range s.workers {
-		if wp != nil {
-			w := s.region.Worker(wp.region)
-			r.workers = append(r.workers, &discoveryv1.WorkerStatus{Slot: uint32(wp.region), Pid: uint32(wp.pid), ObservedGeneration: w.Observed})
-		}
+	for _, wk := range s.core.Live() {
+		w := s.region.Worker(wk.Region)
+		r.workers = append(r.workers, &discoveryv1.WorkerStatus{Slot: uint32(wk.Region), Pid: uint32(wk.PID), ObservedGeneration: w.Observed})
 	}
 	return r
 }
@@ -204,10 +202,7 @@ func (s *supervisor) result(rejected []*discoveryv1.SetError) applyResult {
 // generation only at its heartbeat. A full pipe already holds a wake-up, so a write that would
 // block is dropped.
 func (s *supervisor) wake() {
-	for _, wp := range s.workers {
-		if wp == nil {
-			continue
-		}
+	for _, wp := range s.procs {
 		if rc, err := wp.control.SyscallConn(); err == nil {
 			rc.Write(func(fd uintptr) bool {
 				unix.Write(int(fd), []byte{1})

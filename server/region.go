@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -71,32 +70,12 @@ func (s *supervisor) rebuildRegion(damage error) {
 	s.monitor.Pause(context.Background())
 	s.slots.r.Store(r)
 	s.region, s.writer = r, shm.NewWriterAfter(r, s.writer.Last())
-	for i := range s.regionOf {
-		s.regionOf[i] = i
-	}
 	g := s.republish()
 	s.monitor.Resume(context.Background())
 
-	// What waited for a generation of the old region waits for the new one's.
-	var replies []func()
-	for _, p := range s.pending {
-		replies = append(replies, p.replies...)
-	}
-	s.pending = []pendingGen{{gen: g, at: time.Now(), replies: replies}}
-
-	for slot, wp := range s.workers {
-		if wp == nil {
-			continue // restarted later, on the new region
-		}
-		wp.retired = true
-		s.retired[wp.pid] = wp
-		s.workers[slot] = nil
-		wp.cmd.Process.Signal(syscall.SIGTERM)
-		if err := s.start(slot); err != nil {
-			s.log.Error("cannot start a worker on the new region", "slot", slot, "error", err)
-			s.exited(workerExit{slot: slot, err: err}, &slotState{})
-		}
-	}
+	// What waited for a generation of the old region waits for the new one's, and every worker
+	// is replaced by one that maps the new region.
+	s.do(s.core.Rebuilt(g, time.Now()))
 	old.Close()
 	s.log.Info("region rebuilt", "file", path, "generation", g, "sets", len(s.current))
 }

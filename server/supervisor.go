@@ -27,9 +27,9 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
-	"github.com/xlbproxy/xlb/internal/backoff"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/rpc"
+	core "github.com/xlbproxy/xlb/server/supervisor"
 	"github.com/xlbproxy/xlb/server/sysd"
 	"github.com/xlbproxy/xlb/server/telemetry"
 )
@@ -52,27 +52,13 @@ func defaultWorkers() int { return max(1, runtime.NumCPU()/2) }
 // (fewer idle Ps to wake and steal from), and the workers together still use every CPU.
 func workerProcs(workers int) int { return max(1, runtime.NumCPU()/max(1, workers)) }
 
-// Timing of the supervisor.
+// Timing of the supervisor's loop; the core's is in package supervisor.
 const (
 	// reloadDebounce coalesces the burst of events of one edit of the configuration file.
 	reloadDebounce = 5 * time.Millisecond
-	// appliedPoll is how often the supervisor reads the worker slots while a generation is not yet
-	// applied by every worker.
-	appliedPoll = time.Millisecond
-	// appliedWarn is how long a generation may wait for a worker before the wait is logged.
-	appliedWarn = 10 * time.Second
-	// restartDelayMin and restartDelayMax bound the delay before a crashed worker is restarted. It
-	// doubles with every crash of a worker that ran less than restartStable, and starts over after
-	// one that ran longer.
-	restartDelayMin = 50 * time.Millisecond
-	restartDelayMax = 10 * time.Second
-	restartStable   = 10 * time.Second
 	// firstSyncTimeout bounds the wait for the control plane's first sets on a fresh region
 	// before the workers start anyway.
 	firstSyncTimeout = 10 * time.Second
-	// killGrace is how long past the shutdown timeout the supervisor waits for its workers before
-	// it kills them.
-	killGrace = 5 * time.Second
 )
 
 // supervisor is `xlb run`: it owns the state directory, the shared region and the listening
@@ -90,16 +76,14 @@ type supervisor struct {
 
 	region  *shm.Region
 	writer  *shm.Writer
-	slots   *regionSlots        // the region as the monitor uses it, which a rebuild replaces
-	retired map[int]*workerProc // by pid: workers of a region that was rebuilt, draining
-	sockets [][]*os.File        // the listening sockets: [group][listener], one group per worker or one for all
-	sets    []string            // the backend set of each listener
+	slots   *regionSlots // the region as the monitor uses it, which a rebuild replaces
+	sockets [][]*os.File // the listening sockets: [group][listener], one group per worker or one for all
+	sets    []string     // the backend set of each listener
 
-	workers    []*workerProc // by slot; nil while a slot waits for its restart
-	regionOf   []int         // the region's worker slot of each slot
+	core       *core.Core          // the decisions about the workers
+	workers    int                 // how many
+	procs      map[int]*workerProc // by pid: the workers started and not yet released
 	exits      chan workerExit
-	restarts   chan int // slots whose restart delay has passed
-	stopping   bool
 	handedOver bool       // to the new supervisor of an upgrade
 	copy       regionCopy // the region file, as last saved
 
@@ -108,8 +92,6 @@ type supervisor struct {
 	applyReqs chan applyReq                               // responses of the control plane, from the xds client
 	saves     chan savedState                             // to the goroutine that writes the applied file
 	embedded  *embeddedCP                                 // xlb run's control plane; nil for xlb dataplane
-	pending   []pendingGen
-	ready     bool
 
 	lock        *os.File            // the state directory's lock, handed on by an upgrade
 	listenAddrs []string            // the listeners' bound addresses
@@ -138,49 +120,16 @@ type served struct {
 	prometheus string   // the Prometheus listener's bound address; "" without one
 }
 
+// workerProc is a worker's process, from its start to its release.
 type workerProc struct {
-	slot    int // its index among this supervisor's workers
-	region  int // its slot in the region (the same as slot, but after an upgrade)
-	pid     int
 	cmd     *exec.Cmd
 	control *os.File // the write end of the control pipe
-	started time.Time
-	killed  bool // by the stall watchdog
-	retired bool // replaced by a worker on a rebuilt region: its exit is no crash
 }
 
 type workerExit struct {
 	slot, pid int
 	err       error
 	ran       time.Duration
-}
-
-// pendingGen is a published generation that not every live worker has observed yet.
-type pendingGen struct {
-	gen     uint64
-	at      time.Time
-	warned  bool
-	replies []func() // called once it is applied: the control plane's answers wait for that
-}
-
-// slotState is what the supervisor remembers about a slot across restarts of its worker. Its zero
-// value is a slot whose worker has not crashed.
-type slotState struct {
-	restart backoff.Backoff // delays of the restarts after short runs; zero until the first
-}
-
-// restartDelay is the delay before the restart of a worker that exited after it ran for ran:
-// restartDelayMin doubled with each crash after a short run, at most restartDelayMax, and
-// restartDelayMin again after a run of restartStable or more. Not jittered: the supervisor restarts
-// its own workers, and the delay it logs is the delay.
-func (st *slotState) restartDelay(ran time.Duration) time.Duration {
-	if st.restart.Base == 0 {
-		st.restart = backoff.Backoff{Base: restartDelayMin, Max: restartDelayMax, Jitter: backoff.None}
-	}
-	if ran >= restartStable {
-		st.restart.Reset()
-	}
-	return st.restart.Next()
 }
 
 // supervise runs `xlb run` until ctx ends; it returns the exit status.
@@ -279,15 +228,16 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 
 	s = &supervisor{
 		e: e, log: log, cmd: cmd, path: cl.file, reloadCfg: cl.reload, cfg: cfg,
-		region:      region,
-		writer:      shm.NewWriter(region),
-		workers:     make([]*workerProc, workers),
+		region: region,
+		writer: shm.NewWriter(region),
+		core: core.New(core.Config{Regions: regionOf, StallTimeout: cfg.WorkerStallTimeoutOrDefault(),
+			ShutdownTimeout: cfg.ShutdownTimeoutOrDefault(), Logger: log}),
+		workers:     workers,
+		procs:       make(map[int]*workerProc, workers),
 		exits:       make(chan workerExit, workers),
-		restarts:    make(chan int, workers),
 		stateDir:    dir,
 		applyReqs:   make(chan applyReq),
 		saves:       make(chan savedState, 1),
-		regionOf:    regionOf,
 		lock:        lock,
 		inherit:     in,
 		upgradeReqs: make(chan upgradeReq),
@@ -295,7 +245,6 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		statusReqs:  make(chan statusReq),
 		healthWake:  make(chan struct{}, 1),
 		slots:       &regionSlots{},
-		retired:     make(map[int]*workerProc),
 	}
 	s.slots.r.Store(region)
 	s.copy = regionCopy{gen: region.Generation(), epoch: region.HealthEpoch()}
@@ -443,16 +392,16 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		select {
 		case req := <-s.applyReqs:
 			s.handleApply(req)
-			s.checkApplied()
+			s.tick(time.Now())
 		case <-time.After(firstSyncTimeout):
 			log.Warn("no backend sets from the control plane yet; starting the workers without them", "waited", firstSyncTimeout)
 		case <-ctx.Done():
 			return exitOK
 		}
 	}
-	state := make([]slotState, workers)
-	for slot := range workers {
-		if err := s.start(slot); err != nil {
+	for _, a := range s.core.Starts() {
+		st := a.(core.Start)
+		if err := s.start(st.Slot, st.Region); err != nil {
 			s.shutdown()
 			return startFailed("cannot start a worker", err)
 		}
@@ -491,10 +440,11 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 
 	watchdog := time.NewTicker(heartbeat)
 	defer watchdog.Stop()
-	var poll <-chan time.Time
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
 	for {
-		if poll == nil && (!s.ready || len(s.pending) > 0) {
-			poll = time.After(appliedPoll)
+		if next := s.core.Next(time.Now()); !next.IsZero() {
+			due.Reset(time.Until(next))
 		}
 		applyReqs := s.applyReqs
 		if s.upgrade != nil {
@@ -505,12 +455,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 			log.Info("shutting down", "reason", context.Cause(ctx), "timeout", cfg.ShutdownTimeoutOrDefault())
 			return s.shutdown()
 		case x := <-s.exits:
-			s.exited(x, &state[x.slot])
-		case slot := <-s.restarts:
-			if err := s.start(slot); err != nil {
-				log.Error("cannot restart a worker", "slot", slot, "error", err)
-				s.exited(workerExit{slot: slot, err: err}, &state[slot])
-			}
+			s.do(s.core.Exited(x.slot, x.pid, x.err, x.ran, time.Now()))
 		case req := <-applyReqs:
 			s.handleApply(req)
 		case req := <-s.upgradeReqs:
@@ -545,15 +490,64 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 				log.Warn("SIGHUP: cannot watch the configuration file's directory", "error", err)
 			}
 			s.reload()
-		case <-poll:
-			poll = nil
-			s.checkApplied()
+		case now := <-due.C:
+			s.tick(now)
 		case now := <-watchdog.C:
-			s.checkStalled(now)
+			s.tick(now)
 			s.checkRegion()
 			s.checkCopy()
 		}
 	}
+}
+
+// tick tells the core that time passed, with the region's worker slots as they are now.
+func (s *supervisor) tick(now time.Time) {
+	caps := s.region.Capacities()
+	v := core.View{Generation: s.region.Generation(), Slots: make([]shm.WorkerState, caps.Workers),
+		Gone: func(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }}
+	v.MinObserved, _ = s.region.MinObserved()
+	for i := range v.Slots {
+		v.Slots[i] = s.region.Worker(i)
+	}
+	s.do(s.core.Tick(now, v))
+}
+
+// do carries out the core's actions. It returns the exit status once the core is Done, else -1.
+func (s *supervisor) do(actions []core.Action) int {
+	code := -1
+	for _, a := range actions {
+		switch a := a.(type) {
+		case core.Start:
+			if err := s.start(a.Slot, a.Region); err != nil {
+				if c := s.do(s.core.StartFailed(a.Slot, err, time.Now())); c >= 0 {
+					code = c
+				}
+			}
+		case core.Signal:
+			if wp := s.procs[a.PID]; wp != nil {
+				wp.cmd.Process.Signal(a.Sig) // through its pidfd: never another process of a reused pid
+			}
+		case core.Release:
+			if wp := s.procs[a.PID]; wp != nil {
+				wp.control.Close()
+				delete(s.procs, a.PID)
+			}
+			if a.Free {
+				s.region.ReleaseWorker(a.Region)
+			}
+		case core.FreeSlot:
+			s.region.ReleaseWorker(a.Region)
+		case core.Applied:
+			for _, reply := range a.Replies {
+				reply()
+			}
+		case core.Ready:
+			s.becomeReady()
+		case core.Done:
+			code = a.Code
+		}
+	}
+	return code
 }
 
 // listen binds the listeners and keeps a duplicate of each socket to hand to the workers: with
@@ -563,7 +557,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 func (s *supervisor) listen(perWorker bool) error {
 	groups := 1
 	if perWorker {
-		groups = len(s.workers)
+		groups = s.workers
 	}
 	ls := s.cfg.Listeners
 	for g := range groups {
@@ -628,10 +622,10 @@ func dupListener(ln net.Listener) (*os.File, error) {
 	return os.NewFile(uintptr(dup), ln.Addr().String()), nil
 }
 
-// start starts the worker of slot.
-func (s *supervisor) start(slot int) error {
+// start starts the worker of slot on the region's worker slot region, and tells the core.
+func (s *supervisor) start(slot, region int) error {
 	spec, err := json.Marshal(workerSpec{
-		Slot:            s.regionOf[slot],
+		Slot:            region,
 		Sets:            s.sets,
 		Proxy:           s.cfg.Proxy,
 		AccessLog:       s.cfg.AccessLog,
@@ -650,7 +644,7 @@ func (s *supervisor) start(slot int) error {
 	cmd.Args[0] = os.Args[0] // ps shows "xlb worker", not the path it was started by
 	cmd.Env = append(os.Environ(), workerSpecEnv+"="+string(spec))
 	if os.Getenv("GOMAXPROCS") == "" {
-		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", workerProcs(len(s.workers))))
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", workerProcs(s.workers)))
 	}
 	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
 	cmd.ExtraFiles = append([]*os.File{s.region.File(), r, s.healthW}, s.socketsOf(slot)...)
@@ -660,41 +654,15 @@ func (s *supervisor) start(slot int) error {
 		w.Close()
 		return err
 	}
-	now := time.Now()
-	wp := &workerProc{slot: slot, region: s.regionOf[slot], pid: cmd.Process.Pid, cmd: cmd, control: w, started: now}
-	s.region.ClaimWorker(wp.region, wp.pid, now.UnixNano())
-	s.workers[slot] = wp
-	s.log.Info("worker started", "slot", slot, "region_slot", wp.region, "pid", wp.pid)
+	now, pid := time.Now(), cmd.Process.Pid
+	s.region.ClaimWorker(region, pid, now.UnixNano())
+	s.procs[pid] = &workerProc{cmd: cmd, control: w}
+	s.core.Started(slot, pid, now)
 	go func() {
 		err := cmd.Wait()
-		s.exits <- workerExit{slot: slot, pid: wp.pid, err: err, ran: time.Since(now)}
+		s.exits <- workerExit{slot: slot, pid: pid, err: err, ran: time.Since(now)}
 	}()
 	return nil
-}
-
-// exited handles the end of a worker: while serving, it schedules the worker's restart.
-func (s *supervisor) exited(x workerExit, st *slotState) {
-	if wp := s.retired[x.pid]; wp != nil {
-		wp.control.Close()
-		delete(s.retired, x.pid)
-		s.log.Info("worker of the replaced region exited", "slot", x.slot, "pid", x.pid)
-		return
-	}
-	if wp := s.workers[x.slot]; wp != nil && wp.pid == x.pid {
-		wp.control.Close()
-		s.workers[x.slot] = nil
-		s.region.ReleaseWorker(wp.region)
-	}
-	if s.stopping {
-		return
-	}
-	delay := st.restartDelay(x.ran)
-	msg := "exit status 0"
-	if x.err != nil {
-		msg = x.err.Error()
-	}
-	s.log.Error("worker exited", "slot", x.slot, "pid", x.pid, "error", msg, "ran", x.ran.Round(time.Millisecond).String(), "restart_in", delay.String())
-	time.AfterFunc(delay, func() { s.restarts <- x.slot })
 }
 
 // handleApply applies a response of the control plane, and answers it once it is in force.
@@ -704,8 +672,7 @@ func (s *supervisor) handleApply(req applyReq) {
 		req.done <- res
 		return
 	}
-	p := &s.pending[len(s.pending)-1] // apply appended wait's
-	p.replies = append(p.replies, func() { req.done <- s.result(res.rejected) })
+	s.core.Await(wait, func() { req.done <- s.result(res.rejected) })
 }
 
 // reload reads the configuration file again and applies its backend sets. A file that fails is
@@ -773,63 +740,6 @@ func restartKeys(a, b config.Config) []string {
 	diff("reuse_port", a.ReusePort == b.ReusePort)
 	diff("metrics_interval", a.MetricsInterval == b.MetricsInterval)
 	return keys
-}
-
-// checkApplied logs each pending generation that every live worker has observed, and the first
-// moment every worker serves the generation in force.
-func (s *supervisor) checkApplied() {
-	min, live := s.region.MinObserved()
-	now := time.Now()
-	var applied, late []pendingGen
-	s.pending, applied, late = sortPending(s.pending, min, now)
-	for _, p := range applied {
-		s.log.Info("generation applied", "generation", p.gen, "workers", live, "latency", now.Sub(p.at).String())
-		for _, reply := range p.replies {
-			reply()
-		}
-	}
-	for _, p := range late {
-		s.log.Warn("generation not yet applied by every worker", "generation", p.gen, "waiting", s.lagging(p.gen))
-	}
-	if !s.ready && s.liveWorkers() == len(s.workers) && min >= s.region.Generation() {
-		s.ready = true
-		s.log.Info("ready", "workers", len(s.workers), "generation", s.region.Generation())
-		if s.region.Generation() == 0 {
-			s.log.Warn("no backend sets yet: every request is answered 503 until the control plane sends the first generation")
-		}
-		s.becomeReady()
-	}
-}
-
-// sortPending is checkApplied's core: of the generations pending, those that every live worker
-// has observed (min is the least generation they observed) are applied; of the rest, those that
-// have waited past appliedWarn and were not yet said to be late are late now (and marked so); kept
-// are the rest, late ones included, in their order.
-func sortPending(pending []pendingGen, min uint64, now time.Time) (kept, applied, late []pendingGen) {
-	for _, p := range pending {
-		switch {
-		case min >= p.gen:
-			applied = append(applied, p)
-		case !p.warned && now.Sub(p.at) > appliedWarn:
-			p.warned = true
-			late = append(late, p)
-			kept = append(kept, p)
-		default:
-			kept = append(kept, p)
-		}
-	}
-	return kept, applied, late
-}
-
-// liveWorkers counts this supervisor's workers that run.
-func (s *supervisor) liveWorkers() int {
-	n := 0
-	for _, wp := range s.workers {
-		if wp != nil {
-			n++
-		}
-	}
-	return n
 }
 
 // becomeReady is the moment this supervisor serves: the old one of an upgrade hands over, the pid
@@ -911,84 +821,9 @@ func (s *supervisor) takeSockets() error {
 	return nil
 }
 
-// checkStalled kills the workers whose heartbeat is older than the stall timeout; they are
-// restarted as any worker that exits.
-func (s *supervisor) checkStalled(now time.Time) {
-	s.reapSlots()
-	for _, wp := range s.workers {
-		if wp == nil || wp.killed {
-			continue
-		}
-		w := s.region.Worker(wp.region)
-		if silent, stalled := stalledFor(w.PID, w.Heartbeat, wp.pid, wp.started, now, s.cfg.WorkerStallTimeoutOrDefault()); stalled {
-			s.log.Error("worker stopped beating; killing it", "slot", wp.slot, "pid", wp.pid, "silent_for", silent.Round(time.Millisecond).String())
-			wp.cmd.Process.Kill()
-			wp.killed = true
-		}
-	}
-}
-
-// stalledFor is checkStalled's core: whether the worker pid, started at started, has been silent
-// longer than timeout at now, and for how long. slotPID and heartbeat are its region slot's: a
-// slot that another process holds says nothing of this one, and a worker is never silent since
-// before it started (its first beat may come after the supervisor first looks).
-func stalledFor(slotPID int, heartbeat int64, pid int, started, now time.Time, timeout time.Duration) (time.Duration, bool) {
-	last := time.Unix(0, max(heartbeat, started.UnixNano()))
-	silent := now.Sub(last)
-	return silent, slotPID == pid && silent > timeout
-}
-
-// reapSlots frees the region's worker slots of processes that no longer exist: the workers of a
-// new supervisor that an upgrade killed, or of a supervisor that died, never release theirs, and
-// "applied" would wait on them for ever.
-func (s *supervisor) reapSlots() {
-	ours := make(map[int]bool, len(s.workers))
-	for _, wp := range s.workers {
-		if wp != nil {
-			ours[wp.region] = true
-		}
-	}
-	pids := make([]int, s.region.Capacities().Workers)
-	for i := range pids {
-		pids[i] = s.region.Worker(i).PID
-	}
-	gone := func(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
-	for _, i := range slotsToReap(pids, ours, gone) {
-		s.log.Info("released the worker slot of a process that is gone", "region_slot", i, "pid", pids[i])
-		s.region.ReleaseWorker(i)
-	}
-}
-
-// slotsToReap is reapSlots' core: of the region's worker slots, held by pids (0: free), those
-// that are not ours and whose process is gone.
-func slotsToReap(pids []int, ours map[int]bool, gone func(pid int) bool) []int {
-	var out []int
-	for i, pid := range pids {
-		if pid != 0 && !ours[i] && gone(pid) {
-			out = append(out, i)
-		}
-	}
-	return out
-}
-
-// lagging describes the workers that have not observed generation g.
-func (s *supervisor) lagging(g uint64) string {
-	var b strings.Builder
-	for _, wp := range s.workers {
-		if wp == nil {
-			continue
-		}
-		if w := s.region.Worker(wp.region); w.Observed < g {
-			fmt.Fprintf(&b, "slot %d pid %d at generation %d; ", wp.slot, wp.pid, w.Observed)
-		}
-	}
-	return strings.TrimSuffix(b.String(), "; ")
-}
-
 // shutdown asks every worker to drain (SIGTERM) and waits for them, killing those still running
-// past the shutdown timeout and a grace. It returns the exit status.
+// past the shutdown timeout and a grace (the core decides). It returns the exit status.
 func (s *supervisor) shutdown() int {
-	s.stopping = true
 	if u := s.upgrade; u != nil {
 		// A new binary that is not ready yet goes too; its workers see their pipe end and drain.
 		u.cmd.Process.Kill()
@@ -998,60 +833,21 @@ func (s *supervisor) shutdown() int {
 	// supervisor's are closed too, new connections are refused instead of waiting in a queue that
 	// nobody accepts from any more.
 	s.closeSockets()
-	running := len(s.retired) // told to drain already
-	for _, wp := range s.workers {
-		if wp != nil {
-			wp.cmd.Process.Signal(syscall.SIGTERM)
-			running++
+	code := s.do(s.core.Stop(time.Now()))
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
+	for code < 0 {
+		if next := s.core.Next(time.Now()); !next.IsZero() {
+			due.Reset(time.Until(next))
 		}
-	}
-	code := exitOK
-	kill := time.After(s.cfg.ShutdownTimeoutOrDefault() + killGrace)
-	for running > 0 {
 		select {
 		case x := <-s.exits:
-			if s.retired[x.pid] != nil {
-				running--
-				s.exited(x, nil)
-				continue
-			}
-			if s.workers[x.slot] == nil || s.workers[x.slot].pid != x.pid {
-				continue // a worker that had exited before the shutdown
-			}
-			running--
-			// A worker still starting up when asked to stop dies of the SIGTERM itself: a stop.
-			if x.err != nil && !killedBy(x.err, syscall.SIGTERM) {
-				s.log.Error("worker failed while stopping", "slot", x.slot, "pid", x.pid, "error", x.err)
-				code = exitFailure
-			}
-			s.exited(x, nil)
-		case <-kill:
-			for _, wp := range s.retired {
-				s.log.Error("worker did not stop in time; killing it", "slot", wp.slot, "pid", wp.pid)
-				wp.cmd.Process.Kill()
-			}
-			for _, wp := range s.workers {
-				if wp != nil {
-					s.log.Error("worker did not stop in time; killing it", "slot", wp.slot, "pid", wp.pid)
-					wp.cmd.Process.Kill()
-				}
-			}
-			kill = nil
-			code = exitFailure
+			code = s.do(s.core.Exited(x.slot, x.pid, x.err, x.ran, time.Now()))
+		case now := <-due.C:
+			code = s.do(s.core.Tick(now, core.View{}))
 		}
 	}
-	s.log.Info("stopped")
 	return code
-}
-
-// killedBy tells whether err is the exit of a process that signal sig ended.
-func killedBy(err error, sig syscall.Signal) bool {
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		return false
-	}
-	ws, ok := ee.Sys().(syscall.WaitStatus)
-	return ok && ws.Signaled() && ws.Signal() == sig
 }
 
 // versionsOf is the version of each set, by name.

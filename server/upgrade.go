@@ -25,6 +25,7 @@ import (
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/localadmin"
 	"github.com/xlbproxy/xlb/server/rpc"
+	core "github.com/xlbproxy/xlb/server/supervisor"
 	"github.com/xlbproxy/xlb/server/telemetry"
 	"github.com/xlbproxy/xlb/server/upgrade"
 )
@@ -140,7 +141,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	}()
 	go func() {
 		out := upgrade.OS.Await(upgrade.Child{Pid: cmd.Process.Pid, Line: lines, Exited: exited},
-			s.cfg.UpgradeTimeoutOrDefault(), s.cfg.ShutdownTimeoutOrDefault()+killGrace, s.log)
+			s.cfg.UpgradeTimeoutOrDefault(), s.cfg.ShutdownTimeoutOrDefault()+core.KillGrace, s.log)
 		s.upgradeDone <- upgradeResult{pid: out.Pid, version: out.Version, err: out.Err}
 	}()
 }
@@ -360,12 +361,10 @@ func (s *supervisor) status() *dataplanev1.StatusResponse {
 			res.BackendStates = append(res.BackendStates, st)
 		}
 	}
-	for _, wp := range s.workers {
-		if wp != nil {
-			c := s.load.ConnsOf(int32(wp.pid))
-			res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wp.region), Pid: int32(wp.pid), ObservedGeneration: s.region.Worker(wp.region).Observed,
-				Connections: c.Connections, AcceptPaused: c.AcceptPaused})
-		}
+	for _, wk := range s.core.Live() {
+		c := s.load.ConnsOf(int32(wk.PID))
+		res.Workers = append(res.Workers, &dataplanev1.Worker{Slot: uint32(wk.Region), Pid: int32(wk.PID), ObservedGeneration: s.region.Worker(wk.Region).Observed,
+			Connections: c.Connections, AcceptPaused: c.AcceptPaused})
 	}
 	return res
 }
