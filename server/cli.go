@@ -16,6 +16,8 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/exit"
+	"github.com/xlbproxy/xlb/server/worker"
 )
 
 // version is the release, set when building:
@@ -47,15 +49,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 func (e *env) main(args []string) int {
 	if len(args) == 0 {
 		fmt.Fprint(e.stderr, usage)
-		return exitUsage
+		return exit.Usage
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "run":
 		return e.runCommand(rest)
 	case "demo":
 		return e.demoCommand(rest)
-	case workerCommand:
-		return e.workerMain(rest)
+	case worker.Command:
+		return worker.Env{Stdout: e.stdout, Stderr: e.stderr}.Main(rest)
 	case "dataplane":
 		return e.dataplaneCommand(rest)
 	case "controlplane":
@@ -65,12 +67,12 @@ func (e *env) main(args []string) int {
 			return e.usageError("version", fmt.Errorf("unexpected argument %q", rest[0]))
 		}
 		fmt.Fprintf(e.stdout, "xlb %s\n", Version())
-		return exitOK
+		return exit.OK
 	case "help", "--help", "-help", "-h":
 		return e.help(rest)
 	default:
 		fmt.Fprintf(e.stderr, "xlb: unknown command %q\nRun 'xlb help' for usage.\n", cmd)
-		return exitUsage
+		return exit.Usage
 	}
 }
 
@@ -105,15 +107,15 @@ func (e *env) help(args []string) int {
 		fmt.Fprint(e.stdout, "Usage: xlb version\n\nPrints xlb's version.\n")
 	default:
 		fmt.Fprintf(e.stderr, "xlb help: no help about %q\nRun 'xlb help' for usage.\n", strings.Join(args, " "))
-		return exitUsage
+		return exit.Usage
 	}
-	return exitOK
+	return exit.OK
 }
 
-// usageError reports a bad command line of cmd and returns exitUsage.
+// usageError reports a bad command line of cmd and returns exit.Usage.
 func (e *env) usageError(cmd string, err error) int {
 	fmt.Fprintf(e.stderr, "xlb %s: %v\nRun 'xlb %s --help' for usage.\n", cmd, err, cmd)
-	return exitUsage
+	return exit.Usage
 }
 
 // runCommand is `xlb run`.
@@ -152,11 +154,11 @@ func (e *env) superviseCommand(c supervised, args []string) int {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(e.stdout, c.usage())
-		return exitOK
+		return exit.OK
 	case err != nil:
 		return e.usageError(c.name, err)
 	}
-	log := newLogger(cfg.Log, e.stderr)
+	log := cfg.Log.Logger(e.stderr)
 	log.Info("starting", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()

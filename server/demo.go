@@ -24,6 +24,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/exit"
 )
 
 // demoWeights are the weights of the demo's backends, b1 to b3.
@@ -113,13 +114,13 @@ func (e *env) demoCommand(args []string) int {
 	switch err := parseFlags(fs, args); {
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(e.stdout, demoUsage())
-		return exitOK
+		return exit.OK
 	case err != nil:
 		return e.usageError("demo", err)
 	case fs.NArg() > 0:
 		return e.usageError("demo", fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
-	log := newLogger(config.LogConfig{}, e.stderr)
+	log := config.LogConfig{}.Logger(e.stderr)
 	log.Info("starting the demo", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
@@ -133,7 +134,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 	set, stopBackends, err := startDemoBackends(dlog)
 	if err != nil {
 		dlog.Error("cannot start the demo backends", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	defer stopBackends()
 	dir := f.stateDir
@@ -143,7 +144,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 		tmp, err := os.MkdirTemp("", "xlb-demo-")
 		if err != nil {
 			dlog.Error("cannot make a state directory", "error", err)
-			return exitFailure
+			return exit.Failure
 		}
 		defer func() {
 			if err := os.RemoveAll(tmp); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
+	"github.com/xlbproxy/xlb/server/exit"
 )
 
 // TestDemoBackends: the demo's backends have the demo's weights and answer with what they saw.
@@ -189,10 +190,10 @@ func TestDemoFlags(t *testing.T) {
 		code    int
 		wantErr string
 	}{
-		{[]string{"--workers", "0"}, exitUsage, `xlb demo: invalid value "0" for flag --workers: want an integer >= 1`},
-		{[]string{"--workers", "two"}, exitUsage, `invalid value "two" for flag --workers`},
-		{[]string{"--state-dir", ""}, exitUsage, `invalid value "" for flag --state-dir: want a directory path`},
-		{[]string{"--listen", "127.0.0.1:0", "--state-dir", file}, exitFailure, "state directory: mkdir " + file},
+		{[]string{"--workers", "0"}, exit.Usage, `xlb demo: invalid value "0" for flag --workers: want an integer >= 1`},
+		{[]string{"--workers", "two"}, exit.Usage, `invalid value "two" for flag --workers`},
+		{[]string{"--state-dir", ""}, exit.Usage, `invalid value "" for flag --state-dir: want a directory path`},
+		{[]string{"--listen", "127.0.0.1:0", "--state-dir", file}, exit.Failure, "state directory: mkdir " + file},
 	} {
 		code, _, stderr := runMain(append([]string{"demo"}, tc.args...)...)
 		if code != tc.code || !strings.Contains(stderr, tc.wantErr) {

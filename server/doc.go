@@ -23,7 +23,7 @@
 // (dataplane/shm; the file stays a copy, saved as the region changes, and a damaged one is moved
 // aside and rebuilt: region.go), binds the listeners, and starts its workers: the same binary, as
 // /proc/self/exe, re-executed as
-// `xlb worker` (worker.go) with the region, a control pipe and the listening sockets as inherited
+// `xlb worker` (server/worker) with the region, a control pipe and the listening sockets as inherited
 // descriptors. By default every worker accepts on the same sockets: one accept queue per listener,
 // so a dying worker strands no queued connection. With reuse_port each worker has its own socket
 // of a SO_REUSEPORT group; the supervisor holds them all, so a dead worker's queue waits for its
@@ -73,12 +73,14 @@
 //
 // # The packages below
 //
-// This package holds the commands and their flags, the supervisor and the worker role. What they
+// This package holds the commands and their flags and the supervisor's loop. What they
 // are built from has a package of its own, none of which imports this one (internal/archtest):
 // server/config (the Config and its YAML file), server/cpserver (a control plane's services over a
 // store, for `xlb controlplane` and the one inside `xlb run`), server/rpc (the gRPC server's TLS
 // and authentication, the data plane's dial credentials, the state directory's unix sockets),
-// server/supervisor (the supervisor's decisions about its workers, a pure core),
+// server/supervisor (the supervisor's decisions about its workers, a pure core), server/worker
+// (the worker process: `xlb worker` and the serving of one process), server/exit (the exit
+// statuses),
 // server/localadmin (the data plane's admin service, the one place that picks gRPC status codes),
 // server/upgrade (the old supervisor's side of an upgrade, over an Env of OS calls),
 // server/telemetry (the metrics path from workers to OpenTelemetry) and server/sysd (pid file,

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"slices"
-	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -23,7 +22,7 @@ import (
 // Health in the data plane: the supervisor runs one dataplane/monitor over its region, which owns
 // every backend's health machine, probes, and writes the routes the workers follow. Workers count
 // their requests' outcomes in the region and tell the supervisor of a failure by a byte on the
-// health pipe (inherited as fdHealth), which wakes the monitor at once; the monitor asks the
+// health pipe (inherited as worker.FDHealth), which wakes the monitor at once; the monitor asks the
 // supervisor to wake the workers when a route changed, so that those with no new request also
 // cut short their waits on a backend that went out.
 
@@ -127,54 +126,6 @@ func readHealthPipe(r *os.File, m *monitor.Monitor) {
 		}
 		if err != nil {
 			return
-		}
-	}
-}
-
-// healthNotifier is a worker's side of the health pipe: Signal never blocks the request that calls
-// it, and the bytes are coalesced, at most one per healthNotifyGap, so that a backend failing every
-// request costs the supervisor a look per gap, not per request.
-type healthNotifier struct {
-	w   *os.File
-	sig chan struct{}
-}
-
-// healthNotifyGap is the least time between two bytes of a worker on the health pipe.
-const healthNotifyGap = time.Millisecond
-
-func newHealthNotifier(w *os.File) *healthNotifier {
-	return &healthNotifier{w: w, sig: make(chan struct{}, 1)}
-}
-
-// Signal asks for a byte on the pipe.
-func (n *healthNotifier) Signal() {
-	select {
-	case n.sig <- struct{}{}:
-	default:
-	}
-}
-
-// run writes the bytes asked for until ctx ends. A full pipe already holds a byte for the
-// supervisor to read, so a write that would block is dropped.
-func (n *healthNotifier) run(ctx context.Context) {
-	rc, err := n.w.SyscallConn()
-	if err != nil {
-		return
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.sig:
-		}
-		rc.Write(func(fd uintptr) bool {
-			syscall.Write(int(fd), []byte{1})
-			return true
-		})
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(healthNotifyGap):
 		}
 	}
 }

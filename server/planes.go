@@ -17,6 +17,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/store"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/cpserver"
+	"github.com/xlbproxy/xlb/server/exit"
 	"github.com/xlbproxy/xlb/server/rpc"
 	"github.com/xlbproxy/xlb/server/telemetry"
 )
@@ -195,11 +196,11 @@ func (e *env) controlplaneCommand(args []string) int {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(e.stdout, controlplaneUsage)
-		return exitOK
+		return exit.OK
 	case err != nil:
 		return e.usageError("controlplane", err)
 	}
-	log := newLogger(c.log, e.stderr)
+	log := c.log.Logger(e.stderr)
 	log.Info("starting the control plane", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
@@ -211,13 +212,13 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 	st, err := store.Open(c.dataDir, log.Named("store"))
 	if err != nil {
 		log.Error("cannot open the store", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	defer st.Close()
 	srv, hs, err := rpc.NewServer(c.listen, c.sec, log)
 	if err != nil {
 		log.Error("cannot serve", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	ccfg := cpserver.Config{Debounce: c.debounce, LoadInterval: c.loadInterval, Logger: log}
 	var discP atomic.Pointer[discovery.Server] // set below; the gauge may be read before
@@ -237,7 +238,7 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 		}, log.Named("otel"))
 		if err != nil {
 			log.Error("cannot export metrics", "error", err)
-			return exitFailure
+			return exit.Failure
 		}
 		defer stopOTel(context.Background())
 		ccfg.OnPush, ccfg.OnAnswer = cm.Push, cm.Answer
@@ -254,18 +255,18 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 	if err != nil {
 		cp.Close()
 		log.Error("cannot listen", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	log.Info("control plane listening", "address", ln.Addr().String(), "sets", len(st.List()))
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
-	code := exitOK
+	code := exit.OK
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down", "reason", context.Cause(ctx))
 	case err := <-done:
 		log.Error("serving failed", "error", err)
-		code = exitFailure
+		code = exit.Failure
 	}
 	hs.Shutdown()
 	cp.Close() // ends the streams, which GracefulStop would wait for

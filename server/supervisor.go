@@ -28,10 +28,12 @@ import (
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/exit"
 	"github.com/xlbproxy/xlb/server/rpc"
 	core "github.com/xlbproxy/xlb/server/supervisor"
 	"github.com/xlbproxy/xlb/server/sysd"
 	"github.com/xlbproxy/xlb/server/telemetry"
+	"github.com/xlbproxy/xlb/server/worker"
 )
 
 // defaultWorkersDoc is how help describes the default of --workers.
@@ -137,7 +139,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	cfg := cl.cfg
 	if err := cfg.Check(); err != nil {
 		log.Error("invalid configuration", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	workers := cfg.Workers
 	if workers == 0 {
@@ -148,7 +150,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		var err error
 		if dir, err = defaultStateDir(); err != nil {
 			log.Error("no state directory", "error", err)
-			return exitFailure
+			return exit.Failure
 		}
 	}
 	if abs, err := filepath.Abs(dir); err == nil {
@@ -159,14 +161,14 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	in, err := takeUpgrade()
 	if err != nil {
 		log.Error("cannot take over from the running xlb", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	startFailed := func(msg string, err error) int {
 		log.Error(msg, "error", err)
 		if in != nil {
 			in.fail(fmt.Errorf("%s: %w", msg, err))
 		}
-		return exitFailure
+		return exit.Failure
 	}
 	var lock *os.File
 	var region *shm.Region
@@ -182,7 +184,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		sd, err := lockStateDir(dir)
 		if err != nil {
 			log.Error("cannot use the state directory", "error", err)
-			return exitFailure
+			return exit.Failure
 		}
 		lock = sd.lock
 		var aside string
@@ -193,7 +195,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		if err != nil {
 			lock.Close()
 			log.Error("cannot open the shared region", "error", err)
-			return exitFailure
+			return exit.Failure
 		}
 	}
 	defer lock.Close()
@@ -356,7 +358,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(resource.MessageBytesMax), grpc.MaxCallSendMsgSize(resource.MessageBytesMax)))
 	if err != nil {
 		log.Error("cannot reach the control plane", "address", target, "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	defer conn.Close()
 	xctx, stopXDS := context.WithCancel(context.Background())
@@ -396,7 +398,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		case <-time.After(firstSyncTimeout):
 			log.Warn("no backend sets from the control plane yet; starting the workers without them", "waited", firstSyncTimeout)
 		case <-ctx.Done():
-			return exitOK
+			return exit.OK
 		}
 	}
 	for _, a := range s.core.Starts() {
@@ -438,7 +440,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	signal.Notify(usr2, syscall.SIGUSR2)
 	defer signal.Stop(usr2)
 
-	watchdog := time.NewTicker(heartbeat)
+	watchdog := time.NewTicker(worker.Heartbeat)
 	defer watchdog.Stop()
 	due := time.NewTimer(time.Hour)
 	defer due.Stop()
@@ -624,7 +626,7 @@ func dupListener(ln net.Listener) (*os.File, error) {
 
 // start starts the worker of slot on the region's worker slot region, and tells the core.
 func (s *supervisor) start(slot, region int) error {
-	spec, err := json.Marshal(workerSpec{
+	spec, err := json.Marshal(worker.Spec{
 		Slot:            region,
 		Sets:            s.sets,
 		Proxy:           s.cfg.Proxy,
@@ -640,9 +642,9 @@ func (s *supervisor) start(slot, region int) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(s.e.exe, workerCommand)
+	cmd := exec.Command(s.e.exe, worker.Command)
 	cmd.Args[0] = os.Args[0] // ps shows "xlb worker", not the path it was started by
-	cmd.Env = append(os.Environ(), workerSpecEnv+"="+string(spec))
+	cmd.Env = append(os.Environ(), worker.SpecEnv+"="+string(spec))
 	if os.Getenv("GOMAXPROCS") == "" {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", workerProcs(s.workers)))
 	}

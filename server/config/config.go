@@ -145,6 +145,21 @@ type LogConfig struct {
 	JSON bool
 }
 
+// Logger makes the process's one root logger, named "xlb", writing to w.
+func (c LogConfig) Logger(w io.Writer) hclog.Logger {
+	level := c.Level
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "xlb",
+		Level:      level,
+		JSONFormat: c.JSON,
+		Output:     w,
+		Color:      hclog.ColorOff,
+	})
+}
+
 // MetricsIntervalOrDefault is MetricsInterval with its default applied.
 func (c *Config) MetricsIntervalOrDefault() time.Duration {
 	if c.MetricsInterval <= 0 {

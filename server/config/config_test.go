@@ -1,7 +1,9 @@
 package config
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -588,4 +590,24 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+func TestLogger(t *testing.T) {
+	tests := []struct {
+		cfg       LogConfig
+		wantLevel hclog.Level
+	}{
+		{LogConfig{}, hclog.Info},
+		{LogConfig{Level: hclog.Trace}, hclog.Trace},
+		{LogConfig{Level: hclog.Off}, hclog.Off},
+	}
+	for _, tt := range tests {
+		if got := tt.cfg.Logger(io.Discard).GetLevel(); got != tt.wantLevel {
+			t.Errorf("Logger of %+v level %v, want %v", tt.cfg, got, tt.wantLevel)
+		}
+	}
+	var buf bytes.Buffer
+	LogConfig{}.Logger(&buf).Named("proxy").Info("hello")
+	if !strings.Contains(buf.String(), "[INFO]  xlb.proxy: hello") {
+		t.Errorf("log %q, want the root named xlb", buf.String())
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/internal/backoff"
+	"github.com/xlbproxy/xlb/server/exit"
 )
 
 // Timing of the core.
@@ -30,12 +31,6 @@ const (
 	// KillGrace is how long past the shutdown timeout a stop waits for the workers before it kills
 	// them.
 	KillGrace = 5 * time.Second
-)
-
-// Exit statuses a stop ends with (Done.Code): the command's own.
-const (
-	ExitOK      = 0
-	ExitFailure = 1
 )
 
 // Config is what a Core is told once.
@@ -212,7 +207,7 @@ func (c *Core) Exited(slot, pid int, err error, ran time.Duration, now time.Time
 		// A worker still starting up when asked to stop dies of the SIGTERM itself: a stop.
 		if err != nil && !killedBy(err, syscall.SIGTERM) {
 			c.log.Error("worker failed while stopping", "slot", slot, "pid", pid, "error", err)
-			c.code = ExitFailure
+			c.code = exit.Failure
 		}
 		return append(out, c.done()...)
 	}
@@ -444,7 +439,7 @@ func (c *Core) tickStopping(now time.Time) []Action {
 		return nil
 	}
 	c.killAt = time.Time{}
-	c.code = ExitFailure
+	c.code = exit.Failure
 	var out []Action
 	for pid, i := range c.retired {
 		c.log.Error("worker did not stop in time; killing it", "slot", i, "pid", pid)

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/server/exit"
 )
 
 // owner is a fake owner loop: it carries out a Core's actions on a fake region of worker slots
@@ -383,7 +384,7 @@ func TestCoreStop(t *testing.T) {
 			t.Fatalf("done %v started %v before the last exit", o.done, o.started)
 		}
 		o.exit(1, 101, signalled(t, syscall.SIGTERM), time.Minute)
-		if !slices.Equal(o.done, []int{ExitOK}) {
+		if !slices.Equal(o.done, []int{exit.OK}) {
 			t.Fatalf("done %v, want one Done 0", o.done)
 		}
 		o.exit(1, 101, nil, 0)
@@ -395,7 +396,7 @@ func TestCoreStop(t *testing.T) {
 		o := newOwner(t, 1, 1)
 		o.do(o.c.Stop(o.now))
 		o.exit(0, 100, errors.New("exit status 1"), time.Minute)
-		if !slices.Equal(o.done, []int{ExitFailure}) || o.logs("worker failed while stopping") != 1 {
+		if !slices.Equal(o.done, []int{exit.Failure}) || o.logs("worker failed while stopping") != 1 {
 			t.Fatalf("done %v, want 1 and the failure logged", o.done)
 		}
 	})
@@ -419,7 +420,7 @@ func TestCoreStop(t *testing.T) {
 		}
 		o.exit(0, 101, signalled(t, syscall.SIGKILL), time.Minute)
 		o.exit(0, 100, signalled(t, syscall.SIGKILL), time.Minute)
-		if !slices.Equal(o.done, []int{ExitFailure}) {
+		if !slices.Equal(o.done, []int{exit.Failure}) {
 			t.Fatalf("done %v, want 1", o.done)
 		}
 	})
@@ -427,7 +428,7 @@ func TestCoreStop(t *testing.T) {
 		o := newOwner(t, 1, 1)
 		o.exit(0, 100, errors.New("exit status 2"), 0)
 		o.do(o.c.Stop(o.now))
-		if !slices.Equal(o.done, []int{ExitOK}) || len(o.signals) != 0 {
+		if !slices.Equal(o.done, []int{exit.OK}) || len(o.signals) != 0 {
 			t.Fatalf("done %v signals %v, want Done 0 at once", o.done, o.signals)
 		}
 	})

@@ -1,4 +1,4 @@
-package server
+package worker
 
 import (
 	"context"
@@ -16,20 +16,21 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/exit"
 	"github.com/xlbproxy/xlb/server/telemetry"
 )
 
-// The worker role. `xlb run` starts each worker by re-executing its own binary (/proc/self/exe, so
-// that a worker is always the supervisor's version, even after the file on disk was replaced) as
-// `xlb worker`, with its workerSpec as JSON in the environment and these descriptors:
+// `xlb run` starts each worker by re-executing its own binary (/proc/self/exe, so that a worker is
+// always the supervisor's version, even after the file on disk was replaced) as `xlb worker`
+// (Command), with its Spec as JSON in the environment (SpecEnv) and these descriptors:
 const (
-	workerCommand = "worker"
-	workerSpecEnv = "XLB_WORKER_SPEC"
+	Command = "worker"
+	SpecEnv = "XLB_WORKER_SPEC"
 
-	fdRegion   = 3 // the shared region: sealed memory (dataplane/shm's doc.go)
-	fdControl  = 4 // the read end of a pipe from the supervisor
-	fdHealth   = 5 // the write end of the health pipe to the supervisor (health.go)
-	fdListener = 6 // the first listening socket; the others follow in the spec's order
+	FDRegion   = 3 // the shared region: sealed memory (dataplane/shm's doc.go)
+	FDControl  = 4 // the read end of a pipe from the supervisor
+	FDHealth   = 5 // the write end of the health pipe to the supervisor
+	FDListener = 6 // the first listening socket; the others follow in the spec's order
 )
 
 // The control pipe carries one byte per published generation, telling an idle worker to look at
@@ -39,9 +40,9 @@ const (
 // supervisor's death: Pdeathsig fires when the thread that started the child exits, and Go's
 // threads come and go.
 
-// workerSpec is what a worker needs besides its descriptors. The supervisor fixes it when the
+// Spec is what a worker needs besides its descriptors. The supervisor fixes it when the
 // worker starts; backend sets come from the region, never from here.
-type workerSpec struct {
+type Spec struct {
 	Slot            int
 	Sets            []string // the backend set of each inherited listener, in descriptor order
 	Proxy           proxy.Config
@@ -51,55 +52,55 @@ type workerSpec struct {
 	MetricsSocket   string // where the worker reports its per-backend metrics
 }
 
-// heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
+// Heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
 // neither a request nor its supervisor made it look.
-const heartbeat = time.Second
+const Heartbeat = time.Second
 
-// workerMain is `xlb worker`: serve the inherited listeners from the inherited region until SIGTERM,
-// SIGINT or the supervisor's end.
-func (e *env) workerMain(args []string) int {
+// Main is `xlb worker`: serve the inherited listeners from the inherited region until SIGTERM,
+// SIGINT or the supervisor's end. It returns the exit status.
+func (e Env) Main(args []string) int {
 	// First of all, so that a SIGTERM of a worker still starting is a drain, not a kill.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// SIGHUP is the supervisor's (a reload); a hang-up of the terminal, sent to the whole process
 	// group, must not end the workers behind its back.
 	signal.Ignore(syscall.SIGHUP)
-	var spec workerSpec
-	if err := json.Unmarshal([]byte(os.Getenv(workerSpecEnv)), &spec); err != nil || len(args) > 0 {
-		fmt.Fprintf(e.stderr, "xlb worker: this command is started by xlb run, not by hand (%s: %v)\n", workerSpecEnv, err)
-		return exitUsage
+	var spec Spec
+	if err := json.Unmarshal([]byte(os.Getenv(SpecEnv)), &spec); err != nil || len(args) > 0 {
+		fmt.Fprintf(e.Stderr, "xlb worker: this command is started by xlb run, not by hand (%s: %v)\n", SpecEnv, err)
+		return exit.Usage
 	}
-	log := newLogger(spec.Log, e.stderr).Named("worker").With("slot", spec.Slot, "pid", os.Getpid())
+	log := spec.Log.Logger(e.Stderr).Named("worker").With("slot", spec.Slot, "pid", os.Getpid())
 
-	region, err := shm.OpenFile(os.NewFile(fdRegion, "region"))
+	region, err := shm.OpenFile(os.NewFile(FDRegion, "region"))
 	if err != nil {
 		log.Error("cannot map the shared region", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
 	defer region.Close()
 	// The pipe comes in blocking mode; in non-blocking mode os.File reads it through the poller, so
 	// that closing it ends a pending read.
-	if err := syscall.SetNonblock(fdControl, true); err != nil {
+	if err := syscall.SetNonblock(FDControl, true); err != nil {
 		log.Error("control pipe", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
-	control := os.NewFile(fdControl, "control")
+	control := os.NewFile(FDControl, "control")
 	defer control.Close()
-	if err := syscall.SetNonblock(fdHealth, true); err != nil {
+	if err := syscall.SetNonblock(FDHealth, true); err != nil {
 		log.Error("health pipe", "error", err)
-		return exitFailure
+		return exit.Failure
 	}
-	healthPipe := os.NewFile(fdHealth, "health")
+	healthPipe := os.NewFile(FDHealth, "health")
 	defer healthPipe.Close()
 	notifier := newHealthNotifier(healthPipe)
 
 	lns := make([]net.Listener, len(spec.Sets))
 	listeners := make([]config.Listener, len(spec.Sets))
 	for i, set := range spec.Sets {
-		ln, err := rawio.NewListener(os.NewFile(uintptr(fdListener+i), fmt.Sprintf("listener %d", i)))
+		ln, err := rawio.NewListener(os.NewFile(uintptr(FDListener+i), fmt.Sprintf("listener %d", i)))
 		if err != nil {
 			log.Error("inherited listener", "index", i, "error", err)
-			return exitFailure
+			return exit.Failure
 		}
 		lns[i] = ln
 		listeners[i] = config.Listener{Address: ln.Addr().String(), BackendSet: set}
@@ -118,7 +119,7 @@ func (e *env) workerMain(args []string) int {
 	rctx, stopReporter := context.WithCancel(context.Background())
 	reported := make(chan struct{})
 	started := false
-	code := e.serveOn(ctx, log, cfg, lns, func(p dataplane) error {
+	code := e.Serve(ctx, log, cfg, lns, func(p Dataplane) error {
 		if err := p.Follow(follower); err != nil {
 			return err
 		}
@@ -143,7 +144,7 @@ func (e *env) workerMain(args []string) int {
 }
 
 // readControl refreshes p on every byte from the supervisor, and ends the worker at the pipe's end.
-func readControl(control *os.File, p dataplane, cancel context.CancelCauseFunc) {
+func readControl(control *os.File, p Dataplane, cancel context.CancelCauseFunc) {
 	buf := make([]byte, 64)
 	for {
 		n, err := control.Read(buf)
@@ -160,8 +161,8 @@ func readControl(control *os.File, p dataplane, cancel context.CancelCauseFunc) 
 }
 
 // beat writes the worker's heartbeat and looks at the generation word, until ctx ends.
-func beat(ctx context.Context, f *table.Follower, p dataplane) {
-	t := time.NewTicker(heartbeat)
+func beat(ctx context.Context, f *table.Follower, p Dataplane) {
+	t := time.NewTicker(Heartbeat)
 	defer t.Stop()
 	for {
 		select {
