@@ -32,18 +32,6 @@ func testEnv(ctx context.Context) (*env, *testutil.SyncBuffer, *testutil.SyncBuf
 	}, stdout, stderr
 }
 
-// receive waits for one value of ch.
-func receive[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(wait):
-		t.Fatalf("no %s within %v", what, wait)
-		panic("unreachable")
-	}
-}
-
 // TestRunCommand goes through the command line, the file, the supervisor and a real worker process
 // (this test binary, re-executed in the worker role), to a real backend and back.
 func TestRunCommand(t *testing.T) {
@@ -84,7 +72,7 @@ func TestRunCommand(t *testing.T) {
 		t.Fatalf("got %d %q", res.StatusCode, body)
 	}
 	stop()
-	if code := receive(t, done, "exit"); code != exit.OK {
+	if code := testutil.Receive(t, done, wait, "exit"); code != exit.OK {
 		t.Errorf("exit %d, want 0; stderr:\n%s", code, stderr)
 	}
 	log := stderr.String()

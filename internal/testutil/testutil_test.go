@@ -31,6 +31,18 @@ func TestWaitFor(t *testing.T) {
 	}
 }
 
+func TestReceive(t *testing.T) {
+	ch := make(chan int, 1)
+	ch <- 7
+	if got := Receive(t, ch, 10*time.Second, "a value"); got != 7 {
+		t.Fatalf("received %d, want 7", got)
+	}
+	f := &fatalTB{TB: t}
+	if got := Receive(f, ch, 5*time.Millisecond, "a second value"); got != 0 || f.msg != "no a second value within 5ms" {
+		t.Fatalf("received %d, failure %q; want 0 and %q", got, f.msg, "no a second value within 5ms")
+	}
+}
+
 func TestMemSource(t *testing.T) {
 	m := NewMemSource[string]()
 	ch, cancel := m.Subscribe()

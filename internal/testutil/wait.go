@@ -21,3 +21,17 @@ func WaitFor(tb testing.TB, limit time.Duration, what string, cond func() bool) 
 		}
 	}
 }
+
+// Receive waits for one value of ch, and fails tb if none comes within limit. what names it, in the
+// failure: "no " + what + " within 10s".
+func Receive[T any](tb testing.TB, ch <-chan T, limit time.Duration, what string) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(limit):
+		tb.Fatalf("no %s within %v", what, limit)
+		var zero T
+		return zero
+	}
+}

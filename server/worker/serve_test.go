@@ -122,18 +122,6 @@ func serve(ctx context.Context, e Env, log hclog.Logger, cfg config.Config, read
 	})
 }
 
-// receive waits for one value of ch.
-func receive[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(wait):
-		t.Fatalf("no %s within %v", what, wait)
-		panic("unreachable")
-	}
-}
-
 func twoListeners(accessLog string) config.Config {
 	return config.Config{
 		Listeners: []config.Listener{{Address: "127.0.0.1:0", BackendSet: "web"}, {Address: "127.0.0.1:0", BackendSet: "api"}},
@@ -160,8 +148,8 @@ func TestServeUntilStopped(t *testing.T) {
 		done <- serve(ctx, e, config.LogConfig{}.Logger(stderr), cfg, func(a []net.Addr) { readyc <- a })
 	}()
 
-	addrs := receive(t, readyc, "ready")
-	sets := []string{receive(t, fp.serving, "Serve"), receive(t, fp.serving, "Serve")}
+	addrs := testutil.Receive(t, readyc, wait, "ready")
+	sets := []string{testutil.Receive(t, fp.serving, wait, "Serve"), testutil.Receive(t, fp.serving, wait, "Serve")}
 	if !(sets[0] == "web" && sets[1] == "api" || sets[0] == "api" && sets[1] == "web") {
 		t.Errorf("Serve was called for %q, want web and api", sets)
 	}
@@ -178,7 +166,7 @@ func TestServeUntilStopped(t *testing.T) {
 		t.Fatal("Shutdown before the stop")
 	}
 	stop()
-	if code := receive(t, done, "exit"); code != exit.OK {
+	if code := testutil.Receive(t, done, wait, "exit"); code != exit.OK {
 		t.Errorf("exit %d, want 0; log:\n%s", code, stderr)
 	}
 	if !fp.shutdownCalled() {
@@ -267,7 +255,7 @@ func TestServeFailures(t *testing.T) {
 			e, stderr := testEnv(fp, tt.newErr)
 			done := make(chan int, 1)
 			go func() { done <- serve(context.Background(), e, config.LogConfig{}.Logger(stderr), cfg, nil) }()
-			if code := receive(t, done, "exit"); code != exit.Failure {
+			if code := testutil.Receive(t, done, wait, "exit"); code != exit.Failure {
 				t.Errorf("exit %d, want 1", code)
 			}
 			if log := stderr.String(); !strings.Contains(log, tt.wantLog) {
@@ -276,4 +264,3 @@ func TestServeFailures(t *testing.T) {
 		})
 	}
 }
-
