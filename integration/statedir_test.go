@@ -3,9 +3,7 @@ package integration
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -20,11 +18,7 @@ import (
 func TestRunRemovesStaleSockets(t *testing.T) {
 	t.Parallel()
 	stateDir := t.TempDir()
-	gone := exec.Command("true")
-	if err := gone.Run(); err != nil {
-		t.Fatal(err)
-	}
-	dead, live := gone.Process.Pid, os.Getpid()
+	dead, live := testutil.DeadPID(t), os.Getpid()
 	stale := []string{
 		fmt.Sprintf("metrics.sock.%d", dead),
 		fmt.Sprintf("admin.sock.%d", dead),
@@ -35,20 +29,7 @@ func TestRunRemovesStaleSockets(t *testing.T) {
 		testutil.LeftSocket(t, filepath.Join(stateDir, name))
 	}
 	served := fmt.Sprintf("metrics.sock.%d", live)
-	ln, err := net.Listen("unix", filepath.Join(stateDir, served))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	testutil.ServedSocket(t, filepath.Join(stateDir, served))
 	notSocket := fmt.Sprintf("control.sock.%d", dead)
 	if err := os.WriteFile(filepath.Join(stateDir, notSocket), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,22 +82,12 @@ func TestStaleSocket(t *testing.T) {
 	}
 }
 
-// deadPID is the PID of a process that has ended and been reaped.
-func deadPID(t *testing.T) int {
-	t.Helper()
-	cmd := exec.Command("true")
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	return cmd.Process.Pid
-}
-
 // TestRemoveStaleSockets: in a state directory, the sockets of a dead PID and of a live PID
 // that does not listen there are removed, with a log line each; a served socket of a live PID, a
 // file of such a name that is not a socket, and the directory's other files are kept.
 func TestRemoveStaleSockets(t *testing.T) {
 	dir := t.TempDir()
-	dead, live := deadPID(t), os.Getppid() // go test's own process, which binds nothing here
+	dead, live := testutil.DeadPID(t), os.Getppid() // go test's own process, which binds nothing here
 	stale := []string{
 		fmt.Sprintf("metrics.sock.%d", dead),
 		fmt.Sprintf("admin.sock.%d.link", dead),
@@ -108,20 +97,7 @@ func TestRemoveStaleSockets(t *testing.T) {
 		testutil.LeftSocket(t, filepath.Join(dir, name))
 	}
 	served := fmt.Sprintf("admin.sock.%d", live)
-	ln, err := net.Listen("unix", filepath.Join(dir, served))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	testutil.ServedSocket(t, filepath.Join(dir, served))
 	notSocket := fmt.Sprintf("notes.sock.%d", dead)
 	writeFile(t, filepath.Join(dir, notSocket), "x")
 	writeFile(t, filepath.Join(dir, "region"), "x")
