@@ -684,3 +684,46 @@ func TestTLSFillCloseNotify(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSMinVersion: the pool offers TLS 1.2 and 1.3 by default, and with MinVersion 1.3 refuses
+// a backend that stops at 1.2.
+func TestTLSMinVersion(t *testing.T) {
+	k := newPKI(t)
+	for _, tc := range []struct {
+		name          string
+		backendMax    uint16
+		min           uint16
+		want          uint16 // 0: the handshake fails
+		wantErrSubstr string
+	}{
+		{"default against a 1.2 backend", tls.VersionTLS12, 0, tls.VersionTLS12, ""},
+		{"default against a 1.3 backend", tls.VersionTLS13, 0, tls.VersionTLS13, ""},
+		{"1.3 against a 1.3 backend", tls.VersionTLS13, tls.VersionTLS13, tls.VersionTLS13, ""},
+		{"1.3 against a 1.2 backend", tls.VersionTLS12, tls.VersionTLS13, 0, "protocol version"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newTLSBackend(t, k.serverConfig(tc.backendMax), true)
+			p := tlsPool(t, b.addr(), TLS{RootCAs: k.ca.Pool(), MinVersion: tc.min})
+			c, err := p.Dial()
+			if tc.want == 0 {
+				if err == nil {
+					c.Close()
+					t.Fatal("Dial succeeded")
+				}
+				if !strings.Contains(err.Error(), tc.wantErrSubstr) {
+					t.Fatalf("Dial: %v, want it to say %q", err, tc.wantErrSubstr)
+				}
+				wantStats(t, p, 0, 0, 1)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if got := c.tls.ConnectionState().Version; got != tc.want {
+				t.Fatalf("negotiated %s, want %s", tls.VersionName(got), tls.VersionName(tc.want))
+			}
+			exchange(t, c)
+		})
+	}
+}
