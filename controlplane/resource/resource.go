@@ -9,7 +9,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -43,6 +45,9 @@ const (
 	ProbeHostBytesMax   = 260
 	StatusRangesMax     = 16
 	PercentMax          = 100
+
+	// PathBytesMax bounds each file path of a tls (PATH_MAX on Linux).
+	PathBytesMax = 4096
 )
 
 // The sizes of what carries sets over gRPC. The fields' bounds above allow sets far larger than
@@ -98,6 +103,9 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	if err := ValidateHealth(prefix, set); err != nil {
 		return err
 	}
+	if err := ValidateTLS(prefix+".tls", set.GetTls()); err != nil {
+		return err
+	}
 	ids := make(map[string]int, len(set.GetBackends()))
 	for i, b := range set.GetBackends() {
 		at := fmt.Sprintf(".backends[%d]", i)
@@ -135,6 +143,9 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 			if k == "" || len(k) > MetadataKeyMax || len(v) > MetadataValueMax {
 				return bad(at+".metadata", "key %.32q: keys of 1 to %d bytes, values of at most %d", k, MetadataKeyMax, MetadataValueMax)
 			}
+		}
+		if err := ValidateTLS(prefix+at+".tls", b.GetTls()); err != nil {
+			return err
 		}
 	}
 	if n := proto.Size(set); n > SetBytesMax {
@@ -249,6 +260,74 @@ func ValidateHealth(prefix string, set *discoveryv1.BackendSet) error {
 		}
 	}
 	return count(".panic_threshold", set.GetPanicThreshold(), PercentMax)
+}
+
+// ValidateTLS checks one tls, of a set or of a backend, named field (such as
+// "backend_set.backends[2].tls"). Nil is valid: no TLS. It checks the fields only: whether the
+// files exist and hold what they should is for the data plane that reads them, on its machine.
+func ValidateTLS(field string, t *discoveryv1.BackendTls) error {
+	if t == nil {
+		return nil
+	}
+	bad := func(sub, format string, args ...any) error {
+		return &Error{field + "." + sub, fmt.Sprintf(format, args...)}
+	}
+	if n := t.GetServerName(); n != "" {
+		if err := checkAddress(n); err != "" {
+			return bad("server_name", "%s", err)
+		}
+	}
+	for _, f := range []struct{ name, path string }{
+		{"ca_file", t.GetCaFile()},
+		{"client_cert_file", t.GetClientCertFile()},
+		{"client_key_file", t.GetClientKeyFile()},
+	} {
+		if err := checkPath(f.path); err != "" {
+			return bad(f.name, "%s", err)
+		}
+	}
+	switch cert, key := t.GetClientCertFile() != "", t.GetClientKeyFile() != ""; {
+	case cert && !key:
+		return bad("client_key_file", "required with client_cert_file: both or neither")
+	case key && !cert:
+		return bad("client_cert_file", "required with client_key_file: both or neither")
+	}
+	switch v := t.GetMinVersion(); v {
+	case "", "1.2", "1.3":
+	default:
+		return bad("min_version", "%.16q: want \"1.2\", \"1.3\" or empty (meaning \"1.2\")", v)
+	}
+	if t.GetInsecureSkipVerify() && t.GetCaFile() != "" {
+		return bad("insecure_skip_verify", "set with ca_file, which it would make unused: verify against ca_file, or skip verification, not both")
+	}
+	if _, ok := discoveryv1.SessionResumption_name[int32(t.GetSessionResumption())]; !ok {
+		return bad("session_resumption", "unknown value %d", t.GetSessionResumption())
+	}
+	return nil
+}
+
+// TLSFor is the tls that applies to backend b of set: b's own when it has one, whole, else the
+// set's; nil means plain TCP.
+func TLSFor(set *discoveryv1.BackendSet, b *discoveryv1.Backend) *discoveryv1.BackendTls {
+	if t := b.GetTls(); t != nil {
+		return t
+	}
+	return set.GetTls()
+}
+
+// checkPath checks an optional file path of the data plane's machine.
+func checkPath(p string) string {
+	switch {
+	case p == "":
+		return ""
+	case len(p) > PathBytesMax:
+		return fmt.Sprintf("%d bytes, at most %d", len(p), PathBytesMax)
+	case strings.IndexByte(p, 0) >= 0:
+		return fmt.Sprintf("%.64q: a path cannot hold a NUL byte", p)
+	case !filepath.IsAbs(p):
+		return fmt.Sprintf("%.64q: want an absolute path (a file on the data plane's machine)", p)
+	}
+	return ""
 }
 
 // visible tells whether s is printable ASCII without spaces.

@@ -144,3 +144,87 @@ func TestVersion(t *testing.T) {
 		t.Fatal("the version depends on map order")
 	}
 }
+
+// withTLS is valid() with every tls field set, on the set and on backend 1.
+func withTLS() *discoveryv1.BackendSet {
+	s := valid()
+	s.Tls = &discoveryv1.BackendTls{ServerName: "web.internal", CaFile: "/etc/xlb/backend-ca.pem",
+		ClientCertFile: "/etc/xlb/client.pem", ClientKeyFile: "/etc/xlb/client-key.pem", MinVersion: "1.3",
+		SessionResumption: discoveryv1.SessionResumption_SESSION_RESUMPTION_OFF}
+	s.Backends[1].Tls = &discoveryv1.BackendTls{ServerName: "10.0.0.2", MinVersion: "1.2", InsecureSkipVerify: true}
+	return s
+}
+
+func TestValidateTLS(t *testing.T) {
+	if err := Validate("backend_set", withTLS()); err != nil {
+		t.Fatalf("a valid set with tls: %v", err)
+	}
+	empty := valid()
+	empty.Tls = &discoveryv1.BackendTls{} // every default: the backend's address, system roots, 1.2, resumption
+	if err := Validate("backend_set", empty); err != nil {
+		t.Fatalf("a set with an empty tls: %v", err)
+	}
+	tests := []struct {
+		name string
+		edit func(*discoveryv1.BackendSet)
+		want string
+	}{
+		{"server name with a port", func(s *discoveryv1.BackendSet) { s.Tls.ServerName = "web.internal:443" },
+			`backend_set.tls.server_name: "web.internal:443": want an IP address or a host name`},
+		{"server name too long", func(s *discoveryv1.BackendSet) { s.Tls.ServerName = strings.Repeat("a", 254) },
+			"backend_set.tls.server_name: 254 bytes, at most 253"},
+		{"relative ca file", func(s *discoveryv1.BackendSet) { s.Tls.CaFile = "certs/ca.pem" },
+			`backend_set.tls.ca_file: "certs/ca.pem": want an absolute path`},
+		{"relative client cert", func(s *discoveryv1.BackendSet) { s.Tls.ClientCertFile = "client.pem" },
+			`backend_set.tls.client_cert_file: "client.pem": want an absolute path`},
+		{"relative client key", func(s *discoveryv1.BackendSet) { s.Tls.ClientKeyFile = "./key.pem" },
+			`backend_set.tls.client_key_file: "./key.pem": want an absolute path`},
+		{"path with a NUL", func(s *discoveryv1.BackendSet) { s.Tls.CaFile = "/etc/ca\x00.pem" },
+			`backend_set.tls.ca_file: "/etc/ca\x00.pem": a path cannot hold a NUL byte`},
+		{"path too long", func(s *discoveryv1.BackendSet) { s.Tls.CaFile = "/" + strings.Repeat("d", PathBytesMax) },
+			"backend_set.tls.ca_file: 4097 bytes, at most 4096"},
+		{"cert without a key", func(s *discoveryv1.BackendSet) { s.Tls.ClientKeyFile = "" },
+			"backend_set.tls.client_key_file: required with client_cert_file: both or neither"},
+		{"key without a cert", func(s *discoveryv1.BackendSet) { s.Tls.ClientCertFile = "" },
+			"backend_set.tls.client_cert_file: required with client_key_file: both or neither"},
+		{"min version 1.1", func(s *discoveryv1.BackendSet) { s.Tls.MinVersion = "1.1" },
+			`backend_set.tls.min_version: "1.1": want "1.2", "1.3" or empty`},
+		{"min version spelt TLS1.3", func(s *discoveryv1.BackendSet) { s.Tls.MinVersion = "TLSv1.3" },
+			`backend_set.tls.min_version: "TLSv1.3": want "1.2", "1.3"`},
+		{"insecure with a ca file", func(s *discoveryv1.BackendSet) { s.Tls.InsecureSkipVerify = true },
+			"backend_set.tls.insecure_skip_verify: set with ca_file"},
+		{"unknown session resumption", func(s *discoveryv1.BackendSet) { s.Tls.SessionResumption = 5 },
+			"backend_set.tls.session_resumption: unknown value 5"},
+		{"a backend's tls is checked too", func(s *discoveryv1.BackendSet) { s.Backends[1].Tls.ClientKeyFile = "/k.pem" },
+			"backend_set.backends[1].tls.client_cert_file: required with client_key_file"},
+		{"a backend's server name", func(s *discoveryv1.BackendSet) { s.Backends[1].Tls.ServerName = "a b" },
+			`backend_set.backends[1].tls.server_name: "a b"`},
+		{"a backend's min version", func(s *discoveryv1.BackendSet) { s.Backends[1].Tls.MinVersion = "1.0" },
+			`backend_set.backends[1].tls.min_version: "1.0"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := withTLS()
+			tt.edit(s)
+			err := Validate("backend_set", s)
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an error starting %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestTLSFor: a backend's own tls replaces the set's whole; without one it has the set's.
+func TestTLSFor(t *testing.T) {
+	s := withTLS()
+	if got := TLSFor(s, s.Backends[0]); got != s.Tls {
+		t.Fatalf("backend 0 (no tls of its own): got %v, want the set's", got)
+	}
+	if got := TLSFor(s, s.Backends[1]); got != s.Backends[1].Tls || got.GetCaFile() != "" {
+		t.Fatalf("backend 1: got %v, want its own, with no ca_file from the set", got)
+	}
+	plain := valid()
+	if got := TLSFor(plain, plain.Backends[0]); got != nil {
+		t.Fatalf("no tls anywhere: got %v, want nil", got)
+	}
+}

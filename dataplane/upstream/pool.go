@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"crypto/tls"
 	"io"
 	"net"
 	"sync"
@@ -25,15 +26,23 @@ type Config struct {
 	IdleConnsMax int
 	// IdleTimeout closes a connection idle for longer. Zero means 60s.
 	IdleTimeout time.Duration
-	// ConnectTimeout bounds a connect. Zero means 5s.
+	// ConnectTimeout bounds a connect: with TLS, the TCP connect and the handshake together. Zero
+	// means 5s.
 	ConnectTimeout time.Duration
 	// Dial opens connections. Nil means net.DialTimeout.
 	Dial DialFunc
+	// TLS, when set, makes every connection TLS with this configuration (TLS.Config makes one).
+	// NewPool uses a copy: with ServerName, when empty, set to the host of Address, and, unless
+	// SessionTicketsDisabled, a ClientSessionCache of the pool's own when it has none. Nil means
+	// plain TCP.
+	TLS *tls.Config
 }
 
 // Pool is the idle connections to one backend.
 type Pool struct {
-	cfg Config
+	cfg   Config
+	tls   *tls.Config // cfg.TLS as the pool uses it; nil for plain TCP
+	stats tlsStats
 
 	mu     sync.Mutex
 	idle   []*Conn // a stack: the most recently used on top
@@ -51,7 +60,7 @@ func NewPool(cfg Config) *Pool {
 	if cfg.Dial == nil {
 		cfg.Dial = net.DialTimeout
 	}
-	return &Pool{cfg: cfg, idle: make([]*Conn, 0, max(cfg.IdleConnsMax, 0))}
+	return &Pool{cfg: cfg, tls: tlsConfig(cfg.TLS, cfg.Address), idle: make([]*Conn, 0, max(cfg.IdleConnsMax, 0))}
 }
 
 // Address is the backend's host:port.
@@ -82,8 +91,11 @@ func (p *Pool) Get(check bool) (c *Conn, ok bool) {
 	}
 }
 
-// Dial opens a new connection to the backend.
+// Dial opens a new connection to the backend, and with TLS makes the handshake. A failed
+// handshake's error names the address and the server name, and wraps crypto/tls's (a
+// *tls.CertificateVerificationError when the backend's certificate was refused).
 func (p *Pool) Dial() (*Conn, error) {
+	start := time.Now()
 	nc, err := p.cfg.Dial("tcp", p.cfg.Address, p.cfg.ConnectTimeout)
 	if err != nil {
 		return nil, err
@@ -91,6 +103,12 @@ func (p *Pool) Dial() (*Conn, error) {
 	c := &Conn{Conn: nc, pool: p}
 	c.DL.Conn = nc
 	c.In.Buf = make([]byte, ReadBufferBytes)
+	if p.tls != nil {
+		if err := c.handshake(nc, start); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		c.raw, _ = tc.SyscallConn()
 		c.peekFn = c.peek
@@ -168,7 +186,9 @@ type Conn struct {
 
 	pool      *Pool
 	idleSince time.Time
-	raw       syscall.RawConn
+	tls       *tls.Conn       // the TLS connection, also in Conn; nil for plain TCP
+	probe     *probeConn      // the TCP connection under tls, when it is one
+	raw       syscall.RawConn // nil with TLS: reads and writes go through tls
 	peekFn    func(fd uintptr)
 	peekAlive bool
 	peekByte  [1]byte
@@ -235,8 +255,17 @@ func (c *Conn) exchangeStep(fd uintptr) bool {
 	return c.fillStep(fd)
 }
 
-// Fill reads once from the backend into In.
+// Fill reads once from the backend into In. Over TCP, with or without TLS, it returns bytes or
+// an error, never both: with TLS, an error that comes with bytes (a close_notify right behind
+// them) is the next Fill's.
 func (c *Conn) Fill() (int, error) {
+	if c.tls != nil {
+		n, err := c.In.ReadOnce(c.tls)
+		if n > 0 {
+			return n, nil // a tls.Conn's read errors but timeouts are sticky: the next returns it again
+		}
+		return 0, err
+	}
 	if c.raw == nil {
 		return c.In.ReadOnce(c.Conn)
 	}
@@ -271,6 +300,9 @@ func (c *Conn) fillStep(fd uintptr) bool {
 // alive peeks at the socket without blocking: a backend that closed the connection (EOF, reset) or
 // sent bytes nobody asked for makes it unusable.
 func (c *Conn) alive() bool {
+	if c.tls != nil {
+		return c.aliveTLS()
+	}
 	if c.raw == nil {
 		return true
 	}

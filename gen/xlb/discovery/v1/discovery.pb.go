@@ -205,6 +205,60 @@ func (BackendState) EnumDescriptor() ([]byte, []int) {
 	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
 }
 
+// SessionResumption turns TLS session resumption to a backend on or off.
+type SessionResumption int32
+
+const (
+	// SESSION_RESUMPTION_UNSPECIFIED is on.
+	SessionResumption_SESSION_RESUMPTION_UNSPECIFIED SessionResumption = 0
+	// SESSION_RESUMPTION_ON resumes sessions from the tickets that each backend sends, kept per
+	// backend in each worker.
+	SessionResumption_SESSION_RESUMPTION_ON SessionResumption = 1
+	// SESSION_RESUMPTION_OFF makes every connection a full handshake.
+	SessionResumption_SESSION_RESUMPTION_OFF SessionResumption = 2
+)
+
+// Enum value maps for SessionResumption.
+var (
+	SessionResumption_name = map[int32]string{
+		0: "SESSION_RESUMPTION_UNSPECIFIED",
+		1: "SESSION_RESUMPTION_ON",
+		2: "SESSION_RESUMPTION_OFF",
+	}
+	SessionResumption_value = map[string]int32{
+		"SESSION_RESUMPTION_UNSPECIFIED": 0,
+		"SESSION_RESUMPTION_ON":          1,
+		"SESSION_RESUMPTION_OFF":         2,
+	}
+)
+
+func (x SessionResumption) Enum() *SessionResumption {
+	p := new(SessionResumption)
+	*p = x
+	return p
+}
+
+func (x SessionResumption) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SessionResumption) Descriptor() protoreflect.EnumDescriptor {
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[3].Descriptor()
+}
+
+func (SessionResumption) Type() protoreflect.EnumType {
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[3]
+}
+
+func (x SessionResumption) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SessionResumption.Descriptor instead.
+func (SessionResumption) EnumDescriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+}
+
 // BackendSet is a named group of backends and the policy that picks among them. It is the unit of
 // versioning: a change anywhere in a set is a new version of that set only.
 type BackendSet struct {
@@ -225,8 +279,12 @@ type BackendSet struct {
 	// are healthy, the set is in panic and every active backend takes traffic, health ignored. 0
 	// means panic only when none is healthy. Draining and disabled backends never take traffic.
 	PanicThreshold uint32 `protobuf:"varint,7,opt,name=panic_threshold,json=panicThreshold,proto3" json:"panic_threshold,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// tls, when set, is TLS from the data plane to every backend of the set, except a backend with
+	// a tls of its own, which replaces this one whole (the two are not merged). Unset, and unset on a
+	// backend, means plain TCP. Data planes that cannot do TLS reject the set.
+	Tls           *BackendTls `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BackendSet) Reset() {
@@ -306,6 +364,13 @@ func (x *BackendSet) GetPanicThreshold() uint32 {
 		return x.PanicThreshold
 	}
 	return 0
+}
+
+func (x *BackendSet) GetTls() *BackendTls {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
 }
 
 // HealthCheck is an active probe of each backend: fall failed probes in a row eject it, and once
@@ -756,7 +821,8 @@ type Backend struct {
 	Zone string `protobuf:"bytes,6,opt,name=zone,proto3" json:"zone,omitempty"`
 	// metadata is free-form, for information.
 	Metadata map[string]string `protobuf:"bytes,7,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// tls, when set, asks for TLS to the backend. Data planes that cannot do it reject the set.
+	// tls, when set, is TLS to this backend, in place of the set's tls (whole: a field left empty
+	// here takes its default, not the set's value). Data planes that cannot do TLS reject the set.
 	Tls           *BackendTls `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -848,13 +914,39 @@ func (x *Backend) GetTls() *BackendTls {
 	return nil
 }
 
-// BackendTls is TLS from the data plane to a backend.
+// BackendTls is TLS from the data plane to a backend. ALPN is always http/1.1; renegotiation is
+// refused.
+//
+// Certificates and keys are named by files on the data plane's machine, never sent as bytes: a
+// private key never travels through the control plane, its store or its logs, and the operator
+// puts each file where the data planes run (by configuration management, a secret volume). Every
+// path is absolute. A data plane reads the files when it applies the set; one it cannot read or
+// parse rejects the set with an error naming the file.
 type BackendTls struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// server_name is the name sent (SNI) and verified; empty means the address.
-	ServerName    string `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// server_name is the name sent in SNI and that the backend's certificate must be valid for;
+	// empty means the backend's address (an IP address is verified against the certificate's IP
+	// addresses, and sends no SNI). A host name or an IP address, at most 253 bytes.
+	ServerName string `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	// ca_file is a PEM bundle of the certificate authorities that the backend's certificate must
+	// chain to; empty means the data plane machine's system roots.
+	CaFile string `protobuf:"bytes,2,opt,name=ca_file,json=caFile,proto3" json:"ca_file,omitempty"`
+	// client_cert_file and client_key_file are a PEM certificate (chain) and its private key that
+	// the data plane presents to a backend that asks (mTLS to backends). Both or neither.
+	ClientCertFile string `protobuf:"bytes,3,opt,name=client_cert_file,json=clientCertFile,proto3" json:"client_cert_file,omitempty"`
+	ClientKeyFile  string `protobuf:"bytes,4,opt,name=client_key_file,json=clientKeyFile,proto3" json:"client_key_file,omitempty"`
+	// min_version is the lowest TLS version offered: "1.2" or "1.3"; empty means "1.2". The highest
+	// is always 1.3.
+	MinVersion string `protobuf:"bytes,5,opt,name=min_version,json=minVersion,proto3" json:"min_version,omitempty"`
+	// insecure_skip_verify accepts any certificate from the backend, for any name: the connection is
+	// encrypted but not authenticated. A data plane logs at WARN, naming the set and backend, every
+	// time it applies a set that asks for it. Not with ca_file (it would never be used).
+	InsecureSkipVerify bool `protobuf:"varint,6,opt,name=insecure_skip_verify,json=insecureSkipVerify,proto3" json:"insecure_skip_verify,omitempty"`
+	// session_resumption is whether reconnects resume an earlier session (abbreviated handshake, from a
+	// ticket the backend sent). Unspecified means on.
+	SessionResumption SessionResumption `protobuf:"varint,7,opt,name=session_resumption,json=sessionResumption,proto3,enum=xlb.discovery.v1.SessionResumption" json:"session_resumption,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *BackendTls) Reset() {
@@ -892,6 +984,48 @@ func (x *BackendTls) GetServerName() string {
 		return x.ServerName
 	}
 	return ""
+}
+
+func (x *BackendTls) GetCaFile() string {
+	if x != nil {
+		return x.CaFile
+	}
+	return ""
+}
+
+func (x *BackendTls) GetClientCertFile() string {
+	if x != nil {
+		return x.ClientCertFile
+	}
+	return ""
+}
+
+func (x *BackendTls) GetClientKeyFile() string {
+	if x != nil {
+		return x.ClientKeyFile
+	}
+	return ""
+}
+
+func (x *BackendTls) GetMinVersion() string {
+	if x != nil {
+		return x.MinVersion
+	}
+	return ""
+}
+
+func (x *BackendTls) GetInsecureSkipVerify() bool {
+	if x != nil {
+		return x.InsecureSkipVerify
+	}
+	return false
+}
+
+func (x *BackendTls) GetSessionResumption() SessionResumption {
+	if x != nil {
+		return x.SessionResumption
+	}
+	return SessionResumption_SESSION_RESUMPTION_UNSPECIFIED
 }
 
 // Node identifies a data plane.
@@ -1296,7 +1430,7 @@ var File_xlb_discovery_v1_discovery_proto protoreflect.FileDescriptor
 
 const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\n" +
-	" xlb/discovery/v1/discovery.proto\x12\x10xlb.discovery.v1\x1a\x1egoogle/protobuf/duration.proto\"\x81\x03\n" +
+	" xlb/discovery/v1/discovery.proto\x12\x10xlb.discovery.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb1\x03\n" +
 	"\n" +
 	"BackendSet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
@@ -1306,7 +1440,8 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x11outlier_detection\x18\x05 \x01(\v2\".xlb.discovery.v1.OutlierDetectionR\x10outlierDetection\x12:\n" +
 	"\n" +
 	"slow_start\x18\x06 \x01(\v2\x1b.xlb.discovery.v1.SlowStartR\tslowStart\x12'\n" +
-	"\x0fpanic_threshold\x18\a \x01(\rR\x0epanicThreshold\"\x8d\x02\n" +
+	"\x0fpanic_threshold\x18\a \x01(\rR\x0epanicThreshold\x12.\n" +
+	"\x03tls\x18\b \x01(\v2\x1c.xlb.discovery.v1.BackendTlsR\x03tls\"\x8d\x02\n" +
 	"\vHealthCheck\x125\n" +
 	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x12\n" +
@@ -1345,11 +1480,18 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x03tls\x18\b \x01(\v2\x1c.xlb.discovery.v1.BackendTlsR\x03tls\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"-\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x02\n" +
 	"\n" +
 	"BackendTls\x12\x1f\n" +
 	"\vserver_name\x18\x01 \x01(\tR\n" +
-	"serverName\",\n" +
+	"serverName\x12\x17\n" +
+	"\aca_file\x18\x02 \x01(\tR\x06caFile\x12(\n" +
+	"\x10client_cert_file\x18\x03 \x01(\tR\x0eclientCertFile\x12&\n" +
+	"\x0fclient_key_file\x18\x04 \x01(\tR\rclientKeyFile\x12\x1f\n" +
+	"\vmin_version\x18\x05 \x01(\tR\n" +
+	"minVersion\x120\n" +
+	"\x14insecure_skip_verify\x18\x06 \x01(\bR\x12insecureSkipVerify\x12R\n" +
+	"\x12session_resumption\x18\a \x01(\x0e2#.xlb.discovery.v1.SessionResumptionR\x11sessionResumption\",\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05build\x18\x02 \x01(\tR\x05build\"\xa8\x03\n" +
@@ -1395,7 +1537,11 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14BACKEND_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16BACKEND_STATE_DRAINING\x10\x02\x12\x1a\n" +
-	"\x16BACKEND_STATE_DISABLED\x10\x032\x84\x01\n" +
+	"\x16BACKEND_STATE_DISABLED\x10\x03*n\n" +
+	"\x11SessionResumption\x12\"\n" +
+	"\x1eSESSION_RESUMPTION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15SESSION_RESUMPTION_ON\x10\x01\x12\x1a\n" +
+	"\x16SESSION_RESUMPTION_OFF\x10\x022\x84\x01\n" +
 	"\x10DiscoveryService\x12p\n" +
 	"\x11StreamBackendSets\x12*.xlb.discovery.v1.StreamBackendSetsRequest\x1a+.xlb.discovery.v1.StreamBackendSetsResponse(\x010\x01B:Z8github.com/xlbproxy/xlb/gen/xlb/discovery/v1;discoveryv1b\x06proto3"
 
@@ -1411,62 +1557,65 @@ func file_xlb_discovery_v1_discovery_proto_rawDescGZIP() []byte {
 	return file_xlb_discovery_v1_discovery_proto_rawDescData
 }
 
-var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_xlb_discovery_v1_discovery_proto_goTypes = []any{
 	(FailureStatuses)(0),              // 0: xlb.discovery.v1.FailureStatuses
 	(Policy)(0),                       // 1: xlb.discovery.v1.Policy
 	(BackendState)(0),                 // 2: xlb.discovery.v1.BackendState
-	(*BackendSet)(nil),                // 3: xlb.discovery.v1.BackendSet
-	(*HealthCheck)(nil),               // 4: xlb.discovery.v1.HealthCheck
-	(*HttpProbe)(nil),                 // 5: xlb.discovery.v1.HttpProbe
-	(*StatusRange)(nil),               // 6: xlb.discovery.v1.StatusRange
-	(*TcpProbe)(nil),                  // 7: xlb.discovery.v1.TcpProbe
-	(*OutlierDetection)(nil),          // 8: xlb.discovery.v1.OutlierDetection
-	(*SlowStart)(nil),                 // 9: xlb.discovery.v1.SlowStart
-	(*Backend)(nil),                   // 10: xlb.discovery.v1.Backend
-	(*BackendTls)(nil),                // 11: xlb.discovery.v1.BackendTls
-	(*Node)(nil),                      // 12: xlb.discovery.v1.Node
-	(*StreamBackendSetsRequest)(nil),  // 13: xlb.discovery.v1.StreamBackendSetsRequest
-	(*SetError)(nil),                  // 14: xlb.discovery.v1.SetError
-	(*WorkerStatus)(nil),              // 15: xlb.discovery.v1.WorkerStatus
-	(*StreamBackendSetsResponse)(nil), // 16: xlb.discovery.v1.StreamBackendSetsResponse
-	(*VersionedBackendSet)(nil),       // 17: xlb.discovery.v1.VersionedBackendSet
-	nil,                               // 18: xlb.discovery.v1.Backend.MetadataEntry
-	nil,                               // 19: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
-	(*durationpb.Duration)(nil),       // 20: google.protobuf.Duration
+	(SessionResumption)(0),            // 3: xlb.discovery.v1.SessionResumption
+	(*BackendSet)(nil),                // 4: xlb.discovery.v1.BackendSet
+	(*HealthCheck)(nil),               // 5: xlb.discovery.v1.HealthCheck
+	(*HttpProbe)(nil),                 // 6: xlb.discovery.v1.HttpProbe
+	(*StatusRange)(nil),               // 7: xlb.discovery.v1.StatusRange
+	(*TcpProbe)(nil),                  // 8: xlb.discovery.v1.TcpProbe
+	(*OutlierDetection)(nil),          // 9: xlb.discovery.v1.OutlierDetection
+	(*SlowStart)(nil),                 // 10: xlb.discovery.v1.SlowStart
+	(*Backend)(nil),                   // 11: xlb.discovery.v1.Backend
+	(*BackendTls)(nil),                // 12: xlb.discovery.v1.BackendTls
+	(*Node)(nil),                      // 13: xlb.discovery.v1.Node
+	(*StreamBackendSetsRequest)(nil),  // 14: xlb.discovery.v1.StreamBackendSetsRequest
+	(*SetError)(nil),                  // 15: xlb.discovery.v1.SetError
+	(*WorkerStatus)(nil),              // 16: xlb.discovery.v1.WorkerStatus
+	(*StreamBackendSetsResponse)(nil), // 17: xlb.discovery.v1.StreamBackendSetsResponse
+	(*VersionedBackendSet)(nil),       // 18: xlb.discovery.v1.VersionedBackendSet
+	nil,                               // 19: xlb.discovery.v1.Backend.MetadataEntry
+	nil,                               // 20: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	(*durationpb.Duration)(nil),       // 21: google.protobuf.Duration
 }
 var file_xlb_discovery_v1_discovery_proto_depIdxs = []int32{
-	10, // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
+	11, // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
 	1,  // 1: xlb.discovery.v1.BackendSet.policy:type_name -> xlb.discovery.v1.Policy
-	4,  // 2: xlb.discovery.v1.BackendSet.health_check:type_name -> xlb.discovery.v1.HealthCheck
-	8,  // 3: xlb.discovery.v1.BackendSet.outlier_detection:type_name -> xlb.discovery.v1.OutlierDetection
-	9,  // 4: xlb.discovery.v1.BackendSet.slow_start:type_name -> xlb.discovery.v1.SlowStart
-	20, // 5: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	20, // 6: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	5,  // 7: xlb.discovery.v1.HealthCheck.http:type_name -> xlb.discovery.v1.HttpProbe
-	7,  // 8: xlb.discovery.v1.HealthCheck.tcp:type_name -> xlb.discovery.v1.TcpProbe
-	6,  // 9: xlb.discovery.v1.HttpProbe.expected_statuses:type_name -> xlb.discovery.v1.StatusRange
-	20, // 10: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	20, // 11: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
-	0,  // 12: xlb.discovery.v1.OutlierDetection.failure_statuses:type_name -> xlb.discovery.v1.FailureStatuses
-	20, // 13: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
-	2,  // 14: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
-	18, // 15: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
-	11, // 16: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
-	12, // 17: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
-	19, // 18: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
-	14, // 19: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
-	15, // 20: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
-	17, // 21: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
-	3,  // 22: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
-	13, // 23: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
-	16, // 24: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	5,  // 2: xlb.discovery.v1.BackendSet.health_check:type_name -> xlb.discovery.v1.HealthCheck
+	9,  // 3: xlb.discovery.v1.BackendSet.outlier_detection:type_name -> xlb.discovery.v1.OutlierDetection
+	10, // 4: xlb.discovery.v1.BackendSet.slow_start:type_name -> xlb.discovery.v1.SlowStart
+	12, // 5: xlb.discovery.v1.BackendSet.tls:type_name -> xlb.discovery.v1.BackendTls
+	21, // 6: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	21, // 7: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	6,  // 8: xlb.discovery.v1.HealthCheck.http:type_name -> xlb.discovery.v1.HttpProbe
+	8,  // 9: xlb.discovery.v1.HealthCheck.tcp:type_name -> xlb.discovery.v1.TcpProbe
+	7,  // 10: xlb.discovery.v1.HttpProbe.expected_statuses:type_name -> xlb.discovery.v1.StatusRange
+	21, // 11: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	21, // 12: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	0,  // 13: xlb.discovery.v1.OutlierDetection.failure_statuses:type_name -> xlb.discovery.v1.FailureStatuses
+	21, // 14: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
+	2,  // 15: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
+	19, // 16: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
+	12, // 17: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
+	3,  // 18: xlb.discovery.v1.BackendTls.session_resumption:type_name -> xlb.discovery.v1.SessionResumption
+	13, // 19: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
+	20, // 20: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	15, // 21: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
+	16, // 22: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
+	18, // 23: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
+	4,  // 24: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
+	14, // 25: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
+	17, // 26: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
+	26, // [26:27] is the sub-list for method output_type
+	25, // [25:26] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_xlb_discovery_v1_discovery_proto_init() }
@@ -1483,7 +1632,7 @@ func file_xlb_discovery_v1_discovery_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_discovery_v1_discovery_proto_rawDesc), len(file_xlb_discovery_v1_discovery_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
