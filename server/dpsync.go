@@ -177,6 +177,9 @@ func byName(a, b *discoveryv1.VersionedBackendSet) int {
 
 // supported refuses what this data plane cannot do.
 func supported(set *discoveryv1.BackendSet) error {
+	if set.GetTls() != nil {
+		return &resource.Error{Field: "backend_set.tls", Msg: "TLS to backends is not supported by this data plane"}
+	}
 	for i, b := range set.GetBackends() {
 		if b.GetTls() != nil {
 			return &resource.Error{Field: fmt.Sprintf("backend_set.backends[%d].tls", i), Msg: "TLS to backends is not supported by this data plane"}
