@@ -1,0 +1,44 @@
+// Package tlsterm terminates TLS for the listeners of a worker: the certificates chosen by the
+// name a client asks for and reloaded from their files while serving. It is a library of the data
+// plane: the worker wires it to its listeners, the supervisor to its state directory; it knows
+// nothing of either.
+//
+// # Certificates
+//
+// A Store is built from a list of pairs (certificate file, key file). Each certificate is for the
+// DNS names of its subject alternative names; its common name is not used (clients ignore it
+// too), and neither are its IP addresses. For a handshake the Store chooses:
+//
+//  1. the certificate for exactly the name the client sent (SNI), compared without case and
+//     without a final dot;
+//  2. else the certificate whose wildcard covers it: *.example.com covers a.example.com, not
+//     example.com nor a.b.example.com (RFC 6125 §6.4.3);
+//  3. else the first pair, the default: for a client that sent no name (one that dialed an IP
+//     address sends none: SNI cannot carry an address) or a name no certificate is for. Such a
+//     client is served the default and its own verification decides; xlb does not refuse it.
+//
+// When several pairs are for one name, the first in the list wins. A certificate with no DNS name
+// can only serve as the default.
+//
+// # Reloads
+//
+// Reload re-reads every file and publishes the new set behind one atomic pointer, which the
+// handshake loads without a lock: a handshake sees the old set or the new one. A pair whose file
+// is missing, is not PEM, does not parse, or whose key does not match its certificate keeps
+// serving the certificate it had, and the error names the file; the other pairs take their new
+// files. NewStore, which has no previous certificate, refuses a pair that does not load.
+//
+// Watch polls: every second (StoreConfig.Poll) it stats each file and reloads when one changed
+// (its inode, size, mtime or ctime). Polling rather than inotify because the ways certificates
+// are deployed replace files by rename or swap a symlink to a directory (Kubernetes secret
+// volumes), which an inotify watch on the file misses (it watches the old inode) and one on the
+// directory must be taught to follow; a stat follows symlinks, and costs two system calls per
+// pair per second. A certificate is then served at most a second after it is written. Deploy a
+// pair by writing each file whole and renaming it into place, the certificate and the key in
+// either order: between the two the files do not match, the reload says so and the old pair
+// serves on, and the second rename reloads the pair. A file rewritten in place, to the same size
+// within one tick of the file system's clock, can go unseen until its next change. A file that
+// failed is not read again until it changes, so a broken file is logged once.
+//
+// A caller must never modify a certificate returned by GetCertificate: generations share them.
+package tlsterm
