@@ -40,5 +40,13 @@
 // within one tick of the file system's clock, can go unseen until its next change. A file that
 // failed is not read again until it changes, so a broken file is logged once.
 //
+// # The server config
+//
+// ServerConfig is the tls.Config of a listener: TLS 1.2 at least (1.3 preferred), ALPN http/1.1,
+// Go's default cipher suites and key exchanges (which follow the Go release: no RSA key exchange,
+// 3DES, RC4 or CBC with SHA-256; the post-quantum X25519MLKEM768 first), session tickets on. A
+// client that offers ALPN without http/1.1 (h2 alone: a gRPC client, say) is refused with the
+// no_application_protocol alert, as RFC 7301 says; a client that offers no ALPN is served.
+//
 // A caller must never modify a certificate returned by GetCertificate: generations share them.
 package tlsterm
