@@ -48,5 +48,36 @@
 // client that offers ALPN without http/1.1 (h2 alone: a gRPC client, say) is refused with the
 // no_application_protocol alert, as RFC 7301 says; a client that offers no ALPN is served.
 //
+// # Session tickets
+//
+// Go's TLS server resumes sessions only by tickets (it keeps no session cache), encrypted with
+// keys of its own made at random per tls.Config. For a client to resume on whichever worker it
+// reaches, and across an upgrade, every worker takes its keys from one file the supervisor keeps:
+// STATE_DIR/ticket-keys, mode 0600, replaced whole by rename (internal/atomicfile). It is text: a
+// line "xlb-ticket-keys v1 N", then N lines "UNIX-SECONDS HEX-KEY", the current key (which
+// encrypts new tickets) first, then the previous ones (which still decrypt), newest first.
+//
+// The supervisor's TicketRotator is the file's only writer. Rotate(now) adds a new current key
+// when the current one is RotationPolicy.Period old (12h by default) and drops a previous key
+// once Keep keys are newer (3 by default: the current and two before it) or once (Keep-1) ×
+// Period has passed since the key after it was made. So a ticket stays valid at least (Keep-1) ×
+// Period after it was issued: 24h by default (a client back the next day resumes), and at most
+// Keep × Period, 36h, when rotations come on time (a stolen key decrypts at most a day and a half
+// of tickets). A supervisor that was down longer makes one new key and drops the keys whose
+// window ended meanwhile. The window is measured by the supervisor's clock: a clock set back by
+// more than a Period makes a new key at once, which can end the window of older keys early. Call
+// Rotate before starting the workers, then every minute or so; the key times in the file make a
+// new supervisor (after an upgrade or a restart) go on where the old one was. Only one
+// supervisor may rotate a file at a time: Rotate reads and rewrites it. A file Rotate cannot
+// parse is replaced by one new key (it says so, for the log): sessions under the lost keys do a
+// full handshake, and workers do not stay on stale keys.
+//
+// A worker's TicketLoader sets the file's keys on every listener's tls.Config
+// (SetSessionTicketKeys, the current first); call Load before serving, and run Watch, which
+// polls the file every second as the certificate Watch does. A worker never makes keys while it
+// can read the file: a file that is missing, unreadable or corrupt is an error naming it, and the
+// keys in force stay. Before the first good Load they are Go's keys of that process, so a worker
+// started with no file, or a corrupt one, resumes only its own sessions until the file is good.
+//
 // A caller must never modify a certificate returned by GetCertificate: generations share them.
 package tlsterm
