@@ -79,5 +79,11 @@
 // keys in force stay. Before the first good Load they are Go's keys of that process, so a worker
 // started with no file, or a corrupt one, resumes only its own sessions until the file is good.
 //
+// What resumption saves differs by version (BenchmarkHandshake, both ends in one process, on the
+// 2-core machine of this change): a TLS 1.2 resumption skips the key exchange and the certificate,
+// about 3× the handshakes per second of a full one; a TLS 1.3 resumption still makes a fresh key
+// exchange (X25519MLKEM768 by default, for forward secrecy) and skips only the certificate's
+// signature and its verification, about 1.2×.
+//
 // A caller must never modify a certificate returned by GetCertificate: generations share them.
 package tlsterm
