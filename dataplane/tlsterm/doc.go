@@ -62,20 +62,23 @@
 // once Keep keys are newer (3 by default: the current and two before it) or once (Keep-1) ×
 // Period has passed since the key after it was made. So a ticket stays valid at least (Keep-1) ×
 // Period after it was issued: 24h by default (a client back the next day resumes), and at most
-// Keep × Period, 36h, when rotations come on time (a stolen key decrypts at most a day and a half
-// of tickets). A supervisor that was down longer makes one new key and drops the keys whose
+// Keep × Period, 36h, when rotations come on time. A key thus lives 36h at most, in the workers
+// and in the file, which bounds what its theft exposes: the sessions whose tickets it encrypted
+// in the Period it was current. A supervisor that was down longer makes one new key and drops the keys whose
 // window ended meanwhile. The window is measured by the supervisor's clock: a clock set back by
 // more than a Period makes a new key at once, which can end the window of older keys early. Call
 // Rotate before starting the workers, then every minute or so; the key times in the file make a
 // new supervisor (after an upgrade or a restart) go on where the old one was. Only one
-// supervisor may rotate a file at a time: Rotate reads and rewrites it. A file Rotate cannot
+// supervisor may rotate a file at a time, since Rotate reads and rewrites it: in an upgrade the
+// old one stops rotating when it hands over (two rotating at once lose one's new key, and the
+// tickets under it get a full handshake; nothing fails). A file Rotate cannot
 // parse is replaced by one new key (it says so, for the log): sessions under the lost keys do a
 // full handshake, and workers do not stay on stale keys.
 //
 // A worker's TicketLoader sets the file's keys on every listener's tls.Config
 // (SetSessionTicketKeys, the current first); call Load before serving, and run Watch, which
-// polls the file every second as the certificate Watch does. A worker never makes keys while it
-// can read the file: a file that is missing, unreadable or corrupt is an error naming it, and the
+// polls the file every second as the certificate Watch does. A worker never makes keys of its own
+// once it has read the file: a file that is missing, unreadable or corrupt is an error naming it, and the
 // keys in force stay. Before the first good Load they are Go's keys of that process, so a worker
 // started with no file, or a corrupt one, resumes only its own sessions until the file is good.
 //

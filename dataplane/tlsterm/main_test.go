@@ -119,6 +119,10 @@ func watch(t testing.TB, w func(context.Context)) {
 	}()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Watch did not return within 10s of its context's end")
+		}
 	})
 }
