@@ -15,6 +15,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/server/config"
 )
 
@@ -180,7 +181,7 @@ type flagDef struct {
 type runFlags struct {
 	config     string
 	listen     string
-	backends   []proxy.Backend
+	backends   []table.Backend
 	backendSet string // xlb dataplane's --backend-set
 	defs       []flagDef
 }
@@ -458,7 +459,7 @@ func runCommandLine(args []string) (commandLine, error) {
 	}
 	cfg := config.Config{
 		Listeners:   []config.Listener{{Address: listen, BackendSet: config.DefaultSet}},
-		BackendSets: []proxy.BackendSet{{Name: config.DefaultSet, Backends: f.backends}},
+		BackendSets: []table.Set{{Name: config.DefaultSet, Backends: f.backends}},
 	}
 	overlay(&cfg)
 	return commandLine{cfg: cfg}, nil
@@ -474,15 +475,15 @@ func (f *runFlags) applyGiven(given map[string]bool, c *config.Config) {
 }
 
 // parseBackendFlag parses HOST:PORT[,weight=N]; the ID is left to the caller.
-func parseBackendFlag(s string) (proxy.Backend, error) {
+func parseBackendFlag(s string) (table.Backend, error) {
 	addr, opts, _ := strings.Cut(s, ",")
 	if err := config.CheckBackendAddress(addr); err != nil {
-		return proxy.Backend{}, fmt.Errorf("address %q: %v", addr, err)
+		return table.Backend{}, fmt.Errorf("address %q: %v", addr, err)
 	}
-	b := proxy.Backend{Address: addr, Weight: 1}
+	b := table.Backend{Address: addr, Weight: 1}
 	if opts == "" {
 		if strings.HasSuffix(s, ",") {
-			return proxy.Backend{}, errors.New("want HOST:PORT[,weight=N], got a trailing comma")
+			return table.Backend{}, errors.New("want HOST:PORT[,weight=N], got a trailing comma")
 		}
 		return b, nil
 	}
@@ -491,15 +492,15 @@ func parseBackendFlag(s string) (proxy.Backend, error) {
 		key, val, hasVal := strings.Cut(opt, "=")
 		switch {
 		case key != "weight":
-			return proxy.Backend{}, fmt.Errorf("unknown option %q; want weight=N", key)
+			return table.Backend{}, fmt.Errorf("unknown option %q; want weight=N", key)
 		case !hasVal:
-			return proxy.Backend{}, errors.New("option weight: want weight=N")
+			return table.Backend{}, errors.New("option weight: want weight=N")
 		case weightGiven:
-			return proxy.Backend{}, errors.New("weight given twice")
+			return table.Backend{}, errors.New("weight given twice")
 		}
 		w, err := config.ParseInt(val, 1, config.WeightMax)
 		if err != nil {
-			return proxy.Backend{}, fmt.Errorf("weight %q: %v", val, err)
+			return table.Backend{}, fmt.Errorf("weight %q: %v", val, err)
 		}
 		b.Weight, weightGiven = w, true
 	}

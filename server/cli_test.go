@@ -17,6 +17,7 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/server/config"
 )
 
@@ -115,13 +116,13 @@ func TestHelpSpellsFlagsWithTwoDashes(t *testing.T) {
 func TestParseBackendFlag(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    proxy.Backend
+		want    table.Backend
 		wantErr string
 	}{
-		{in: "127.0.0.1:9001", want: proxy.Backend{Address: "127.0.0.1:9001", Weight: 1}},
-		{in: "127.0.0.1:9002,weight=3", want: proxy.Backend{Address: "127.0.0.1:9002", Weight: 3}},
-		{in: "[::1]:9002,weight=1000000", want: proxy.Backend{Address: "[::1]:9002", Weight: 1000000}},
-		{in: "backend.internal:80", want: proxy.Backend{Address: "backend.internal:80", Weight: 1}},
+		{in: "127.0.0.1:9001", want: table.Backend{Address: "127.0.0.1:9001", Weight: 1}},
+		{in: "127.0.0.1:9002,weight=3", want: table.Backend{Address: "127.0.0.1:9002", Weight: 3}},
+		{in: "[::1]:9002,weight=1000000", want: table.Backend{Address: "[::1]:9002", Weight: 1000000}},
+		{in: "backend.internal:80", want: table.Backend{Address: "backend.internal:80", Weight: 1}},
 		{in: "127.0.0.1:9002,weight=0", wantErr: `weight "0": want an integer >= 1`},
 		{in: "127.0.0.1:9002,weight=-2", wantErr: `weight "-2": want an integer >= 1`},
 		{in: "127.0.0.1:9002,weight=x", wantErr: `weight "x": want an integer >= 1`},
@@ -184,10 +185,10 @@ func writeSample(t *testing.T) string {
 
 func TestParseRun(t *testing.T) {
 	file := writeSample(t)
-	fromFlags := func(backends ...proxy.Backend) config.Config {
+	fromFlags := func(backends ...table.Backend) config.Config {
 		return config.Config{
 			Listeners:   []config.Listener{{Address: "127.0.0.1:8080", BackendSet: "default"}},
-			BackendSets: []proxy.BackendSet{{Name: "default", Backends: backends}},
+			BackendSets: []table.Set{{Name: "default", Backends: backends}},
 		}
 	}
 	tests := []struct {
@@ -200,13 +201,13 @@ func TestParseRun(t *testing.T) {
 			name: "backends from flags",
 			args: []string{"--listen", "127.0.0.1:8080", "--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9002,weight=3"},
 			want: func() config.Config {
-				return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}, proxy.Backend{ID: "b2", Address: "127.0.0.1:9002", Weight: 3})
+				return fromFlags(table.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}, table.Backend{ID: "b2", Address: "127.0.0.1:9002", Weight: 3})
 			},
 		},
 		{
 			name: "listen defaults to 127.0.0.1:8080",
 			args: []string{"--backend", "127.0.0.1:9001"},
-			want: func() config.Config { return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
+			want: func() config.Config { return fromFlags(table.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
 		},
 		{
 			name: "every other flag",
@@ -219,8 +220,8 @@ func TestParseRun(t *testing.T) {
 			want: func() config.Config {
 				return config.Config{
 					Listeners: []config.Listener{{Address: ":9000", BackendSet: "default"}},
-					BackendSets: []proxy.BackendSet{{Name: "default", Policy: balance.LeastRequest,
-						Backends: []proxy.Backend{{ID: "b1", Address: "10.0.0.1:80", Weight: 1}}}},
+					BackendSets: []table.Set{{Name: "default", Policy: balance.LeastRequest,
+						Backends: []table.Backend{{ID: "b1", Address: "10.0.0.1:80", Weight: 1}}}},
 					Proxy: proxy.Config{
 						ConnectTimeout: time.Second, BackendTimeout: 2 * time.Second, ClientTimeout: 3 * time.Second,
 						IdleTimeout: 4 * time.Second, RequestLineBytesMax: 100, HeaderBytesMax: 200, HeadersMax: 10,

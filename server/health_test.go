@@ -7,7 +7,7 @@ import (
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/health"
-	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/server/config"
 )
 
@@ -28,7 +28,7 @@ func TestHealthResourceRoundTrip(t *testing.T) {
 		{Outlier: health.Outlier{Disabled: true, FailureStatuses: health.FailGateway}},
 	}
 	for i, c := range policies {
-		set := proxy.BackendSet{Name: "web", Backends: []proxy.Backend{{ID: "a", Address: "127.0.0.1:9001", Weight: 1}}, Health: c}
+		set := table.Set{Name: "web", Backends: []table.Backend{{ID: "a", Address: "127.0.0.1:9001", Weight: 1}}, Health: c}
 		m, err := config.Resource(set)
 		if err != nil {
 			t.Fatalf("%d: config.Resource: %v", i, err)

@@ -48,7 +48,7 @@ type env struct {
 
 // dataplane is what serving needs of a *proxy.Proxy.
 type dataplane interface {
-	SetBackends([]proxy.BackendSet) error
+	SetBackends([]table.Set) error
 	Follow(*table.Follower) error
 	Refresh() (uint64, error)
 	BackendMetrics() []proxy.BackendMetrics

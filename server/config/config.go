@@ -68,7 +68,7 @@ type Config struct {
 	Listeners []Listener
 	// BackendSets are the sets that the listeners name. Names are unique; a set no listener names is
 	// allowed and idle.
-	BackendSets []proxy.BackendSet
+	BackendSets []table.Set
 	// Proxy holds the timeouts, limits, retries and X-Forwarded-* mode, each zero field meaning the
 	// default documented on proxy.Config. Retries follows proxy.Config too: the "retries: 0" of a file
 	// and the --retries 0 of a flag (no retry) are -1 here. AccessLog, Logger and Dial are always nil
@@ -460,7 +460,7 @@ type located struct {
 	ref     string
 	refNode *yaml.Node
 	// set is the decoded set; unused for listeners.
-	set proxy.BackendSet
+	set table.Set
 }
 
 func (d *decoder) listener(n *yaml.Node, path string) *located {
@@ -558,7 +558,7 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 }
 
 // backend decodes one backend; ok is false when n is not a mapping at all.
-func (d *decoder) backend(n *yaml.Node, path string) (b proxy.Backend, idNode *yaml.Node, ok bool) {
+func (d *decoder) backend(n *yaml.Node, path string) (b table.Backend, idNode *yaml.Node, ok bool) {
 	b.Weight = 1
 	var addrNode *yaml.Node
 	ok = d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
@@ -718,8 +718,8 @@ func (d *decoder) log(n *yaml.Node, path string, l *LogConfig) {
 }
 
 // crossCheckSets rejects duplicate set names and returns the sets.
-func (d *decoder) crossCheckSets(sets []*located) []proxy.BackendSet {
-	var out []proxy.BackendSet
+func (d *decoder) crossCheckSets(sets []*located) []table.Set {
+	var out []table.Set
 	first := make(map[string]*located, len(sets))
 	for _, s := range sets {
 		out = append(out, s.set)

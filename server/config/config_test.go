@@ -33,10 +33,10 @@ func sampleFile(t testing.TB) string {
 func sampleWant() Config {
 	return Config{
 		Listeners: []Listener{{Address: "127.0.0.1:8080", BackendSet: "web"}},
-		BackendSets: []proxy.BackendSet{{
+		BackendSets: []table.Set{{
 			Name:   "web",
 			Policy: balance.RoundRobin,
-			Backends: []proxy.Backend{
+			Backends: []table.Backend{
 				{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
 				{ID: "b", Address: "127.0.0.1:9002", Weight: 3},
 			},
@@ -125,7 +125,7 @@ func TestParseConfigValues(t *testing.T) {
 			c.Proxy.ReplayBufferBytesMax = 1000
 		}},
 		{"an alias", strings.Replace(minimal, "    backends:\n", "    backends: &b\n", 1) + "  - {name: copy, backends: *b}\n", func(c *Config) {
-			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "copy", Backends: c.BackendSets[0].Backends})
+			c.BackendSets = append(c.BackendSets, table.Set{Name: "copy", Backends: c.BackendSets[0].Backends})
 		}},
 		{"numeric id is its text", strings.Replace(minimal, "id: a", "id: 7", 1), func(c *Config) { c.BackendSets[0].Backends[0].ID = "7" }},
 		{"port 0 twice is two listeners", `listeners:
@@ -134,10 +134,10 @@ func TestParseConfigValues(t *testing.T) {
 backend_sets: [{name: web, backends: []}]
 `, func(c *Config) {
 			c.Listeners = []Listener{{"127.0.0.1:0", "web"}, {"127.0.0.1:0", "web"}}
-			c.BackendSets = []proxy.BackendSet{{Name: "web"}}
+			c.BackendSets = []table.Set{{Name: "web"}}
 		}},
 		{"backend states", strings.Replace(minimal, "9001}", "9001, state: draining}\n      - {id: b, address: 127.0.0.1:9002, state: disabled}\n      - {id: c, address: 127.0.0.1:9003, state: active}", 1), func(c *Config) {
-			c.BackendSets[0].Backends = []proxy.Backend{
+			c.BackendSets[0].Backends = []table.Backend{
 				{ID: "a", Address: "127.0.0.1:9001", Weight: 1, State: table.Draining},
 				{ID: "b", Address: "127.0.0.1:9002", Weight: 1, State: table.Disabled},
 				{ID: "c", Address: "127.0.0.1:9003", Weight: 1, State: table.Active},
@@ -180,14 +180,14 @@ backend_sets: [{name: web, backends: []}]
 			c.BackendSets[0].Health.Outlier.FailureStatuses = health.Fail5xx
 		}},
 		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {
-			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "spare"})
+			c.BackendSets = append(c.BackendSets, table.Set{Name: "spare"})
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			want := Config{
 				Listeners: []Listener{{Address: "127.0.0.1:8080", BackendSet: "web"}},
-				BackendSets: []proxy.BackendSet{{Name: "web", Backends: []proxy.Backend{
+				BackendSets: []table.Set{{Name: "web", Backends: []table.Backend{
 					{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
 				}}},
 			}
@@ -527,7 +527,7 @@ func TestLoadConfigErrors(t *testing.T) {
 }
 
 func TestConfigCheck(t *testing.T) {
-	ok := Config{Listeners: []Listener{{"127.0.0.1:0", "s"}}, BackendSets: []proxy.BackendSet{{Name: "s"}}}
+	ok := Config{Listeners: []Listener{{"127.0.0.1:0", "s"}}, BackendSets: []table.Set{{Name: "s"}}}
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -536,7 +536,7 @@ func TestConfigCheck(t *testing.T) {
 		{"ok", ok, ""},
 		{"no listeners", Config{BackendSets: ok.BackendSets}, "server: config: no listeners"},
 		{"no such set", Config{Listeners: []Listener{{"127.0.0.1:0", "t"}}, BackendSets: ok.BackendSets}, `server: config: listener 127.0.0.1:0: no backend set named "t"`},
-		{"duplicate set", Config{Listeners: ok.Listeners, BackendSets: []proxy.BackendSet{{Name: "s"}, {Name: "s"}}}, `server: config: backend set name "s" is empty or not unique`},
+		{"duplicate set", Config{Listeners: ok.Listeners, BackendSets: []table.Set{{Name: "s"}, {Name: "s"}}}, `server: config: backend set name "s" is empty or not unique`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,13 +10,12 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/health"
-	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
 // Resource is a set of the configuration file as the control plane holds it.
-func Resource(s proxy.BackendSet) (*discoveryv1.BackendSet, error) {
+func Resource(s table.Set) (*discoveryv1.BackendSet, error) {
 	m := &discoveryv1.BackendSet{Name: s.Name, Policy: discoveryv1.Policy_POLICY_ROUND_ROBIN}
 	if s.Policy == balance.LeastRequest {
 		m.Policy = discoveryv1.Policy_POLICY_LEAST_REQUEST
