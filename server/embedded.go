@@ -12,7 +12,7 @@ import (
 	"github.com/xlbproxy/xlb/controlplane/store"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
-	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/cpserver"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
@@ -71,11 +71,8 @@ func (c *embeddedCP) target() string { return "unix://" + c.ln.Own } // absolute
 func (c *embeddedCP) load(sets []table.Set) error {
 	msgs := make([]*discoveryv1.BackendSet, len(sets))
 	for i, s := range sets {
-		m, err := config.Resource(s)
-		if err == nil {
-			err = resource.Validate("backend_set", m)
-		}
-		if err != nil {
+		m := backendset.ToProto(s)
+		if err := resource.Validate(backendset.Prefix, m); err != nil {
 			return fmt.Errorf("backend_sets[%d] (%s): %w", i, s.Name, err)
 		}
 		msgs[i] = m

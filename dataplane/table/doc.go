@@ -5,8 +5,8 @@
 // A Set is the one form of a backend set in the data plane: the proxy serves it, the supervisor
 // writes it into the region (Records) and hands its health policy to the monitor. The zero value of
 // every field means what its comment says. A Set is checked where it is made from outside, by the
-// control plane's rules (controlplane/resource, applied in server); this package never validates
-// one itself, and the proxy refuses only what it could not serve (proxy.Proxy.SetBackends).
+// control plane's rules (server/backendset translates the control plane's form and refuses what
+// controlplane/resource refuses); this package never validates one itself, and the proxy refuses only what it could not serve (proxy.Proxy.SetBackends).
 //
 // A Follower is a worker's side of the region. Generation is one atomic load, the whole cost of a
 // request that sees no change; Load decodes the generation in force (shm.Region.Read retries past a

@@ -73,7 +73,7 @@ func TestFollower(t *testing.T) {
 func TestRecords(t *testing.T) {
 	sets := []Set{
 		{Name: "web", Policy: balance.LeastRequest, FailureStatuses: health.Fail5xx,
-			Health: health.Config{Probe: health.Probe{Kind: health.ProbeTCP}, Outlier: health.Outlier{FailureStatuses: health.Fail5xx}},
+			Health:   health.Config{Probe: health.Probe{Kind: health.ProbeTCP}, Outlier: health.Outlier{FailureStatuses: health.Fail5xx}},
 			Backends: []Backend{{ID: "a", Address: "10.0.0.1:80", Weight: 0, State: Disabled, HealthSlot: 7}, {ID: "b", Address: "h:1", Weight: WeightMax}}},
 		{Name: "empty"},
 	}

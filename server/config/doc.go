@@ -4,7 +4,7 @@
 // ("xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got \"x\""), at most 20
 // of them, sorted; a set of backends is checked by the control plane's own rules
 // (controlplane/resource), so that the file, the admin API and the data plane refuse the same
-// things in the same words. Resource turns a file's set into the control plane's.
+// things in the same words. server/backendset.ToProto turns a file's set into the control plane's.
 //
 // The flags of the commands (server) set the same fields, with the helpers exported here
 // (ParseDuration, ParseForwarded, CheckListenAddress, ...), so that a flag and a key are read alike.

@@ -9,7 +9,8 @@ import (
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/health"
-	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 )
 
 // The health keys of a backend set in the configuration file. They mirror the control plane's
@@ -250,9 +251,7 @@ func (d *decoder) slowStart(n *yaml.Node, path string, s *health.SlowStart, node
 // alone cannot show (a timeout longer than the interval, a window out of its range). It reports the
 // first error, at the line of the field it names, or of the closest key above it.
 func (d *decoder) checkHealth(c health.Config, path string, setNode *yaml.Node, nodes healthNodes) {
-	m := &discoveryv1.BackendSet{}
-	healthResource(c, m)
-	err := resource.ValidateHealth(path, m)
+	err := resource.ValidateHealth(path, backendset.ToProto(table.Set{Health: c}))
 	if err == nil {
 		return
 	}
