@@ -16,6 +16,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
 )
 
@@ -238,7 +239,7 @@ func newRunFlags() *runFlags {
 				return nil
 			}},
 		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default " + balance.RoundRobin.String() + ")",
-			set: func(s string) (err error) { policy, err = config.ParsePolicy(s); return err },
+			set: func(s string) (err error) { policy, err = backendset.ParsePolicy(s); return err },
 			apply: func(c *config.Config) {
 				for i := range c.BackendSets {
 					c.BackendSets[i].Policy = policy

@@ -8,7 +8,7 @@
 // listener naming a backend set that does not exist. Errors about a file name its key path and line,
 // as in
 //
-//	xlb.yaml:7: backend_sets[0].backends[1].weight: want an integer >= 1, got "x"
+//	xlb.yaml:7: backend_sets[0].backends[1].weight: want an integer >= 0, got "x"
 //
 // Main is the one entry point; main.go at the module's root calls it and nothing else imports this
 // package. The operating system (signals, the proxy constructor) is reached through a small env

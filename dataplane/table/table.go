@@ -21,19 +21,6 @@ const (
 	Disabled = shm.StateDisabled
 )
 
-// ParseState turns "active", "draining" or "disabled" into a State. The empty string is Active.
-func ParseState(s string) (State, error) {
-	switch s {
-	case "active", "":
-		return Active, nil
-	case "draining":
-		return Draining, nil
-	case "disabled":
-		return Disabled, nil
-	}
-	return 0, fmt.Errorf("backend state %q: want active, draining or disabled", s)
-}
-
 // WeightMax is the largest weight of a backend (controlplane/resource.WeightMax, which a test of
 // server/backendset holds equal).
 const WeightMax = 1_000_000

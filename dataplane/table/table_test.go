@@ -12,20 +12,6 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/shm"
 )
 
-func TestParseState(t *testing.T) {
-	for name, want := range map[string]State{"active": Active, "draining": Draining, "disabled": Disabled} {
-		if got, err := ParseState(name); err != nil || got != want {
-			t.Errorf("ParseState(%q) = %v, %v; want %v", name, got, err, want)
-		}
-	}
-	if s, err := ParseState(""); err != nil || s != Active {
-		t.Errorf(`ParseState("") = %v, %v; want Active`, s, err)
-	}
-	if _, err := ParseState("Draining"); err == nil {
-		t.Error(`ParseState("Draining") succeeded; states are lower case`)
-	}
-}
-
 // TestFollower: a follower of an empty region loads generation 0 with no sets; after a publish it
 // sees the new generation word and loads it whole; Observed and Beat land in its own slot only.
 func TestFollower(t *testing.T) {

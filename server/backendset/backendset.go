@@ -44,10 +44,7 @@ func FromProto(set *discoveryv1.BackendSet) (table.Set, error) {
 	if err := supported(set); err != nil {
 		return table.Set{}, err
 	}
-	s := table.Set{Name: set.GetName(), Health: healthOf(set)}
-	if set.GetPolicy() == discoveryv1.Policy_POLICY_LEAST_REQUEST {
-		s.Policy = balance.LeastRequest
-	}
+	s := table.Set{Name: set.GetName(), Policy: policies[set.GetPolicy()], Health: healthOf(set)}
 	s.FailureStatuses = s.Health.Outlier.FailureStatuses
 	if n := len(set.GetBackends()); n > 0 {
 		s.Backends = make([]table.Backend, n)

@@ -384,3 +384,36 @@ func TestHealthRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestNames: the file's names of policies, states and failure statuses are the wire enums' in
+// lower case, without UNSPECIFIED, and an unknown one is told what the names are.
+func TestNames(t *testing.T) {
+	for s, want := range map[string]balance.Policy{"round_robin": balance.RoundRobin, "least_request": balance.LeastRequest} {
+		if got, err := ParsePolicy(s); err != nil || got != want {
+			t.Errorf("ParsePolicy(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
+	for s, want := range map[string]table.State{"active": table.Active, "draining": table.Draining, "disabled": table.Disabled} {
+		if got, err := ParseState(s); err != nil || got != want {
+			t.Errorf("ParseState(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
+	for s, want := range map[string]health.FailureStatuses{"none": health.FailNoStatus, "gateway": health.FailGateway, "5xx": health.Fail5xx} {
+		if got, err := ParseFailureStatuses(s); err != nil || got != want {
+			t.Errorf("ParseFailureStatuses(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "unspecified", "UNSPECIFIED", "Least_Request", "LEAST_REQUEST", "random"} {
+		if _, err := ParsePolicy(s); err == nil || err.Error() != "want round_robin or least_request" {
+			t.Errorf("ParsePolicy(%q): %v", s, err)
+		}
+	}
+	for _, s := range []string{"", "Draining", "unspecified"} {
+		if _, err := ParseState(s); err == nil || err.Error() != "want active, draining or disabled" {
+			t.Errorf("ParseState(%q): %v", s, err)
+		}
+	}
+	if _, err := ParseFailureStatuses("4xx"); err == nil || err.Error() != "want none, gateway (502, 503, 504) or 5xx" {
+		t.Errorf("ParseFailureStatuses(4xx): %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -17,11 +18,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
 
@@ -495,40 +496,34 @@ func (d *decoder) listener(n *yaml.Node, path string) *located {
 
 func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 	s := &located{path: path}
-	type backendAt struct {
-		path   string
-		idNode *yaml.Node
-	}
-	var backends []backendAt
-	nodes, errs := healthNodes{}, len(d.errs)
+	nodes, errs := setNodes{}, len(d.errs)
 	ok := d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		at := path + "." + key
+		nodes[at] = v
 		switch key {
 		case "name":
 			s.nameNode = v
-			if name, ok := d.str(v, path+".name"); ok {
-				if name == "" {
-					d.errorf(v, path+".name", "must not be empty")
-				}
+			if name, ok := d.str(v, at); ok {
 				s.name = name
 			}
 		case "policy":
-			if p, ok := d.str(v, path+".policy"); ok {
-				pol, err := ParsePolicy(p)
+			if p, ok := d.str(v, at); ok {
+				pol, err := backendset.ParsePolicy(p)
 				if err != nil {
-					d.errorf(v, path+".policy", "%v, got %q", err, p)
+					d.errorf(v, at, "%v, got %q", err, p)
 				}
 				s.set.Policy = pol
 			}
 		case "backends":
-			for i, bn := range d.sequence(v, path+".backends") {
-				bpath := index(path+".backends", i)
-				b, idNode, ok := d.backend(bn, bpath)
-				if ok {
+			for i, bn := range d.sequence(v, at) {
+				bpath := index(at, i)
+				nodes[bpath] = bn
+				if b, ok := d.backend(bn, bpath, nodes); ok {
 					s.set.Backends = append(s.set.Backends, b)
-					backends = append(backends, backendAt{bpath, idNode})
 				}
 			}
 		default:
+			delete(nodes, at)
 			return d.healthKey(key, v, path, &s.set.Health, nodes)
 		}
 		return true
@@ -536,72 +531,72 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 	if !ok {
 		return nil
 	}
-	if len(d.errs) == errs {
-		d.checkHealth(s.set.Health, path, n, nodes)
-	}
 	d.required(s.nameNode, n, path, "name")
 	s.set.Name = s.name
-	// Backend ids are unique within the set.
-	first := make(map[string]int, len(backends))
-	for i, b := range s.set.Backends {
-		if b.ID == "" {
-			continue // reported already
-		}
-		if j, dup := first[b.ID]; dup {
-			at := backends[i]
-			d.errorf(at.idNode, at.path+".id", "%q is also the id of %s (line %d)", b.ID, backends[j].path, backends[j].idNode.Line)
-			continue
-		}
-		first[b.ID] = i
+	if len(d.errs) == errs {
+		// The file's form is right: what the set says is checked by the control plane's rules.
+		s.set = d.checkSet(s.set, path, n, nodes)
 	}
 	return s
 }
 
-// backend decodes one backend; ok is false when n is not a mapping at all.
-func (d *decoder) backend(n *yaml.Node, path string) (b table.Backend, idNode *yaml.Node, ok bool) {
-	b.Weight = 1
-	var addrNode *yaml.Node
+// backend decodes one backend into its table.Backend, recording the node of each key; ok is false
+// when n is not a mapping at all.
+func (d *decoder) backend(n *yaml.Node, path string, nodes setNodes) (b table.Backend, ok bool) {
+	var idNode, addrNode *yaml.Node
 	ok = d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		at := path + "." + key
+		nodes[at] = v
 		switch key {
 		case "id":
 			idNode = v
-			if s, ok := d.str(v, path+".id"); ok {
-				if s == "" {
-					d.errorf(v, path+".id", "must not be empty")
-				}
+			if s, ok := d.str(v, at); ok {
 				b.ID = s
 			}
 		case "address":
 			addrNode = v
-			if s, ok := d.str(v, path+".address"); ok {
-				if err := CheckBackendAddress(s); err != nil {
-					d.errorf(v, path+".address", "%v, got %q", err, s)
+			if s, ok := d.str(v, at); ok {
+				if !isHostPort(s) {
+					d.errorf(v, at, "want host:port with a numeric port, got %q", s)
 				}
 				b.Address = s
 			}
 		case "weight":
-			if w, ok := d.integer(v, path+".weight", 1, WeightMax); ok {
+			if w, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 				b.Weight = w
 			}
 		case "state":
-			if s, ok := d.str(v, path+".state"); ok {
-				st, err := table.ParseState(s)
+			if s, ok := d.str(v, at); ok {
+				st, err := backendset.ParseState(s)
 				if err != nil {
-					d.errorf(v, path+".state", "want active, draining or disabled, got %q", s)
+					d.errorf(v, at, "%v, got %q", err, s)
 				}
 				b.State = st
 			}
 		default:
+			delete(nodes, at)
 			return false
 		}
 		return true
 	})
 	if !ok {
-		return b, nil, false
+		return b, false
 	}
 	d.required(idNode, n, path, "id")
 	d.required(addrNode, n, path, "address")
-	return b, idNode, true
+	return b, true
+}
+
+// isHostPort tells whether s has the form of a backend's address, host:port with a port of digits
+// (as the wire's 32 bits hold them); whether the host is one and the port in its range is the
+// control plane's rule to say (checkSet).
+func isHostPort(s string) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 32)
+	return err == nil
 }
 
 func (d *decoder) timeouts(n *yaml.Node, path string, c *Config) {
@@ -986,17 +981,6 @@ func CheckBackendAddress(s string) error {
 		return errors.New("want host:port with a numeric port from 1 to 65535")
 	}
 	return nil
-}
-
-func ParsePolicy(s string) (balance.Policy, error) {
-	if s == "" {
-		return 0, errors.New("want round_robin or least_request")
-	}
-	p, err := balance.ParsePolicy(s)
-	if err != nil {
-		return 0, errors.New("want round_robin or least_request")
-	}
-	return p, nil
 }
 
 func ParseForwarded(s string) (proxy.Forwarded, error) {
