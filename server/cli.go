@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"regexp"
@@ -475,7 +476,8 @@ func (f *runFlags) applyGiven(given map[string]bool, c *config.Config) {
 	}
 }
 
-// parseBackendFlag parses HOST:PORT[,weight=N]; the ID is left to the caller.
+// parseBackendFlag parses HOST:PORT[,weight=N], holding the backend to the control plane's rules as
+// a file's are (config.CheckBackend); the ID is left to the caller.
 func parseBackendFlag(s string) (table.Backend, error) {
 	addr, opts, _ := strings.Cut(s, ",")
 	if err := config.CheckBackendAddress(addr); err != nil {
@@ -485,6 +487,9 @@ func parseBackendFlag(s string) (table.Backend, error) {
 	if opts == "" {
 		if strings.HasSuffix(s, ",") {
 			return table.Backend{}, errors.New("want HOST:PORT[,weight=N], got a trailing comma")
+		}
+		if err := config.CheckBackend(b); err != nil {
+			return table.Backend{}, err
 		}
 		return b, nil
 	}
@@ -499,11 +504,14 @@ func parseBackendFlag(s string) (table.Backend, error) {
 		case weightGiven:
 			return table.Backend{}, errors.New("weight given twice")
 		}
-		w, err := config.ParseInt(val, 1, config.WeightMax)
+		w, err := config.ParseInt(val, 0, math.MaxUint32)
 		if err != nil {
 			return table.Backend{}, fmt.Errorf("weight %q: %v", val, err)
 		}
 		b.Weight, weightGiven = w, true
+	}
+	if err := config.CheckBackend(b); err != nil {
+		return table.Backend{}, err
 	}
 	return b, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
@@ -33,8 +34,6 @@ const (
 	configBytesMax = 1 << 20
 	// configErrorsMax bounds the errors reported for one file; past it the rest are counted.
 	configErrorsMax = 20
-	// WeightMax is the largest backend weight.
-	WeightMax = 1_000_000
 	// LimitMax bounds every limit in bytes or counts, so that no limit overflows an int anywhere.
 	LimitMax = 1 << 30
 	// RetriesMax bounds retries; more than a few never helps.
@@ -971,16 +970,34 @@ func CheckListenAddress(s string) error {
 	return nil
 }
 
-// CheckBackendAddress accepts host:port with a host and a numeric port from 1 to 65535.
+// CheckBackendAddress accepts the form of a backend's address: host:port with a numeric port.
+// Whether the host is one and the port in its range is the control plane's rule (CheckBackend).
 func CheckBackendAddress(s string) error {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil || host == "" {
+	if !isHostPort(s) {
 		return errors.New("want host:port with a numeric port")
 	}
-	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return errors.New("want host:port with a numeric port from 1 to 65535")
-	}
 	return nil
+}
+
+// CheckBackend holds one backend, of an address CheckBackendAddress accepts, to the control plane's
+// rules on its address and weight (resource.Validate, as for a file's set), for the flags that
+// give backends one at a time. The error says which: address "h:0": port: want 1 to 65535, got 0.
+func CheckBackend(b table.Backend) error {
+	b.ID = "b"
+	err := resource.Validate("", backendset.ToProto(table.Set{Name: DefaultSet, Backends: []table.Backend{b}}))
+	var re *resource.Error
+	if !errors.As(err, &re) {
+		return err
+	}
+	switch re.Field {
+	case ".backends[0].address":
+		return fmt.Errorf("address %q: host: %s", b.Address, re.Msg)
+	case ".backends[0].port":
+		return fmt.Errorf("address %q: port: %s", b.Address, re.Msg)
+	case ".backends[0].weight":
+		return fmt.Errorf("weight %d: %s", b.Weight, re.Msg)
+	}
+	return err
 }
 
 func ParseForwarded(s string) (proxy.Forwarded, error) {

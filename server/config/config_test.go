@@ -12,11 +12,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 )
 
 // sampleFile is the file of the issue that introduced the format; it must keep working.
@@ -606,10 +608,12 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("Parse accepted a Config that check refuses: %v\n%s", err, s)
 		}
 		for _, set := range cfg.BackendSets {
-			for _, b := range set.Backends {
-				if b.ID == "" || b.Weight < 1 || b.Weight > WeightMax || CheckBackendAddress(b.Address) != nil {
-					t.Fatalf("Parse accepted backend %+v\n%s", b, s)
-				}
+			// The control plane's rules hold, and the set is in the form the data plane gets.
+			if err := resource.Validate("set", backendset.ToProto(set)); err != nil {
+				t.Fatalf("Parse accepted set %+v, which the control plane refuses: %v\n%s", set, err, s)
+			}
+			if again, err := backendset.FromProto(backendset.ToProto(set)); err != nil || !reflect.DeepEqual(again, set) {
+				t.Fatalf("Parse accepted set %+v, not as FromProto makes it (%+v, %v)\n%s", set, again, err, s)
 			}
 		}
 		for _, l := range cfg.Listeners {
