@@ -100,7 +100,7 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	if n := len(set.GetBackends()); n > BackendsMax {
 		return bad(".backends", "%d backends, at most %d", n, BackendsMax)
 	}
-	if err := ValidateHealth(prefix, set); err != nil {
+	if err := validateHealth(prefix, set); err != nil {
 		return err
 	}
 	ids := make(map[string]int, len(set.GetBackends()))
@@ -149,9 +149,9 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	return nil
 }
 
-// ValidateHealth checks the health policy of set alone (health_check, outlier_detection,
-// slow_start, panic_threshold), for a configuration file that holds sets in another form.
-func ValidateHealth(prefix string, set *discoveryv1.BackendSet) error {
+// validateHealth checks the health policy of set (health_check, outlier_detection, slow_start,
+// panic_threshold).
+func validateHealth(prefix string, set *discoveryv1.BackendSet) error {
 	bad := func(field, format string, args ...any) error {
 		return &Error{Field: prefix + field, Msg: fmt.Sprintf(format, args...)}
 	}

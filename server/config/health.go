@@ -265,10 +265,7 @@ func (d *decoder) checkSet(set table.Set, path string, setNode *yaml.Node, nodes
 		d.errorf(setNode, path, "%v", err)
 		return set
 	}
-	field, msg := re.Field, re.Msg
-	if strings.HasPrefix(re.Field, path) {
-		field, msg = d.fileField(path, re, nodes)
-	}
+	field, msg := fileField(re, nodes)
 	n := setNode
 	for f := field; len(f) > len(path); f = f[:max(strings.LastIndexAny(f, ".["), len(path))] {
 		if at, ok := nodes[f]; ok {
@@ -285,15 +282,16 @@ func (d *decoder) checkSet(set table.Set, path string, setNode *yaml.Node, nodes
 var backendField = regexp.MustCompile(`^(.*\.backends\[\d+\])\.(address|port)$`)
 
 // fileField is the key path and message of the file for an error of the control plane's rules on
-// the set at path: the wire's address and port are the file's address (its message says which
-// part, of what), and the backend a duplicate id is also the id of is given its line.
-func (d *decoder) fileField(path string, re *resource.Error, nodes setNodes) (string, string) {
+// a set (validated with the set's key path as the prefix): the wire's address and port are the
+// file's address (its message says which part, of what), and the backend a duplicate id is also
+// the id of is given its line.
+func fileField(re *resource.Error, nodes setNodes) (string, string) {
 	field, msg := re.Field, re.Msg
 	if m := backendField.FindStringSubmatch(field); m != nil {
 		field = m[1] + ".address"
-		part := "host"
-		if m[2] == "port" {
-			part = "port"
+		part := m[2]
+		if part == "address" {
+			part = "host"
 		}
 		if n := nodes[field]; n != nil {
 			msg = fmt.Sprintf("%s of %q: %s", part, n.Value, msg)
