@@ -1031,9 +1031,10 @@ func describeViolation(gens []generationSpan, client int, r loadRecord) string {
 	return b.String()
 }
 
-// TestReloadBadFileKeepsServing: a file with a YAML syntax error, then one with a weight of 0, are
-// each refused with a "config reload failed" line naming the file, line (and key); requests keep
-// going to the backend of the last good file, nothing is published; then a good file applies.
+// TestReloadBadFileKeepsServing: a file with a YAML syntax error, then one with a weight past the
+// control plane's bound, are each refused with a "config reload failed" line naming the file, line
+// (and key); requests keep going to the backend of the last good file, nothing is published; then
+// a good file applies.
 func TestReloadBadFileKeepsServing(t *testing.T) {
 	t.Parallel()
 	a, b, c := newCountingBackend(t, "a"), newCountingBackend(t, "b"), newCountingBackend(t, "c")
@@ -1060,10 +1061,10 @@ func TestReloadBadFileKeepsServing(t *testing.T) {
 		want: regexp.MustCompile(regexp.QuoteMeta(
 			fmt.Sprintf("xlb.yaml:%d: did not find expected ',' or '}'", firstBackendLine))),
 	}, {
-		name:    "weight 0",
-		content: strings.Replace(named, "weight: 1}", "weight: 0}", 1),
+		name:    "weight too large",
+		content: strings.Replace(named, "weight: 1}", "weight: 2000000}", 1),
 		want: regexp.MustCompile(regexp.QuoteMeta(
-			fmt.Sprintf("xlb.yaml:%d: backend_sets[0].backends[0].weight: ", firstBackendLine))),
+			fmt.Sprintf("xlb.yaml:%d: backend_sets[0].backends[0].weight: want 0 (meaning 1) to 1000000, got 2000000", firstBackendLine))),
 	}}
 	from := ready.end
 	for _, f := range bad {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"regexp"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/exit"
 	"github.com/xlbproxy/xlb/server/worker"
@@ -182,7 +185,7 @@ type flagDef struct {
 type runFlags struct {
 	config     string
 	listen     string
-	backends   []proxy.Backend
+	backends   []table.Backend
 	backendSet string // xlb dataplane's --backend-set
 	defs       []flagDef
 }
@@ -239,7 +242,7 @@ func newRunFlags() *runFlags {
 				return nil
 			}},
 		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default " + balance.RoundRobin.String() + ")",
-			set: func(s string) (err error) { policy, err = config.ParsePolicy(s); return err },
+			set: func(s string) (err error) { policy, err = backendset.ParsePolicy(s); return err },
 			apply: func(c *config.Config) {
 				for i := range c.BackendSets {
 					c.BackendSets[i].Policy = policy
@@ -460,7 +463,7 @@ func runCommandLine(args []string) (commandLine, error) {
 	}
 	cfg := config.Config{
 		Listeners:   []config.Listener{{Address: listen, BackendSet: config.DefaultSet}},
-		BackendSets: []proxy.BackendSet{{Name: config.DefaultSet, Backends: f.backends}},
+		BackendSets: []table.Set{{Name: config.DefaultSet, Backends: f.backends}},
 	}
 	overlay(&cfg)
 	return commandLine{cfg: cfg}, nil
@@ -475,16 +478,20 @@ func (f *runFlags) applyGiven(given map[string]bool, c *config.Config) {
 	}
 }
 
-// parseBackendFlag parses HOST:PORT[,weight=N]; the ID is left to the caller.
-func parseBackendFlag(s string) (proxy.Backend, error) {
+// parseBackendFlag parses HOST:PORT[,weight=N], holding the backend to the control plane's rules as
+// a file's are (config.CheckBackend); the ID is left to the caller.
+func parseBackendFlag(s string) (table.Backend, error) {
 	addr, opts, _ := strings.Cut(s, ",")
 	if err := config.CheckBackendAddress(addr); err != nil {
-		return proxy.Backend{}, fmt.Errorf("address %q: %v", addr, err)
+		return table.Backend{}, fmt.Errorf("address %q: %v", addr, err)
 	}
-	b := proxy.Backend{Address: addr, Weight: 1}
+	b := table.Backend{Address: addr, Weight: 1}
 	if opts == "" {
 		if strings.HasSuffix(s, ",") {
-			return proxy.Backend{}, errors.New("want HOST:PORT[,weight=N], got a trailing comma")
+			return table.Backend{}, errors.New("want HOST:PORT[,weight=N], got a trailing comma")
+		}
+		if err := config.CheckBackend(b); err != nil {
+			return table.Backend{}, err
 		}
 		return b, nil
 	}
@@ -493,17 +500,20 @@ func parseBackendFlag(s string) (proxy.Backend, error) {
 		key, val, hasVal := strings.Cut(opt, "=")
 		switch {
 		case key != "weight":
-			return proxy.Backend{}, fmt.Errorf("unknown option %q; want weight=N", key)
+			return table.Backend{}, fmt.Errorf("unknown option %q; want weight=N", key)
 		case !hasVal:
-			return proxy.Backend{}, errors.New("option weight: want weight=N")
+			return table.Backend{}, errors.New("option weight: want weight=N")
 		case weightGiven:
-			return proxy.Backend{}, errors.New("weight given twice")
+			return table.Backend{}, errors.New("weight given twice")
 		}
-		w, err := config.ParseInt(val, 1, config.WeightMax)
+		w, err := config.ParseInt(val, 0, math.MaxUint32)
 		if err != nil {
-			return proxy.Backend{}, fmt.Errorf("weight %q: %v", val, err)
+			return table.Backend{}, fmt.Errorf("weight %q: %v", val, err)
 		}
 		b.Weight, weightGiven = w, true
+	}
+	if err := config.CheckBackend(b); err != nil {
+		return table.Backend{}, err
 	}
 	return b, nil
 }

@@ -15,8 +15,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
 )
 
@@ -52,8 +55,8 @@ func TestMainOutput(t *testing.T) {
 		{"no command", nil, 2, "", "Usage:"},
 		{"unknown command", []string{"serve"}, 2, "", "xlb: unknown command \"serve\"\nRun 'xlb help' for usage.\n"},
 		{"run without backends", []string{"run"}, 2, "", "xlb run: no backends: give --backend HOST:PORT[,weight=N] (repeatable) or --config FILE"},
-		{"run with a bad weight", []string{"run", "--backend", "127.0.0.1:9002,weight=0"}, 2, "",
-			`xlb run: invalid value "127.0.0.1:9002,weight=0" for flag --backend: weight "0": want an integer >= 1` + "\nRun 'xlb run --help' for usage.\n"},
+		{"run with a bad weight", []string{"run", "--backend", "127.0.0.1:9002,weight=2000000"}, 2, "",
+			`xlb run: invalid value "127.0.0.1:9002,weight=2000000" for flag --backend: weight 2000000: want 0 (meaning 1) to 1000000, got 2000000` + "\nRun 'xlb run --help' for usage.\n"},
 		{"run with an unknown flag", []string{"run", "--bogus"}, 2, "", "xlb run: flag provided but not defined: --bogus"},
 		{"run with a flag without value", []string{"run", "--backend"}, 2, "", "xlb run: flag needs an argument: --backend"},
 		{"run with a bad duration", []string{"run", "--backend", "127.0.0.1:1", "--idle-timeout", "1"}, 2, "",
@@ -115,26 +118,29 @@ func TestHelpSpellsFlagsWithTwoDashes(t *testing.T) {
 func TestParseBackendFlag(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    proxy.Backend
+		want    table.Backend
 		wantErr string
 	}{
-		{in: "127.0.0.1:9001", want: proxy.Backend{Address: "127.0.0.1:9001", Weight: 1}},
-		{in: "127.0.0.1:9002,weight=3", want: proxy.Backend{Address: "127.0.0.1:9002", Weight: 3}},
-		{in: "[::1]:9002,weight=1000000", want: proxy.Backend{Address: "[::1]:9002", Weight: 1000000}},
-		{in: "backend.internal:80", want: proxy.Backend{Address: "backend.internal:80", Weight: 1}},
-		{in: "127.0.0.1:9002,weight=0", wantErr: `weight "0": want an integer >= 1`},
-		{in: "127.0.0.1:9002,weight=-2", wantErr: `weight "-2": want an integer >= 1`},
-		{in: "127.0.0.1:9002,weight=x", wantErr: `weight "x": want an integer >= 1`},
-		{in: "127.0.0.1:9002,weight=1000001", wantErr: `weight "1000001": want an integer <= 1000000`},
-		{in: "127.0.0.1:9002,weight=", wantErr: `weight "": want an integer >= 1`},
+		{in: "127.0.0.1:9001", want: table.Backend{Address: "127.0.0.1:9001", Weight: 1}},
+		{in: "127.0.0.1:9002,weight=3", want: table.Backend{Address: "127.0.0.1:9002", Weight: 3}},
+		{in: "[::1]:9002,weight=1000000", want: table.Backend{Address: "[::1]:9002", Weight: 1000000}},
+		{in: "backend.internal:80", want: table.Backend{Address: "backend.internal:80", Weight: 1}},
+		{in: "127.0.0.1:9002,weight=0", want: table.Backend{Address: "127.0.0.1:9002"}}, // 1, as on the wire
+		{in: "127.0.0.1:9002,weight=-2", wantErr: `weight "-2": want an integer >= 0`},
+		{in: "127.0.0.1:9002,weight=x", wantErr: `weight "x": want an integer >= 0`},
+		{in: "127.0.0.1:9002,weight=1000001", wantErr: `weight 1000001: want 0 (meaning 1) to 1000000, got 1000001`},
+		{in: "127.0.0.1:9002,weight=", wantErr: `weight "": want an integer >= 0`},
 		{in: "127.0.0.1:9002,weight", wantErr: "option weight: want weight=N"},
 		{in: "127.0.0.1:9002,weight=1,weight=2", wantErr: "weight given twice"},
 		{in: "127.0.0.1:9002,zone=a", wantErr: `unknown option "zone"; want weight=N`},
 		{in: "127.0.0.1:9002,", wantErr: "want HOST:PORT[,weight=N], got a trailing comma"},
 		{in: "127.0.0.1", wantErr: `address "127.0.0.1": want host:port with a numeric port`},
-		{in: "127.0.0.1:", wantErr: `address "127.0.0.1:": want host:port with a numeric port from 1 to 65535`},
-		{in: ":9001", wantErr: `address ":9001": want host:port with a numeric port`},
-		{in: "127.0.0.1:http", wantErr: `address "127.0.0.1:http": want host:port with a numeric port from 1 to 65535`},
+		{in: "127.0.0.1:", wantErr: `address "127.0.0.1:": want host:port with a numeric port`},
+		{in: ":9001", wantErr: `address ":9001": host: required`},
+		{in: "bad_host:9001", wantErr: `address "bad_host:9001": host: "bad_host": want an IP address or a host name`},
+		{in: "127.0.0.1:0", wantErr: `address "127.0.0.1:0": port: want 1 to 65535, got 0`},
+		{in: "127.0.0.1:65536,weight=2", wantErr: `address "127.0.0.1:65536": port: want 1 to 65535, got 65536`},
+		{in: "127.0.0.1:http", wantErr: `address "127.0.0.1:http": want host:port with a numeric port`},
 		{in: "", wantErr: `address "": want host:port with a numeric port`},
 	}
 	for _, tt := range tests {
@@ -184,10 +190,10 @@ func writeSample(t *testing.T) string {
 
 func TestParseRun(t *testing.T) {
 	file := writeSample(t)
-	fromFlags := func(backends ...proxy.Backend) config.Config {
+	fromFlags := func(backends ...table.Backend) config.Config {
 		return config.Config{
 			Listeners:   []config.Listener{{Address: "127.0.0.1:8080", BackendSet: "default"}},
-			BackendSets: []proxy.BackendSet{{Name: "default", Backends: backends}},
+			BackendSets: []table.Set{{Name: "default", Backends: backends}},
 		}
 	}
 	tests := []struct {
@@ -200,13 +206,13 @@ func TestParseRun(t *testing.T) {
 			name: "backends from flags",
 			args: []string{"--listen", "127.0.0.1:8080", "--backend", "127.0.0.1:9001", "--backend", "127.0.0.1:9002,weight=3"},
 			want: func() config.Config {
-				return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}, proxy.Backend{ID: "b2", Address: "127.0.0.1:9002", Weight: 3})
+				return fromFlags(table.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}, table.Backend{ID: "b2", Address: "127.0.0.1:9002", Weight: 3})
 			},
 		},
 		{
 			name: "listen defaults to 127.0.0.1:8080",
 			args: []string{"--backend", "127.0.0.1:9001"},
-			want: func() config.Config { return fromFlags(proxy.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
+			want: func() config.Config { return fromFlags(table.Backend{ID: "b1", Address: "127.0.0.1:9001", Weight: 1}) },
 		},
 		{
 			name: "every other flag",
@@ -219,8 +225,8 @@ func TestParseRun(t *testing.T) {
 			want: func() config.Config {
 				return config.Config{
 					Listeners: []config.Listener{{Address: ":9000", BackendSet: "default"}},
-					BackendSets: []proxy.BackendSet{{Name: "default", Policy: balance.LeastRequest,
-						Backends: []proxy.Backend{{ID: "b1", Address: "10.0.0.1:80", Weight: 1}}}},
+					BackendSets: []table.Set{{Name: "default", Policy: balance.LeastRequest,
+						Backends: []table.Backend{{ID: "b1", Address: "10.0.0.1:80", Weight: 1}}}},
 					Proxy: proxy.Config{
 						ConnectTimeout: time.Second, BackendTimeout: 2 * time.Second, ClientTimeout: 3 * time.Second,
 						IdleTimeout: 4 * time.Second, RequestLineBytesMax: 100, HeaderBytesMax: 200, HeadersMax: 10,
@@ -322,7 +328,7 @@ func TestParseRunHelp(t *testing.T) {
 	}
 }
 
-// FuzzParseBackendFlag holds that what parseBackendFlag accepts is a backend the file format
+// FuzzParseBackendFlag holds that what parseBackendFlag accepts is a backend the control plane
 // accepts too.
 func FuzzParseBackendFlag(f *testing.F) {
 	for _, s := range []string{"127.0.0.1:9002,weight=3", "[::1]:1", "a:1,weight=1,weight=2", "a:1,,", ":1", "a:0x10"} {
@@ -333,8 +339,9 @@ func FuzzParseBackendFlag(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if config.CheckBackendAddress(b.Address) != nil || b.Weight < 1 || b.Weight > config.WeightMax {
-			t.Fatalf("parseBackendFlag(%q) = %+v", s, b)
+		b.ID = "b1"
+		if err := resource.Validate("set", backendset.ToProto(table.Set{Name: "default", Backends: []table.Backend{b}})); err != nil {
+			t.Fatalf("parseBackendFlag(%q) = %+v, which the control plane refuses: %v", s, b, err)
 		}
 	})
 }

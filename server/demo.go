@@ -21,7 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/exit"
@@ -155,7 +155,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 	}
 	cfg := config.Config{
 		Listeners:        []config.Listener{{Address: f.listen, BackendSet: demoSet}},
-		BackendSets:      []proxy.BackendSet{set},
+		BackendSets:      []table.Set{set},
 		AccessLog:        "-",
 		Workers:          f.workers,
 		StateDir:         dir,
@@ -195,8 +195,8 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 
 // startDemoBackends starts the demo's backends on loopback ports chosen by the kernel and returns
 // their set, and a func that stops them.
-func startDemoBackends(log hclog.Logger) (proxy.BackendSet, func(), error) {
-	set := proxy.BackendSet{Name: demoSet}
+func startDemoBackends(log hclog.Logger) (table.Set, func(), error) {
+	set := table.Set{Name: demoSet}
 	var (
 		servers []*http.Server
 		wg      sync.WaitGroup
@@ -212,7 +212,7 @@ func startDemoBackends(log hclog.Logger) (proxy.BackendSet, func(), error) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			stop()
-			return proxy.BackendSet{}, nil, fmt.Errorf("demo backend %s: %w", id, err)
+			return table.Set{}, nil, fmt.Errorf("demo backend %s: %w", id, err)
 		}
 		srv := &http.Server{
 			Handler:           demoHandler(id, ln.Addr().String()),
@@ -227,7 +227,7 @@ func startDemoBackends(log hclog.Logger) (proxy.BackendSet, func(), error) {
 				log.Error("demo backend failed", "backend", id, "error", err)
 			}
 		}()
-		set.Backends = append(set.Backends, proxy.Backend{ID: id, Address: ln.Addr().String(), Weight: weight})
+		set.Backends = append(set.Backends, table.Backend{ID: id, Address: ln.Addr().String(), Weight: weight})
 		log.Info("demo backend", "id", id, "address", ln.Addr().String(), "weight", weight)
 	}
 	return set, stop, nil
@@ -235,7 +235,7 @@ func startDemoBackends(log hclog.Logger) (proxy.BackendSet, func(), error) {
 
 // waitDemoServing asks the data plane's Status on dir's admin socket, every demoPoll for up to
 // demoServingTimeout, until it serves set (demoServes).
-func waitDemoServing(ctx context.Context, dir string, set proxy.BackendSet, workers int) error {
+func waitDemoServing(ctx context.Context, dir string, set table.Set, workers int) error {
 	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, adminSocket), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -266,7 +266,7 @@ func waitDemoServing(ctx context.Context, dir string, set proxy.BackendSet, work
 
 // demoServes tells whether st is a data plane whose workers, all of them, serve set: its backends,
 // at their addresses, are those of the generation in force, which every worker has observed.
-func demoServes(st *dataplanev1.StatusResponse, set proxy.BackendSet, workers int) bool {
+func demoServes(st *dataplanev1.StatusResponse, set table.Set, workers int) bool {
 	if st.GetGeneration() == 0 || len(st.GetWorkers()) != workers {
 		return false
 	}
@@ -291,7 +291,7 @@ func demoServes(st *dataplanev1.StatusResponse, set proxy.BackendSet, workers in
 
 // demoBanner is what the demo prints once it serves: what it runs, and commands to try, with the
 // addresses and paths of sv. temp says the state directory is removed on exit.
-func demoBanner(sv served, set proxy.BackendSet, workers int, temp bool) string {
+func demoBanner(sv served, set table.Set, workers int, temp bool) string {
 	url := shellQuote("http://" + sv.listeners[0] + "/")
 	var backends []string
 	for _, b := range set.Backends {

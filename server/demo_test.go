@@ -13,7 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	"github.com/xlbproxy/xlb/server/exit"
 )
@@ -51,7 +51,7 @@ func TestDemoBackends(t *testing.T) {
 	}
 }
 
-var testDemoSet = proxy.BackendSet{Name: demoSet, Backends: []proxy.Backend{
+var testDemoSet = table.Set{Name: demoSet, Backends: []table.Backend{
 	{ID: "b1", Address: "127.0.0.1:9001", Weight: 1},
 	{ID: "b2", Address: "127.0.0.1:9002", Weight: 1},
 	{ID: "b3", Address: "127.0.0.1:9003", Weight: 2},

@@ -8,7 +8,7 @@
 // listener naming a backend set that does not exist. Errors about a file name its key path and line,
 // as in
 //
-//	xlb.yaml:7: backend_sets[0].backends[1].weight: want an integer >= 1, got "x"
+//	xlb.yaml:7: backend_sets[0].backends[1].weight: want an integer >= 0, got "x"
 //
 // Main is the one entry point; main.go at the module's root calls it and nothing else imports this
 // package. The operating system (signals, the proxy constructor) is reached through a small env
@@ -60,8 +60,9 @@
 // dials one (--control-plane); `xlb run` starts one inside itself (embedded.go): an in-memory store
 // that the configuration file fills, served on STATE_DIR/control.sock, so that grpcurl works on a
 // single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
-// which decides (planApply, a pure function) what serves next: every set is validated alone
-// (controlplane/resource, plus what this data plane cannot do: TLS to backends), and when the valid
+// which decides (planApply, a pure function) what serves next: every set is validated and
+// translated alone (server/backendset.FromProto: the rules of controlplane/resource, plus what this
+// data plane cannot do, TLS to backends), and when the valid
 // ones do not fit the region together they go in one at a time, by name; it publishes one
 // generation, and answers once every live worker serves it: an ACK, or a NACK naming each rejected
 // set, whose previous version keeps serving. The applied sets and their
@@ -75,7 +76,8 @@
 //
 // This package holds the commands and their flags and the supervisor's loop. What they
 // are built from has a package of its own, none of which imports this one (internal/archtest):
-// server/config (the Config and its YAML file), server/cpserver (a control plane's services over a
+// server/config (the Config and its YAML file), server/backendset (the one translation between a
+// backend set of the control plane and the data plane's table.Set, both ways), server/cpserver (a control plane's services over a
 // store, for `xlb controlplane` and the one inside `xlb run`), server/rpc (the gRPC server's TLS
 // and authentication, the data plane's dial credentials, the state directory's unix sockets),
 // server/supervisor (the supervisor's decisions about its workers, a pure core), server/worker

@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,12 +17,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/xlbproxy/xlb/controlplane/resource"
-	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	"github.com/xlbproxy/xlb/internal/atomicfile"
+	"github.com/xlbproxy/xlb/server/backendset"
 )
 
 // The data plane's side of xDS-lite: the supervisor turns each response of its control plane into
@@ -130,12 +127,7 @@ func planApply(current map[string]*discoveryv1.VersionedBackendSet, resp *discov
 	var rejected []rejection
 	var valid []*discoveryv1.VersionedBackendSet
 	for _, vs := range resp.GetSets() {
-		set := vs.GetBackendSet()
-		err := resource.Validate("backend_set", set)
-		if err == nil {
-			err = supported(set)
-		}
-		if err != nil {
+		if _, err := backendset.FromProto(vs.GetBackendSet()); err != nil {
 			rejected = append(rejected, rejection{set: vs, err: err})
 			continue
 		}
@@ -175,19 +167,6 @@ func byName(a, b *discoveryv1.VersionedBackendSet) int {
 	return strings.Compare(a.GetBackendSet().GetName(), b.GetBackendSet().GetName())
 }
 
-// supported refuses what this data plane cannot do.
-func supported(set *discoveryv1.BackendSet) error {
-	if set.GetTls() != nil {
-		return &resource.Error{Field: "backend_set.tls", Msg: "TLS to backends is not supported by this data plane"}
-	}
-	for i, b := range set.GetBackends() {
-		if b.GetTls() != nil {
-			return &resource.Error{Field: fmt.Sprintf("backend_set.backends[%d].tls", i), Msg: "TLS to backends is not supported by this data plane"}
-		}
-	}
-	return nil
-}
-
 // result is what the data plane reports now.
 func (s *supervisor) result(rejected []*discoveryv1.SetError) applyResult {
 	r := applyResult{applied: make(map[string]string, len(s.current)), rejected: rejected, generation: s.region.Generation()}
@@ -215,42 +194,17 @@ func (s *supervisor) wake() {
 	}
 }
 
-// regionSetsOf turns the sets of the control plane into the region's records, by name.
+// regionSetsOf turns the sets of the control plane into the region's records, by name. Each was
+// checked when it was applied (planApply); one that FromProto refuses all the same (an applied file
+// of an older binary with other rules) is left out of the region rather than written as it is.
 func regionSetsOf(sets map[string]*discoveryv1.VersionedBackendSet) []shm.Set {
-	out := make([]shm.Set, 0, len(sets))
+	out := make([]table.Set, 0, len(sets))
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
-		set := sets[name].GetBackendSet()
-		rs := shm.Set{Name: name, Policy: policyOf(set.GetPolicy()),
-			FailureStatuses: uint8(failureStatusesOf(set.GetOutlierDetection().GetFailureStatuses())),
-			Backends:        make([]shm.Backend, len(set.GetBackends()))}
-		for i, b := range set.GetBackends() {
-			rs.Backends[i] = shm.Backend{
-				ID:      b.GetId(),
-				Address: net.JoinHostPort(b.GetAddress(), strconv.Itoa(int(b.GetPort()))),
-				Weight:  max(1, b.GetWeight()),
-				State:   stateOf(b.GetState()),
-			}
+		if set, err := backendset.FromProto(sets[name].GetBackendSet()); err == nil {
+			out = append(out, set)
 		}
-		out = append(out, rs)
 	}
-	return out
-}
-
-func policyOf(p discoveryv1.Policy) balance.Policy {
-	if p == discoveryv1.Policy_POLICY_LEAST_REQUEST {
-		return balance.LeastRequest
-	}
-	return balance.RoundRobin
-}
-
-func stateOf(s discoveryv1.BackendState) table.State {
-	switch s {
-	case discoveryv1.BackendState_BACKEND_STATE_DRAINING:
-		return table.Draining
-	case discoveryv1.BackendState_BACKEND_STATE_DISABLED:
-		return table.Disabled
-	}
-	return table.Active
+	return table.Records(out)
 }
 
 // saveApplied has the applied file rewritten, off the supervisor's loop: the latest state wins

@@ -3,11 +3,14 @@ package server
 import (
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+
+	"github.com/xlbproxy/xlb/dataplane/shm"
 )
 
 // vset is set name of n backends at version v.
@@ -91,5 +94,20 @@ func TestPlanApply(t *testing.T) {
 				t.Errorf("the sets in force were changed in place: %q, then %q", before, after)
 			}
 		})
+	}
+}
+
+// TestRegionSetsOf: the region's records are the sets by name, each as backendset.FromProto
+// makes it (the address joined, a zero weight 1); a set that FromProto refuses (an applied file
+// written under other rules) is left out rather than written as it is.
+func TestRegionSetsOf(t *testing.T) {
+	bad := vset("bad", "1", 1)
+	bad.BackendSet.Backends[0].Port = 0
+	web := vset("web", "1", 1)
+	web.BackendSet.Backends[0].Weight = 0
+	got := regionSetsOf(map[string]*discoveryv1.VersionedBackendSet{"web": web, "bad": bad, "api": vset("api", "1", 0)})
+	want := []shm.Set{{Name: "api", Backends: []shm.Backend{}}, {Name: "web", Backends: []shm.Backend{{ID: "b0", Address: "127.0.0.1:9000", Weight: 1}}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("regionSetsOf:\n got %+v\nwant %+v", got, want)
 	}
 }

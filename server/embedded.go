@@ -10,9 +10,9 @@ import (
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/controlplane/store"
-	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
-	"github.com/xlbproxy/xlb/server/config"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/cpserver"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
@@ -38,7 +38,7 @@ type embeddedCP struct {
 // startEmbedded starts the embedded control plane holding sets, serving on dir's control socket.
 // The store is filled before the discovery server takes its first snapshot: a stream that opened
 // on an empty one would be told that every set was removed.
-func startEmbedded(dir string, log hclog.Logger, sets []proxy.BackendSet, loadInterval time.Duration) (*embeddedCP, error) {
+func startEmbedded(dir string, log hclog.Logger, sets []table.Set, loadInterval time.Duration) (*embeddedCP, error) {
 	st, err := store.Open("", log)
 	if err != nil {
 		return nil, err
@@ -68,14 +68,11 @@ func (c *embeddedCP) target() string { return "unix://" + c.ln.Own } // absolute
 
 // load makes the store hold exactly sets: every set is checked first, so that a file with one bad
 // set changes nothing.
-func (c *embeddedCP) load(sets []proxy.BackendSet) error {
+func (c *embeddedCP) load(sets []table.Set) error {
 	msgs := make([]*discoveryv1.BackendSet, len(sets))
 	for i, s := range sets {
-		m, err := config.Resource(s)
-		if err == nil {
-			err = resource.Validate("backend_set", m)
-		}
-		if err != nil {
+		m := backendset.ToProto(s)
+		if err := resource.Validate(backendset.Prefix, m); err != nil {
 			return fmt.Errorf("backend_sets[%d] (%s): %w", i, s.Name, err)
 		}
 		msgs[i] = m

@@ -14,8 +14,8 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/monitor"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
-	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
 )
 
@@ -25,48 +25,6 @@ import (
 // health pipe (inherited as worker.FDHealth), which wakes the monitor at once; the monitor asks the
 // supervisor to wake the workers when a route changed, so that those with no new request also
 // cut short their waits on a backend that went out.
-
-// healthConfigOf is the health policy of a set of the control plane. The set was validated
-// (controlplane/resource); the defaults are the monitor's.
-func healthConfigOf(set *discoveryv1.BackendSet) health.Config {
-	var c health.Config
-	if hc := set.GetHealthCheck(); hc != nil {
-		c.Probe = health.Probe{Kind: health.ProbeHTTP, Interval: hc.GetInterval().AsDuration(), Timeout: hc.GetTimeout().AsDuration(),
-			Fall: int(hc.GetFall()), Rise: int(hc.GetRise())}
-		if hc.GetTcp() != nil {
-			c.Probe.Kind = health.ProbeTCP
-		}
-		if h := hc.GetHttp(); h != nil {
-			c.Probe.Path, c.Probe.Host = h.GetPath(), h.GetHost()
-			for _, r := range h.GetExpectedStatuses() {
-				end := r.GetEnd()
-				if end == 0 {
-					end = r.GetStart()
-				}
-				c.Probe.Statuses = append(c.Probe.Statuses, health.StatusRange{Lo: int(r.GetStart()), Hi: int(end)})
-			}
-		}
-	}
-	od := set.GetOutlierDetection()
-	c.Outlier = health.Outlier{Disabled: od.GetDisabled(), ConsecutiveFailures: int(od.GetConsecutiveFailures()),
-		BaseEjectionTime: od.GetBaseEjectionTime().AsDuration(), MaxEjectionTime: od.GetMaxEjectionTime().AsDuration(),
-		MaxEjectionPercent: int(od.GetMaxEjectionPercent()), FailureStatuses: failureStatusesOf(od.GetFailureStatuses())}
-	if ss := set.GetSlowStart(); ss != nil {
-		c.SlowStart = health.SlowStart{Window: ss.GetWindow().AsDuration(), MinWeightPercent: int(ss.GetMinWeightPercent())}
-	}
-	c.PanicThreshold = int(set.GetPanicThreshold())
-	return c
-}
-
-func failureStatusesOf(f discoveryv1.FailureStatuses) health.FailureStatuses {
-	switch f {
-	case discoveryv1.FailureStatuses_FAILURE_STATUSES_GATEWAY:
-		return health.FailGateway
-	case discoveryv1.FailureStatuses_FAILURE_STATUSES_5XX:
-		return health.Fail5xx
-	}
-	return health.FailNoStatus
-}
 
 // trialTimeout is how long a claimed trial request may go without an outcome: a connect, the wait
 // for a response head, and a margin.
@@ -87,8 +45,8 @@ func (s *supervisor) monitorSets() []monitor.Set {
 	out := make([]monitor.Set, 0, len(s.regionSets))
 	for _, rs := range s.regionSets {
 		ms := monitor.Set{Name: rs.Name}
-		if vs := s.current[rs.Name]; vs != nil {
-			ms.Health = healthConfigOf(vs.GetBackendSet())
+		if set, err := backendset.FromProto(s.current[rs.Name].GetBackendSet()); err == nil {
+			ms.Health = set.Health
 		}
 		for _, b := range rs.Backends {
 			ms.Backends = append(ms.Backends, monitor.Backend{ID: b.ID, Address: b.Address, Slot: b.HealthSlot, State: b.State})

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/localadmin"
 	"github.com/xlbproxy/xlb/server/rpc"
@@ -344,15 +344,18 @@ func (s *supervisor) status() *dataplanev1.StatusResponse {
 		healthOf[[2]string{h.GetBackendSet(), h.GetBackendId()}] = h
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.current)) {
-		for _, b := range s.current[name].GetBackendSet().GetBackends() {
-			h := healthOf[[2]string{name, b.GetId()}]
-			st := &dataplanev1.BackendState{BackendSet: name, BackendId: b.GetId(),
-				Address: net.JoinHostPort(b.GetAddress(), strconv.Itoa(int(b.GetPort()))), State: "active",
+		set, err := backendset.FromProto(s.current[name].GetBackendSet())
+		if err != nil {
+			continue // not in the region either (regionSetsOf)
+		}
+		for _, b := range set.Backends {
+			h := healthOf[[2]string{name, b.ID}]
+			st := &dataplanev1.BackendState{BackendSet: name, BackendId: b.ID, Address: b.Address, State: "active",
 				Reason: "the control plane's state of the backend is active", Health: h}
 			if h != nil {
 				st.Reason = h.GetReason()
 			}
-			switch stateOf(b.GetState()) {
+			switch b.State {
 			case table.Draining:
 				st.State, st.Reason = "draining", "the control plane drains it: it finishes what it has and takes nothing new"
 			case table.Disabled:

@@ -78,6 +78,10 @@ type Error struct {
 	Field string
 	// Msg says what is wrong and what is wanted.
 	Msg string
+	// Other, when not empty, is the path of the field that the offending one conflicts with (the
+	// first backend with the same id), for a caller that says where that one is too (the
+	// configuration file's line). Msg names it already.
+	Other string
 }
 
 func (e *Error) Error() string { return e.Field + ": " + e.Msg }
@@ -86,10 +90,10 @@ func (e *Error) Error() string { return e.Field + ": " + e.Msg }
 // "backend_set").
 func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	if set == nil {
-		return &Error{prefix, "required"}
+		return &Error{Field: prefix, Msg: "required"}
 	}
 	bad := func(field, format string, args ...any) error {
-		return &Error{prefix + field, fmt.Sprintf(format, args...)}
+		return &Error{Field: prefix + field, Msg: fmt.Sprintf(format, args...)}
 	}
 	if err := checkName(set.GetName()); err != "" {
 		return bad(".name", "%s", err)
@@ -100,7 +104,7 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	if n := len(set.GetBackends()); n > BackendsMax {
 		return bad(".backends", "%d backends, at most %d", n, BackendsMax)
 	}
-	if err := ValidateHealth(prefix, set); err != nil {
+	if err := validateHealth(prefix, set); err != nil {
 		return err
 	}
 	if err := ValidateTLS(prefix+".tls", set.GetTls()); err != nil {
@@ -118,7 +122,8 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 			return bad(at+".id", "%q: want letters, digits and . _ : -", id)
 		}
 		if j, dup := ids[b.GetId()]; dup {
-			return bad(at+".id", "%q is also the id of backends[%d]", b.GetId(), j)
+			other := fmt.Sprintf("%s.backends[%d]", prefix, j)
+			return &Error{Field: prefix + at + ".id", Msg: fmt.Sprintf("%q is also the id of %s", b.GetId(), other), Other: other + ".id"}
 		}
 		ids[b.GetId()] = i
 		if err := checkAddress(b.GetAddress()); err != "" {
@@ -154,11 +159,11 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 	return nil
 }
 
-// ValidateHealth checks the health policy of set alone (health_check, outlier_detection,
-// slow_start, panic_threshold), for a configuration file that holds sets in another form.
-func ValidateHealth(prefix string, set *discoveryv1.BackendSet) error {
+// validateHealth checks the health policy of set (health_check, outlier_detection, slow_start,
+// panic_threshold).
+func validateHealth(prefix string, set *discoveryv1.BackendSet) error {
 	bad := func(field, format string, args ...any) error {
-		return &Error{prefix + field, fmt.Sprintf(format, args...)}
+		return &Error{Field: prefix + field, Msg: fmt.Sprintf(format, args...)}
 	}
 	// duration checks an optional duration: absent or zero is the default; otherwise lo to hi.
 	duration := func(field string, d *durationpb.Duration, lo, hi time.Duration) (time.Duration, error) {
@@ -270,7 +275,7 @@ func ValidateTLS(field string, t *discoveryv1.BackendTls) error {
 		return nil
 	}
 	bad := func(sub, format string, args ...any) error {
-		return &Error{field + "." + sub, fmt.Sprintf(format, args...)}
+		return &Error{Field: field + "." + sub, Msg: fmt.Sprintf(format, args...)}
 	}
 	if n := t.GetServerName(); n != "" {
 		if err := checkAddress(n); err != "" {
@@ -343,7 +348,7 @@ func visible(s string) bool {
 // ValidateName checks a set's name alone, for the requests that name a set.
 func ValidateName(field, name string) error {
 	if err := checkName(name); err != "" {
-		return &Error{field, err}
+		return &Error{Field: field, Msg: err}
 	}
 	return nil
 }
@@ -368,8 +373,10 @@ func checkAddress(a string) string {
 		return fmt.Sprintf("%d bytes, at most %d", len(a), AddressBytesMax)
 	case net.ParseIP(a) != nil:
 		return ""
-	case !hostRE.MatchString(a):
+	case !hostRE.MatchString(a) && strings.Contains(a, ":"):
 		return fmt.Sprintf("%q: want an IP address or a host name (the port goes in port)", a)
+	case !hostRE.MatchString(a):
+		return fmt.Sprintf("%q: want an IP address or a host name", a)
 	}
 	return ""
 }

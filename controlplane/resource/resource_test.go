@@ -52,8 +52,9 @@ func TestValidate(t *testing.T) {
 		{"long name", func(s *discoveryv1.BackendSet) { s.Name = strings.Repeat("n", 129) }, "backend_set.name: 129 bytes, at most 128"},
 		{"unknown policy", func(s *discoveryv1.BackendSet) { s.Policy = 9 }, "backend_set.policy: unknown policy 9"},
 		{"no id", func(s *discoveryv1.BackendSet) { s.Backends[1].Id = "" }, "backend_set.backends[1].id: required"},
-		{"id twice", func(s *discoveryv1.BackendSet) { s.Backends[2].Id = "a" }, `backend_set.backends[2].id: "a" is also the id of backends[0]`},
+		{"id twice", func(s *discoveryv1.BackendSet) { s.Backends[2].Id = "a" }, `backend_set.backends[2].id: "a" is also the id of backend_set.backends[0]`},
 		{"address with a port", func(s *discoveryv1.BackendSet) { s.Backends[0].Address = "10.0.0.1:80" }, "backend_set.backends[0].address: \"10.0.0.1:80\": want an IP address or a host name"},
+		{"address not a host", func(s *discoveryv1.BackendSet) { s.Backends[0].Address = "bad_host" }, "backend_set.backends[0].address: \"bad_host\": want an IP address or a host name"},
 		{"no address", func(s *discoveryv1.BackendSet) { s.Backends[0].Address = "" }, "backend_set.backends[0].address: required"},
 		{"port 0", func(s *discoveryv1.BackendSet) { s.Backends[0].Port = 0 }, "backend_set.backends[0].port: want 1 to 65535, got 0"},
 		{"port too large", func(s *discoveryv1.BackendSet) { s.Backends[0].Port = 70000 }, "backend_set.backends[0].port: want 1 to 65535, got 70000"},
@@ -123,6 +124,18 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want an error starting %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestValidateNamesTheOther: the error of a duplicate id names the first backend with it, in the
+// message and as a field path of its own, for the configuration file to say where that one is.
+func TestValidateNamesTheOther(t *testing.T) {
+	s := valid()
+	s.Backends[2].Id = s.Backends[0].Id
+	err := Validate("backend_sets[3]", s)
+	want := &Error{Field: "backend_sets[3].backends[2].id", Msg: `"a" is also the id of backend_sets[3].backends[0]`, Other: "backend_sets[3].backends[0].id"}
+	if e, ok := err.(*Error); !ok || *e != *want {
+		t.Fatalf("Validate = %#v, want %#v", err, want)
 	}
 }
 

@@ -8,10 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-
-	"github.com/xlbproxy/xlb/dataplane/balance"
-	"github.com/xlbproxy/xlb/dataplane/health"
-	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // Forwarded says what the proxy does with the X-Forwarded-For, -Proto and -Host request headers.
@@ -144,35 +140,4 @@ type Config struct {
 	// Dial opens a connection to a backend. Nil means a net.Dialer with ConnectTimeout. Tests use it
 	// to count or refuse connections.
 	Dial func(network, address string, timeout time.Duration) (net.Conn, error) `json:"-"`
-}
-
-// WeightMax is the largest weight of a backend.
-const WeightMax = 1_000_000
-
-// Backend is one upstream server of a backend set.
-type Backend struct {
-	// ID names the backend inside its set; unique there.
-	ID string
-	// Address is host:port; host is an IP address or a name resolved at connect time.
-	Address string
-	// Weight is the backend's share of traffic relative to its set; at least 1.
-	Weight int
-	// State is the backend's administrative state. Only an Active backend (the zero value) is picked
-	// for new requests; a Draining or Disabled one finishes what it has and gets nothing new.
-	State table.State
-	// HealthSlot is the backend's health slot in the region the proxy follows; unused otherwise.
-	HealthSlot uint32
-}
-
-// BackendSet is a named group of backends and the policy that picks among them.
-type BackendSet struct {
-	Name   string
-	Policy balance.Policy
-	// FailureStatuses says which response statuses count as the backend's failure, for its health;
-	// the zero value counts none. A proxy that follows no region keeps no health.
-	FailureStatuses health.FailureStatuses
-	// Health is the set's health policy, which the supervisor's monitor applies; the proxy itself
-	// reads only the routes the monitor writes into the region (and FailureStatuses).
-	Health   health.Config
-	Backends []Backend
 }

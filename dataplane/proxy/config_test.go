@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // TestConfigRefused: New refuses a Config it cannot honour, naming the field.
@@ -64,5 +66,30 @@ func TestConfigDefaults(t *testing.T) {
 		IdleConnsPerBackend: DefaultIdleConnsPerBackend}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults %+v, want %+v", got, want)
+	}
+}
+
+// TestSetBackendsWeights: a zero weight means 1, as table.Backend says; a negative weight and one
+// past table.WeightMax are refused, naming the backend.
+func TestSetBackendsWeights(t *testing.T) {
+	zero, one := newCountingBackend(t, "zero"), newCountingBackend(t, "one")
+	p, addr := startProxy(t, Config{})
+	if err := p.SetBackends([]table.Set{{Name: "web", Backends: []table.Backend{
+		{ID: "zero", Address: zero.addr()}, {ID: "one", Address: one.addr(), Weight: 1}}}}); err != nil {
+		t.Fatalf("SetBackends with a zero weight: %v", err)
+	}
+	c := dialTestClient(t, addr)
+	for range 4 {
+		res, body := c.request("GET", "/", nil)
+		wantStatus(t, res, body, 200)
+	}
+	if zero.requests() != 2 || one.requests() != 2 {
+		t.Errorf("weights 0 and 1 got %d and %d of 4 requests, want 2 each", zero.requests(), one.requests())
+	}
+	for _, w := range []int{-1, table.WeightMax + 1} {
+		err := p.SetBackends([]table.Set{{Name: "web", Backends: []table.Backend{{ID: "b", Address: one.addr(), Weight: w}}}})
+		if err == nil || !strings.Contains(err.Error(), `backend "b"`) {
+			t.Errorf("SetBackends with weight %d: %v, want an error naming the backend", w, err)
+		}
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // waitMax bounds every wait of these tests; it is far above every timeout configured here.
@@ -299,7 +301,7 @@ func TestNoBackend(t *testing.T) {
 	t.Run("unknown set", func(t *testing.T) {
 		good := newCountingBackend(t, "good")
 		p, addr := startProxy(t, Config{}, good.addr())
-		if err := p.SetBackends([]BackendSet{{Name: "other", Backends: []Backend{{ID: "g", Address: good.addr(), Weight: 1}}}}); err != nil {
+		if err := p.SetBackends([]table.Set{{Name: "other", Backends: []table.Backend{{ID: "g", Address: good.addr(), Weight: 1}}}}); err != nil {
 			t.Fatal(err)
 		}
 		c := dialTestClient(t, addr)

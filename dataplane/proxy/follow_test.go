@@ -102,8 +102,8 @@ func TestFollowRefreshWithoutTraffic(t *testing.T) {
 	}
 }
 
-// TestFollowRefusesABadGeneration: a generation the proxy cannot serve (a weight of 0 is one the
-// supervisor never writes) is not installed and not observed; the previous one keeps serving, and
+// TestFollowRefusesABadGeneration: a generation the proxy cannot serve (a weight past
+// table.WeightMax is one the supervisor never writes) is not installed and not observed; the previous one keeps serving, and
 // the next good generation is taken.
 func TestFollowRefusesABadGeneration(t *testing.T) {
 	a := newRecordingBackend(t, func(r *wireRequest) (string, bool) { return plainResponse(200, "a"), false })
@@ -113,7 +113,7 @@ func TestFollowRefusesABadGeneration(t *testing.T) {
 	c := dialWire(t, addr)
 	c.get("/", "a")
 
-	bad := publish(t, w, shm.Backend{ID: "b", Address: b.addr(), Weight: 0})
+	bad := publish(t, w, shm.Backend{ID: "b", Address: b.addr(), Weight: table.WeightMax + 1})
 	c.get("/", "a")
 	if got, err := p.Refresh(); got != good || err == nil {
 		t.Fatalf("Refresh over a bad generation = %d, %v; want %d and an error", got, err, good)
@@ -178,7 +178,7 @@ func TestFollowKeepsServingAZeroedRegion(t *testing.T) {
 // TestSetBackendsRefusedWhileFollowing: the two sources of backend sets do not mix.
 func TestSetBackendsRefusedWhileFollowing(t *testing.T) {
 	p, _, _, _ := followingProxy(t)
-	err := p.SetBackends([]BackendSet{{Name: "web"}})
+	err := p.SetBackends([]table.Set{{Name: "web"}})
 	if err == nil {
 		t.Fatal("SetBackends on a following proxy succeeded")
 	}

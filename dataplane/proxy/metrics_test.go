@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // TestBackendMetrics: every attempt is counted on its backend: responses by class, local-origin
@@ -21,7 +23,7 @@ func TestBackendMetrics(t *testing.T) {
 	ln.Close()
 
 	p, addr := startProxy(t, Config{})
-	sets := []BackendSet{{Name: "web", Backends: []Backend{
+	sets := []table.Set{{Name: "web", Backends: []table.Backend{
 		{ID: "ok", Address: ok.Listener.Addr().String(), Weight: 1},
 		{ID: "bad", Address: bad.Listener.Addr().String(), Weight: 1},
 		{ID: "refused", Address: refused, Weight: 1},

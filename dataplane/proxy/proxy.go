@@ -242,7 +242,7 @@ func (c *Config) setDefaults() error {
 // SetBackends publishes a new, complete list of backend sets. Requests already in flight finish on
 // the sets they started with; connections pooled to a backend that stays are kept. A proxy that
 // follows a region (Follow) takes its sets from there instead, and SetBackends fails.
-func (p *Proxy) SetBackends(sets []BackendSet) error {
+func (p *Proxy) SetBackends(sets []table.Set) error {
 	if p.follow != nil {
 		return errors.New("proxy: SetBackends on a proxy that follows a shared region")
 	}
@@ -254,7 +254,7 @@ func (p *Proxy) SetBackends(sets []BackendSet) error {
 }
 
 // checkSets validates sets as SetBackends and a region's generations need them.
-func checkSets(sets []BackendSet) error {
+func checkSets(sets []table.Set) error {
 	names := make(map[string]bool, len(sets))
 	for i, s := range sets {
 		if s.Name == "" {
@@ -269,8 +269,8 @@ func checkSets(sets []BackendSet) error {
 		names[s.Name] = true
 		ids := make(map[string]bool, len(s.Backends))
 		for _, b := range s.Backends {
-			if b.Weight < 1 {
-				return fmt.Errorf("proxy: backend set %q: backend %q: weight %d below 1", s.Name, b.ID, b.Weight)
+			if b.Weight < 0 {
+				return fmt.Errorf("proxy: backend set %q: backend %q: negative weight %d", s.Name, b.ID, b.Weight)
 			}
 			if _, _, err := net.SplitHostPort(b.Address); err != nil {
 				return fmt.Errorf("proxy: backend set %q: backend %q: %w", s.Name, b.ID, err)
@@ -282,8 +282,8 @@ func checkSets(sets []BackendSet) error {
 			if b.State > table.Disabled {
 				return fmt.Errorf("proxy: backend set %q: backend %q: unknown state %d", s.Name, b.ID, b.State)
 			}
-			if b.Weight > WeightMax {
-				return fmt.Errorf("proxy: backend set %q: backend %q: weight %d above %d", s.Name, b.ID, b.Weight, WeightMax)
+			if b.Weight > table.WeightMax {
+				return fmt.Errorf("proxy: backend set %q: backend %q: weight %d above %d", s.Name, b.ID, b.Weight, table.WeightMax)
 			}
 		}
 	}
@@ -293,7 +293,7 @@ func checkSets(sets []BackendSet) error {
 // install makes sets, already checked, the table in force, with the routes of the region's health
 // epoch at healthEpoch (read before the routes). Only active backends are kept; the pools of
 // backends that no set keeps any more are closed.
-func (p *Proxy) install(sets []BackendSet, gen, healthEpoch uint64) {
+func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 	p.poolsMu.Lock()
 	defer p.poolsMu.Unlock()
 	t := &routing{gen: gen, health: healthEpoch, sets: make(map[string]*set, len(sets))}
@@ -317,7 +317,7 @@ func (p *Proxy) install(sets []BackendSet, gen, healthEpoch uint64) {
 				p.pools[b.Address] = pool
 			}
 			used[b.Address] = true
-			active = append(active, &backend{id: b.ID, address: b.Address, weight: b.Weight, slot: b.HealthSlot,
+			active = append(active, &backend{id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
 				failures: s.FailureStatuses, pool: pool, m: p.metricsFor(s.Name, b.ID, b.Address, metrics)})
 		}
 		t.sets[s.Name] = p.route(s.Name, s.Policy, s.FailureStatuses, active)
@@ -437,16 +437,8 @@ func (p *Proxy) refreshLocked() (uint64, error) {
 	epoch := p.follow.HealthEpoch() // before the routes that install reads
 	t, err := p.follow.Load()
 	if err == nil {
-		sets := make([]BackendSet, len(t.Sets))
-		for i, s := range t.Sets {
-			sets[i] = BackendSet{Name: s.Name, Policy: s.Policy,
-				FailureStatuses: health.FailureStatuses(s.FailureStatuses), Backends: make([]Backend, len(s.Backends))}
-			for j, b := range s.Backends {
-				sets[i].Backends[j] = Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot}
-			}
-		}
-		if err = checkSets(sets); err == nil {
-			p.install(sets, t.Generation, epoch)
+		if err = checkSets(t.Sets); err == nil {
+			p.install(t.Sets, t.Generation, epoch)
 			p.follow.Observed(t.Generation)
 			return t.Generation, nil
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
@@ -25,11 +26,11 @@ func serveProxy(t *testing.T, cfg Config, backends ...string) (*Proxy, string, <
 	if err != nil {
 		t.Fatal(err)
 	}
-	var bs []Backend
+	var bs []table.Backend
 	for i, a := range backends {
-		bs = append(bs, Backend{ID: "b" + string(rune('0'+i)), Address: a, Weight: 1})
+		bs = append(bs, table.Backend{ID: "b" + string(rune('0'+i)), Address: a, Weight: 1})
 	}
-	if err := p.SetBackends([]BackendSet{{Name: "web", Backends: bs}}); err != nil {
+	if err := p.SetBackends([]table.Set{{Name: "web", Backends: bs}}); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

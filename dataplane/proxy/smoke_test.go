@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 func startProxy(t testing.TB, cfg Config, backends ...string) (*Proxy, string) {
@@ -19,11 +21,11 @@ func startProxy(t testing.TB, cfg Config, backends ...string) (*Proxy, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var bs []Backend
+	var bs []table.Backend
 	for i, a := range backends {
-		bs = append(bs, Backend{ID: fmt.Sprint("b", i), Address: a, Weight: 1})
+		bs = append(bs, table.Backend{ID: fmt.Sprint("b", i), Address: a, Weight: 1})
 	}
-	if err := p.SetBackends([]BackendSet{{Name: "web", Backends: bs}}); err != nil {
+	if err := p.SetBackends([]table.Set{{Name: "web", Backends: bs}}); err != nil {
 		t.Fatal(err)
 	}
 	return p, serveWeb(t, p)

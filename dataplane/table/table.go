@@ -1,18 +1,13 @@
-// Package table is one generation of backend sets as a worker serves it: decoded once from the
-// shared region into plain, immutable values, then read by every request without locks.
-//
-// A Follower is a worker's side of the region. Generation is one atomic load, the whole cost of a
-// request that sees no change; Load decodes the generation in force (shm.Region.Read retries past a
-// half being rewritten, so a torn set is never returned); Observed records in the worker's slot
-// that the worker now serves a generation, which is how the supervisor learns that a generation was
-// applied by every worker.
 package table
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"time"
 
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 )
 
@@ -26,23 +21,89 @@ const (
 	Disabled = shm.StateDisabled
 )
 
-// ParseState turns "active", "draining" or "disabled" into a State. The empty string is Active.
-func ParseState(s string) (State, error) {
-	switch s {
-	case "active", "":
-		return Active, nil
-	case "draining":
-		return Draining, nil
-	case "disabled":
-		return Disabled, nil
+// WeightMax is the largest weight of a backend (controlplane/resource.WeightMax, which a test of
+// server/backendset holds equal).
+const WeightMax = 1_000_000
+
+// Backend is one upstream server of a backend set.
+type Backend struct {
+	// ID names the backend inside its set; unique there. Its health slot is keyed by it.
+	ID string
+	// Address is host:port; host is an IP address or a name resolved at connect time.
+	Address string
+	// Weight is the backend's share of traffic relative to its set, at most WeightMax. Zero means 1,
+	// as on the wire.
+	Weight int
+	// State is the backend's administrative state. Only an Active backend (the zero value) is picked
+	// for new requests; a Draining or Disabled one finishes what it has and gets nothing new.
+	State State
+	// HealthSlot is the backend's health slot in the region, which shm.Writer.Publish assigns; zero
+	// in a set not yet published, and unused by a proxy that follows no region.
+	HealthSlot uint32
+}
+
+// Set is a named group of backends and the policies that pick among them and judge their health.
+type Set struct {
+	// Name names the set; unique among the sets of a generation.
+	Name string
+	// Policy picks among the set's backends. The zero value is round robin.
+	Policy balance.Policy
+	// FailureStatuses says which response statuses the workers count as a backend's failure; the
+	// zero value counts none. It is Health.Outlier.FailureStatuses, kept apart because it is the
+	// one piece of the health policy that the region carries to the workers: a Set decoded from
+	// the region (Load) has it, and a zero Health.
+	FailureStatuses health.FailureStatuses
+	// Health is the set's health policy, which the supervisor's monitor applies; the zero value is
+	// health.Config's defaults. The proxy itself reads only the routes the monitor writes into the
+	// region (and FailureStatuses).
+	Health health.Config
+	// Backends are the set's backends, in the order the control plane gave them. Nil is none: every
+	// request to the set is answered 503.
+	Backends []Backend
+}
+
+// Records is sets as the region's records, for shm.Writer.Publish and Check: the health policy
+// stays out (only FailureStatuses goes in), a zero weight is written as 1, and HealthSlot is left
+// for Publish to assign. A weight outside 0 to math.MaxUint32 is a programmer's error (sets come
+// checked from their translation): Records panics.
+func Records(sets []Set) []shm.Set {
+	out := make([]shm.Set, len(sets))
+	for i, s := range sets {
+		out[i] = shm.Set{Name: s.Name, Policy: s.Policy, FailureStatuses: uint8(s.FailureStatuses),
+			Backends: make([]shm.Backend, len(s.Backends))}
+		for j, b := range s.Backends {
+			if b.Weight < 0 || b.Weight > math.MaxUint32 {
+				panic(fmt.Sprintf("table: set %q: backend %q: weight %d does not fit a region record", s.Name, b.ID, b.Weight))
+			}
+			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(max(1, b.Weight)), State: b.State}
+		}
 	}
-	return 0, fmt.Errorf("backend state %q: want active, draining or disabled", s)
+	return out
+}
+
+// setsOf is the region's records as Sets.
+func setsOf(records []shm.Set) []Set {
+	n := 0
+	for _, r := range records {
+		n += len(r.Backends)
+	}
+	backends := make([]Backend, 0, n)
+	out := make([]Set, len(records))
+	for i, r := range records {
+		first := len(backends)
+		for _, b := range r.Backends {
+			backends = append(backends, Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot})
+		}
+		out[i] = Set{Name: r.Name, Policy: r.Policy, FailureStatuses: health.FailureStatuses(r.FailureStatuses),
+			Backends: backends[first:len(backends):len(backends)]}
+	}
+	return out
 }
 
 // Table is one decoded generation. Nothing in it changes after Load returns it.
 type Table struct {
 	Generation uint64
-	Sets       []shm.Set
+	Sets       []Set
 }
 
 // Follower follows a region's generations for the worker of one slot.
@@ -91,7 +152,7 @@ func (f *Follower) Load() (*Table, error) {
 		return nil, fmt.Errorf("%w: its generation went back from %d to %d", ErrCorrupt, f.loaded, s.Generation)
 	}
 	f.loaded = s.Generation
-	return &Table{Generation: s.Generation, Sets: s.Sets}, nil
+	return &Table{Generation: s.Generation, Sets: setsOf(s.Sets)}, nil
 }
 
 // Observed records in the worker's slot that it serves generation g.

@@ -3,25 +3,14 @@ package table
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 )
-
-func TestParseState(t *testing.T) {
-	for name, want := range map[string]State{"active": Active, "draining": Draining, "disabled": Disabled} {
-		if got, err := ParseState(name); err != nil || got != want {
-			t.Errorf("ParseState(%q) = %v, %v; want %v", name, got, err, want)
-		}
-	}
-	if s, err := ParseState(""); err != nil || s != Active {
-		t.Errorf(`ParseState("") = %v, %v; want Active`, s, err)
-	}
-	if _, err := ParseState("Draining"); err == nil {
-		t.Error(`ParseState("Draining") succeeded; states are lower case`)
-	}
-}
 
 // TestFollower: a follower of an empty region loads generation 0 with no sets; after a publish it
 // sees the new generation word and loads it whole; Observed and Beat land in its own slot only.
@@ -36,8 +25,9 @@ func TestFollower(t *testing.T) {
 	if err != nil || tb.Generation != 0 || len(tb.Sets) != 0 {
 		t.Fatalf("Load of an empty region = %+v, %v; want generation 0, no sets", tb, err)
 	}
-	sets := []shm.Set{{Name: "web", Backends: []shm.Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining}}}}
-	g, err := shm.NewWriter(r).Publish(sets)
+	sets := []Set{{Name: "web", FailureStatuses: health.FailGateway,
+		Backends: []Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining}, {ID: "b", Address: "127.0.0.1:2"}}}}
+	g, err := shm.NewWriter(r).Publish(Records(sets))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +35,11 @@ func TestFollower(t *testing.T) {
 		t.Fatalf("Generation %d after publishing %d", f.Generation(), g)
 	}
 	tb, err = f.Load()
-	if err != nil || tb.Generation != g || len(tb.Sets) != 1 || tb.Sets[0].Backends[0] != sets[0].Backends[0] {
-		t.Fatalf("Load = %+v, %v; want generation %d with %+v", tb, err, g, sets)
+	// The zero weight was written as 1, and Publish gave each backend a slot of its own.
+	want := []Set{{Name: "web", FailureStatuses: health.FailGateway, Backends: []Backend{
+		{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining}, {ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
+	if err != nil || tb.Generation != g || !reflect.DeepEqual(tb.Sets, want) {
+		t.Fatalf("Load = %+v, %v; want generation %d with %+v", tb, err, g, want)
 	}
 	now := time.Unix(1700000000, 0)
 	r.ClaimWorker(1, os.Getpid(), 0)
@@ -58,6 +51,32 @@ func TestFollower(t *testing.T) {
 	if w := r.Worker(0); w != (shm.WorkerState{}) {
 		t.Errorf("slot 0 = %+v; want it untouched", w)
 	}
+}
+
+// TestRecords: a Set's region record keeps what the workers need (the failure statuses, not the
+// rest of the health policy), writes a zero weight as the 1 it means, and leaves the health slot to
+// Publish.
+func TestRecords(t *testing.T) {
+	sets := []Set{
+		{Name: "web", Policy: balance.LeastRequest, FailureStatuses: health.Fail5xx,
+			Health:   health.Config{Probe: health.Probe{Kind: health.ProbeTCP}, Outlier: health.Outlier{FailureStatuses: health.Fail5xx}},
+			Backends: []Backend{{ID: "a", Address: "10.0.0.1:80", Weight: 0, State: Disabled, HealthSlot: 7}, {ID: "b", Address: "h:1", Weight: WeightMax}}},
+		{Name: "empty"},
+	}
+	want := []shm.Set{
+		{Name: "web", Policy: balance.LeastRequest, FailureStatuses: uint8(health.Fail5xx),
+			Backends: []shm.Backend{{ID: "a", Address: "10.0.0.1:80", Weight: 1, State: Disabled}, {ID: "b", Address: "h:1", Weight: WeightMax}}},
+		{Name: "empty", Backends: []shm.Backend{}},
+	}
+	if got := Records(sets); !reflect.DeepEqual(got, want) {
+		t.Errorf("Records:\n got %+v\nwant %+v", got, want)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("Records of a negative weight did not panic")
+		}
+	}()
+	Records([]Set{{Name: "x", Backends: []Backend{{ID: "a", Address: "h:1", Weight: -1}}}})
 }
 
 // TestFollowerKeepsOffAnotherWorkersSlot: a worker whose slot was given to another process (its

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -17,11 +18,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/rpc"
 )
 
@@ -32,8 +34,6 @@ const (
 	configBytesMax = 1 << 20
 	// configErrorsMax bounds the errors reported for one file; past it the rest are counted.
 	configErrorsMax = 20
-	// WeightMax is the largest backend weight.
-	WeightMax = 1_000_000
 	// LimitMax bounds every limit in bytes or counts, so that no limit overflows an int anywhere.
 	LimitMax = 1 << 30
 	// RetriesMax bounds retries; more than a few never helps.
@@ -68,7 +68,7 @@ type Config struct {
 	Listeners []Listener
 	// BackendSets are the sets that the listeners name. Names are unique; a set no listener names is
 	// allowed and idle.
-	BackendSets []proxy.BackendSet
+	BackendSets []table.Set
 	// Proxy holds the timeouts, limits, retries and X-Forwarded-* mode, each zero field meaning the
 	// default documented on proxy.Config. Retries follows proxy.Config too: the "retries: 0" of a file
 	// and the --retries 0 of a flag (no retry) are -1 here. AccessLog, Logger and Dial are always nil
@@ -475,7 +475,7 @@ type located struct {
 	ref     string
 	refNode *yaml.Node
 	// set is the decoded set; unused for listeners.
-	set proxy.BackendSet
+	set table.Set
 }
 
 func (d *decoder) listener(n *yaml.Node, path string) *located {
@@ -510,40 +510,34 @@ func (d *decoder) listener(n *yaml.Node, path string) *located {
 
 func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 	s := &located{path: path}
-	type backendAt struct {
-		path   string
-		idNode *yaml.Node
-	}
-	var backends []backendAt
-	nodes, errs := healthNodes{}, len(d.errs)
+	nodes, errs := setNodes{}, len(d.errs)
 	ok := d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		at := path + "." + key
+		nodes[at] = v
 		switch key {
 		case "name":
 			s.nameNode = v
-			if name, ok := d.str(v, path+".name"); ok {
-				if name == "" {
-					d.errorf(v, path+".name", "must not be empty")
-				}
+			if name, ok := d.str(v, at); ok {
 				s.name = name
 			}
 		case "policy":
-			if p, ok := d.str(v, path+".policy"); ok {
-				pol, err := ParsePolicy(p)
+			if p, ok := d.str(v, at); ok {
+				pol, err := backendset.ParsePolicy(p)
 				if err != nil {
-					d.errorf(v, path+".policy", "%v, got %q", err, p)
+					d.errorf(v, at, "%v, got %q", err, p)
 				}
 				s.set.Policy = pol
 			}
 		case "backends":
-			for i, bn := range d.sequence(v, path+".backends") {
-				bpath := index(path+".backends", i)
-				b, idNode, ok := d.backend(bn, bpath)
-				if ok {
+			for i, bn := range d.sequence(v, at) {
+				bpath := index(at, i)
+				nodes[bpath] = bn
+				if b, ok := d.backend(bn, bpath, nodes); ok {
 					s.set.Backends = append(s.set.Backends, b)
-					backends = append(backends, backendAt{bpath, idNode})
 				}
 			}
 		default:
+			delete(nodes, at)
 			return d.healthKey(key, v, path, &s.set.Health, nodes)
 		}
 		return true
@@ -551,72 +545,72 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 	if !ok {
 		return nil
 	}
-	if len(d.errs) == errs {
-		d.checkHealth(s.set.Health, path, n, nodes)
-	}
 	d.required(s.nameNode, n, path, "name")
 	s.set.Name = s.name
-	// Backend ids are unique within the set.
-	first := make(map[string]int, len(backends))
-	for i, b := range s.set.Backends {
-		if b.ID == "" {
-			continue // reported already
-		}
-		if j, dup := first[b.ID]; dup {
-			at := backends[i]
-			d.errorf(at.idNode, at.path+".id", "%q is also the id of %s (line %d)", b.ID, backends[j].path, backends[j].idNode.Line)
-			continue
-		}
-		first[b.ID] = i
+	if len(d.errs) == errs {
+		// The file's form is right: what the set says is checked by the control plane's rules.
+		s.set = d.checkSet(s.set, path, n, nodes)
 	}
 	return s
 }
 
-// backend decodes one backend; ok is false when n is not a mapping at all.
-func (d *decoder) backend(n *yaml.Node, path string) (b proxy.Backend, idNode *yaml.Node, ok bool) {
-	b.Weight = 1
-	var addrNode *yaml.Node
+// backend decodes one backend into its table.Backend, recording the node of each key; ok is false
+// when n is not a mapping at all.
+func (d *decoder) backend(n *yaml.Node, path string, nodes setNodes) (b table.Backend, ok bool) {
+	var idNode, addrNode *yaml.Node
 	ok = d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
+		at := path + "." + key
+		nodes[at] = v
 		switch key {
 		case "id":
 			idNode = v
-			if s, ok := d.str(v, path+".id"); ok {
-				if s == "" {
-					d.errorf(v, path+".id", "must not be empty")
-				}
+			if s, ok := d.str(v, at); ok {
 				b.ID = s
 			}
 		case "address":
 			addrNode = v
-			if s, ok := d.str(v, path+".address"); ok {
-				if err := CheckBackendAddress(s); err != nil {
-					d.errorf(v, path+".address", "%v, got %q", err, s)
+			if s, ok := d.str(v, at); ok {
+				if !isHostPort(s) {
+					d.errorf(v, at, "want host:port with a numeric port, got %q", s)
 				}
 				b.Address = s
 			}
 		case "weight":
-			if w, ok := d.integer(v, path+".weight", 1, WeightMax); ok {
+			if w, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 				b.Weight = w
 			}
 		case "state":
-			if s, ok := d.str(v, path+".state"); ok {
-				st, err := table.ParseState(s)
+			if s, ok := d.str(v, at); ok {
+				st, err := backendset.ParseState(s)
 				if err != nil {
-					d.errorf(v, path+".state", "want active, draining or disabled, got %q", s)
+					d.errorf(v, at, "%v, got %q", err, s)
 				}
 				b.State = st
 			}
 		default:
+			delete(nodes, at)
 			return false
 		}
 		return true
 	})
 	if !ok {
-		return b, nil, false
+		return b, false
 	}
 	d.required(idNode, n, path, "id")
 	d.required(addrNode, n, path, "address")
-	return b, idNode, true
+	return b, true
+}
+
+// isHostPort tells whether s has the form of a backend's address, host:port with a port of digits
+// (as the wire's 32 bits hold them); whether the host is one and the port in its range is the
+// control plane's rule to say (checkSet).
+func isHostPort(s string) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 32)
+	return err == nil
 }
 
 func (d *decoder) timeouts(n *yaml.Node, path string, c *Config) {
@@ -733,8 +727,8 @@ func (d *decoder) log(n *yaml.Node, path string, l *LogConfig) {
 }
 
 // crossCheckSets rejects duplicate set names and returns the sets.
-func (d *decoder) crossCheckSets(sets []*located) []proxy.BackendSet {
-	var out []proxy.BackendSet
+func (d *decoder) crossCheckSets(sets []*located) []table.Set {
+	var out []table.Set
 	first := make(map[string]*located, len(sets))
 	for _, s := range sets {
 		out = append(out, s.set)
@@ -991,27 +985,34 @@ func CheckListenAddress(s string) error {
 	return nil
 }
 
-// CheckBackendAddress accepts host:port with a host and a numeric port from 1 to 65535.
+// CheckBackendAddress accepts the form of a backend's address: host:port with a numeric port.
+// Whether the host is one and the port in its range is the control plane's rule (CheckBackend).
 func CheckBackendAddress(s string) error {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil || host == "" {
+	if !isHostPort(s) {
 		return errors.New("want host:port with a numeric port")
-	}
-	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return errors.New("want host:port with a numeric port from 1 to 65535")
 	}
 	return nil
 }
 
-func ParsePolicy(s string) (balance.Policy, error) {
-	if s == "" {
-		return 0, errors.New("want round_robin or least_request")
+// CheckBackend holds one backend, of an address CheckBackendAddress accepts, to the control plane's
+// rules on its address and weight (resource.Validate, as for a file's set), for the flags that
+// give backends one at a time. The error says which: address "h:0": port: want 1 to 65535, got 0.
+func CheckBackend(b table.Backend) error {
+	b.ID = "b"
+	err := resource.Validate("", backendset.ToProto(table.Set{Name: DefaultSet, Backends: []table.Backend{b}}))
+	var re *resource.Error
+	if !errors.As(err, &re) {
+		return err
 	}
-	p, err := balance.ParsePolicy(s)
-	if err != nil {
-		return 0, errors.New("want round_robin or least_request")
+	switch re.Field {
+	case ".backends[0].address":
+		return fmt.Errorf("address %q: host: %s", b.Address, re.Msg)
+	case ".backends[0].port":
+		return fmt.Errorf("address %q: port: %s", b.Address, re.Msg)
+	case ".backends[0].weight":
+		return fmt.Errorf("weight %d: %s", b.Weight, re.Msg)
 	}
-	return p, nil
+	return err
 }
 
 func ParseForwarded(s string) (proxy.Forwarded, error) {

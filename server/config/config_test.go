@@ -14,11 +14,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 )
 
 // sampleFile is the file of the issue that introduced the format; it must keep working.
@@ -35,10 +37,10 @@ func sampleFile(t testing.TB) string {
 func sampleWant() Config {
 	return Config{
 		Listeners: []Listener{{Address: "127.0.0.1:8080", BackendSet: "web"}},
-		BackendSets: []proxy.BackendSet{{
+		BackendSets: []table.Set{{
 			Name:   "web",
 			Policy: balance.RoundRobin,
-			Backends: []proxy.Backend{
+			Backends: []table.Backend{
 				{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
 				{ID: "b", Address: "127.0.0.1:9002", Weight: 3},
 			},
@@ -127,7 +129,7 @@ func TestParseConfigValues(t *testing.T) {
 			c.Proxy.ReplayBufferBytesMax = 1000
 		}},
 		{"an alias", strings.Replace(minimal, "    backends:\n", "    backends: &b\n", 1) + "  - {name: copy, backends: *b}\n", func(c *Config) {
-			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "copy", Backends: c.BackendSets[0].Backends})
+			c.BackendSets = append(c.BackendSets, table.Set{Name: "copy", Backends: c.BackendSets[0].Backends})
 		}},
 		{"numeric id is its text", strings.Replace(minimal, "id: a", "id: 7", 1), func(c *Config) { c.BackendSets[0].Backends[0].ID = "7" }},
 		{"port 0 twice is two listeners", `listeners:
@@ -136,10 +138,10 @@ func TestParseConfigValues(t *testing.T) {
 backend_sets: [{name: web, backends: []}]
 `, func(c *Config) {
 			c.Listeners = []Listener{{"127.0.0.1:0", "web"}, {"127.0.0.1:0", "web"}}
-			c.BackendSets = []proxy.BackendSet{{Name: "web"}}
+			c.BackendSets = []table.Set{{Name: "web"}}
 		}},
 		{"backend states", strings.Replace(minimal, "9001}", "9001, state: draining}\n      - {id: b, address: 127.0.0.1:9002, state: disabled}\n      - {id: c, address: 127.0.0.1:9003, state: active}", 1), func(c *Config) {
-			c.BackendSets[0].Backends = []proxy.Backend{
+			c.BackendSets[0].Backends = []table.Backend{
 				{ID: "a", Address: "127.0.0.1:9001", Weight: 1, State: table.Draining},
 				{ID: "b", Address: "127.0.0.1:9002", Weight: 1, State: table.Disabled},
 				{ID: "c", Address: "127.0.0.1:9003", Weight: 1, State: table.Active},
@@ -165,6 +167,7 @@ backend_sets: [{name: web, backends: []}]
     slow_start: {window: 20s, min_weight_percent: 25}
     panic_threshold: 40
 `, func(c *Config) {
+			c.BackendSets[0].FailureStatuses = health.FailGateway
 			c.BackendSets[0].Health = health.Config{
 				Probe: health.Probe{Kind: health.ProbeHTTP, Interval: 500 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 2, Rise: 4,
 					Path: "/healthz", Host: "example.com", Statuses: []health.StatusRange{{Lo: 204, Hi: 204}, {Lo: 200, Hi: 299}, {Lo: 418, Hi: 418}}},
@@ -180,16 +183,23 @@ backend_sets: [{name: web, backends: []}]
 		{"tcp probes", minimal + "    health_check: {interval: 1s, tcp: {}}\n    outlier_detection: {failure_statuses: 5xx}\n", func(c *Config) {
 			c.BackendSets[0].Health.Probe = health.Probe{Kind: health.ProbeTCP, Interval: time.Second}
 			c.BackendSets[0].Health.Outlier.FailureStatuses = health.Fail5xx
+			c.BackendSets[0].FailureStatuses = health.Fail5xx
 		}},
+		{"zeros mean the defaults, as on the wire", strings.Replace(minimal, "9001}", "9001, weight: 0}", 1) +
+			"    health_check: {fall: 0, rise: 0}\n    outlier_detection: {consecutive_failures: 0, max_ejection_percent: 0}\n    slow_start: {window: 1m, min_weight_percent: 0}\n",
+			func(c *Config) {
+				c.BackendSets[0].Health.Probe.Kind = health.ProbeHTTP
+				c.BackendSets[0].Health.SlowStart.Window = time.Minute
+			}},
 		{"a set with no listener", minimal + "  - name: spare\n", func(c *Config) {
-			c.BackendSets = append(c.BackendSets, proxy.BackendSet{Name: "spare"})
+			c.BackendSets = append(c.BackendSets, table.Set{Name: "spare"})
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			want := Config{
 				Listeners: []Listener{{Address: "127.0.0.1:8080", BackendSet: "web"}},
-				BackendSets: []proxy.BackendSet{{Name: "web", Backends: []proxy.Backend{
+				BackendSets: []table.Set{{Name: "web", Backends: []table.Backend{
 					{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
 				}}},
 			}
@@ -242,7 +252,7 @@ func TestParseConfigErrors(t *testing.T) {
 	}{
 		// The two examples of the issue, verbatim.
 		{"weight not an integer", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: x}") },
-			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "x"`}},
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 0, got "x"`}},
 		{"unknown listener key", func(t *testing.T) string {
 			return edit(t, "  - address: 127.0.0.1:8080\n    backend_set: web", "  - backend_set: web\n    adress: 127.0.0.1:8080")
 		}, []string{
@@ -292,7 +302,7 @@ func TestParseConfigErrors(t *testing.T) {
 
 		// Backend sets.
 		{"set name empty", func(t *testing.T) string { return edit(t, "name: web", `name: ""`) }, []string{
-			`xlb.yaml:5: backend_sets[0].name: must not be empty`,
+			`xlb.yaml:5: backend_sets[0].name: required`,
 			`xlb.yaml:3: listeners[0].backend_set: no backend set named "web"`,
 		}},
 		{"set without name", func(t *testing.T) string { return edit(t, "  - name: web\n    policy", "  - policy") },
@@ -307,8 +317,10 @@ func TestParseConfigErrors(t *testing.T) {
 			[]string{`xlb.yaml:10: backend_sets[0].health_check.timeout: 3s is longer than the interval (2s)`}},
 		{"probe interval too short", health10("    health_check:\n      interval: 1ms\n"),
 			[]string{`xlb.yaml:11: backend_sets[0].health_check.interval: want 0 (the default) or 10ms to 1h0m0s, got 1ms`}},
-		{"probe fall zero", health10("    health_check: {fall: 0}\n"),
-			[]string{`xlb.yaml:10: backend_sets[0].health_check.fall: want an integer >= 1, got "0"`}},
+		{"probe fall too large", health10("    health_check: {fall: 256}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].health_check.fall: want 0 (the default) to 255, got 256`}},
+		{"probe fall not a number", health10("    health_check: {fall: -1}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].health_check.fall: want an integer >= 0, got "-1"`}},
 		{"probe http and tcp", health10("    health_check:\n      http: {}\n      tcp: {}\n"),
 			[]string{`xlb.yaml:12: backend_sets[0].health_check: give http or tcp, not both (the other is on line 11)`}},
 		{"probe unknown key", health10("    health_check: {tcp: {port: 1}}\n"),
@@ -316,13 +328,15 @@ func TestParseConfigErrors(t *testing.T) {
 		{"probe path relative", health10("    health_check:\n      http:\n        path: healthz\n"),
 			[]string{`xlb.yaml:12: backend_sets[0].health_check.http.path: "healthz": want / and up to 1024 bytes of visible ASCII`}},
 		{"probe status out of range", health10("    health_check:\n      http:\n        expected_statuses:\n          - 200\n          - 300-700\n"),
-			[]string{`xlb.yaml:14: backend_sets[0].health_check.http.expected_statuses[1]: want a status such as 200 or a range such as "200-399", from 100 to 599, got "300-700"`}},
+			[]string{`xlb.yaml:14: backend_sets[0].health_check.http.expected_statuses[1]: want 100 <= start <= end <= 599, got 300 to 700`}},
+		{"probe status not a status", health10("    health_check:\n      http:\n        expected_statuses: [200, 2xx]\n"),
+			[]string{`xlb.yaml:12: backend_sets[0].health_check.http.expected_statuses[1]: want a status such as 200 or a range such as "200-399", got "2xx"`}},
 		{"failure statuses unknown", health10("    outlier_detection: {failure_statuses: 4xx}\n"),
 			[]string{`xlb.yaml:10: backend_sets[0].outlier_detection.failure_statuses: want none, gateway (502, 503, 504) or 5xx, got "4xx"`}},
 		{"max ejection time below base", health10("    outlier_detection:\n      base_ejection_time: 1m\n      max_ejection_time: 30s\n"),
 			[]string{`xlb.yaml:12: backend_sets[0].outlier_detection.max_ejection_time: 30s is shorter than base_ejection_time (1m0s)`}},
 		{"max ejection percent over 100", health10("    outlier_detection: {max_ejection_percent: 101}\n"),
-			[]string{`xlb.yaml:10: backend_sets[0].outlier_detection.max_ejection_percent: want an integer <= 100, got "101"`}},
+			[]string{`xlb.yaml:10: backend_sets[0].outlier_detection.max_ejection_percent: want 0 (the default) to 100, got 101`}},
 		{"slow start without window", health10("    slow_start: {min_weight_percent: 5}\n"),
 			[]string{`xlb.yaml:10: backend_sets[0].slow_start: missing key "window"`}},
 		{"slow start window too long", health10("    slow_start:\n      window: 2h\n"),
@@ -340,7 +354,11 @@ func TestParseConfigErrors(t *testing.T) {
 		{"backend ids not unique", func(t *testing.T) string { return edit(t, "id: b", "id: a") },
 			[]string{`xlb.yaml:9: backend_sets[0].backends[1].id: "a" is also the id of backend_sets[0].backends[0] (line 8)`}},
 		{"backend id empty", func(t *testing.T) string { return edit(t, "id: a", `id: ""`) },
-			[]string{`xlb.yaml:8: backend_sets[0].backends[0].id: must not be empty`}},
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].id: required`}},
+		{"backend id not an id", func(t *testing.T) string { return edit(t, "id: a", `id: "a b"`) },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].id: "a b": want letters, digits and . _ : -`}},
+		{"set name not a name", func(t *testing.T) string { return edit(t, "name: web", `name: "my web"`) },
+			[]string{`xlb.yaml:5: backend_sets[0].name: "my web": want letters, digits and . _ -`}},
 		{"backend without id", func(t *testing.T) string { return edit(t, "{id: a, ", "{") },
 			[]string{`xlb.yaml:8: backend_sets[0].backends[0]: missing key "id"`}},
 		{"backend without address", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001, ", "") },
@@ -348,17 +366,31 @@ func TestParseConfigErrors(t *testing.T) {
 		{"backend address without port", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: 127.0.0.1") },
 			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port, got "127.0.0.1"`}},
 		{"backend address without host", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", `address: ":9001"`) },
-			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port, got ":9001"`}},
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: host of ":9001": required`}},
+		{"backend host not a host", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: bad_host:9001") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: host of "bad_host:9001": "bad_host": want an IP address or a host name`}},
+		{"backend port not a number", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: 127.0.0.1:http") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port, got "127.0.0.1:http"`}},
+		{"backend port too large", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: 127.0.0.1:65536") },
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: port of "127.0.0.1:65536": want 1 to 65535, got 65536`}},
 		{"backend port 0", func(t *testing.T) string { return edit(t, "address: 127.0.0.1:9001", "address: 127.0.0.1:0") },
-			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: want host:port with a numeric port from 1 to 65535, got "127.0.0.1:0"`}},
-		{"weight 0", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 0}") },
-			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "0"`}},
+			[]string{`xlb.yaml:8: backend_sets[0].backends[0].address: port of "127.0.0.1:0": want 1 to 65535, got 0`}},
+		{"weight negative", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: -1}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 0, got "-1"`}},
 		{"weight too large", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 1000001}") },
-			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer <= 1000000, got "1000001"`}},
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want 0 (meaning 1) to 1000000, got 1000001`}},
+		{"weight past 32 bits", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 99999999999}") },
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer <= 4294967295, got "99999999999"`}},
 		{"weight a float", func(t *testing.T) string { return edit(t, "weight: 3}", "weight: 2.5}") },
-			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "2.5"`}},
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 0, got "2.5"`}},
 		{"weight a quoted string", func(t *testing.T) string { return edit(t, "weight: 3}", `weight: "3"}`) },
-			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 1, got "3"`}},
+			[]string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want an integer >= 0, got "3"`}},
+		{"the first error of a set, by the control plane's order", func(t *testing.T) string {
+			return edit(t, "weight: 3}", "weight: 3000000}\n      - {id: a, address: 127.0.0.1:9003}")
+		}, []string{`xlb.yaml:9: backend_sets[0].backends[1].weight: want 0 (meaning 1) to 1000000, got 3000000`}},
+		{"a second set is checked alone", func(t *testing.T) string {
+			return edit(t, "weight: 3}\n", "weight: 3}\n  - name: api\n    backends: [{id: x, address: \"h:0\"}]\n")
+		}, []string{`xlb.yaml:11: backend_sets[1].backends[0].address: port of "h:0": want 1 to 65535, got 0`}},
 		{"workers 0", func(t *testing.T) string { return sampleFile(t) + "workers: 0\n" },
 			[]string{`xlb.yaml:16: workers: want an integer >= 1, got "0"`}},
 		{"region key unknown", func(t *testing.T) string { return sampleFile(t) + "region: {slots: 3}\n" },
@@ -478,7 +510,7 @@ func TestParseConfigErrorType(t *testing.T) {
 	if !errors.As(err, &ce) {
 		t.Fatalf("error %v (%T) is not a *Error", err, err)
 	}
-	want := Error{File: "xlb.yaml", Line: 9, Path: "backend_sets[0].backends[1].weight", Msg: `want an integer >= 1, got "x"`}
+	want := Error{File: "xlb.yaml", Line: 9, Path: "backend_sets[0].backends[1].weight", Msg: `want an integer >= 0, got "x"`}
 	if *ce != want {
 		t.Errorf("Error = %+v, want %+v", *ce, want)
 	}
@@ -502,7 +534,7 @@ func TestParseConfigErrorsSortedAndBounded(t *testing.T) {
 	if want := "xlb.yaml: 11 more errors"; lines[configErrorsMax] != want {
 		t.Errorf("last line %q, want %q", lines[configErrorsMax], want)
 	}
-	if want := `xlb.yaml:8: backend_sets[1].name: must not be empty`; lines[0] != want {
+	if want := `xlb.yaml:8: backend_sets[1].name: required`; lines[0] != want {
 		t.Errorf("first line %q, want %q", lines[0], want)
 	}
 }
@@ -529,7 +561,7 @@ func TestLoadConfigErrors(t *testing.T) {
 }
 
 func TestConfigCheck(t *testing.T) {
-	ok := Config{Listeners: []Listener{{"127.0.0.1:0", "s"}}, BackendSets: []proxy.BackendSet{{Name: "s"}}}
+	ok := Config{Listeners: []Listener{{"127.0.0.1:0", "s"}}, BackendSets: []table.Set{{Name: "s"}}}
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -538,7 +570,7 @@ func TestConfigCheck(t *testing.T) {
 		{"ok", ok, ""},
 		{"no listeners", Config{BackendSets: ok.BackendSets}, "server: config: no listeners"},
 		{"no such set", Config{Listeners: []Listener{{"127.0.0.1:0", "t"}}, BackendSets: ok.BackendSets}, `server: config: listener 127.0.0.1:0: no backend set named "t"`},
-		{"duplicate set", Config{Listeners: ok.Listeners, BackendSets: []proxy.BackendSet{{Name: "s"}, {Name: "s"}}}, `server: config: backend set name "s" is empty or not unique`},
+		{"duplicate set", Config{Listeners: ok.Listeners, BackendSets: []table.Set{{Name: "s"}, {Name: "s"}}}, `server: config: backend set name "s" is empty or not unique`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -578,10 +610,12 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("Parse accepted a Config that check refuses: %v\n%s", err, s)
 		}
 		for _, set := range cfg.BackendSets {
-			for _, b := range set.Backends {
-				if b.ID == "" || b.Weight < 1 || b.Weight > WeightMax || CheckBackendAddress(b.Address) != nil {
-					t.Fatalf("Parse accepted backend %+v\n%s", b, s)
-				}
+			// The control plane's rules hold, and the set is in the form the data plane gets.
+			if err := resource.Validate("set", backendset.ToProto(set)); err != nil {
+				t.Fatalf("Parse accepted set %+v, which the control plane refuses: %v\n%s", set, err, s)
+			}
+			if again, err := backendset.FromProto(backendset.ToProto(set)); err != nil || !reflect.DeepEqual(again, set) {
+				t.Fatalf("Parse accepted set %+v, not as FromProto makes it (%+v, %v)\n%s", set, again, err, s)
 			}
 		}
 		for _, l := range cfg.Listeners {

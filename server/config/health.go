@@ -2,6 +2,9 @@ package config
 
 import (
 	"errors"
+	"fmt"
+	"math"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -9,12 +12,14 @@ import (
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/health"
-	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/server/backendset"
 )
 
 // The health keys of a backend set in the configuration file. They mirror the control plane's
-// BackendSet fields, and the same rules check them (controlplane/resource.ValidateHealth), so a
-// file and a grpcurl call reject the same values with the same words:
+// BackendSet fields, and the same rules check them (controlplane/resource.Validate, on the whole
+// set: checkSet), so a file and a grpcurl call reject the same values with the same words. The
+// decoder checks only the form: keys, types, and the spelling of statuses and names.
 //
 //	health_check:          # no key: no probes
 //	  interval: 2s
@@ -36,14 +41,17 @@ import (
 //	  window: 30s          # required in the section
 //	  min_weight_percent: 10
 //	panic_threshold: 0
+//
+// As on the wire, a count or percentage of 0 means its default.
 
-// healthNodes remembers the node of each health key decoded, so that an error found by
-// ValidateHealth, which names a field, points at that field's line.
-type healthNodes map[string]*yaml.Node
+// setNodes remembers the value node of each key of a backend set decoded, by its key path
+// (backend_sets[0].backends[1].weight), so that an error of the control plane's rules, which names
+// a field, points at that key's line.
+type setNodes map[string]*yaml.Node
 
 // healthKey decodes one health key of a backend set into c; it returns false for a key that is not
 // one.
-func (d *decoder) healthKey(key string, v *yaml.Node, path string, c *health.Config, nodes healthNodes) bool {
+func (d *decoder) healthKey(key string, v *yaml.Node, path string, c *health.Config, nodes setNodes) bool {
 	at := path + "." + key
 	nodes[at] = v
 	switch key {
@@ -54,7 +62,7 @@ func (d *decoder) healthKey(key string, v *yaml.Node, path string, c *health.Con
 	case "slow_start":
 		d.slowStart(v, at, &c.SlowStart, nodes)
 	case "panic_threshold":
-		if x, ok := d.integer(v, at, 0, resource.PercentMax); ok {
+		if x, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 			c.PanicThreshold = x
 		}
 	default:
@@ -64,7 +72,7 @@ func (d *decoder) healthKey(key string, v *yaml.Node, path string, c *health.Con
 	return true
 }
 
-func (d *decoder) healthCheck(n *yaml.Node, path string, p *health.Probe, nodes healthNodes) {
+func (d *decoder) healthCheck(n *yaml.Node, path string, p *health.Probe, nodes setNodes) {
 	p.Kind = health.ProbeHTTP // a section with nothing in it: HTTP probes with every default
 	if isNull(resolve(n)) {
 		return
@@ -90,11 +98,11 @@ func (d *decoder) healthCheck(n *yaml.Node, path string, p *health.Probe, nodes 
 				p.Timeout = dur
 			}
 		case "fall":
-			if x, ok := d.integer(v, at, 1, resource.HealthCountMax); ok {
+			if x, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 				p.Fall = x
 			}
 		case "rise":
-			if x, ok := d.integer(v, at, 1, resource.HealthCountMax); ok {
+			if x, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 				p.Rise = x
 			}
 		case "http":
@@ -113,7 +121,7 @@ func (d *decoder) healthCheck(n *yaml.Node, path string, p *health.Probe, nodes 
 	})
 }
 
-func (d *decoder) httpProbe(n *yaml.Node, path string, p *health.Probe, nodes healthNodes) {
+func (d *decoder) httpProbe(n *yaml.Node, path string, p *health.Probe, nodes setNodes) {
 	if isNull(resolve(n)) {
 		return
 	}
@@ -124,9 +132,6 @@ func (d *decoder) httpProbe(n *yaml.Node, path string, p *health.Probe, nodes he
 		case "path":
 			if s, ok := d.str(v, at); ok {
 				p.Path = s
-				if s == "" {
-					d.errorf(v, at, `want a path such as /healthz, got ""`)
-				}
 			}
 		case "host":
 			if s, ok := d.str(v, at); ok {
@@ -155,23 +160,24 @@ func (d *decoder) httpProbe(n *yaml.Node, path string, p *health.Probe, nodes he
 	})
 }
 
-var errStatusRange = errors.New(`want a status such as 200 or a range such as "200-399", from 100 to 599`)
+var errStatusRange = errors.New(`want a status such as 200 or a range such as "200-399"`)
 
-// parseStatusRange reads 200 or 200-399.
+// parseStatusRange reads the form of 200 or 200-399; whether they are statuses is the control
+// plane's rule to say (checkSet).
 func parseStatusRange(s string) (health.StatusRange, error) {
 	lo, hi, isRange := strings.Cut(s, "-")
 	if !isRange {
 		hi = lo
 	}
-	a, err1 := strconv.Atoi(strings.TrimSpace(lo))
-	b, err2 := strconv.Atoi(strings.TrimSpace(hi))
-	if err1 != nil || err2 != nil || a < 100 || b > 599 || b < a {
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 32)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 32)
+	if err1 != nil || err2 != nil {
 		return health.StatusRange{}, errStatusRange
 	}
-	return health.StatusRange{Lo: a, Hi: b}, nil
+	return health.StatusRange{Lo: int(a), Hi: int(b)}, nil
 }
 
-func (d *decoder) outlierDetection(n *yaml.Node, path string, o *health.Outlier, nodes healthNodes) {
+func (d *decoder) outlierDetection(n *yaml.Node, path string, o *health.Outlier, nodes setNodes) {
 	if isNull(resolve(n)) {
 		return
 	}
@@ -184,7 +190,7 @@ func (d *decoder) outlierDetection(n *yaml.Node, path string, o *health.Outlier,
 				o.Disabled = b
 			}
 		case "consecutive_failures":
-			if x, ok := d.integer(v, at, 1, resource.HealthCountMax); ok {
+			if x, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 				o.ConsecutiveFailures = x
 			}
 		case "base_ejection_time":
@@ -196,21 +202,16 @@ func (d *decoder) outlierDetection(n *yaml.Node, path string, o *health.Outlier,
 				o.MaxEjectionTime = dur
 			}
 		case "max_ejection_percent":
-			if x, ok := d.integer(v, at, 1, resource.PercentMax); ok {
+			if x, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 				o.MaxEjectionPercent = x
 			}
 		case "failure_statuses":
 			if s, ok := d.str(v, at); ok {
-				switch s {
-				case "none":
-					o.FailureStatuses = health.FailNoStatus
-				case "gateway":
-					o.FailureStatuses = health.FailGateway
-				case "5xx":
-					o.FailureStatuses = health.Fail5xx
-				default:
-					d.errorf(v, at, "want none, gateway (502, 503, 504) or 5xx, got %q", s)
+				f, err := backendset.ParseFailureStatuses(s)
+				if err != nil {
+					d.errorf(v, at, "%v, got %q", err, s)
 				}
+				o.FailureStatuses = f
 			}
 		default:
 			delete(nodes, at)
@@ -220,7 +221,7 @@ func (d *decoder) outlierDetection(n *yaml.Node, path string, o *health.Outlier,
 	})
 }
 
-func (d *decoder) slowStart(n *yaml.Node, path string, s *health.SlowStart, nodes healthNodes) {
+func (d *decoder) slowStart(n *yaml.Node, path string, s *health.SlowStart, nodes setNodes) {
 	var window *yaml.Node
 	if !isNull(resolve(n)) {
 		d.mapping(n, path, func(key string, k, v *yaml.Node) bool {
@@ -233,7 +234,7 @@ func (d *decoder) slowStart(n *yaml.Node, path string, s *health.SlowStart, node
 					s.Window = dur
 				}
 			case "min_weight_percent":
-				if x, ok := d.integer(v, at, 1, resource.PercentMax); ok {
+				if x, ok := d.integer(v, at, 0, math.MaxUint32); ok {
 					s.MinWeightPercent = x
 				}
 			default:
@@ -246,27 +247,58 @@ func (d *decoder) slowStart(n *yaml.Node, path string, s *health.SlowStart, node
 	d.required(window, n, path, "window")
 }
 
-// checkHealth applies the control plane's rules to a set's decoded health policy, for what one key
-// alone cannot show (a timeout longer than the interval, a window out of its range). It reports the
-// first error, at the line of the field it names, or of the closest key above it.
-func (d *decoder) checkHealth(c health.Config, path string, setNode *yaml.Node, nodes healthNodes) {
-	m := &discoveryv1.BackendSet{}
-	healthResource(c, m)
-	err := resource.ValidateHealth(path, m)
+// checkSet applies the control plane's rules (resource.Validate on backendset.ToProto) to a set
+// whose form is right, and returns it as the control plane would hand it to the data plane
+// (backendset.FromProto: a zero weight is 1, the failure statuses in both places). It reports the
+// first error, at the line of the key it names, or of the closest key above it.
+func (d *decoder) checkSet(set table.Set, path string, setNode *yaml.Node, nodes setNodes) table.Set {
+	m := backendset.ToProto(set)
+	err := resource.Validate(path, m)
 	if err == nil {
-		return
+		var out table.Set
+		if out, err = backendset.FromProto(m); err == nil {
+			return out
+		}
 	}
 	var re *resource.Error
 	if !errors.As(err, &re) {
 		d.errorf(setNode, path, "%v", err)
-		return
+		return set
 	}
+	field, msg := fileField(re, nodes)
 	n := setNode
-	for field := re.Field; field != path; field = field[:max(strings.LastIndexAny(field, ".["), len(path))] {
-		if at, ok := nodes[field]; ok {
+	for f := field; len(f) > len(path); f = f[:max(strings.LastIndexAny(f, ".["), len(path))] {
+		if at, ok := nodes[f]; ok {
 			n = at
 			break
 		}
 	}
-	d.errorf(n, re.Field, "%s", re.Msg)
+	d.errorf(n, field, "%s", msg)
+	return set
+}
+
+// backendField matches the field path of a backend's host or port, which the file writes as one
+// key, address.
+var backendField = regexp.MustCompile(`^(.*\.backends\[\d+\])\.(address|port)$`)
+
+// fileField is the key path and message of the file for an error of the control plane's rules on
+// a set (validated with the set's key path as the prefix): the wire's address and port are the
+// file's address (its message says which part, of what), and the backend a duplicate id is also
+// the id of is given its line.
+func fileField(re *resource.Error, nodes setNodes) (string, string) {
+	field, msg := re.Field, re.Msg
+	if m := backendField.FindStringSubmatch(field); m != nil {
+		field = m[1] + ".address"
+		part := m[2]
+		if part == "address" {
+			part = "host"
+		}
+		if n := nodes[field]; n != nil {
+			msg = fmt.Sprintf("%s of %q: %s", part, n.Value, msg)
+		}
+	}
+	if n := nodes[re.Other]; re.Other != "" && n != nil {
+		msg = fmt.Sprintf("%s (line %d)", msg, n.Line)
+	}
+	return field, msg
 }

@@ -29,7 +29,7 @@ const wait = 10 * time.Second
 // serveErr.
 type fakeProxy struct {
 	cfg  proxy.Config
-	sets []proxy.BackendSet
+	sets []table.Set
 	// serving receives the set of each Serve call, when it starts.
 	serving  chan string
 	serveErr error
@@ -44,7 +44,7 @@ func newFakeProxy() *fakeProxy {
 }
 
 // SetBackends is what the tests' start gives the proxy: the config's sets.
-func (f *fakeProxy) SetBackends(sets []proxy.BackendSet) error {
+func (f *fakeProxy) SetBackends(sets []table.Set) error {
 	f.sets = sets
 	return f.setErr
 }
@@ -125,8 +125,8 @@ func serve(ctx context.Context, e Env, log hclog.Logger, cfg config.Config, read
 func twoListeners(accessLog string) config.Config {
 	return config.Config{
 		Listeners: []config.Listener{{Address: "127.0.0.1:0", BackendSet: "web"}, {Address: "127.0.0.1:0", BackendSet: "api"}},
-		BackendSets: []proxy.BackendSet{
-			{Name: "web", Backends: []proxy.Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 1}}},
+		BackendSets: []table.Set{
+			{Name: "web", Backends: []table.Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 1}}},
 			{Name: "api"},
 		},
 		AccessLog: accessLog,
