@@ -1,9 +1,11 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"io"
 	"math"
 	"net"
@@ -20,6 +22,7 @@ import (
 	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/exit"
+	"github.com/xlbproxy/xlb/server/supervisor"
 	"github.com/xlbproxy/xlb/server/worker"
 )
 
@@ -139,7 +142,7 @@ type supervised struct {
 	usage func() string
 	// ready, when not nil, is called once, on the supervisor's goroutine, when the supervisor first
 	// serves (every worker runs the generation in force). It must not block.
-	ready func(served)
+	ready func(supervisor.Served)
 }
 
 // commandLine is a command line as a supervisor serves it: its Config, and, when it names a
@@ -149,6 +152,12 @@ type commandLine struct {
 	cfg    config.Config
 	file   string                        // "" when the flags gave everything
 	reload func() (config.Config, error) // nil without a file
+}
+
+// supervise runs the supervisor of cl until ctx ends; ready is Options.Ready.
+func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, ready func(supervisor.Served)) int {
+	return supervisor.Run(ctx, log, supervisor.Options{Config: cl.cfg, File: cl.file, Reload: cl.reload,
+		Exe: e.exe, Binary: e.binary, Stdout: e.stdout, Stderr: e.stderr, Version: Version(), Ready: ready})
 }
 
 func (e *env) superviseCommand(c supervised, args []string) int {
@@ -165,7 +174,7 @@ func (e *env) superviseCommand(c supervised, args []string) int {
 	log.Info("starting", "version", Version())
 	ctx, stop := e.stopContext()
 	defer stop()
-	return e.supervise(ctx, log, cl, c)
+	return e.supervise(ctx, log, cl, c.ready)
 }
 
 // flagDef is one flag of a command, in the order its help lists it.
@@ -327,9 +336,9 @@ func newRunFlags() *runFlags {
 		{name: "access-log", arg: "PATH", usage: `a file for one JSON line per request, appended to; "-" for standard output, "" for none (default none)`,
 			set:   func(s string) error { accessLog = s; return nil },
 			apply: func(c *config.Config) { c.AccessLog = accessLog }},
-		workers.def("workers", "N", "the worker processes that serve traffic (default: "+defaultWorkersDoc+")", 1,
+		workers.def("workers", "N", "the worker processes that serve traffic (default: "+supervisor.DefaultWorkersDoc+")", 1,
 			func(c *config.Config) { c.Workers = workers.n }),
-		{name: "state-dir", arg: "DIR", usage: "where the shared region file keeps the last backend sets across restarts (default: " + defaultStateDirDoc + ")",
+		{name: "state-dir", arg: "DIR", usage: "where the shared region file keeps the last backend sets across restarts (default: " + supervisor.DefaultStateDirDoc + ")",
 			set: func(s string) error {
 				if s == "" {
 					return errors.New("want a directory path")

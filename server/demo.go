@@ -25,6 +25,7 @@ import (
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/exit"
+	"github.com/xlbproxy/xlb/server/supervisor"
 )
 
 // demoWeights are the weights of the demo's backends, b1 to b3.
@@ -41,7 +42,7 @@ const (
 	// demoPrometheus is where the demo serves its metrics: a loopback port the kernel chooses.
 	demoPrometheus = "127.0.0.1:0"
 	// demoServingTimeout bounds the wait, once the supervisor is ready, for its workers to serve
-	// the demo's backends: a --state-dir of an earlier run holds a region with other backends, served
+	// the demo's backends: a --state-dir of an earlier run holds a region with other backends, supervisor.Served
 	// first until the embedded control plane's set replaces it.
 	demoServingTimeout = 30 * time.Second
 	// demoPoll is the period of that wait.
@@ -163,13 +164,13 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 	}
 	// The supervisor says once where it serves; the banner waits for the workers on a goroutine of
 	// its own, as the supervisor's must not block.
-	ready := make(chan served, 1)
+	ready := make(chan supervisor.Served, 1)
 	cmd := supervised{
 		name:  "demo",
 		parse: func([]string) (commandLine, error) { return commandLine{cfg: cfg}, nil }, // no file to reload
 		flags: newRunFlags,
 		usage: demoUsage,
-		ready: func(sv served) { ready <- sv },
+		ready: func(sv supervisor.Served) { ready <- sv },
 	}
 	bctx, stopBanner := context.WithCancel(ctx)
 	bannerDone := make(chan struct{})
@@ -177,7 +178,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 		defer close(bannerDone)
 		select {
 		case sv := <-ready:
-			if err := waitDemoServing(bctx, sv.stateDir, set, f.workers); err != nil {
+			if err := waitDemoServing(bctx, sv.StateDir, set, f.workers); err != nil {
 				if bctx.Err() != nil {
 					return
 				}
@@ -187,7 +188,7 @@ func (e *env) demo(ctx context.Context, log hclog.Logger, f *demoFlags) int {
 		case <-bctx.Done():
 		}
 	}()
-	code := e.supervise(ctx, log, commandLine{cfg: cfg}, cmd)
+	code := e.supervise(ctx, log, commandLine{cfg: cfg}, cmd.ready)
 	stopBanner()
 	<-bannerDone
 	return code
@@ -236,7 +237,7 @@ func startDemoBackends(log hclog.Logger) (table.Set, func(), error) {
 // waitDemoServing asks the data plane's Status on dir's admin socket, every demoPoll for up to
 // demoServingTimeout, until it serves set (demoServes).
 func waitDemoServing(ctx context.Context, dir string, set table.Set, workers int) error {
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, adminSocket), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, supervisor.AdminSocket), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
@@ -291,8 +292,8 @@ func demoServes(st *dataplanev1.StatusResponse, set table.Set, workers int) bool
 
 // demoBanner is what the demo prints once it serves: what it runs, and commands to try, with the
 // addresses and paths of sv. temp says the state directory is removed on exit.
-func demoBanner(sv served, set table.Set, workers int, temp bool) string {
-	url := shellQuote("http://" + sv.listeners[0] + "/")
+func demoBanner(sv supervisor.Served, set table.Set, workers int, temp bool) string {
+	url := shellQuote("http://" + sv.Listeners[0] + "/")
 	var backends []string
 	for _, b := range set.Backends {
 		backends = append(backends, fmt.Sprintf("%s on %s (weight %d)", b.ID, b.Address, b.Weight))
@@ -330,8 +331,8 @@ func demoBanner(sv served, set table.Set, workers int, temp bool) string {
 		panic(fmt.Sprintf("server: demo: marshal a put: %v", err)) // plain strings and ints
 	}
 	metrics := "no metrics listener"
-	if sv.prometheus != "" {
-		metrics = "curl -s " + shellQuote("http://"+sv.prometheus+"/metrics") + " | grep ^xlb_backend_requests_total"
+	if sv.Prometheus != "" {
+		metrics = "curl -s " + shellQuote("http://"+sv.Prometheus+"/metrics") + " | grep ^xlb_backend_requests_total"
 	}
 	return fmt.Sprintf(`
 xlb demo: a supervisor and %d worker processes serve %s, over %s.
@@ -361,10 +362,10 @@ The per-backend metrics, as Prometheus scrapes them:
 xlb needs no grpcurl; bash tools/install.sh puts one in .tools/bin. The access log (a JSON line per
 request) follows here. Ctrl-C stops the demo: the workers finish what they have, and it exits.
 
-`, workers, url, strings.Join(backends, ", "), sv.stateDir, removed,
+`, workers, url, strings.Join(backends, ", "), sv.StateDir, removed,
 		url, url,
-		shellQuote(string(body)), shellQuote(filepath.Join(sv.stateDir, controlSocket)),
-		shellQuote(filepath.Join(sv.stateDir, adminSocket)),
+		shellQuote(string(body)), shellQuote(filepath.Join(sv.StateDir, supervisor.ControlSocket)),
+		shellQuote(filepath.Join(sv.StateDir, supervisor.AdminSocket)),
 		metrics)
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/table"
 	dataplanev1 "github.com/xlbproxy/xlb/gen/xlb/dataplane/v1"
 	"github.com/xlbproxy/xlb/server/exit"
+	"github.com/xlbproxy/xlb/server/supervisor"
 )
 
 // TestDemoBackends: the demo's backends have the demo's weights and answer with what they saw.
@@ -96,7 +97,7 @@ func TestDemoServes(t *testing.T) {
 // TestDemoBanner: the banner's commands name the listener, the state directory's sockets and the
 // Prometheus listener, quoted for the shell; the put disables b1 and keeps b2 and b3.
 func TestDemoBanner(t *testing.T) {
-	sv := served{listeners: []string{"127.0.0.1:8080"}, stateDir: "/tmp/it's here", prometheus: "127.0.0.1:9100"}
+	sv := supervisor.Served{Listeners: []string{"127.0.0.1:8080"}, StateDir: "/tmp/it's here", Prometheus: "127.0.0.1:9100"}
 	out := demoBanner(sv, testDemoSet, 2, true)
 	for _, want := range []string{
 		"a supervisor and 2 worker processes serve http://127.0.0.1:8080/",

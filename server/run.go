@@ -3,15 +3,10 @@ package server
 import (
 	"context"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/xlbproxy/xlb/server/config"
 )
 
 // env is what the commands need from the process around them. Main fills it with the real thing;
@@ -55,34 +50,4 @@ func signalContext() (context.Context, context.CancelFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	context.AfterFunc(ctx, stop)
 	return ctx, stop
-}
-
-// listen binds every listener, or none; with reusePort, each socket with SO_REUSEPORT.
-func listen(ls []config.Listener, reusePort bool) ([]net.Listener, error) {
-	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
-	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
-	lc := net.ListenConfig{KeepAlive: -1}
-	if reusePort {
-		lc.Control = func(network, address string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}
-	}
-	lns := make([]net.Listener, 0, len(ls))
-	for _, l := range ls {
-		ln, err := lc.Listen(context.Background(), "tcp", l.Address)
-		if err != nil {
-			for _, ln := range lns {
-				ln.Close()
-			}
-			return nil, err
-		}
-		lns = append(lns, ln)
-	}
-	return lns, nil
 }

@@ -1,7 +1,61 @@
-// Package supervisor is the decisions of `xlb run`'s supervisor about its workers, as a pure core:
-// events in, actions out.
+// Package supervisor is the supervisor process of `xlb run` and `xlb dataplane`: Run.
 //
-// The owner loop (package server) owns the processes, the region and the clock. It tells a Core
+// The supervisor (supervisor.go) locks its state directory (a second xlb on the same directory
+// is refused with the first one's pid), removes the unix sockets there that a process
+// killed by SIGKILL left (NAME.sock.PID of a PID no process has, or on which a connect is refused:
+// the PID was reused), logging each, loads the region file there into sealed memory and maps that
+// (dataplane/shm; the file stays a copy, saved as the region changes, and a damaged one is moved
+// aside and rebuilt: region.go), binds the listeners, and starts its workers: the same binary, as
+// /proc/self/exe, re-executed as `xlb worker` (server/worker) with the region, a control pipe and
+// the listening sockets as inherited descriptors. By default every worker accepts on the same sockets: one accept queue per listener,
+// so a dying worker strands no queued connection. With reuse_port each worker has its own socket
+// of a SO_REUSEPORT group; the supervisor holds them all, so a dead worker's queue waits for its
+// replacement. Workers accept through rawio.Listener (no keep-alive setsockopts per connection).
+//
+// The supervisor is the region's only writer. A fresh region gets the configured sets before any
+// worker starts; a region that holds a generation is served first and the file's sets are
+// published after (static stability: a restart never waits on, or is broken by, the file). The file
+// is watched with inotify on its directory (watch.go), and read again on SIGHUP; each change of its
+// backend sets is one new generation. The watch follows the directory's inode: when that directory
+// is moved away or removed (`mv conf conf.old; mkdir conf`, or the kubelet removing the directory
+// that ..data pointed to when --config names a file through ..data), the supervisor logs it at WARN
+// ("config directory moved away"), polls the path (50ms doubling to 1s) until a directory is there,
+// then watches that one, logs it at INFO ("config directory is back") and reloads. A directory above
+// the watched one being moved or replaced is something inotify does not tell: SIGHUP watches the
+// directory at the path again ("config directory was replaced by another") besides reloading. The
+// supervisor wakes idle workers through their control pipes, and logs "generation applied" with its
+// latency once every live worker's slot shows the generation. A worker that exits unasked is
+// restarted after a delay that doubles with each crash that follows a short run (50ms to 10s); one
+// whose heartbeat (written every second) is older than the worker stall timeout is killed first. On
+// SIGTERM or SIGINT the supervisor closes its listening sockets, sends SIGTERM to every worker and
+// waits for them to drain, killing them past the shutdown timeout and a grace of 5s. Those
+// decisions are the Core's (below); Run's loop feeds it events (exits, ticks, publications, a
+// rebuilt region, the stop) and carries out its actions on the processes. A worker whose control
+// pipe ends (its supervisor died, even by SIGKILL) drains and exits by itself. Workers ignore
+// SIGHUP, which a terminal's hang-up sends to the whole process group.
+//
+// Each worker runs with GOMAXPROCS = CPUs / workers unless the environment sets GOMAXPROCS; the
+// default worker count, one per two CPUs, and why, is on defaultWorkers.
+//
+// # Backend sets from a control plane
+//
+// The supervisor's backend sets always come from a control plane (dpsync.go). `xlb dataplane`
+// dials one (--control-plane); `xlb run` starts one inside itself (embedded.go): an in-memory store
+// that the configuration file fills, served on STATE_DIR/control.sock, so that grpcurl works on a
+// single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
+// which decides (planApply, a pure function) what serves next: every set is validated and
+// translated alone (server/backendset.FromProto: the rules of controlplane/resource, plus what this
+// data plane cannot do, TLS to backends), and when the valid ones do not fit the region together
+// they go in one at a time, by name; it publishes one generation, and answers once every live
+// worker serves it: an ACK, or a NACK naming each rejected set, whose previous version keeps
+// serving. The applied sets and their versions are saved beside the region (STATE_DIR/applied,
+// not synced: a stale one is ignored), so a restarted data plane tells the control plane what it
+// has.
+//
+// # The core
+//
+// The supervisor's decisions about its workers are a pure core, Core: events in, actions out.
+// The owner loop (Run's) owns the processes, the region and the clock. It tells a Core
 // what happened: a worker Started or its start failed (StartFailed), a worker Exited, a generation
 // was Published (and who waits for it: Await), the region was Rebuilt, a Stop was asked, and time
 // passed (Tick, with a View of the region's worker slots). The Core answers with Actions: Start a

@@ -1,10 +1,11 @@
-package server
+package supervisor
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -30,14 +31,13 @@ import (
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/exit"
 	"github.com/xlbproxy/xlb/server/rpc"
-	core "github.com/xlbproxy/xlb/server/supervisor"
 	"github.com/xlbproxy/xlb/server/sysd"
 	"github.com/xlbproxy/xlb/server/telemetry"
 	"github.com/xlbproxy/xlb/server/worker"
 )
 
-// defaultWorkersDoc is how help describes the default of --workers.
-const defaultWorkersDoc = "one per two CPUs, at least one"
+// DefaultWorkersDoc is how help describes the default of --workers.
+const DefaultWorkersDoc = "one per two CPUs, at least one"
 
 // defaultWorkers is the worker count when none is given: one per two CPUs the process may run on,
 // each with GOMAXPROCS 2 (workerProcs). Chosen by bench/run.sh on a 2-CPU machine, ratios to nginx
@@ -67,9 +67,8 @@ const (
 // sockets, starts the workers and restarts them when they crash, and turns each change of the
 // configuration file's backend sets into a new generation of the region.
 type supervisor struct {
-	e   *env
+	o   Options
 	log hclog.Logger
-	cmd supervised
 	// reloadCfg reads the configuration file at path again, with the command line's flags laid
 	// over it; nil when flags gave everything.
 	reloadCfg func() (config.Config, error)
@@ -82,7 +81,7 @@ type supervisor struct {
 	sockets [][]*os.File // the listening sockets: [group][listener], one group per worker or one for all
 	sets    []string     // the backend set of each listener
 
-	core       *core.Core          // the decisions about the workers
+	core       *Core          // the decisions about the workers
 	workers    int                 // how many
 	procs      map[int]*workerProc // by pid: the workers started and not yet released
 	exits      chan workerExit
@@ -114,13 +113,41 @@ type supervisor struct {
 	statusReqs  chan statusReq
 }
 
-// served is where a supervisor that became ready serves, for a command that tells its user (xlb
-// demo).
-type served struct {
-	listeners  []string // the bound address of each listener, in the order of config.Config.Listeners
-	stateDir   string   // absolute: where admin.sock and control.sock are
-	prometheus string   // the Prometheus listener's bound address; "" without one
+// Options is what Run needs besides the context and the logger.
+type Options struct {
+	// Config is the configuration at start. Its listeners and settings stay fixed; a reload
+	// changes only the backend sets.
+	Config config.Config
+	// File is the configuration file; "" when the flags gave everything. Reload reads it again
+	// with the command line's flags laid over it as at start; nil without a file.
+	File   string
+	Reload func() (config.Config, error)
+	// Exe is the binary started as the workers: /proc/self/exe, this very binary even when the
+	// file it came from was replaced since. Binary is the path this process was started from,
+	// which an upgrade starts again: the new binary is whatever is there then.
+	Exe, Binary string
+	// Stdout and Stderr are the workers' and an upgrade's new binary's.
+	Stdout, Stderr io.Writer
+	// Version is this build's: told to the control plane, in Status, and on an upgrade's pipe.
+	Version string
+	// Ready, when not nil, is called once, on the supervisor's goroutine, when the supervisor first
+	// serves (every worker runs the generation in force). It must not block.
+	Ready func(Served)
 }
+
+// Served is where a supervisor that became ready serves, for a command that tells its user (xlb
+// demo).
+type Served struct {
+	Listeners  []string // the bound address of each listener, in the order of config.Config.Listeners
+	StateDir   string   // absolute: where admin.sock and control.sock are
+	Prometheus string   // the Prometheus listener's bound address; "" without one
+}
+
+// The state directory's unix sockets a user may dial.
+const (
+	AdminSocket   = adminSocket
+	ControlSocket = controlSocket
+)
 
 // workerProc is a worker's process, from its start to its release.
 type workerProc struct {
@@ -134,9 +161,10 @@ type workerExit struct {
 	ran       time.Duration
 }
 
-// supervise runs `xlb run` until ctx ends; it returns the exit status.
-func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, cmd supervised) int {
-	cfg := cl.cfg
+// Run is the supervisor of `xlb run` and `xlb dataplane` until ctx ends; it returns the exit
+// status.
+func Run(ctx context.Context, log hclog.Logger, o Options) int {
+	cfg := o.Config
 	if err := cfg.Check(); err != nil {
 		log.Error("invalid configuration", "error", err)
 		return exit.Failure
@@ -229,10 +257,10 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	}
 
 	s = &supervisor{
-		e: e, log: log, cmd: cmd, path: cl.file, reloadCfg: cl.reload, cfg: cfg,
+		o: o, log: log, path: o.File, reloadCfg: o.Reload, cfg: cfg,
 		region: region,
 		writer: shm.NewWriter(region),
-		core: core.New(core.Config{Regions: regionOf, StallTimeout: cfg.WorkerStallTimeoutOrDefault(),
+		core: New(Config{Regions: regionOf, StallTimeout: cfg.WorkerStallTimeoutOrDefault(),
 			ShutdownTimeout: cfg.ShutdownTimeoutOrDefault(), Logger: log}),
 		workers:     workers,
 		procs:       make(map[int]*workerProc, workers),
@@ -322,7 +350,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	defer stopMetrics()
 	if cfg.OTLPEndpoint != "" || cfg.PrometheusListen != "" {
 		exp := telemetry.Export{OTLPEndpoint: cfg.OTLPEndpoint, OTLPInsecure: cfg.OTLPInsecure, Interval: cfg.MetricsIntervalOrDefault(),
-			PrometheusListen: cfg.PrometheusListen, Instance: cfg.NodeIDOrDefault(), Version: Version()}
+			PrometheusListen: cfg.PrometheusListen, Instance: cfg.NodeIDOrDefault(), Version: s.o.Version}
 		stopOTel, promAddr, err := exp.Start(context.Background(),
 			telemetry.Sources{Backends: s.load.Snapshot, Health: s.monitor.Status, Conns: s.load.ConnStats}, log.Named("otel"))
 		if err != nil {
@@ -367,7 +395,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 	go func() {
 		defer close(xdone)
 		xds.Run(xctx, conn, xds.Config{
-			Node:      &discoveryv1.Node{Id: cfg.NodeIDOrDefault(), Build: Version()},
+			Node:      &discoveryv1.Node{Id: cfg.NodeIDOrDefault(), Build: s.o.Version},
 			Subscribe: listenedSets(cfg.Listeners),
 			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
 				return applied, gen, nil
@@ -402,7 +430,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 		}
 	}
 	for _, a := range s.core.Starts() {
-		st := a.(core.Start)
+		st := a.(Start)
 		if err := s.start(st.Slot, st.Region); err != nil {
 			s.shutdown()
 			return startFailed("cannot start a worker", err)
@@ -505,7 +533,7 @@ func (e *env) supervise(ctx context.Context, log hclog.Logger, cl commandLine, c
 // tick tells the core that time passed, with the region's worker slots as they are now.
 func (s *supervisor) tick(now time.Time) {
 	caps := s.region.Capacities()
-	v := core.View{Generation: s.region.Generation(), Slots: make([]shm.WorkerState, caps.Workers),
+	v := View{Generation: s.region.Generation(), Slots: make([]shm.WorkerState, caps.Workers),
 		Gone: func(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }}
 	v.MinObserved, _ = s.region.MinObserved()
 	for i := range v.Slots {
@@ -515,21 +543,21 @@ func (s *supervisor) tick(now time.Time) {
 }
 
 // do carries out the core's actions. It returns the exit status once the core is Done, else -1.
-func (s *supervisor) do(actions []core.Action) int {
+func (s *supervisor) do(actions []Action) int {
 	code := -1
 	for _, a := range actions {
 		switch a := a.(type) {
-		case core.Start:
+		case Start:
 			if err := s.start(a.Slot, a.Region); err != nil {
 				if c := s.do(s.core.StartFailed(a.Slot, err, time.Now())); c >= 0 {
 					code = c
 				}
 			}
-		case core.Signal:
+		case Signal:
 			if wp := s.procs[a.PID]; wp != nil {
 				wp.cmd.Process.Signal(a.Sig) // through its pidfd: never another process of a reused pid
 			}
-		case core.Release:
+		case Release:
 			if wp := s.procs[a.PID]; wp != nil {
 				wp.control.Close()
 				delete(s.procs, a.PID)
@@ -537,19 +565,49 @@ func (s *supervisor) do(actions []core.Action) int {
 			if a.Free {
 				s.region.ReleaseWorker(a.Region)
 			}
-		case core.FreeSlot:
+		case FreeSlot:
 			s.region.ReleaseWorker(a.Region)
-		case core.Applied:
+		case Applied:
 			for _, reply := range a.Replies {
 				reply()
 			}
-		case core.Ready:
+		case Ready:
 			s.becomeReady()
-		case core.Done:
+		case Done:
 			code = a.Code
 		}
 	}
 	return code
+}
+
+// listen binds every listener, or none; with reusePort, each socket with SO_REUSEPORT.
+func listen(ls []config.Listener, reusePort bool) ([]net.Listener, error) {
+	// No TCP keep-alive probes on client connections: the idle timeout closes idle ones, and the
+	// four setsockopt calls per accepted connection are a cost that a connection per request pays.
+	lc := net.ListenConfig{KeepAlive: -1}
+	if reusePort {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	lns := make([]net.Listener, 0, len(ls))
+	for _, l := range ls {
+		ln, err := lc.Listen(context.Background(), "tcp", l.Address)
+		if err != nil {
+			for _, ln := range lns {
+				ln.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }
 
 // listen binds the listeners and keeps a duplicate of each socket to hand to the workers: with
@@ -642,13 +700,13 @@ func (s *supervisor) start(slot, region int) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(s.e.exe, worker.Command)
+	cmd := exec.Command(s.o.Exe, worker.Command)
 	cmd.Args[0] = os.Args[0] // ps shows "xlb worker", not the path it was started by
 	cmd.Env = append(os.Environ(), worker.SpecEnv+"="+string(spec))
 	if os.Getenv("GOMAXPROCS") == "" {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", workerProcs(s.workers)))
 	}
-	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
+	cmd.Stdout, cmd.Stderr = s.o.Stdout, s.o.Stderr
 	cmd.ExtraFiles = append([]*os.File{s.region.File(), r, s.healthW}, s.socketsOf(slot)...)
 	err = cmd.Start()
 	r.Close()
@@ -748,12 +806,12 @@ func restartKeys(a, b config.Config) []string {
 // file names this process, and systemd hears of it.
 func (s *supervisor) becomeReady() {
 	s.publishSockets()
-	if s.cmd.ready != nil {
-		s.cmd.ready(served{listeners: slices.Clone(s.listenAddrs), stateDir: s.stateDir, prometheus: s.promAddr})
-		s.cmd.ready = nil
+	if s.o.Ready != nil {
+		s.o.Ready(Served{Listeners: slices.Clone(s.listenAddrs), StateDir: s.stateDir, Prometheus: s.promAddr})
+		s.o.Ready = nil
 	}
 	if s.inherit != nil {
-		s.inherit.signalReady()
+		s.inherit.signalReady(s.o.Version)
 		s.inherit = nil
 	}
 	if s.cfg.PidFile != "" {
@@ -846,7 +904,7 @@ func (s *supervisor) shutdown() int {
 		case x := <-s.exits:
 			code = s.do(s.core.Exited(x.slot, x.pid, x.err, x.ran, time.Now()))
 		case now := <-due.C:
-			code = s.do(s.core.Tick(now, core.View{}))
+			code = s.do(s.core.Tick(now, View{}))
 		}
 	}
 	return code

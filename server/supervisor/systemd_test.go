@@ -1,4 +1,4 @@
-package server
+package supervisor
 
 import (
 	"bufio"
@@ -14,7 +14,7 @@ import (
 )
 
 // unitPath is the systemd unit that deploy/ ships.
-const unitPath = "../deploy/xlb.service"
+const unitPath = "../../deploy/xlb.service"
 
 // unitKV is one assignment of a unit file, with its line.
 type unitKV struct {

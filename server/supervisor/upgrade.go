@@ -1,4 +1,4 @@
-package server
+package supervisor
 
 import (
 	"bufio"
@@ -25,7 +25,6 @@ import (
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/localadmin"
 	"github.com/xlbproxy/xlb/server/rpc"
-	core "github.com/xlbproxy/xlb/server/supervisor"
 	"github.com/xlbproxy/xlb/server/telemetry"
 	"github.com/xlbproxy/xlb/server/upgrade"
 )
@@ -115,21 +114,21 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	}
 	fds.Listeners = s.listenAddrs
 	spec, _ := json.Marshal(fds)
-	cmd := exec.Command(s.e.binary, os.Args[1:]...)
+	cmd := exec.Command(s.o.Binary, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = append(environWithout(upgradeEnv, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"), upgradeEnv+"="+string(spec))
-	cmd.Stdout, cmd.Stderr = s.e.stdout, s.e.stderr
+	cmd.Stdout, cmd.Stderr = s.o.Stdout, s.o.Stderr
 	cmd.ExtraFiles = files
 	// The leader of a group of its own, so that what it starts can be ended with it (upgrade.Env.Await).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		r.Close()
-		fail(upgrade.Failed, "cannot start %s: %v", s.e.binary, err)
+		fail(upgrade.Failed, "cannot start %s: %v", s.o.Binary, err)
 		return
 	}
 	s.upgrade = &upgradeState{cmd: cmd, replies: []chan upgradeResult{req.done}}
 	resume = false
-	s.log.Info("upgrade started", "binary", s.e.binary, "pid", cmd.Process.Pid)
+	s.log.Info("upgrade started", "binary", s.o.Binary, "pid", cmd.Process.Pid)
 
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -141,7 +140,7 @@ func (s *supervisor) beginUpgrade(req upgradeReq) {
 	}()
 	go func() {
 		out := upgrade.OS.Await(upgrade.Child{Pid: cmd.Process.Pid, Line: lines, Exited: exited},
-			s.cfg.UpgradeTimeoutOrDefault(), s.cfg.ShutdownTimeoutOrDefault()+core.KillGrace, s.log)
+			s.cfg.UpgradeTimeoutOrDefault(), s.cfg.ShutdownTimeoutOrDefault()+KillGrace, s.log)
 		s.upgradeDone <- upgradeResult{pid: out.Pid, version: out.Version, err: out.Err}
 	}()
 }
@@ -235,10 +234,10 @@ func (in *inherited) fail(err error) {
 	}
 }
 
-// signalReady tells the old supervisor that this one serves.
-func (in *inherited) signalReady() {
+// signalReady tells the old supervisor that this one, of version, serves.
+func (in *inherited) signalReady(version string) {
 	if in.ready != nil {
-		fmt.Fprintf(in.ready, "ready %s\n", Version())
+		fmt.Fprintf(in.ready, "ready %s\n", version)
 		in.ready.Close()
 		in.ready = nil
 	}
@@ -337,7 +336,7 @@ type statusReq struct {
 
 // status answers a Status request, from the loop.
 func (s *supervisor) status() *dataplanev1.StatusResponse {
-	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: Version(), Generation: s.region.Generation(), Upgrading: s.upgrade != nil,
+	res := &dataplanev1.StatusResponse{Pid: int32(os.Getpid()), Version: s.o.Version, Generation: s.region.Generation(), Upgrading: s.upgrade != nil,
 		Backends: s.load.Snapshot()}
 	healthOf := map[[2]string]*loadv1.BackendHealth{}
 	for _, h := range backendHealth(s.monitor.Status(context.Background())) {

@@ -1,4 +1,4 @@
-package server
+package supervisor
 
 import (
 	"errors"
@@ -25,7 +25,8 @@ const (
 	lockFile   = "lock"
 )
 
-const defaultStateDirDoc = "$STATE_DIRECTORY, else /var/lib/xlb for root, else $XDG_STATE_HOME/xlb or ~/.local/state/xlb"
+// DefaultStateDirDoc is how help describes the default of --state-dir.
+const DefaultStateDirDoc = "$STATE_DIRECTORY, else /var/lib/xlb for root, else $XDG_STATE_HOME/xlb or ~/.local/state/xlb"
 
 // defaultStateDir is the state directory when none is given: systemd's StateDirectory= (which it
 // passes as $STATE_DIRECTORY), else the system's place for root, else the user's.
