@@ -81,7 +81,7 @@ type supervisor struct {
 	sockets [][]*os.File // the listening sockets: [group][listener], one group per worker or one for all
 	sets    []string     // the backend set of each listener
 
-	core       *Core          // the decisions about the workers
+	core       *Core               // the decisions about the workers
 	workers    int                 // how many
 	procs      map[int]*workerProc // by pid: the workers started and not yet released
 	exits      chan workerExit
