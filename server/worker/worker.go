@@ -50,6 +50,10 @@ type Spec struct {
 	ShutdownTimeout time.Duration
 	Log             config.LogConfig
 	MetricsSocket   string // where the worker reports its per-backend metrics
+	// TLS is the TLS of each inherited listener, in descriptor order: nil for plain TCP.
+	TLS []*config.ListenerTLS
+	// TicketKeys is the supervisor's session ticket key file, "" when no listener has TLS.
+	TicketKeys string
 }
 
 // Heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
