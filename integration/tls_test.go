@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -43,8 +44,8 @@ func protoBackend(tb testing.TB) string {
 }
 
 // tlsConfig is a configuration file of one listener whose tls section is the YAML mapping tlsYAML
-// (flow style), serving set web of the one backend, with reuse_port.
-func tlsConfig(backend, tlsYAML string) func(addr string) string {
+// (flow style), serving set web of the one backend, with reuse_port, and extra top-level lines.
+func tlsConfig(backend, tlsYAML string, extra ...string) func(addr string) string {
 	return func(addr string) string {
 		return fmt.Sprintf(`listeners:
   - address: %s
@@ -55,7 +56,7 @@ backend_sets:
     backends:
       - {id: a, address: %s}
 reuse_port: true
-`, addr, tlsYAML, backend)
+`, addr, tlsYAML, backend) + strings.Join(extra, "")
 	}
 }
 
@@ -467,4 +468,32 @@ func TestTLSBadCertificateRefusesStart(t *testing.T) {
 	if e := p.stderr.String(); !strings.Contains(e, srv.CertFile) || !strings.Contains(e, "cannot terminate TLS") {
 		t.Errorf("the error does not name %s:\n%s", srv.CertFile, tail(e))
 	}
+}
+
+// TestTLSSilentClientClosed: a client that connects to a TLS listener and never sends its
+// ClientHello is closed by the worker after timeouts.client (1s here; the idle timeout is an
+// hour), and the worker serves the next client.
+func TestTLSSilentClientClosed(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := testutil.NewCA(t, dir, "ca")
+	srv := ca.IssueServer(t, dir, "a", "a.example.test")
+	s := startSupervisor(t, filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir(),
+		tlsConfig(protoBackend(t), "{certificates: ["+pairYAML(srv)+"]}", "timeouts: {client: 1s, idle: 1h}\n"))
+	s.awaitReady(t)
+	c, err := net.DialTimeout("tcp", s.addr, ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	began := time.Now()
+	c.SetReadDeadline(began.Add(ioTimeout))
+	n, err := c.Read(make([]byte, 1))
+	if n != 0 || !(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		t.Fatalf("a client that never sends a ClientHello: read %d bytes, %v after %v; want the connection closed", n, err, time.Since(began))
+	}
+	if waited := time.Since(began); waited < time.Second {
+		t.Errorf("closed after %v, before timeouts.client (1s)", waited)
+	}
+	mustTLSGet(t, s.addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "a.example.test"}, "/after", false)
 }
