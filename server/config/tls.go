@@ -155,19 +155,19 @@ func (d *decoder) filePath(n *yaml.Node, path string) (string, bool) {
 	return s, true
 }
 
-// readable checks that path is a regular file this process can open.
+// readable checks that path is a regular file this process can open. It stats before it opens:
+// opening a FIFO would wait for a writer.
 func readable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+	fi, err := os.Stat(path)
 	if err != nil {
 		return err
 	}
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s: not a regular file", path)
 	}
-	return nil
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/xlbproxy/xlb/dataplane/tlsterm"
@@ -71,19 +72,24 @@ func TestParseListenerTLS(t *testing.T) {
 func TestParseListenerTLSErrors(t *testing.T) {
 	dir := tlsFiles(t)
 	p := func(name string) string { return filepath.Join(dir, name) }
+	if err := syscall.Mkfifo(p("fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	a := "{cert_file: " + p("a.pem") + ", key_file: " + p("a-key.pem") + "}"
 	tests := []struct {
 		name, tls string
 		want      []string
 	}{
 		{"missing cert file", "certificates:\n  - {cert_file: " + p("none.pem") + ", key_file: " + p("a-key.pem") + "}",
-			[]string{"xlb.yaml:6: listeners[0].tls.certificates[0].cert_file: open " + p("none.pem") + ": no such file or directory"}},
+			[]string{"xlb.yaml:6: listeners[0].tls.certificates[0].cert_file: stat " + p("none.pem") + ": no such file or directory"}},
 		{"missing key file", "certificates:\n  - " + a + "\n  - cert_file: " + p("b.pem") + "\n    key_file: " + p("none-key.pem"),
-			[]string{"xlb.yaml:8: listeners[0].tls.certificates[1].key_file: open " + p("none-key.pem") + ": no such file or directory"}},
+			[]string{"xlb.yaml:8: listeners[0].tls.certificates[1].key_file: stat " + p("none-key.pem") + ": no such file or directory"}},
+		{"a FIFO", "certificates: [{cert_file: " + p("fifo") + ", key_file: " + p("a-key.pem") + "}]",
+			[]string{"xlb.yaml:5: listeners[0].tls.certificates[0].cert_file: " + p("fifo") + ": not a regular file"}},
 		{"a directory", "certificates: [{cert_file: " + dir + ", key_file: " + p("a-key.pem") + "}]",
 			[]string{"xlb.yaml:5: listeners[0].tls.certificates[0].cert_file: " + dir + ": not a regular file"}},
 		{"missing client CA", "certificates: [" + a + "]\nclient_ca_file: " + p("none-ca.pem"),
-			[]string{"xlb.yaml:6: listeners[0].tls.client_ca_file: open " + p("none-ca.pem") + ": no such file or directory"}},
+			[]string{"xlb.yaml:6: listeners[0].tls.client_ca_file: stat " + p("none-ca.pem") + ": no such file or directory"}},
 		{"no certificates key", "client_ca_file: " + p("ca.pem"),
 			[]string{`xlb.yaml:5: listeners[0].tls: missing key "certificates": want at least one certificate`}},
 		{"empty certificates", "certificates: []",
