@@ -124,6 +124,12 @@ type upgradable struct {
 // tries another port when the one chosen was taken meanwhile.
 func startUpgradable(tb testing.TB, version string, config func(addr string) string, flags ...string) *upgradable {
 	tb.Helper()
+	return startUpgradableFrom(tb, build(tb, version), config, flags...)
+}
+
+// startUpgradableFrom is startUpgradable of a copy of the binary src.
+func startUpgradableFrom(tb testing.TB, src string, config func(addr string) string, flags ...string) *upgradable {
+	tb.Helper()
 	stateDir := tb.TempDir()
 	if d, err := filepath.EvalSymlinks(stateDir); err == nil {
 		stateDir = d
@@ -132,7 +138,7 @@ func startUpgradable(tb testing.TB, version string, config func(addr string) str
 	if err := os.Mkdir(filepath.Dir(bin), 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	installCopy(tb, bin, build(tb, version))
+	installCopy(tb, bin, src)
 	cfgPath := filepath.Join(tb.TempDir(), "xlb.yaml")
 	args := append([]string{"run", "--config", cfgPath, "--workers", strconv.Itoa(workersN), "--state-dir", stateDir,
 		"--log-format", "json"}, flags...)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -45,6 +46,10 @@ type conn struct {
 	nc  net.Conn
 	dl  upstream.Deadlines // the read side belongs to the pump while it runs
 	raw syscall.RawConn
+	// tls is nc when its listener terminates TLS (a tls.NewListener's), nil for plain TCP: the
+	// proxy reads and writes it through its own Read and Write (raw is nil), and its requests go
+	// to the backend with X-Forwarded-Proto https.
+	tls *tls.Conn
 	// readFn and writeFn are c.rawRead and c.rawWrite, bound once: passing a method value allocates.
 	readFn   func(fd uintptr) bool
 	writeFn  func(fd uintptr) bool
@@ -135,6 +140,7 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	c.nc, c.setName = nc, setName
 	c.dl = upstream.Deadlines{Conn: nc}
 	c.clientIP = c.clientIP[:0]
+	c.tls, _ = nc.(*tls.Conn)
 	// A *net.TCPConn, or a *rawio.Conn of a worker's listener.
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
@@ -175,7 +181,7 @@ func (c *conn) close() {
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
-	c.nc, c.raw, c.dl.Conn, c.tbl, c.set, c.backend = nil, nil, nil, nil, nil, nil
+	c.nc, c.raw, c.tls, c.dl.Conn, c.tbl, c.set, c.backend = nil, nil, nil, nil, nil, nil, nil
 	c.releaseHeaders()
 	c.state.Store(stateActive)
 	p.connPool.Put(c)
@@ -315,6 +321,9 @@ func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 // keep the connection alive.
 func (c *conn) serve() {
 	defer c.close()
+	if c.tls != nil && !c.handshake() {
+		return
+	}
 	for {
 		if !c.readRequest() {
 			return
@@ -327,6 +336,20 @@ func (c *conn) serve() {
 			c.releaseHeaders()
 		}
 	}
+}
+
+// handshake completes the TLS handshake of a new connection, here in its own goroutine, within
+// ClientTimeout: a client that connects and sends no ClientHello, or stalls in the middle, is
+// closed then, as one that stalls in a request head is. The idle timeout counts from the end of
+// the handshake. A failed handshake closes the connection; crypto/tls has sent its alert.
+func (c *conn) handshake() bool {
+	c.dl.Both(time.Now(), c.p.cfg.ClientTimeout)
+	if err := c.tls.Handshake(); err != nil {
+		c.p.stats.tlsHandshakeFailures.Add(1)
+		c.p.log.Trace("TLS handshake failed", "client", c.nc.RemoteAddr().String(), "error", err)
+		return false
+	}
+	return true
 }
 
 // drainIdleGrace is how long an idle keep-alive connection of a draining proxy waits for one more

@@ -66,6 +66,16 @@
 // send one more request, answered with Connection: close, so that a request already on the wire is
 // not reset, then closes it; and cuts what remains at its deadline.
 //
+// A listener may be a tls.NewListener (a worker's TLS listener, dataplane/tlsterm): its
+// connections are *tls.Conn, read and written through their own Read and Write rather than the
+// raw file descriptor. The handshake is done first, in the connection's goroutine, within
+// Config.ClientTimeout: a client that connects and sends no ClientHello, or stalls in it, is closed
+// then (Stats.TLSHandshakeFailures counts these and the failed handshakes); the idle timeout
+// counts from the end of the handshake. A draining proxy lets a handshake in progress finish
+// within that timeout or Shutdown's deadline. Requests on such a connection reach the backend with
+// X-Forwarded-Proto https and, with Config.ForwardedField, proto=https. The plain path is
+// unchanged: a keep-alive GET on it allocates nothing.
+//
 // Timeouts are set lazily (upstream.Deadlines): each fires between its nominal length and an eighth
 // more after the last activity.
 package proxy

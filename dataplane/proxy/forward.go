@@ -100,7 +100,11 @@ func (c *conn) appendRequestHead(b []byte) []byte {
 		b = append(b, c.clientIP...)
 		b = append(b, "\r\n"...)
 		if !proto || mode == ForwardedReplace {
-			b = append(b, "X-Forwarded-Proto: http\r\n"...)
+			if c.tls != nil {
+				b = append(b, "X-Forwarded-Proto: https\r\n"...)
+			} else {
+				b = append(b, "X-Forwarded-Proto: http\r\n"...)
+			}
 		}
 		if !host || mode == ForwardedReplace {
 			b = append(b, "X-Forwarded-Host: "...)
@@ -144,6 +148,9 @@ func (c *conn) appendForwarded(b []byte, from int) []byte {
 	b = append(b, `;host="`...)
 	b = append(b, r.Host...)
 	b = append(b, `";proto=http`...)
+	if c.tls != nil {
+		b = append(b, 's')
+	}
 	return append(b, "\r\n"...)
 }
 

@@ -92,6 +92,7 @@ type backend struct {
 // counters are the proxy's statistics, each on its own cache line.
 type counters struct {
 	requests, retries, connectFailures, dials, noBackend, badGateway, gatewayTimeout, rejected, acceptPaused padded
+	tlsHandshakeFailures                                                                                     padded
 }
 
 type padded struct {
@@ -114,6 +115,9 @@ type Stats struct {
 	NoBackend, BadGateway, GatewayTimeout uint64
 	// Rejected counts requests refused for malformed framing or limits (400, 414, 417, 431, 501, 505).
 	Rejected uint64
+	// TLSHandshakeFailures counts the client connections of TLS listeners closed because their
+	// handshake failed or timed out (ClientTimeout).
+	TLSHandshakeFailures uint64
 	// Generation is the shared region's generation being served; 0 for sets given by SetBackends.
 	Generation uint64
 	// Connections is the number of client connections open now.
@@ -623,17 +627,18 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 func (p *Proxy) Stats() Stats {
 	s := &p.stats
 	return Stats{
-		Requests:        s.requests.Load(),
-		Retries:         s.retries.Load(),
-		ConnectFailures: s.connectFailures.Load(),
-		Dials:           s.dials.Load(),
-		NoBackend:       s.noBackend.Load(),
-		BadGateway:      s.badGateway.Load(),
-		GatewayTimeout:  s.gatewayTimeout.Load(),
-		Rejected:        s.rejected.Load(),
-		Generation:      p.table.Load().gen,
-		Connections:     uint64(len(p.connSlots)),
-		AcceptPaused:    s.acceptPaused.Load(),
+		Requests:             s.requests.Load(),
+		Retries:              s.retries.Load(),
+		ConnectFailures:      s.connectFailures.Load(),
+		Dials:                s.dials.Load(),
+		NoBackend:            s.noBackend.Load(),
+		BadGateway:           s.badGateway.Load(),
+		GatewayTimeout:       s.gatewayTimeout.Load(),
+		Rejected:             s.rejected.Load(),
+		TLSHandshakeFailures: s.tlsHandshakeFailures.Load(),
+		Generation:           p.table.Load().gen,
+		Connections:          uint64(len(p.connSlots)),
+		AcceptPaused:         s.acceptPaused.Load(),
 	}
 }
 

@@ -135,6 +135,8 @@ type Listener struct {
 	Address string
 	// BackendSet names a set of Config.BackendSets.
 	BackendSet string
+	// TLS, when set, makes the listener terminate TLS for its clients. Nil means plain TCP.
+	TLS *ListenerTLS
 }
 
 // LogConfig is the level and format of the process's log.
@@ -476,6 +478,8 @@ type located struct {
 	refNode *yaml.Node
 	// set is the decoded set; unused for listeners.
 	set table.Set
+	// tls is the listener's TLS; nil for plain TCP, and unused for sets.
+	tls *ListenerTLS
 }
 
 func (d *decoder) listener(n *yaml.Node, path string) *located {
@@ -495,6 +499,8 @@ func (d *decoder) listener(n *yaml.Node, path string) *located {
 			if s, ok := d.str(v, path+".backend_set"); ok {
 				l.ref = s
 			}
+		case "tls":
+			l.tls = d.listenerTLS(v, path+".tls")
 		default:
 			return false
 		}
@@ -756,7 +762,7 @@ func (d *decoder) crossCheckListeners(listeners, sets []*located) []Listener {
 	var out []Listener
 	first := make(map[string]*located, len(listeners))
 	for _, l := range listeners {
-		out = append(out, Listener{Address: l.name, BackendSet: l.ref})
+		out = append(out, Listener{Address: l.name, BackendSet: l.ref, TLS: l.tls})
 		if l.refNode != nil && !isNull(l.refNode) && !names[l.ref] && !d.externalSets {
 			d.errorf(l.refNode, l.path+".backend_set", "no backend set named %q", l.ref)
 		}
@@ -1095,6 +1101,7 @@ func DurationDoc(d time.Duration) string {
 var Sample = `  listeners:
     - address: 127.0.0.1:8080
       backend_set: web
+      # tls: {certificates: [{cert_file: a.pem, key_file: a-key.pem}], client_ca_file: ca.pem, min_version: "1.3"}
   backend_sets:
     - name: web
       policy: round_robin            # or least_request

@@ -137,7 +137,7 @@ func TestParseConfigValues(t *testing.T) {
   - {address: "127.0.0.1:0", backend_set: web}
 backend_sets: [{name: web, backends: []}]
 `, func(c *Config) {
-			c.Listeners = []Listener{{"127.0.0.1:0", "web"}, {"127.0.0.1:0", "web"}}
+			c.Listeners = []Listener{{Address: "127.0.0.1:0", BackendSet: "web"}, {Address: "127.0.0.1:0", BackendSet: "web"}}
 			c.BackendSets = []table.Set{{Name: "web"}}
 		}},
 		{"backend states", strings.Replace(minimal, "9001}", "9001, state: draining}\n      - {id: b, address: 127.0.0.1:9002, state: disabled}\n      - {id: c, address: 127.0.0.1:9003, state: active}", 1), func(c *Config) {
@@ -561,7 +561,7 @@ func TestLoadConfigErrors(t *testing.T) {
 }
 
 func TestConfigCheck(t *testing.T) {
-	ok := Config{Listeners: []Listener{{"127.0.0.1:0", "s"}}, BackendSets: []table.Set{{Name: "s"}}}
+	ok := Config{Listeners: []Listener{{Address: "127.0.0.1:0", BackendSet: "s"}}, BackendSets: []table.Set{{Name: "s"}}}
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -569,7 +569,7 @@ func TestConfigCheck(t *testing.T) {
 	}{
 		{"ok", ok, ""},
 		{"no listeners", Config{BackendSets: ok.BackendSets}, "server: config: no listeners"},
-		{"no such set", Config{Listeners: []Listener{{"127.0.0.1:0", "t"}}, BackendSets: ok.BackendSets}, `server: config: listener 127.0.0.1:0: no backend set named "t"`},
+		{"no such set", Config{Listeners: []Listener{{Address: "127.0.0.1:0", BackendSet: "t"}}, BackendSets: ok.BackendSets}, `server: config: listener 127.0.0.1:0: no backend set named "t"`},
 		{"duplicate set", Config{Listeners: ok.Listeners, BackendSets: []table.Set{{Name: "s"}, {Name: "s"}}}, `server: config: backend set name "s" is empty or not unique`},
 	}
 	for _, tt := range tests {

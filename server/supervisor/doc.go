@@ -12,6 +12,13 @@
 // of a SO_REUSEPORT group; the supervisor holds them all, so a dead worker's queue waits for its
 // replacement. Workers accept through rawio.Listener (no keep-alive setsockopts per connection).
 //
+// A listener with tls (tls.go) is checked before anything is bound: every certificate, key and
+// client CA file must load, or the start (or the upgrade) fails naming it. The supervisor then
+// keeps the session ticket keys every worker shares, STATE_DIR/ticket-keys
+// (dataplane/tlsterm.TicketRotator): made or rotated before the workers start, and rotated every
+// minute from the loop, except once an upgrade began, whose new supervisor rotates from its start.
+// The workers terminate TLS themselves (server/worker) and reload the files while serving.
+//
 // The supervisor is the region's only writer. A fresh region gets the configured sets before any
 // worker starts; a region that holds a generation is served first and the file's sets are
 // published after (static stability: a restart never waits on, or is broken by, the file). The file

@@ -88,6 +88,8 @@ type supervisor struct {
 	handedOver bool       // to the new supervisor of an upgrade
 	copy       regionCopy // the region file, as last saved
 
+	tickets *ticketKeeper // the session ticket keys of TLS listeners; nil without one
+
 	stateDir  string
 	current   map[string]*discoveryv1.VersionedBackendSet // the sets of the region's generation, as sent
 	applyReqs chan applyReq                               // responses of the control plane, from the xds client
@@ -298,6 +300,9 @@ func Run(ctx context.Context, log hclog.Logger, o Options) int {
 	} else if s.current, err = loadApplied(dir, region.Generation()); err != nil {
 		log.Warn("the applied backend sets are unknown; asking the control plane for every set", "error", err)
 		s.current = map[string]*discoveryv1.VersionedBackendSet{}
+	}
+	if err := s.startTLS(); err != nil {
+		return startFailed("cannot terminate TLS", err)
 	}
 	if err := s.takeSockets(); err != nil {
 		s.closeSockets()
@@ -524,6 +529,7 @@ func Run(ctx context.Context, log hclog.Logger, o Options) int {
 			s.tick(now)
 		case now := <-watchdog.C:
 			s.tick(now)
+			s.rotateTickets(now)
 			s.checkRegion()
 			s.checkCopy()
 		}
@@ -692,6 +698,8 @@ func (s *supervisor) start(slot, region int) error {
 		ShutdownTimeout: s.cfg.ShutdownTimeout,
 		Log:             s.cfg.Log,
 		MetricsSocket:   s.metricsSocket,
+		TLS:             listenerTLS(s.cfg.Listeners),
+		TicketKeys:      s.ticketKeysPath(),
 	})
 	if err != nil {
 		return err
@@ -780,7 +788,7 @@ func restartKeys(a, b config.Config) []string {
 			keys = append(keys, key)
 		}
 	}
-	diff("listeners", slices.Equal(a.Listeners, b.Listeners))
+	diff("listeners", sameListeners(a.Listeners, b.Listeners))
 	pa, pb := a.Proxy, b.Proxy
 	diff("timeouts", pa.ConnectTimeout == pb.ConnectTimeout && pa.BackendTimeout == pb.BackendTimeout &&
 		pa.ClientTimeout == pb.ClientTimeout && pa.IdleTimeout == pb.IdleTimeout && a.ShutdownTimeout == b.ShutdownTimeout &&

@@ -131,7 +131,7 @@ func (e Env) Serve(ctx context.Context, log hclog.Logger, cfg config.Config, lns
 	st := p.Stats()
 	log.Info("stopped", "requests", st.Requests, "retries", st.Retries, "backend_dials", st.Dials, "connect_failures", st.ConnectFailures,
 		"answered_503", st.NoBackend, "answered_502", st.BadGateway, "answered_504", st.GatewayTimeout,
-		"rejected", st.Rejected)
+		"rejected", st.Rejected, "tls_handshake_failures", st.TLSHandshakeFailures)
 	return code
 }
 

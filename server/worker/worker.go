@@ -50,6 +50,10 @@ type Spec struct {
 	ShutdownTimeout time.Duration
 	Log             config.LogConfig
 	MetricsSocket   string // where the worker reports its per-backend metrics
+	// TLS is the TLS of each inherited listener, in descriptor order: nil for plain TCP.
+	TLS []*config.ListenerTLS
+	// TicketKeys is the supervisor's session ticket key file, "" when no listener has TLS.
+	TicketKeys string
 }
 
 // Heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
@@ -105,9 +109,17 @@ func (e Env) Main(args []string) int {
 		lns[i] = ln
 		listeners[i] = config.Listener{Address: ln.Addr().String(), BackendSet: set}
 	}
+	term, err := newTerminator(spec.TLS, listeners, spec.TicketKeys, log.Named("tls"))
+	if err != nil {
+		log.Error("cannot terminate TLS", "error", err)
+		return exit.Failure
+	}
+	lns = term.wrap(lns)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	term.watch(ctx)
+	defer func() { cancel(nil); term.wait() }()
 
 	follower := table.NewFollower(region, spec.Slot)
 	cfg := config.Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
