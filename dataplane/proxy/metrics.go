@@ -11,8 +11,9 @@ import (
 // so the request path takes no lock and allocates nothing, and a backend's counters are padded
 // away from another's so that two backends busy on two threads do not share a cache line.
 // Counters are cumulative from the moment the proxy first served the backend (by set and id, so
-// that they carry across generations); a backend that leaves the table has its counters dropped at
-// that generation.
+// that they carry across generations, and across its draining or disabling: a counter that
+// restarted from zero would read as a reset); a backend that leaves the table has its counters
+// dropped at that generation.
 
 // LatencyBuckets are the upper bounds of the latency histograms' buckets; a last bucket holds
 // what is slower than all.

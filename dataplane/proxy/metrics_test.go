@@ -84,6 +84,22 @@ func TestBackendMetrics(t *testing.T) {
 		}
 	}
 
+	// A backend drained or disabled keeps its counters (a draining one still finishes requests, and a
+	// counter that restarts from zero reads as a reset to Prometheus); one re-enabled goes on from them.
+	for _, st := range []table.State{table.Draining, table.Disabled, table.Active} {
+		sets[0].Backends[1].State = st
+		if err := p.SetBackends(sets); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]BackendMetrics{}
+		for _, m := range p.BackendMetrics() {
+			got[m.ID] = m
+		}
+		if m, ok := got["bad"]; !ok || m.Requests != badm.Requests || m.Responses != badm.Responses {
+			t.Fatalf("bad %v: %+v; want its %d requests kept", st, m, badm.Requests)
+		}
+	}
+
 	// A new generation keeps the counters of a backend that stays and drops those of one that left.
 	sets[0].Backends = sets[0].Backends[:1]
 	if err := p.SetBackends(sets); err != nil {

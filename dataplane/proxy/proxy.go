@@ -295,8 +295,9 @@ func checkSets(sets []table.Set) error {
 }
 
 // install makes sets, already checked, the table in force, with the routes of the region's health
-// epoch at healthEpoch (read before the routes). Only active backends are kept; the pools of
-// backends that no set keeps any more are closed.
+// epoch at healthEpoch (read before the routes). Only active backends are routed to; the pools of
+// backends that no active one uses any more are closed. Every backend of the table, whatever its
+// state, keeps its counters.
 func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 	p.poolsMu.Lock()
 	defer p.poolsMu.Unlock()
@@ -306,6 +307,7 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 	for _, s := range sets {
 		var active []*backend
 		for _, b := range s.Backends {
+			m := p.metricsFor(s.Name, b.ID, b.Address, metrics)
 			if b.State != table.Active {
 				continue
 			}
@@ -322,7 +324,7 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 			}
 			used[b.Address] = true
 			active = append(active, &backend{id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
-				failures: s.FailureStatuses, pool: pool, m: p.metricsFor(s.Name, b.ID, b.Address, metrics)})
+				failures: s.FailureStatuses, pool: pool, m: m})
 		}
 		t.sets[s.Name] = p.route(s.Name, s.Policy, s.FailureStatuses, active)
 	}
