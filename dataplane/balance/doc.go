@@ -10,4 +10,41 @@
 //
 // LeastRequest is the power of two choices: two candidates drawn in proportion to weight, and of
 // those the one with fewer requests in flight per unit of weight.
+//
+// # Consistent hashing
+//
+// Maglev is a weighted Maglev table (NewMaglev; 65537 entries unless told, always a prime) for
+// hashing a key (a header, a cookie, the client address) to a backend. It is built once per
+// backend set and looked up without locks or allocation:
+//
+//   - A backend's permutation of the entries comes from XXH64 of its stable id with seeds 0 and 1
+//     (as in Envoy), and the backends take their turns in the order of their ids, so the table
+//     depends on the set's ids and weights alone: not on the order the set lists them in, not on
+//     the process. Every worker and every data plane maps a key to the same backend.
+//   - Weights: a backend owns entries in proportion to its weight (Envoy's weighted Maglev: in
+//     each round of the population loop a backend of weight w takes a turn in w/maxWeight of the
+//     rounds). Measured: entries within one of the exact share; 10,000 client keys within 2
+//     percentage points of each weight's share.
+//   - Health: Lookup takes a func reporting the backends that are out (ejected, disabled,
+//     draining for new clients). A key whose entry's backend is in gets it, so a key of a backend
+//     that is in never moves when others go out. A key whose backend is out walks its own probe
+//     sequence through the table (a stride the key picks) to the first entry whose backend is in,
+//     which spreads an ejected backend's keys over the others by weight rather than piling them
+//     on one neighbour; after MaglevProbesMax entries it takes the next backend in id order that
+//     is in, and -1 when every backend is out. The table is not rebuilt when health changes.
+//   - Disruption: adding or removing one backend of N moves a little more than the 1/N of keys
+//     that must move: measured with 100,000 keys at 65537 entries, N = 10: 9.4 % on adding (1/11
+//     is 9.1 %), 10.0 % on removing; N = 100: 1.5 % and 1.6 %. The tests hold it to 1/N + 1 %.
+//     Keep the table at least 100 times the number of backends: a larger table spreads weights
+//     more finely and moves fewer extra keys, at 2 bytes an entry (128 KiB at the default).
+//   - Cost: building takes about 2 ms for 10 backends and 4 ms for 1,000 (2 cores, default size)
+//     and allocates the table and a few bounded slices; a lookup is about 20 ns, 0 allocations.
+//
+// The key's hash is Hash64, XXH64 written out here (the module does not depend on an xxhash
+// package). It must be deterministic across processes, which rules out hash/maphash (its seeds
+// are per process). Of the deterministic 64-bit hashes at hand it is the fastest past 8 bytes
+// (measured on keys of 8, 32 and 256 bytes: XXH64 7, 8 and 25 ns; FNV-1a 4, 23 and 263 ns;
+// hash/crc64 13, 64 and 144 ns) and mixes far better than FNV-1a, whose low k bits depend on the
+// low k bits of each byte alone. It is not keyed: a client that picks its own keys picks its own backend,
+// which consistent hashing allows anyway.
 package balance
