@@ -47,4 +47,9 @@
 // hash/crc64 13, 64 and 144 ns) and mixes far better than FNV-1a, whose low k bits depend on the
 // low k bits of each byte alone. It is not keyed: a client that picks its own keys picks its own backend,
 // which consistent hashing allows anyway.
+//
+// # Sticky sessions
+//
+// The signed cookie that pins a client to a backend, and its keys file, are the subpackage
+// sticky.
 package balance
