@@ -36,8 +36,8 @@
 //     the process. Every worker and every data plane maps a key to the same backend.
 //   - Weights: a backend owns entries in proportion to its weight (Envoy's weighted Maglev: in
 //     each round of the population loop a backend of weight w takes a turn in w/maxWeight of the
-//     rounds). Measured: entries within one of the exact share; 10,000 client keys within 2
-//     percentage points of each weight's share.
+//     rounds). Measured: a backend's entries are within about one entry of its exact share, and
+//     of 10,000 client keys it gets its weight's share within 2 percentage points.
 //   - Health: Lookup takes a func reporting the backends that are out (ejected, disabled,
 //     draining for new clients). A key whose entry's backend is in gets it, so a key of a backend
 //     that is in never moves when others go out. A key whose backend is out walks its own probe
@@ -48,18 +48,25 @@
 //   - Disruption: adding or removing one backend of N moves a little more than the 1/N of keys
 //     that must move: measured with 100,000 keys at 65537 entries, N = 10: 9.4 % on adding (1/11
 //     is 9.1 %), 10.0 % on removing; N = 100: 1.5 % and 1.6 %. The tests hold it to 1/N + 1 %.
-//     Keep the table at least 100 times the number of backends: a larger table spreads weights
-//     more finely and moves fewer extra keys, at 2 bytes an entry (128 KiB at the default).
-//   - Cost: building takes about 2 ms for 10 backends and 4 ms for 1,000 (2 cores, default size)
-//     and allocates the table and a few bounded slices; a lookup is about 20 ns, 0 allocations.
+//     A larger table moves fewer extra keys (removing one of 100: 4.1 % at 4099 entries, 1.6 %
+//     at 65537, 1.2 % at 655373) and spreads weights more finely, at 2 bytes an entry (128 KiB
+//     at the default): keep it at least 100 times the number of backends.
+//   - Cost: building takes 2 to 4 ms for 10 or 1,000 backends (2 cores, default size) and
+//     allocates the table and a few slices bounded by the backends; a lookup, with hashing a
+//     15-byte key, takes 10 to 20 ns, 30 with 90 % of the backends out; 0 allocations.
+//
+// A caller must never use a Maglev with another list of backends than the one it was built
+// from (Lookup returns an index into that list: build a new table with each generation of the
+// set), nor give Lookup an out func that blocks or allocates: it runs on the request path. The
+// key must be hashed with Hash64 or HashString and a seed that every data plane shares (0).
 //
 // The key's hash is Hash64, XXH64 written out here (the module does not depend on an xxhash
 // package). It must be deterministic across processes, which rules out hash/maphash (its seeds
 // are per process). Of the deterministic 64-bit hashes at hand it is the fastest past 8 bytes
-// (measured on keys of 8, 32 and 256 bytes: XXH64 7, 8 and 25 ns; FNV-1a 4, 23 and 263 ns;
+// (one run on keys of 8, 32 and 256 bytes: XXH64 7, 8 and 25 ns; FNV-1a 4, 23 and 263 ns;
 // hash/crc64 13, 64 and 144 ns) and mixes far better than FNV-1a, whose low k bits depend on the
-// low k bits of each byte alone. It is not keyed: a client that picks its own keys picks its own backend,
-// which consistent hashing allows anyway.
+// low k bits of each byte alone. It is not keyed: a client that picks its own keys picks its
+// own backend, which consistent hashing allows anyway.
 //
 // # Sticky sessions
 //
