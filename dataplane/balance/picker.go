@@ -1,7 +1,6 @@
 package balance
 
 import (
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 )
@@ -103,13 +102,10 @@ func (s *swrr) Pick(tried *Tried) int {
 
 func (s *swrr) Done(int) {}
 
-// p2c draws two distinct candidates at random and takes the one with fewer requests in flight per
-// unit of weight.
+// p2c is the least-request picker of one process: the P2C choice over its own counters.
 type p2c struct {
-	weights    []int
-	cumulative []int // cumulative[i] = weights[0] + ... + weights[i]
-	total      int
-	inflight   []paddedCount
+	choice   *P2C
+	inflight []paddedCount
 }
 
 // paddedCount keeps each backend's counter on its own cache line.
@@ -119,71 +115,18 @@ type paddedCount struct {
 }
 
 func newP2C(weights []int) *p2c {
-	p := &p2c{weights: append([]int(nil), weights...), inflight: make([]paddedCount, len(weights))}
-	for _, w := range weights {
-		p.total += w
-		p.cumulative = append(p.cumulative, p.total)
-	}
-	return p
+	return &p2c{choice: NewP2C(weights), inflight: make([]paddedCount, len(weights))}
 }
+
+// InFlight is the requests this picker has in flight on backend i.
+func (p *p2c) InFlight(i int) int64 { return p.inflight[i].n.Load() }
 
 func (p *p2c) Pick(tried *Tried) int {
-	n := len(p.weights)
-	if n-tried.Len() <= 0 {
-		return -1
+	best := p.choice.Pick(p, tried)
+	if best >= 0 {
+		p.inflight[best].n.Add(1)
 	}
-	a := p.draw(tried, -1)
-	if a < 0 {
-		return -1
-	}
-	best := a
-	if b := p.draw(tried, a); b >= 0 {
-		// Compare inflight[a]/weight[a] with inflight[b]/weight[b] without dividing.
-		if p.inflight[b].n.Load()*int64(p.weights[a]) < p.inflight[a].n.Load()*int64(p.weights[b]) {
-			best = b
-		}
-	}
-	p.inflight[best].n.Add(1)
 	return best
-}
-
-// draw returns a backend drawn at random in proportion to weight, among those not tried and not
-// other; -1 when there is none. Drawing by weight makes the policy honour weights when nothing is in
-// flight, and comparing in-flight counts per weight keeps it honouring them under load.
-func (p *p2c) draw(tried *Tried, other int) int {
-	if tried.Len() == 0 && other < 0 {
-		r := rand.IntN(p.total)
-		lo, hi := 0, len(p.cumulative)-1
-		for lo < hi { // the first i with cumulative[i] > r
-			mid := int(uint(lo+hi) >> 1)
-			if p.cumulative[mid] > r {
-				hi = mid
-			} else {
-				lo = mid + 1
-			}
-		}
-		return lo
-	}
-	total := 0
-	for i, w := range p.weights {
-		if i != other && !tried.Has(i) {
-			total += w
-		}
-	}
-	if total == 0 {
-		return -1
-	}
-	r := rand.IntN(total)
-	for i, w := range p.weights {
-		if i == other || tried.Has(i) {
-			continue
-		}
-		if r < w {
-			return i
-		}
-		r -= w
-	}
-	panic("balance: draw past the candidates")
 }
 
 func (p *p2c) Done(i int) { p.inflight[i].n.Add(-1) }
