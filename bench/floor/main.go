@@ -7,8 +7,9 @@
 // What it does per connection, which is what the event-loop data path is to do:
 //   - one SO_REUSEPORT listening socket per loop, so the kernel spreads connections and no loop
 //     wakes for another's;
-//   - accept4 in a batch until EAGAIN, non-blocking and close-on-exec in the call itself, with no
-//     other setsockopt (TCP_NODELAY is set once on the listener, and accepted sockets inherit it:
+//   - accept4 in a batch until EAGAIN, non-blocking and close-on-exec in the call itself, one
+//     system call each (unix.Accept4 adds a getsockopt per connection: accept), with no
+//     setsockopt (TCP_NODELAY is set once on the listener, and accepted sockets inherit it:
 //     -nodelay-check verifies that with getsockopt);
 //   - the connection registered once, edge-triggered, for input and output; read right after
 //     accept, before any epoll_wait, since a client's request is usually there already;
@@ -88,6 +89,18 @@ func listen(ap netip.AddrPort) (int, error) {
 	return fd, unix.Listen(fd, 4096)
 }
 
+// accept is accept4(2) in one system call, without the peer's address. unix.Accept4 makes two: to
+// decode an AF_INET address it asks the socket's protocol (getsockopt SO_PROTOCOL, for L2TP).
+// A server that needs the address (xlb does, for X-Forwarded-For) passes a sockaddr buffer and
+// decodes it itself.
+func accept(lfd int) (int, error) {
+	fd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(fd), nil
+}
+
 // conn is one connection's state: its unwritten output, and the start of a head cut by a read.
 type conn struct {
 	fd      int
@@ -121,7 +134,7 @@ func loop(lfd int, resp []byte) {
 		for _, ev := range events[:n] {
 			if int(ev.Fd) == lfd {
 				for {
-					fd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+					fd, err := accept(lfd)
 					if err != nil {
 						break // EAGAIN: the queue is empty; anything else: try at the next event
 					}
