@@ -16,8 +16,10 @@ import (
 // inherited from its supervisor. It exists because net.FileListener's connections cannot opt out of
 // TCP keep-alive probes: each accept would pay four setsockopt calls for them, and one getsockname
 // for an address the proxy never reads, which on a connection per request is a cost that shows.
-// A connection of a Listener costs accept4, one setsockopt (TCP_NODELAY), one fcntl and its
-// registration with the poller.
+// A connection of a Listener costs accept4, one fcntl (os.NewFile asks the descriptor's mode) and
+// its registration with the poller. TCP_NODELAY is set once, on the listening socket: Linux copies
+// it to every socket accepted from it (TestListenerConn checks it with getsockopt), so the
+// setsockopt each accept made before is gone.
 type Listener struct {
 	f      *os.File
 	rc     syscall.RawConn
@@ -43,6 +45,11 @@ func NewListener(f *os.File) (*Listener, error) {
 	sa, err := unix.Getsockname(fd)
 	if err == nil {
 		err = syscall.SetNonblock(fd, true)
+	}
+	if err == nil {
+		// On the socket, so for every process that shares it: the supervisor's copy and any
+		// other worker's accept with it too, which is what each of them wants.
+		err = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	if err != nil {
 		unix.Close(fd)
@@ -92,7 +99,6 @@ func (l *Listener) Accept() (net.Conn, error) {
 		default:
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: os.NewSyscallError("accept4", aerr)}
 		}
-		unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		remote, _ := tcpAddr(sa)
 		f := os.NewFile(uintptr(nfd), "")
 		rc, err := f.SyscallConn()
