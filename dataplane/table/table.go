@@ -102,9 +102,10 @@ type Set struct {
 }
 
 // Records is sets as the region's records, for shm.Writer.Publish and Check: the health policy
-// stays out (only FailureStatuses goes in), a zero weight is written as 1, and HealthSlot is left
-// for Publish to assign. A weight outside 0 to math.MaxUint32 is a programmer's error (sets come
-// checked from their translation): Records panics.
+// stays out (only FailureStatuses goes in), and so does Set.TLS (each backend's TLS goes in), a
+// zero weight is written as 1, and HealthSlot is left for Publish to assign. A weight outside 0 to
+// math.MaxUint32 is a programmer's error (sets come checked from their translation): Records
+// panics.
 func Records(sets []Set) []shm.Set {
 	out := make([]shm.Set, len(sets))
 	for i, s := range sets {
@@ -114,7 +115,8 @@ func Records(sets []Set) []shm.Set {
 			if b.Weight < 0 || b.Weight > math.MaxUint32 {
 				panic(fmt.Sprintf("table: set %q: backend %q: weight %d does not fit a region record", s.Name, b.ID, b.Weight))
 			}
-			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(max(1, b.Weight)), State: b.State}
+			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(max(1, b.Weight)), State: b.State,
+				TLS: (*shm.TLS)(b.TLS)}
 		}
 	}
 	return out
@@ -131,7 +133,7 @@ func setsOf(records []shm.Set) []Set {
 	for i, r := range records {
 		first := len(backends)
 		for _, b := range r.Backends {
-			backends = append(backends, Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot})
+			backends = append(backends, Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot, TLS: (*TLS)(b.TLS)}) // one profile, one *TLS
 		}
 		out[i] = Set{Name: r.Name, Policy: r.Policy, FailureStatuses: health.FailureStatuses(r.FailureStatuses),
 			Backends: backends[first:len(backends):len(backends)]}

@@ -687,6 +687,8 @@ func (d *decoder) region(n *yaml.Node, path string, c *shm.Capacities) {
 			dst = &c.StringBytes
 		case "workers":
 			dst = &c.Workers
+		case "tls_profiles":
+			dst = &c.TLSProfiles
 		default:
 			return false
 		}
@@ -1126,5 +1128,5 @@ var Sample = `  listeners:
   workers: 2                         # default: one per two CPUs
   reuse_port: false                  # true: a SO_REUSEPORT socket per worker
   state_dir: /var/lib/xlb            # holds the region file
-  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created
+  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64, tls_profiles: 256}   # when it is created
 `

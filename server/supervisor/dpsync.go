@@ -302,3 +302,8 @@ func (s *supervisor) xdsApply(ctx context.Context, resp *discoveryv1.StreamBacke
 	}
 	return r.applied, r.rejected, r.generation, r.workers
 }
+
+// sameTLS tells whether two backends' TLS are the same settings (both plain, or equal).
+func sameTLS(a, b *shm.TLS) bool {
+	return a == b || a != nil && b != nil && *a == *b
+}

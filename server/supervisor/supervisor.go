@@ -767,7 +767,7 @@ func withHint(err error) []any {
 	if !errors.As(err, &ce) {
 		return []any{"error", err}
 	}
-	key := map[string]string{"Sets": "sets", "Backends": "backends", "StringBytes": "string_bytes"}[ce.Field]
+	key := map[string]string{"Sets": "sets", "Backends": "backends", "StringBytes": "string_bytes", "TLSProfiles": "tls_profiles"}[ce.Field]
 	return []any{"error", err, "hint", fmt.Sprintf("region.%s (%d) is fixed when the region file is created: set a larger one in the configuration, stop xlb, remove %s from the state directory, and start it again",
 		key, ce.Max, regionFile)}
 }
@@ -932,7 +932,7 @@ func sameSets(a, b []shm.Set) bool {
 	return slices.EqualFunc(a, b, func(x, y shm.Set) bool {
 		return x.Name == y.Name && x.Policy == y.Policy && x.FailureStatuses == y.FailureStatuses &&
 			slices.EqualFunc(x.Backends, y.Backends, func(p, q shm.Backend) bool {
-				return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State
+				return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State && sameTLS(p.TLS, q.TLS)
 			})
 	})
 }
