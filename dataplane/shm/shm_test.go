@@ -190,7 +190,9 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 	r, _ := create(t, Capacities{Sets: 2, Backends: 2, StringBytes: 40, Workers: 1, TLSProfiles: 1})
 	w := NewWriter(r)
 	b := func(id string) Backend { return Backend{ID: id, Address: "1.2.3.4:5", Weight: 1} }
-	tb := func(id, ca string) Backend { return Backend{ID: id, Address: "1.2.3.4:5", Weight: 1, TLS: &TLS{CAFile: ca}} }
+	tb := func(id, ca string) Backend {
+		return Backend{ID: id, Address: "1.2.3.4:5", Weight: 1, TLS: &TLS{CAFile: ca}}
+	}
 	for _, tc := range []struct {
 		sets []Set
 		want string
