@@ -103,10 +103,11 @@ type supervisor struct {
 	metricsSocket string            // where the workers report them
 	promAddr      string            // the Prometheus listener's bound address; "" without one
 
-	monitor     *monitor.Monitor // the health of every backend of the region
-	regionSets  []shm.Set        // the sets of the region's generation in force, with their health slots
-	healthW     *os.File         // the write end of the health pipe, which every worker inherits
-	healthWake  chan struct{}    // the monitor changed routes: wake the workers
+	monitor     *monitor.Monitor    // the health of every backend of the region
+	regionSets  []shm.Set           // the sets of the region's generation in force, with their health slots
+	probeTLS    map[string]probeTLS // the TLS files of the monitor's probes, by set (health.go)
+	healthW     *os.File            // the write end of the health pipe, which every worker inherits
+	healthWake  chan struct{}       // the monitor changed routes: wake the workers
 	upgrade     *upgradeState
 	upgradeReqs chan upgradeReq
 	upgradeDone chan upgradeResult
