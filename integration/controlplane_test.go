@@ -133,6 +133,7 @@ type (
 	}
 	tlsJSON struct {
 		ServerName string `json:"serverName"`
+		CAFile     string `json:"caFile,omitempty"`
 	}
 	setJSON struct {
 		Name             string         `json:"name"`
@@ -539,14 +540,15 @@ func TestControlPlaneGrpcurl(t *testing.T) {
 // rejectedSet matches the data plane's "rejected a backend set" lines.
 func rejectedSet(l logLine) bool { return says("rejected a backend set", nil)(l) }
 
-// TestControlPlaneNack: a version of web that the data plane cannot serve (TLS to its backend) is
-// rejected once: logged "rejected a backend set" with its version and reason, shown by
+// TestControlPlaneNack: a version of web that the data plane cannot serve (TLS to its backend
+// with a ca_file that does not exist on the data plane's machine) is rejected once, naming the
+// field and the file: logged "rejected a backend set" with its version and reason, shown by
 // ListDataPlanes as web's last NACK, while web keeps its previous version and traffic. A put of
 // another set is applied without that version being sent again (no second rejection). A fixed
 // version of web applies.
 func TestControlPlaneNack(t *testing.T) {
 	t.Parallel()
-	const unsupported = "TLS to backends is not supported by this data plane"
+	const unsupported = "backend_set.backends[0].tls.ca_file: open /nonexistent/xlb-ca.pem: no such file or directory"
 	a, b, c := newCountingBackend(t, "A"), newCountingBackend(t, "B"), newCountingBackend(t, "C")
 	cp := startControlPlane(t, t.TempDir(), nil)
 	dp, _ := startDataPlaneListening(t, cp, "n1", []string{"web", "other"}, "")
@@ -556,7 +558,7 @@ func TestControlPlaneNack(t *testing.T) {
 	from := logEnd(dp.log)
 
 	withTLS := backendAt(t, "b", b.addr, 1)
-	withTLS.TLS = &tlsJSON{ServerName: "x"}
+	withTLS.TLS = &tlsJSON{ServerName: "x", CAFile: "/nonexistent/xlb-ca.pem"}
 	vTLS := cp.put(t, setJSON{Name: "web", Backends: []backendJSON{withTLS}})
 	rejected := awaitLine(t, dp.proc, dp.log, from, `"rejected a backend set"`, rejectedSet)
 	if rejected.str("set") != "web" || rejected.str("version") != vTLS || !strings.Contains(rejected.str("error"), unsupported) {

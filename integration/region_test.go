@@ -225,6 +225,42 @@ func TestRegionCorruptAtStartIsRebuilt(t *testing.T) {
 	awaitServedBy(t, s2.addr, "a", 10)
 }
 
+// TestRegionOfOlderLayoutIsRebuilt: a region file of an older layout (version 1, before backends'
+// TLS, which this binary must not read as its own) is moved aside at start and rebuilt from the
+// sets last applied, which serve at once; it is not refused as a newer layout is.
+func TestRegionOfOlderLayoutIsRebuilt(t *testing.T) {
+	t.Parallel()
+	a := newCountingBackend(t, "a")
+	cfgPath, stateDir := filepath.Join(t.TempDir(), "xlb.yaml"), t.TempDir()
+	config := func(addr string) string { return configYAML(addr, []backendConf{{id: "a", addr: a.addr, weight: 1}}) }
+	s1 := startSupervisor(t, cfgPath, stateDir, config)
+	s1.awaitReady(t)
+	s1.signal(syscall.SIGTERM)
+	if code := s1.waitExitCode(stopTimeout); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM, want 0", code)
+	}
+	path := filepath.Join(stateDir, "region")
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{1, 0, 0, 0}, 8); err != nil { // the layout version word
+		t.Fatal(err)
+	}
+	f.Close()
+
+	s2 := startSupervisor(t, cfgPath, stateDir, config)
+	const msg = "the region file is of an older layout (written by an older xlb); it is moved aside and rebuilt"
+	found := s2.await(t, 0, fmt.Sprintf("%q", msg), says(msg, nil))
+	if aside := found.str("moved_to"); aside == "" {
+		t.Errorf("%s: no moved_to", found)
+	} else if _, err := os.Stat(aside); err != nil {
+		t.Errorf("the old region file was not kept: %v", err)
+	}
+	s2.awaitReady(t)
+	awaitServedBy(t, s2.addr, "a", 10)
+}
+
 // TestRegionTruncatedKeepsServing: a careless operator truncates the region file of a data plane
 // serving under load (truncate -s 0 STATE/region), and then tries the same on the region every
 // process maps, through /proc. The file is a copy: the supervisor says it was changed and writes

@@ -3,6 +3,7 @@ package monitor
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -61,6 +62,9 @@ type Backend struct {
 	Slot uint32
 	// State is the control plane's: a draining or disabled backend is not probed and never routed.
 	State table.State
+	// TLS, when set, makes its HTTP probes speak TLS with this configuration (server name filled
+	// in: the probe uses it as it is). Nil means plain. A TCP probe is a TCP connect either way.
+	TLS *tls.Config
 }
 
 // Active tells whether the control plane has b active.
@@ -422,13 +426,13 @@ func (st *state) startProbes() {
 			// The next one an interval after this one's start, jittered by up to a tenth either way.
 			jitter := time.Duration(rand.Int64N(int64(p.Interval)/5+1)) - p.Interval/10
 			t.nextProbe = st.now.Add(p.Interval + jitter)
-			go func(t *tracked, addr string) {
-				res := Probe(st.ctx, addr, &p)
+			go func(t *tracked, addr string, tc *tls.Config) {
+				res := ProbeTLS(st.ctx, addr, &p, tc)
 				select {
 				case st.m.results <- probeDone{t, res}:
 				case <-st.ctx.Done():
 				}
-			}(t, t.b.Address)
+			}(t, t.b.Address, t.b.TLS)
 		}
 	}
 }

@@ -3,6 +3,8 @@ package monitor
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -410,6 +412,32 @@ func TestProbe(t *testing.T) {
 				t.Fatalf("%+v, want ok %v, kind %v, status %d", res, tc.ok, tc.kind, tc.status)
 			}
 		})
+	}
+}
+
+// TestProbeTLS: an HTTP probe with a TLS configuration speaks TLS: it passes on an HTTPS backend
+// whose certificate verifies, fails as a connect naming what TLS refused when it does not, and a
+// plain probe of the same backend gets no HTTP response.
+func TestProbeTLS(t *testing.T) {
+	var sawTLS atomic.Bool
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sawTLS.Store(r.TLS != nil)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	p := health.Config{Probe: health.Probe{Kind: health.ProbeHTTP, Timeout: 2 * time.Second}}.WithDefaults().Probe
+	if res := ProbeTLS(context.Background(), addr, &p, &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}); !res.OK || res.Status != 204 || !sawTLS.Load() {
+		t.Fatalf("probe of an HTTPS backend: %+v (TLS seen %v), want 204 over TLS", res, sawTLS.Load())
+	}
+	res := ProbeTLS(context.Background(), addr, &p, &tls.Config{ServerName: "127.0.0.1"}) // the system roots
+	if res.OK || res.Fail != health.KindConnect || !strings.Contains(res.Err, "TLS handshake") || !strings.Contains(res.Err, "certificate") {
+		t.Fatalf("probe with the wrong roots: %+v, want a connect failure naming the certificate", res)
+	}
+	if res := Probe(context.Background(), addr, &p); res.OK {
+		t.Fatalf("plain probe of an HTTPS backend passed: %+v", res)
 	}
 }
 

@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,13 +33,20 @@ type ProbeResult struct {
 // Probe probes the backend at address (host:port) once, as p says (its defaults applied), on a
 // connection of its own that it closes. It returns within p.Timeout, or when ctx ends.
 func Probe(ctx context.Context, address string, p *health.Probe) ProbeResult {
+	return ProbeTLS(ctx, address, p, nil)
+}
+
+// ProbeTLS is Probe of a backend that speaks TLS: with tc not nil, an HTTP probe makes a TLS
+// handshake with tc (used as it is: its ServerName must be set) within the probe's timeout, and a
+// failed handshake fails the probe as a connect does, saying what TLS refused.
+func ProbeTLS(ctx context.Context, address string, p *health.Probe, tc *tls.Config) ProbeResult {
 	start := time.Now()
-	res := probe(ctx, address, p, start.Add(p.Timeout))
+	res := probe(ctx, address, p, tc, start.Add(p.Timeout))
 	res.Took = time.Since(start)
 	return res
 }
 
-func probe(ctx context.Context, address string, p *health.Probe, deadline time.Time) ProbeResult {
+func probe(ctx context.Context, address string, p *health.Probe, tc *tls.Config, deadline time.Time) ProbeResult {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	d := net.Dialer{KeepAlive: -1}
@@ -51,6 +59,16 @@ func probe(ctx context.Context, address string, p *health.Probe, deadline time.T
 		return ProbeResult{OK: true}
 	}
 	c.SetDeadline(deadline)
+	if tc != nil {
+		t := tls.Client(c, tc)
+		if err := t.HandshakeContext(ctx); err != nil {
+			if isTimeout(err) || ctx.Err() != nil {
+				return fail(health.KindTimeout, 0, "TLS handshake: timed out")
+			}
+			return fail(health.KindConnect, 0, "TLS handshake (server name %q): %v", tc.ServerName, err)
+		}
+		c = t
+	}
 	host := p.Host
 	if host == "" {
 		host = address

@@ -112,8 +112,11 @@ type conn struct {
 	abandoned   atomic.Bool
 	abandonable bool
 	healthDone  bool
-	trialOn     bool
-	trialSeq    uint32
+	// tlsFailed says the last attempt was not sent because its TLS handshake failed: answered
+	// 502 (the backend is there, and refused or was refused), not 503.
+	tlsFailed bool
+	trialOn   bool
+	trialSeq  uint32
 
 	// What the access log and the retry rules need to know about the current request.
 	started      time.Time
@@ -551,7 +554,7 @@ func (c *conn) handle() bool {
 			start = time.Now()
 			c.headerAt = time.Time{}
 		}
-		c.healthDone = false
+		c.healthDone, c.tlsFailed = false, false
 		c.abandoned.Store(false)
 		c.abandonable = replayable && p.follow != nil
 		last = c.attempt(b, complete, replayable)
@@ -579,6 +582,12 @@ func (c *conn) handle() bool {
 	switch last {
 	case attemptOK:
 	case attemptNotSent:
+		if c.tlsFailed {
+			p.stats.badGateway.Add(1)
+			c.forceStop = c.forceStop || !complete
+			c.writeError(502, "TLS handshake with the backend failed", c.forceStop)
+			break
+		}
 		p.stats.noBackend.Add(1)
 		c.forceStop = c.forceStop || !complete
 		c.writeError(503, c.noBackendReason(s), c.forceStop)

@@ -214,7 +214,7 @@ func (c *conn) attempt(b *backend, complete, replayable bool) attemptResult {
 			var err error
 			if u, err = b.pool.Dial(); err != nil {
 				p.stats.connectFailures.Add(1)
-				p.log.Trace("connect failed", "backend", b.address, "error", err)
+				c.tlsFailed = p.dialFailed(b, err)
 				return attemptNotSent
 			}
 			p.stats.dials.Add(1)
@@ -461,6 +461,7 @@ func (c *conn) readResponseHead(u *upstream.Conn, answered bool, readErr error) 
 			case isTimeout(err):
 				return attemptTimeout
 			case u.In.Len() == 0 && !answered:
+				c.noAnswer(err)
 				return attemptNoAnswer
 			}
 			return attemptBad

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/upstream"
 )
 
 // Per-backend metrics. Each worker counts for itself: every counter is an atomic of its process,
@@ -52,6 +54,7 @@ func (h *histogram) snapshot() Histogram {
 
 type backendMetrics struct {
 	set, id, address string
+	pool             *upstream.Pool // its pool in the table in force, for its TLS counts; poolsMu guards it
 
 	requests, retries, localErrors, badResponses atomic.Uint64
 	classes                                      [5]atomic.Uint64
@@ -94,19 +97,29 @@ type BackendMetrics struct {
 	// HeaderLatency is from the attempt's start to the response head; TotalLatency to the end of
 	// the response.
 	HeaderLatency, TotalLatency Histogram
+	// TLS is the backend's TLS handshakes (full, resumed, failed) and their latency, counted by
+	// its pool since the pool was made: all zero for a plain backend. A change of the backend's
+	// TLS (or of its files) makes a new pool, whose counts start over; two backends of two sets
+	// with the same address and TLS share a pool, and so report the same counts.
+	TLS upstream.Stats
 }
 
 // BackendMetrics returns the counters of every backend of the table in force, by set and id.
 func (p *Proxy) BackendMetrics() []BackendMetrics {
 	p.poolsMu.Lock()
 	ms := make([]*backendMetrics, 0, len(p.metrics))
+	pools := make([]*upstream.Pool, 0, len(p.metrics))
 	for _, m := range p.metrics {
 		ms = append(ms, m)
+		pools = append(pools, m.pool)
 	}
 	p.poolsMu.Unlock()
 	out := make([]BackendMetrics, len(ms))
 	for i, m := range ms {
 		o := &out[i]
+		if pools[i] != nil {
+			o.TLS = pools[i].Stats()
+		}
 		o.Set, o.ID, o.Address = m.set, m.id, m.address
 		o.Requests, o.Retries = m.requests.Load(), m.retries.Load()
 		for j := range m.classes {

@@ -36,9 +36,13 @@ type Proxy struct {
 	refreshMu sync.Mutex    // held while a new generation is decoded and installed
 	badGen    atomic.Uint64 // 1 + a generation that failed to load, not tried again by every request; 0 for none
 
-	poolsMu sync.Mutex
-	pools   map[string]*upstream.Pool  // by backend address, shared by the sets that name it
-	metrics map[string]*backendMetrics // by set and backend id, of the table in force
+	poolsMu  sync.Mutex
+	pools    map[poolKey]*upstream.Pool // by backend address and TLS, shared by the sets that name them
+	tlsCache map[table.TLS]*loadedTLS   // the TLS settings of the table in force, their files read (tls.go)
+	metrics  map[string]*backendMetrics // by set and backend id, of the table in force
+
+	tlsWarnMu sync.Mutex
+	tlsWarned map[*upstream.Pool]time.Time // when each pool's TLS failure was last logged at WARN
 
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
@@ -79,14 +83,14 @@ type set struct {
 // backend is one backend of a set at one health epoch: a new routing copies it, sharing its pool
 // and counters.
 type backend struct {
-	id, address string
-	weight      int
-	slot        uint32       // its health slot, when the proxy follows a region
-	route       health.Route // at the routing's health epoch
-	routedAt    int          // its index in its set's routed, or -1
-	failures    health.FailureStatuses
-	pool        *upstream.Pool
-	m           *backendMetrics
+	set, id, address string
+	weight           int
+	slot             uint32       // its health slot, when the proxy follows a region
+	route            health.Route // at the routing's health epoch
+	routedAt         int          // its index in its set's routed, or -1
+	failures         health.FailureStatuses
+	pool             *upstream.Pool
+	m                *backendMetrics
 }
 
 // counters are the proxy's statistics, each on its own cache line.
@@ -140,7 +144,7 @@ func New(cfg Config) (*Proxy, error) {
 			HeadersMax:          cfg.HeadersMax,
 		},
 		log:       cfg.Logger,
-		pools:     make(map[string]*upstream.Pool),
+		pools:     make(map[poolKey]*upstream.Pool),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		stop:      make(chan struct{}),
@@ -302,8 +306,9 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 	p.poolsMu.Lock()
 	defer p.poolsMu.Unlock()
 	t := &routing{gen: gen, health: healthEpoch, sets: make(map[string]*set, len(sets))}
-	used := make(map[string]bool)
+	used := make(map[poolKey]bool)
 	metrics := make(map[string]*backendMetrics)
+	var seenTLS map[table.TLS]*loadedTLS
 	for _, s := range sets {
 		var active []*backend
 		for _, b := range s.Backends {
@@ -311,29 +316,50 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 			if b.State != table.Active {
 				continue
 			}
-			pool := p.pools[b.Address]
+			key := poolKey{address: b.Address}
+			if b.TLS != nil {
+				if seenTLS == nil {
+					seenTLS = make(map[table.TLS]*loadedTLS)
+				}
+				key.tls = p.tlsFor(*b.TLS, seenTLS)
+			}
+			pool := p.pools[key]
 			if pool == nil {
-				pool = upstream.NewPool(upstream.Config{
+				cfg := upstream.Config{
 					Address:        b.Address,
 					IdleConnsMax:   p.cfg.IdleConnsPerBackend,
 					IdleTimeout:    p.cfg.IdleTimeout,
 					ConnectTimeout: p.cfg.ConnectTimeout,
 					Dial:           upstream.DialFunc(p.cfg.Dial),
-				})
-				p.pools[b.Address] = pool
+				}
+				if key.tls != nil {
+					cfg.TLS = key.tls.cfg
+					if key.tls.err != nil {
+						cfg.Dial = failingDial(key.tls.err)
+					}
+				}
+				pool = upstream.NewPool(cfg)
+				p.pools[key] = pool
 			}
-			used[b.Address] = true
-			active = append(active, &backend{id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
+			used[key] = true
+			if m != nil {
+				m.pool = pool
+			}
+			active = append(active, &backend{set: s.Name, id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
 				failures: s.FailureStatuses, pool: pool, m: m})
 		}
 		t.sets[s.Name] = p.route(s.Name, s.Policy, s.FailureStatuses, active)
 	}
 	p.table.Store(t)
 	p.metrics = metrics
-	for addr, pool := range p.pools {
-		if !used[addr] {
+	p.tlsCache = seenTLS // the settings of this generation: those no longer used are forgotten
+	for key, pool := range p.pools {
+		if !used[key] {
 			pool.Close()
-			delete(p.pools, addr)
+			delete(p.pools, key)
+			p.tlsWarnMu.Lock()
+			delete(p.tlsWarned, pool)
+			p.tlsWarnMu.Unlock()
 		}
 	}
 }

@@ -18,28 +18,42 @@
 // an inherited descriptor (OpenFile) takes either: an older binary's file across an upgrade, or
 // this one's sealed memory across a downgrade.
 //
-// # Layout (version 1)
+// # Layout (version 2)
 //
 // All integers are little-endian, which is also how the words are accessed in memory: the region is
 // for little-endian hosts (amd64, arm64), where every mapping of it reads the same bytes. Every
 // atomic word is 8-byte aligned. TestLayout pins every
 // offset and size; changing one means a new LayoutVersion, which older binaries refuse to map.
 //
-//	header      256 B   magic, layout version, capacities, section offsets, the generation word
-//	                    (offset 128) and the health epoch beside it (136)
+//	header      256 B   magic, layout version, capacities (TLS profiles at offset 88), section
+//	                    offsets, the generation word (offset 128) and the health epoch beside it (136)
 //	half 0      64 B half header (seq, gen, counts, checksum) + payload
 //	half 1      the same
 //	health      HealthSlotsMax × 64 B, stable across generations
 //	workers     WorkersMax × 64 B: pid, observed generation, heartbeat
 //
-// A half's payload is the sets (16 B each), then their backends (32 B each), then the strings they
-// point into, packed; its checksum is CRC-32C over the payload. A set record's byte 7 is its
-// failure statuses (what workers count as a backend's failure).
+// A half's payload is the sets (16 B each), then their backends (32 B each), then the TLS profiles
+// (32 B each), then the strings they point into, packed; its checksum is CRC-32C over the payload.
+// A set record's byte 7 is its failure statuses (what workers count as a backend's failure). A
+// backend record's bytes 24-27 name its TLS profile: 0 for plain TCP, n for the half's n-th
+// profile. A profile is one distinct TLS setting of the generation, shared by every backend, of
+// any set, that has it: server name, CA file, client certificate and key files (each a string:
+// offset and length), the minimum version (bytes 24-25) and flags (byte 26: 1 skips verification,
+// 2 turns resumption off). The half header's word at 36 counts the profiles. Profiles count
+// against Capacities.TLSProfiles and their strings against StringBytes; Check measures them as
+// Publish does.
 //
 // The health epoch, a set record's byte 7 and the health words came after the first regions of
 // layout 1 were written, in bytes that those left zero; zero means what those regions meant (no
 // health change, no status counts as a failure, a healthy backend), so binaries before and after
 // read each other's regions alike, and an upgrade across them keeps working.
+//
+// Layout 2 added the TLS profiles. That could not be done in bytes a version 1 binary ignores: it
+// would read a TLS backend as a plain one and connect to it in clear text. So the version moved:
+// each binary refuses the other's region (ErrLayout; ErrOldLayout too for an older one, which the
+// supervisor moves aside and rebuilds from the sets it applied, as it does a damaged one). An
+// upgrade from a binary of layout 1 is thus refused by the new binary (the old one serves on): it
+// takes a restart.
 //
 // # Protocol
 //

@@ -13,8 +13,10 @@ import (
 // Magic is the region's first word: "XLBSHM\x00\x01" read as a little-endian uint64.
 const Magic uint64 = 0x0100_4D48_5342_4C58
 
-// LayoutVersion is the layout this package reads and writes.
-const LayoutVersion uint32 = 1
+// LayoutVersion is the layout this package reads and writes. Version 2 added backends' TLS: a
+// version 1 region read as version 2 would lose it (TLS backends dialled in plain TCP), and the
+// other way round, so neither reads the other's (ErrLayout; ErrOldLayout for an older one).
+const LayoutVersion uint32 = 2
 
 // Offsets of the header's fields, and the sizes of the fixed parts.
 const (
@@ -31,22 +33,25 @@ const (
 	offHealth         = 64
 	offWorkers        = 72
 	offTotalBytes     = 80
+	offTLSProfilesMax = 88
 	offGeneration     = 128 // on its own cache line
 	offHealthEpoch    = 136 // beside it: a request reads both
 	headerBytes       = 256
 
 	// A half's header.
-	offHalfSeq         = 0
-	offHalfGen         = 8
-	offHalfSetCount    = 16
-	offHalfBackendCnt  = 20
-	offHalfStringBytes = 24
-	offHalfChecksum    = 28
-	offHalfPayloadLen  = 32
-	halfHeaderBytes    = 64
+	offHalfSeq          = 0
+	offHalfGen          = 8
+	offHalfSetCount     = 16
+	offHalfBackendCnt   = 20
+	offHalfStringBytes  = 24
+	offHalfChecksum     = 28
+	offHalfPayloadLen   = 32
+	offHalfProfileCount = 36
+	halfHeaderBytes     = 64
 
 	setRecordBytes     = 16
 	backendRecordBytes = 32
+	tlsRecordBytes     = 32
 	healthSlotBytes    = 64
 	workerSlotBytes    = 64
 )
@@ -63,6 +68,10 @@ type Capacities struct {
 	StringBytes int
 	// Workers bounds the worker slots. Zero means 64.
 	Workers int
+	// TLSProfiles bounds the distinct TLS settings of the backends of a generation, over all its
+	// sets (backends with equal settings share one). Zero means 256. Their names and paths count
+	// in StringBytes, once per distinct setting.
+	TLSProfiles int
 }
 
 func (c *Capacities) setDefaults() error {
@@ -70,7 +79,8 @@ func (c *Capacities) setDefaults() error {
 		v    *int
 		def  int
 		name string
-	}{{&c.Sets, 64, "Sets"}, {&c.Backends, 4096, "Backends"}, {&c.StringBytes, 256 << 10, "StringBytes"}, {&c.Workers, 64, "Workers"}} {
+	}{{&c.Sets, 64, "Sets"}, {&c.Backends, 4096, "Backends"}, {&c.StringBytes, 256 << 10, "StringBytes"}, {&c.Workers, 64, "Workers"},
+		{&c.TLSProfiles, 256, "TLSProfiles"}} {
 		if *f.v < 0 || *f.v > 1<<24 {
 			return fmt.Errorf("shm: capacity %s %d: want 0 (the default) to %d", f.name, *f.v, 1<<24)
 		}
@@ -86,7 +96,7 @@ func (c Capacities) check() error {
 	for _, f := range []struct {
 		v    int
 		name string
-	}{{c.Sets, "Sets"}, {c.Backends, "Backends"}, {c.StringBytes, "StringBytes"}, {c.Workers, "Workers"}} {
+	}{{c.Sets, "Sets"}, {c.Backends, "Backends"}, {c.StringBytes, "StringBytes"}, {c.Workers, "Workers"}, {c.TLSProfiles, "TLSProfiles"}} {
 		if f.v < 1 || f.v > 1<<24 {
 			return fmt.Errorf("its header's capacity %s is %d, outside 1 to %d", f.name, f.v, 1<<24)
 		}
@@ -107,7 +117,7 @@ func align64(n int) int { return (n + 63) &^ 63 }
 
 func layoutFor(c Capacities) layout {
 	l := layout{caps: c, healthSlots: 2 * c.Backends}
-	l.halfBytes = align64(halfHeaderBytes + c.Sets*setRecordBytes + c.Backends*backendRecordBytes + c.StringBytes)
+	l.halfBytes = align64(halfHeaderBytes + c.Sets*setRecordBytes + c.Backends*backendRecordBytes + c.TLSProfiles*tlsRecordBytes + c.StringBytes)
 	l.half[0] = headerBytes
 	l.half[1] = l.half[0] + l.halfBytes
 	l.health = l.half[1] + l.halfBytes
@@ -162,6 +172,7 @@ func (r *Region) init(l layout) {
 	r.store32(offBackendsMax, uint32(l.caps.Backends))
 	r.store32(offStringBytesMax, uint32(l.caps.StringBytes))
 	r.store32(offWorkersMax, uint32(l.caps.Workers))
+	r.store32(offTLSProfilesMax, uint32(l.caps.TLSProfiles))
 	r.store32(offHealthSlotsMax, uint32(l.healthSlots))
 	r.store64(offHalf0, uint64(l.half[0]))
 	r.store64(offHalf1, uint64(l.half[1]))
@@ -190,6 +201,12 @@ func Open(path string) (*Region, error) {
 // cannot read: it is refused, never rewritten.
 var ErrLayout = errors.New("shm: not a region of this layout")
 
+// ErrOldLayout is wrapped, beside ErrLayout, by the error of a region of a layout version older
+// than this binary's: what it holds is known (an older binary wrote it), and a caller may rebuild
+// it (the sets it served are known elsewhere) rather than refuse to start. One of a newer layout
+// wraps ErrLayout alone.
+var ErrOldLayout = errors.New("shm: a region of an older layout")
+
 // OpenFile maps the region of an open file, such as one inherited as a file descriptor. The region
 // owns f afterwards. A file that is not a whole region (zeroed, truncated, its header damaged) is
 // refused with an error wrapping ErrZeroed or ErrCorrupt; one of another layout version with one
@@ -212,6 +229,9 @@ func OpenFile(f *os.File) (*Region, error) {
 	}
 	if v := r.load32(offVersion); v != LayoutVersion {
 		r.unmap()
+		if v < LayoutVersion {
+			return nil, fmt.Errorf("%w: %w: %s has layout version %d; this binary reads %d", ErrLayout, ErrOldLayout, f.Name(), v, LayoutVersion)
+		}
 		return nil, fmt.Errorf("%w: %s has layout version %d; this binary reads %d", ErrLayout, f.Name(), v, LayoutVersion)
 	}
 	caps := Capacities{
@@ -219,6 +239,7 @@ func OpenFile(f *os.File) (*Region, error) {
 		Backends:    int(r.load32(offBackendsMax)),
 		StringBytes: int(r.load32(offStringBytesMax)),
 		Workers:     int(r.load32(offWorkersMax)),
+		TLSProfiles: int(r.load32(offTLSProfilesMax)),
 	}
 	if err := caps.check(); err != nil {
 		r.unmap()
@@ -259,6 +280,7 @@ func (r *Region) checkHeader() error {
 		{"backends", uint64(r.load32(offBackendsMax)), uint64(l.caps.Backends)},
 		{"string bytes", uint64(r.load32(offStringBytesMax)), uint64(l.caps.StringBytes)},
 		{"workers", uint64(r.load32(offWorkersMax)), uint64(l.caps.Workers)},
+		{"TLS profiles", uint64(r.load32(offTLSProfilesMax)), uint64(l.caps.TLSProfiles)},
 		{"health slots", uint64(r.load32(offHealthSlotsMax)), uint64(l.healthSlots)},
 		{"half 0 offset", r.load64(offHalf0), uint64(l.half[0])},
 		{"half 1 offset", r.load64(offHalf1), uint64(l.half[1])},

@@ -28,6 +28,28 @@ type Backend struct {
 	// HealthSlot is the backend's health slot, assigned by the Writer: the same for as long as a
 	// backend of this id stays in this set.
 	HealthSlot uint32
+	// TLS is the TLS to the backend; nil means plain TCP. Backends with equal TLS share one
+	// profile record of the half, and Read gives them one *TLS.
+	TLS *TLS
+}
+
+// TLS is a backend's TLS settings as the region keeps them: dataplane/table.TLS, field for field
+// (table converts one to the other), which says what each means. This package only keeps them.
+type TLS struct {
+	ServerName, CAFile, ClientCertFile, ClientKeyFile string
+	MinVersion                                        uint16
+	InsecureSkipVerify, NoResumption                  bool
+}
+
+// The flags byte of a TLS profile record.
+const (
+	tlsFlagInsecure     = 1 << 0
+	tlsFlagNoResumption = 1 << 1
+	tlsFlagsKnown       = tlsFlagInsecure | tlsFlagNoResumption
+)
+
+func (t *TLS) strings() int {
+	return len(t.ServerName) + len(t.CAFile) + len(t.ClientCertFile) + len(t.ClientKeyFile)
 }
 
 // Set is one backend set of a generation.
@@ -54,7 +76,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // CapacityError is an update refused because it does not fit the region's capacities, which are
 // fixed when its file is created.
 type CapacityError struct {
-	Field     string // the field of Capacities: Sets, Backends or StringBytes
+	Field     string // the field of Capacities: Sets, Backends, TLSProfiles or StringBytes
 	What      string // what was counted
 	Need, Max int
 }
@@ -63,48 +85,100 @@ func (e *CapacityError) Error() string {
 	return fmt.Sprintf("shm: %d %s: more than the region's capacity of %d (Capacities.%s)", e.Need, e.What, e.Max, e.Field)
 }
 
-// measure counts the backends and string bytes of sets, checking them against the capacities.
-// Every error names the limit that was passed.
-func measure(sets []Set, c Capacities) (backends, strs int, err error) {
+// plan is what a generation takes of a half, as measure counts it.
+type plan struct {
+	backends, strs int
+	// profiles are the distinct TLS settings of the generation, in the order of their first
+	// backend; profile[t] is the number a backend with TLS t names: its index in profiles plus 1.
+	profiles []TLS
+	profile  map[TLS]uint32
+}
+
+// measure counts the backends, TLS profiles and string bytes of sets, checking them against the
+// capacities. Every error names the limit that was passed.
+func measure(sets []Set, c Capacities) (plan, error) {
+	var pl plan
 	if len(sets) > c.Sets {
-		return 0, 0, &CapacityError{Field: "Sets", What: "backend sets", Need: len(sets), Max: c.Sets}
+		return plan{}, &CapacityError{Field: "Sets", What: "backend sets", Need: len(sets), Max: c.Sets}
 	}
 	for _, s := range sets {
-		backends += len(s.Backends)
-		strs += len(s.Name)
+		pl.backends += len(s.Backends)
+		pl.strs += len(s.Name)
 		if len(s.Name) > stringLenMax {
-			return 0, 0, fmt.Errorf("shm: backend set name of %d bytes: more than %d", len(s.Name), stringLenMax)
+			return plan{}, fmt.Errorf("shm: backend set name of %d bytes: more than %d", len(s.Name), stringLenMax)
 		}
 		for _, b := range s.Backends {
 			if len(b.ID) > stringLenMax || len(b.Address) > stringLenMax {
-				return 0, 0, fmt.Errorf("shm: backend set %q: backend %.32q: id or address over %d bytes", s.Name, b.ID, stringLenMax)
+				return plan{}, fmt.Errorf("shm: backend set %q: backend %.32q: id or address over %d bytes", s.Name, b.ID, stringLenMax)
 			}
-			strs += len(b.ID) + len(b.Address)
+			pl.strs += len(b.ID) + len(b.Address)
+			if b.TLS == nil {
+				continue
+			}
+			if _, ok := pl.profile[*b.TLS]; ok {
+				continue
+			}
+			t := *b.TLS
+			for _, f := range []string{t.ServerName, t.CAFile, t.ClientCertFile, t.ClientKeyFile} {
+				if len(f) > stringLenMax {
+					return plan{}, fmt.Errorf("shm: backend set %q: backend %.32q: a TLS name or path over %d bytes", s.Name, b.ID, stringLenMax)
+				}
+			}
+			if pl.profile == nil {
+				pl.profile = make(map[TLS]uint32)
+			}
+			pl.profiles = append(pl.profiles, t)
+			pl.profile[t] = uint32(len(pl.profiles))
+			pl.strs += t.strings()
 		}
 	}
-	if backends > c.Backends {
-		return 0, 0, &CapacityError{Field: "Backends", What: "backends", Need: backends, Max: c.Backends}
+	if pl.backends > c.Backends {
+		return plan{}, &CapacityError{Field: "Backends", What: "backends", Need: pl.backends, Max: c.Backends}
 	}
-	if strs > c.StringBytes {
-		return 0, 0, &CapacityError{Field: "StringBytes", What: "bytes of names, ids and addresses", Need: strs, Max: c.StringBytes}
+	if n := len(pl.profiles); n > c.TLSProfiles {
+		return plan{}, &CapacityError{Field: "TLSProfiles", What: "distinct TLS settings of backends", Need: n, Max: c.TLSProfiles}
 	}
-	return backends, strs, nil
+	if pl.strs > c.StringBytes {
+		return plan{}, &CapacityError{Field: "StringBytes", What: "bytes of names, ids, addresses and TLS names and paths", Need: pl.strs, Max: c.StringBytes}
+	}
+	return pl, nil
 }
 
-// encode lays sets, already measured, out as a half's payload.
-func encode(sets []Set, backends, strs int) []byte {
-	setsAt, backendsAt := 0, len(sets)*setRecordBytes
-	stringsAt := backendsAt + backends*backendRecordBytes
-	payload := make([]byte, stringsAt, stringsAt+strs)
+// encode lays sets, already measured into pl, out as a half's payload.
+func encode(sets []Set, pl plan) []byte {
+	backendsAt := len(sets) * setRecordBytes
+	profilesAt := backendsAt + pl.backends*backendRecordBytes
+	stringsAt := profilesAt + len(pl.profiles)*tlsRecordBytes
+	payload := make([]byte, stringsAt, stringsAt+pl.strs)
 	le := binary.LittleEndian
 	str := func(s string) uint32 {
 		off := len(payload) - stringsAt
 		payload = append(payload, s...)
 		return uint32(off)
 	}
+	for i, t := range pl.profiles {
+		rec := payload[profilesAt+i*tlsRecordBytes:]
+		le.PutUint32(rec[0:], str(t.ServerName))
+		le.PutUint16(rec[4:], uint16(len(t.ServerName)))
+		le.PutUint16(rec[6:], uint16(len(t.CAFile)))
+		le.PutUint32(rec[8:], str(t.CAFile))
+		le.PutUint32(rec[12:], str(t.ClientCertFile))
+		le.PutUint16(rec[16:], uint16(len(t.ClientCertFile)))
+		le.PutUint16(rec[18:], uint16(len(t.ClientKeyFile)))
+		le.PutUint32(rec[20:], str(t.ClientKeyFile))
+		le.PutUint16(rec[24:], t.MinVersion)
+		var flags byte
+		if t.InsecureSkipVerify {
+			flags |= tlsFlagInsecure
+		}
+		if t.NoResumption {
+			flags |= tlsFlagNoResumption
+		}
+		rec[26] = flags
+	}
 	bi := 0
 	for i, s := range sets {
-		rec := payload[setsAt+i*setRecordBytes:]
+		rec := payload[i*setRecordBytes:]
 		le.PutUint32(rec[0:], str(s.Name))
 		le.PutUint16(rec[4:], uint16(len(s.Name)))
 		rec[6] = uint8(s.Policy)
@@ -120,8 +194,18 @@ func encode(sets []Set, backends, strs int) []byte {
 			le.PutUint32(rec[12:], b.Weight)
 			le.PutUint32(rec[16:], b.HealthSlot)
 			rec[20] = byte(b.State)
+			if b.TLS != nil {
+				n, ok := pl.profile[*b.TLS]
+				if !ok || n == 0 || int(n) > len(pl.profiles) {
+					panic(fmt.Sprintf("shm: set %q: backend %q: its TLS is not among the %d profiles measured", s.Name, b.ID, len(pl.profiles)))
+				}
+				le.PutUint32(rec[24:], n)
+			}
 			bi++
 		}
+	}
+	if len(payload) != stringsAt+pl.strs {
+		panic(fmt.Sprintf("shm: encoded %d string bytes, measured %d", len(payload)-stringsAt, pl.strs))
 	}
 	return payload
 }
@@ -136,12 +220,13 @@ var ErrCorrupt = errors.New("shm: corrupt region")
 var ErrZeroed = errors.New("shm: zeroed region")
 
 // decode reads a payload that encode made.
-func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
+func decode(p []byte, setCount, backendCount, profileCount, strs int) ([]Set, error) {
 	le := binary.LittleEndian
 	backendsAt := setCount * setRecordBytes
-	stringsAt := backendsAt + backendCount*backendRecordBytes
+	profilesAt := backendsAt + backendCount*backendRecordBytes
+	stringsAt := profilesAt + profileCount*tlsRecordBytes
 	if stringsAt+strs != len(p) {
-		return nil, fmt.Errorf("%w: %d sets, %d backends and %d string bytes in a %d-byte payload", ErrCorrupt, setCount, backendCount, strs, len(p))
+		return nil, fmt.Errorf("%w: %d sets, %d backends, %d TLS profiles and %d string bytes in a %d-byte payload", ErrCorrupt, setCount, backendCount, profileCount, strs, len(p))
 	}
 	strings := p[stringsAt:]
 	str := func(off uint32, n uint16) (string, error) {
@@ -149,6 +234,27 @@ func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
 			return "", fmt.Errorf("%w: string at %d+%d past %d bytes", ErrCorrupt, off, n, len(strings))
 		}
 		return string(strings[off : off+uint32(n)]), nil
+	}
+	var profiles []TLS
+	if profileCount > 0 {
+		profiles = make([]TLS, profileCount)
+	}
+	for i := range profiles {
+		rec := p[profilesAt+i*tlsRecordBytes:]
+		var fields [4]string
+		for j, at := range [4][2]int{{0, 4}, {8, 6}, {12, 16}, {20, 18}} { // offset, length
+			f, err := str(le.Uint32(rec[at[0]:]), le.Uint16(rec[at[1]:]))
+			if err != nil {
+				return nil, fmt.Errorf("TLS profile %d: %w", i+1, err)
+			}
+			fields[j] = f
+		}
+		flags := rec[26]
+		if flags&^tlsFlagsKnown != 0 {
+			return nil, fmt.Errorf("%w: TLS profile %d has flags %#02x, of which only %#02x are known", ErrCorrupt, i+1, flags, tlsFlagsKnown)
+		}
+		profiles[i] = TLS{ServerName: fields[0], CAFile: fields[1], ClientCertFile: fields[2], ClientKeyFile: fields[3],
+			MinVersion: le.Uint16(rec[24:]), InsecureSkipVerify: flags&tlsFlagInsecure != 0, NoResumption: flags&tlsFlagNoResumption != 0}
 	}
 	sets := make([]Set, setCount)
 	backends := make([]Backend, backendCount)
@@ -176,6 +282,13 @@ func decode(p []byte, setCount, backendCount, strs int) ([]Set, error) {
 				return nil, err
 			}
 			backends[j] = Backend{ID: id, Address: addr, Weight: le.Uint32(rec[12:]), HealthSlot: le.Uint32(rec[16:]), State: State(rec[20])}
+			switch prof := le.Uint32(rec[24:]); {
+			case prof == 0:
+			case int(prof) > profileCount:
+				return nil, fmt.Errorf("%w: set %q: backend %q names TLS profile %d of %d", ErrCorrupt, name, id, prof, profileCount)
+			default:
+				backends[j].TLS = &profiles[prof-1]
+			}
 		}
 	}
 	if next != backendCount {
@@ -219,6 +332,7 @@ func (r *Region) Read() (Snapshot, error) {
 		setCount := int(r.load32(h + offHalfSetCount))
 		backendCount := int(r.load32(h + offHalfBackendCnt))
 		strs := int(r.load32(h + offHalfStringBytes))
+		profileCount := int(r.load32(h + offHalfProfileCount))
 		sum := r.load32(h + offHalfChecksum)
 		n := int(r.load32(h + offHalfPayloadLen))
 		if n > r.l.halfBytes-halfHeaderBytes {
@@ -238,7 +352,7 @@ func (r *Region) Read() (Snapshot, error) {
 		if got := crc32.Checksum(payload, castagnoli); got != sum {
 			return Snapshot{}, fmt.Errorf("%w: generation %d: its payload's checksum is %#x, the half says %#x", ErrCorrupt, g, got, sum)
 		}
-		sets, err := decode(payload, setCount, backendCount, strs)
+		sets, err := decode(payload, setCount, backendCount, profileCount, strs)
 		if err != nil {
 			return Snapshot{}, fmt.Errorf("generation %d: %w", g, err)
 		}

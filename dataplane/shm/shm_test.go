@@ -40,20 +40,20 @@ func create(t *testing.T, caps Capacities) (*Region, string) {
 	return r, path
 }
 
-// TestLayout pins every offset and size of layout version 1: a change here is a new LayoutVersion.
+// TestLayout pins every offset and size of layout version 2: a change here is a new LayoutVersion.
 func TestLayout(t *testing.T) {
 	consts := map[string][2]int{
 		"offMagic": {offMagic, 0}, "offVersion": {offVersion, 8}, "offSetsMax": {offSetsMax, 16},
 		"offBackendsMax": {offBackendsMax, 20}, "offStringBytesMax": {offStringBytesMax, 24},
 		"offWorkersMax": {offWorkersMax, 28}, "offHealthSlotsMax": {offHealthSlotsMax, 32},
 		"offHalf0": {offHalf0, 40}, "offHalf1": {offHalf1, 48}, "offHalfBytes": {offHalfBytes, 56},
-		"offHealth": {offHealth, 64}, "offWorkers": {offWorkers, 72}, "offTotalBytes": {offTotalBytes, 80},
+		"offHealth": {offHealth, 64}, "offWorkers": {offWorkers, 72}, "offTotalBytes": {offTotalBytes, 80}, "offTLSProfilesMax": {offTLSProfilesMax, 88},
 		"offGeneration": {offGeneration, 128}, "offHealthEpoch": {offHealthEpoch, 136}, "headerBytes": {headerBytes, 256},
 		"offHalfSeq": {offHalfSeq, 0}, "offHalfGen": {offHalfGen, 8}, "offHalfSetCount": {offHalfSetCount, 16},
 		"offHalfBackendCnt": {offHalfBackendCnt, 20}, "offHalfStringBytes": {offHalfStringBytes, 24},
-		"offHalfChecksum": {offHalfChecksum, 28}, "offHalfPayloadLen": {offHalfPayloadLen, 32},
+		"offHalfChecksum": {offHalfChecksum, 28}, "offHalfPayloadLen": {offHalfPayloadLen, 32}, "offHalfProfileCount": {offHalfProfileCount, 36},
 		"halfHeaderBytes": {halfHeaderBytes, 64}, "setRecordBytes": {setRecordBytes, 16},
-		"backendRecordBytes": {backendRecordBytes, 32}, "healthSlotBytes": {healthSlotBytes, 64},
+		"backendRecordBytes": {backendRecordBytes, 32}, "tlsRecordBytes": {tlsRecordBytes, 32}, "healthSlotBytes": {healthSlotBytes, 64},
 		"workerSlotBytes": {workerSlotBytes, 64}, "offSlotKey": {offSlotKey, 0},
 		"offSlotAllocGen": {offSlotAllocGen, 8}, "offSlotFreedGen": {offSlotFreedGen, 16},
 		"offSlotState": {offSlotState, 24}, "HealthWords": {HealthWords, 5},
@@ -62,13 +62,13 @@ func TestLayout(t *testing.T) {
 	}
 	for name, c := range consts {
 		if c[0] != c[1] {
-			t.Errorf("%s = %d, layout version 1 has %d", name, c[0], c[1])
+			t.Errorf("%s = %d, layout version 2 has %d", name, c[0], c[1])
 		}
 	}
 	if offSlotState+8*HealthWords > healthSlotBytes {
 		t.Errorf("health words overflow their slot")
 	}
-	if Magic != 0x0100_4D48_5342_4C58 || LayoutVersion != 1 {
+	if Magic != 0x0100_4D48_5342_4C58 || LayoutVersion != 2 {
 		t.Errorf("magic %#x version %d", Magic, LayoutVersion)
 	}
 
@@ -77,10 +77,10 @@ func TestLayout(t *testing.T) {
 		caps                                     Capacities
 		halfBytes, half1, health, workers, total int
 	}{
-		// half = align64(64 + 64*16 + 4096*32 + 256 KiB) = 64+1024+131072+262144 = 394304
-		{Capacities{}, 394304, 256 + 394304, 256 + 2*394304, 256 + 2*394304 + 8192*64, 256 + 2*394304 + 8192*64 + 64*64},
-		// half = align64(64 + 2*16 + 3*32 + 10) = align64(202) = 256
-		{Capacities{Sets: 2, Backends: 3, StringBytes: 10, Workers: 1}, 256, 512, 768, 768 + 6*64, 768 + 6*64 + 64},
+		// half = align64(64 + 64*16 + 4096*32 + 256*32 + 256 KiB) = 64+1024+131072+8192+262144 = 402496
+		{Capacities{}, 402496, 256 + 402496, 256 + 2*402496, 256 + 2*402496 + 8192*64, 256 + 2*402496 + 8192*64 + 64*64},
+		// half = align64(64 + 2*16 + 3*32 + 1*32 + 10) = align64(234) = 256
+		{Capacities{Sets: 2, Backends: 3, StringBytes: 10, Workers: 1, TLSProfiles: 1}, 256, 512, 768, 768 + 6*64, 768 + 6*64 + 64},
 	} {
 		r, path := create(t, tc.caps)
 		l := r.l
@@ -94,7 +94,8 @@ func TestLayout(t *testing.T) {
 			t.Fatal(err)
 		}
 		le := binary.LittleEndian
-		if len(raw) != tc.total || le.Uint64(raw[0:]) != Magic || le.Uint32(raw[8:]) != 1 ||
+		if len(raw) != tc.total || le.Uint64(raw[0:]) != Magic || le.Uint32(raw[8:]) != 2 ||
+			int(le.Uint32(raw[88:])) != r.l.caps.TLSProfiles ||
 			le.Uint64(raw[48:]) != uint64(tc.half1) || le.Uint64(raw[64:]) != uint64(tc.health) ||
 			le.Uint64(raw[72:]) != uint64(tc.workers) || le.Uint64(raw[80:]) != uint64(tc.total) ||
 			int(le.Uint32(raw[32:])) != 2*r.l.caps.Backends {
@@ -108,13 +109,38 @@ func TestLayout(t *testing.T) {
 }
 
 func sampleSets() []Set {
+	verified := &TLS{ServerName: "web.example", CAFile: "/etc/xlb/ca.pem", ClientCertFile: "/etc/xlb/c.pem", ClientKeyFile: "/etc/xlb/c.key", MinVersion: 0x0304}
 	return []Set{
 		{Name: "web", Policy: balance.LeastRequest, FailureStatuses: 2, Backends: []Backend{
-			{ID: "a", Address: "127.0.0.1:9001", Weight: 1},
-			{ID: "b", Address: "127.0.0.1:9002", Weight: 3, State: StateDraining},
+			{ID: "a", Address: "127.0.0.1:9001", Weight: 1, TLS: verified},
+			{ID: "b", Address: "127.0.0.1:9002", Weight: 3, State: StateDraining, TLS: &TLS{InsecureSkipVerify: true, NoResumption: true}},
+			{ID: "c", Address: "127.0.0.1:9003", Weight: 1},
 		}},
 		{Name: "empty"},
-		{Name: "api", Backends: []Backend{{ID: "x", Address: "[::1]:80", Weight: 7, State: StateDisabled}}},
+		{Name: "api", Backends: []Backend{{ID: "x", Address: "[::1]:80", Weight: 7, State: StateDisabled, TLS: &TLS{}},
+			{ID: "y", Address: "[::1]:81", Weight: 1, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/xlb/ca.pem",
+				ClientCertFile: "/etc/xlb/c.pem", ClientKeyFile: "/etc/xlb/c.key", MinVersion: 0x0304}}}},
+	}
+}
+
+// TestTLSProfilesShared: backends with equal TLS, in any set, share one profile of the half, and
+// read back as one value; plain backends name none.
+func TestTLSProfilesShared(t *testing.T) {
+	r, _ := create(t, Capacities{})
+	if _, err := NewWriter(r).Publish(sampleSets()); err != nil {
+		t.Fatal(err)
+	}
+	h := r.l.half[r.Generation()&1]
+	if n := r.load32(h + offHalfProfileCount); n != 3 {
+		t.Fatalf("%d TLS profiles in the half, want 3 (web/a and api/y share one)", n)
+	}
+	snap, err := r.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, api := snap.Sets[0].Backends, snap.Sets[2].Backends
+	if web[0].TLS != api[1].TLS || web[0].TLS == nil || web[2].TLS != nil || api[0].TLS == nil || *api[0].TLS != (TLS{}) {
+		t.Fatalf("read back %+v and %+v", web, api)
 	}
 }
 
@@ -161,9 +187,12 @@ func normalize(sets []Set) []Set {
 }
 
 func TestCapacityErrorsNameTheLimit(t *testing.T) {
-	r, _ := create(t, Capacities{Sets: 2, Backends: 2, StringBytes: 40, Workers: 1})
+	r, _ := create(t, Capacities{Sets: 2, Backends: 2, StringBytes: 40, Workers: 1, TLSProfiles: 1})
 	w := NewWriter(r)
 	b := func(id string) Backend { return Backend{ID: id, Address: "1.2.3.4:5", Weight: 1} }
+	tb := func(id, ca string) Backend {
+		return Backend{ID: id, Address: "1.2.3.4:5", Weight: 1, TLS: &TLS{CAFile: ca}}
+	}
 	for _, tc := range []struct {
 		sets []Set
 		want string
@@ -171,6 +200,8 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 		{[]Set{{Name: "a"}, {Name: "b"}, {Name: "c"}}, "Capacities.Sets"},
 		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("2"), b("3")}}}, "Capacities.Backends"},
 		{[]Set{{Name: strings.Repeat("n", 41)}}, "Capacities.StringBytes"},
+		{[]Set{{Name: "a", Backends: []Backend{tb("1", "x"), tb("2", "y")}}}, "Capacities.TLSProfiles"},
+		{[]Set{{Name: "a", Backends: []Backend{tb("1", "/"+strings.Repeat("p", 30))}}}, "Capacities.StringBytes"},
 		{[]Set{{Name: "a"}, {Name: "a"}}, `"a" named twice`},
 		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("1")}}}, `id "1" used twice`},
 		{[]Set{{Name: "a", Policy: balance.LeastRequest + 1}}, `"a": policy 2: not a balance.Policy`},
@@ -193,17 +224,24 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 // slots running out, workers lagging), Check refuses exactly what Publish refuses, and changes
 // nothing.
 func TestCheckAgreesWithPublish(t *testing.T) {
-	r, _ := create(t, Capacities{Sets: 3, Backends: 6, StringBytes: 200, Workers: 1})
+	r, _ := create(t, Capacities{Sets: 3, Backends: 6, StringBytes: 200, Workers: 1, TLSProfiles: 2})
 	w := NewWriter(r)
 	r.ClaimWorker(0, os.Getpid(), 1)
 	rng := rand.New(rand.NewPCG(1, 2))
+	// A few TLS settings, so that backends share them and the profiles and their strings run out.
+	settings := []*TLS{nil, nil, {}, {ServerName: "a.example"}, {CAFile: "/ca/" + strings.Repeat("x", 40)}, {NoResumption: true}}
 	refused := 0
 	for step := range 2000 {
 		var sets []Set
 		for si := range rng.IntN(4) {
 			s := Set{Name: fmt.Sprint("s", si)}
 			for range rng.IntN(4) {
-				s.Backends = append(s.Backends, Backend{ID: fmt.Sprint("b", rng.IntN(20)), Address: "10.0.0.1:80", Weight: 1})
+				var tls *TLS
+				if t := settings[rng.IntN(len(settings))]; t != nil {
+					c := *t // an equal value, not the same pointer
+					tls = &c
+				}
+				s.Backends = append(s.Backends, Backend{ID: fmt.Sprint("b", rng.IntN(20)), Address: "10.0.0.1:80", Weight: 1, TLS: tls})
 			}
 			sets = append(sets, s)
 		}
@@ -218,6 +256,8 @@ func TestCheckAgreesWithPublish(t *testing.T) {
 		}
 		if err != nil {
 			refused++
+		} else if snap, err := r.Read(); err != nil || !reflect.DeepEqual(normalize(snap.Sets), normalize(sets)) {
+			t.Fatalf("step %d: read back %+v, %v; published %+v", step, snap.Sets, err, sets)
 		}
 		if rng.IntN(3) == 0 { // the worker catches up now and then
 			r.Observe(0, r.Generation())
@@ -306,9 +346,17 @@ func TestHealthSlotStaysAcrossFlips(t *testing.T) {
 
 func TestOpenRefusesOtherLayouts(t *testing.T) {
 	r, path := create(t, Capacities{Sets: 1, Backends: 1, StringBytes: 8, Workers: 1})
-	r.store32(offVersion, 2)
-	if _, err := Open(path); !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), "layout version 2") {
-		t.Fatalf("open of a version 2 region: %v", err)
+	r.store32(offVersion, 3)
+	if _, err := Open(path); !errors.Is(err, ErrLayout) || errors.Is(err, ErrOldLayout) || !strings.Contains(err.Error(), "layout version 3") {
+		t.Fatalf("open of a version 3 region: %v", err)
+	}
+	// Version 1, before TLS: an older layout, which the caller may rebuild.
+	r.store32(offVersion, 1)
+	if _, err := Open(path); !errors.Is(err, ErrLayout) || !errors.Is(err, ErrOldLayout) || !strings.Contains(err.Error(), "layout version 1") {
+		t.Fatalf("open of a version 1 region: %v", err)
+	}
+	if _, err := Load(path); !errors.Is(err, ErrOldLayout) {
+		t.Fatalf("load of a version 1 region: %v", err)
 	}
 	r.store32(offVersion, LayoutVersion)
 	r.store64(offMagic, 42)
@@ -700,5 +748,32 @@ func TestSealedRegion(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load of no file: %v, want os.ErrNotExist", err)
+	}
+}
+
+// TestDecodeRefusesBadTLSProfiles: a backend naming a TLS profile the half does not hold, or a
+// profile with flags this layout does not know, is a corrupt payload, never a plain backend.
+func TestDecodeRefusesBadTLSProfiles(t *testing.T) {
+	sets := sampleSets()
+	pl, err := measure(sets, Capacities{Sets: 8, Backends: 8, StringBytes: 1 << 10, TLSProfiles: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := encode(sets, pl)
+	if _, err := decode(good, len(sets), pl.backends, len(pl.profiles), pl.strs); err != nil {
+		t.Fatalf("decode of a good payload: %v", err)
+	}
+	backendsAt := len(sets) * setRecordBytes
+	profilesAt := backendsAt + pl.backends*backendRecordBytes
+	for name, damage := range map[string]func(p []byte){
+		"profile past the count": func(p []byte) { binary.LittleEndian.PutUint32(p[backendsAt+24:], uint32(len(pl.profiles)+1)) },
+		"unknown flag":           func(p []byte) { p[profilesAt+26] |= 0x80 },
+		"path past the strings":  func(p []byte) { binary.LittleEndian.PutUint32(p[profilesAt+8:], uint32(pl.strs)) },
+	} {
+		p := append([]byte(nil), good...)
+		damage(p)
+		if _, err := decode(p, len(sets), pl.backends, len(pl.profiles), pl.strs); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: decode %v, want ErrCorrupt", name, err)
+		}
 	}
 }

@@ -92,7 +92,7 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 		return 0, err
 	}
 	// Check the capacities before taking any slot.
-	backends, strs, err := measure(sets, r.l.caps)
+	pl, err := measure(sets, r.l.caps)
 	if err != nil {
 		return 0, err
 	}
@@ -130,7 +130,7 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 			b.HealthSlot = i
 		}
 	}
-	payload := encode(sets, backends, strs)
+	payload := encode(sets, pl)
 
 	h := r.l.half[next&1]
 	seq := r.load64(h + offHalfSeq)
@@ -140,8 +140,9 @@ func (w *Writer) Publish(sets []Set) (uint64, error) {
 	r.store64(h+offHalfSeq, seq+1)
 	r.copyIn(h+halfHeaderBytes, payload)
 	r.store32(h+offHalfSetCount, uint32(len(sets)))
-	r.store32(h+offHalfBackendCnt, uint32(backends))
-	r.store32(h+offHalfStringBytes, uint32(strs))
+	r.store32(h+offHalfBackendCnt, uint32(pl.backends))
+	r.store32(h+offHalfStringBytes, uint32(pl.strs))
+	r.store32(h+offHalfProfileCount, uint32(len(pl.profiles)))
 	r.store32(h+offHalfPayloadLen, uint32(len(payload)))
 	r.store32(h+offHalfChecksum, crc32.Checksum(payload, castagnoli))
 	r.store64(h+offHalfGen, next)
@@ -172,7 +173,7 @@ func (w *Writer) Check(sets []Set) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := measure(sets, w.r.l.caps); err != nil {
+	if _, err := measure(sets, w.r.l.caps); err != nil {
 		return err
 	}
 	need := 0

@@ -40,6 +40,38 @@ type Backend struct {
 	// HealthSlot is the backend's health slot in the region, which shm.Writer.Publish assigns; zero
 	// in a set not yet published, and unused by a proxy that follows no region.
 	HealthSlot uint32
+	// TLS is the TLS to the backend, resolved: its own when the control plane gave it one, else
+	// its set's (resource.TLSFor's rule). Nil means plain TCP. Backends of one set with the same
+	// TLS may share one value; nothing changes it once it is in a Set.
+	TLS *TLS
+}
+
+// TLS is TLS from the data plane to a backend, as the control plane says it: its certificates and
+// keys are files on the data plane's machine, named by absolute paths, which whoever applies it
+// reads (the supervisor, to check them and for its probes; each worker, for its pools). The zero
+// value is TLS 1.2 and up, verified against the system roots for the host of the backend's
+// address, no client certificate, with session resumption. A TLS is comparable: two equal ones are
+// the same settings (not necessarily the same files' contents, which may change on disk).
+type TLS struct {
+	// ServerName is sent in SNI, and the backend's certificate must be valid for it. Empty means
+	// the host of the backend's Address; an IP address is verified against the certificate's IP
+	// addresses and sends no SNI.
+	ServerName string
+	// CAFile is a PEM bundle of the certificate authorities the backend's certificate must chain
+	// to. Empty means the system roots.
+	CAFile string
+	// ClientCertFile and ClientKeyFile are a PEM certificate (chain) and its private key, offered
+	// to a backend that asks for a client certificate (mTLS): both or neither. Empty means none.
+	ClientCertFile, ClientKeyFile string
+	// MinVersion is the lowest TLS version offered: tls.VersionTLS13, or zero for TLS 1.2 (the
+	// translation from the wire writes zero for "1.2"). The highest is always 1.3.
+	MinVersion uint16
+	// InsecureSkipVerify accepts any certificate, for any name: encrypted, not authenticated.
+	// False, the default, verifies. Whoever applies a set that asks for it logs it at WARN.
+	InsecureSkipVerify bool
+	// NoResumption makes every connection a full handshake. False, the default, resumes sessions
+	// from the tickets the backend sends.
+	NoResumption bool
 }
 
 // Set is a named group of backends and the policies that pick among them and judge their health.
@@ -60,12 +92,20 @@ type Set struct {
 	// Backends are the set's backends, in the order the control plane gave them. Nil is none: every
 	// request to the set is answered 503.
 	Backends []Backend
+	// TLS is the set's own tls as the control plane gave it: the TLS of each of its backends that
+	// has none of its own. It is already resolved into each Backend.TLS (server/backendset.FromProto
+	// does it), which is all the proxy reads; it is kept so that the set goes back to the control
+	// plane's form as it came (ToProto), and a configuration file's errors name the set's key. Nil
+	// means none: a backend without its own TLS is plain. A Set decoded from the region (Load) has
+	// it nil, its backends' TLS set.
+	TLS *TLS
 }
 
 // Records is sets as the region's records, for shm.Writer.Publish and Check: the health policy
-// stays out (only FailureStatuses goes in), a zero weight is written as 1, and HealthSlot is left
-// for Publish to assign. A weight outside 0 to math.MaxUint32 is a programmer's error (sets come
-// checked from their translation): Records panics.
+// stays out (only FailureStatuses goes in), and so does Set.TLS (each backend's TLS goes in), a
+// zero weight is written as 1, and HealthSlot is left for Publish to assign. A weight outside 0 to
+// math.MaxUint32 is a programmer's error (sets come checked from their translation): Records
+// panics.
 func Records(sets []Set) []shm.Set {
 	out := make([]shm.Set, len(sets))
 	for i, s := range sets {
@@ -75,7 +115,8 @@ func Records(sets []Set) []shm.Set {
 			if b.Weight < 0 || b.Weight > math.MaxUint32 {
 				panic(fmt.Sprintf("table: set %q: backend %q: weight %d does not fit a region record", s.Name, b.ID, b.Weight))
 			}
-			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(max(1, b.Weight)), State: b.State}
+			out[i].Backends[j] = shm.Backend{ID: b.ID, Address: b.Address, Weight: uint32(max(1, b.Weight)), State: b.State,
+				TLS: (*shm.TLS)(b.TLS)}
 		}
 	}
 	return out
@@ -92,7 +133,7 @@ func setsOf(records []shm.Set) []Set {
 	for i, r := range records {
 		first := len(backends)
 		for _, b := range r.Backends {
-			backends = append(backends, Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot})
+			backends = append(backends, Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot, TLS: (*TLS)(b.TLS)}) // one profile, one *TLS
 		}
 		out[i] = Set{Name: r.Name, Policy: r.Policy, FailureStatuses: health.FailureStatuses(r.FailureStatuses),
 			Backends: backends[first:len(backends):len(backends)]}

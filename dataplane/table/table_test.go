@@ -25,8 +25,9 @@ func TestFollower(t *testing.T) {
 	if err != nil || tb.Generation != 0 || len(tb.Sets) != 0 {
 		t.Fatalf("Load of an empty region = %+v, %v; want generation 0, no sets", tb, err)
 	}
-	sets := []Set{{Name: "web", FailureStatuses: health.FailGateway,
-		Backends: []Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining}, {ID: "b", Address: "127.0.0.1:2"}}}}
+	setTLS := &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}
+	sets := []Set{{Name: "web", FailureStatuses: health.FailGateway, TLS: setTLS,
+		Backends: []Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: setTLS}, {ID: "b", Address: "127.0.0.1:2"}}}}
 	g, err := shm.NewWriter(r).Publish(Records(sets))
 	if err != nil {
 		t.Fatal(err)
@@ -35,9 +36,11 @@ func TestFollower(t *testing.T) {
 		t.Fatalf("Generation %d after publishing %d", f.Generation(), g)
 	}
 	tb, err = f.Load()
-	// The zero weight was written as 1, and Publish gave each backend a slot of its own.
+	// The zero weight was written as 1, and Publish gave each backend a slot of its own; each
+	// backend's TLS came through the region, the set's own (which workers do not read) did not.
 	want := []Set{{Name: "web", FailureStatuses: health.FailGateway, Backends: []Backend{
-		{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining}, {ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
+		{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}},
+		{ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
 	if err != nil || tb.Generation != g || !reflect.DeepEqual(tb.Sets, want) {
 		t.Fatalf("Load = %+v, %v; want generation %d with %+v", tb, err, g, want)
 	}

@@ -284,7 +284,7 @@ func (c *Conn) handshake(nc net.Conn, start time.Time) error {
 	if err := tc.Handshake(); err != nil {
 		p.stats.failures.Add(1)
 		nc.Close()
-		return fmt.Errorf("upstream: TLS handshake with %s (server name %q): %w", p.cfg.Address, p.tls.ServerName, err)
+		return &HandshakeError{Address: p.cfg.Address, ServerName: p.tls.ServerName, Err: err}
 	}
 	took := time.Since(began)
 	nc.SetDeadline(time.Time{})
@@ -293,6 +293,20 @@ func (c *Conn) handshake(nc net.Conn, start time.Time) error {
 	c.DL.Conn = tc
 	return nil
 }
+
+// HandshakeError is Dial's error when the TCP connection was made and the TLS handshake failed:
+// a certificate refused (Err wraps a *tls.CertificateVerificationError), an alert from the
+// backend, a timeout.
+type HandshakeError struct {
+	Address, ServerName string
+	Err                 error
+}
+
+func (e *HandshakeError) Error() string {
+	return fmt.Sprintf("upstream: TLS handshake with %s (server name %q): %v", e.Address, e.ServerName, e.Err)
+}
+
+func (e *HandshakeError) Unwrap() error { return e.Err }
 
 // errWouldBlock is what a probeConn's read returns, while probing, when nothing is there to read.
 // It is a temporary net.Error, which a tls.Conn passes on without breaking the connection.

@@ -6,15 +6,17 @@
 // checked by resource.Validate on ToProto of them, so that the file, the admin API and the data
 // plane refuse the same things in the same words.
 //
-// FromProto refuses what resource.Validate refuses, with the same error, and what this data plane
-// cannot do (TLS to backends); what it returns is valid by table's rules: a weight of 1 to
-// table.WeightMax, an address of host:port. ToProto is total: a table.Set that breaks the rules
+// FromProto refuses what resource.Validate refuses, with the same error; what it returns is valid
+// by table's rules: a weight of 1 to table.WeightMax, an address of host:port, each backend's TLS
+// resolved (its own, else the set's). It reads no file: LoadTLS reads a set's TLS files, where the
+// set is applied. ToProto is total: a table.Set that breaks the rules
 // (built in code) becomes a message that resource.Validate refuses, never a valid one that means
 // something else. Zone and metadata, which the data plane does not use, do not survive
 // FromProto.
 package backendset
 
 import (
+	"crypto/tls"
 	"fmt"
 	"math"
 	"net"
@@ -41,10 +43,7 @@ func FromProto(set *discoveryv1.BackendSet) (table.Set, error) {
 	if err := resource.Validate(Prefix, set); err != nil {
 		return table.Set{}, err
 	}
-	if err := supported(set); err != nil {
-		return table.Set{}, err
-	}
-	s := table.Set{Name: set.GetName(), Policy: policies[set.GetPolicy()], Health: healthOf(set)}
+	s := table.Set{Name: set.GetName(), Policy: policies[set.GetPolicy()], Health: healthOf(set), TLS: tlsOf(set.GetTls())}
 	s.FailureStatuses = s.Health.Outlier.FailureStatuses
 	if n := len(set.GetBackends()); n > 0 {
 		s.Backends = make([]table.Backend, n)
@@ -55,22 +54,51 @@ func FromProto(set *discoveryv1.BackendSet) (table.Set, error) {
 			Address: net.JoinHostPort(b.GetAddress(), strconv.FormatUint(uint64(b.GetPort()), 10)),
 			Weight:  int(max(1, b.GetWeight())),
 			State:   states[b.GetState()],
+			TLS:     s.TLS,
+		}
+		if own := b.GetTls(); own != nil {
+			s.Backends[i].TLS = tlsOf(own)
 		}
 	}
 	return s, nil
 }
 
-// supported refuses what this data plane cannot do.
-func supported(set *discoveryv1.BackendSet) error {
-	if set.GetTls() != nil {
-		return &resource.Error{Field: Prefix + ".tls", Msg: "TLS to backends is not supported by this data plane"}
+// tlsOf is a valid tls of the wire as table's; nil for none. "1.2" and the empty min_version are
+// both zero, SESSION_RESUMPTION_ON and UNSPECIFIED both resume: equal settings make equal values.
+func tlsOf(t *discoveryv1.BackendTls) *table.TLS {
+	if t == nil {
+		return nil
 	}
-	for i, b := range set.GetBackends() {
-		if b.GetTls() != nil {
-			return &resource.Error{Field: fmt.Sprintf("%s.backends[%d].tls", Prefix, i), Msg: "TLS to backends is not supported by this data plane"}
-		}
+	out := &table.TLS{ServerName: t.GetServerName(), CAFile: t.GetCaFile(), ClientCertFile: t.GetClientCertFile(),
+		ClientKeyFile: t.GetClientKeyFile(), InsecureSkipVerify: t.GetInsecureSkipVerify(),
+		NoResumption: t.GetSessionResumption() == discoveryv1.SessionResumption_SESSION_RESUMPTION_OFF}
+	if t.GetMinVersion() == "1.3" {
+		out.MinVersion = tls.VersionTLS13
 	}
-	return nil
+	return out
+}
+
+// tlsToProto is t on the wire; nil for none. A MinVersion that the wire cannot say is written as
+// a min_version that resource.Validate refuses.
+func tlsToProto(t *table.TLS) *discoveryv1.BackendTls {
+	if t == nil {
+		return nil
+	}
+	m := &discoveryv1.BackendTls{ServerName: t.ServerName, CaFile: t.CAFile, ClientCertFile: t.ClientCertFile,
+		ClientKeyFile: t.ClientKeyFile, InsecureSkipVerify: t.InsecureSkipVerify}
+	switch t.MinVersion {
+	case 0:
+	case tls.VersionTLS12:
+		m.MinVersion = "1.2"
+	case tls.VersionTLS13:
+		m.MinVersion = "1.3"
+	default:
+		m.MinVersion = fmt.Sprintf("%#04x", t.MinVersion)
+	}
+	if t.NoResumption {
+		m.SessionResumption = discoveryv1.SessionResumption_SESSION_RESUMPTION_OFF
+	}
+	return m
 }
 
 // states maps the wire's states to table's; a valid set has no other.
@@ -130,8 +158,12 @@ const invalid = -1
 // math.MaxUint32. The outlier's failure statuses are Health.Outlier.FailureStatuses, or
 // FailureStatuses when that is zero (a set made in code may give either). Defaults stay implicit:
 // a round-robin set says POLICY_ROUND_ROBIN, an active backend no state, a zero duration none.
+// TLS: the set's TLS is the set's tls; a backend gets a tls of its own only when its TLS is not
+// nil and not equal to the set's. The wire cannot say "plain" for one backend of a set with TLS:
+// a nil Backend.TLS there takes the set's (as a configuration file's backend without a tls key
+// does).
 func ToProto(s table.Set) *discoveryv1.BackendSet {
-	m := &discoveryv1.BackendSet{Name: s.Name}
+	m := &discoveryv1.BackendSet{Name: s.Name, Tls: tlsToProto(s.TLS)}
 	switch s.Policy {
 	case balance.RoundRobin:
 		m.Policy = discoveryv1.Policy_POLICY_ROUND_ROBIN
@@ -149,6 +181,9 @@ func ToProto(s table.Set) *discoveryv1.BackendSet {
 				p = math.MaxUint32
 			}
 			rb.Port = uint32(p)
+		}
+		if b.TLS != nil && (s.TLS == nil || *b.TLS != *s.TLS) {
+			rb.Tls = tlsToProto(b.TLS)
 		}
 		switch b.State {
 		case table.Active:

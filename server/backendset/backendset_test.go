@@ -1,6 +1,7 @@
 package backendset
 
 import (
+	"crypto/tls"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -79,19 +80,40 @@ func TestInvalidRefused(t *testing.T) {
 	}
 }
 
-// TestFromProtoRefusesTLS: TLS to backends is valid for the control plane, but this data plane
-// cannot do it.
-func TestFromProtoRefusesTLS(t *testing.T) {
-	set := &discoveryv1.BackendSet{Name: "web", Backends: []*discoveryv1.Backend{
-		{Id: "a", Address: "10.0.0.1", Port: 443},
-		{Id: "b", Address: "10.0.0.2", Port: 443, Tls: &discoveryv1.BackendTls{ServerName: "b.example"}},
-	}}
+// TestFromProtoTLS: each backend gets the TLS that applies to it (resource.TLSFor's rule): its
+// own whole, else the set's, else none; the wire's spellings of a default make one value.
+func TestFromProtoTLS(t *testing.T) {
+	set := &discoveryv1.BackendSet{Name: "web",
+		Tls: &discoveryv1.BackendTls{CaFile: "/etc/xlb/ca.pem", MinVersion: "1.2", SessionResumption: discoveryv1.SessionResumption_SESSION_RESUMPTION_ON},
+		Backends: []*discoveryv1.Backend{
+			{Id: "a", Address: "10.0.0.1", Port: 443},
+			{Id: "b", Address: "10.0.0.2", Port: 443, Tls: &discoveryv1.BackendTls{ServerName: "b.example", MinVersion: "1.3",
+				ClientCertFile: "/etc/xlb/c.pem", ClientKeyFile: "/etc/xlb/c.key", SessionResumption: discoveryv1.SessionResumption_SESSION_RESUMPTION_OFF}},
+			{Id: "c", Address: "10.0.0.3", Port: 443, Tls: &discoveryv1.BackendTls{InsecureSkipVerify: true}},
+		}}
 	if err := resource.Validate(Prefix, set); err != nil {
 		t.Fatal(err)
 	}
-	_, err := FromProto(set)
-	if want := "backend_set.backends[1].tls: TLS to backends is not supported by this data plane"; err == nil || err.Error() != want {
-		t.Fatalf("FromProto: %v, want %s", err, want)
+	got, err := FromProto(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setTLS := &table.TLS{CAFile: "/etc/xlb/ca.pem"}
+	want := []*table.TLS{setTLS,
+		{ServerName: "b.example", MinVersion: tls.VersionTLS13, ClientCertFile: "/etc/xlb/c.pem", ClientKeyFile: "/etc/xlb/c.key", NoResumption: true},
+		{InsecureSkipVerify: true}}
+	if !reflect.DeepEqual(got.TLS, setTLS) {
+		t.Errorf("set TLS %+v, want %+v", got.TLS, setTLS)
+	}
+	for i, b := range got.Backends {
+		if !reflect.DeepEqual(b.TLS, want[i]) {
+			t.Errorf("backend %s: TLS %+v, want %+v", b.ID, b.TLS, want[i])
+		}
+	}
+	// Without a set tls, a backend without its own is plain.
+	set.Tls = nil
+	if got, err := FromProto(set); err != nil || got.TLS != nil || got.Backends[0].TLS != nil {
+		t.Fatalf("no set tls: %+v, %v; want backend a plain", got, err)
 	}
 }
 
@@ -147,6 +169,9 @@ func TestToProtoRefusable(t *testing.T) {
 		{"unknown failure statuses", func(s *table.Set) { s.FailureStatuses = 9 }, ".outlier_detection.failure_statuses"},
 		{"negative slow start", func(s *table.Set) { s.Health.SlowStart.Window = -time.Second }, ".slow_start.window"},
 		{"negative panic threshold", func(s *table.Set) { s.Health.PanicThreshold = -1 }, ".panic_threshold"},
+		{"unknown TLS version", func(s *table.Set) { s.TLS = &table.TLS{MinVersion: tls.VersionTLS11} }, ".tls.min_version"},
+		{"backend's TLS version", func(s *table.Set) { s.Backends[0].TLS = &table.TLS{MinVersion: 1} }, ".backends[0].tls.min_version"},
+		{"relative CA file", func(s *table.Set) { s.Backends[0].TLS = &table.TLS{CAFile: "ca.pem"} }, ".backends[0].tls.ca_file"},
 	} {
 		s := base()
 		tc.edit(&s)
@@ -165,7 +190,12 @@ func normalise(set *discoveryv1.BackendSet) *discoveryv1.BackendSet {
 	if m.Policy == discoveryv1.Policy_POLICY_UNSPECIFIED {
 		m.Policy = discoveryv1.Policy_POLICY_ROUND_ROBIN
 	}
+	normaliseTLS(m.Tls)
 	for _, b := range m.Backends {
+		// A backend's own tls equal to the set's means what none does.
+		if normaliseTLS(b.Tls); b.Tls != nil && m.Tls != nil && proto.Equal(b.Tls, m.Tls) {
+			b.Tls = nil
+		}
 		b.Weight = max(1, b.Weight)
 		if b.State == discoveryv1.BackendState_BACKEND_STATE_ACTIVE {
 			b.State = discoveryv1.BackendState_BACKEND_STATE_UNSPECIFIED
@@ -202,6 +232,43 @@ func normalise(set *discoveryv1.BackendSet) *discoveryv1.BackendSet {
 	return m
 }
 
+// normaliseTLS spells the defaults of t one way: min_version "1.2" as empty, resumption on as
+// unspecified.
+func normaliseTLS(t *discoveryv1.BackendTls) {
+	if t == nil {
+		return
+	}
+	if t.MinVersion == "1.2" {
+		t.MinVersion = ""
+	}
+	if t.SessionResumption == discoveryv1.SessionResumption_SESSION_RESUMPTION_ON {
+		t.SessionResumption = discoveryv1.SessionResumption_SESSION_RESUMPTION_UNSPECIFIED
+	}
+}
+
+// randomTLS draws a valid tls, or none, from a few values of each field so that two draws are
+// often equal (a backend's own tls the same as its set's).
+func randomTLS(rng *rand.Rand) *discoveryv1.BackendTls {
+	if rng.IntN(3) == 0 {
+		return nil
+	}
+	pick := func(s ...string) string { return s[rng.IntN(len(s))] }
+	t := &discoveryv1.BackendTls{
+		ServerName:        pick("", "", "b.example", "10.0.0.1", "2001:db8::7", strings.Repeat("a", 63)+".example"),
+		MinVersion:        pick("", "1.2", "1.3"),
+		SessionResumption: discoveryv1.SessionResumption(rng.IntN(len(discoveryv1.SessionResumption_name))),
+	}
+	if rng.IntN(4) == 0 {
+		t.InsecureSkipVerify = true
+	} else {
+		t.CaFile = pick("", "/etc/xlb/ca.pem", "/"+strings.Repeat("d", resource.PathBytesMax-1))
+	}
+	if rng.IntN(3) == 0 {
+		t.ClientCertFile, t.ClientKeyFile = "/etc/xlb/client.pem", pick("/etc/xlb/client.key", "/etc/xlb/client.pem")
+	}
+	return t
+}
+
 // randomSet draws a valid set: every field, each in and at the edges of its range, defaults often.
 func randomSet(rng *rand.Rand) *discoveryv1.BackendSet {
 	pick := func(s ...string) string { return s[rng.IntN(len(s))] }
@@ -226,7 +293,7 @@ func randomSet(rng *rand.Rand) *discoveryv1.BackendSet {
 		return durationpb.New(lo + time.Duration(rng.Int64N(int64(hi-lo)/int64(time.Millisecond)+1))*time.Millisecond)
 	}
 	set := &discoveryv1.BackendSet{Name: pick("web", "api.v2", "A_b-c", strings.Repeat("n", resource.NameBytesMax)),
-		Policy: discoveryv1.Policy(rng.IntN(len(discoveryv1.Policy_name)))}
+		Policy: discoveryv1.Policy(rng.IntN(len(discoveryv1.Policy_name))), Tls: randomTLS(rng)}
 	for i := range rng.IntN(6) {
 		b := &discoveryv1.Backend{
 			Id:      fmt.Sprintf("%s%d", pick("b", "10.0.0.1:", "x.y-z_"), i),
@@ -237,6 +304,9 @@ func randomSet(rng *rand.Rand) *discoveryv1.BackendSet {
 		}
 		if rng.IntN(4) == 0 {
 			b.Zone, b.Metadata = "zone-a", map[string]string{"k": "v"}
+		}
+		if rng.IntN(3) == 0 {
+			b.Tls = randomTLS(rng)
 		}
 		set.Backends = append(set.Backends, b)
 	}
@@ -351,6 +421,26 @@ var breakers = []struct {
 		s.SlowStart = &discoveryv1.SlowStart{Window: []*durationpb.Duration{nil, durationpb.New(2 * time.Hour)}[rng.IntN(2)]}
 	}},
 	{"panic threshold over 100", func(_ *rand.Rand, s *discoveryv1.BackendSet) { s.PanicThreshold = resource.PercentMax + 1 }},
+	{"bad tls", func(rng *rand.Rand, s *discoveryv1.BackendSet) {
+		t := &discoveryv1.BackendTls{}
+		switch rng.IntN(5) {
+		case 0:
+			t.CaFile = "relative/ca.pem"
+		case 1:
+			t.ClientCertFile = "/etc/xlb/client.pem"
+		case 2:
+			t.MinVersion = "1.1"
+		case 3:
+			t.InsecureSkipVerify, t.CaFile = true, "/etc/xlb/ca.pem"
+		case 4:
+			t.ServerName = "bad_host"
+		}
+		if rng.IntN(2) == 0 || len(s.Backends) == 0 {
+			s.Tls = t
+		} else {
+			s.Backends[rng.IntN(len(s.Backends))].Tls = t
+		}
+	}},
 }
 
 // TestHealthRoundTrip: a set's health policy as a file or the flags make it reaches the monitor

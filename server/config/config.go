@@ -534,6 +534,8 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 				}
 				s.set.Policy = pol
 			}
+		case "tls":
+			s.set.TLS = d.tlsKey(v, at, nodes)
 		case "backends":
 			for i, bn := range d.sequence(v, at) {
 				bpath := index(at, i)
@@ -593,6 +595,8 @@ func (d *decoder) backend(n *yaml.Node, path string, nodes setNodes) (b table.Ba
 				}
 				b.State = st
 			}
+		case "tls":
+			b.TLS = d.tlsKey(v, at, nodes)
 		default:
 			delete(nodes, at)
 			return false
@@ -693,6 +697,8 @@ func (d *decoder) region(n *yaml.Node, path string, c *shm.Capacities) {
 			dst = &c.StringBytes
 		case "workers":
 			dst = &c.Workers
+		case "tls_profiles":
+			dst = &c.TLSProfiles
 		default:
 			return false
 		}
@@ -1116,6 +1122,15 @@ var Sample = `  listeners:
       outlier_detection: {consecutive_failures: 5, failure_statuses: none, base_ejection_time: 30s, max_ejection_time: 300s, max_ejection_percent: 50}
       slow_start: {window: 30s, min_weight_percent: 10}   # none without this key
       panic_threshold: 0             # % in below which every backend takes traffic (0: none in)
+      tls:                           # TLS to every backend of the set (none without this key)
+        server_name: web.internal    # default: the backend's host
+        ca_file: /etc/xlb/backend-ca.pem   # default: the system roots; files, read by the data plane
+        client_cert_file: /etc/xlb/client.pem   # mTLS to backends, with client_key_file
+        client_key_file: /etc/xlb/client-key.pem
+        min_version: "1.2"           # or "1.3"
+        insecure_skip_verify: false  # true: encrypted, not authenticated (logged at WARN)
+        session_resumption: true     # false: a full handshake for every connection
+      # a backend's own tls: {...} replaces the set's whole
   timeouts: {connect: ` + DurationDoc(proxy.DefaultConnectTimeout) + `, backend: ` + DurationDoc(proxy.DefaultBackendTimeout) +
 	`, client: ` + DurationDoc(proxy.DefaultClientTimeout) + `, idle: ` + DurationDoc(proxy.DefaultIdleTimeout) +
 	`, shutdown: ` + DurationDoc(DefaultShutdownTimeout) + `, worker_stall: ` + DurationDoc(DefaultWorkerStallTimeout) + `}
@@ -1133,5 +1148,5 @@ var Sample = `  listeners:
   workers: 2                         # default: one per two CPUs
   reuse_port: false                  # true: a SO_REUSEPORT socket per worker
   state_dir: /var/lib/xlb            # holds the region file
-  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64}   # when it is created
+  region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64, tls_profiles: 256}   # when it is created
 `

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net/netip"
@@ -177,6 +178,25 @@ backend_sets: [{name: web, backends: []}]
 				PanicThreshold: 40,
 			}
 		}},
+		{"every tls key, the set's and a backend's own", strings.Replace(minimal, "9001}", "9001}\n      - {id: b, address: 127.0.0.1:9002, tls: {insecure_skip_verify: true}}", 1) + `    tls:
+      server_name: web.internal
+      ca_file: /etc/xlb/ca.pem
+      client_cert_file: /etc/xlb/client.pem
+      client_key_file: /etc/xlb/client-key.pem
+      min_version: "1.3"
+      session_resumption: false
+`, func(c *Config) {
+			set := &table.TLS{ServerName: "web.internal", CAFile: "/etc/xlb/ca.pem", ClientCertFile: "/etc/xlb/client.pem",
+				ClientKeyFile: "/etc/xlb/client-key.pem", MinVersion: tls.VersionTLS13, NoResumption: true}
+			c.BackendSets[0].TLS = set
+			c.BackendSets[0].Backends[0].TLS = set
+			c.BackendSets[0].Backends = append(c.BackendSets[0].Backends, table.Backend{ID: "b", Address: "127.0.0.1:9002", Weight: 1,
+				TLS: &table.TLS{InsecureSkipVerify: true}})
+		}},
+		{"an empty tls is TLS with the defaults", minimal + "    tls: {min_version: \"1.2\", session_resumption: true}\n", func(c *Config) {
+			c.BackendSets[0].TLS = &table.TLS{}
+			c.BackendSets[0].Backends[0].TLS = &table.TLS{}
+		}},
 		{"an empty health_check is HTTP probes with defaults", minimal + "    health_check:\n", func(c *Config) {
 			c.BackendSets[0].Health.Probe.Kind = health.ProbeHTTP
 		}},
@@ -310,6 +330,20 @@ func TestParseConfigErrors(t *testing.T) {
 		{"set names not unique", func(t *testing.T) string {
 			return edit(t, "weight: 3}\n", "weight: 3}\n  - name: web\n    backends: []\n")
 		}, []string{`xlb.yaml:10: backend_sets[1].name: "web" is also the name of backend_sets[0] (line 5)`}},
+		// TLS, after the backends (line 10 on).
+		{"tls ca_file relative", health10("    tls:\n      ca_file: ca.pem\n"),
+			[]string{`xlb.yaml:11: backend_sets[0].tls.ca_file: "ca.pem": want an absolute path (a file on the data plane's machine)`}},
+		{"tls min_version unknown", health10("    tls: {min_version: \"1.1\"}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].tls.min_version: want "1.2" or "1.3", got "1.1"`}},
+		{"tls key unknown", health10("    tls: {ca: /x}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].tls: unknown key "ca"`}},
+		{"tls session_resumption not a bool", health10("    tls: {session_resumption: on}\n"),
+			[]string{`xlb.yaml:10: backend_sets[0].tls.session_resumption: want true or false, got "on"`}},
+		{"a backend's tls with a key and no certificate", func(t *testing.T) string {
+			return edit(t, "weight: 3}", "weight: 3,\n          tls: {client_key_file: /k.pem}}")
+		}, []string{`xlb.yaml:10: backend_sets[0].backends[1].tls.client_cert_file: required with client_key_file: both or neither`}},
+		{"tls insecure with a CA", health10("    tls:\n      ca_file: /ca.pem\n      insecure_skip_verify: true\n"),
+			[]string{`xlb.yaml:12: backend_sets[0].tls.insecure_skip_verify: set with ca_file, which it would make unused: verify against ca_file, or skip verification, not both`}},
 		// Health, added after the backends (line 10 on).
 		{"probe timeout longer than interval", health10("    health_check:\n      interval: 1s\n      timeout: 2s\n"),
 			[]string{`xlb.yaml:12: backend_sets[0].health_check.timeout: 2s is longer than the interval (1s)`}},

@@ -51,13 +51,17 @@
 // that the configuration file fills, served on STATE_DIR/control.sock, so that grpcurl works on a
 // single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
 // which decides (planApply, a pure function) what serves next: every set is validated and
-// translated alone (server/backendset.FromProto: the rules of controlplane/resource, plus what this
-// data plane cannot do, TLS to backends), and when the valid ones do not fit the region together
+// translated alone (server/backendset.FromProto: the rules of controlplane/resource; then the files
+// of its TLS to backends are read, backendset.LoadTLS, so that a missing or bad CA, certificate or
+// key is the set's NACK naming the field), and when the valid ones do not fit the region together
 // they go in one at a time, by name; it publishes one generation, and answers once every live
 // worker serves it: an ACK, or a NACK naming each rejected set, whose previous version keeps
 // serving. The applied sets and their versions are saved beside the region (STATE_DIR/applied,
 // not synced: a stale one is ignored), so a restarted data plane tells the control plane what it
-// has.
+// has. A set applied with insecure_skip_verify on some backends is logged at WARN, naming the set,
+// its version and those backends, once per version applied. The monitor's HTTP probes of a TLS
+// backend speak TLS with the backend's settings, their files read again when the set's version
+// changes (health.go).
 //
 // # The core
 //

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
@@ -96,6 +97,7 @@ func (s *supervisor) apply(resp *discoveryv1.StreamBackendSetsResponse) (applyRe
 	}
 	s.current = next
 	s.saveApplied()
+	s.warnInsecure(resp, next)
 	s.updateMonitor() // a set's health policy may have changed alone
 	return s.result(rejected), wait
 }
@@ -111,8 +113,8 @@ type rejection struct {
 // planApply is the supervisor's decision on a response, the pure core of apply: the sets to serve
 // next, and those of the response it rejects. current are the sets in force; fits says whether the
 // region can hold a generation of the given sets (shm.Writer.Check). Each set is validated alone
-// (the control plane's rules, then what this data plane supports), and one that fails is rejected
-// alone. When the valid sets do not fit the region together, they are added one at a time in name
+// (the control plane's rules, then its TLS files read: backendset.LoadTLS), and one that fails is
+// rejected alone. When the valid sets do not fit the region together, they are added one at a time in name
 // order on top of the sets kept, and only those that do not fit are rejected: their previous
 // versions, if any, keep serving. Removals always apply.
 func planApply(current map[string]*discoveryv1.VersionedBackendSet, resp *discoveryv1.StreamBackendSetsResponse,
@@ -128,6 +130,12 @@ func planApply(current map[string]*discoveryv1.VersionedBackendSet, resp *discov
 	var valid []*discoveryv1.VersionedBackendSet
 	for _, vs := range resp.GetSets() {
 		if _, err := backendset.FromProto(vs.GetBackendSet()); err != nil {
+			rejected = append(rejected, rejection{set: vs, err: err})
+			continue
+		}
+		// Its TLS files, read here on the data plane's machine: one missing or bad is the set's
+		// NACK, naming the field, and its previous version keeps serving.
+		if _, err := backendset.LoadTLS(vs.GetBackendSet()); err != nil {
 			rejected = append(rejected, rejection{set: vs, err: err})
 			continue
 		}
@@ -301,4 +309,35 @@ func (s *supervisor) xdsApply(ctx context.Context, resp *discoveryv1.StreamBacke
 		return nil, nil, 0, nil
 	}
 	return r.applied, r.rejected, r.generation, r.workers
+}
+
+// sameTLS tells whether two backends' TLS are the same settings (both plain, or equal).
+func sameTLS(a, b *shm.TLS) bool {
+	return a == b || a != nil && b != nil && *a == *b
+}
+
+// warnInsecure logs at WARN, once per applied version, each set of resp now in force whose TLS to
+// some backends skips verification, naming the set and those backends.
+func (s *supervisor) warnInsecure(resp *discoveryv1.StreamBackendSetsResponse, next map[string]*discoveryv1.VersionedBackendSet) {
+	for _, vs := range resp.GetSets() {
+		name := vs.GetBackendSet().GetName()
+		if next[name] != vs {
+			continue // rejected
+		}
+		if ids := insecureBackends(vs.GetBackendSet()); len(ids) > 0 {
+			s.log.Warn("TLS to these backends skips certificate verification (insecure_skip_verify): encrypted, not authenticated",
+				"set", name, "version", vs.GetVersion(), "backends", strings.Join(ids, ","))
+		}
+	}
+}
+
+// insecureBackends are the ids of the backends of a valid set whose TLS skips verification.
+func insecureBackends(set *discoveryv1.BackendSet) []string {
+	var ids []string
+	for _, b := range set.GetBackends() {
+		if t := resource.TLSFor(set, b); t.GetInsecureSkipVerify() {
+			ids = append(ids, b.GetId())
+		}
+	}
+	return ids
 }

@@ -11,6 +11,7 @@ import (
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // vset is set name of n backends at version v.
@@ -94,6 +95,29 @@ func TestPlanApply(t *testing.T) {
 				t.Errorf("the sets in force were changed in place: %q, then %q", before, after)
 			}
 		})
+	}
+}
+
+// TestPlanApplyTLSFiles: a set whose TLS names a file this data plane cannot read is rejected
+// alone, naming the field and the file, and its previous version stays in force; one whose files
+// are there applies.
+func TestPlanApplyTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	ca := testutil.NewCA(t, dir, "ca")
+	withCA := func(name, v, file string) *discoveryv1.VersionedBackendSet {
+		vs := vset(name, v, 2)
+		vs.BackendSet.Backends[1].Tls = &discoveryv1.BackendTls{CaFile: file}
+		return vs
+	}
+	current := map[string]*discoveryv1.VersionedBackendSet{"web": vset("web", "1", 2)}
+	next, rejected := planApply(current, &discoveryv1.StreamBackendSetsResponse{Sets: []*discoveryv1.VersionedBackendSet{
+		withCA("web", "2", "/x"), withCA("api", "1", ca.File)}}, func(map[string]*discoveryv1.VersionedBackendSet) error { return nil })
+	if got := inForce(next); got != "api@1 web@1" {
+		t.Errorf("in force next: %q, want api@1 web@1", got)
+	}
+	const want = "backend_set.backends[1].tls.ca_file: open /x: no such file or directory"
+	if len(rejected) != 1 || rejected[0].set.GetBackendSet().GetName() != "web" || rejected[0].err.Error() != want {
+		t.Fatalf("rejected %+v, want web with %q", rejected, want)
 	}
 }
 

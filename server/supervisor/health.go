@@ -3,6 +3,7 @@ package supervisor
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"os"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/monitor"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
+	"github.com/xlbproxy/xlb/dataplane/upstream"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/server/backendset"
 	"github.com/xlbproxy/xlb/server/config"
@@ -40,7 +42,8 @@ func trialTimeout(c *config.Config) time.Duration {
 }
 
 // monitorSets are the sets of the region's generation in force (their backends' health slots
-// included), with the health policy the control plane gave each.
+// included), with the health policy the control plane gave each, and the TLS of each backend's
+// probes.
 func (s *supervisor) monitorSets() []monitor.Set {
 	out := make([]monitor.Set, 0, len(s.regionSets))
 	for _, rs := range s.regionSets {
@@ -48,13 +51,69 @@ func (s *supervisor) monitorSets() []monitor.Set {
 		if set, err := backendset.FromProto(s.current[rs.Name].GetBackendSet()); err == nil {
 			ms.Health = set.Health
 		}
+		loaded := s.probeTLSOf(rs.Name)
 		for _, b := range rs.Backends {
-			ms.Backends = append(ms.Backends, monitor.Backend{ID: b.ID, Address: b.Address, Slot: b.HealthSlot, State: b.State})
+			mb := monitor.Backend{ID: b.ID, Address: b.Address, Slot: b.HealthSlot, State: b.State}
+			if b.TLS != nil {
+				mb.TLS = probeConfig(b, loaded)
+			}
+			ms.Backends = append(ms.Backends, mb)
 		}
 		out = append(out, ms)
 	}
+	for name := range s.probeTLS {
+		if _, ok := s.current[name]; !ok {
+			delete(s.probeTLS, name)
+		}
+	}
 	return out
 }
+
+// probeTLS is the TLS of one set's probes: its files as read for one version of the set.
+type probeTLS struct {
+	version string
+	loaded  map[table.TLS]upstream.TLS
+}
+
+// probeTLSOf is the TLS of set name's probes, its files read again when its version changed (the
+// version was accepted, so they were readable a moment ago). When they no longer are, the error is
+// logged and the version before keeps its files.
+func (s *supervisor) probeTLSOf(name string) map[table.TLS]upstream.TLS {
+	vs := s.current[name]
+	p, ok := s.probeTLS[name]
+	if ok && p.version == vs.GetVersion() {
+		return p.loaded
+	}
+	loaded, err := backendset.LoadTLS(vs.GetBackendSet())
+	if err != nil {
+		s.log.Error("cannot read the TLS files of a backend set for its health probes", "set", name, "version", vs.GetVersion(), "error", err)
+		return p.loaded
+	}
+	if s.probeTLS == nil {
+		s.probeTLS = make(map[string]probeTLS)
+	}
+	s.probeTLS[name] = probeTLS{version: vs.GetVersion(), loaded: loaded}
+	return loaded
+}
+
+// probeConfig is the tls.Config of the probes of backend b with its set's files loaded; when they
+// are not, failedTLS: its probes fail rather than go in clear text.
+func probeConfig(b shm.Backend, loaded map[table.TLS]upstream.TLS) *tls.Config {
+	u, ok := loaded[table.TLS(*b.TLS)]
+	if ok {
+		if c, err := backendset.ProbeConfig(u, b.Address); err == nil {
+			return c
+		}
+	}
+	return failedTLS
+}
+
+// failedTLS is the TLS of a probe whose files could not be read: every handshake fails.
+var failedTLS = &tls.Config{ServerName: "unknown", GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return nil, errors.New("the TLS files of this backend could not be read")
+}, VerifyConnection: func(tls.ConnectionState) error {
+	return errors.New("the TLS files of this backend could not be read (see the supervisor's log)")
+}}
 
 // updateMonitor hands the monitor the sets in force. It returns once the monitor has them: the
 // region may give a slot of a removed backend to another at the next publish.

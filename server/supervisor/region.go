@@ -32,8 +32,11 @@ import (
 // logDamage logs that the region file at path was found damaged and moved to aside.
 func logDamage(log hclog.Logger, path, aside string, damage error) {
 	found := "corrupt"
-	if errors.Is(damage, shm.ErrZeroed) {
+	switch {
+	case errors.Is(damage, shm.ErrZeroed):
 		found = "zeroed"
+	case errors.Is(damage, shm.ErrOldLayout):
+		found = "of an older layout (written by an older xlb)"
 	}
 	log.Error("the region file is "+found+"; it is moved aside and rebuilt", "file", path, "error", damage, "moved_to", aside)
 }

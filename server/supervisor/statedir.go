@@ -86,8 +86,9 @@ func lockStateDir(dir string) (*stateDir, error) {
 // reach, loaded from the directory's region file, or new with caps when there is none, in which
 // case the file is written now. The file is a copy, which the supervisor saves again as the region
 // changes: the processes map the sealed memory, passed on as a descriptor, never the file. fresh
-// says the region is new. A file of another layout is refused, never overwritten: it may hold what
-// an operator wants back. A damaged file (zeroed, truncated, failing its checksums) is moved aside,
+// says the region is new. A file of a newer layout is refused, never overwritten: it may hold what
+// an operator wants back (a downgrade). A file of an older layout (an upgrade across a layout
+// change) is moved aside and rebuilt, as a damaged one is. A damaged file (zeroed, truncated, failing its checksums) is moved aside,
 // never deleted, and a new region is made: aside is where the damaged file went, and damage what
 // was wrong with it; the caller logs them and publishes the sets it knows into the new region.
 func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, aside string, damage, err error) {
@@ -100,7 +101,9 @@ func (d *stateDir) openRegion(caps shm.Capacities) (r *shm.Region, fresh bool, a
 		}
 		caps = r.Capacities() // a header that verified: the new region keeps its capacities
 		r.Close()
-	case errors.Is(err, shm.ErrZeroed) || errors.Is(err, shm.ErrCorrupt):
+	case errors.Is(err, shm.ErrZeroed) || errors.Is(err, shm.ErrCorrupt) || errors.Is(err, shm.ErrOldLayout):
+		// An older layout is not damage, but is handled alike: what it held is in the applied
+		// file, and it is kept aside for a downgrade.
 		damage = err
 	case errors.Is(err, os.ErrNotExist):
 		r, err = newRegion(path, caps)

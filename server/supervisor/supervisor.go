@@ -105,10 +105,11 @@ type supervisor struct {
 	metricsSocket string            // where the workers report them
 	promAddr      string            // the Prometheus listener's bound address; "" without one
 
-	monitor     *monitor.Monitor // the health of every backend of the region
-	regionSets  []shm.Set        // the sets of the region's generation in force, with their health slots
-	healthW     *os.File         // the write end of the health pipe, which every worker inherits
-	healthWake  chan struct{}    // the monitor changed routes: wake the workers
+	monitor     *monitor.Monitor    // the health of every backend of the region
+	regionSets  []shm.Set           // the sets of the region's generation in force, with their health slots
+	probeTLS    map[string]probeTLS // the TLS files of the monitor's probes, by set (health.go)
+	healthW     *os.File            // the write end of the health pipe, which every worker inherits
+	healthWake  chan struct{}       // the monitor changed routes: wake the workers
 	upgrade     *upgradeState
 	upgradeReqs chan upgradeReq
 	upgradeDone chan upgradeResult
@@ -775,7 +776,7 @@ func withHint(err error) []any {
 	if !errors.As(err, &ce) {
 		return []any{"error", err}
 	}
-	key := map[string]string{"Sets": "sets", "Backends": "backends", "StringBytes": "string_bytes"}[ce.Field]
+	key := map[string]string{"Sets": "sets", "Backends": "backends", "StringBytes": "string_bytes", "TLSProfiles": "tls_profiles"}[ce.Field]
 	return []any{"error", err, "hint", fmt.Sprintf("region.%s (%d) is fixed when the region file is created: set a larger one in the configuration, stop xlb, remove %s from the state directory, and start it again",
 		key, ce.Max, regionFile)}
 }
@@ -940,7 +941,7 @@ func sameSets(a, b []shm.Set) bool {
 	return slices.EqualFunc(a, b, func(x, y shm.Set) bool {
 		return x.Name == y.Name && x.Policy == y.Policy && x.FailureStatuses == y.FailureStatuses &&
 			slices.EqualFunc(x.Backends, y.Backends, func(p, q shm.Backend) bool {
-				return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State
+				return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State && sameTLS(p.TLS, q.TLS)
 			})
 	})
 }
