@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -196,7 +197,7 @@ func TestBackendTLSResumption(t *testing.T) {
 	be := newTLSBackend(t, ca, dir, "R", true, nil)
 	cfg := filepath.Join(t.TempDir(), "xlb.yaml")
 	s := startSupervisor(t, cfg, t.TempDir(), func(addr string) string {
-		return tlsConfigYAML(addr, be.addr, fmt.Sprintf("{ca_file: %s}", ca.File))
+		return tlsConfigYAML(addr, be.addr, fmt.Sprintf("{ca_file: %s}", ca.File)) + "metrics_interval: 100ms\n"
 	})
 	s.awaitReady(t)
 	const n = 10
@@ -207,9 +208,20 @@ func TestBackendTLSResumption(t *testing.T) {
 	if full, resumed := be.full.Load(), be.resumed.Load(); full != 1 || resumed != n-1 {
 		t.Errorf("%d connections: %d full and %d resumed handshakes, want 1 and %d", n, full, resumed, n-1)
 	}
+	// The workers count them too, and report them to the supervisor: its Status shows them (and
+	// so do GetLoad, OpenTelemetry and Prometheus, from the same totals).
+	var got [2]string
+	testutil.WaitFor(t, applyTimeout, "the handshakes in the supervisor's Status", func() bool {
+		for _, b := range status(t, s.stateDir).Backends {
+			if b.BackendID == "a" {
+				got = [2]string{b.TLSFull, b.TLSResumed}
+			}
+		}
+		return got == [2]string{"1", strconv.Itoa(n - 1)}
+	})
 
 	from := logEnd(s.log)
-	writeConfig(t, cfg, tlsConfigYAML(s.addr, be.addr, fmt.Sprintf("{ca_file: %s, session_resumption: false}", ca.File)), true)
+	writeConfig(t, cfg, tlsConfigYAML(s.addr, be.addr, fmt.Sprintf("{ca_file: %s, session_resumption: false}", ca.File))+"metrics_interval: 100ms\n", true)
 	s.awaitApplied(t, from, 0)
 	full0, resumed0 := be.full.Load(), be.resumed.Load()
 	if st := getN(t, s.addr, n); st[200] != n {

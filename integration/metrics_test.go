@@ -18,6 +18,9 @@ type statusJSON struct {
 		Requests  string   `json:"requests"`
 		Responses []string `json:"responses"`
 		InFlight  string   `json:"inFlight"`
+		// TLSFull and TLSResumed are its TLS handshakes; "" for none.
+		TLSFull    string `json:"tlsHandshakesFull"`
+		TLSResumed string `json:"tlsHandshakesResumed"`
 	} `json:"backends"`
 	BackendStates []struct {
 		BackendID string `json:"backendId"`

@@ -53,6 +53,10 @@ func Add(tot, d *loadv1.BackendLoad) {
 	tot.BytesOut += d.GetBytesOut()
 	tot.HeaderLatency = addHistogram(tot.HeaderLatency, d.GetHeaderLatency())
 	tot.TotalLatency = addHistogram(tot.TotalLatency, d.GetTotalLatency())
+	tot.TlsHandshakesFull += d.GetTlsHandshakesFull()
+	tot.TlsHandshakesResumed += d.GetTlsHandshakesResumed()
+	tot.TlsHandshakeFailures += d.GetTlsHandshakeFailures()
+	tot.TlsHandshakeLatency = addHistogram(tot.TlsHandshakeLatency, d.GetTlsHandshakeLatency())
 }
 
 func addHistogram(tot, d *loadv1.Histogram) *loadv1.Histogram {

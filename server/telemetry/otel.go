@@ -41,6 +41,10 @@ import (
 //	xlb.backend.in_flight          gauge     attempts in progress (an up-down counter)
 //	xlb.backend.connections.opened counter   connections dialled
 //	xlb.backend.connections.reused counter   attempts on a pooled connection
+//	xlb.backend.tls.handshakes     counter   TLS handshakes that succeeded, by xlb.tls.resumed
+//	                                         (false: full, true: a resumed session); TLS backends only
+//	xlb.backend.tls.handshake_failures counter   TLS handshakes that failed
+//	xlb.backend.tls.handshake.time counter   seconds in successful handshakes (over handshakes: the mean)
 //	http.client.request.duration   histogram seconds from an attempt's start to the end of its
 //	                                         response, over the buckets of proxy.LatencyBuckets
 //
@@ -201,6 +205,13 @@ func (e Export) Start(ctx context.Context, src Sources, log hclog.Logger) (stop 
 	badResponses := counter("xlb.backend.bad_responses", "{response}", "Malformed responses of the backend.")
 	opened := counter("xlb.backend.connections.opened", "{connection}", "Connections dialled to the backend.")
 	reused := counter("xlb.backend.connections.reused", "{request}", "Attempts sent on a pooled connection.")
+	tlsHandshakes := counter("xlb.backend.tls.handshakes", "{handshake}", "TLS handshakes with the backend that succeeded, by whether they resumed a session (xlb.tls.resumed).")
+	tlsFailures := counter("xlb.backend.tls.handshake_failures", "{handshake}", "TLS handshakes with the backend that failed: a refused certificate, an alert, a timeout.")
+	tlsTime, err2 := m.Float64ObservableCounter("xlb.backend.tls.handshake.time", metric.WithUnit("s"),
+		metric.WithDescription("Time spent in the successful TLS handshakes with the backend: divided by xlb.backend.tls.handshakes, their mean."))
+	if err == nil {
+		err = err2
+	}
 	inFlight, err2 := m.Int64ObservableUpDownCounter("xlb.backend.in_flight", metric.WithUnit("{request}"), metric.WithDescription("Attempts in progress."))
 	if err == nil {
 		err = err2
@@ -227,6 +238,13 @@ func (e Export) Start(ctx context.Context, src Sources, log hclog.Logger) (stop 
 			o.ObserveInt64(opened, int64(b.GetConnectionsOpened()), set)
 			o.ObserveInt64(reused, int64(b.GetConnectionsReused()), set)
 			o.ObserveInt64(inFlight, b.GetInFlight(), set)
+			if full, resumed, failed := b.GetTlsHandshakesFull(), b.GetTlsHandshakesResumed(), b.GetTlsHandshakeFailures(); full+resumed+failed > 0 {
+				// Only backends that spoke TLS have these series: a plain one has none, not zeros.
+				o.ObserveInt64(tlsHandshakes, int64(full), metric.WithAttributeSet(attribute.NewSet(append(base, attribute.Bool("xlb.tls.resumed", false))...)))
+				o.ObserveInt64(tlsHandshakes, int64(resumed), metric.WithAttributeSet(attribute.NewSet(append(base, attribute.Bool("xlb.tls.resumed", true))...)))
+				o.ObserveInt64(tlsFailures, int64(failed), set)
+				o.ObserveFloat64(tlsTime, b.GetTlsHandshakeLatency().GetSumSeconds(), set)
+			}
 			for i, n := range b.GetResponses() {
 				if i < len(classes) {
 					o.ObserveInt64(responses, int64(n), metric.WithAttributeSet(attribute.NewSet(append(base, attribute.String("http.response.status_class", classes[i]))...)))
@@ -234,7 +252,7 @@ func (e Export) Start(ctx context.Context, src Sources, log hclog.Logger) (stop 
 			}
 		}
 		return nil
-	}, requests, responses, localErrors, badResponses, opened, reused, inFlight)
+	}, requests, responses, localErrors, badResponses, opened, reused, tlsHandshakes, tlsFailures, tlsTime, inFlight)
 	if err != nil {
 		stopAll(ctx)
 		return nil, "", err

@@ -19,6 +19,7 @@ import (
 
 	"github.com/xlbproxy/xlb/controlplane/load"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/upstream"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 	"github.com/xlbproxy/xlb/internal/backoff"
 	"github.com/xlbproxy/xlb/server/config"
@@ -319,7 +320,31 @@ func deltaLoad(m, prev proxy.BackendMetrics) *loadv1.BackendLoad {
 	for i := range m.Responses {
 		b.Responses = append(b.Responses, m.Responses[i]-prev.Responses[i])
 	}
+	deltaTLS(b, m.TLS, prev.TLS)
 	return b
+}
+
+// deltaTLS puts into b the TLS handshakes of t since prev. The counts are its pool's, which a
+// change of the backend's TLS replaces by a new one counting from zero: counts that went back
+// are counted from zero too.
+func deltaTLS(b *loadv1.BackendLoad, t, prev upstream.Stats) {
+	if t.FullHandshakes < prev.FullHandshakes || t.ResumedHandshakes < prev.ResumedHandshakes || t.HandshakeFailures < prev.HandshakeFailures {
+		prev = upstream.Stats{}
+	}
+	b.TlsHandshakesFull = t.FullHandshakes - prev.FullHandshakes
+	b.TlsHandshakesResumed = t.ResumedHandshakes - prev.ResumedHandshakes
+	b.TlsHandshakeFailures = t.HandshakeFailures - prev.HandshakeFailures
+	if b.TlsHandshakesFull+b.TlsHandshakesResumed == 0 {
+		return // no histogram of nothing: plain backends carry none
+	}
+	h := &loadv1.Histogram{SumSeconds: (t.HandshakeTime - prev.HandshakeTime).Seconds()}
+	for _, bound := range upstream.HandshakeBuckets {
+		h.BoundsSeconds = append(h.BoundsSeconds, bound.Seconds())
+	}
+	for i := range t.HandshakeLatency {
+		h.Counts = append(h.Counts, t.HandshakeLatency[i]-prev.HandshakeLatency[i])
+	}
+	b.TlsHandshakeLatency = h
 }
 
 func deltaHistogram(h, prev proxy.Histogram) *loadv1.Histogram {

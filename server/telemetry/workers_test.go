@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/xlbproxy/xlb/dataplane/proxy"
+	"github.com/xlbproxy/xlb/dataplane/upstream"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
 )
 
@@ -30,6 +31,46 @@ func TestReporterDeltas(t *testing.T) {
 	cur[0].Requests, cur[0].Responses = 2, [5]uint64{0, 2}
 	if third := r.reports()[0]; third.Backends[0].Requests != 2 {
 		t.Fatalf("after a reset: %v, want 2 counted from zero", third)
+	}
+}
+
+// TestReporterTLSDeltas: a backend's TLS handshakes go out as deltas with their latency; when its
+// pool is replaced (a change of its TLS) and counts from zero again, the new counts are counted
+// from zero, while its request counters go on; a plain backend carries no handshake histogram.
+func TestReporterTLSDeltas(t *testing.T) {
+	tlsOf := func(full, resumed, failed uint64, took time.Duration) upstream.Stats {
+		st := upstream.Stats{FullHandshakes: full, ResumedHandshakes: resumed, HandshakeFailures: failed, HandshakeTime: took}
+		st.HandshakeLatency[2] = full + resumed
+		return st
+	}
+	cur := []proxy.BackendMetrics{
+		{Set: "web", ID: "a", Address: "h:1", Requests: 10, TLS: tlsOf(1, 4, 1, 5*time.Millisecond)},
+		{Set: "web", ID: "plain", Address: "h:2", Requests: 3},
+	}
+	r := &Reporter{Metrics: func() []proxy.BackendMetrics { return cur }, Gen: func() uint64 { return 1 }}
+	byID := func(req *loadv1.StreamMetricsRequest) map[string]*loadv1.BackendLoad {
+		out := map[string]*loadv1.BackendLoad{}
+		for _, b := range req.Backends {
+			out[b.BackendId] = b
+		}
+		return out
+	}
+	first := byID(r.reports()[0])
+	if a := first["a"]; a.TlsHandshakesFull != 1 || a.TlsHandshakesResumed != 4 || a.TlsHandshakeFailures != 1 ||
+		a.TlsHandshakeLatency.GetCounts()[2] != 5 || a.TlsHandshakeLatency.GetSumSeconds() != 0.005 ||
+		len(a.TlsHandshakeLatency.GetBoundsSeconds()) != len(upstream.HandshakeBuckets) {
+		t.Fatalf("first report of a: %v", a)
+	}
+	if p := first["plain"]; p.TlsHandshakeLatency != nil || p.TlsHandshakesFull+p.TlsHandshakesResumed+p.TlsHandshakeFailures != 0 {
+		t.Fatalf("a plain backend: %v, want no TLS", p)
+	}
+	cur[0].Requests, cur[0].TLS = 12, tlsOf(1, 9, 1, 8*time.Millisecond)
+	if a := byID(r.reports()[0])["a"]; a.Requests != 2 || a.TlsHandshakesResumed != 5 || a.TlsHandshakesFull != 0 || a.TlsHandshakeLatency.GetCounts()[2] != 5 {
+		t.Fatalf("second report of a: %v, want 2 requests and 5 resumed", a)
+	}
+	cur[0].Requests, cur[0].TLS = 14, tlsOf(1, 0, 0, time.Millisecond) // a new pool
+	if a := byID(r.reports()[0])["a"]; a.Requests != 2 || a.TlsHandshakesFull != 1 || a.TlsHandshakesResumed != 0 {
+		t.Fatalf("after the pool was replaced: %v, want 2 requests and the new pool's 1 full handshake", a)
 	}
 }
 

@@ -393,8 +393,17 @@ type BackendLoad struct {
 	BytesOut                   uint64     `protobuf:"varint,14,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
 	HeaderLatency              *Histogram `protobuf:"bytes,15,opt,name=header_latency,json=headerLatency,proto3" json:"header_latency,omitempty"`
 	TotalLatency               *Histogram `protobuf:"bytes,16,opt,name=total_latency,json=totalLatency,proto3" json:"total_latency,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// tls_handshakes_full and tls_handshakes_resumed count the TLS handshakes with the backend that
+	// succeeded, by kind; tls_handshake_failures those that failed (refused certificates, alerts,
+	// timeouts). All zero for a plain backend.
+	TlsHandshakesFull    uint64 `protobuf:"varint,17,opt,name=tls_handshakes_full,json=tlsHandshakesFull,proto3" json:"tls_handshakes_full,omitempty"`
+	TlsHandshakesResumed uint64 `protobuf:"varint,18,opt,name=tls_handshakes_resumed,json=tlsHandshakesResumed,proto3" json:"tls_handshakes_resumed,omitempty"`
+	TlsHandshakeFailures uint64 `protobuf:"varint,19,opt,name=tls_handshake_failures,json=tlsHandshakeFailures,proto3" json:"tls_handshake_failures,omitempty"`
+	// tls_handshake_latency is the successful handshakes by how long each took, over the bounds of
+	// dataplane/upstream.HandshakeBuckets.
+	TlsHandshakeLatency *Histogram `protobuf:"bytes,20,opt,name=tls_handshake_latency,json=tlsHandshakeLatency,proto3" json:"tls_handshake_latency,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *BackendLoad) Reset() {
@@ -535,6 +544,34 @@ func (x *BackendLoad) GetHeaderLatency() *Histogram {
 func (x *BackendLoad) GetTotalLatency() *Histogram {
 	if x != nil {
 		return x.TotalLatency
+	}
+	return nil
+}
+
+func (x *BackendLoad) GetTlsHandshakesFull() uint64 {
+	if x != nil {
+		return x.TlsHandshakesFull
+	}
+	return 0
+}
+
+func (x *BackendLoad) GetTlsHandshakesResumed() uint64 {
+	if x != nil {
+		return x.TlsHandshakesResumed
+	}
+	return 0
+}
+
+func (x *BackendLoad) GetTlsHandshakeFailures() uint64 {
+	if x != nil {
+		return x.TlsHandshakeFailures
+	}
+	return 0
+}
+
+func (x *BackendLoad) GetTlsHandshakeLatency() *Histogram {
+	if x != nil {
+		return x.TlsHandshakeLatency
 	}
 	return nil
 }
@@ -758,7 +795,7 @@ const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\vconnections\x18\x06 \x01(\x04R\vconnections\x12#\n" +
 	"\raccept_paused\x18\a \x01(\x04R\facceptPaused\"[\n" +
 	"\x15StreamMetricsResponse\x12B\n" +
-	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\x82\x05\n" +
+	"\x0freport_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereportInterval\"\xea\x06\n" +
 	"\vBackendLoad\x12\x1f\n" +
 	"\vbackend_set\x18\x01 \x01(\tR\n" +
 	"backendSet\x12\x1d\n" +
@@ -778,7 +815,11 @@ const file_xlb_load_v1_load_proto_rawDesc = "" +
 	"\bbytes_in\x18\r \x01(\x04R\abytesIn\x12\x1b\n" +
 	"\tbytes_out\x18\x0e \x01(\x04R\bbytesOut\x12=\n" +
 	"\x0eheader_latency\x18\x0f \x01(\v2\x16.xlb.load.v1.HistogramR\rheaderLatency\x12;\n" +
-	"\rtotal_latency\x18\x10 \x01(\v2\x16.xlb.load.v1.HistogramR\ftotalLatency\"k\n" +
+	"\rtotal_latency\x18\x10 \x01(\v2\x16.xlb.load.v1.HistogramR\ftotalLatency\x12.\n" +
+	"\x13tls_handshakes_full\x18\x11 \x01(\x04R\x11tlsHandshakesFull\x124\n" +
+	"\x16tls_handshakes_resumed\x18\x12 \x01(\x04R\x14tlsHandshakesResumed\x124\n" +
+	"\x16tls_handshake_failures\x18\x13 \x01(\x04R\x14tlsHandshakeFailures\x12J\n" +
+	"\x15tls_handshake_latency\x18\x14 \x01(\v2\x16.xlb.load.v1.HistogramR\x13tlsHandshakeLatency\"k\n" +
 	"\tHistogram\x12%\n" +
 	"\x0ebounds_seconds\x18\x01 \x03(\x01R\rboundsSeconds\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x1f\n" +
@@ -847,18 +888,19 @@ var file_xlb_load_v1_load_proto_depIdxs = []int32{
 	8,  // 4: xlb.load.v1.StreamMetricsResponse.report_interval:type_name -> google.protobuf.Duration
 	6,  // 5: xlb.load.v1.BackendLoad.header_latency:type_name -> xlb.load.v1.Histogram
 	6,  // 6: xlb.load.v1.BackendLoad.total_latency:type_name -> xlb.load.v1.Histogram
-	0,  // 7: xlb.load.v1.BackendHealth.state:type_name -> xlb.load.v1.HealthState
-	9,  // 8: xlb.load.v1.BackendHealth.since:type_name -> google.protobuf.Timestamp
-	9,  // 9: xlb.load.v1.BackendHealth.until:type_name -> google.protobuf.Timestamp
-	3,  // 10: xlb.load.v1.WorkerMetricsService.StreamMetrics:input_type -> xlb.load.v1.StreamMetricsRequest
-	1,  // 11: xlb.load.v1.LoadReportingService.StreamLoadStats:input_type -> xlb.load.v1.StreamLoadStatsRequest
-	4,  // 12: xlb.load.v1.WorkerMetricsService.StreamMetrics:output_type -> xlb.load.v1.StreamMetricsResponse
-	2,  // 13: xlb.load.v1.LoadReportingService.StreamLoadStats:output_type -> xlb.load.v1.StreamLoadStatsResponse
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	6,  // 7: xlb.load.v1.BackendLoad.tls_handshake_latency:type_name -> xlb.load.v1.Histogram
+	0,  // 8: xlb.load.v1.BackendHealth.state:type_name -> xlb.load.v1.HealthState
+	9,  // 9: xlb.load.v1.BackendHealth.since:type_name -> google.protobuf.Timestamp
+	9,  // 10: xlb.load.v1.BackendHealth.until:type_name -> google.protobuf.Timestamp
+	3,  // 11: xlb.load.v1.WorkerMetricsService.StreamMetrics:input_type -> xlb.load.v1.StreamMetricsRequest
+	1,  // 12: xlb.load.v1.LoadReportingService.StreamLoadStats:input_type -> xlb.load.v1.StreamLoadStatsRequest
+	4,  // 13: xlb.load.v1.WorkerMetricsService.StreamMetrics:output_type -> xlb.load.v1.StreamMetricsResponse
+	2,  // 14: xlb.load.v1.LoadReportingService.StreamLoadStats:output_type -> xlb.load.v1.StreamLoadStatsResponse
+	13, // [13:15] is the sub-list for method output_type
+	11, // [11:13] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_xlb_load_v1_load_proto_init() }
