@@ -46,6 +46,7 @@ RETRY_BUDGET=${RETRY_BUDGET:-30}
 XLB_BACKEND_TLS=${XLB_BACKEND_TLS:-auto} # auto: the backend-tls listener if xlb accepts it; on; off
 XLB_WORKERS=${XLB_WORKERS:-}          # xlb run --workers N (default: xlb's own)
 XLB_FLAGS=${XLB_FLAGS:-}              # more flags of xlb run
+XLB_PERF=${XLB_PERF:-0}               # 1: a CPU profile (perf, cpu-clock) of xlb's processes in each of its measurements
 BACKEND_NAME=backend.bench.test       # the name in the upstreams' certificate, sent in SNI
 LB_NAME_TLS=lb.bench.test             # the name in the LBs' certificate
 STAMP=$(date -u +%Y%m%d-%H%M%S)
@@ -60,6 +61,7 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 for t in wrk curl go openssl awk ps taskset timeout; do
 	command -v "$t" >/dev/null || die "missing tool: $t (bash tools/install.sh --bench)"
 done
+[[ $XLB_PERF == 0 ]] || command -v perf >/dev/null || die "XLB_PERF=1 needs perf (apt-get install -y linux-perf)"
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 ]] || die "ROUNDS must be an integer >= 1, not '$ROUNDS'"
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "DURATION must be an integer >= 1 (seconds), not '$DURATION'"
 [[ $FULL_CLIENTS =~ ^[0-9]+$ && $FULL_CLIENTS -ge 1 ]] || die "FULL_CLIENTS must be an integer >= 1, not '$FULL_CLIENTS'"
@@ -446,9 +448,21 @@ measure_once() { # ROUND NAME SCENARIO ATTEMPT -> one raw.tsv row
 	c0=$(upstream_counts)
 	lb0=$(cpu_ticks "${lbp[@]}") up0=$(cpu_ticks "${ALL_UPSTREAM_PIDS[@]}") lq0=$(runq_ns "${lbp[@]}") m0=$(machine_ticks)
 	t0=$(date +%s%N)
-	local TIMEFORMAT='%U %S'
+	local TIMEFORMAT='%U %S' perfpid=""
+	if [[ $XLB_PERF == 1 && $name == xlb ]]; then
+		# perf samples xlb's processes for the length of the load; it costs xlb CPU: the figures
+		# of such a run are for the profile only
+		timeout -k 5 $((DURATION + 20)) perf record -q -e cpu-clock -F 997 -g -o "$WORK/perf.data" \
+			-p "$(IFS=,; echo "${lbp[*]}")" -- sleep "$DURATION" >/dev/null 2>&1 &
+		perfpid=$!
+	fi
 	cl=$({ time load "$(url_of "$name" "$sc")" "$sc" "$DURATION" "$of" || true; } 2>&1 | tail -1 | awk '{print $1 + $2}')
 	t1=$(date +%s%N)
+	if [[ -n $perfpid ]]; then
+		wait "$perfpid" || true
+		perf report -i "$WORK/perf.data" --stdio --no-children -g none --sort comm,dso,sym --percent-limit 0.4 2>/dev/null |
+			grep -v '^$' >"$OUT/perf-xlb-$sc-r$round.txt" || true
+	fi
 	m1=$(machine_ticks) lb1=$(cpu_ticks "${lbp[@]}") up1=$(cpu_ticks "${ALL_UPSTREAM_PIDS[@]}") lq1=$(runq_ns "${lbp[@]}")
 	c1=$(upstream_counts)
 	local res
@@ -547,7 +561,7 @@ done
 {
 	echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "host	$(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r)"
-	echo "settings	ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s CONNS=$CONNS FULL_CLIENTS=$FULL_CLIENTS WRK_THREADS=$WRK_THREADS N_UPSTREAMS=$N_UPSTREAMS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS UPSTREAM_CONN_REQUESTS=$UPSTREAM_CONN_REQUESTS BODY_SIZE=$BODY_SIZE CERT_KEY=$CERT_KEY NOISE_MAX=$NOISE_MAX PIN=$PIN XLB_WORKERS=${XLB_WORKERS:-default} XLB_FLAGS=${XLB_FLAGS:-none}"
+	echo "settings	ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s CONNS=$CONNS FULL_CLIENTS=$FULL_CLIENTS WRK_THREADS=$WRK_THREADS N_UPSTREAMS=$N_UPSTREAMS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS UPSTREAM_CONN_REQUESTS=$UPSTREAM_CONN_REQUESTS BODY_SIZE=$BODY_SIZE CERT_KEY=$CERT_KEY NOISE_MAX=$NOISE_MAX PIN=$PIN XLB_PERF=$XLB_PERF XLB_WORKERS=${XLB_WORKERS:-default} XLB_FLAGS=${XLB_FLAGS:-none}"
 	echo "go	$(go version | awk '{print $3}')"
 	echo "wrk	$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
 	echo "openssl	$(openssl version)"
