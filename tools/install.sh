@@ -5,7 +5,7 @@
 # version (`go version -m`). Binaries go to .tools/bin (gitignored).
 # Usage: bash tools/install.sh            # test needs: curl, staticcheck, buf, protoc plugins, grpcurl,
 #                                         # and an OpenTelemetry Collector built with the builder
-#        bash tools/install.sh --bench    # also nginx, haproxy, wrk (or WITH_BENCH=1)
+#        bash tools/install.sh --bench    # also nginx, haproxy, wrk, openssl (or WITH_BENCH=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS_BIN="$PWD/.tools/bin"
@@ -16,7 +16,7 @@ export GOTOOLCHAIN=local
 
 # --- Debian packages -------------------------------------------------------
 APT_PKGS="curl haproxy"
-[ "${WITH_BENCH:-}" = 1 ] && APT_PKGS="$APT_PKGS nginx haproxy wrk"
+[ "${WITH_BENCH:-}" = 1 ] && APT_PKGS="$APT_PKGS nginx haproxy wrk openssl"   # openssl: bench/tls makes its certificates, s_client, s_time
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
