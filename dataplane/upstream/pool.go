@@ -209,7 +209,16 @@ type Conn struct {
 // error ends it with writeErr; a read error (io.EOF when the backend closed) with readErr.
 func (c *Conn) WriteThenFill(b []byte) (written int, writeErr, readErr error) {
 	if c.raw == nil {
-		n, err := c.Conn.Write(b)
+		var n int
+		var err error
+		if c.probe != nil {
+			// TLS over TCP: write, then wait until the answer can be read. Should the tls.Conn
+			// hold bytes read before (unasked ones), they wait for the answer's arrival, as they
+			// would have waited for the parse.
+			n, err = c.probe.writeThenAwait(c.tls, b)
+		} else {
+			n, err = c.Conn.Write(b)
+		}
 		if err != nil {
 			return n, err, nil
 		}

@@ -274,6 +274,7 @@ func (c *Conn) handshake(nc net.Conn, start time.Time) error {
 		if raw, err := tc.SyscallConn(); err == nil {
 			pc.raw = raw
 			pc.readFn = pc.readStep
+			pc.waitFn = pc.waitStep
 			c.probe = pc
 			under = pc
 		}
@@ -331,6 +332,43 @@ type probeConn struct {
 	rBuf   []byte
 	rN     int
 	rErr   error
+
+	// The state of writeThenAwait, kept here so that its callback is bound once.
+	waitFn func(fd uintptr) bool
+	waited bool
+	wW     io.Writer
+	wB     []byte
+	wN     int
+	wErr   error
+}
+
+// writeThenAwait writes b through w (the tls.Conn over this connection), then returns once the
+// socket has something to read (or its read deadline passed, or it was closed: the read that
+// follows says which), without reading. A read right after the write would find nothing yet: one
+// system call that says EAGAIN before the goroutine parks, on every exchange; the plain path skips
+// it the same way (Conn.exchangeStep). The write is made inside the poller's read callback, after
+// the poller was told to watch for readability: an answer that comes between the write and the
+// wait is not missed.
+func (pc *probeConn) writeThenAwait(w io.Writer, b []byte) (int, error) {
+	pc.wW, pc.wB, pc.wN, pc.wErr, pc.waited = w, b, 0, nil, false
+	err := pc.raw.Read(pc.waitFn)
+	n, werr := pc.wN, pc.wErr
+	pc.wW, pc.wB = nil, nil
+	if werr == nil && n < len(b) {
+		werr = err
+	}
+	return n, werr
+}
+
+// waitStep is writeThenAwait's callback: the first time it writes and returns false, so that the
+// poller waits for the socket to be readable; then true.
+func (pc *probeConn) waitStep(uintptr) bool {
+	if pc.waited {
+		return true
+	}
+	pc.waited = true
+	pc.wN, pc.wErr = pc.wW.Write(pc.wB)
+	return pc.wErr != nil
 }
 
 func (pc *probeConn) Read(b []byte) (int, error) {
