@@ -101,7 +101,9 @@ func (c *Capacities) setDefaults() error {
 const InFlightBytesMax = 64 << 20
 
 // inFlightBytes is the size of the in-flight counters of c.
-func (c Capacities) inFlightBytes() int { return align64(c.Workers * 2 * c.Backends * inFlightCounterBytes) }
+func (c Capacities) inFlightBytes() int {
+	return align64(c.Workers * 2 * c.Backends * inFlightCounterBytes)
+}
 
 func (c Capacities) checkInFlight() error {
 	if n := c.inFlightBytes(); n > InFlightBytesMax {
@@ -126,12 +128,12 @@ func (c Capacities) check() error {
 
 // layout is where each section lies for some capacities.
 type layout struct {
-	caps                  Capacities
-	healthSlots           int
-	half                  [2]int
-	halfBytes             int
-	health, workers       int
-	inFlight, size        int
+	caps            Capacities
+	healthSlots     int
+	half            [2]int
+	halfBytes       int
+	health, workers int
+	inFlight, size  int
 }
 
 func align64(n int) int { return (n + 63) &^ 63 }

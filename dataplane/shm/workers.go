@@ -63,7 +63,9 @@ func (r *Region) WorkerPID(i int) int { return int(r.load64(r.workerOff(i) + off
 
 // WorkersUsed is 1 + the highest worker slot ever claimed in this region: the slots whose
 // in-flight counters InFlight sums.
-func (r *Region) WorkersUsed() int { return int(min(r.load64(offWorkersUsed), uint64(r.l.caps.Workers))) }
+func (r *Region) WorkersUsed() int {
+	return int(min(r.load64(offWorkersUsed), uint64(r.l.caps.Workers)))
+}
 
 // inFlightCounterBytes is the size of one in-flight counter, an int32.
 const inFlightCounterBytes = 4

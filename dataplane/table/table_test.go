@@ -42,8 +42,8 @@ func TestFollower(t *testing.T) {
 	// backend's TLS came through the region, the set's own (which workers do not read) did not.
 	want := []Set{{Name: "web", FailureStatuses: health.FailGateway, Policy: balance.MaglevHash,
 		Hash: HashOn{Kind: HashCookie, Name: "user"}, Sticky: sticky, Backends: []Backend{
-		{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}},
-		{ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
+			{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}},
+			{ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
 	if err != nil || tb.Generation != g || !reflect.DeepEqual(tb.Sets, want) {
 		t.Fatalf("Load = %+v, %v; want generation %d with %+v", tb, err, g, want)
 	}
