@@ -7,14 +7,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
-	"sync/atomic"
-	"syscall"
-	"time"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestStickyKeysFile: the supervisor makes STATE_DIR/sticky-keys (mode 0600) when it is missing and
