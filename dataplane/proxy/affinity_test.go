@@ -14,6 +14,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"github.com/xlbproxy/xlb/dataplane/health"
+	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/dataplane/table"
 )
@@ -341,5 +342,60 @@ func TestLeastRequestAcrossWorkers(t *testing.T) {
 	}
 	if seen["b0"] == 0 || seen["b1"] == 0 {
 		t.Fatalf("after the other worker's release: %v, want both", seen)
+	}
+}
+
+// TestStickySecureUnderTLS: the cookie is Secure on a TLS listener, not on a plain one of the
+// same proxy.
+func TestStickySecureUnderTLS(t *testing.T) {
+	s := table.Set{Name: "web", Backends: idBackends(t, 1), Sticky: &table.Sticky{}}
+	p, plain := setProxy(t, Config{}, s)
+	serverConf, clientConf := tlsPair(t)
+	addr := serveTLS(t, p, serverConf)
+	tr := &http.Transport{TLSClientConfig: clientConf, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr}).Get("https://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	v, field := cookieOf(res, "xlb_backend")
+	if want := "xlb_backend=" + v + "; Path=/; HttpOnly; SameSite=Lax; Secure"; field != want {
+		t.Fatalf("over TLS: Set-Cookie %q, want %q", field, want)
+	}
+	_, res = affGet(t, plain, "/")
+	if _, field := cookieOf(res, "xlb_backend"); strings.Contains(field, "Secure") {
+		t.Fatalf("plain: Set-Cookie %q is Secure", field)
+	}
+}
+
+// TestCookieFields: the scan of Cookie fields and the field the backend gets without the sticky
+// cookie, on the spellings RFC 6265 and real clients use.
+func TestCookieFields(t *testing.T) {
+	for _, tc := range []struct{ in, value, rest string }{
+		{"srv=abc", "abc", ""},
+		{"a=1; srv=abc; b=2", "abc", "a=1; b=2"},
+		{"a=1;srv=abc;b=2", "abc", "a=1; b=2"},
+		{" srv = abc ; a=1", "abc", "a=1"},
+		{`srv="abc"; a`, "abc", "a"},
+		{"a=1; b=2", "", "a=1; b=2"},
+		{"srvx=1; xsrv=2", "", "srvx=1; xsrv=2"},
+		{";;srv=first; srv=second;;", "first", ""},
+		{"SRV=upper", "", "SRV=upper"},
+	} {
+		h := http1.Header{Name: []byte("Cookie"), Value: []byte(tc.in)}
+		c := &conn{}
+		c.req.Headers = []http1.Header{h}
+		v, _ := c.cookieValue([]byte("srv"))
+		if string(v) != tc.value {
+			t.Errorf("%q: value %q, want %q", tc.in, v, tc.value)
+		}
+		want := ""
+		if tc.rest != "" {
+			want = "Cookie: " + tc.rest + "\r\n"
+		}
+		if got := string(appendCookieField(nil, &h, []byte("srv"))); got != want {
+			t.Errorf("%q: the backend gets %q, want %q", tc.in, got, want)
+		}
 	}
 }
