@@ -18,7 +18,8 @@ import (
 )
 
 // TestStickyKeysFile: the supervisor makes STATE_DIR/sticky-keys (mode 0600) when it is missing and
-// keeps it across restarts; a sticky_key_file that is not a keys file fails the start, naming it.
+// keeps it across restarts; a worker started when the file went bad fails, naming it; a
+// sticky_key_file that is not a keys file fails the start, naming it.
 func TestStickyKeysFile(t *testing.T) {
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
@@ -42,6 +43,13 @@ func TestStickyKeysFile(t *testing.T) {
 	if again, _ := os.ReadFile(path); string(again) != string(first) {
 		t.Fatal("a restart replaced the sticky keys: every cookie issued before would be refused")
 	}
+	// A worker started on a file that went bad does not start, and says which file.
+	_, pids := s.awaitReady(t)
+	os.WriteFile(path, []byte("# damaged\nAAAA\n"), 0o600)
+	syscall.Kill(pids[0], syscall.SIGKILL)
+	s.await(t, 0, "the new worker's refusal of the keys file", func(l logLine) bool {
+		return l.fromWorker() && l.msg() == "cannot read the sticky cookie keys" && strings.Contains(l.str("error"), "keys file "+path+" line 2")
+	})
 	s.signal(15)
 	s.waitExitCode(stopTimeout)
 
