@@ -578,7 +578,6 @@ func (c *conn) handle() bool {
 			}
 			tried.Add(j)
 			b = s.routed[j]
-			counted = p.follow.InFlightStart(b.slot)
 		case s.picker != nil:
 			if i = s.picker.Pick(tried); i < 0 {
 				break
@@ -588,6 +587,10 @@ func (c *conn) handle() bool {
 		}
 		if b == nil {
 			break
+		}
+		if s.lr != nil {
+			// Every request of a least_request set counts, however it was picked (a trial, a pin).
+			counted = p.follow.InFlightStart(b.slot)
 		}
 		attempts++
 		if attempts > 1 {
