@@ -250,7 +250,7 @@ func newRunFlags() *runFlags {
 				f.backends = append(f.backends, b)
 				return nil
 			}},
-		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request (default " + balance.RoundRobin.String() + ")",
+		{name: "policy", arg: "POLICY", usage: "how to pick a backend: round_robin or least_request; maglev needs hash_on, in a configuration file (default " + balance.RoundRobin.String() + ")",
 			set: func(s string) (err error) { policy, err = backendset.ParsePolicy(s); return err },
 			apply: func(c *config.Config) {
 				for i := range c.BackendSets {

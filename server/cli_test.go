@@ -281,7 +281,7 @@ func TestParseRun(t *testing.T) {
 		{name: "--listen without port", args: []string{"--listen", "127.0.0.1", "--backend", "127.0.0.1:1"},
 			wantErr: `invalid value "127.0.0.1" for flag --listen: want host:port with a numeric port`},
 		{name: "--policy unknown", args: []string{"--backend", "127.0.0.1:1", "--policy", "random"},
-			wantErr: `invalid value "random" for flag --policy: want round_robin or least_request`},
+			wantErr: `invalid value "random" for flag --policy: want round_robin, least_request or maglev`},
 		{name: "--retries negative", args: []string{"--backend", "127.0.0.1:1", "--retries", "-1"},
 			wantErr: `invalid value "-1" for flag --retries: want an integer >= 0`},
 		{name: "--headers-max zero", args: []string{"--backend", "127.0.0.1:1", "--headers-max", "0"},

@@ -48,6 +48,13 @@ const (
 
 	// PathBytesMax bounds each file path of a tls (PATH_MAX on Linux).
 	PathBytesMax = 4096
+
+	// Affinity: hash_on and sticky.
+	TokenBytesMax      = 128                  // a header or cookie name
+	CookiePathBytesMax = 1024                 // sticky.path
+	CookieMaxAgeMax    = 400 * 24 * time.Hour // sticky.max_age: browsers cap Max-Age at 400 days
+	DefaultCookieName  = "xlb_backend"        // an empty sticky.cookie_name
+	DefaultCookiePath  = "/"                  // an empty sticky.path
 )
 
 // The sizes of what carries sets over gRPC. The fields' bounds above allow sets far larger than
@@ -108,6 +115,9 @@ func Validate(prefix string, set *discoveryv1.BackendSet) error {
 		return err
 	}
 	if err := ValidateTLS(prefix+".tls", set.GetTls()); err != nil {
+		return err
+	}
+	if err := validateAffinity(prefix, set); err != nil {
 		return err
 	}
 	ids := make(map[string]int, len(set.GetBackends()))
@@ -265,6 +275,77 @@ func validateHealth(prefix string, set *discoveryv1.BackendSet) error {
 		}
 	}
 	return count(".panic_threshold", set.GetPanicThreshold(), PercentMax)
+}
+
+// validateAffinity checks hash_on (required by policy maglev, refused with any other) and sticky.
+func validateAffinity(prefix string, set *discoveryv1.BackendSet) error {
+	bad := func(field, format string, args ...any) error {
+		return &Error{Field: prefix + field, Msg: fmt.Sprintf(format, args...)}
+	}
+	h := set.GetHashOn()
+	maglev := set.GetPolicy() == discoveryv1.Policy_POLICY_MAGLEV
+	switch {
+	case maglev && h.GetKey() == nil:
+		return bad(".hash_on", "required with policy maglev: a header, a cookie or client_address")
+	case !maglev && h != nil:
+		return bad(".hash_on", "only with policy maglev (the policy is %s)", strings.ToLower(strings.TrimPrefix(set.GetPolicy().String(), "POLICY_")))
+	}
+	switch k := h.GetKey().(type) {
+	case *discoveryv1.HashOn_Header:
+		if err := checkToken(k.Header); err != "" {
+			return bad(".hash_on.header", "%s", err)
+		}
+	case *discoveryv1.HashOn_Cookie:
+		if err := checkToken(k.Cookie); err != "" {
+			return bad(".hash_on.cookie", "%s", err)
+		}
+	}
+	st := set.GetSticky()
+	if st == nil {
+		return nil
+	}
+	if n := st.GetCookieName(); n != "" {
+		if err := checkToken(n); err != "" {
+			return bad(".sticky.cookie_name", "%s", err)
+		}
+	}
+	if p := st.GetPath(); p != "" && (p[0] != '/' || len(p) > CookiePathBytesMax || !visible(p) || strings.IndexByte(p, ';') >= 0) {
+		return bad(".sticky.path", "%.64q: want / and up to %d bytes of visible ASCII without ';'", p, CookiePathBytesMax)
+	}
+	if d := st.GetMaxAge(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return bad(".sticky.max_age", "%v", err)
+		}
+		v := d.AsDuration()
+		if v != 0 && (v < time.Second || v > CookieMaxAgeMax || v%time.Second != 0) {
+			return bad(".sticky.max_age", "want 0 (a session cookie) or whole seconds from 1s to %v (400 days), got %v", CookieMaxAgeMax, v)
+		}
+	}
+	if _, ok := discoveryv1.SameSite_name[int32(st.GetSameSite())]; !ok {
+		return bad(".sticky.same_site", "unknown value %d", st.GetSameSite())
+	}
+	if _, ok := discoveryv1.HttpOnly_name[int32(st.GetHttpOnly())]; !ok {
+		return bad(".sticky.http_only", "unknown value %d", st.GetHttpOnly())
+	}
+	return nil
+}
+
+// checkToken checks a header or cookie name: an HTTP token (RFC 9110 section 5.6.2) of 1 to
+// TokenBytesMax bytes.
+func checkToken(s string) string {
+	if s == "" {
+		return "required: a header or cookie name"
+	}
+	if len(s) > TokenBytesMax {
+		return fmt.Sprintf("%d bytes, at most %d", len(s), TokenBytesMax)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c > '~' || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return fmt.Sprintf("%.64q: want a token (letters, digits and !#$%%&'*+-.^_`|~)", s)
+		}
+	}
+	return ""
 }
 
 // ValidateTLS checks one tls, of a set or of a backend, named field (such as

@@ -6,9 +6,13 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
 )
 
 // rawBackend is a keep-alive HTTP/1.1 server that answers every request head with a fixed 100-byte
@@ -206,10 +210,19 @@ func TestProxyGETAllocsFollow(t *testing.T) {
 // once the pools and the backend connection are warm.
 func wantNoAllocs(t *testing.T, addr, what string) {
 	t.Helper()
+	wantNoAllocsReq(t, addr, nil, what)
+}
+
+// wantNoAllocsReq is wantNoAllocs with the request req (nil: the raw client's own).
+func wantNoAllocsReq(t *testing.T, addr string, req []byte, what string) {
+	t.Helper()
 	if raceEnabled {
 		t.Skip("allocation counts are not meaningful under -race; make test runs this test without it")
 	}
 	rc := newRawClient(t, addr)
+	if req != nil {
+		rc.req = req
+	}
 	for range 100 { // warm the pools and the backend connection
 		if st, err := rc.do(); err != nil || st != 200 {
 			t.Fatal(st, err)
@@ -222,5 +235,81 @@ func wantNoAllocs(t *testing.T, addr, what string) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%.2f allocations per proxied keep-alive GET%s, want 0", allocs, what)
+	}
+}
+
+// policyProxy is a proxy of set "web" over two raw backends with policy: round_robin,
+// least_request (following a region, so that it reads every worker's counts), maglev on a header,
+// or round robin with a sticky cookie; the client sends what the policy reads (the header, a valid
+// cookie naming backend b0).
+func policyProxy(tb testing.TB, policy string) (addr string, req []byte) {
+	tb.Helper()
+	req = []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: xlb-bench\r\nAccept: */*\r\n\r\n")
+	keys := []sticky.Key{sticky.NewKey()}
+	cfg := Config{StickyKeys: keys}
+	bs := []table.Backend{{ID: "b0", Address: rawBackend(tb), Weight: 1}, {ID: "b1", Address: rawBackend(tb), Weight: 1}}
+	s := table.Set{Name: "web", Backends: bs}
+	switch policy {
+	case "least_request":
+		p, addr, _, w := followingProxyWith(tb, cfg)
+		if _, err := w.Publish([]shm.Set{{Name: "web", Policy: balance.LeastRequest, Backends: table.Records([]table.Set{s})[0].Backends}}); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := p.Refresh(); err != nil {
+			tb.Fatal(err)
+		}
+		return addr, req
+	case "maglev":
+		s.Policy, s.Hash = balance.MaglevHash, table.HashOn{Kind: table.HashHeader, Name: "X-User"}
+		req = []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nX-User: user-12345\r\nAccept: */*\r\n\r\n")
+	case "sticky":
+		s.Sticky = &table.Sticky{}
+		codec, _ := sticky.New(sticky.Config{Keys: keys})
+		v, _ := codec.Encode(nil, "b0", time.Now())
+		req = []byte("GET /bench HTTP/1.1\r\nHost: bench.example\r\nCookie: theme=dark; xlb_backend=" + string(v) + "\r\nAccept: */*\r\n\r\n")
+	case "sticky-new": // every response sets the cookie
+		s.Sticky = &table.Sticky{}
+	}
+	p, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.SetBackends([]table.Set{s}); err != nil {
+		tb.Fatal(err)
+	}
+	return serveWeb(tb, p), req
+}
+
+var policies = []string{"round_robin", "least_request", "maglev", "sticky", "sticky-new"}
+
+// BenchmarkProxyGETPolicy is BenchmarkProxyGET for each policy: go test -run XXX -bench
+// ProxyGETPolicy -count 6 ./dataplane/proxy, and compare each with round_robin.
+func BenchmarkProxyGETPolicy(b *testing.B) {
+	for _, policy := range policies {
+		b.Run(policy, func(b *testing.B) {
+			addr, req := policyProxy(b, policy)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				rc := newRawClient(b, addr)
+				rc.req = req
+				for pb.Next() {
+					if st, err := rc.do(); err != nil || st != 200 {
+						b.Fatal("status " + strconv.Itoa(st) + ": " + errString(err))
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestProxyGETAllocsPolicy holds the keep-alive GET path at zero allocations for every policy:
+// the Maglev lookup and the header's hash, the cookie's scan, check and (for a new client) its
+// signing, and the region's in-flight counting allocate nothing.
+func TestProxyGETAllocsPolicy(t *testing.T) {
+	for _, policy := range policies {
+		t.Run(policy, func(t *testing.T) {
+			addr, req := policyProxy(t, policy)
+			wantNoAllocsReq(t, addr, req, " with policy "+policy)
+		})
 	}
 }

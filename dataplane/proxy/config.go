@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"io"
 	"net"
 	"net/netip"
@@ -131,6 +132,13 @@ type Config struct {
 	// now; it must not block. Nil means nobody is told, and the supervisor sees the counts when it
 	// next looks.
 	HealthChanged func() `json:"-"`
+
+	// StickyKeys sign and check the sticky cookies of the sets that have one (balance/sticky: the
+	// first signs, all verify). Every worker and data plane that must accept another's cookies
+	// needs the same keys: a worker is given its supervisor's keys file. Nil means one random key
+	// made by New, so that cookies hold within this proxy alone (tests, a proxy built in code).
+	// Never marshalled: a worker reads them from the file its Spec names.
+	StickyKeys []sticky.Key `json:"-"`
 
 	// AccessLog receives one JSON line per request. Nil means no access log.
 	AccessLog io.Writer `json:"-"`

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/rawio"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
@@ -56,6 +57,12 @@ type conn struct {
 	wbuf     []byte // what rawWrite has left to write
 	wErr     error
 	clientIP []byte
+	// clientAddr[:clientAddrLen] is the client's IP address, 4 bytes or 16: what maglev hashes
+	// on client_address.
+	clientAddr    [16]byte
+	clientAddrLen int
+	// outFn is c.maglevOut, bound once.
+	outFn func(i int) bool
 	// trusted says the client is in Config.TrustedProxies.
 	trusted bool
 	setName string
@@ -104,6 +111,17 @@ type conn struct {
 
 	tried balance.Tried // the backends the current request tried; here, not on the stack, since Pick takes it
 
+	// Affinity of the current request (affinity.go). stickyOn is its set's cookie, nil without
+	// one; pinned the backend its valid cookie names, when that may take it, and pinFresh that the
+	// cookie need not be set again; hashed says the request has its maglev set's key, hashKey its
+	// hash. cookieID is Decode's buffer.
+	stickyOn *stickySet
+	pinned   *backend
+	pinFresh bool
+	hashed   bool
+	hashKey  uint64
+	cookieID []byte
+
 	// Health (when the proxy follows a region). waitingSlot is the health slot + 1 of the backend
 	// whose response head the attempt waits for, when it could be sent again (abandonable); another
 	// goroutine that sees that backend go out sets abandoned and pokes the wait. healthDone says the
@@ -139,6 +157,8 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 		c.rdec.TrailerBytesMax = p.cfg.HeaderBytesMax
 		c.readFn = c.rawRead
 		c.writeFn = c.rawWrite
+		c.outFn = c.maglevOut
+		c.cookieID = make([]byte, 0, sticky.IDBytesMax)
 	}
 	c.nc, c.setName = nc, setName
 	c.dl = upstream.Deadlines{Conn: nc}
@@ -148,10 +168,16 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
-	c.trusted = false
+	c.trusted, c.clientAddrLen = false, 0
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		ip := ta.AddrPort().Addr().Unmap()
 		c.clientIP = ip.AppendTo(c.clientIP)
+		if ip.Is4() {
+			a := ip.As4()
+			c.clientAddrLen = copy(c.clientAddr[:], a[:])
+		} else {
+			c.clientAddr, c.clientAddrLen = ip.As16(), 16
+		}
 		for _, pr := range p.cfg.TrustedProxies {
 			if pr.Contains(ip) {
 				c.trusted = true
@@ -185,6 +211,7 @@ func (c *conn) close() {
 	delete(p.conns, c)
 	p.mu.Unlock()
 	c.nc, c.raw, c.tls, c.dl.Conn, c.tbl, c.set, c.backend = nil, nil, nil, nil, nil, nil, nil
+	c.stickyOn, c.pinned = nil, nil
 	c.releaseHeaders()
 	c.state.Store(stateActive)
 	p.connPool.Put(c)
@@ -488,6 +515,9 @@ func (c *conn) handle() bool {
 		return false
 	}
 	c.takeOut()
+	// The set, and what its affinity makes of the request, while the head is still in c.in.
+	s := c.currentSet()
+	c.affinityOf(s)
 	c.upgrade = c.upgradeOffer(c.upgrade[:0])
 	c.out = c.appendRequestHead(c.out[:0])
 	// The head's slices point into c.in, whose bytes the body will overwrite: keep copies of what is
@@ -508,34 +538,59 @@ func (c *conn) handle() bool {
 	}
 	replayable := complete && c.idempotent && len(c.out)-headLen <= p.cfg.ReplayBufferBytesMax
 
-	s := c.currentSet()
 	tried := &c.tried
 	*tried = balance.Tried{}
 	last := attemptNotSent
 	// A trial request offered for an ejected backend goes first: claiming it costs nothing when no
 	// backend of the set is on trial, the usual case.
+	// A client pinned by its cookie goes to its backend first, and takes no trial.
 	var trial *backend
-	if s != nil && len(s.trials) > 0 {
+	if s != nil && len(s.trials) > 0 && c.pinned == nil {
 		trial = c.claimTrial(s)
 	}
+	pinned := c.pinned
 	for attempts := 0; s != nil && attempts <= p.cfg.Retries; {
 		var b *backend
-		i := -1
-		if trial != nil {
-			b, trial = trial, nil
-			c.trialOn = true
+		i := -1          // the index of b in routed, for the picker's Done
+		counted := false // the request counts in the region's in-flight counters
+		switch {
+		case trial != nil || pinned != nil:
+			if trial != nil {
+				b, trial = trial, nil
+				c.trialOn = true
+			} else {
+				b, pinned = pinned, nil
+			}
 			if b.routedAt >= 0 {
 				tried.Add(b.routedAt) // in panic it is routed too: a retry must not pick it again
 			}
-		} else {
-			if s.picker == nil {
+		case s.maglev != nil && c.hashed:
+			j := s.maglev.Lookup(c.hashKey, c.outFn)
+			if j < 0 {
 				break
 			}
+			b = s.all[j]
+			tried.Add(b.routedAt)
+		case s.lr != nil:
+			j := s.lr.Pick(s.load, tried)
+			if j < 0 {
+				break
+			}
+			tried.Add(j)
+			b = s.routed[j]
+		case s.picker != nil:
 			if i = s.picker.Pick(tried); i < 0 {
 				break
 			}
 			tried.Add(i)
 			b = s.routed[i]
+		}
+		if b == nil {
+			break
+		}
+		if s.lr != nil {
+			// Every request of a least_request set counts, however it was picked (a trial, a pin).
+			counted = p.follow.InFlightStart(b.slot)
 		}
 		attempts++
 		if attempts > 1 {
@@ -568,6 +623,9 @@ func (c *conn) handle() bool {
 		}
 		if i >= 0 {
 			s.picker.Done(i)
+		}
+		if counted {
+			p.follow.InFlightEnd(b.slot, counted)
 		}
 		if last == attemptOK {
 			break

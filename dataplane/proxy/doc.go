@@ -55,6 +55,44 @@
 // that may be sent again (the rules above) goes to another backend at once, any other is answered
 // 502. A failed trial of a request that may be sent again goes to another backend too.
 //
+// # Policies and affinity
+//
+// A set's policy picks the first attempt of a request; a retry picks again, never a backend the
+// request tried.
+//
+//   - round_robin: smooth weighted round robin, per worker.
+//   - least_request: the power of two choices over the requests in flight on each backend summed
+//     over every worker, which the region counts (shm's doc.go); each request counts in its
+//     worker's row from its pick to its end. Without a region (SetBackends) it counts this
+//     proxy's own.
+//   - maglev: the set's key (the first header field of its name, any case; the first cookie of
+//     its name; or the client's IP address, 4 or 16 bytes) hashed with XXH64 seed 0 and looked up
+//     in a Maglev table of every backend of the set (65537 entries): the same key goes to the same
+//     backend on every worker and data plane. A backend that is not active or is out by its health
+//     is out of the lookup, which walks the key's own probe sequence to another (and a retry
+//     walks on past those tried); the table is built when the set's ids or weights change,
+//     at install, and kept across generations otherwise (slow start does not weigh in it). A
+//     request without the key (or with an empty value) is picked by round robin.
+//
+// A set with a sticky cookie pins each client to a backend, as HAProxy's "cookie ... insert
+// indirect nocache" does. A request whose cookie (the first of the name, in any Cookie field) is
+// signed by one of Config.StickyKeys, fresh (within max age), and names a backend of the set that
+// is active and routed, or draining and not out, goes there first: a draining backend keeps its
+// pinned clients, new ones never go to it. Any other cookie (forged, of another key, stale, of a
+// backend that is ejected, disabled or gone) is treated as absent: the request is picked by the
+// policy. The final response of a request that was not pinned to the backend that answered (or
+// whose cookie is past half its max age) carries
+//
+//	Set-Cookie: NAME=VALUE; Path=PATH; HttpOnly; SameSite=Lax; Secure; Max-Age=N
+//
+// (HttpOnly unless turned off; Secure when the client's connection is TLS, and always with
+// SameSite=None; Max-Age when the set has a max age) and, unless its Cache-Control already says
+// private or no-store, an added Cache-Control: private, so that a shared cache never hands one
+// client's pin to every other (HAProxy's nocache adds the same field). The cookie is removed from
+// the request before it goes to the backend (HAProxy's indirect): the backend sees the client's
+// other cookies only, and no Cookie field when there were none. A trial request is not given to a
+// pinned client.
+//
 // # Connections
 //
 // Client keep-alive follows HTTP/1.1 and HTTP/1.0 rules; a response framed by the backend's close is

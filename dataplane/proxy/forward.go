@@ -45,6 +45,11 @@ func (c *conn) appendRequestHead(b []byte) []byte {
 			// The authority of an absolute-form target, when there is one.
 			b = appendField(b, h.Name, r.Host)
 			continue
+		case http1.KindOther:
+			if c.stickyOn != nil && isCookie(h) {
+				b = appendCookieField(b, h, c.stickyOn.name)
+				continue
+			}
 		case http1.KindForwarded:
 			if mode == ForwardedReplace {
 				continue
@@ -495,6 +500,9 @@ func (c *conn) appendResponseHead(b []byte, chunked, closing bool) []byte {
 		default:
 			b = appendField(b, h.Name, h.Value)
 		}
+	}
+	if resp.Status >= 200 {
+		b = c.appendSetCookie(b)
 	}
 	if chunked {
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)

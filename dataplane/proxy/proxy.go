@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
+	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/http1"
 	"github.com/xlbproxy/xlb/dataplane/table"
@@ -39,7 +40,10 @@ type Proxy struct {
 	poolsMu  sync.Mutex
 	pools    map[poolKey]*upstream.Pool // by backend address and TLS, shared by the sets that name them
 	tlsCache map[table.TLS]*loadedTLS   // the TLS settings of the table in force, their files read (tls.go)
-	metrics  map[string]*backendMetrics // by set and backend id, of the table in force
+	maglevs  map[string]*maglevEntry    // the Maglev tables of the table in force, by set (affinity.go)
+	// stickyKeys sign the sticky cookies: Config.StickyKeys, or a random key of this proxy's.
+	stickyKeys []sticky.Key
+	metrics    map[string]*backendMetrics // by set and backend id, of the table in force
 
 	tlsWarnMu sync.Mutex
 	tlsWarned map[*upstream.Pool]time.Time // when each pool's TLS failure was last logged at WARN
@@ -73,12 +77,41 @@ type set struct {
 	name     string
 	policy   balance.Policy
 	failures health.FailureStatuses
-	// active are the backends the control plane has active; routed are those of them that take new
-	// requests by their health, which picker picks from (nil when there are none); trials are those
-	// whose trial request a worker may claim.
-	active, routed, trials []*backend
-	picker                 balance.Picker
+	// all are every backend of the set, whatever its state, in the set's order: the indexes of
+	// maglev. active are the backends the control plane has active; routed are those of them that
+	// take new requests by their health, which picker picks from (nil when there are none); trials
+	// are those whose trial request a worker may claim. The four share their *backend values.
+	all, active, routed, trials []*backend
+	picker                      balance.Picker
+	// lr and load, for a least_request set of a proxy that follows a region, are the choice over
+	// routed and the in-flight counts of every worker (picker is nil then).
+	lr   *balance.P2C
+	load *regionLoad
+	// hash and maglev, for a maglev set, are its key and its table over all (kept across
+	// generations while the ids and weights stay). A request without the key uses picker.
+	hash   hashKey
+	maglev *balance.Maglev
+	// sticky is the set's cookie, nil without one; byID finds a cookie's backend among all.
+	sticky *stickySet
+	byID   map[string]*backend
 }
+
+// hashKey is a set's hash key as a request reads it: its kind, and the header's name in lower case
+// (or the cookie's, as it is).
+type hashKey struct {
+	kind   table.HashKind
+	name   string
+	cookie []byte // name, for a cookie
+}
+
+// regionLoad is the requests in flight on each routed backend of a set over every worker, from
+// the region's counters: what least_request reads.
+type regionLoad struct {
+	f      *table.Follower
+	routed []*backend
+}
+
+func (l *regionLoad) InFlight(i int) int64 { return l.f.InFlight(l.routed[i].slot) }
 
 // backend is one backend of a set at one health epoch: a new routing copies it, sharing its pool
 // and counters.
@@ -88,6 +121,7 @@ type backend struct {
 	slot             uint32       // its health slot, when the proxy follows a region
 	route            health.Route // at the routing's health epoch
 	routedAt         int          // its index in its set's routed, or -1
+	state            table.State
 	failures         health.FailureStatuses
 	pool             *upstream.Pool
 	m                *backendMetrics
@@ -152,6 +186,13 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.AccessLog != nil {
 		p.access = newAccessLog(cfg.AccessLog)
+	}
+	p.stickyKeys = cfg.StickyKeys
+	if len(p.stickyKeys) == 0 {
+		p.stickyKeys = []sticky.Key{sticky.NewKey()}
+	}
+	if _, err := sticky.New(sticky.Config{Keys: p.stickyKeys}); err != nil {
+		return nil, fmt.Errorf("proxy: StickyKeys: %w", err)
 	}
 	p.table.Store(&routing{sets: map[string]*set{}})
 	go p.reap()
@@ -309,11 +350,15 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 	used := make(map[poolKey]bool)
 	metrics := make(map[string]*backendMetrics)
 	var seenTLS map[table.TLS]*loadedTLS
+	maglevs := make(map[string]*maglevEntry)
 	for _, s := range sets {
-		var active []*backend
+		tmpl := p.affinity(s, maglevs)
 		for _, b := range s.Backends {
 			m := p.metricsFor(s.Name, b.ID, b.Address, metrics)
-			if b.State != table.Active {
+			if b.State != table.Active && (b.State != table.Draining || s.Sticky == nil) {
+				// Only a sticky set's draining backends take requests: those of their pinned clients.
+				tmpl.all = append(tmpl.all, &backend{set: s.Name, id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
+					state: b.State, failures: s.FailureStatuses, m: m})
 				continue
 			}
 			key := poolKey{address: b.Address}
@@ -345,11 +390,12 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 			if m != nil {
 				m.pool = pool
 			}
-			active = append(active, &backend{set: s.Name, id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
-				failures: s.FailureStatuses, pool: pool, m: m})
+			tmpl.all = append(tmpl.all, &backend{set: s.Name, id: b.ID, address: b.Address, weight: max(1, b.Weight), slot: b.HealthSlot,
+				state: b.State, failures: s.FailureStatuses, pool: pool, m: m})
 		}
-		t.sets[s.Name] = p.route(s.Name, s.Policy, s.FailureStatuses, active)
+		t.sets[s.Name] = p.route(tmpl)
 	}
+	p.maglevs = maglevs // the tables of this generation: those of sets gone are forgotten
 	p.table.Store(t)
 	p.metrics = metrics
 	p.tlsCache = seenTLS // the settings of this generation: those no longer used are forgotten
@@ -364,18 +410,30 @@ func (p *Proxy) install(sets []table.Set, gen, healthEpoch uint64) {
 	}
 }
 
-// route makes a set of the active backends with their routes read now: from the region's health
-// slots when the proxy follows a region, else every backend in at its full weight.
-func (p *Proxy) route(name string, policy balance.Policy, failures health.FailureStatuses, active []*backend) *set {
-	s := &set{name: name, policy: policy, failures: failures, active: make([]*backend, len(active))}
+// route makes a set like tmpl (its policy, affinity and backends, any routes it has ignored) with
+// the routes read now: from the region's health slots when the proxy follows a region, else
+// every backend in at its full weight.
+func (p *Proxy) route(tmpl *set) *set {
+	s := &set{name: tmpl.name, policy: tmpl.policy, failures: tmpl.failures, hash: tmpl.hash, maglev: tmpl.maglev, sticky: tmpl.sticky,
+		all: make([]*backend, len(tmpl.all))}
+	if s.sticky != nil {
+		s.byID = make(map[string]*backend, len(tmpl.all))
+	}
 	var weights []int
-	for i, b := range active {
+	for i, b := range tmpl.all {
 		nb := *b
 		nb.route, nb.routedAt = health.Route{WeightPermille: 1000}, -1
 		if p.follow != nil {
 			nb.route = p.follow.Route(b.slot)
 		}
-		s.active[i] = &nb
+		s.all[i] = &nb
+		if s.byID != nil {
+			s.byID[nb.id] = &nb
+		}
+		if nb.state != table.Active {
+			continue
+		}
+		s.active = append(s.active, &nb)
 		if nb.route.Trial {
 			s.trials = append(s.trials, &nb)
 		}
@@ -387,7 +445,11 @@ func (p *Proxy) route(name string, policy balance.Policy, failures health.Failur
 		}
 	}
 	if len(weights) > 0 {
-		s.picker = balance.New(policy, weights)
+		if s.policy == balance.LeastRequest && p.follow != nil {
+			s.lr, s.load = balance.NewP2C(weights), &regionLoad{f: p.follow, routed: s.routed}
+		} else {
+			s.picker = balance.New(s.policy, weights)
+		}
 	}
 	return s
 }
@@ -404,7 +466,7 @@ func (p *Proxy) refreshHealthLocked() {
 	t := &routing{gen: cur.gen, health: e, sets: make(map[string]*set, len(cur.sets))}
 	var out map[uint32]bool
 	for name, s := range cur.sets {
-		ns := p.route(s.name, s.policy, s.failures, s.active)
+		ns := p.route(s)
 		for i, b := range ns.active {
 			if b.route.Out && !s.active[i].route.Out {
 				if out == nil {

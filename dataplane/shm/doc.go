@@ -18,7 +18,7 @@
 // an inherited descriptor (OpenFile) takes either: an older binary's file across an upgrade, or
 // this one's sealed memory across a downgrade.
 //
-// # Layout (version 2)
+// # Layout (version 3)
 //
 // All integers are little-endian, which is also how the words are accessed in memory: the region is
 // for little-endian hosts (amd64, arm64), where every mapping of it reads the same bytes. Every
@@ -26,13 +26,15 @@
 // offset and size; changing one means a new LayoutVersion, which older binaries refuse to map.
 //
 //	header      256 B   magic, layout version, capacities (TLS profiles at offset 88), section
-//	                    offsets, the generation word (offset 128) and the health epoch beside it (136)
+//	                    offsets (the in-flight counters' at 96), the generation word (offset 128),
+//	                    the health epoch beside it (136), and the worker slots used (144)
 //	half 0      64 B half header (seq, gen, counts, checksum) + payload
 //	half 1      the same
 //	health      HealthSlotsMax × 64 B, stable across generations
 //	workers     WorkersMax × 64 B: pid, observed generation, heartbeat
+//	in flight   WorkersMax × HealthSlotsMax × 4 B: int32 counters, [worker slot][health slot]
 //
-// A half's payload is the sets (16 B each), then their backends (32 B each), then the TLS profiles
+// A half's payload is the sets (48 B each), then their backends (32 B each), then the TLS profiles
 // (32 B each), then the strings they point into, packed; its checksum is CRC-32C over the payload.
 // A set record's byte 7 is its failure statuses (what workers count as a backend's failure). A
 // backend record's bytes 24-27 name its TLS profile: 0 for plain TCP, n for the half's n-th
@@ -42,6 +44,28 @@
 // 2 turns resumption off). The half header's word at 36 counts the profiles. Profiles count
 // against Capacities.TLSProfiles and their strings against StringBytes; Check measures them as
 // Publish does.
+//
+// A set record's bytes 16 to 43 are its affinity: byte 16 the hash kind (0 none, 1 header, 2
+// cookie, 3 client address) with the hash name at 20 (offset) and 24 (length); byte 17 flags (1
+// sticky, 2 no HttpOnly), byte 18 SameSite (0 lax, 1 strict, 2 none), and the sticky cookie's
+// name (length at 26, offset at 28), path (offset at 32, length at 36) and max age in seconds
+// (40). Their strings count against StringBytes.
+//
+// # In-flight counters
+//
+// Each worker counts its requests in flight on each backend of a least_request set in its own
+// row of int32s, indexed by the backend's health slot (stable across generations, so a request
+// that ends in a later generation uncounts where it counted); every worker reads the sum over
+// the worker slots in use (the header's word at 144, 1 + the highest slot ever claimed), which
+// is WorkersUsed atomic loads a candidate. A row is a worker's alone, so workers never share a
+// cache line. ClaimWorker zeroes a row before it names the pid, and a worker counts only while
+// its slot names its pid; ReleaseWorker zeroes it again, so the requests of a worker that
+// crashed never stick. A count summed below zero reads as zero. A health slot reused by another
+// backend keeps the counts of the requests still in flight on the old one: they end there.
+//
+// Cost: 4 bytes × WorkersMax × 2 × BackendsMax. At the defaults (64 workers, 4096 backends) 2
+// MiB; at 10,000 backends and 64 workers 4.9 MiB. Capacities whose counters pass
+// InFlightBytesMax (64 MiB) are refused, naming both.
 //
 // The health epoch, a set record's byte 7 and the health words came after the first regions of
 // layout 1 were written, in bytes that those left zero; zero means what those regions meant (no
@@ -54,6 +78,10 @@
 // supervisor moves aside and rebuilds from the sets it applied, as it does a damaged one). An
 // upgrade from a binary of layout 1 is thus refused by the new binary (the old one serves on): it
 // takes a restart.
+//
+// Layout 3 added the sets' affinity and the in-flight counters, again in a new version: a layout
+// 2 binary would serve a sticky or maglev set as round robin, and its workers would not count in
+// flight. An upgrade from layout 2 takes a restart too.
 //
 // # Protocol
 //

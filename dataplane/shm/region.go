@@ -16,7 +16,9 @@ const Magic uint64 = 0x0100_4D48_5342_4C58
 // LayoutVersion is the layout this package reads and writes. Version 2 added backends' TLS: a
 // version 1 region read as version 2 would lose it (TLS backends dialled in plain TCP), and the
 // other way round, so neither reads the other's (ErrLayout; ErrOldLayout for an older one).
-const LayoutVersion uint32 = 2
+// Version 3 added the sets' affinity (hash_on, sticky: set records of 48 bytes) and the in-flight
+// counters of every worker.
+const LayoutVersion uint32 = 3
 
 // Offsets of the header's fields, and the sizes of the fixed parts.
 const (
@@ -34,8 +36,10 @@ const (
 	offWorkers        = 72
 	offTotalBytes     = 80
 	offTLSProfilesMax = 88
+	offInFlight       = 96  // the in-flight counters' section
 	offGeneration     = 128 // on its own cache line
 	offHealthEpoch    = 136 // beside it: a request reads both
+	offWorkersUsed    = 144 // 1 + the highest worker slot ever claimed: least_request sums that many
 	headerBytes       = 256
 
 	// A half's header.
@@ -49,7 +53,7 @@ const (
 	offHalfProfileCount = 36
 	halfHeaderBytes     = 64
 
-	setRecordBytes     = 16
+	setRecordBytes     = 48
 	backendRecordBytes = 32
 	tlsRecordBytes     = 32
 	healthSlotBytes    = 64
@@ -88,6 +92,24 @@ func (c *Capacities) setDefaults() error {
 			*f.v = f.def
 		}
 	}
+	return c.checkInFlight()
+}
+
+// InFlightBytesMax bounds the in-flight counters of a region: an int32 for each worker slot and
+// health slot (2 per backend), Workers × 2 × Backends × 4 bytes. 64 MiB allows 10,000 backends
+// (4.9 MiB at 64 workers) many times over; capacities past it are refused.
+const InFlightBytesMax = 64 << 20
+
+// inFlightBytes is the size of the in-flight counters of c.
+func (c Capacities) inFlightBytes() int {
+	return align64(c.Workers * 2 * c.Backends * inFlightCounterBytes)
+}
+
+func (c Capacities) checkInFlight() error {
+	if n := c.inFlightBytes(); n > InFlightBytesMax {
+		return fmt.Errorf("shm: capacities Workers %d and Backends %d: their in-flight counters take %d bytes (Workers × 2 × Backends × 4), more than %d",
+			c.Workers, c.Backends, n, InFlightBytesMax)
+	}
 	return nil
 }
 
@@ -101,16 +123,17 @@ func (c Capacities) check() error {
 			return fmt.Errorf("its header's capacity %s is %d, outside 1 to %d", f.name, f.v, 1<<24)
 		}
 	}
-	return nil
+	return c.checkInFlight()
 }
 
 // layout is where each section lies for some capacities.
 type layout struct {
-	caps                  Capacities
-	healthSlots           int
-	half                  [2]int
-	halfBytes             int
-	health, workers, size int
+	caps            Capacities
+	healthSlots     int
+	half            [2]int
+	halfBytes       int
+	health, workers int
+	inFlight, size  int
 }
 
 func align64(n int) int { return (n + 63) &^ 63 }
@@ -122,7 +145,8 @@ func layoutFor(c Capacities) layout {
 	l.half[1] = l.half[0] + l.halfBytes
 	l.health = l.half[1] + l.halfBytes
 	l.workers = l.health + l.healthSlots*healthSlotBytes
-	l.size = l.workers + c.Workers*workerSlotBytes
+	l.inFlight = l.workers + c.Workers*workerSlotBytes
+	l.size = l.inFlight + c.inFlightBytes()
 	return l
 }
 
@@ -179,6 +203,7 @@ func (r *Region) init(l layout) {
 	r.store64(offHalfBytes, uint64(l.halfBytes))
 	r.store64(offHealth, uint64(l.health))
 	r.store64(offWorkers, uint64(l.workers))
+	r.store64(offInFlight, uint64(l.inFlight))
 	r.store64(offTotalBytes, uint64(l.size))
 	r.store64(offMagic, Magic)
 }
@@ -287,6 +312,7 @@ func (r *Region) checkHeader() error {
 		{"half bytes", r.load64(offHalfBytes), uint64(l.halfBytes)},
 		{"health offset", r.load64(offHealth), uint64(l.health)},
 		{"workers offset", r.load64(offWorkers), uint64(l.workers)},
+		{"in-flight offset", r.load64(offInFlight), uint64(l.inFlight)},
 		{"total bytes", r.load64(offTotalBytes), uint64(l.size)},
 	} {
 		if w.got != w.want {

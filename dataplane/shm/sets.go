@@ -59,8 +59,53 @@ type Set struct {
 	// FailureStatuses says which response statuses the workers count as a backend's failure: a
 	// dataplane/health.FailureStatuses, which this package only keeps.
 	FailureStatuses uint8
-	Backends        []Backend
+	// Hash is the key of policy balance.MaglevHash; the zero value is none.
+	Hash HashOn
+	// Sticky is the set's sticky cookie; nil means none.
+	Sticky   *Sticky
+	Backends []Backend
 }
+
+// HashKind is what a set's requests are hashed on; dataplane/table says what each means.
+type HashKind uint8
+
+const (
+	HashNone HashKind = iota
+	HashHeader
+	HashCookie
+	HashClientAddress
+)
+
+// HashOn is a set's hash key: a kind and, for a header or a cookie, its name.
+type HashOn struct {
+	Kind HashKind
+	Name string
+}
+
+// SameSite is a sticky cookie's SameSite attribute; the zero value is Lax.
+type SameSite uint8
+
+const (
+	SameSiteLax SameSite = iota
+	SameSiteStrict
+	SameSiteNone
+)
+
+// Sticky is a set's sticky cookie as the region keeps it: dataplane/table.Sticky, with its max
+// age in whole seconds.
+type Sticky struct {
+	CookieName, Path string
+	MaxAgeSeconds    uint32
+	SameSite         SameSite
+	NoHTTPOnly       bool
+}
+
+// The flags byte of a set record (byte 17).
+const (
+	setFlagSticky     = 1 << 0
+	setFlagNoHTTPOnly = 1 << 1
+	setFlagsKnown     = setFlagSticky | setFlagNoHTTPOnly
+)
 
 // Snapshot is one decoded generation.
 type Snapshot struct {
@@ -103,9 +148,18 @@ func measure(sets []Set, c Capacities) (plan, error) {
 	}
 	for _, s := range sets {
 		pl.backends += len(s.Backends)
-		pl.strs += len(s.Name)
+		pl.strs += len(s.Name) + len(s.Hash.Name)
 		if len(s.Name) > stringLenMax {
 			return plan{}, fmt.Errorf("shm: backend set name of %d bytes: more than %d", len(s.Name), stringLenMax)
+		}
+		if len(s.Hash.Name) > stringLenMax {
+			return plan{}, fmt.Errorf("shm: backend set %q: hash_on name over %d bytes", s.Name, stringLenMax)
+		}
+		if st := s.Sticky; st != nil {
+			if len(st.CookieName) > stringLenMax || len(st.Path) > stringLenMax {
+				return plan{}, fmt.Errorf("shm: backend set %q: sticky cookie name or path over %d bytes", s.Name, stringLenMax)
+			}
+			pl.strs += len(st.CookieName) + len(st.Path)
 		}
 		for _, b := range s.Backends {
 			if len(b.ID) > stringLenMax || len(b.Address) > stringLenMax {
@@ -185,6 +239,22 @@ func encode(sets []Set, pl plan) []byte {
 		rec[7] = s.FailureStatuses
 		le.PutUint32(rec[8:], uint32(bi))
 		le.PutUint32(rec[12:], uint32(len(s.Backends)))
+		rec[16] = byte(s.Hash.Kind)
+		le.PutUint32(rec[20:], str(s.Hash.Name))
+		le.PutUint16(rec[24:], uint16(len(s.Hash.Name)))
+		if st := s.Sticky; st != nil {
+			flags := byte(setFlagSticky)
+			if st.NoHTTPOnly {
+				flags |= setFlagNoHTTPOnly
+			}
+			rec[17] = flags
+			rec[18] = byte(st.SameSite)
+			le.PutUint16(rec[26:], uint16(len(st.CookieName)))
+			le.PutUint32(rec[28:], str(st.CookieName))
+			le.PutUint32(rec[32:], str(st.Path))
+			le.PutUint16(rec[36:], uint16(len(st.Path)))
+			le.PutUint32(rec[40:], st.MaxAgeSeconds)
+		}
 		for _, b := range s.Backends {
 			rec := payload[backendsAt+bi*backendRecordBytes:]
 			le.PutUint32(rec[0:], str(b.ID))
@@ -271,6 +341,9 @@ func decode(p []byte, setCount, backendCount, profileCount, strs int) ([]Set, er
 		}
 		next += n
 		sets[i] = Set{Name: name, Policy: balance.Policy(rec[6]), FailureStatuses: rec[7], Backends: backends[first : first+n : first+n]}
+		if err := decodeAffinity(&sets[i], rec, str); err != nil {
+			return nil, err
+		}
 		for j := first; j < first+n; j++ {
 			rec := p[backendsAt+j*backendRecordBytes:]
 			id, err := str(le.Uint32(rec[0:]), le.Uint16(rec[4:]))
@@ -295,6 +368,33 @@ func decode(p []byte, setCount, backendCount, profileCount, strs int) ([]Set, er
 		return nil, fmt.Errorf("%w: sets hold %d backends of %d", ErrCorrupt, next, backendCount)
 	}
 	return sets, nil
+}
+
+// decodeAffinity reads the hash key and sticky cookie of set record rec into s.
+func decodeAffinity(s *Set, rec []byte, str func(uint32, uint16) (string, error)) error {
+	le := binary.LittleEndian
+	kind, flags, sameSite := HashKind(rec[16]), rec[17], SameSite(rec[18])
+	if kind > HashClientAddress || flags&^setFlagsKnown != 0 || sameSite > SameSiteNone || s.Policy > balance.MaglevHash {
+		return fmt.Errorf("%w: set %q: policy %d, hash kind %d, flags %#02x, same site %d: not all known", ErrCorrupt, s.Name, s.Policy, kind, flags, sameSite)
+	}
+	name, err := str(le.Uint32(rec[20:]), le.Uint16(rec[24:]))
+	if err != nil {
+		return err
+	}
+	s.Hash = HashOn{Kind: kind, Name: name}
+	if flags&setFlagSticky == 0 {
+		return nil
+	}
+	cookie, err := str(le.Uint32(rec[28:]), le.Uint16(rec[26:]))
+	if err != nil {
+		return err
+	}
+	path, err := str(le.Uint32(rec[32:]), le.Uint16(rec[36:]))
+	if err != nil {
+		return err
+	}
+	s.Sticky = &Sticky{CookieName: cookie, Path: path, MaxAgeSeconds: le.Uint32(rec[40:]), SameSite: sameSite, NoHTTPOnly: flags&setFlagNoHTTPOnly != 0}
+	return nil
 }
 
 // ErrEmpty is returned by Read before the first generation is published.

@@ -40,7 +40,7 @@ func create(t *testing.T, caps Capacities) (*Region, string) {
 	return r, path
 }
 
-// TestLayout pins every offset and size of layout version 2: a change here is a new LayoutVersion.
+// TestLayout pins every offset and size of layout version 3: a change here is a new LayoutVersion.
 func TestLayout(t *testing.T) {
 	consts := map[string][2]int{
 		"offMagic": {offMagic, 0}, "offVersion": {offVersion, 8}, "offSetsMax": {offSetsMax, 16},
@@ -48,11 +48,12 @@ func TestLayout(t *testing.T) {
 		"offWorkersMax": {offWorkersMax, 28}, "offHealthSlotsMax": {offHealthSlotsMax, 32},
 		"offHalf0": {offHalf0, 40}, "offHalf1": {offHalf1, 48}, "offHalfBytes": {offHalfBytes, 56},
 		"offHealth": {offHealth, 64}, "offWorkers": {offWorkers, 72}, "offTotalBytes": {offTotalBytes, 80}, "offTLSProfilesMax": {offTLSProfilesMax, 88},
+		"offInFlight": {offInFlight, 96}, "offWorkersUsed": {offWorkersUsed, 144}, "inFlightCounterBytes": {inFlightCounterBytes, 4},
 		"offGeneration": {offGeneration, 128}, "offHealthEpoch": {offHealthEpoch, 136}, "headerBytes": {headerBytes, 256},
 		"offHalfSeq": {offHalfSeq, 0}, "offHalfGen": {offHalfGen, 8}, "offHalfSetCount": {offHalfSetCount, 16},
 		"offHalfBackendCnt": {offHalfBackendCnt, 20}, "offHalfStringBytes": {offHalfStringBytes, 24},
 		"offHalfChecksum": {offHalfChecksum, 28}, "offHalfPayloadLen": {offHalfPayloadLen, 32}, "offHalfProfileCount": {offHalfProfileCount, 36},
-		"halfHeaderBytes": {halfHeaderBytes, 64}, "setRecordBytes": {setRecordBytes, 16},
+		"halfHeaderBytes": {halfHeaderBytes, 64}, "setRecordBytes": {setRecordBytes, 48},
 		"backendRecordBytes": {backendRecordBytes, 32}, "tlsRecordBytes": {tlsRecordBytes, 32}, "healthSlotBytes": {healthSlotBytes, 64},
 		"workerSlotBytes": {workerSlotBytes, 64}, "offSlotKey": {offSlotKey, 0},
 		"offSlotAllocGen": {offSlotAllocGen, 8}, "offSlotFreedGen": {offSlotFreedGen, 16},
@@ -62,30 +63,32 @@ func TestLayout(t *testing.T) {
 	}
 	for name, c := range consts {
 		if c[0] != c[1] {
-			t.Errorf("%s = %d, layout version 2 has %d", name, c[0], c[1])
+			t.Errorf("%s = %d, layout version 3 has %d", name, c[0], c[1])
 		}
 	}
 	if offSlotState+8*HealthWords > healthSlotBytes {
 		t.Errorf("health words overflow their slot")
 	}
-	if Magic != 0x0100_4D48_5342_4C58 || LayoutVersion != 2 {
+	if Magic != 0x0100_4D48_5342_4C58 || LayoutVersion != 3 {
 		t.Errorf("magic %#x version %d", Magic, LayoutVersion)
 	}
 
 	// Sections for two sets of capacities, and the header as bytes in the file.
 	for _, tc := range []struct {
-		caps                                     Capacities
-		halfBytes, half1, health, workers, total int
+		caps                                               Capacities
+		halfBytes, half1, health, workers, inFlight, total int
 	}{
-		// half = align64(64 + 64*16 + 4096*32 + 256*32 + 256 KiB) = 64+1024+131072+8192+262144 = 402496
-		{Capacities{}, 402496, 256 + 402496, 256 + 2*402496, 256 + 2*402496 + 8192*64, 256 + 2*402496 + 8192*64 + 64*64},
-		// half = align64(64 + 2*16 + 3*32 + 1*32 + 10) = align64(234) = 256
-		{Capacities{Sets: 2, Backends: 3, StringBytes: 10, Workers: 1, TLSProfiles: 1}, 256, 512, 768, 768 + 6*64, 768 + 6*64 + 64},
+		// half = align64(64 + 64*48 + 4096*32 + 256*32 + 256 KiB) = 64+3072+131072+8192+262144 = 404544;
+		// in-flight counters: 64 workers × 8192 health slots × 4 bytes = 2 MiB.
+		{Capacities{}, 404544, 256 + 404544, 256 + 2*404544, 256 + 2*404544 + 8192*64, 256 + 2*404544 + 8192*64 + 64*64,
+			256 + 2*404544 + 8192*64 + 64*64 + 64*8192*4},
+		// half = align64(64 + 2*48 + 3*32 + 1*32 + 10) = align64(298) = 320; counters align64(1*6*4) = 64
+		{Capacities{Sets: 2, Backends: 3, StringBytes: 10, Workers: 1, TLSProfiles: 1}, 320, 576, 896, 896 + 6*64, 896 + 6*64 + 64, 896 + 6*64 + 64 + 64},
 	} {
 		r, path := create(t, tc.caps)
 		l := r.l
-		got := []int{l.halfBytes, l.half[0], l.half[1], l.health, l.workers, l.size}
-		want := []int{tc.halfBytes, 256, tc.half1, tc.health, tc.workers, tc.total}
+		got := []int{l.halfBytes, l.half[0], l.half[1], l.health, l.workers, l.inFlight, l.size}
+		want := []int{tc.halfBytes, 256, tc.half1, tc.health, tc.workers, tc.inFlight, tc.total}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("caps %+v: halfBytes, half0, half1, health, workers, size = %v, want %v", tc.caps, got, want)
 		}
@@ -94,7 +97,7 @@ func TestLayout(t *testing.T) {
 			t.Fatal(err)
 		}
 		le := binary.LittleEndian
-		if len(raw) != tc.total || le.Uint64(raw[0:]) != Magic || le.Uint32(raw[8:]) != 2 ||
+		if len(raw) != tc.total || le.Uint64(raw[0:]) != Magic || le.Uint32(raw[8:]) != 3 || le.Uint64(raw[96:]) != uint64(tc.inFlight) ||
 			int(le.Uint32(raw[88:])) != r.l.caps.TLSProfiles ||
 			le.Uint64(raw[48:]) != uint64(tc.half1) || le.Uint64(raw[64:]) != uint64(tc.health) ||
 			le.Uint64(raw[72:]) != uint64(tc.workers) || le.Uint64(raw[80:]) != uint64(tc.total) ||
@@ -116,8 +119,9 @@ func sampleSets() []Set {
 			{ID: "b", Address: "127.0.0.1:9002", Weight: 3, State: StateDraining, TLS: &TLS{InsecureSkipVerify: true, NoResumption: true}},
 			{ID: "c", Address: "127.0.0.1:9003", Weight: 1},
 		}},
-		{Name: "empty"},
-		{Name: "api", Backends: []Backend{{ID: "x", Address: "[::1]:80", Weight: 7, State: StateDisabled, TLS: &TLS{}},
+		{Name: "empty", Policy: balance.MaglevHash, Hash: HashOn{Kind: HashHeader, Name: "x-user"},
+			Sticky: &Sticky{CookieName: "xlb_backend", Path: "/", SameSite: SameSiteNone, NoHTTPOnly: true, MaxAgeSeconds: 3600}},
+		{Name: "api", Hash: HashOn{Kind: HashClientAddress}, Sticky: &Sticky{CookieName: "c", Path: "/app"}, Backends: []Backend{{ID: "x", Address: "[::1]:80", Weight: 7, State: StateDisabled, TLS: &TLS{}},
 			{ID: "y", Address: "[::1]:81", Weight: 1, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/xlb/ca.pem",
 				ClientCertFile: "/etc/xlb/c.pem", ClientKeyFile: "/etc/xlb/c.key", MinVersion: 0x0304}}}},
 	}
@@ -204,7 +208,9 @@ func TestCapacityErrorsNameTheLimit(t *testing.T) {
 		{[]Set{{Name: "a", Backends: []Backend{tb("1", "/"+strings.Repeat("p", 30))}}}, "Capacities.StringBytes"},
 		{[]Set{{Name: "a"}, {Name: "a"}}, `"a" named twice`},
 		{[]Set{{Name: "a", Backends: []Backend{b("1"), b("1")}}}, `id "1" used twice`},
-		{[]Set{{Name: "a", Policy: balance.LeastRequest + 1}}, `"a": policy 2: not a balance.Policy`},
+		{[]Set{{Name: "a", Policy: balance.MaglevHash + 1}}, `"a": policy 3: not a balance.Policy`},
+		{[]Set{{Name: strings.Repeat("n", 20), Hash: HashOn{Kind: HashHeader, Name: strings.Repeat("h", 21)}}}, "Capacities.StringBytes"},
+		{[]Set{{Name: "a", Sticky: &Sticky{CookieName: strings.Repeat("c", 20), Path: "/" + strings.Repeat("p", 19)}}}, "Capacities.StringBytes"},
 	} {
 		checked := w.Check(tc.sets)
 		_, err := w.Publish(tc.sets)
@@ -235,6 +241,17 @@ func TestCheckAgreesWithPublish(t *testing.T) {
 		var sets []Set
 		for si := range rng.IntN(4) {
 			s := Set{Name: fmt.Sprint("s", si)}
+			// The affinity's strings count against StringBytes too.
+			switch rng.IntN(4) {
+			case 1:
+				s.Policy, s.Hash = balance.MaglevHash, HashOn{Kind: HashHeader, Name: strings.Repeat("h", rng.IntN(30))}
+			case 2:
+				s.Hash = HashOn{Kind: HashClientAddress}
+			}
+			if rng.IntN(3) == 0 {
+				s.Sticky = &Sticky{CookieName: strings.Repeat("c", 1+rng.IntN(20)), Path: "/" + strings.Repeat("p", rng.IntN(20)),
+					MaxAgeSeconds: uint32(rng.IntN(1000)), SameSite: SameSite(rng.IntN(3)), NoHTTPOnly: rng.IntN(2) == 0}
+			}
 			for range rng.IntN(4) {
 				var tls *TLS
 				if t := settings[rng.IntN(len(settings))]; t != nil {
@@ -346,17 +363,19 @@ func TestHealthSlotStaysAcrossFlips(t *testing.T) {
 
 func TestOpenRefusesOtherLayouts(t *testing.T) {
 	r, path := create(t, Capacities{Sets: 1, Backends: 1, StringBytes: 8, Workers: 1})
-	r.store32(offVersion, 3)
-	if _, err := Open(path); !errors.Is(err, ErrLayout) || errors.Is(err, ErrOldLayout) || !strings.Contains(err.Error(), "layout version 3") {
-		t.Fatalf("open of a version 3 region: %v", err)
+	r.store32(offVersion, 4)
+	if _, err := Open(path); !errors.Is(err, ErrLayout) || errors.Is(err, ErrOldLayout) || !strings.Contains(err.Error(), "layout version 4") {
+		t.Fatalf("open of a version 4 region: %v", err)
 	}
-	// Version 1, before TLS: an older layout, which the caller may rebuild.
-	r.store32(offVersion, 1)
-	if _, err := Open(path); !errors.Is(err, ErrLayout) || !errors.Is(err, ErrOldLayout) || !strings.Contains(err.Error(), "layout version 1") {
-		t.Fatalf("open of a version 1 region: %v", err)
-	}
-	if _, err := Load(path); !errors.Is(err, ErrOldLayout) {
-		t.Fatalf("load of a version 1 region: %v", err)
+	// Versions 1 (before TLS) and 2 (before affinity): older layouts, which the caller may rebuild.
+	for _, v := range []uint32{1, 2} {
+		r.store32(offVersion, v)
+		if _, err := Open(path); !errors.Is(err, ErrLayout) || !errors.Is(err, ErrOldLayout) || !strings.Contains(err.Error(), fmt.Sprintf("layout version %d", v)) {
+			t.Fatalf("open of a version %d region: %v", v, err)
+		}
+		if _, err := Load(path); !errors.Is(err, ErrOldLayout) {
+			t.Fatalf("load of a version %d region: %v", v, err)
+		}
 	}
 	r.store32(offVersion, LayoutVersion)
 	r.store64(offMagic, 42)
@@ -775,5 +794,59 @@ func TestDecodeRefusesBadTLSProfiles(t *testing.T) {
 		if _, err := decode(p, len(sets), pl.backends, len(pl.profiles), pl.strs); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: decode %v, want ErrCorrupt", name, err)
 		}
+	}
+}
+
+// TestInFlightCounters: each worker adds to its own counters, InFlight sums the worker slots in
+// use, a released slot's counts are gone (a crashed worker's requests never stick), and a claim
+// starts from zero.
+func TestInFlightCounters(t *testing.T) {
+	r, _ := create(t, Capacities{Backends: 4, Workers: 8})
+	if r.WorkersUsed() != 0 || r.InFlight(3) != 0 {
+		t.Fatalf("a new region: %d workers used, %d in flight", r.WorkersUsed(), r.InFlight(3))
+	}
+	r.ClaimWorker(0, 100, 1)
+	r.ClaimWorker(2, 102, 1)
+	if r.WorkersUsed() != 3 {
+		t.Fatalf("WorkersUsed %d, want 3 (slots 0 to 2)", r.WorkersUsed())
+	}
+	r.InFlightAdd(0, 3, 1)
+	r.InFlightAdd(0, 3, 1)
+	r.InFlightAdd(2, 3, 5)
+	r.InFlightAdd(2, 7, 1)
+	if got := r.InFlight(3); got != 7 {
+		t.Fatalf("InFlight(3) = %d, want 7", got)
+	}
+	r.InFlightAdd(2, 3, -1)
+	if got, own := r.InFlight(3), r.InFlightOf(2, 3); got != 6 || own != 4 {
+		t.Fatalf("after a decrement: %d in all, %d of worker 2; want 6 and 4", got, own)
+	}
+	// Worker 2 crashes: its slot is released, and its requests count no more.
+	r.ReleaseWorker(2)
+	if got := r.InFlight(3); got != 2 || r.InFlight(7) != 0 {
+		t.Fatalf("after the release: %d and %d in flight, want 2 and 0", got, r.InFlight(7))
+	}
+	// A decrement that raced the zeroing never makes a count negative.
+	r.InFlightAdd(2, 7, -1)
+	if got := r.InFlight(7); got != 0 {
+		t.Fatalf("InFlight(7) = %d after a stray decrement, want 0", got)
+	}
+	r.ClaimWorker(2, 103, 2)
+	if got := r.InFlightOf(2, 7); got != 0 {
+		t.Fatalf("a claimed slot starts at %d, want 0", got)
+	}
+	if r.WorkerPID(2) != 103 {
+		t.Fatalf("WorkerPID(2) = %d", r.WorkerPID(2))
+	}
+}
+
+// TestInFlightBound: capacities whose counters pass InFlightBytesMax are refused, naming both.
+func TestInFlightBound(t *testing.T) {
+	_, err := New(Capacities{Backends: 1 << 20, Workers: 64})
+	if err == nil || !strings.Contains(err.Error(), "Workers 64 and Backends 1048576") {
+		t.Fatalf("New with 2^20 backends × 64 workers: %v, want the in-flight bound", err)
+	}
+	if _, err := New(Capacities{Backends: 10_000, Workers: 64}); err != nil {
+		t.Fatalf("10,000 backends × 64 workers: %v", err)
 	}
 }

@@ -199,8 +199,11 @@ func keysOf(sets []Set) (map[uint64]bool, error) {
 			return nil, fmt.Errorf("shm: backend set %q named twice", s.Name)
 		}
 		names[s.Name] = true
-		if s.Policy > balance.LeastRequest {
+		if s.Policy > balance.MaglevHash {
 			return nil, fmt.Errorf("shm: backend set %q: policy %d: not a balance.Policy", s.Name, s.Policy)
+		}
+		if st := s.Sticky; s.Hash.Kind > HashClientAddress || st != nil && st.SameSite > SameSiteNone {
+			return nil, fmt.Errorf("shm: backend set %q: hash kind %d or same site: not this package's", s.Name, s.Hash.Kind)
 		}
 		for _, b := range s.Backends {
 			k := slotKey(s.Name, b.ID)

@@ -75,3 +75,27 @@ func (f *Follower) ReleaseTrial(slot, seq uint32) bool {
 	return f.r.CompareAndSwapHealthWord(slot, health.WordTrial,
 		health.TrialWord(health.TrialClaimed, seq, 0, 0), health.TrialWord(health.TrialOffered, seq, 0, 0))
 }
+
+// InFlightStart counts a request of this worker in flight on the backend of health slot slot, in
+// the region, and tells whether it did: a worker counts only while its slot names its pid (from
+// the supervisor's claim, which zeroes the slot's counters first, to its release, which zeroes
+// them again). Pass what it returns to InFlightEnd. Two atomic operations; no allocation.
+func (f *Follower) InFlightStart(slot uint32) bool {
+	if f.r.WorkerPID(f.slot) != f.pid {
+		return false
+	}
+	f.r.InFlightAdd(f.slot, slot, 1)
+	return true
+}
+
+// InFlightEnd uncounts a request that InFlightStart counted (counted true), unless the worker's
+// slot was released meanwhile.
+func (f *Follower) InFlightEnd(slot uint32, counted bool) {
+	if counted && f.r.WorkerPID(f.slot) == f.pid {
+		f.r.InFlightAdd(f.slot, slot, -1)
+	}
+}
+
+// InFlight is the requests in flight on the backend of health slot slot over every worker (the
+// region's sum), for the least-request choice.
+func (f *Follower) InFlight(slot uint32) int64 { return f.r.InFlight(slot) }

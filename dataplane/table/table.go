@@ -92,6 +92,12 @@ type Set struct {
 	// Backends are the set's backends, in the order the control plane gave them. Nil is none: every
 	// request to the set is answered 503.
 	Backends []Backend
+	// Hash is the key that policy balance.MaglevHash hashes. The zero value is none, which only a
+	// set of another policy has.
+	Hash HashOn
+	// Sticky, when not nil, pins each client to a backend with a signed cookie (see Sticky). Nil
+	// means no cookie.
+	Sticky *Sticky
 	// TLS is the set's own tls as the control plane gave it: the TLS of each of its backends that
 	// has none of its own. It is already resolved into each Backend.TLS (server/backendset.FromProto
 	// does it), which is all the proxy reads; it is kept so that the set goes back to the control
@@ -99,6 +105,67 @@ type Set struct {
 	// means none: a backend without its own TLS is plain. A Set decoded from the region (Load) has
 	// it nil, its backends' TLS set.
 	TLS *TLS
+}
+
+// HashKind is what a request of a Maglev set is hashed on.
+type HashKind = shm.HashKind
+
+// The keys a request may be hashed on.
+const (
+	HashNone          = shm.HashNone
+	HashHeader        = shm.HashHeader        // the value of the first header field named HashOn.Name (any case)
+	HashCookie        = shm.HashCookie        // the value of the first cookie named HashOn.Name (exactly)
+	HashClientAddress = shm.HashClientAddress // the client's IP address: 4 bytes, or 16 for IPv6
+)
+
+// HashOn is a Maglev set's key: a kind and, for a header or a cookie, its name. A request
+// without the key is picked by round robin.
+type HashOn = shm.HashOn
+
+// SameSite is a sticky cookie's SameSite attribute. The zero value is Lax.
+type SameSite = shm.SameSite
+
+// The SameSite values.
+const (
+	SameSiteLax    = shm.SameSiteLax
+	SameSiteStrict = shm.SameSiteStrict
+	SameSiteNone   = shm.SameSiteNone // the cookie is then always Secure, as browsers require
+)
+
+// Sticky is a set's sticky cookie: NAME=VALUE; Path=PATH; HttpOnly; SameSite=...; Secure (when the
+// client's connection is TLS, or SameSite is None); Max-Age=N (when MaxAge is set). The value is
+// balance/sticky's: the backend's id, signed.
+type Sticky struct {
+	// CookieName is the cookie's name, an HTTP token. Empty means "xlb_backend" (a set from the
+	// control plane has it filled in).
+	CookieName string
+	// Path is the cookie's Path. Empty means "/" (filled in, as CookieName).
+	Path string
+	// MaxAge is the cookie's Max-Age, in whole seconds, and a cookie issued longer ago is ignored.
+	// Zero means a session cookie that never goes stale.
+	MaxAge time.Duration
+	// SameSite is the cookie's SameSite; the zero value is Lax.
+	SameSite SameSite
+	// NoHTTPOnly leaves HttpOnly out. False, the default, hides the cookie from scripts.
+	NoHTTPOnly bool
+}
+
+// stickyRecord is s as the region keeps it; nil for nil.
+func stickyRecord(s *Sticky) *shm.Sticky {
+	if s == nil {
+		return nil
+	}
+	return &shm.Sticky{CookieName: s.CookieName, Path: s.Path, MaxAgeSeconds: uint32(min(s.MaxAge/time.Second, math.MaxUint32)),
+		SameSite: s.SameSite, NoHTTPOnly: s.NoHTTPOnly}
+}
+
+// stickyOf is the region's record as a Sticky; nil for nil.
+func stickyOf(r *shm.Sticky) *Sticky {
+	if r == nil {
+		return nil
+	}
+	return &Sticky{CookieName: r.CookieName, Path: r.Path, MaxAge: time.Duration(r.MaxAgeSeconds) * time.Second,
+		SameSite: r.SameSite, NoHTTPOnly: r.NoHTTPOnly}
 }
 
 // Records is sets as the region's records, for shm.Writer.Publish and Check: the health policy
@@ -110,7 +177,7 @@ func Records(sets []Set) []shm.Set {
 	out := make([]shm.Set, len(sets))
 	for i, s := range sets {
 		out[i] = shm.Set{Name: s.Name, Policy: s.Policy, FailureStatuses: uint8(s.FailureStatuses),
-			Backends: make([]shm.Backend, len(s.Backends))}
+			Hash: s.Hash, Sticky: stickyRecord(s.Sticky), Backends: make([]shm.Backend, len(s.Backends))}
 		for j, b := range s.Backends {
 			if b.Weight < 0 || b.Weight > math.MaxUint32 {
 				panic(fmt.Sprintf("table: set %q: backend %q: weight %d does not fit a region record", s.Name, b.ID, b.Weight))
@@ -136,7 +203,7 @@ func setsOf(records []shm.Set) []Set {
 			backends = append(backends, Backend{ID: b.ID, Address: b.Address, Weight: int(b.Weight), State: b.State, HealthSlot: b.HealthSlot, TLS: (*TLS)(b.TLS)}) // one profile, one *TLS
 		}
 		out[i] = Set{Name: r.Name, Policy: r.Policy, FailureStatuses: health.FailureStatuses(r.FailureStatuses),
-			Backends: backends[first:len(backends):len(backends)]}
+			Hash: r.Hash, Sticky: stickyOf(r.Sticky), Backends: backends[first:len(backends):len(backends)]}
 	}
 	return out
 }

@@ -26,7 +26,9 @@ func TestFollower(t *testing.T) {
 		t.Fatalf("Load of an empty region = %+v, %v; want generation 0, no sets", tb, err)
 	}
 	setTLS := &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}
-	sets := []Set{{Name: "web", FailureStatuses: health.FailGateway, TLS: setTLS,
+	sticky := &Sticky{CookieName: "sid", Path: "/app", MaxAge: time.Hour, SameSite: SameSiteStrict, NoHTTPOnly: true}
+	sets := []Set{{Name: "web", FailureStatuses: health.FailGateway, TLS: setTLS, Policy: balance.MaglevHash,
+		Hash: HashOn{Kind: HashCookie, Name: "user"}, Sticky: sticky,
 		Backends: []Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: setTLS}, {ID: "b", Address: "127.0.0.1:2"}}}}
 	g, err := shm.NewWriter(r).Publish(Records(sets))
 	if err != nil {
@@ -38,9 +40,10 @@ func TestFollower(t *testing.T) {
 	tb, err = f.Load()
 	// The zero weight was written as 1, and Publish gave each backend a slot of its own; each
 	// backend's TLS came through the region, the set's own (which workers do not read) did not.
-	want := []Set{{Name: "web", FailureStatuses: health.FailGateway, Backends: []Backend{
-		{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}},
-		{ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
+	want := []Set{{Name: "web", FailureStatuses: health.FailGateway, Policy: balance.MaglevHash,
+		Hash: HashOn{Kind: HashCookie, Name: "user"}, Sticky: sticky, Backends: []Backend{
+			{ID: "a", Address: "127.0.0.1:1", Weight: 2, State: Draining, TLS: &TLS{ServerName: "web.example", CAFile: "/etc/ca.pem", NoResumption: true}},
+			{ID: "b", Address: "127.0.0.1:2", Weight: 1, HealthSlot: 1}}}}
 	if err != nil || tb.Generation != g || !reflect.DeepEqual(tb.Sets, want) {
 		t.Fatalf("Load = %+v, %v; want generation %d with %+v", tb, err, g, want)
 	}
@@ -53,6 +56,20 @@ func TestFollower(t *testing.T) {
 	}
 	if w := r.Worker(0); w != (shm.WorkerState{}) {
 		t.Errorf("slot 0 = %+v; want it untouched", w)
+	}
+	// In-flight counting, in the worker's own slot, read back as the sum over workers.
+	counted := f.InFlightStart(1)
+	if !counted || f.InFlight(1) != 1 || r.InFlightOf(1, 1) != 1 {
+		t.Fatalf("InFlightStart = %v; InFlight %d, slot 1's %d; want true, 1, 1", counted, f.InFlight(1), r.InFlightOf(1, 1))
+	}
+	f.InFlightEnd(1, counted)
+	if f.InFlight(1) != 0 {
+		t.Fatalf("InFlight after the end: %d", f.InFlight(1))
+	}
+	// A worker whose slot names another pid (or none yet) counts nothing.
+	r.ClaimWorker(1, os.Getpid()+1, 0)
+	if f.InFlightStart(1) || r.InFlight(1) != 0 {
+		t.Fatal("a worker counted in a slot that is not its own")
 	}
 }
 

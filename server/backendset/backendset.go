@@ -43,7 +43,8 @@ func FromProto(set *discoveryv1.BackendSet) (table.Set, error) {
 	if err := resource.Validate(Prefix, set); err != nil {
 		return table.Set{}, err
 	}
-	s := table.Set{Name: set.GetName(), Policy: policies[set.GetPolicy()], Health: healthOf(set), TLS: tlsOf(set.GetTls())}
+	s := table.Set{Name: set.GetName(), Policy: policies[set.GetPolicy()], Health: healthOf(set), TLS: tlsOf(set.GetTls()),
+		Hash: hashOf(set.GetHashOn()), Sticky: stickyOf(set.GetSticky())}
 	s.FailureStatuses = s.Health.Outlier.FailureStatuses
 	if n := len(set.GetBackends()); n > 0 {
 		s.Backends = make([]table.Backend, n)
@@ -61,6 +62,79 @@ func FromProto(set *discoveryv1.BackendSet) (table.Set, error) {
 		}
 	}
 	return s, nil
+}
+
+// hashOf is a valid hash_on as table's; the zero value for none.
+func hashOf(h *discoveryv1.HashOn) table.HashOn {
+	switch k := h.GetKey().(type) {
+	case *discoveryv1.HashOn_Header:
+		return table.HashOn{Kind: table.HashHeader, Name: k.Header}
+	case *discoveryv1.HashOn_Cookie:
+		return table.HashOn{Kind: table.HashCookie, Name: k.Cookie}
+	case *discoveryv1.HashOn_ClientAddress:
+		return table.HashOn{Kind: table.HashClientAddress}
+	}
+	return table.HashOn{}
+}
+
+// hashToProto is h on the wire; nil for none. A kind the wire cannot say is a header with no
+// name, which resource.Validate refuses.
+func hashToProto(h table.HashOn) *discoveryv1.HashOn {
+	switch h.Kind {
+	case table.HashNone:
+		return nil
+	case table.HashHeader:
+		return &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Header{Header: h.Name}}
+	case table.HashCookie:
+		return &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Cookie{Cookie: h.Name}}
+	case table.HashClientAddress:
+		return &discoveryv1.HashOn{Key: &discoveryv1.HashOn_ClientAddress{ClientAddress: &discoveryv1.ClientAddress{}}}
+	}
+	return &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Header{}}
+}
+
+// stickyOf is a valid sticky as table's, its defaults filled in (the cookie's name and path); nil
+// for none.
+func stickyOf(st *discoveryv1.Sticky) *table.Sticky {
+	if st == nil {
+		return nil
+	}
+	out := &table.Sticky{CookieName: st.GetCookieName(), Path: st.GetPath(), MaxAge: st.GetMaxAge().AsDuration(),
+		SameSite: sameSites[st.GetSameSite()], NoHTTPOnly: st.GetHttpOnly() == discoveryv1.HttpOnly_HTTP_ONLY_OFF}
+	if out.CookieName == "" {
+		out.CookieName = resource.DefaultCookieName
+	}
+	if out.Path == "" {
+		out.Path = resource.DefaultCookiePath
+	}
+	return out
+}
+
+// stickyToProto is st on the wire; nil for none. A negative max age or an unknown SameSite is
+// written as what resource.Validate refuses.
+func stickyToProto(st *table.Sticky) *discoveryv1.Sticky {
+	if st == nil {
+		return nil
+	}
+	m := &discoveryv1.Sticky{CookieName: st.CookieName, Path: st.Path}
+	if st.MaxAge != 0 {
+		m.MaxAge = durationpb.New(st.MaxAge)
+	}
+	switch st.SameSite {
+	case table.SameSiteLax:
+		m.SameSite = discoveryv1.SameSite_SAME_SITE_LAX
+	case table.SameSiteStrict:
+		m.SameSite = discoveryv1.SameSite_SAME_SITE_STRICT
+	case table.SameSiteNone:
+		m.SameSite = discoveryv1.SameSite_SAME_SITE_NONE
+	default:
+		m.SameSite = invalid
+	}
+	m.HttpOnly = discoveryv1.HttpOnly_HTTP_ONLY_ON
+	if st.NoHTTPOnly {
+		m.HttpOnly = discoveryv1.HttpOnly_HTTP_ONLY_OFF
+	}
+	return m
 }
 
 // tlsOf is a valid tls of the wire as table's; nil for none. "1.2" and the empty min_version are
@@ -163,12 +237,14 @@ const invalid = -1
 // a nil Backend.TLS there takes the set's (as a configuration file's backend without a tls key
 // does).
 func ToProto(s table.Set) *discoveryv1.BackendSet {
-	m := &discoveryv1.BackendSet{Name: s.Name, Tls: tlsToProto(s.TLS)}
+	m := &discoveryv1.BackendSet{Name: s.Name, Tls: tlsToProto(s.TLS), HashOn: hashToProto(s.Hash), Sticky: stickyToProto(s.Sticky)}
 	switch s.Policy {
 	case balance.RoundRobin:
 		m.Policy = discoveryv1.Policy_POLICY_ROUND_ROBIN
 	case balance.LeastRequest:
 		m.Policy = discoveryv1.Policy_POLICY_LEAST_REQUEST
+	case balance.MaglevHash:
+		m.Policy = discoveryv1.Policy_POLICY_MAGLEV
 	default:
 		m.Policy = invalid
 	}

@@ -164,6 +164,10 @@ func TestToProtoRefusable(t *testing.T) {
 		{"negative weight", func(s *table.Set) { s.Backends[0].Weight = -1 }, ".backends[0].weight"},
 		{"unknown state", func(s *table.Set) { s.Backends[0].State = 9 }, ".backends[0].state"},
 		{"unknown policy", func(s *table.Set) { s.Policy = 9 }, ".policy"},
+		{"maglev without a key", func(s *table.Set) { s.Policy = balance.MaglevHash }, ".hash_on"},
+		{"unknown hash kind", func(s *table.Set) { s.Policy, s.Hash.Kind = balance.MaglevHash, 9 }, ".hash_on.header"},
+		{"negative max age", func(s *table.Set) { s.Sticky = &table.Sticky{MaxAge: -time.Second} }, ".sticky.max_age"},
+		{"unknown same site", func(s *table.Set) { s.Sticky = &table.Sticky{SameSite: 9} }, ".sticky.same_site"},
 		{"negative fall", func(s *table.Set) { s.Health.Probe = health.Probe{Kind: health.ProbeTCP, Fall: -1} }, ".health_check.fall"},
 		{"negative interval", func(s *table.Set) { s.Health.Probe = health.Probe{Kind: health.ProbeTCP, Interval: -time.Second} }, ".health_check.interval"},
 		{"unknown failure statuses", func(s *table.Set) { s.FailureStatuses = 9 }, ".outlier_detection.failure_statuses"},
@@ -191,6 +195,23 @@ func normalise(set *discoveryv1.BackendSet) *discoveryv1.BackendSet {
 		m.Policy = discoveryv1.Policy_POLICY_ROUND_ROBIN
 	}
 	normaliseTLS(m.Tls)
+	if st := m.Sticky; st != nil {
+		if st.CookieName == "" {
+			st.CookieName = resource.DefaultCookieName
+		}
+		if st.Path == "" {
+			st.Path = resource.DefaultCookiePath
+		}
+		if st.MaxAge != nil && st.MaxAge.AsDuration() == 0 {
+			st.MaxAge = nil
+		}
+		if st.SameSite == discoveryv1.SameSite_SAME_SITE_UNSPECIFIED {
+			st.SameSite = discoveryv1.SameSite_SAME_SITE_LAX
+		}
+		if st.HttpOnly == discoveryv1.HttpOnly_HTTP_ONLY_UNSPECIFIED {
+			st.HttpOnly = discoveryv1.HttpOnly_HTTP_ONLY_ON
+		}
+	}
 	for _, b := range m.Backends {
 		// A backend's own tls equal to the set's means what none does.
 		if normaliseTLS(b.Tls); b.Tls != nil && m.Tls != nil && proto.Equal(b.Tls, m.Tls) {
@@ -294,6 +315,30 @@ func randomSet(rng *rand.Rand) *discoveryv1.BackendSet {
 	}
 	set := &discoveryv1.BackendSet{Name: pick("web", "api.v2", "A_b-c", strings.Repeat("n", resource.NameBytesMax)),
 		Policy: discoveryv1.Policy(rng.IntN(len(discoveryv1.Policy_name))), Tls: randomTLS(rng)}
+	if set.Policy == discoveryv1.Policy_POLICY_MAGLEV {
+		switch rng.IntN(3) {
+		case 0:
+			set.HashOn = &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Header{Header: pick("x-user", "X-Session-ID", strings.Repeat("h", resource.TokenBytesMax), "!#$%&'*+-.^_`|~")}}
+		case 1:
+			set.HashOn = &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Cookie{Cookie: pick("sid", "JSESSIONID")}}
+		case 2:
+			set.HashOn = &discoveryv1.HashOn{Key: &discoveryv1.HashOn_ClientAddress{ClientAddress: &discoveryv1.ClientAddress{}}}
+		}
+	}
+	if rng.IntN(2) == 0 {
+		st := &discoveryv1.Sticky{CookieName: pick("", "xlb_backend", "SERVERID", strings.Repeat("c", resource.TokenBytesMax)),
+			Path:     pick("", "/", "/app", "/"+strings.Repeat("p", resource.CookiePathBytesMax-1)),
+			SameSite: discoveryv1.SameSite(rng.IntN(len(discoveryv1.SameSite_name))), HttpOnly: discoveryv1.HttpOnly(rng.IntN(len(discoveryv1.HttpOnly_name)))}
+		switch rng.IntN(4) {
+		case 1:
+			st.MaxAge = durationpb.New(0)
+		case 2:
+			st.MaxAge = durationpb.New(time.Duration(1+rng.IntN(int(resource.CookieMaxAgeMax/time.Second))) * time.Second)
+		case 3:
+			st.MaxAge = durationpb.New(resource.CookieMaxAgeMax)
+		}
+		set.Sticky = st
+	}
 	for i := range rng.IntN(6) {
 		b := &discoveryv1.Backend{
 			Id:      fmt.Sprintf("%s%d", pick("b", "10.0.0.1:", "x.y-z_"), i),
@@ -421,6 +466,36 @@ var breakers = []struct {
 		s.SlowStart = &discoveryv1.SlowStart{Window: []*durationpb.Duration{nil, durationpb.New(2 * time.Hour)}[rng.IntN(2)]}
 	}},
 	{"panic threshold over 100", func(_ *rand.Rand, s *discoveryv1.BackendSet) { s.PanicThreshold = resource.PercentMax + 1 }},
+	{"bad hash_on", func(rng *rand.Rand, s *discoveryv1.BackendSet) {
+		switch rng.IntN(4) {
+		case 0: // maglev without a key
+			s.Policy, s.HashOn = discoveryv1.Policy_POLICY_MAGLEV, nil
+		case 1: // a key without maglev
+			s.Policy, s.HashOn = discoveryv1.Policy_POLICY_LEAST_REQUEST, &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Header{Header: "x"}}
+		case 2:
+			s.Policy, s.HashOn = discoveryv1.Policy_POLICY_MAGLEV, &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Header{Header: "x user"}}
+		case 3:
+			s.Policy, s.HashOn = discoveryv1.Policy_POLICY_MAGLEV, &discoveryv1.HashOn{Key: &discoveryv1.HashOn_Cookie{Cookie: strings.Repeat("c", resource.TokenBytesMax+1)}}
+		}
+	}},
+	{"bad sticky", func(rng *rand.Rand, s *discoveryv1.BackendSet) {
+		st := &discoveryv1.Sticky{}
+		switch rng.IntN(6) {
+		case 0:
+			st.CookieName = "a=b"
+		case 1:
+			st.Path = "app"
+		case 2:
+			st.Path = "/a;b"
+		case 3:
+			st.MaxAge = durationpb.New(1500 * time.Millisecond)
+		case 4:
+			st.MaxAge = durationpb.New(resource.CookieMaxAgeMax + time.Second)
+		case 5:
+			st.SameSite = 9
+		}
+		s.Sticky = st
+	}},
 	{"bad tls", func(rng *rand.Rand, s *discoveryv1.BackendSet) {
 		t := &discoveryv1.BackendTls{}
 		switch rng.IntN(5) {
@@ -478,7 +553,7 @@ func TestHealthRoundTrip(t *testing.T) {
 // TestNames: the file's names of policies, states and failure statuses are the wire enums' in
 // lower case, without UNSPECIFIED, and an unknown one is told what the names are.
 func TestNames(t *testing.T) {
-	for s, want := range map[string]balance.Policy{"round_robin": balance.RoundRobin, "least_request": balance.LeastRequest} {
+	for s, want := range map[string]balance.Policy{"round_robin": balance.RoundRobin, "least_request": balance.LeastRequest, "maglev": balance.MaglevHash} {
 		if got, err := ParsePolicy(s); err != nil || got != want {
 			t.Errorf("ParsePolicy(%q) = %v, %v; want %v", s, got, err, want)
 		}
@@ -494,7 +569,7 @@ func TestNames(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"", "unspecified", "UNSPECIFIED", "Least_Request", "LEAST_REQUEST", "random"} {
-		if _, err := ParsePolicy(s); err == nil || err.Error() != "want round_robin or least_request" {
+		if _, err := ParsePolicy(s); err == nil || err.Error() != "want round_robin, least_request or maglev" {
 			t.Errorf("ParsePolicy(%q): %v", s, err)
 		}
 	}

@@ -17,7 +17,7 @@ import (
 // file as soon as FromProto translates it. The UNSPECIFIED value has no name (a key left out means
 // the default).
 
-// ParsePolicy reads a policy by its name: round_robin or least_request.
+// ParsePolicy reads a policy by its name: round_robin, least_request or maglev.
 func ParsePolicy(s string) (balance.Policy, error) {
 	v, err := parseEnum(s, "POLICY_", discoveryv1.Policy_value, nil)
 	if err != nil {
@@ -50,6 +50,24 @@ var policies = map[discoveryv1.Policy]balance.Policy{
 	discoveryv1.Policy_POLICY_UNSPECIFIED:   balance.RoundRobin,
 	discoveryv1.Policy_POLICY_ROUND_ROBIN:   balance.RoundRobin,
 	discoveryv1.Policy_POLICY_LEAST_REQUEST: balance.LeastRequest,
+	discoveryv1.Policy_POLICY_MAGLEV:        balance.MaglevHash,
+}
+
+// ParseSameSite reads a sticky cookie's SameSite by its name: lax, strict or none.
+func ParseSameSite(s string) (table.SameSite, error) {
+	v, err := parseEnum(s, "SAME_SITE_", discoveryv1.SameSite_value, map[string]string{"none": "always Secure"})
+	if err != nil {
+		return 0, err
+	}
+	return sameSites[discoveryv1.SameSite(v)], nil
+}
+
+// sameSites maps the wire's SameSite to table's; a valid set has no other.
+var sameSites = map[discoveryv1.SameSite]table.SameSite{
+	discoveryv1.SameSite_SAME_SITE_UNSPECIFIED: table.SameSiteLax,
+	discoveryv1.SameSite_SAME_SITE_LAX:         table.SameSiteLax,
+	discoveryv1.SameSite_SAME_SITE_STRICT:      table.SameSiteStrict,
+	discoveryv1.SameSite_SAME_SITE_NONE:        table.SameSiteNone,
 }
 
 // parseEnum finds s among the names of an enum (values, by name), as the file spells them. Its

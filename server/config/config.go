@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -123,6 +124,10 @@ type Config struct {
 	// PidFile, when set, is replaced atomically with the pid of the supervisor in charge (after an
 	// upgrade, the new one), so that `kill -USR2 $(cat PATH)` always reaches it.
 	PidFile string
+	// StickyKeyFile is the keys file that signs and checks sticky cookies (balance/sticky's
+	// format), for several data planes that must accept each other's cookies: it must exist. Empty
+	// means STATE_DIR/sticky-keys, which the supervisor creates with one new key when it is missing.
+	StickyKeyFile string
 	// Region is the capacities of a region file created anew; an existing file keeps its own. Zero
 	// fields mean shm's defaults.
 	Region shm.Capacities
@@ -446,6 +451,13 @@ func (d *decoder) top(root *yaml.Node) Config {
 			}
 		case "region":
 			d.region(v, key, &c.Region)
+		case "sticky_key_file":
+			if s, ok := d.str(v, key); ok {
+				if !filepath.IsAbs(s) {
+					d.errorf(v, key, "want an absolute path, got %q", s)
+				}
+				c.StickyKeyFile = s
+			}
 		case "metrics_interval":
 			if dur, ok := d.duration(v, key); ok {
 				c.MetricsInterval = dur
@@ -536,6 +548,10 @@ func (d *decoder) backendSet(n *yaml.Node, path string) *located {
 			}
 		case "tls":
 			s.set.TLS = d.tlsKey(v, at, nodes)
+		case "hash_on":
+			s.set.Hash = d.hashOn(v, at, nodes)
+		case "sticky":
+			s.set.Sticky = d.sticky(v, at, nodes)
 		case "backends":
 			for i, bn := range d.sequence(v, at) {
 				bpath := index(at, i)
@@ -1110,7 +1126,9 @@ var Sample = `  listeners:
       # tls: {certificates: [{cert_file: a.pem, key_file: a-key.pem}], client_ca_file: ca.pem, min_version: "1.3"}
   backend_sets:
     - name: web
-      policy: round_robin            # or least_request
+      policy: round_robin            # or least_request, or maglev with hash_on
+      # hash_on: {header: x-user}    # maglev's key: {header: NAME}, {cookie: NAME} or client_address
+      # sticky: {cookie_name: xlb_backend, path: /, max_age: 0s, same_site: lax, http_only: true}
       backends:
         - {id: a, address: 127.0.0.1:9001, weight: 1}
         - {id: b, address: 127.0.0.1:9002, weight: 3}
@@ -1147,6 +1165,7 @@ var Sample = `  listeners:
   log: {level: info, format: text}   # format: text | json
   workers: 2                         # default: one per two CPUs
   reuse_port: false                  # true: a SO_REUSEPORT socket per worker
-  state_dir: /var/lib/xlb            # holds the region file
+  state_dir: /var/lib/xlb            # holds the region file (and sticky-keys)
+  # sticky_key_file: /etc/xlb/sticky-keys   # shared by data planes; default STATE_DIR/sticky-keys
   region: {sets: 64, backends: 4096, string_bytes: 262144, workers: 64, tls_profiles: 256}   # when it is created
 `

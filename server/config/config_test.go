@@ -109,6 +109,29 @@ func TestParseConfigValues(t *testing.T) {
 		{"retries 5", minimal + "retries: 5\n", func(c *Config) { c.Proxy.Retries = 5 }},
 		{"least_request", strings.Replace(minimal, "  - name: web\n", "  - name: web\n    policy: least_request\n", 1),
 			func(c *Config) { c.BackendSets[0].Policy = balance.LeastRequest }},
+		{"maglev on a header", strings.Replace(minimal, "  - name: web\n", "  - name: web\n    policy: maglev\n    hash_on: {header: X-User}\n", 1),
+			func(c *Config) {
+				c.BackendSets[0].Policy = balance.MaglevHash
+				c.BackendSets[0].Hash = table.HashOn{Kind: table.HashHeader, Name: "X-User"}
+			}},
+		{"maglev on a cookie", strings.Replace(minimal, "  - name: web\n", "  - name: web\n    policy: maglev\n    hash_on: {cookie: sid}\n", 1),
+			func(c *Config) {
+				c.BackendSets[0].Policy = balance.MaglevHash
+				c.BackendSets[0].Hash = table.HashOn{Kind: table.HashCookie, Name: "sid"}
+			}},
+		{"maglev on the client address", strings.Replace(minimal, "  - name: web\n", "  - name: web\n    policy: maglev\n    hash_on: client_address\n", 1),
+			func(c *Config) {
+				c.BackendSets[0].Policy = balance.MaglevHash
+				c.BackendSets[0].Hash = table.HashOn{Kind: table.HashClientAddress}
+			}},
+		{"sticky with the defaults", strings.Replace(minimal, "  - name: web\n", "  - name: web\n    sticky: {}\n", 1),
+			func(c *Config) { c.BackendSets[0].Sticky = &table.Sticky{CookieName: "xlb_backend", Path: "/"} }},
+		{"sticky with every key", strings.Replace(minimal, "  - name: web\n",
+			"  - name: web\n    sticky: {cookie_name: SRV, path: /app, max_age: 1h, same_site: none, http_only: false}\n", 1),
+			func(c *Config) {
+				c.BackendSets[0].Sticky = &table.Sticky{CookieName: "SRV", Path: "/app", MaxAge: time.Hour, SameSite: table.SameSiteNone, NoHTTPOnly: true}
+			}},
+		{"sticky key file", minimal + "sticky_key_file: /etc/xlb/sticky-keys\n", func(c *Config) { c.StickyKeyFile = "/etc/xlb/sticky-keys" }},
 		{"forwarded off", minimal + "forwarded: off\n", func(c *Config) { c.Proxy.Forwarded = proxy.ForwardedOff }},
 		{"forwarded replace", minimal + "forwarded: replace\n", func(c *Config) { c.Proxy.Forwarded = proxy.ForwardedReplace }},
 		{"trusted proxies", minimal + "trusted_proxies: [10.1.2.0/16, 192.0.2.7, \"::1\", \"2001:db8::/32\"]\n", func(c *Config) {
@@ -320,6 +343,33 @@ func TestParseConfigErrors(t *testing.T) {
 			return edit(t, "    backend_set: web\n", "    backend_set: web\n  - {address: \"127.0.0.1:08080\", backend_set: web}\n")
 		}, []string{`xlb.yaml:4: listeners[1].address: "127.0.0.1:08080" is also the address of listeners[0] (line 2)`}},
 
+		// Affinity: the form here, the control plane's rules with the line of their key.
+		{"maglev without hash_on", func(t *testing.T) string { return edit(t, "policy: round_robin", "policy: maglev") },
+			[]string{`xlb.yaml:5: backend_sets[0].hash_on: required with policy maglev: a header, a cookie or client_address`}},
+		{"hash_on without maglev", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: round_robin\n    hash_on: {header: x}")
+		}, []string{`xlb.yaml:7: backend_sets[0].hash_on: only with policy maglev (the policy is round_robin)`}},
+		{"hash_on header not a token", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: maglev\n    hash_on: {header: \"x user\"}")
+		}, []string{`xlb.yaml:7: backend_sets[0].hash_on.header: "x user": want a token (letters, digits and !#$%&'*+-.^_` + "`" + `|~)`}},
+		{"hash_on two keys", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: maglev\n    hash_on: {header: x, cookie: y}")
+		}, []string{`xlb.yaml:7: backend_sets[0].hash_on.cookie: hash_on takes one key: header, cookie or client_address`}},
+		{"hash_on unknown key", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: maglev\n    hash_on: {query: x}")
+		}, []string{`xlb.yaml:7: backend_sets[0].hash_on: unknown key "query"`}},
+		{"sticky max age not whole seconds", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: round_robin\n    sticky:\n      max_age: 1500ms")
+		}, []string{`xlb.yaml:8: backend_sets[0].sticky.max_age: want 0 (a session cookie) or whole seconds from 1s to 9600h0m0s (400 days), got 1.5s`}},
+		{"sticky bad path", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: round_robin\n    sticky: {path: app}")
+		}, []string{`xlb.yaml:7: backend_sets[0].sticky.path: "app": want / and up to 1024 bytes of visible ASCII without ';'`}},
+		{"sticky unknown same site", func(t *testing.T) string {
+			return edit(t, "policy: round_robin", "policy: round_robin\n    sticky: {same_site: loose}")
+		}, []string{`xlb.yaml:7: backend_sets[0].sticky.same_site: want lax, strict or none (always Secure), got "loose"`}},
+		{"sticky key file relative", func(t *testing.T) string { return sampleFile(t) + "sticky_key_file: keys\n" },
+			[]string{`xlb.yaml:16: sticky_key_file: want an absolute path, got "keys"`}},
+
 		// Backend sets.
 		{"set name empty", func(t *testing.T) string { return edit(t, "name: web", `name: ""`) }, []string{
 			`xlb.yaml:5: backend_sets[0].name: required`,
@@ -378,7 +428,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"panic threshold not a number", health10("    panic_threshold: half\n"),
 			[]string{`xlb.yaml:10: backend_sets[0].panic_threshold: want an integer >= 0, got "half"`}},
 		{"unknown policy", func(t *testing.T) string { return edit(t, "policy: round_robin", "policy: random") },
-			[]string{`xlb.yaml:6: backend_sets[0].policy: want round_robin or least_request, got "random"`}},
+			[]string{`xlb.yaml:6: backend_sets[0].policy: want round_robin, least_request or maglev, got "random"`}},
 		{"backends not a list", func(t *testing.T) string {
 			return edit(t, "    backends:\n      - {id: a, address: 127.0.0.1:9001, weight: 1}\n      - {id: b, address: 127.0.0.1:9002, weight: 3}\n",
 				"    backends: {a: 1}\n\n\n")

@@ -88,7 +88,8 @@ type supervisor struct {
 	handedOver bool       // to the new supervisor of an upgrade
 	copy       regionCopy // the region file, as last saved
 
-	tickets *ticketKeeper // the session ticket keys of TLS listeners; nil without one
+	tickets    *ticketKeeper // the session ticket keys of TLS listeners; nil without one
+	stickyKeys string        // the sticky cookie keys file, which every worker reads
 
 	stateDir  string
 	current   map[string]*discoveryv1.VersionedBackendSet // the sets of the region's generation, as sent
@@ -304,6 +305,9 @@ func Run(ctx context.Context, log hclog.Logger, o Options) int {
 	}
 	if err := s.startTLS(); err != nil {
 		return startFailed("cannot terminate TLS", err)
+	}
+	if s.stickyKeys, err = stickyKeys(dir, cfg.StickyKeyFile, log); err != nil {
+		return startFailed("cannot read the sticky cookie keys", err)
 	}
 	if err := s.takeSockets(); err != nil {
 		s.closeSockets()
@@ -701,6 +705,7 @@ func (s *supervisor) start(slot, region int) error {
 		MetricsSocket:   s.metricsSocket,
 		TLS:             listenerTLS(s.cfg.Listeners),
 		TicketKeys:      s.ticketKeysPath(),
+		StickyKeys:      s.stickyKeys,
 	})
 	if err != nil {
 		return err

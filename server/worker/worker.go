@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"github.com/xlbproxy/xlb/dataplane/proxy"
 	"github.com/xlbproxy/xlb/dataplane/rawio"
 	"github.com/xlbproxy/xlb/dataplane/shm"
@@ -54,6 +55,10 @@ type Spec struct {
 	TLS []*config.ListenerTLS
 	// TicketKeys is the supervisor's session ticket key file, "" when no listener has TLS.
 	TicketKeys string
+	// StickyKeys is the keys file of sticky cookies (STATE_DIR/sticky-keys or the configuration's
+	// sticky_key_file), which the worker reads at start: a worker that cannot read it does not
+	// start, and says which file. Empty means none (a random key of the worker's own: for tests).
+	StickyKeys string
 }
 
 // Heartbeat is how often a worker writes its heartbeat and looks at the generation word even when
@@ -123,6 +128,14 @@ func (e Env) Main(args []string) int {
 
 	follower := table.NewFollower(region, spec.Slot)
 	cfg := config.Config{Listeners: listeners, Proxy: spec.Proxy, AccessLog: spec.AccessLog, ShutdownTimeout: spec.ShutdownTimeout}
+	if spec.StickyKeys != "" {
+		keys, err := sticky.LoadKeys(spec.StickyKeys)
+		if err != nil {
+			log.Error("cannot read the sticky cookie keys", "file", spec.StickyKeys, "error", err)
+			return exit.Failure
+		}
+		cfg.Proxy.StickyKeys = keys
+	}
 	cfg.Proxy.HealthChanged = notifier.Signal
 	nctx, stopNotifier := context.WithCancel(context.Background()) // it outlives the drain too
 	defer stopNotifier()

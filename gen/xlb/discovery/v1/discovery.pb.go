@@ -37,6 +37,112 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SameSite is the cookie's SameSite attribute.
+type SameSite int32
+
+const (
+	// SAME_SITE_UNSPECIFIED is lax.
+	SameSite_SAME_SITE_UNSPECIFIED SameSite = 0
+	SameSite_SAME_SITE_LAX         SameSite = 1
+	SameSite_SAME_SITE_STRICT      SameSite = 2
+	// SAME_SITE_NONE makes the cookie Secure always, as browsers require of it.
+	SameSite_SAME_SITE_NONE SameSite = 3
+)
+
+// Enum value maps for SameSite.
+var (
+	SameSite_name = map[int32]string{
+		0: "SAME_SITE_UNSPECIFIED",
+		1: "SAME_SITE_LAX",
+		2: "SAME_SITE_STRICT",
+		3: "SAME_SITE_NONE",
+	}
+	SameSite_value = map[string]int32{
+		"SAME_SITE_UNSPECIFIED": 0,
+		"SAME_SITE_LAX":         1,
+		"SAME_SITE_STRICT":      2,
+		"SAME_SITE_NONE":        3,
+	}
+)
+
+func (x SameSite) Enum() *SameSite {
+	p := new(SameSite)
+	*p = x
+	return p
+}
+
+func (x SameSite) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SameSite) Descriptor() protoreflect.EnumDescriptor {
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[0].Descriptor()
+}
+
+func (SameSite) Type() protoreflect.EnumType {
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[0]
+}
+
+func (x SameSite) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SameSite.Descriptor instead.
+func (SameSite) EnumDescriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{0}
+}
+
+// HttpOnly says whether the cookie carries HttpOnly (hidden from scripts).
+type HttpOnly int32
+
+const (
+	// HTTP_ONLY_UNSPECIFIED is on.
+	HttpOnly_HTTP_ONLY_UNSPECIFIED HttpOnly = 0
+	HttpOnly_HTTP_ONLY_ON          HttpOnly = 1
+	HttpOnly_HTTP_ONLY_OFF         HttpOnly = 2
+)
+
+// Enum value maps for HttpOnly.
+var (
+	HttpOnly_name = map[int32]string{
+		0: "HTTP_ONLY_UNSPECIFIED",
+		1: "HTTP_ONLY_ON",
+		2: "HTTP_ONLY_OFF",
+	}
+	HttpOnly_value = map[string]int32{
+		"HTTP_ONLY_UNSPECIFIED": 0,
+		"HTTP_ONLY_ON":          1,
+		"HTTP_ONLY_OFF":         2,
+	}
+)
+
+func (x HttpOnly) Enum() *HttpOnly {
+	p := new(HttpOnly)
+	*p = x
+	return p
+}
+
+func (x HttpOnly) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HttpOnly) Descriptor() protoreflect.EnumDescriptor {
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[1].Descriptor()
+}
+
+func (HttpOnly) Type() protoreflect.EnumType {
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[1]
+}
+
+func (x HttpOnly) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HttpOnly.Descriptor instead.
+func (HttpOnly) EnumDescriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+}
+
 // FailureStatuses says which response statuses count as a backend's failure.
 type FailureStatuses int32
 
@@ -78,11 +184,11 @@ func (x FailureStatuses) String() string {
 }
 
 func (FailureStatuses) Descriptor() protoreflect.EnumDescriptor {
-	return file_xlb_discovery_v1_discovery_proto_enumTypes[0].Descriptor()
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[2].Descriptor()
 }
 
 func (FailureStatuses) Type() protoreflect.EnumType {
-	return &file_xlb_discovery_v1_discovery_proto_enumTypes[0]
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[2]
 }
 
 func (x FailureStatuses) Number() protoreflect.EnumNumber {
@@ -91,7 +197,7 @@ func (x FailureStatuses) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FailureStatuses.Descriptor instead.
 func (FailureStatuses) EnumDescriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{0}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
 }
 
 // Policy picks a backend for each request.
@@ -103,8 +209,14 @@ const (
 	// POLICY_ROUND_ROBIN is smooth weighted round robin: over each cycle every backend gets exactly
 	// its weight.
 	Policy_POLICY_ROUND_ROBIN Policy = 1
-	// POLICY_LEAST_REQUEST is the power of two choices by weight and requests in flight.
+	// POLICY_LEAST_REQUEST is the power of two choices by weight and requests in flight, counted
+	// over every worker of a data plane.
 	Policy_POLICY_LEAST_REQUEST Policy = 2
+	// POLICY_MAGLEV is consistent hashing of the set's hash_on key (a weighted Maglev table of
+	// 65537 entries): a key goes to the same backend on every worker and data plane, and adding or
+	// removing one backend of N moves about 1/N of the keys. A key whose backend is out (ejected,
+	// draining, disabled) goes to the next backend of its own probe sequence.
+	Policy_POLICY_MAGLEV Policy = 3
 )
 
 // Enum value maps for Policy.
@@ -113,11 +225,13 @@ var (
 		0: "POLICY_UNSPECIFIED",
 		1: "POLICY_ROUND_ROBIN",
 		2: "POLICY_LEAST_REQUEST",
+		3: "POLICY_MAGLEV",
 	}
 	Policy_value = map[string]int32{
 		"POLICY_UNSPECIFIED":   0,
 		"POLICY_ROUND_ROBIN":   1,
 		"POLICY_LEAST_REQUEST": 2,
+		"POLICY_MAGLEV":        3,
 	}
 )
 
@@ -132,11 +246,11 @@ func (x Policy) String() string {
 }
 
 func (Policy) Descriptor() protoreflect.EnumDescriptor {
-	return file_xlb_discovery_v1_discovery_proto_enumTypes[1].Descriptor()
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[3].Descriptor()
 }
 
 func (Policy) Type() protoreflect.EnumType {
-	return &file_xlb_discovery_v1_discovery_proto_enumTypes[1]
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[3]
 }
 
 func (x Policy) Number() protoreflect.EnumNumber {
@@ -145,7 +259,7 @@ func (x Policy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Policy.Descriptor instead.
 func (Policy) EnumDescriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
 }
 
 // BackendState is what the control plane wants of a backend.
@@ -189,11 +303,11 @@ func (x BackendState) String() string {
 }
 
 func (BackendState) Descriptor() protoreflect.EnumDescriptor {
-	return file_xlb_discovery_v1_discovery_proto_enumTypes[2].Descriptor()
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[4].Descriptor()
 }
 
 func (BackendState) Type() protoreflect.EnumType {
-	return &file_xlb_discovery_v1_discovery_proto_enumTypes[2]
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[4]
 }
 
 func (x BackendState) Number() protoreflect.EnumNumber {
@@ -202,7 +316,7 @@ func (x BackendState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BackendState.Descriptor instead.
 func (BackendState) EnumDescriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
 }
 
 // SessionResumption turns TLS session resumption to a backend on or off.
@@ -243,11 +357,11 @@ func (x SessionResumption) String() string {
 }
 
 func (SessionResumption) Descriptor() protoreflect.EnumDescriptor {
-	return file_xlb_discovery_v1_discovery_proto_enumTypes[3].Descriptor()
+	return file_xlb_discovery_v1_discovery_proto_enumTypes[5].Descriptor()
 }
 
 func (SessionResumption) Type() protoreflect.EnumType {
-	return &file_xlb_discovery_v1_discovery_proto_enumTypes[3]
+	return &file_xlb_discovery_v1_discovery_proto_enumTypes[5]
 }
 
 func (x SessionResumption) Number() protoreflect.EnumNumber {
@@ -256,7 +370,7 @@ func (x SessionResumption) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SessionResumption.Descriptor instead.
 func (SessionResumption) EnumDescriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
 }
 
 // BackendSet is a named group of backends and the policy that picks among them. It is the unit of
@@ -282,7 +396,14 @@ type BackendSet struct {
 	// tls, when set, is TLS from the data plane to every backend of the set, except a backend with
 	// a tls of its own, which replaces this one whole (the two are not merged). Unset, and unset on a
 	// backend, means plain TCP. Data planes that cannot do TLS reject the set.
-	Tls           *BackendTls `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	Tls *BackendTls `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	// hash_on is the key that policy POLICY_MAGLEV hashes; required with it, refused with any other
+	// policy. A request that lacks the key (no such header or cookie) is picked by round robin.
+	HashOn *HashOn `protobuf:"bytes,9,opt,name=hash_on,json=hashOn,proto3" json:"hash_on,omitempty"`
+	// sticky, when set, pins each client to a backend with a signed cookie that the data plane
+	// inserts (the cookie is not passed to the backend). Works with every policy: a client without
+	// a valid cookie is picked by the set's policy. Unset means no cookie.
+	Sticky        *Sticky `protobuf:"bytes,10,opt,name=sticky,proto3" json:"sticky,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +494,247 @@ func (x *BackendSet) GetTls() *BackendTls {
 	return nil
 }
 
+func (x *BackendSet) GetHashOn() *HashOn {
+	if x != nil {
+		return x.HashOn
+	}
+	return nil
+}
+
+func (x *BackendSet) GetSticky() *Sticky {
+	if x != nil {
+		return x.Sticky
+	}
+	return nil
+}
+
+// HashOn is what a request is hashed on, for POLICY_MAGLEV: one of these. A header or cookie name
+// is an HTTP token (RFC 9110 section 5.6.2), 1 to 128 bytes; header names match case-insensitively,
+// cookie names exactly.
+type HashOn struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Key:
+	//
+	//	*HashOn_Header
+	//	*HashOn_Cookie
+	//	*HashOn_ClientAddress
+	Key           isHashOn_Key `protobuf_oneof:"key"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashOn) Reset() {
+	*x = HashOn{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashOn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashOn) ProtoMessage() {}
+
+func (x *HashOn) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashOn.ProtoReflect.Descriptor instead.
+func (*HashOn) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HashOn) GetKey() isHashOn_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *HashOn) GetHeader() string {
+	if x != nil {
+		if x, ok := x.Key.(*HashOn_Header); ok {
+			return x.Header
+		}
+	}
+	return ""
+}
+
+func (x *HashOn) GetCookie() string {
+	if x != nil {
+		if x, ok := x.Key.(*HashOn_Cookie); ok {
+			return x.Cookie
+		}
+	}
+	return ""
+}
+
+func (x *HashOn) GetClientAddress() *ClientAddress {
+	if x != nil {
+		if x, ok := x.Key.(*HashOn_ClientAddress); ok {
+			return x.ClientAddress
+		}
+	}
+	return nil
+}
+
+type isHashOn_Key interface {
+	isHashOn_Key()
+}
+
+type HashOn_Header struct {
+	// header hashes the value of the first field of this name.
+	Header string `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type HashOn_Cookie struct {
+	// cookie hashes the value of the first cookie of this name.
+	Cookie string `protobuf:"bytes,2,opt,name=cookie,proto3,oneof"`
+}
+
+type HashOn_ClientAddress struct {
+	// client_address hashes the client's IP address (the peer of its TCP connection).
+	ClientAddress *ClientAddress `protobuf:"bytes,3,opt,name=client_address,json=clientAddress,proto3,oneof"`
+}
+
+func (*HashOn_Header) isHashOn_Key() {}
+
+func (*HashOn_Cookie) isHashOn_Key() {}
+
+func (*HashOn_ClientAddress) isHashOn_Key() {}
+
+// ClientAddress is the client's IP address as a hash key.
+type ClientAddress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientAddress) Reset() {
+	*x = ClientAddress{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientAddress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientAddress) ProtoMessage() {}
+
+func (x *ClientAddress) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientAddress.ProtoReflect.Descriptor instead.
+func (*ClientAddress) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
+}
+
+// Sticky is the cookie that pins a client to a backend: NAME=VALUE; Path=path; HttpOnly;
+// SameSite=...; Secure (under TLS, or with SAME_SITE_NONE); Max-Age=... (when max_age is set). The
+// value names the backend's id, signed with the data plane's sticky key file.
+type Sticky struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cookie_name is the cookie's name, an HTTP token of at most 128 bytes; empty means
+	// "xlb_backend".
+	CookieName string `protobuf:"bytes,1,opt,name=cookie_name,json=cookieName,proto3" json:"cookie_name,omitempty"`
+	// path is the cookie's Path: starting with /, at most 1024 bytes of visible ASCII without ';';
+	// empty means "/".
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// max_age, in whole seconds from 1s to 400 days, is the cookie's Max-Age, and a cookie issued
+	// longer ago is ignored (the client is picked anew). Unset or 0 means a session cookie that
+	// never goes stale.
+	MaxAge        *durationpb.Duration `protobuf:"bytes,3,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
+	SameSite      SameSite             `protobuf:"varint,4,opt,name=same_site,json=sameSite,proto3,enum=xlb.discovery.v1.SameSite" json:"same_site,omitempty"`
+	HttpOnly      HttpOnly             `protobuf:"varint,5,opt,name=http_only,json=httpOnly,proto3,enum=xlb.discovery.v1.HttpOnly" json:"http_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Sticky) Reset() {
+	*x = Sticky{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Sticky) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Sticky) ProtoMessage() {}
+
+func (x *Sticky) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Sticky.ProtoReflect.Descriptor instead.
+func (*Sticky) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Sticky) GetCookieName() string {
+	if x != nil {
+		return x.CookieName
+	}
+	return ""
+}
+
+func (x *Sticky) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Sticky) GetMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxAge
+	}
+	return nil
+}
+
+func (x *Sticky) GetSameSite() SameSite {
+	if x != nil {
+		return x.SameSite
+	}
+	return SameSite_SAME_SITE_UNSPECIFIED
+}
+
+func (x *Sticky) GetHttpOnly() HttpOnly {
+	if x != nil {
+		return x.HttpOnly
+	}
+	return HttpOnly_HTTP_ONLY_UNSPECIFIED
+}
+
 // HealthCheck is an active probe of each backend: fall failed probes in a row eject it, and once
 // its ejection time is over, rise passing probes in a row readmit it. A passing probe never ends
 // an ejection early.
@@ -401,7 +763,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +775,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[1]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +788,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{1}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HealthCheck) GetInterval() *durationpb.Duration {
@@ -514,7 +876,7 @@ type HttpProbe struct {
 
 func (x *HttpProbe) Reset() {
 	*x = HttpProbe{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +888,7 @@ func (x *HttpProbe) String() string {
 func (*HttpProbe) ProtoMessage() {}
 
 func (x *HttpProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[2]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +901,7 @@ func (x *HttpProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpProbe.ProtoReflect.Descriptor instead.
 func (*HttpProbe) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{2}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HttpProbe) GetPath() string {
@@ -574,7 +936,7 @@ type StatusRange struct {
 
 func (x *StatusRange) Reset() {
 	*x = StatusRange{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +948,7 @@ func (x *StatusRange) String() string {
 func (*StatusRange) ProtoMessage() {}
 
 func (x *StatusRange) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[3]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +961,7 @@ func (x *StatusRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRange.ProtoReflect.Descriptor instead.
 func (*StatusRange) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{3}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusRange) GetStart() uint32 {
@@ -625,7 +987,7 @@ type TcpProbe struct {
 
 func (x *TcpProbe) Reset() {
 	*x = TcpProbe{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +999,7 @@ func (x *TcpProbe) String() string {
 func (*TcpProbe) ProtoMessage() {}
 
 func (x *TcpProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[4]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +1012,7 @@ func (x *TcpProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpProbe.ProtoReflect.Descriptor instead.
 func (*TcpProbe) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{4}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{7}
 }
 
 // OutlierDetection ejects a backend whose requests fail in a row, over every worker of a data
@@ -679,7 +1041,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +1053,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[5]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +1066,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OutlierDetection) GetDisabled() bool {
@@ -763,7 +1125,7 @@ type SlowStart struct {
 
 func (x *SlowStart) Reset() {
 	*x = SlowStart{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +1137,7 @@ func (x *SlowStart) String() string {
 func (*SlowStart) ProtoMessage() {}
 
 func (x *SlowStart) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[6]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +1150,7 @@ func (x *SlowStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlowStart.ProtoReflect.Descriptor instead.
 func (*SlowStart) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{6}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SlowStart) GetWindow() *durationpb.Duration {
@@ -830,7 +1192,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1204,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[7]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1217,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{7}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Backend) GetId() string {
@@ -951,7 +1313,7 @@ type BackendTls struct {
 
 func (x *BackendTls) Reset() {
 	*x = BackendTls{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1325,7 @@ func (x *BackendTls) String() string {
 func (*BackendTls) ProtoMessage() {}
 
 func (x *BackendTls) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[8]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1338,7 @@ func (x *BackendTls) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendTls.ProtoReflect.Descriptor instead.
 func (*BackendTls) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{8}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BackendTls) GetServerName() string {
@@ -1041,7 +1403,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[9]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1415,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[9]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1428,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{9}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Node) GetId() string {
@@ -1110,7 +1472,7 @@ type StreamBackendSetsRequest struct {
 
 func (x *StreamBackendSetsRequest) Reset() {
 	*x = StreamBackendSetsRequest{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[10]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1484,7 @@ func (x *StreamBackendSetsRequest) String() string {
 func (*StreamBackendSetsRequest) ProtoMessage() {}
 
 func (x *StreamBackendSetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[10]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1497,7 @@ func (x *StreamBackendSetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamBackendSetsRequest.ProtoReflect.Descriptor instead.
 func (*StreamBackendSetsRequest) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{10}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StreamBackendSetsRequest) GetNode() *Node {
@@ -1199,7 +1561,7 @@ type SetError struct {
 
 func (x *SetError) Reset() {
 	*x = SetError{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[11]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1573,7 @@ func (x *SetError) String() string {
 func (*SetError) ProtoMessage() {}
 
 func (x *SetError) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[11]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1586,7 @@ func (x *SetError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetError.ProtoReflect.Descriptor instead.
 func (*SetError) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{11}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetError) GetName() string {
@@ -1260,7 +1622,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[12]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1634,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[12]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1647,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{12}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WorkerStatus) GetSlot() uint32 {
@@ -1324,7 +1686,7 @@ type StreamBackendSetsResponse struct {
 
 func (x *StreamBackendSetsResponse) Reset() {
 	*x = StreamBackendSetsResponse{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[13]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1698,7 @@ func (x *StreamBackendSetsResponse) String() string {
 func (*StreamBackendSetsResponse) ProtoMessage() {}
 
 func (x *StreamBackendSetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[13]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1711,7 @@ func (x *StreamBackendSetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamBackendSetsResponse.ProtoReflect.Descriptor instead.
 func (*StreamBackendSetsResponse) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{13}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StreamBackendSetsResponse) GetNonce() string {
@@ -1384,7 +1746,7 @@ type VersionedBackendSet struct {
 
 func (x *VersionedBackendSet) Reset() {
 	*x = VersionedBackendSet{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[14]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1758,7 @@ func (x *VersionedBackendSet) String() string {
 func (*VersionedBackendSet) ProtoMessage() {}
 
 func (x *VersionedBackendSet) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[14]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1771,7 @@ func (x *VersionedBackendSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionedBackendSet.ProtoReflect.Descriptor instead.
 func (*VersionedBackendSet) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{14}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VersionedBackendSet) GetBackendSet() *BackendSet {
@@ -1430,7 +1792,7 @@ var File_xlb_discovery_v1_discovery_proto protoreflect.FileDescriptor
 
 const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\n" +
-	" xlb/discovery/v1/discovery.proto\x12\x10xlb.discovery.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb1\x03\n" +
+	" xlb/discovery/v1/discovery.proto\x12\x10xlb.discovery.v1\x1a\x1egoogle/protobuf/duration.proto\"\x96\x04\n" +
 	"\n" +
 	"BackendSet\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
@@ -1441,7 +1803,23 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\n" +
 	"slow_start\x18\x06 \x01(\v2\x1b.xlb.discovery.v1.SlowStartR\tslowStart\x12'\n" +
 	"\x0fpanic_threshold\x18\a \x01(\rR\x0epanicThreshold\x12.\n" +
-	"\x03tls\x18\b \x01(\v2\x1c.xlb.discovery.v1.BackendTlsR\x03tls\"\x8d\x02\n" +
+	"\x03tls\x18\b \x01(\v2\x1c.xlb.discovery.v1.BackendTlsR\x03tls\x121\n" +
+	"\ahash_on\x18\t \x01(\v2\x18.xlb.discovery.v1.HashOnR\x06hashOn\x120\n" +
+	"\x06sticky\x18\n" +
+	" \x01(\v2\x18.xlb.discovery.v1.StickyR\x06sticky\"\x8d\x01\n" +
+	"\x06HashOn\x12\x18\n" +
+	"\x06header\x18\x01 \x01(\tH\x00R\x06header\x12\x18\n" +
+	"\x06cookie\x18\x02 \x01(\tH\x00R\x06cookie\x12H\n" +
+	"\x0eclient_address\x18\x03 \x01(\v2\x1f.xlb.discovery.v1.ClientAddressH\x00R\rclientAddressB\x05\n" +
+	"\x03key\"\x0f\n" +
+	"\rClientAddress\"\xe3\x01\n" +
+	"\x06Sticky\x12\x1f\n" +
+	"\vcookie_name\x18\x01 \x01(\tR\n" +
+	"cookieName\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x122\n" +
+	"\amax_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\x127\n" +
+	"\tsame_site\x18\x04 \x01(\x0e2\x1a.xlb.discovery.v1.SameSiteR\bsameSite\x127\n" +
+	"\thttp_only\x18\x05 \x01(\x0e2\x1a.xlb.discovery.v1.HttpOnlyR\bhttpOnly\"\x8d\x02\n" +
 	"\vHealthCheck\x125\n" +
 	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x12\n" +
@@ -1523,16 +1901,26 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x13VersionedBackendSet\x12=\n" +
 	"\vbackend_set\x18\x01 \x01(\v2\x1c.xlb.discovery.v1.BackendSetR\n" +
 	"backendSet\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion*\x86\x01\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion*b\n" +
+	"\bSameSite\x12\x19\n" +
+	"\x15SAME_SITE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rSAME_SITE_LAX\x10\x01\x12\x14\n" +
+	"\x10SAME_SITE_STRICT\x10\x02\x12\x12\n" +
+	"\x0eSAME_SITE_NONE\x10\x03*J\n" +
+	"\bHttpOnly\x12\x19\n" +
+	"\x15HTTP_ONLY_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fHTTP_ONLY_ON\x10\x01\x12\x11\n" +
+	"\rHTTP_ONLY_OFF\x10\x02*\x86\x01\n" +
 	"\x0fFailureStatuses\x12 \n" +
 	"\x1cFAILURE_STATUSES_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15FAILURE_STATUSES_NONE\x10\x01\x12\x1c\n" +
 	"\x18FAILURE_STATUSES_GATEWAY\x10\x02\x12\x18\n" +
-	"\x14FAILURE_STATUSES_5XX\x10\x03*R\n" +
+	"\x14FAILURE_STATUSES_5XX\x10\x03*e\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12POLICY_ROUND_ROBIN\x10\x01\x12\x18\n" +
-	"\x14POLICY_LEAST_REQUEST\x10\x02*\x7f\n" +
+	"\x14POLICY_LEAST_REQUEST\x10\x02\x12\x11\n" +
+	"\rPOLICY_MAGLEV\x10\x03*\x7f\n" +
 	"\fBackendState\x12\x1d\n" +
 	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14BACKEND_STATE_ACTIVE\x10\x01\x12\x1a\n" +
@@ -1557,65 +1945,76 @@ func file_xlb_discovery_v1_discovery_proto_rawDescGZIP() []byte {
 	return file_xlb_discovery_v1_discovery_proto_rawDescData
 }
 
-var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_xlb_discovery_v1_discovery_proto_goTypes = []any{
-	(FailureStatuses)(0),              // 0: xlb.discovery.v1.FailureStatuses
-	(Policy)(0),                       // 1: xlb.discovery.v1.Policy
-	(BackendState)(0),                 // 2: xlb.discovery.v1.BackendState
-	(SessionResumption)(0),            // 3: xlb.discovery.v1.SessionResumption
-	(*BackendSet)(nil),                // 4: xlb.discovery.v1.BackendSet
-	(*HealthCheck)(nil),               // 5: xlb.discovery.v1.HealthCheck
-	(*HttpProbe)(nil),                 // 6: xlb.discovery.v1.HttpProbe
-	(*StatusRange)(nil),               // 7: xlb.discovery.v1.StatusRange
-	(*TcpProbe)(nil),                  // 8: xlb.discovery.v1.TcpProbe
-	(*OutlierDetection)(nil),          // 9: xlb.discovery.v1.OutlierDetection
-	(*SlowStart)(nil),                 // 10: xlb.discovery.v1.SlowStart
-	(*Backend)(nil),                   // 11: xlb.discovery.v1.Backend
-	(*BackendTls)(nil),                // 12: xlb.discovery.v1.BackendTls
-	(*Node)(nil),                      // 13: xlb.discovery.v1.Node
-	(*StreamBackendSetsRequest)(nil),  // 14: xlb.discovery.v1.StreamBackendSetsRequest
-	(*SetError)(nil),                  // 15: xlb.discovery.v1.SetError
-	(*WorkerStatus)(nil),              // 16: xlb.discovery.v1.WorkerStatus
-	(*StreamBackendSetsResponse)(nil), // 17: xlb.discovery.v1.StreamBackendSetsResponse
-	(*VersionedBackendSet)(nil),       // 18: xlb.discovery.v1.VersionedBackendSet
-	nil,                               // 19: xlb.discovery.v1.Backend.MetadataEntry
-	nil,                               // 20: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
-	(*durationpb.Duration)(nil),       // 21: google.protobuf.Duration
+	(SameSite)(0),                     // 0: xlb.discovery.v1.SameSite
+	(HttpOnly)(0),                     // 1: xlb.discovery.v1.HttpOnly
+	(FailureStatuses)(0),              // 2: xlb.discovery.v1.FailureStatuses
+	(Policy)(0),                       // 3: xlb.discovery.v1.Policy
+	(BackendState)(0),                 // 4: xlb.discovery.v1.BackendState
+	(SessionResumption)(0),            // 5: xlb.discovery.v1.SessionResumption
+	(*BackendSet)(nil),                // 6: xlb.discovery.v1.BackendSet
+	(*HashOn)(nil),                    // 7: xlb.discovery.v1.HashOn
+	(*ClientAddress)(nil),             // 8: xlb.discovery.v1.ClientAddress
+	(*Sticky)(nil),                    // 9: xlb.discovery.v1.Sticky
+	(*HealthCheck)(nil),               // 10: xlb.discovery.v1.HealthCheck
+	(*HttpProbe)(nil),                 // 11: xlb.discovery.v1.HttpProbe
+	(*StatusRange)(nil),               // 12: xlb.discovery.v1.StatusRange
+	(*TcpProbe)(nil),                  // 13: xlb.discovery.v1.TcpProbe
+	(*OutlierDetection)(nil),          // 14: xlb.discovery.v1.OutlierDetection
+	(*SlowStart)(nil),                 // 15: xlb.discovery.v1.SlowStart
+	(*Backend)(nil),                   // 16: xlb.discovery.v1.Backend
+	(*BackendTls)(nil),                // 17: xlb.discovery.v1.BackendTls
+	(*Node)(nil),                      // 18: xlb.discovery.v1.Node
+	(*StreamBackendSetsRequest)(nil),  // 19: xlb.discovery.v1.StreamBackendSetsRequest
+	(*SetError)(nil),                  // 20: xlb.discovery.v1.SetError
+	(*WorkerStatus)(nil),              // 21: xlb.discovery.v1.WorkerStatus
+	(*StreamBackendSetsResponse)(nil), // 22: xlb.discovery.v1.StreamBackendSetsResponse
+	(*VersionedBackendSet)(nil),       // 23: xlb.discovery.v1.VersionedBackendSet
+	nil,                               // 24: xlb.discovery.v1.Backend.MetadataEntry
+	nil,                               // 25: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	(*durationpb.Duration)(nil),       // 26: google.protobuf.Duration
 }
 var file_xlb_discovery_v1_discovery_proto_depIdxs = []int32{
-	11, // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
-	1,  // 1: xlb.discovery.v1.BackendSet.policy:type_name -> xlb.discovery.v1.Policy
-	5,  // 2: xlb.discovery.v1.BackendSet.health_check:type_name -> xlb.discovery.v1.HealthCheck
-	9,  // 3: xlb.discovery.v1.BackendSet.outlier_detection:type_name -> xlb.discovery.v1.OutlierDetection
-	10, // 4: xlb.discovery.v1.BackendSet.slow_start:type_name -> xlb.discovery.v1.SlowStart
-	12, // 5: xlb.discovery.v1.BackendSet.tls:type_name -> xlb.discovery.v1.BackendTls
-	21, // 6: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	21, // 7: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	6,  // 8: xlb.discovery.v1.HealthCheck.http:type_name -> xlb.discovery.v1.HttpProbe
-	8,  // 9: xlb.discovery.v1.HealthCheck.tcp:type_name -> xlb.discovery.v1.TcpProbe
-	7,  // 10: xlb.discovery.v1.HttpProbe.expected_statuses:type_name -> xlb.discovery.v1.StatusRange
-	21, // 11: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	21, // 12: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
-	0,  // 13: xlb.discovery.v1.OutlierDetection.failure_statuses:type_name -> xlb.discovery.v1.FailureStatuses
-	21, // 14: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
-	2,  // 15: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
-	19, // 16: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
-	12, // 17: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
-	3,  // 18: xlb.discovery.v1.BackendTls.session_resumption:type_name -> xlb.discovery.v1.SessionResumption
-	13, // 19: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
-	20, // 20: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
-	15, // 21: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
-	16, // 22: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
-	18, // 23: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
-	4,  // 24: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
-	14, // 25: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
-	17, // 26: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
-	26, // [26:27] is the sub-list for method output_type
-	25, // [25:26] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	16, // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
+	3,  // 1: xlb.discovery.v1.BackendSet.policy:type_name -> xlb.discovery.v1.Policy
+	10, // 2: xlb.discovery.v1.BackendSet.health_check:type_name -> xlb.discovery.v1.HealthCheck
+	14, // 3: xlb.discovery.v1.BackendSet.outlier_detection:type_name -> xlb.discovery.v1.OutlierDetection
+	15, // 4: xlb.discovery.v1.BackendSet.slow_start:type_name -> xlb.discovery.v1.SlowStart
+	17, // 5: xlb.discovery.v1.BackendSet.tls:type_name -> xlb.discovery.v1.BackendTls
+	7,  // 6: xlb.discovery.v1.BackendSet.hash_on:type_name -> xlb.discovery.v1.HashOn
+	9,  // 7: xlb.discovery.v1.BackendSet.sticky:type_name -> xlb.discovery.v1.Sticky
+	8,  // 8: xlb.discovery.v1.HashOn.client_address:type_name -> xlb.discovery.v1.ClientAddress
+	26, // 9: xlb.discovery.v1.Sticky.max_age:type_name -> google.protobuf.Duration
+	0,  // 10: xlb.discovery.v1.Sticky.same_site:type_name -> xlb.discovery.v1.SameSite
+	1,  // 11: xlb.discovery.v1.Sticky.http_only:type_name -> xlb.discovery.v1.HttpOnly
+	26, // 12: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	26, // 13: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	11, // 14: xlb.discovery.v1.HealthCheck.http:type_name -> xlb.discovery.v1.HttpProbe
+	13, // 15: xlb.discovery.v1.HealthCheck.tcp:type_name -> xlb.discovery.v1.TcpProbe
+	12, // 16: xlb.discovery.v1.HttpProbe.expected_statuses:type_name -> xlb.discovery.v1.StatusRange
+	26, // 17: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	26, // 18: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	2,  // 19: xlb.discovery.v1.OutlierDetection.failure_statuses:type_name -> xlb.discovery.v1.FailureStatuses
+	26, // 20: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
+	4,  // 21: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
+	24, // 22: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
+	17, // 23: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
+	5,  // 24: xlb.discovery.v1.BackendTls.session_resumption:type_name -> xlb.discovery.v1.SessionResumption
+	18, // 25: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
+	25, // 26: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	20, // 27: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
+	21, // 28: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
+	23, // 29: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
+	6,  // 30: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
+	19, // 31: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
+	22, // 32: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_xlb_discovery_v1_discovery_proto_init() }
@@ -1624,6 +2023,11 @@ func file_xlb_discovery_v1_discovery_proto_init() {
 		return
 	}
 	file_xlb_discovery_v1_discovery_proto_msgTypes[1].OneofWrappers = []any{
+		(*HashOn_Header)(nil),
+		(*HashOn_Cookie)(nil),
+		(*HashOn_ClientAddress)(nil),
+	}
+	file_xlb_discovery_v1_discovery_proto_msgTypes[4].OneofWrappers = []any{
 		(*HealthCheck_Http)(nil),
 		(*HealthCheck_Tcp)(nil),
 	}
@@ -1632,8 +2036,8 @@ func file_xlb_discovery_v1_discovery_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_discovery_v1_discovery_proto_rawDesc), len(file_xlb_discovery_v1_discovery_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   17,
+			NumEnums:      6,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
