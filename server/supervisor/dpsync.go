@@ -311,11 +311,6 @@ func (s *supervisor) xdsApply(ctx context.Context, resp *discoveryv1.StreamBacke
 	return r.applied, r.rejected, r.generation, r.workers
 }
 
-// sameTLS tells whether two backends' TLS are the same settings (both plain, or equal).
-func sameTLS(a, b *shm.TLS) bool {
-	return a == b || a != nil && b != nil && *a == *b
-}
-
 // warnInsecure logs at WARN, once per applied version, each set of resp now in force whose TLS to
 // some backends skips verification, naming the set and those backends.
 func (s *supervisor) warnInsecure(resp *discoveryv1.StreamBackendSetsResponse, next map[string]*discoveryv1.VersionedBackendSet) {

@@ -10,6 +10,7 @@ import (
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 
+	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	"github.com/xlbproxy/xlb/internal/testutil"
 )
@@ -133,5 +134,40 @@ func TestRegionSetsOf(t *testing.T) {
 	want := []shm.Set{{Name: "api", Backends: []shm.Backend{}}, {Name: "web", Backends: []shm.Backend{{ID: "b0", Address: "127.0.0.1:9000", Weight: 1}}}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("regionSetsOf:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// TestSameSets: two generations of sets are the same only when every field the workers read is:
+// a change of nothing but a set's hash key, its sticky cookie, its policy, a backend's TLS or its
+// state must be published. The health slots, which Publish gives, do not count.
+func TestSameSets(t *testing.T) {
+	base := func() []shm.Set {
+		return []shm.Set{{Name: "web", Policy: balance.MaglevHash, Hash: shm.HashOn{Kind: shm.HashHeader, Name: "X-User"},
+			Sticky:   &shm.Sticky{CookieName: "xlb_backend", Path: "/", MaxAgeSeconds: 60},
+			Backends: []shm.Backend{{ID: "a", Address: "127.0.0.1:1", Weight: 1, HealthSlot: 3}}}}
+	}
+	if !sameSets(base(), base()) {
+		t.Fatal("a generation is not the same as itself")
+	}
+	other := base()
+	other[0].Backends[0].HealthSlot = 9
+	if !sameSets(base(), other) {
+		t.Fatal("the health slots made two generations differ")
+	}
+	for name, change := range map[string]func(s *shm.Set){
+		"hash header":   func(s *shm.Set) { s.Hash.Name = "X-Tenant" },
+		"hash kind":     func(s *shm.Set) { s.Hash = shm.HashOn{Kind: shm.HashClientAddress} },
+		"sticky off":    func(s *shm.Set) { s.Sticky = nil },
+		"sticky max":    func(s *shm.Set) { s.Sticky.MaxAgeSeconds = 120 },
+		"sticky name":   func(s *shm.Set) { s.Sticky.CookieName = "other" },
+		"policy":        func(s *shm.Set) { s.Policy = balance.RoundRobin },
+		"backend state": func(s *shm.Set) { s.Backends[0].State = shm.StateDraining },
+		"backend tls":   func(s *shm.Set) { s.Backends[0].TLS = &shm.TLS{ServerName: "x"} },
+	} {
+		changed := base()
+		change(&changed[0])
+		if sameSets(base(), changed) {
+			t.Errorf("%s: taken for the same generation; it would not be published", name)
+		}
 	}
 }

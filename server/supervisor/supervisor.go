@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -941,12 +942,21 @@ func (s *supervisor) healthChanged() {
 	}
 }
 
-// sameSets reports whether a and b hold the same sets in the same order, health slots aside.
+// sameSets reports whether a and b hold the same sets in the same order, health slots aside
+// (Publish gives those): every other field of shm.Set and shm.Backend counts, including any a
+// later change adds, since they are compared whole (TestSameSets).
 func sameSets(a, b []shm.Set) bool {
-	return slices.EqualFunc(a, b, func(x, y shm.Set) bool {
-		return x.Name == y.Name && x.Policy == y.Policy && x.FailureStatuses == y.FailureStatuses &&
-			slices.EqualFunc(x.Backends, y.Backends, func(p, q shm.Backend) bool {
-				return p.ID == q.ID && p.Address == q.Address && p.Weight == q.Weight && p.State == q.State && sameTLS(p.TLS, q.TLS)
-			})
-	})
+	return reflect.DeepEqual(withoutHealthSlots(a), withoutHealthSlots(b))
+}
+
+// withoutHealthSlots is a copy of sets whose backends have health slot 0.
+func withoutHealthSlots(sets []shm.Set) []shm.Set {
+	out := slices.Clone(sets)
+	for i := range out {
+		out[i].Backends = slices.Clone(out[i].Backends)
+		for j := range out[i].Backends {
+			out[i].Backends[j].HealthSlot = 0
+		}
+	}
+	return out
 }
