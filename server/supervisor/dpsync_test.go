@@ -7,12 +7,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 
 	"github.com/xlbproxy/xlb/dataplane/balance"
 	"github.com/xlbproxy/xlb/dataplane/shm"
+	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/internal/testutil"
+	"github.com/xlbproxy/xlb/server/config"
 )
 
 // vset is set name of n backends at version v.
@@ -168,6 +171,28 @@ func TestSameSets(t *testing.T) {
 		change(&changed[0])
 		if sameSets(base(), changed) {
 			t.Errorf("%s: taken for the same generation; it would not be published", name)
+		}
+	}
+}
+
+// TestRestartKeys: a setting that only a restart applies is named when a reload changes it (the
+// workers read it when they start), and nothing is named when only backend sets change.
+func TestRestartKeys(t *testing.T) {
+	base := config.Config{Listeners: []config.Listener{{Address: "127.0.0.1:0", BackendSet: "web"}}, StickyKeyFile: "/etc/xlb/sticky"}
+	sets := base
+	sets.BackendSets = []table.Set{{Name: "web"}}
+	if keys := restartKeys(base, sets); len(keys) != 0 {
+		t.Fatalf("a change of backend sets alone: %v, want nothing", keys)
+	}
+	for want, change := range map[string]func(c *config.Config){
+		"sticky_key_file":  func(c *config.Config) { c.StickyKeyFile = "/etc/xlb/other" },
+		"workers":          func(c *config.Config) { c.Workers = 3 },
+		"metrics_interval": func(c *config.Config) { c.MetricsInterval = time.Second },
+	} {
+		changed := base
+		change(&changed)
+		if keys := restartKeys(base, changed); !slices.Equal(keys, []string{want}) {
+			t.Errorf("a change of %s: %v, want [%s]", want, keys, want)
 		}
 	}
 }

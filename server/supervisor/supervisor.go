@@ -814,6 +814,7 @@ func restartKeys(a, b config.Config) []string {
 	diff("region", a.Region == b.Region)
 	diff("reuse_port", a.ReusePort == b.ReusePort)
 	diff("metrics_interval", a.MetricsInterval == b.MetricsInterval)
+	diff("sticky_key_file", a.StickyKeyFile == b.StickyKeyFile)
 	return keys
 }
 
