@@ -185,7 +185,10 @@ func TestStickyThroughWorkers(t *testing.T) {
 		conf = append(conf, backendConf{id: b.id, addr: b.addr, weight: w})
 	}
 	dir := t.TempDir()
-	keys := "policy: round_robin\nsticky: {cookie_name: srv}\nhealth_check: {interval: 50ms, fall: 1, rise: 1, http: {path: /healthz}}\n" +
+	// A probe may wait half a second, and three in a row must fail: one slowed by the load of
+	// 10,000 clients on a busy machine must not eject a healthy backend in the middle of the spread
+	// (with 50ms probes and fall 1, b0 once got none of the clients).
+	keys := "policy: round_robin\nsticky: {cookie_name: srv}\nhealth_check: {interval: 500ms, timeout: 500ms, fall: 3, rise: 1, http: {path: /healthz}}\n" +
 		"outlier_detection: {disabled: true, base_ejection_time: 1h}"
 	s := startSupervisor(t, filepath.Join(dir, "xlb.yaml"), filepath.Join(dir, "state"), func(addr string) string { return affinityYAML(addr, keys, conf) })
 	s.awaitReady(t)
