@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // TestStickyKeysFile: the supervisor makes STATE_DIR/sticky-keys (mode 0600) when it is missing and
@@ -334,6 +337,9 @@ func TestLeastRequestThroughWorkers(t *testing.T) {
 		}
 	}
 	stop(b, syscall.SIGSTOP)
+	// kill returns before every thread of b has stopped: one still running could accept some of
+	// the requests below and then stop holding them (seen: 4 of 30 never reached slow).
+	awaitStopped(t, b)
 	cont := sync.OnceFunc(func() { stop(b, syscall.SIGCONT) })
 	defer cont()
 	const hung = 30
@@ -358,6 +364,7 @@ func TestLeastRequestThroughWorkers(t *testing.T) {
 	writeConfig(t, s.cfgPath, affinityYAML(s.addr, "policy: least_request", conf("")), true)
 	s.awaitApplied(t, ready.end, ready.int("generation"))
 	stop(a, syscall.SIGSTOP)
+	awaitStopped(t, a)
 	contA := sync.OnceFunc(func() { stop(a, syscall.SIGCONT) })
 	defer contA()
 	for i := range 100 {
@@ -366,4 +373,28 @@ func TestLeastRequestThroughWorkers(t *testing.T) {
 		}
 	}
 	contA()
+}
+
+// awaitStopped waits until every thread of pid is stopped by a signal (state T in
+// /proc/PID/task/TID/stat).
+func awaitStopped(t *testing.T, pid int) {
+	t.Helper()
+	testutil.WaitFor(t, ioTimeout, fmt.Sprintf("every thread of %d to stop", pid), func() bool {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return false
+			}
+			// The state follows the command's closing parenthesis: "pid (comm) S ...".
+			i := bytes.LastIndexByte(b, ')')
+			if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				return false
+			}
+		}
+		return true
+	})
 }
