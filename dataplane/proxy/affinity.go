@@ -100,11 +100,12 @@ func (p *Proxy) affinity(s table.Set, keep map[string]*maglevEntry) *set {
 // isCookie tells whether h is a Cookie field.
 func isCookie(h *http1.Header) bool { return len(h.Name) == 6 && http1.EqualFold(h.Name, "cookie") }
 
-// nextCookie cuts the first cookie-pair off a Cookie field's value: its name and value (spaces
-// around them trimmed), and the rest after its ';'. ok is false at the end.
-func nextCookie(v []byte) (name, value, rest []byte, ok bool) {
+// nextCookie cuts the first cookie-pair off a Cookie field's value: the pair as it stands (spaces
+// around it trimmed), its name and value (spaces around them trimmed, a quoted value unquoted),
+// and the rest after its ';'. ok is false at the end.
+func nextCookie(v []byte) (pair, name, value, rest []byte, ok bool) {
 	for len(v) > 0 {
-		pair := v
+		pair = v
 		if i := bytes.IndexByte(v, ';'); i >= 0 {
 			pair, v = v[:i], v[i+1:]
 		} else {
@@ -121,9 +122,9 @@ func nextCookie(v []byte) (name, value, rest []byte, ok bool) {
 		if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
 			value = value[1 : len(value)-1] // RFC 6265 allows a quoted value
 		}
-		return name, value, v, true
+		return pair, name, value, v, true
 	}
-	return nil, nil, nil, false
+	return nil, nil, nil, nil, false
 }
 
 // cookieValue is the value of the request's first cookie named name; ok false when it has none.
@@ -133,7 +134,7 @@ func (c *conn) cookieValue(name []byte) (value []byte, ok bool) {
 		if !isCookie(h) {
 			continue
 		}
-		for n, v, rest, more := nextCookie(h.Value); more; n, v, rest, more = nextCookie(rest) {
+		for _, n, v, rest, more := nextCookie(h.Value); more; _, n, v, rest, more = nextCookie(rest) {
 			if bytes.Equal(n, name) {
 				return v, true
 			}
@@ -148,19 +149,8 @@ func appendCookieField(b []byte, h *http1.Header, name []byte) []byte {
 	start, wrote := len(b), false
 	b = append(b, h.Name...)
 	b = append(b, ": "...)
-	for v := h.Value; len(v) > 0; {
-		pair := v
-		if i := bytes.IndexByte(v, ';'); i >= 0 {
-			pair, v = v[:i], v[i+1:]
-		} else {
-			v = nil
-		}
-		pair = bytes.TrimSpace(pair)
-		n := pair
-		if i := bytes.IndexByte(pair, '='); i >= 0 {
-			n = bytes.TrimSpace(pair[:i])
-		}
-		if len(pair) == 0 || bytes.Equal(n, name) {
+	for pair, n, _, rest, more := nextCookie(h.Value); more; pair, n, _, rest, more = nextCookie(rest) {
+		if bytes.Equal(n, name) {
 			continue
 		}
 		if wrote {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // TestConnectionsMax: at ConnectionsMax open client connections the proxy stops accepting (one
@@ -41,11 +43,5 @@ func TestConnectionsMax(t *testing.T) {
 // waitPauses waits until the proxy has paused its accept loops n times.
 func waitPauses(t *testing.T, p *Proxy, n uint64) {
 	t.Helper()
-	deadline := time.Now().Add(promptWait)
-	for p.Stats().AcceptPaused < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("the accept loop did not pause %d times (%+v)", n, p.Stats())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, promptWait, fmt.Sprintf("the accept loop to pause %d times", n), func() bool { return p.Stats().AcceptPaused >= n })
 }
