@@ -64,6 +64,12 @@ type Load interface {
 	Health(node string) ([]*loadv1.BackendHealth, time.Time)
 }
 
+// WithDataPlanes makes ListDataPlanes report dps (replicas.Registry: every replica's).
+func (s *Server) WithDataPlanes(dps DataPlanes) *Server {
+	s.dps = dps
+	return s
+}
+
 // WithLoad makes GetLoad report l.
 func (s *Server) WithLoad(l Load) *Server {
 	s.load = l

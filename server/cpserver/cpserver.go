@@ -67,6 +67,13 @@ func New(st Store, cfg Config) *Services {
 	}
 }
 
+// Share makes the admin API's ListDataPlanes and GetLoad report dps and l instead of this
+// replica's own discovery and load: replicas.Registry, which merges every replica's. Call it
+// before Register.
+func (s *Services) Share(dps cpadmin.DataPlanes, l cpadmin.Load) {
+	s.Admin.WithDataPlanes(dps).WithLoad(l)
+}
+
 // Register registers every service on srv.
 func (s *Services) Register(srv grpc.ServiceRegistrar) {
 	discoveryv1.RegisterDiscoveryServiceServer(srv, s.Discovery)
