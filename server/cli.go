@@ -88,6 +88,7 @@ Usage:
   xlb run --listen ADDR --backend HOST:PORT[,weight=N] ...   balance over backends given as flags
   xlb run --config FILE                                     balance as a YAML file says
   xlb controlplane --data-dir DIR [--listen ADDR]           the control plane, for many data planes
+  xlb controlplane --store etcd --etcd-endpoints URL,...    replicas of the control plane, on etcd
   xlb dataplane --control-plane ADDR [--listen ADDR]        balance over the control plane's backend sets
   xlb demo [--listen ADDR]                                  xlb run over three demo backends; prints what to try
   xlb version                                               print the version
