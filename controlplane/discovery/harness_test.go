@@ -166,13 +166,14 @@ func (f *fakeDataPlane) run(tb testing.TB, conn grpc.ClientConnInterface, id str
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- xds.Run(ctx, conn, xds.Config{
-			Node:       &discoveryv1.Node{Id: id, Build: "test-build"},
-			Subscribe:  f.subscribe,
-			Initial:    f.initial,
-			Apply:      f.apply,
-			BackoffMin: time.Millisecond,
-			BackoffMax: 20 * time.Millisecond,
+		done <- xds.Run(ctx, xds.Config{
+			ControlPlanes: []xds.ControlPlane{{Conn: conn}},
+			Node:          &discoveryv1.Node{Id: id, Build: "test-build"},
+			Subscribe:     f.subscribe,
+			Initial:       f.initial,
+			Apply:         f.apply,
+			BackoffMin:    time.Millisecond,
+			BackoffMax:    20 * time.Millisecond,
 		})
 	}()
 	tb.Cleanup(func() {
