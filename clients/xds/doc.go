@@ -22,6 +22,11 @@
 //     time out a stream that is open, since a control plane sends nothing while nothing changed.
 //     Opening one waits as long as the connection's own connect timeout (grpc-go: 20s by default)
 //     for a control plane that does not answer at all, then fails and moves on.
+//   - Deltas: the client asks for them (accept_deltas) and makes each one whole before Apply, on
+//     the set it keeps of each name the data plane serves (the one a response carried, or a delta
+//     made; only the sets that came in this process). Apply sees whole sets only. A delta it cannot
+//     make whole (no such base held, a run out of bounds) is the control plane's protocol error:
+//     the stream ends, and the next is sent whole sets.
 //   - Losing the stream changes nothing the data plane serves: Apply is called only with responses
 //     of the control plane, never on a disconnect.
 //

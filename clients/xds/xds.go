@@ -49,7 +49,9 @@ type Config struct {
 	// Apply applies a response, from Run's goroutine, one at a time. It applies what it can and
 	// returns the versions served once it is done (every set), the sets it rejected (name, version,
 	// message each), its generation and its workers. It must return only once the change is in
-	// force: its return is the ACK (no rejected set) or the NACK. Its ctx is Run's.
+	// force: its return is the ACK (no rejected set) or the NACK. Its ctx is Run's. The response
+	// holds whole sets only (Run made each delta whole), which Apply must not modify: Run keeps
+	// those served, to make the next deltas of them.
 	Apply func(ctx context.Context, resp *discoveryv1.StreamBackendSetsResponse) (applied map[string]string, rejected []*discoveryv1.SetError, generation uint64, workers []*discoveryv1.WorkerStatus)
 	// BackoffMin and BackoffMax bound the wait before a stream is opened again: a random duration
 	// below BackoffMin after the first failure, below twice that after the second, and so on up to
@@ -108,7 +110,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	c := &client{cfg: cfg, log: cfg.Logger.Named("xds")}
+	c := &client{cfg: cfg, log: cfg.Logger.Named("xds"), bases: map[string]*discoveryv1.VersionedBackendSet{}}
 	c.applied, c.generation, c.workers = cfg.Initial()
 	b := backoff.Backoff{Base: cfg.BackoffMin, Max: cfg.BackoffMax, Jitter: backoff.Full}
 	for i := 0; ; i = (i + 1) % len(cfg.ControlPlanes) {
@@ -141,6 +143,10 @@ type client struct {
 	applied    map[string]string
 	generation uint64
 	workers    []*discoveryv1.WorkerStatus
+	// bases is the whole set that the data plane serves of each name, as a response carried it or
+	// a delta made it: what the next delta of it changes. Only sets that came in this process are
+	// here (not Config.Initial's): a stream is sent deltas only on sets it sent.
+	bases map[string]*discoveryv1.VersionedBackendSet
 }
 
 // stream runs one stream to cp until it fails, and reports whether it delivered a response.
@@ -157,6 +163,8 @@ func (c *client) stream(ctx context.Context, cp ControlPlane) (responded bool, e
 		Applied:    c.applied,
 		Generation: c.generation,
 		Workers:    c.workers,
+		// Deltas are turned into whole sets here: Apply sees sets only.
+		AcceptDeltas: true,
 	}
 	if err := send(st, first); err != nil {
 		return false, err
@@ -168,8 +176,13 @@ func (c *client) stream(ctx context.Context, cp ControlPlane) (responded bool, e
 			return responded, fmt.Errorf("xds: receive: %w", err)
 		}
 		responded = true
+		deltas := len(resp.GetDeltas())
+		if err := merge(resp, c.bases); err != nil {
+			return true, err // the next stream is sent whole sets
+		}
 		applied, rejected, generation, workers := c.cfg.Apply(ctx, resp)
 		c.applied, c.generation, c.workers = applied, generation, workers
+		keep(c.bases, resp, applied)
 		req := &discoveryv1.StreamBackendSetsRequest{
 			Applied:       applied,
 			ResponseNonce: resp.GetNonce(),
@@ -178,7 +191,7 @@ func (c *client) stream(ctx context.Context, cp ControlPlane) (responded bool, e
 			Workers:       workers,
 		}
 		if len(rejected) == 0 {
-			c.log.Debug("ACK", "nonce", resp.GetNonce(), "sets", len(resp.GetSets()), "removed", len(resp.GetRemoved()), "generation", generation)
+			c.log.Debug("ACK", "nonce", resp.GetNonce(), "sets", len(resp.GetSets()), "deltas", deltas, "removed", len(resp.GetRemoved()), "generation", generation)
 		} else {
 			for _, e := range rejected {
 				c.log.Warn("NACK: set rejected", "nonce", resp.GetNonce(), "set", e.GetName(), "version", e.GetVersion(), "message", e.GetMessage())

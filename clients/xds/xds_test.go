@@ -77,14 +77,20 @@ func applied(srv *discovery.Server, id string) (map[string]string, bool) {
 	return nil, false
 }
 
-// dial returns a client connection to addr that redials fast, closed at the test's end.
-func dial(t *testing.T, addr string) *grpc.ClientConn {
-	t.Helper()
-	conn, err := grpc.NewClient("passthrough:///"+addr,
+// dialOptions make a client connection that redials fast.
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: waitLimit, Backoff: grpcbackoff.Config{
 			BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond,
-		}}))
+		}}),
+	}
+}
+
+// dial returns a client connection to addr that redials fast, closed at the test's end.
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, dialOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}

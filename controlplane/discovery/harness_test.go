@@ -208,6 +208,9 @@ func summary(resp *discoveryv1.StreamBackendSetsResponse) string {
 	for _, vs := range resp.GetSets() {
 		s += vs.GetBackendSet().GetName() + "@" + vs.GetVersion() + " "
 	}
+	for _, d := range resp.GetDeltas() {
+		s += "Δ" + d.GetBackendSet().GetName() + "@" + d.GetBaseVersion() + "→" + d.GetVersion() + " "
+	}
 	for _, name := range resp.GetRemoved() {
 		s += "-" + name + " "
 	}
