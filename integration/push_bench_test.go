@@ -70,9 +70,10 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			xds.Run(ctx, dc, xds.Config{
-				Node:    &discoveryv1.Node{Id: "dp" + strconv.Itoa(i)},
-				Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) { return nil, 0, nil },
+			xds.Run(ctx, xds.Config{
+				ControlPlanes: []xds.ControlPlane{{Conn: dc}},
+				Node:          &discoveryv1.Node{Id: "dp" + strconv.Itoa(i)},
+				Initial:       func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) { return nil, 0, nil },
 				Apply: func(_ context.Context, resp *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
 					for _, name := range resp.GetRemoved() {
 						delete(state, name)

@@ -541,8 +541,8 @@ func printFlags(w *strings.Builder, defs []flagDef) {
 func dataplaneUsage() string {
 	var b strings.Builder
 	b.WriteString(`Usage:
-  xlb dataplane --control-plane ADDR [--node-id ID] [--listen ADDR] [--backend-set NAME] [flags]
-  xlb dataplane --control-plane ADDR --config FILE [flags]
+  xlb dataplane --control-plane ADDR[,ADDR...] [--node-id ID] [--listen ADDR] [--backend-set NAME] [flags]
+  xlb dataplane --control-plane ADDR[,ADDR...] --config FILE [flags]
 
 Runs the load balancer as xlb run does (a supervisor and its workers), with the backend sets of a
 control plane (xlb controlplane): every set the control plane pushes is applied through the shared

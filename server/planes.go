@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -48,7 +49,7 @@ func newDataplaneFlags() *runFlags {
 			apply: func(c *config.Config) { apply(c, v) }}
 	}
 	defs = append(defs,
-		str("control-plane", "ADDR", "the control plane: host:port, or unix://PATH (required)", func(c *config.Config, v string) { c.ControlPlane = v }),
+		controlPlanesFlag(),
 		str("node-id", "ID", "this data plane's name at the control plane (default: the host name)", func(c *config.Config, v string) { c.NodeID = v }),
 		str("backend-set", "NAME", "the backend set that --listen serves (default "+config.DefaultSet+"); not with --config", func(c *config.Config, v string) { f.backendSet = v }),
 		str("tls-ca", "FILE", "CA certificates that verify the control plane's; TLS to it when given", func(c *config.Config, v string) { c.ClientSecurity.CAFile = v }),
@@ -61,6 +62,28 @@ func newDataplaneFlags() *runFlags {
 	)
 	f.defs = defs
 	return f
+}
+
+// controlPlanesFlag is --control-plane ADDR[,ADDR...]: the control planes in the order the data
+// plane tries them (config.Config.ControlPlanes). Given more than once, the lists add up.
+func controlPlanesFlag() flagDef {
+	var addrs []string
+	return flagDef{name: "control-plane", arg: "ADDR[,ADDR...]",
+		usage: "the control planes, tried in this order, the next when a stream to one fails: host:port, or unix://PATH (required)",
+		set: func(s string) error {
+			for a := range strings.SplitSeq(s, ",") {
+				a = strings.TrimSpace(a)
+				switch {
+				case a == "":
+					return fmt.Errorf("empty address in %q", s)
+				case slices.Contains(addrs, a):
+					return fmt.Errorf("%s is given twice", a)
+				}
+				addrs = append(addrs, a)
+			}
+			return nil
+		},
+		apply: func(c *config.Config) { c.ControlPlanes = slices.Clone(addrs) }}
 }
 
 // parseDataplane builds the config.Config of `xlb dataplane`.
@@ -78,7 +101,7 @@ func dataplaneCommandLine(args []string) (commandLine, error) {
 	}
 	switch {
 	case !given["control-plane"]:
-		return commandLine{}, errors.New("--control-plane ADDR is required")
+		return commandLine{}, errors.New("--control-plane ADDR[,ADDR...] is required")
 	case given["config"] && (given["listen"] || given["backend-set"]):
 		return commandLine{}, errors.New("--listen and --backend-set cannot be combined with --config; put listeners in the file")
 	case given["config"]:

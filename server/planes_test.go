@@ -32,22 +32,29 @@ func TestParseDataplane(t *testing.T) {
 			"--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-server-name", "cp", "--workers", "2"},
 			want: func() config.Config {
 				return config.Config{
-					Listeners:    []config.Listener{{Address: "127.0.0.1:8081", BackendSet: "web"}},
-					ControlPlane: "cp:7070", NodeID: "n1", Workers: 2,
+					Listeners:     []config.Listener{{Address: "127.0.0.1:8081", BackendSet: "web"}},
+					ControlPlanes: []string{"cp:7070"}, NodeID: "n1", Workers: 2,
 					ClientSecurity: rpc.ClientSecurity{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "k.pem", ServerName: "cp"},
 				}
 			}},
 		{name: "defaults", args: []string{"--control-plane", "127.0.0.1:7070", "--insecure"},
 			want: func() config.Config {
-				return config.Config{Listeners: []config.Listener{{Address: config.DefaultListen, BackendSet: config.DefaultSet}}, ControlPlane: "127.0.0.1:7070",
+				return config.Config{Listeners: []config.Listener{{Address: config.DefaultListen, BackendSet: config.DefaultSet}}, ControlPlanes: []string{"127.0.0.1:7070"},
 					ClientSecurity: rpc.ClientSecurity{Insecure: true}}
 			}},
 		{name: "a file of listeners naming sets it does not have", args: []string{"--control-plane", "cp:1", "--config", file},
 			want: func() config.Config {
-				return config.Config{Listeners: []config.Listener{{Address: "127.0.0.1:9000", BackendSet: "api"}}, ControlPlane: "cp:1",
+				return config.Config{Listeners: []config.Listener{{Address: "127.0.0.1:9000", BackendSet: "api"}}, ControlPlanes: []string{"cp:1"},
 					Proxy: proxyWithRetries(1)}
 			}},
-		{name: "no control plane", args: []string{"--listen", "127.0.0.1:1"}, wantErr: "--control-plane ADDR is required"},
+		{name: "control planes in order", args: []string{"--control-plane", "cp1:7070, cp2:7070", "--control-plane", "unix:///run/cp.sock", "--insecure"},
+			want: func() config.Config {
+				return config.Config{Listeners: []config.Listener{{Address: config.DefaultListen, BackendSet: config.DefaultSet}},
+					ControlPlanes: []string{"cp1:7070", "cp2:7070", "unix:///run/cp.sock"}, ClientSecurity: rpc.ClientSecurity{Insecure: true}}
+			}},
+		{name: "no control plane", args: []string{"--listen", "127.0.0.1:1"}, wantErr: "--control-plane ADDR[,ADDR...] is required"},
+		{name: "an empty control plane", args: []string{"--control-plane", "cp1:7070,,cp2:7070"}, wantErr: `--control-plane: empty address in "cp1:7070,,cp2:7070"`},
+		{name: "a control plane twice", args: []string{"--control-plane", "cp1:7070,cp1:7070"}, wantErr: "--control-plane: cp1:7070 is given twice"},
 		{name: "backends are the control plane's", args: []string{"--control-plane", "cp:1", "--backend", "127.0.0.1:1"}, wantErr: "flag provided but not defined: --backend"},
 		{name: "a file with backend sets", args: []string{"--control-plane", "cp:1", "--config", withSets},
 			wantErr: "backend_sets: xlb dataplane takes its backend sets from its control plane"},

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -20,9 +22,22 @@ const (
 	defaultBackoffMax = 15 * time.Second
 )
 
-// Config is what Run needs of the data plane. Node, Initial and Apply are required; the zero value
-// of every other field means the documented default.
+// ControlPlane is one control plane that Run may stream from.
+type ControlPlane struct {
+	// Address names it in logs; empty means its index in Config.ControlPlanes.
+	Address string
+	// Conn is a connection to it; required. Run opens its streams on it and never closes it.
+	Conn grpc.ClientConnInterface
+}
+
+// Config is what Run needs of the data plane. ControlPlanes, Node, Initial and Apply are
+// required; the zero value of every other field means the documented default.
 type Config struct {
+	// ControlPlanes are the control planes to stream from, in order: Run opens its first stream
+	// on the first, and after a stream fails, the next one on the next (after the last, the first
+	// again). It stays on one for as long as its streams last; it never goes back to an earlier one
+	// by itself. At least one; none may have a nil Conn.
+	ControlPlanes []ControlPlane
 	// Node identifies the data plane; Node.Id is required.
 	Node *discoveryv1.Node
 	// Subscribe names the sets the data plane wants (those its listeners serve): it is sent those
@@ -34,7 +49,9 @@ type Config struct {
 	// Apply applies a response, from Run's goroutine, one at a time. It applies what it can and
 	// returns the versions served once it is done (every set), the sets it rejected (name, version,
 	// message each), its generation and its workers. It must return only once the change is in
-	// force: its return is the ACK (no rejected set) or the NACK. Its ctx is Run's.
+	// force: its return is the ACK (no rejected set) or the NACK. Its ctx is Run's. The response
+	// holds whole sets only (Run made each delta whole), which Apply must not modify: Run keeps
+	// those served, to make the next deltas of them.
 	Apply func(ctx context.Context, resp *discoveryv1.StreamBackendSetsResponse) (applied map[string]string, rejected []*discoveryv1.SetError, generation uint64, workers []*discoveryv1.WorkerStatus)
 	// BackoffMin and BackoffMax bound the wait before a stream is opened again: a random duration
 	// below BackoffMin after the first failure, below twice that after the second, and so on up to
@@ -47,6 +64,14 @@ type Config struct {
 
 // validate checks c and fills in its defaults.
 func (c *Config) validate() error {
+	if len(c.ControlPlanes) == 0 {
+		return errors.New("xds: Config.ControlPlanes is empty")
+	}
+	for i, cp := range c.ControlPlanes {
+		if cp.Conn == nil {
+			return fmt.Errorf("xds: Config.ControlPlanes[%d] (%q) has no Conn", i, cp.Address)
+		}
+	}
 	switch {
 	case c.Node.GetId() == "":
 		return errors.New("xds: Config.Node.Id is required")
@@ -69,21 +94,28 @@ func (c *Config) validate() error {
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
+	c.ControlPlanes = slices.Clone(c.ControlPlanes)
+	for i := range c.ControlPlanes {
+		if c.ControlPlanes[i].Address == "" {
+			c.ControlPlanes[i].Address = strconv.Itoa(i)
+		}
+	}
 	return nil
 }
 
-// Run keeps a stream to the control plane at conn open and applies what it sends, until ctx ends;
+// Run keeps a stream open to one of cfg.ControlPlanes and applies what it sends, until ctx ends;
 // then it returns ctx's error. It never gives up otherwise. It returns another error only for an
 // invalid cfg.
-func Run(ctx context.Context, conn grpc.ClientConnInterface, cfg Config) error {
+func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	c := &client{cfg: cfg, log: cfg.Logger.Named("xds"), api: discoveryv1.NewDiscoveryServiceClient(conn)}
+	c := &client{cfg: cfg, log: cfg.Logger.Named("xds"), bases: map[string]*discoveryv1.VersionedBackendSet{}}
 	c.applied, c.generation, c.workers = cfg.Initial()
 	b := backoff.Backoff{Base: cfg.BackoffMin, Max: cfg.BackoffMax, Jitter: backoff.Full}
-	for {
-		responded, err := c.stream(ctx)
+	for i := 0; ; i = (i + 1) % len(cfg.ControlPlanes) {
+		cp := cfg.ControlPlanes[i]
+		responded, err := c.stream(ctx, cp)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -91,7 +123,8 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, cfg Config) error {
 			b.Reset()
 		}
 		wait := b.Next()
-		c.log.Warn("control plane stream ended", "error", err, "retry_in", wait)
+		next := cfg.ControlPlanes[(i+1)%len(cfg.ControlPlanes)].Address
+		c.log.Warn("control plane stream ended", "control_plane", cp.Address, "error", err, "retry_in", wait, "next", next)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -106,18 +139,21 @@ func Run(ctx context.Context, conn grpc.ClientConnInterface, cfg Config) error {
 type client struct {
 	cfg Config
 	log hclog.Logger
-	api discoveryv1.DiscoveryServiceClient
 
 	applied    map[string]string
 	generation uint64
 	workers    []*discoveryv1.WorkerStatus
+	// bases is the whole set that the data plane serves of each name, as a response carried it or
+	// a delta made it: what the next delta of it changes. Only sets that came in this process are
+	// here (not Config.Initial's): a stream is sent deltas only on sets it sent.
+	bases map[string]*discoveryv1.VersionedBackendSet
 }
 
-// stream runs one stream until it fails, and reports whether it delivered a response.
-func (c *client) stream(ctx context.Context) (responded bool, err error) {
+// stream runs one stream to cp until it fails, and reports whether it delivered a response.
+func (c *client) stream(ctx context.Context, cp ControlPlane) (responded bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := c.api.StreamBackendSets(ctx)
+	st, err := discoveryv1.NewDiscoveryServiceClient(cp.Conn).StreamBackendSets(ctx)
 	if err != nil {
 		return false, fmt.Errorf("xds: open stream: %w", err)
 	}
@@ -127,19 +163,26 @@ func (c *client) stream(ctx context.Context) (responded bool, err error) {
 		Applied:    c.applied,
 		Generation: c.generation,
 		Workers:    c.workers,
+		// Deltas are turned into whole sets here: Apply sees sets only.
+		AcceptDeltas: true,
 	}
 	if err := send(st, first); err != nil {
 		return false, err
 	}
-	c.log.Info("control plane stream open", "sets", len(c.applied), "generation", c.generation)
+	c.log.Info("control plane stream open", "control_plane", cp.Address, "sets", len(c.applied), "generation", c.generation)
 	for {
 		resp, err := st.Recv()
 		if err != nil {
 			return responded, fmt.Errorf("xds: receive: %w", err)
 		}
 		responded = true
+		deltas := len(resp.GetDeltas())
+		if err := merge(resp, c.bases); err != nil {
+			return true, err // the next stream is sent whole sets
+		}
 		applied, rejected, generation, workers := c.cfg.Apply(ctx, resp)
 		c.applied, c.generation, c.workers = applied, generation, workers
+		keep(c.bases, resp, applied)
 		req := &discoveryv1.StreamBackendSetsRequest{
 			Applied:       applied,
 			ResponseNonce: resp.GetNonce(),
@@ -148,7 +191,7 @@ func (c *client) stream(ctx context.Context) (responded bool, err error) {
 			Workers:       workers,
 		}
 		if len(rejected) == 0 {
-			c.log.Debug("ACK", "nonce", resp.GetNonce(), "sets", len(resp.GetSets()), "removed", len(resp.GetRemoved()), "generation", generation)
+			c.log.Debug("ACK", "nonce", resp.GetNonce(), "sets", len(resp.GetSets()), "deltas", deltas, "removed", len(resp.GetRemoved()), "generation", generation)
 		} else {
 			for _, e := range rejected {
 				c.log.Warn("NACK: set rejected", "nonce", resp.GetNonce(), "set", e.GetName(), "version", e.GetVersion(), "message", e.GetMessage())

@@ -77,6 +77,94 @@ func applied(srv *discovery.Server, id string) (map[string]string, bool) {
 	return nil, false
 }
 
+// dialOptions make a client connection that redials fast.
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: waitLimit, Backoff: grpcbackoff.Config{
+			BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond,
+		}}),
+	}
+}
+
+// dial returns a client connection to addr that redials fast, closed at the test's end.
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, dialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// listen listens on a loopback port the kernel chooses.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// dataPlane is a data plane in memory, run by Run against cps: Apply records every response
+// and serves what they say.
+type dataPlane struct {
+	logs      *testutil.SyncBuffer
+	calls     atomic.Int64 // of Apply
+	responses chan *discoveryv1.StreamBackendSetsResponse
+
+	mu     sync.Mutex
+	served map[string]string
+}
+
+// runDataPlane runs node "dp-1" against cps until the test ends, then checks that Run returned
+// context.Canceled.
+func runDataPlane(t *testing.T, cps ...ControlPlane) *dataPlane {
+	dp := &dataPlane{logs: &testutil.SyncBuffer{}, responses: make(chan *discoveryv1.StreamBackendSetsResponse, 100), served: map[string]string{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{
+			ControlPlanes: cps,
+			Node:          &discoveryv1.Node{Id: "dp-1"},
+			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
+				return nil, 0, nil
+			},
+			Apply: func(_ context.Context, resp *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
+				dp.mu.Lock()
+				defer dp.mu.Unlock()
+				n := dp.calls.Add(1)
+				for _, vs := range resp.GetSets() {
+					dp.served[vs.GetBackendSet().GetName()] = vs.GetVersion()
+				}
+				for _, name := range resp.GetRemoved() {
+					delete(dp.served, name)
+				}
+				dp.responses <- resp
+				return maps.Clone(dp.served), nil, uint64(n), nil
+			},
+			BackoffMin: time.Millisecond,
+			BackoffMax: 20 * time.Millisecond,
+			Logger:     hclog.New(&hclog.LoggerOptions{Output: dp.logs, Level: hclog.Debug}),
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != context.Canceled {
+			t.Errorf("Run returned %v, want context.Canceled", err)
+		}
+	})
+	return dp
+}
+
+// next returns the next response Apply was called with.
+func (dp *dataPlane) next(t *testing.T) *discoveryv1.StreamBackendSetsResponse {
+	t.Helper()
+	return testutil.Receive(t, dp.responses, waitLimit, "a response")
+}
+
 // TestReconnect: when its control plane goes away and another takes its port, the client
 // reconnects, reports what it applied, and is sent nothing it has: Apply is not called again
 // until something changes, and then with that change alone.
@@ -84,74 +172,12 @@ func TestReconnect(t *testing.T) {
 	src := testutil.NewMemSource[resource.Versioned]()
 	put(src, "api", "a1")
 	put(src, "web", "w1")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t)
 	addr := ln.Addr().String()
 	_, stop := serve(t, src, ln)
+	dp := runDataPlane(t, ControlPlane{Address: addr, Conn: dial(t, addr)})
 
-	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: waitLimit, Backoff: grpcbackoff.Config{
-			BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond,
-		}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-
-	logs := &testutil.SyncBuffer{}
-	var (
-		calls     atomic.Int64
-		mu        sync.Mutex
-		served    = map[string]string{}
-		responses = make(chan *discoveryv1.StreamBackendSetsResponse, 100)
-	)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, conn, Config{
-			Node: &discoveryv1.Node{Id: "dp-1"},
-			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
-				return nil, 0, nil
-			},
-			Apply: func(_ context.Context, resp *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
-				mu.Lock()
-				defer mu.Unlock()
-				calls.Add(1)
-				for _, vs := range resp.GetSets() {
-					served[vs.GetBackendSet().GetName()] = vs.GetVersion()
-				}
-				for _, name := range resp.GetRemoved() {
-					delete(served, name)
-				}
-				responses <- resp
-				return maps.Clone(served), nil, uint64(calls.Load()), nil
-			},
-			BackoffMin: time.Millisecond,
-			BackoffMax: 20 * time.Millisecond,
-			Logger:     hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug}),
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != context.Canceled {
-			t.Errorf("Run returned %v, want context.Canceled", err)
-		}
-	}()
-	next := func() *discoveryv1.StreamBackendSetsResponse {
-		t.Helper()
-		select {
-		case resp := <-responses:
-			return resp
-		case <-time.After(waitLimit):
-			t.Fatalf("no response within %v", waitLimit)
-			return nil
-		}
-	}
-
-	if got := len(next().GetSets()); got != 2 {
+	if got := len(dp.next(t).GetSets()); got != 2 {
 		t.Fatalf("first response has %d sets, want 2", got)
 	}
 	stop()
@@ -167,16 +193,112 @@ func TestReconnect(t *testing.T) {
 	})
 	// Responses are in order: had the new server sent anything on connect, it would come first.
 	put(src, "web", "w2")
-	if resp := next(); len(resp.GetSets()) != 1 || resp.GetSets()[0].GetVersion() != "w2" || len(resp.GetRemoved()) != 0 {
+	if resp := dp.next(t); len(resp.GetSets()) != 1 || resp.GetSets()[0].GetVersion() != "w2" || len(resp.GetRemoved()) != 0 {
 		t.Fatalf("after reconnecting and a change of web: response %v, want web@w2 alone", resp)
 	}
-	if n := calls.Load(); n != 2 {
+	if n := dp.calls.Load(); n != 2 {
 		t.Errorf("Apply called %d times, want 2", n)
 	}
 	for _, want := range []string{"control plane stream open", "control plane stream ended"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		if !strings.Contains(dp.logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, dp.logs.String())
 		}
+	}
+}
+
+// TestFailover: of two control planes with the same content, each with its own store, the client
+// streams from the first only; when the first stops, it moves to the second, reports what it
+// applied, and is sent nothing it has (Apply is not called again); a put on the second reaches
+// it alone. When the second stops too, the client goes round to the first again, at its address.
+func TestFailover(t *testing.T) {
+	srcA, srcB := testutil.NewMemSource[resource.Versioned](), testutil.NewMemSource[resource.Versioned]()
+	for _, src := range []*source{srcA, srcB} {
+		put(src, "api", "a1")
+		put(src, "web", "w1")
+	}
+	lnA, lnB := listen(t), listen(t)
+	addrA, addrB := lnA.Addr().String(), lnB.Addr().String()
+	srvA, stopA := serve(t, srcA, lnA)
+	srvB, stopB := serve(t, srcB, lnB)
+	dp := runDataPlane(t, ControlPlane{Address: addrA, Conn: dial(t, addrA)}, ControlPlane{Address: addrB, Conn: dial(t, addrB)})
+
+	if got := len(dp.next(t).GetSets()); got != 2 {
+		t.Fatalf("first response has %d sets, want 2", got)
+	}
+	testutil.WaitFor(t, waitLimit, "the first control plane to list dp-1 with api@a1 and web@w1", func() bool {
+		got, connected := applied(srvA, "dp-1")
+		return connected && maps.Equal(got, map[string]string{"api": "a1", "web": "w1"})
+	})
+	if _, connected := applied(srvB, "dp-1"); connected {
+		t.Fatal("dp-1 is connected to the second control plane too, while the first serves")
+	}
+
+	stopA()
+	testutil.WaitFor(t, waitLimit, "the client to report api@a1 and web@w1 to the second control plane", func() bool {
+		got, connected := applied(srvB, "dp-1")
+		return connected && maps.Equal(got, map[string]string{"api": "a1", "web": "w1"})
+	})
+	// Responses are in order: had the second sent anything on connect, it would come first.
+	put(srcB, "web", "w2")
+	if resp := dp.next(t); len(resp.GetSets()) != 1 || resp.GetSets()[0].GetVersion() != "w2" || len(resp.GetRemoved()) != 0 {
+		t.Fatalf("after failing over and a put of web on the second: response %v, want web@w2 alone", resp)
+	}
+	if n := dp.calls.Load(); n != 2 {
+		t.Errorf("Apply called %d times, want 2 (the first sets, then web@w2)", n)
+	}
+	testutil.WaitFor(t, waitLimit, "the second control plane to list web@w2 applied", func() bool {
+		got, _ := applied(srvB, "dp-1")
+		return got["web"] == "w2"
+	})
+
+	// Round to the first again: a new control plane on its address, whose store has web@w2 too.
+	put(srcA, "web", "w2")
+	lnA2, err := net.Listen("tcp", addrA)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", addrA, err)
+	}
+	srvA2, _ := serve(t, srcA, lnA2)
+	stopB()
+	testutil.WaitFor(t, waitLimit, "the client to report api@a1 and web@w2 to the first address again", func() bool {
+		got, connected := applied(srvA2, "dp-1")
+		return connected && maps.Equal(got, map[string]string{"api": "a1", "web": "w2"})
+	})
+	put(srcA, "api", "a2")
+	if resp := dp.next(t); len(resp.GetSets()) != 1 || resp.GetSets()[0].GetVersion() != "a2" {
+		t.Fatalf("back on the first address, after a put of api: response %v, want api@a2 alone", resp)
+	}
+	if n := dp.calls.Load(); n != 3 {
+		t.Errorf("Apply called %d times, want 3", n)
+	}
+	for _, want := range []string{"control_plane=" + addrA, "control_plane=" + addrB} {
+		if !strings.Contains(dp.logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, dp.logs.String())
+		}
+	}
+}
+
+// TestFailoverFirstDown: when the first control plane is not there at all (its port refuses),
+// the first stream the client gets is the second's.
+func TestFailoverFirstDown(t *testing.T) {
+	src := testutil.NewMemSource[resource.Versioned]()
+	put(src, "api", "a1")
+	dead := listen(t)
+	deadAddr := dead.Addr().String()
+	dead.Close() // nothing listens there now: a connect is refused
+	ln := listen(t)
+	addr := ln.Addr().String()
+	srv, _ := serve(t, src, ln)
+	dp := runDataPlane(t, ControlPlane{Address: deadAddr, Conn: dial(t, deadAddr)}, ControlPlane{Address: addr, Conn: dial(t, addr)})
+
+	if resp := dp.next(t); len(resp.GetSets()) != 1 || resp.GetSets()[0].GetVersion() != "a1" {
+		t.Fatalf("first response %v, want api@a1", resp)
+	}
+	testutil.WaitFor(t, waitLimit, "the second control plane to list dp-1 with api@a1", func() bool {
+		got, connected := applied(srv, "dp-1")
+		return connected && got["api"] == "a1"
+	})
+	if !strings.Contains(dp.logs.String(), "control_plane="+deadAddr) {
+		t.Errorf("log does not say the first control plane failed:\n%s", dp.logs.String())
 	}
 }
 
@@ -186,17 +308,21 @@ func TestConfig(t *testing.T) {
 	apply := func(context.Context, *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
 		return nil, nil, 0, nil
 	}
+	conn := dial(t, "127.0.0.1:1") // never used: Run refuses first
+	cps := []ControlPlane{{Address: "a", Conn: conn}}
 	for _, tc := range []struct {
 		cfg  Config
 		want string
 	}{
-		{Config{Initial: initial, Apply: apply}, "Node.Id"},
-		{Config{Node: &discoveryv1.Node{}, Initial: initial, Apply: apply}, "Node.Id"},
-		{Config{Node: &discoveryv1.Node{Id: "n"}, Apply: apply}, "Initial"},
-		{Config{Node: &discoveryv1.Node{Id: "n"}, Initial: initial}, "Apply"},
-		{Config{Node: &discoveryv1.Node{Id: "n"}, Initial: initial, Apply: apply, BackoffMin: time.Second, BackoffMax: time.Millisecond}, "BackoffMax"},
+		{Config{Node: &discoveryv1.Node{Id: "n"}, Initial: initial, Apply: apply}, "ControlPlanes"},
+		{Config{ControlPlanes: []ControlPlane{{Address: "a", Conn: conn}, {Address: "b"}}, Node: &discoveryv1.Node{Id: "n"}, Initial: initial, Apply: apply}, `ControlPlanes[1] ("b")`},
+		{Config{ControlPlanes: cps, Initial: initial, Apply: apply}, "Node.Id"},
+		{Config{ControlPlanes: cps, Node: &discoveryv1.Node{}, Initial: initial, Apply: apply}, "Node.Id"},
+		{Config{ControlPlanes: cps, Node: &discoveryv1.Node{Id: "n"}, Apply: apply}, "Initial"},
+		{Config{ControlPlanes: cps, Node: &discoveryv1.Node{Id: "n"}, Initial: initial}, "Apply"},
+		{Config{ControlPlanes: cps, Node: &discoveryv1.Node{Id: "n"}, Initial: initial, Apply: apply, BackoffMin: time.Second, BackoffMax: time.Millisecond}, "BackoffMax"},
 	} {
-		err := Run(context.Background(), nil, tc.cfg)
+		err := Run(context.Background(), tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Run(%+v) = %v, want an error naming %s", tc.cfg, err, tc.want)
 		}

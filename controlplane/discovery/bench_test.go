@@ -140,8 +140,9 @@ func runAcceptingClient(b *testing.B, conn grpc.ClientConnInterface, id string) 
 	served := map[string]string{}
 	var generation atomic.Uint64
 	go func() {
-		done <- xds.Run(ctx, conn, xds.Config{
-			Node: &discoveryv1.Node{Id: id},
+		done <- xds.Run(ctx, xds.Config{
+			ControlPlanes: []xds.ControlPlane{{Conn: conn}},
+			Node:          &discoveryv1.Node{Id: id},
 			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
 				return nil, 0, nil
 			},

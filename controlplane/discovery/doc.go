@@ -27,6 +27,13 @@
 //     the previous one is unanswered.
 //   - A change of the Source is pushed Config.Debounce after it: every change within that window
 //     goes out in the same push. Each stream also looks again after each answer it receives.
+//   - Deltas: to a stream whose first request set accept_deltas, a set goes as a BackendSetDelta
+//     (its fields but backends, and its backends as runs of the base's and new ones) when the
+//     snapshot has a delta of it on the version the snapshot before had (newDelta: only when the
+//     delta encodes in under half the set's whole), the node serves that version, and that version
+//     was sent on this stream (stream.sent). Otherwise it goes whole. So a data plane that just
+//     connected, or one that missed a version, is sent whole sets; the xds client (clients/xds)
+//     keeps what it was sent, to make deltas whole.
 //
 // What a node rejected is kept across its streams (a data plane that reconnects is not sent again
 // what it refused) until its set is deleted from the Source while the node does not serve it. A
@@ -38,10 +45,16 @@
 //
 // A push takes one Snapshot of the Source, shared by every stream. A stream finds what to send by
 // comparing versions: a set is never hashed or encoded to decide. Each version of a set is encoded
-// once, when it enters a snapshot, and every response of every stream that carries it copies those
-// bytes (as unknown fields of the server's message, which the data plane decodes as its sets): a
-// push to N streams does not marshal the set N times. A set that cannot be encoded (a string that
-// is not UTF-8) is logged at error and never sent; data planes keep what they have of it.
+// once, when it enters a snapshot, whole and as its delta on the version before (comparing the
+// two versions' backends by id, once), and every response of every stream that carries it copies
+// those bytes (as unknown fields of the server's message, which the data plane decodes as its sets
+// and deltas; a response of one set or delta shares them without a copy until gRPC marshals it): a
+// push to N streams does not marshal the set N times. A change of a few backends of a large set
+// sends each data plane those backends, not the set: the push of one changed weight in a set of
+// 1,000 backends of BenchmarkControlPlanePush (integration) is a response of 111 bytes instead of
+// 22.8 KB, to every data plane (bench/RESULTS.md has the push latencies). A set that cannot be
+// encoded (a string that is not UTF-8) is logged at error and never sent; data planes keep what
+// they have of it.
 //
 // # Bounds
 //

@@ -166,13 +166,14 @@ func (f *fakeDataPlane) run(tb testing.TB, conn grpc.ClientConnInterface, id str
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- xds.Run(ctx, conn, xds.Config{
-			Node:       &discoveryv1.Node{Id: id, Build: "test-build"},
-			Subscribe:  f.subscribe,
-			Initial:    f.initial,
-			Apply:      f.apply,
-			BackoffMin: time.Millisecond,
-			BackoffMax: 20 * time.Millisecond,
+		done <- xds.Run(ctx, xds.Config{
+			ControlPlanes: []xds.ControlPlane{{Conn: conn}},
+			Node:          &discoveryv1.Node{Id: id, Build: "test-build"},
+			Subscribe:     f.subscribe,
+			Initial:       f.initial,
+			Apply:         f.apply,
+			BackoffMin:    time.Millisecond,
+			BackoffMax:    20 * time.Millisecond,
 		})
 	}()
 	tb.Cleanup(func() {
@@ -206,6 +207,9 @@ func summary(resp *discoveryv1.StreamBackendSetsResponse) string {
 	s := ""
 	for _, vs := range resp.GetSets() {
 		s += vs.GetBackendSet().GetName() + "@" + vs.GetVersion() + " "
+	}
+	for _, d := range resp.GetDeltas() {
+		s += "Δ" + d.GetBackendSet().GetName() + "@" + d.GetBaseVersion() + "→" + d.GetVersion() + " "
 	}
 	for _, name := range resp.GetRemoved() {
 		s += "-" + name + " "

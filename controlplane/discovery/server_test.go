@@ -564,3 +564,76 @@ func TestResponsesSplit(t *testing.T) {
 	}
 	waitFor(t, "DataPlanes to show every set applied", func() bool { return len(cp.applied("dp-1")) == sets+1 })
 }
+
+// TestDeltas: a change of one backend of many goes as a delta to a stream that accepts deltas
+// and was sent the base version on that stream; whole to one that claims the base from before
+// the stream (until it was sent a version on it), and to one that does not accept deltas.
+func TestDeltas(t *testing.T) {
+	src := newMemSource()
+	v1 := backendSet("api", 100)
+	src.putSet("1", v1)
+	cp := startControlPlane(t, src, Config{Debounce: time.Millisecond})
+	type dp struct {
+		id string
+		st discoveryv1.DiscoveryService_StreamBackendSetsClient
+	}
+	send := func(d dp, req *discoveryv1.StreamBackendSetsRequest) {
+		t.Helper()
+		if err := d.st.Send(req); err != nil {
+			t.Fatalf("%s: %v", d.id, err)
+		}
+	}
+	recv := func(d dp, want string) *discoveryv1.StreamBackendSetsResponse {
+		t.Helper()
+		resp, err := d.st.Recv()
+		if err != nil {
+			t.Fatalf("%s: %v", d.id, err)
+		}
+		if got := summary(resp); got != want {
+			t.Fatalf("%s: response %q, want %q", d.id, got, want)
+		}
+		return resp
+	}
+	ack := func(d dp, resp *discoveryv1.StreamBackendSetsResponse, version string) {
+		t.Helper()
+		send(d, &discoveryv1.StreamBackendSetsRequest{ResponseNonce: resp.GetNonce(), Applied: map[string]string{"api": version}})
+	}
+	a, b, c := dp{"a", cp.stream(t)}, dp{"b", cp.stream(t)}, dp{"c", cp.stream(t)}
+	send(a, &discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: a.id}, AcceptDeltas: true})
+	ack(a, recv(a, "api@1 "), "1")
+	send(b, &discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: b.id}, AcceptDeltas: true, Applied: map[string]string{"api": "1"}})
+	send(c, &discoveryv1.StreamBackendSetsRequest{Node: &discoveryv1.Node{Id: c.id}})
+	ack(c, recv(c, "api@1 "), "1")
+	waitFor(t, "every node to apply api@1", func() bool {
+		return cp.applied("a")["api"] == "1" && cp.applied("b")["api"] == "1" && cp.applied("c")["api"] == "1"
+	})
+
+	v2 := proto.Clone(v1).(*discoveryv1.BackendSet)
+	v2.Backends[40].Weight = 77
+	src.putSet("2", v2)
+	resp := recv(a, "Δapi@1→2 ")
+	d := resp.GetDeltas()[0]
+	var made []*discoveryv1.Backend
+	for _, r := range d.GetBackends() {
+		made = append(made, r.GetBackends()...)
+		made = append(made, v1.GetBackends()[r.GetBaseStart():r.GetBaseStart()+r.GetBaseCount()]...)
+	}
+	got := proto.Clone(d.GetBackendSet()).(*discoveryv1.BackendSet)
+	got.Backends = made
+	if !proto.Equal(got, v2) || len(d.GetBackends()) != 3 || len(d.GetBackends()[1].GetBackends()) != 1 {
+		t.Errorf("the delta makes %v in runs %v, want api@2 in three runs, the middle one backend", got, d.GetBackends())
+	}
+	ack(a, resp, "2")
+	ack(b, recv(b, "api@2 "), "2")
+	ack(c, recv(c, "api@2 "), "2")
+	waitFor(t, "every node to apply api@2", func() bool {
+		return cp.applied("a")["api"] == "2" && cp.applied("b")["api"] == "2" && cp.applied("c")["api"] == "2"
+	})
+
+	v3 := proto.Clone(v2).(*discoveryv1.BackendSet)
+	v3.Backends = v3.Backends[1:]
+	src.putSet("3", v3)
+	recv(a, "Δapi@2→3 ")
+	recv(b, "Δapi@2→3 ")
+	recv(c, "api@3 ")
+}

@@ -7,13 +7,18 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 )
 
-// setsField is the field number of StreamBackendSetsResponse.sets.
-const setsField protowire.Number = 2
+// The field numbers of StreamBackendSetsResponse.sets and .deltas, and of BackendSet.backends.
+const (
+	setsField     protowire.Number = 2
+	deltasField   protowire.Number = 4
+	backendsField protowire.Number = 2
+)
 
 // snapshot is a Source snapshot as streams send it. It is never modified once published.
 type snapshot struct {
@@ -32,6 +37,19 @@ type wireSet struct {
 	// record is the set as one element of StreamBackendSetsResponse.sets on the wire: its tag, its
 	// length and its VersionedBackendSet. Nil when the set could not be encoded: it is never sent,
 	// and nodes keep whatever version of it they have.
+	record []byte
+	// delta is the set as a change to the version of the snapshot before; nil when that had none
+	// of it, the same version, or a change that is not worth it (see newDelta).
+	delta *wireDelta
+}
+
+// wireDelta is a set as a change to a version of it, encoded once for every response of every
+// stream that carries it.
+type wireDelta struct {
+	// base is the version it changes.
+	base string
+	// record is the delta as one element of StreamBackendSetsResponse.deltas on the wire: its tag,
+	// its length and its BackendSetDelta.
 	record []byte
 }
 
@@ -57,10 +75,71 @@ func newSnapshot(prev *snapshot, entries map[string]resource.Versioned, failed f
 		} else {
 			w.record = protowire.AppendTag(nil, setsField, protowire.BytesType)
 			w.record = protowire.AppendBytes(w.record, b)
+			if prev != nil {
+				if p, ok := prev.sets[name]; ok && p.record != nil && p.version != w.version {
+					w.delta = newDelta(p, w)
+				}
+			}
 		}
 		next.sets[name] = w
 	}
 	return next
+}
+
+// newDelta returns next as a change to base, or nil when its encoding would not be below half
+// the set's whole: a delta then saves too little for a data plane to keep track of it.
+func newDelta(base, next *wireSet) *wireDelta {
+	hdr := &discoveryv1.BackendSet{} // next without its backends; its fields are next's, shared
+	hdrm := hdr.ProtoReflect()
+	next.set.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Number() != backendsField {
+			hdrm.Set(fd, v)
+		}
+		return true
+	})
+	d := &discoveryv1.BackendSetDelta{
+		BaseVersion: base.version,
+		Version:     next.version,
+		BackendSet:  hdr,
+		Backends:    backendRuns(base.set.GetBackends(), next.set.GetBackends()),
+	}
+	b, err := proto.Marshal(d)
+	if err != nil || 2*(len(b)+8) >= len(next.record) {
+		return nil // err: next's fields encoded whole a moment ago, so never
+	}
+	rec := protowire.AppendTag(nil, deltasField, protowire.BytesType)
+	return &wireDelta{base: base.version, record: protowire.AppendBytes(rec, b)}
+}
+
+// backendRuns returns next as runs of base's backends (found by id, equal in every field) and of
+// new ones, in next's order: a changed backend is a run of one between two runs of base, an
+// added one likewise, a removed one a gap between runs.
+func backendRuns(base, next []*discoveryv1.Backend) []*discoveryv1.BackendRun {
+	at := make(map[string]int, len(base))
+	for i, b := range base {
+		at[b.GetId()] = i
+	}
+	var runs []*discoveryv1.BackendRun
+	var cur *discoveryv1.BackendRun // the last of runs
+	for _, b := range next {
+		if cur != nil && cur.BaseCount > 0 {
+			if i := int(cur.BaseStart + cur.BaseCount); i < len(base) && proto.Equal(base[i], b) {
+				cur.BaseCount++
+				continue
+			}
+		}
+		if i, ok := at[b.GetId()]; ok && proto.Equal(base[i], b) {
+			cur = &discoveryv1.BackendRun{BaseStart: uint32(i), BaseCount: 1}
+			runs = append(runs, cur)
+			continue
+		}
+		if cur == nil || cur.BaseCount > 0 {
+			cur = &discoveryv1.BackendRun{}
+			runs = append(runs, cur)
+		}
+		cur.Backends = append(cur.Backends, b)
+	}
+	return runs
 }
 
 // diff returns, by name, the sets of snap that a node with applied, rejected and subscribed (nil
@@ -89,18 +168,23 @@ func diff(snap *snapshot, applied map[string]string, rejected map[string]nack, s
 	return sets, removed
 }
 
-// response returns the response of nonce that carries sets and removed. The sets go in as the
-// bytes encoded once per snapshot (unknown fields, to this side's message): marshalling the
-// response copies them, and the receiver decodes them as its sets.
-func response(nonce string, sets []*wireSet, removed []string) *discoveryv1.StreamBackendSetsResponse {
+// response returns the response of nonce that carries records (each a set's or a delta's) and
+// removed. The records go in as the bytes encoded once per snapshot (unknown fields, to this
+// side's message): marshalling the response copies them, and the receiver decodes them as its sets
+// and deltas. One record alone is not even copied to make the response: every stream's shares it.
+func response(nonce string, records [][]byte, removed []string) *discoveryv1.StreamBackendSetsResponse {
 	resp := &discoveryv1.StreamBackendSetsResponse{Nonce: nonce, Removed: removed}
+	if len(records) == 1 {
+		resp.ProtoReflect().SetUnknown(records[0][:len(records[0]):len(records[0])])
+		return resp
+	}
 	size := 0
-	for _, w := range sets {
-		size += len(w.record)
+	for _, r := range records {
+		size += len(r)
 	}
 	raw := make([]byte, 0, size)
-	for _, w := range sets {
-		raw = append(raw, w.record...)
+	for _, r := range records {
+		raw = append(raw, r...)
 	}
 	resp.ProtoReflect().SetUnknown(raw)
 	return resp

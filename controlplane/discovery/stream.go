@@ -125,6 +125,12 @@ type stream struct {
 	// settled is the sequence number of the snapshot that the node had all of, as far as the
 	// stream knows: nothing to send until the snapshot or the node's state changes. 0 is none.
 	settled uint64
+	// deltas says the node accepts deltas (its first request); sent is the version of each set
+	// last sent on this stream, whole or as a delta: a delta goes only to a node that serves its
+	// base and was sent it here, so that it holds the base. At most one entry per set of the
+	// snapshots sent from (a name removed is forgotten).
+	deltas bool
+	sent   map[string]string
 
 	// wake receives (buffered 1) when the server published a new snapshot.
 	wake chan struct{}
@@ -244,15 +250,30 @@ func (st *stream) next(snap *snapshot, now time.Time) (*discoveryv1.StreamBacken
 		st.settled = snap.seq
 		return nil, nil
 	}
+	records := make([][]byte, len(sets))
+	deltas := 0
+	for i, w := range sets {
+		records[i] = w.record
+		if st.deltas && w.delta != nil && dp.applied[w.name] == w.delta.base && st.sent[w.name] == w.delta.base {
+			records[i] = w.delta.record
+		}
+	}
 	n, size := 0, 0
-	for n < len(sets) && (n == 0 || size+len(sets[n].record) <= resource.ResponseBytesTarget) {
-		size += len(sets[n].record)
+	for n < len(sets) && (n == 0 || size+len(records[n]) <= resource.ResponseBytesTarget) {
+		size += len(records[n])
+		if len(records[n]) != len(sets[n].record) {
+			deltas++
+		}
+		st.sent[sets[n].name] = sets[n].version
 		n++
+	}
+	for _, name := range removed {
+		delete(st.sent, name)
 	}
 	st.nonce++
 	st.pending = true
-	st.log.Debug("sending", "nonce", st.nonce, "sets", n, "bytes", size, "removed", len(removed), "sets_after", len(sets)-n)
-	return response(st.latestNonce(), sets[:n], removed), nil
+	st.log.Debug("sending", "nonce", st.nonce, "sets", n-deltas, "deltas", deltas, "bytes", size, "removed", len(removed), "sets_after", len(sets)-n)
+	return response(st.latestNonce(), records[:n], removed), nil
 }
 
 // StreamBackendSets is the stream of one data plane; see the package comment for its rules.
@@ -315,6 +336,8 @@ func (s *Server) StreamBackendSets(ss discoveryv1.DiscoveryService_StreamBackend
 		log:       s.log.With("node", first.GetNode().GetId()),
 		wake:      make(chan struct{}, 1),
 		replaced:  make(chan struct{}),
+		deltas:    first.GetAcceptDeltas(),
+		sent:      make(map[string]string),
 	}
 	if first.GetResponseNonce() != "" || len(first.GetErrors()) > 0 {
 		st.log.Debug("first request answers no response: its nonce and errors are ignored",

@@ -99,10 +99,11 @@ type Config struct {
 	// supervisor holds every socket, so a crashed worker's queued connections are not lost: they
 	// wait for its restart. False means one socket per listener that every worker accepts on.
 	ReusePort bool
-	// ControlPlane is the address of the control plane that `xlb dataplane` takes its backend sets
-	// from ("unix://PATH" for a unix socket). Empty for `xlb run`, whose control plane is embedded
-	// and fed by BackendSets.
-	ControlPlane string
+	// ControlPlanes are the addresses of the control planes that `xlb dataplane` takes its backend
+	// sets from ("unix://PATH" for a unix socket), in the order they are tried: the first, and on
+	// each failed stream the next (clients/xds). Empty for `xlb run`, whose control plane is
+	// embedded and fed by BackendSets.
+	ControlPlanes []string
 	// NodeID names this data plane to its control plane. Empty means the host name.
 	NodeID string
 	// ClientSecurity is how `xlb dataplane` connects to its control plane.
@@ -226,7 +227,7 @@ func (c *Config) Check() error {
 	}
 	for _, l := range c.Listeners {
 		// A data plane's sets come from its control plane: one not there yet is answered 503.
-		if !sets[l.BackendSet] && c.ControlPlane == "" {
+		if !sets[l.BackendSet] && len(c.ControlPlanes) == 0 {
 			return fmt.Errorf("server: config: listener %s: no backend set named %q", l.Address, l.BackendSet)
 		}
 	}

@@ -47,9 +47,9 @@
 // # Backend sets from a control plane
 //
 // The supervisor's backend sets always come from a control plane (dpsync.go). `xlb dataplane`
-// dials one (--control-plane); `xlb run` starts one inside itself (embedded.go): an in-memory store
-// that the configuration file fills, served on STATE_DIR/control.sock, so that grpcurl works on a
-// single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
+// dials those of --control-plane, in order (clients/xds fails over to the next); `xlb run` starts
+// one inside itself (embedded.go): an in-memory store that the configuration file fills, served on
+// STATE_DIR/control.sock, so that grpcurl works on a single machine too. The xds client (clients/xds) hands each response to the supervisor's loop,
 // which decides (planApply, a pure function) what serves next: every set is validated and
 // translated alone (server/backendset.FromProto: the rules of controlplane/resource; then the files
 // of its TLS to backends are read, backendset.LoadTLS, so that a missing or bad CA, certificate or

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/xlbproxy/xlb/clients/xds"
@@ -378,36 +379,49 @@ func Run(ctx context.Context, log hclog.Logger, o Options) int {
 
 	// The backend sets come from a control plane: the embedded one of xlb run, fed by the file, or
 	// xlb dataplane's.
-	target, creds := cfg.ControlPlane, insecure.NewCredentials()
-	if target == "" {
+	targets := cfg.ControlPlanes
+	creds := make([]credentials.TransportCredentials, len(targets))
+	for i, target := range targets {
+		if creds[i], err = cfg.ClientSecurity.DialCreds(target); err != nil {
+			return startFailed("cannot reach the control plane", err)
+		}
+	}
+	if len(targets) == 0 {
 		cp, err := startEmbedded(dir, log.Named("controlplane"), cfg.BackendSets, cfg.MetricsIntervalOrDefault())
 		if err != nil {
 			return startFailed("cannot start the embedded control plane", err)
 		}
 		defer cp.stop()
-		s.embedded, target = cp, cp.target()
+		s.embedded, targets, creds = cp, []string{cp.target()}, []credentials.TransportCredentials{insecure.NewCredentials()}
 		s.sockFiles = append(s.sockFiles, cp.ln)
-	} else if creds, err = cfg.ClientSecurity.DialCreds(target); err != nil {
-		return startFailed("cannot reach the control plane", err)
 	}
 	if in == nil {
 		s.publishSockets() // no other supervisor answers there
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(resource.MessageBytesMax), grpc.MaxCallSendMsgSize(resource.MessageBytesMax)))
-	if err != nil {
-		log.Error("cannot reach the control plane", "address", target, "error", err)
-		return exit.Failure
+	// One connection per control plane, in the order given: the xds client and the load reports
+	// move to the next when a stream to one fails (clients/xds).
+	planes := make([]xds.ControlPlane, 0, len(targets))
+	conns := make([]grpc.ClientConnInterface, 0, len(targets))
+	for i, target := range targets {
+		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds[i]),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(resource.MessageBytesMax), grpc.MaxCallSendMsgSize(resource.MessageBytesMax)))
+		if err != nil {
+			log.Error("cannot reach the control plane", "address", target, "error", err)
+			return exit.Failure
+		}
+		defer conn.Close()
+		planes = append(planes, xds.ControlPlane{Address: target, Conn: conn})
+		conns = append(conns, conn)
 	}
-	defer conn.Close()
 	xctx, stopXDS := context.WithCancel(context.Background())
 	xdone := make(chan struct{})
 	applied, gen := versionsOf(s.current), region.Generation()
 	go func() {
 		defer close(xdone)
-		xds.Run(xctx, conn, xds.Config{
-			Node:      &discoveryv1.Node{Id: cfg.NodeIDOrDefault(), Build: s.o.Version},
-			Subscribe: listenedSets(cfg.Listeners),
+		xds.Run(xctx, xds.Config{
+			ControlPlanes: planes,
+			Node:          &discoveryv1.Node{Id: cfg.NodeIDOrDefault(), Build: s.o.Version},
+			Subscribe:     listenedSets(cfg.Listeners),
 			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) {
 				return applied, gen, nil
 			},
@@ -418,7 +432,7 @@ func Run(ctx context.Context, log hclog.Logger, o Options) int {
 	reported := make(chan struct{})
 	go func() {
 		defer close(reported)
-		telemetry.ReportLoad(xctx, conn, cfg.NodeIDOrDefault(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
+		telemetry.ReportLoad(xctx, conns, cfg.NodeIDOrDefault(), s.load, func() []*loadv1.BackendHealth { return backendHealth(s.monitor.Status(xctx)) }, log.Named("load"))
 	}()
 	// Runs before the deferred cleanups above: the clients stop before their connection closes.
 	defer func() {

@@ -372,18 +372,20 @@ func Serve(dir string, interval time.Duration, log hclog.Logger) (t *Totals, soc
 	return t, ln.Own, stop, nil
 }
 
-// ReportLoad streams the supervisor's load to its control plane: every interval the control plane
-// asks for, what the workers reported since the previous report. A stream that breaks keeps what
-// it could not send for the next one, and is opened again after a wait of loadRetry, which starts
-// over once the control plane answered. It returns when ctx ends, after a last report.
+// ReportLoad streams the supervisor's load to one of its control planes: every interval the
+// control plane asks for, what the workers reported since the previous report. It starts on the
+// first of conns; a stream that breaks keeps what it could not send for the next one, which is
+// opened on the next of conns (round and round, as clients/xds does) after a wait of loadRetry,
+// which starts over once a control plane answered. It returns when ctx ends, after a last report.
 //
 // Each report also carries the data plane's view of its backends' health when it differs from the
 // one this stream last sent (health, which may be nil).
-func ReportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string, t *Totals, health func() []*loadv1.BackendHealth, log hclog.Logger) {
+func ReportLoad(ctx context.Context, conns []grpc.ClientConnInterface, node string, t *Totals, health func() []*loadv1.BackendHealth, log hclog.Logger) {
 	instance := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 	var seq uint64
 	retry := loadRetry()
-	for ctx.Err() == nil {
+	for i := 0; ctx.Err() == nil; i = (i + 1) % len(conns) {
+		conn := conns[i]
 		sctx, cancel := context.WithCancel(context.Background())
 		err := func() error {
 			stream, err := loadv1.NewLoadReportingServiceClient(conn).StreamLoadStats(sctx)
@@ -445,7 +447,7 @@ func ReportLoad(ctx context.Context, conn grpc.ClientConnInterface, node string,
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			wait := retry.Next()
-			log.Debug("load reports: the stream to the control plane ended", "error", err, "retry_in", wait)
+			log.Debug("load reports: the stream to the control plane ended", "control_plane", i, "error", err, "retry_in", wait)
 			select {
 			case <-time.After(wait):
 			case <-ctx.Done():

@@ -18,6 +18,12 @@
 // server tells a NACK only by its errors, ignores requests whose nonce is not the latest it sent,
 // sends nothing while a response is unanswered, and sends a node a version of a set that the node
 // rejected again only after a backoff (30s, doubling with each rejection in a row, at most 16 min).
+//
+// A data plane that sets accept_deltas on its first request may be sent a new version of a set as
+// a delta (deltas) instead of whole (sets): only when the data plane serves the delta's base
+// version, and that version came on the same stream, so that it holds the base in memory. The
+// data plane applies a delta as the whole set it makes; one whose base it does not hold is a
+// protocol error that ends the stream (the next stream is sent whole sets).
 
 package discoveryv1
 
@@ -1465,7 +1471,10 @@ type StreamBackendSetsRequest struct {
 	// subscribe names the sets the data plane wants: it is sent those only, and any other it serves
 	// is sent as removed. "*" means every set. Empty on the first request means every set; empty on a
 	// later request leaves the subscription as it was. At most 4096 names, each a valid set name.
-	Subscribe     []string `protobuf:"bytes,7,rep,name=subscribe,proto3" json:"subscribe,omitempty"`
+	Subscribe []string `protobuf:"bytes,7,rep,name=subscribe,proto3" json:"subscribe,omitempty"`
+	// accept_deltas, on the first request, says the data plane applies deltas: it may be sent a new
+	// version of a set as a BackendSetDelta. Later requests leave it as it was.
+	AcceptDeltas  bool `protobuf:"varint,8,opt,name=accept_deltas,json=acceptDeltas,proto3" json:"accept_deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1547,6 +1556,13 @@ func (x *StreamBackendSetsRequest) GetSubscribe() []string {
 		return x.Subscribe
 	}
 	return nil
+}
+
+func (x *StreamBackendSetsRequest) GetAcceptDeltas() bool {
+	if x != nil {
+		return x.AcceptDeltas
+	}
+	return false
 }
 
 // SetError is why a data plane rejected a version of a set.
@@ -1679,7 +1695,11 @@ type StreamBackendSetsResponse struct {
 	// sets are the sets whose version the data plane does not serve and did not reject.
 	Sets []*VersionedBackendSet `protobuf:"bytes,2,rep,name=sets,proto3" json:"sets,omitempty"`
 	// removed are names of sets the data plane serves that no longer exist.
-	Removed       []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	Removed []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	// deltas are sets whose version the data plane does not serve and did not reject, as changes
+	// to a version it serves; only to a data plane that accepts deltas. A set is in sets or in
+	// deltas, never both.
+	Deltas        []*BackendSetDelta `protobuf:"bytes,4,rep,name=deltas,proto3" json:"deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1735,6 +1755,149 @@ func (x *StreamBackendSetsResponse) GetRemoved() []string {
 	return nil
 }
 
+func (x *StreamBackendSetsResponse) GetDeltas() []*BackendSetDelta {
+	if x != nil {
+		return x.Deltas
+	}
+	return nil
+}
+
+// BackendSetDelta is a version of a set as a change to another version of it, its base: the set
+// it makes is backend_set with the backends that backends lists.
+type BackendSetDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// base_version is the version this delta changes: one that the data plane serves.
+	BaseVersion string `protobuf:"bytes,1,opt,name=base_version,json=baseVersion,proto3" json:"base_version,omitempty"`
+	// version is the version of the set it makes.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// backend_set is that set without its backends: its name and every other field.
+	BackendSet *BackendSet `protobuf:"bytes,3,opt,name=backend_set,json=backendSet,proto3" json:"backend_set,omitempty"`
+	// backends are the set's backends, in order, as runs of the base's backends and of new ones.
+	Backends      []*BackendRun `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendSetDelta) Reset() {
+	*x = BackendSetDelta{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendSetDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendSetDelta) ProtoMessage() {}
+
+func (x *BackendSetDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendSetDelta.ProtoReflect.Descriptor instead.
+func (*BackendSetDelta) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *BackendSetDelta) GetBaseVersion() string {
+	if x != nil {
+		return x.BaseVersion
+	}
+	return ""
+}
+
+func (x *BackendSetDelta) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *BackendSetDelta) GetBackendSet() *BackendSet {
+	if x != nil {
+		return x.BackendSet
+	}
+	return nil
+}
+
+func (x *BackendSetDelta) GetBackends() []*BackendRun {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// BackendRun is a run of consecutive backends of a BackendSetDelta's set: either new backends, or
+// when backends is empty, base_count backends of the base from index base_start (0-based).
+type BackendRun struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BaseStart     uint32                 `protobuf:"varint,1,opt,name=base_start,json=baseStart,proto3" json:"base_start,omitempty"`
+	BaseCount     uint32                 `protobuf:"varint,2,opt,name=base_count,json=baseCount,proto3" json:"base_count,omitempty"`
+	Backends      []*Backend             `protobuf:"bytes,3,rep,name=backends,proto3" json:"backends,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendRun) Reset() {
+	*x = BackendRun{}
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendRun) ProtoMessage() {}
+
+func (x *BackendRun) ProtoReflect() protoreflect.Message {
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendRun.ProtoReflect.Descriptor instead.
+func (*BackendRun) Descriptor() ([]byte, []int) {
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BackendRun) GetBaseStart() uint32 {
+	if x != nil {
+		return x.BaseStart
+	}
+	return 0
+}
+
+func (x *BackendRun) GetBaseCount() uint32 {
+	if x != nil {
+		return x.BaseCount
+	}
+	return 0
+}
+
+func (x *BackendRun) GetBackends() []*Backend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
 // VersionedBackendSet is a set with its version: a hash of its deterministic encoding.
 type VersionedBackendSet struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1746,7 +1909,7 @@ type VersionedBackendSet struct {
 
 func (x *VersionedBackendSet) Reset() {
 	*x = VersionedBackendSet{}
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[17]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1921,7 @@ func (x *VersionedBackendSet) String() string {
 func (*VersionedBackendSet) ProtoMessage() {}
 
 func (x *VersionedBackendSet) ProtoReflect() protoreflect.Message {
-	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[17]
+	mi := &file_xlb_discovery_v1_discovery_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1934,7 @@ func (x *VersionedBackendSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionedBackendSet.ProtoReflect.Descriptor instead.
 func (*VersionedBackendSet) Descriptor() ([]byte, []int) {
-	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{17}
+	return file_xlb_discovery_v1_discovery_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VersionedBackendSet) GetBackendSet() *BackendSet {
@@ -1872,7 +2035,7 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\x12session_resumption\x18\a \x01(\x0e2#.xlb.discovery.v1.SessionResumptionR\x11sessionResumption\",\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
-	"\x05build\x18\x02 \x01(\tR\x05build\"\xa8\x03\n" +
+	"\x05build\x18\x02 \x01(\tR\x05build\"\xcd\x03\n" +
 	"\x18StreamBackendSetsRequest\x12*\n" +
 	"\x04node\x18\x01 \x01(\v2\x16.xlb.discovery.v1.NodeR\x04node\x12Q\n" +
 	"\aapplied\x18\x02 \x03(\v27.xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntryR\aapplied\x12%\n" +
@@ -1882,7 +2045,8 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x128\n" +
 	"\aworkers\x18\x06 \x03(\v2\x1e.xlb.discovery.v1.WorkerStatusR\aworkers\x12\x1c\n" +
-	"\tsubscribe\x18\a \x03(\tR\tsubscribe\x1a:\n" +
+	"\tsubscribe\x18\a \x03(\tR\tsubscribe\x12#\n" +
+	"\raccept_deltas\x18\b \x01(\bR\facceptDeltas\x1a:\n" +
 	"\fAppliedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
@@ -1893,11 +2057,25 @@ const file_xlb_discovery_v1_discovery_proto_rawDesc = "" +
 	"\fWorkerStatus\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\rR\x04slot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\rR\x03pid\x12/\n" +
-	"\x13observed_generation\x18\x03 \x01(\x04R\x12observedGeneration\"\x86\x01\n" +
+	"\x13observed_generation\x18\x03 \x01(\x04R\x12observedGeneration\"\xc1\x01\n" +
 	"\x19StreamBackendSetsResponse\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\tR\x05nonce\x129\n" +
 	"\x04sets\x18\x02 \x03(\v2%.xlb.discovery.v1.VersionedBackendSetR\x04sets\x12\x18\n" +
-	"\aremoved\x18\x03 \x03(\tR\aremoved\"n\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\x129\n" +
+	"\x06deltas\x18\x04 \x03(\v2!.xlb.discovery.v1.BackendSetDeltaR\x06deltas\"\xc7\x01\n" +
+	"\x0fBackendSetDelta\x12!\n" +
+	"\fbase_version\x18\x01 \x01(\tR\vbaseVersion\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12=\n" +
+	"\vbackend_set\x18\x03 \x01(\v2\x1c.xlb.discovery.v1.BackendSetR\n" +
+	"backendSet\x128\n" +
+	"\bbackends\x18\x04 \x03(\v2\x1c.xlb.discovery.v1.BackendRunR\bbackends\"\x81\x01\n" +
+	"\n" +
+	"BackendRun\x12\x1d\n" +
+	"\n" +
+	"base_start\x18\x01 \x01(\rR\tbaseStart\x12\x1d\n" +
+	"\n" +
+	"base_count\x18\x02 \x01(\rR\tbaseCount\x125\n" +
+	"\bbackends\x18\x03 \x03(\v2\x19.xlb.discovery.v1.BackendR\bbackends\"n\n" +
 	"\x13VersionedBackendSet\x12=\n" +
 	"\vbackend_set\x18\x01 \x01(\v2\x1c.xlb.discovery.v1.BackendSetR\n" +
 	"backendSet\x12\x18\n" +
@@ -1946,7 +2124,7 @@ func file_xlb_discovery_v1_discovery_proto_rawDescGZIP() []byte {
 }
 
 var file_xlb_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_xlb_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_xlb_discovery_v1_discovery_proto_goTypes = []any{
 	(SameSite)(0),                     // 0: xlb.discovery.v1.SameSite
 	(HttpOnly)(0),                     // 1: xlb.discovery.v1.HttpOnly
@@ -1971,10 +2149,12 @@ var file_xlb_discovery_v1_discovery_proto_goTypes = []any{
 	(*SetError)(nil),                  // 20: xlb.discovery.v1.SetError
 	(*WorkerStatus)(nil),              // 21: xlb.discovery.v1.WorkerStatus
 	(*StreamBackendSetsResponse)(nil), // 22: xlb.discovery.v1.StreamBackendSetsResponse
-	(*VersionedBackendSet)(nil),       // 23: xlb.discovery.v1.VersionedBackendSet
-	nil,                               // 24: xlb.discovery.v1.Backend.MetadataEntry
-	nil,                               // 25: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
-	(*durationpb.Duration)(nil),       // 26: google.protobuf.Duration
+	(*BackendSetDelta)(nil),           // 23: xlb.discovery.v1.BackendSetDelta
+	(*BackendRun)(nil),                // 24: xlb.discovery.v1.BackendRun
+	(*VersionedBackendSet)(nil),       // 25: xlb.discovery.v1.VersionedBackendSet
+	nil,                               // 26: xlb.discovery.v1.Backend.MetadataEntry
+	nil,                               // 27: xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	(*durationpb.Duration)(nil),       // 28: google.protobuf.Duration
 }
 var file_xlb_discovery_v1_discovery_proto_depIdxs = []int32{
 	16, // 0: xlb.discovery.v1.BackendSet.backends:type_name -> xlb.discovery.v1.Backend
@@ -1986,35 +2166,39 @@ var file_xlb_discovery_v1_discovery_proto_depIdxs = []int32{
 	7,  // 6: xlb.discovery.v1.BackendSet.hash_on:type_name -> xlb.discovery.v1.HashOn
 	9,  // 7: xlb.discovery.v1.BackendSet.sticky:type_name -> xlb.discovery.v1.Sticky
 	8,  // 8: xlb.discovery.v1.HashOn.client_address:type_name -> xlb.discovery.v1.ClientAddress
-	26, // 9: xlb.discovery.v1.Sticky.max_age:type_name -> google.protobuf.Duration
+	28, // 9: xlb.discovery.v1.Sticky.max_age:type_name -> google.protobuf.Duration
 	0,  // 10: xlb.discovery.v1.Sticky.same_site:type_name -> xlb.discovery.v1.SameSite
 	1,  // 11: xlb.discovery.v1.Sticky.http_only:type_name -> xlb.discovery.v1.HttpOnly
-	26, // 12: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	26, // 13: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	28, // 12: xlb.discovery.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	28, // 13: xlb.discovery.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
 	11, // 14: xlb.discovery.v1.HealthCheck.http:type_name -> xlb.discovery.v1.HttpProbe
 	13, // 15: xlb.discovery.v1.HealthCheck.tcp:type_name -> xlb.discovery.v1.TcpProbe
 	12, // 16: xlb.discovery.v1.HttpProbe.expected_statuses:type_name -> xlb.discovery.v1.StatusRange
-	26, // 17: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	26, // 18: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	28, // 17: xlb.discovery.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	28, // 18: xlb.discovery.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	2,  // 19: xlb.discovery.v1.OutlierDetection.failure_statuses:type_name -> xlb.discovery.v1.FailureStatuses
-	26, // 20: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
+	28, // 20: xlb.discovery.v1.SlowStart.window:type_name -> google.protobuf.Duration
 	4,  // 21: xlb.discovery.v1.Backend.state:type_name -> xlb.discovery.v1.BackendState
-	24, // 22: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
+	26, // 22: xlb.discovery.v1.Backend.metadata:type_name -> xlb.discovery.v1.Backend.MetadataEntry
 	17, // 23: xlb.discovery.v1.Backend.tls:type_name -> xlb.discovery.v1.BackendTls
 	5,  // 24: xlb.discovery.v1.BackendTls.session_resumption:type_name -> xlb.discovery.v1.SessionResumption
 	18, // 25: xlb.discovery.v1.StreamBackendSetsRequest.node:type_name -> xlb.discovery.v1.Node
-	25, // 26: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
+	27, // 26: xlb.discovery.v1.StreamBackendSetsRequest.applied:type_name -> xlb.discovery.v1.StreamBackendSetsRequest.AppliedEntry
 	20, // 27: xlb.discovery.v1.StreamBackendSetsRequest.errors:type_name -> xlb.discovery.v1.SetError
 	21, // 28: xlb.discovery.v1.StreamBackendSetsRequest.workers:type_name -> xlb.discovery.v1.WorkerStatus
-	23, // 29: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
-	6,  // 30: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
-	19, // 31: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
-	22, // 32: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
-	32, // [32:33] is the sub-list for method output_type
-	31, // [31:32] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	25, // 29: xlb.discovery.v1.StreamBackendSetsResponse.sets:type_name -> xlb.discovery.v1.VersionedBackendSet
+	23, // 30: xlb.discovery.v1.StreamBackendSetsResponse.deltas:type_name -> xlb.discovery.v1.BackendSetDelta
+	6,  // 31: xlb.discovery.v1.BackendSetDelta.backend_set:type_name -> xlb.discovery.v1.BackendSet
+	24, // 32: xlb.discovery.v1.BackendSetDelta.backends:type_name -> xlb.discovery.v1.BackendRun
+	16, // 33: xlb.discovery.v1.BackendRun.backends:type_name -> xlb.discovery.v1.Backend
+	6,  // 34: xlb.discovery.v1.VersionedBackendSet.backend_set:type_name -> xlb.discovery.v1.BackendSet
+	19, // 35: xlb.discovery.v1.DiscoveryService.StreamBackendSets:input_type -> xlb.discovery.v1.StreamBackendSetsRequest
+	22, // 36: xlb.discovery.v1.DiscoveryService.StreamBackendSets:output_type -> xlb.discovery.v1.StreamBackendSetsResponse
+	36, // [36:37] is the sub-list for method output_type
+	35, // [35:36] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_xlb_discovery_v1_discovery_proto_init() }
@@ -2037,7 +2221,7 @@ func file_xlb_discovery_v1_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xlb_discovery_v1_discovery_proto_rawDesc), len(file_xlb_discovery_v1_discovery_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -18,6 +18,12 @@
 // server tells a NACK only by its errors, ignores requests whose nonce is not the latest it sent,
 // sends nothing while a response is unanswered, and sends a node a version of a set that the node
 // rejected again only after a backoff (30s, doubling with each rejection in a row, at most 16 min).
+//
+// A data plane that sets accept_deltas on its first request may be sent a new version of a set as
+// a delta (deltas) instead of whole (sets): only when the data plane serves the delta's base
+// version, and that version came on the same stream, so that it holds the base in memory. The
+// data plane applies a delta as the whole set it makes; one whose base it does not hold is a
+// protocol error that ends the stream (the next stream is sent whole sets).
 
 package discoveryv1
 

@@ -1,0 +1,49 @@
+package integration
+
+import (
+	"fmt"
+	"maps"
+	"syscall"
+	"testing"
+)
+
+// TestDataPlaneFailover: `xlb dataplane --control-plane A --control-plane B` (the lists add up: A,
+// then B) with two control planes that serve the same set, each from its own data directory. The
+// data plane streams from A; A is killed with SIGKILL; the data plane moves to B, reports the
+// version it serves, and is sent nothing it has (no ACK since the kill carried a set); a put on B
+// reaches it, and its traffic goes to the new backend.
+func TestDataPlaneFailover(t *testing.T) {
+	t.Parallel()
+	a, b := newCountingBackend(t, "a"), newCountingBackend(t, "b")
+	cpA, cpB := startControlPlane(t, t.TempDir(), nil), startControlPlane(t, t.TempDir(), nil)
+	web := setJSON{Name: "web", Backends: []backendJSON{backendAt(t, a.name, a.addr, 1)}}
+	v1 := cpA.put(t, web)
+	if v := cpB.put(t, web); v != v1 {
+		t.Fatalf("the same set put on both control planes: versions %s and %s, want one", v1, v)
+	}
+	// At debug, the data plane logs "ACK" with the number of sets of each response it applied.
+	dp := startDataPlane(t, cpA, "n1", "web", "--control-plane", cpB.addr, "--log-level", "debug")
+	cpA.awaitApplied(t, "n1", map[string]string{"web": v1})
+	if got := traffic(t, dp.addr, "/before", 5); !maps.Equal(got, map[string]int{"a": 5}) {
+		t.Errorf("before the failover: traffic %v, want all 5 to a", got)
+	}
+
+	killFrom := logEnd(dp.log)
+	cpA.signal(syscall.SIGKILL)
+	if cpA.wait(stopTimeout) == nil {
+		t.Fatalf("%v did not exit within %v of SIGKILL", cpA, stopTimeout)
+	}
+	cpB.awaitDataPlane(t, "n1", reconnectTimeout, fmt.Sprintf("connected, serving web@%s", v1),
+		func(d dataPlaneJSON) bool { return d.applies(map[string]string{"web": v1}) })
+
+	v2 := cpB.put(t, setJSON{Name: "web", Backends: []backendJSON{backendAt(t, b.name, b.addr, 1)}})
+	cpB.awaitApplied(t, "n1", map[string]string{"web": v2})
+	// Only the response of the put on B carried a set: B sent nothing on connect.
+	sentSets := says("ACK", func(l logLine) bool { return l.int("sets") != 0 })
+	if acks := linesMatching(dp.log, killFrom, sentSets); len(acks) != 1 || acks[0].int("sets") != 1 {
+		t.Errorf("since the kill, the data plane acknowledged these responses that carried sets: %v; want one, of web@%s alone", acks, v2)
+	}
+	if got := traffic(t, dp.addr, "/after", 5); !maps.Equal(got, map[string]int{"b": 5}) {
+		t.Errorf("after the failover and the put on the second control plane: traffic %v, want all 5 to b", got)
+	}
+}
