@@ -92,9 +92,10 @@ func startDataPlane(t *testing.T, addr, node string) *dataPlane {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		xds.Run(ctx, dial(t, addr), xds.Config{
-			Node:    &discoveryv1.Node{Id: node},
-			Initial: func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) { return nil, 0, nil },
+		xds.Run(ctx, xds.Config{
+			ControlPlanes: []xds.ControlPlane{{Conn: dial(t, addr)}},
+			Node:          &discoveryv1.Node{Id: node},
+			Initial:       func() (map[string]string, uint64, []*discoveryv1.WorkerStatus) { return nil, 0, nil },
 			Apply: func(_ context.Context, resp *discoveryv1.StreamBackendSetsResponse) (map[string]string, []*discoveryv1.SetError, uint64, []*discoveryv1.WorkerStatus) {
 				d.mu.Lock()
 				defer d.mu.Unlock()
