@@ -97,7 +97,6 @@ type conn struct {
 	// connection keeps only what identifies it.
 	*inflight
 
-	pumpDone chan error // the pump's result
 	// pumpStop tells the pump to stop reading the client.
 	pumpStop atomic.Bool
 
@@ -125,8 +124,9 @@ type inflight struct {
 	rdec    http1.ChunkedDecoder // the response body's
 
 	// The request body that streams on after the first attempt was sent.
-	bodyLeft int64  // Content-Length bytes not yet read from the client
-	pumpBuf  []byte // re-encoding buffer of a streamed chunked body
+	bodyLeft int64      // Content-Length bytes not yet read from the client
+	pumpBuf  []byte     // re-encoding buffer of a streamed chunked body
+	pumpDone chan error // the pump's result
 	pumpErr  error
 	// pumpFromClient says the pump's error, if any, came from the client side.
 	pumpFromClient bool
@@ -170,7 +170,7 @@ type inflight struct {
 func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	c, _ := p.connPool.Get().(*conn)
 	if c == nil {
-		c = &conn{p: p, pumpDone: make(chan error, 1)}
+		c = &conn{p: p}
 		c.readFn = c.rawRead
 		c.writeFn = c.rawWrite
 		c.outFn = c.maglevOut
@@ -283,7 +283,7 @@ func (c *conn) takeInflight() {
 	if c.inflight == nil {
 		c.inflight, _ = c.p.inflightPool.Get().(*inflight)
 		if c.inflight == nil {
-			x := &inflight{cookieID: make([]byte, 0, sticky.IDBytesMax)}
+			x := &inflight{cookieID: make([]byte, 0, sticky.IDBytesMax), pumpDone: make(chan error, 1)}
 			x.dec.TrailerBytesMax = c.p.cfg.HeaderBytesMax
 			x.rdec.TrailerBytesMax = c.p.cfg.HeaderBytesMax
 			c.inflight = x

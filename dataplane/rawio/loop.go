@@ -357,7 +357,7 @@ func (l *Loop) take() *LoopConn {
 		return l.conns[slot]
 	}
 	l.mu.Unlock()
-	c := &LoopConn{loop: l, slot: uint32(len(l.conns)), fd: -1, rwake: make(chan struct{}, 1), wwake: make(chan struct{}, 1)}
+	c := &LoopConn{loop: l, slot: uint32(len(l.conns)), fd: -1}
 	c.raw.c = c
 	c.timer = time.AfterFunc(time.Hour, c.fire)
 	c.timer.Stop()
@@ -403,16 +403,23 @@ type LoopConn struct {
 	state atomic.Int32
 	// remote is the peer's address; a net.Addr of it is made only when asked for.
 	remote netip.AddrPort
-	// rwake and wwake carry the loop's word that the socket may be readable or writable (or that
-	// a deadline passed), to the goroutine waiting, or to the next wait.
-	rwake, wwake chan struct{}
+	// rwait and wwait are the goroutines waiting to read and to write, each by a waiter of its
+	// own; wready says the socket reported room to write since the last write wait began (a
+	// read event since the owner last read is the state connPending). A connection holds no
+	// channel: a parked one has no waiter at all.
+	rwait, wwait atomic.Pointer[waiter]
+	wready       atomic.Bool
 	// rdl and wdl are the read and write deadlines in Unix nanoseconds, 0 for none.
 	rdl, wdl atomic.Int64
 	// aborted says Close was called: waits fail, and the owner should release.
 	aborted atomic.Bool
-	// timer fires at the read deadline that a read wait or Park armed; wtimer, made at the
-	// first write that waits, at the write deadline.
-	timer, wtimer *time.Timer
+	// timer fires at the read deadline that a read wait or Park armed (rarmed, 0 for none);
+	// wtimer, made at the first write that waits, at the write deadline (warmed). A deadline that
+	// does not move (upstream.Deadlines moves one only by more than an eighth) is not armed again.
+	// The read side's belong to whoever reads (the owner, or a pump it started); the write side's
+	// to whoever writes.
+	timer, wtimer  *time.Timer
+	rarmed, warmed int64
 	// Owner is the handler's: its state of the connection. Nil for a new connection.
 	Owner any
 	raw   loopRaw
@@ -421,7 +428,8 @@ type LoopConn struct {
 // event is the loop's: ev happened on the socket.
 func (c *LoopConn) event(ev uint32) {
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		signal(c.wwake)
+		c.wready.Store(true)
+		c.wwait.Load().wake()
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
 		return
@@ -435,11 +443,11 @@ func (c *LoopConn) event(ev uint32) {
 			}
 		case connRunning:
 			if c.state.CompareAndSwap(connRunning, connPending) {
-				signal(c.rwake)
+				c.rwait.Load().wake()
 				return
 			}
 		case connPending:
-			signal(c.rwake)
+			c.rwait.Load().wake()
 			return
 		default:
 			return // released
@@ -447,9 +455,20 @@ func (c *LoopConn) event(ev uint32) {
 	}
 }
 
-func signal(ch chan struct{}) {
+// waiter is how a goroutine waits for a LoopConn: a channel of one, from a pool, published in
+// rwait or wwait while it waits.
+type waiter struct{ ch chan struct{} }
+
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }}
+
+// wake wakes w's goroutine, or its next wait (which then looks again for nothing: harmless).
+// A nil w is no one.
+func (w *waiter) wake() {
+	if w == nil {
+		return
+	}
 	select {
-	case ch <- struct{}{}:
+	case w.ch <- struct{}{}:
 	default:
 	}
 }
@@ -462,20 +481,29 @@ func (c *LoopConn) fire() {
 		}
 		return
 	}
-	signal(c.rwake)
+	c.rwait.Load().wake()
 }
 
 // fireWrite is the write timer's.
-func (c *LoopConn) fireWrite() { signal(c.wwake) }
+func (c *LoopConn) fireWrite() { c.wwait.Load().wake() }
 
-// poke wakes whoever waits, or hands a parked connection on.
+// poke wakes whoever waits, or hands a parked connection on. The caller has stored what the
+// waiter is to see (a deadline passed, aborted) before.
 func (c *LoopConn) poke() {
 	if c.state.Load() == connParked && c.state.CompareAndSwap(connParked, connRunning) {
 		c.loop.h.Ready(c)
 		return
 	}
-	signal(c.rwake)
-	signal(c.wwake)
+	c.rwait.Load().wake()
+	c.wwait.Load().wake()
+}
+
+// arm sets t to fire at d, unless it is set for d already.
+func arm(t *time.Timer, armed *int64, d int64) {
+	if *armed != d {
+		*armed = d
+		t.Reset(time.Duration(d - time.Now().UnixNano()))
+	}
 }
 
 // ReadOrPark calls f, which reads (as for RawConn.Read), and when it finds nothing to read gives
@@ -503,16 +531,12 @@ func (c *LoopConn) ReadOrPark(f func(fd uintptr) bool) (parked bool, err error) 
 // since its owner last read: then it stays the caller's, which should read again.
 func (c *LoopConn) park(d int64) bool {
 	if d != 0 {
-		c.timer.Reset(time.Duration(d - time.Now().UnixNano()))
+		arm(c.timer, &c.rarmed, d)
 	}
 	if !c.state.CompareAndSwap(connRunning, connParked) {
 		// Pending: an event came while the connection ran, and the loop, which saw it running,
 		// will not hand it on.
 		c.state.Store(connRunning)
-		select {
-		case <-c.rwake:
-		default:
-		}
 		return false
 	}
 	// A timer that fired before the connection was parked woke no one: take it back if so, or if
@@ -537,15 +561,9 @@ func (c *LoopConn) Release() {
 	c.fd = -1
 	c.rdl.Store(0)
 	c.wdl.Store(0)
+	c.rarmed, c.warmed = 0, 0
+	c.wready.Store(false)
 	c.aborted.Store(false)
-	select {
-	case <-c.rwake:
-	default:
-	}
-	select {
-	case <-c.wwake:
-	default:
-	}
 	l := c.loop
 	l.put(c)
 	if l.live.Add(-1) == 0 && l.closeAccept.Load() {
@@ -553,25 +571,45 @@ func (c *LoopConn) Release() {
 	}
 }
 
-// wait waits for ch (a word from the loop, a poke, or t's firing at the deadline in dl), and
-// reports a deadline that passed (os.ErrDeadlineExceeded) or a Close (net.ErrClosed).
-func (c *LoopConn) wait(ch chan struct{}, dl *atomic.Int64, t *time.Timer) error {
+// wait waits to read (or, with write, to write): for a word from the loop (or one that came
+// already: the pending state, wready), a poke, or the side's timer firing at its deadline; and
+// reports a deadline that passed (os.ErrDeadlineExceeded) or a Close (net.ErrClosed). nil means
+// look again. The waiter is published before the word, the deadline and aborted are looked at,
+// as the loop, the timer and poke store those before they look for a waiter: no word is lost.
+func (c *LoopConn) wait(write bool) error {
+	slot, dl, t, armed := &c.rwait, &c.rdl, c.timer, &c.rarmed
+	if write {
+		slot, dl, t, armed = &c.wwait, &c.wdl, c.wtimer, &c.warmed
+	}
+	w := waiters.Get().(*waiter)
+	slot.Store(w)
+	err := c.block(w, write, dl, t, armed)
+	slot.Store(nil)
+	select { // a word that came as the wait ended would wake the waiter's next user for nothing
+	case <-w.ch:
+	default:
+	}
+	waiters.Put(w)
+	return err
+}
+
+func (c *LoopConn) block(w *waiter, write bool, dl *atomic.Int64, t *time.Timer, armed *int64) error {
 	if c.aborted.Load() {
 		return net.ErrClosed
 	}
-	d := dl.Load()
-	if d != 0 {
-		left := d - time.Now().UnixNano()
-		if left <= 0 {
+	if write && c.wready.Swap(false) || !write && c.state.CompareAndSwap(connPending, connRunning) {
+		return nil // the socket reported since the caller last tried
+	}
+	if d := dl.Load(); d != 0 {
+		if d <= time.Now().UnixNano() {
 			return os.ErrDeadlineExceeded
 		}
-		t.Reset(time.Duration(left))
+		arm(t, armed, d)
 	}
-	<-ch
+	<-w.ch
 	if c.aborted.Load() {
 		return net.ErrClosed
 	}
-	// The caller looks again: an event, a deadline moved, or one passed (seen by the next wait).
 	return nil
 }
 
@@ -694,7 +732,7 @@ func (r *loopRaw) Control(f func(fd uintptr)) error { f(uintptr(r.c.fd)); return
 func (r *loopRaw) Read(f func(fd uintptr) bool) error {
 	c := r.c
 	for !f(uintptr(c.fd)) {
-		if err := c.wait(c.rwake, &c.rdl, c.timer); err != nil {
+		if err := c.wait(false); err != nil {
 			return err
 		}
 	}
@@ -709,7 +747,7 @@ func (r *loopRaw) Write(f func(fd uintptr) bool) error {
 		c.wtimer.Stop()
 	}
 	for !f(uintptr(c.fd)) {
-		if err := c.wait(c.wwake, &c.wdl, c.wtimer); err != nil {
+		if err := c.wait(true); err != nil {
 			return err
 		}
 	}
