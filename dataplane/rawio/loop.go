@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -52,8 +53,10 @@ type Loop struct {
 	erc  syscall.RawConn
 	// lnfd is the loop's own descriptor of the listening socket; -1 once closed.
 	lnfd int
-	// evfd is an eventfd through which other goroutines wake the loop (Resume, CloseAccept).
+	// evfd is an eventfd through which other goroutines wake the loop (Resume, CloseAccept,
+	// the last Release); -1 once the loop ended. evMu guards its closing.
 	evfd int
+	evMu sync.Mutex
 	addr net.Addr
 	h    Handler
 
@@ -193,10 +196,22 @@ func (l *Loop) unlisten() {
 	}
 }
 
-// wake makes the loop's goroutine look at its flags.
+// wake makes the loop's goroutine look at its flags. After the loop ended it does nothing (the
+// eventfd is closed, and its number may be another descriptor's).
 func (l *Loop) wake() {
 	var one = [8]byte{1}
-	unix.Write(l.evfd, one[:])
+	l.evMu.Lock()
+	if l.evfd >= 0 {
+		unix.Write(l.evfd, one[:])
+	}
+	l.evMu.Unlock()
+}
+
+func (l *Loop) closeEventfd() {
+	l.evMu.Lock()
+	unix.Close(l.evfd)
+	l.evfd = -1
+	l.evMu.Unlock()
 }
 
 // Resume says the handler has slots again, after a TakeSlot that said no.
@@ -229,50 +244,75 @@ func (l *Loop) Done() <-chan struct{} { return l.done }
 func (l *Loop) Run() {
 	defer close(l.done)
 	defer l.ef.Close()
-	defer unix.Close(l.evfd)
-	var n int
+	defer l.closeEventfd()
 	var werr error
-	wait := func(fd uintptr) bool {
+	// serve takes and serves events until it must wait (false) or the loop ends (true). It runs
+	// inside one RawConn.Read, so that the poller's word that the epoll descriptor became readable
+	// again while events were served is kept for the next wait (a new Read would reset it): when
+	// an epoll_wait took fewer events than it could, and none of the level-triggered listener,
+	// whose events stay ready without a new word, the wait can begin without an epoll_wait that
+	// would find nothing.
+	serve := func(fd uintptr) bool {
 		for {
-			n, werr = unix.EpollWait(int(fd), l.events[:], 0)
-			if werr != syscall.EINTR {
-				break
+			n, err := epollWait(int(fd), l.events[:])
+			if err != nil {
+				werr = err
+				return true
+			}
+			if n == 0 {
+				return false
+			}
+			again := n == len(l.events)
+			for i := range n {
+				ev := &l.events[i]
+				switch tag := uint32(ev.Fd); tag {
+				case tagListener:
+					again = true
+					l.accept()
+				case tagEvent:
+					var b [8]byte
+					unix.Read(l.evfd, b[:])
+				default:
+					l.conns[tag].event(ev.Events)
+				}
+			}
+			if l.closeAccept.Load() && l.lnfd >= 0 {
+				l.stopAccepting(nil)
+			}
+			if l.wantResume.Swap(false) && !l.listening && l.lnfd >= 0 {
+				if err := l.listen(); err != nil {
+					l.stopAccepting(os.NewSyscallError("epoll_ctl", err))
+				}
+			}
+			if l.lnfd < 0 && l.live.Load() == 0 {
+				return true
+			}
+			if !again {
+				return false
 			}
 		}
-		return n > 0 || werr != nil
 	}
+	if err := l.erc.Read(serve); err != nil {
+		l.stopAccepting(err)
+		return
+	}
+	if werr != nil {
+		l.stopAccepting(os.NewSyscallError("epoll_wait", werr))
+	}
+}
+
+// epollWait takes the events ready on epfd without waiting: a raw system call, as Read and Write
+// are (rawio.go), since it never sleeps in the kernel.
+func epollWait(epfd int, events []unix.EpollEvent) (int, error) {
 	for {
-		if err := l.erc.Read(wait); err != nil {
-			l.stopAccepting(err)
-			return
+		r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		switch errno {
+		case 0:
+			return int(r), nil
+		case syscall.EINTR:
+			continue
 		}
-		if werr != nil {
-			l.stopAccepting(os.NewSyscallError("epoll_wait", werr))
-			return
-		}
-		for i := range n {
-			ev := &l.events[i]
-			switch tag := uint32(ev.Fd); tag {
-			case tagListener:
-				l.accept()
-			case tagEvent:
-				var b [8]byte
-				unix.Read(l.evfd, b[:])
-			default:
-				l.conns[tag].event(ev.Events)
-			}
-		}
-		if l.closeAccept.Load() && l.lnfd >= 0 {
-			l.stopAccepting(nil)
-		}
-		if l.wantResume.Swap(false) && !l.listening && l.lnfd >= 0 {
-			if err := l.listen(); err != nil {
-				l.stopAccepting(os.NewSyscallError("epoll_ctl", err))
-			}
-		}
-		if l.lnfd < 0 && l.live.Load() == 0 {
-			return
-		}
+		return 0, errno
 	}
 }
 
