@@ -98,10 +98,8 @@ func (h *loopHandler) TakeSlot() bool {
 
 func (h *loopHandler) ReturnSlot() { <-h.p.connSlots }
 
-func (h *loopHandler) AcceptFailed(err error) time.Duration {
-	wait := acceptRetryMin // the loop backs off again each time it fails
+func (h *loopHandler) AcceptFailed(err error, wait time.Duration) {
 	h.p.log.Warn("accept failed; backing off", "listener", h.ln.Addr().String(), "error", err, "backoff", wait)
-	return wait
 }
 
 // Ready runs lc on a goroutine of the pool: a new connection gets its state first.

@@ -74,8 +74,8 @@ type Loop struct {
 	done         chan struct{} // closed when the loop's goroutine has ended
 	err          error         // what ended accepting, when not CloseAccept; set before acceptClosed closes
 
-	listening bool // the listener is in the epoll set
-	backoff   time.Duration
+	listening bool          // the listener is in the epoll set
+	backoff   time.Duration // the pause after the last accept that failed for want of resources
 	events    [loopEvents]unix.EpollEvent
 }
 
@@ -92,8 +92,9 @@ type Handler interface {
 	// connection is running, and belongs to whatever goroutine Ready gives it to.
 	Ready(c *LoopConn)
 	// AcceptFailed is told of an accept that failed for want of resources (EMFILE, ENFILE,
-	// ENOBUFS, ENOMEM) and returns how long to stop accepting.
-	AcceptFailed(err error) time.Duration
+	// ENOBUFS, ENOMEM), after which the loop stops accepting for wait: 5ms, doubled by each
+	// such failure in a row up to 1s.
+	AcceptFailed(err error, wait time.Duration)
 }
 
 const (
@@ -103,6 +104,10 @@ const (
 	// serves the events of the others; the listener is level-triggered, so the rest stay
 	// reported.
 	acceptBatch = 64
+	// acceptRetryMin and acceptRetryMax bound the pause after an accept that failed for want
+	// of resources.
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
 	// tagListener and tagEvent mark the listener's and the eventfd's epoll events; connections
 	// carry their slot, below both.
 	tagListener = ^uint32(0)
@@ -342,6 +347,7 @@ func (l *Loop) accept() {
 		fd, sa, err := syscall.Accept4(l.lnfd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		switch err {
 		case nil:
+			l.backoff = 0
 		case syscall.EAGAIN:
 			l.h.ReturnSlot()
 			l.backoff = 0
@@ -355,7 +361,9 @@ func (l *Loop) accept() {
 			if transient(err) {
 				// Out of descriptors or memory: stop accepting for a while rather than spin.
 				l.unlisten()
-				time.AfterFunc(l.h.AcceptFailed(err), l.Resume)
+				l.backoff = min(max(2*l.backoff, acceptRetryMin), acceptRetryMax)
+				l.h.AcceptFailed(err, l.backoff)
+				time.AfterFunc(l.backoff, l.Resume)
 				return
 			}
 			l.stopAccepting(&net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err})

@@ -45,8 +45,8 @@ func (e *echo) TakeSlot() bool {
 	}
 }
 
-func (e *echo) ReturnSlot()                      { <-e.slots }
-func (e *echo) AcceptFailed(error) time.Duration { return time.Millisecond }
+func (e *echo) ReturnSlot()                       { <-e.slots }
+func (e *echo) AcceptFailed(error, time.Duration) {}
 
 func (e *echo) Ready(c *LoopConn) {
 	e.readies.Add(1)
@@ -330,7 +330,66 @@ func TestLoopConnNetConn(t *testing.T) {
 
 type funcHandler struct{ ready func(*LoopConn) }
 
-func (f *funcHandler) TakeSlot() bool                   { return true }
-func (f *funcHandler) ReturnSlot()                      {}
-func (f *funcHandler) AcceptFailed(error) time.Duration { return time.Millisecond }
-func (f *funcHandler) Ready(c *LoopConn)                { f.ready(c) }
+func (f *funcHandler) TakeSlot() bool                    { return true }
+func (f *funcHandler) ReturnSlot()                       {}
+func (f *funcHandler) AcceptFailed(error, time.Duration) {}
+func (f *funcHandler) Ready(c *LoopConn)                 { f.ready(c) }
+
+// backoffEcho is echo that reports each AcceptFailed.
+type backoffEcho struct {
+	*echo
+	failed chan time.Duration
+}
+
+func (b *backoffEcho) AcceptFailed(_ error, wait time.Duration) {
+	select {
+	case b.failed <- wait:
+	default:
+	}
+}
+
+// TestLoopBacksOffOutOfDescriptors: an accept that fails with EMFILE pauses accepting (reported,
+// with the pause), and the connection is served once descriptors are there again.
+func TestLoopBacksOffOutOfDescriptors(t *testing.T) {
+	h := &backoffEcho{echo: newEcho(10), failed: make(chan time.Duration, 16)}
+	_, addr := startLoop(t, h)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Room for the client's socket (and the descriptor ReadDir held), none for the accept.
+	low := lim
+	low.Cur = uint64(len(fds))
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	c, err := net.DialTimeout("tcp", addr, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait1 := testutil.Receive(t, h.failed, wait, "an accept to fail for want of descriptors")
+	restore()
+	if wait1 != acceptRetryMin {
+		t.Errorf("first pause %v, want %v", wait1, acceptRetryMin)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(wait))
+	roundTrip(t, c, bufio.NewReader(c), "served")
+	c.Close()
+	testutil.WaitFor(t, wait, "the connection to be released", func() bool { return len(h.slots) == 0 })
+	h.wg.Wait()
+}
