@@ -5,24 +5,28 @@ import (
 	"maps"
 	"syscall"
 	"testing"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // TestDataPlaneFailover: `xlb dataplane --control-plane A --control-plane B` (the lists add up: A,
 // then B) with two control planes that serve the same set, each from its own data directory. The
 // data plane streams from A; A is killed with SIGKILL; the data plane moves to B, reports the
 // version it serves, and is sent nothing it has (no ACK since the kill carried a set); a put on B
-// reaches it, and its traffic goes to the new backend.
+// reaches it, and its traffic goes to the new backend. The load reports move to B too: B's
+// GetLoad counts that traffic.
 func TestDataPlaneFailover(t *testing.T) {
 	t.Parallel()
 	a, b := newCountingBackend(t, "a"), newCountingBackend(t, "b")
-	cpA, cpB := startControlPlane(t, t.TempDir(), nil), startControlPlane(t, t.TempDir(), nil)
+	cpA := startControlPlane(t, t.TempDir(), nil, "--load-interval", "100ms")
+	cpB := startControlPlane(t, t.TempDir(), nil, "--load-interval", "100ms")
 	web := setJSON{Name: "web", Backends: []backendJSON{backendAt(t, a.name, a.addr, 1)}}
 	v1 := cpA.put(t, web)
 	if v := cpB.put(t, web); v != v1 {
 		t.Fatalf("the same set put on both control planes: versions %s and %s, want one", v1, v)
 	}
 	// At debug, the data plane logs "ACK" with the number of sets of each response it applied.
-	dp := startDataPlane(t, cpA, "n1", "web", "--control-plane", cpB.addr, "--log-level", "debug")
+	dp := startDataPlane(t, cpA, "n1", "web", "--control-plane", cpB.addr, "--log-level", "debug", "--metrics-interval", "100ms")
 	cpA.awaitApplied(t, "n1", map[string]string{"web": v1})
 	if got := traffic(t, dp.addr, "/before", 5); !maps.Equal(got, map[string]int{"a": 5}) {
 		t.Errorf("before the failover: traffic %v, want all 5 to a", got)
@@ -46,4 +50,19 @@ func TestDataPlaneFailover(t *testing.T) {
 	if got := traffic(t, dp.addr, "/after", 5); !maps.Equal(got, map[string]int{"b": 5}) {
 		t.Errorf("after the failover and the put on the second control plane: traffic %v, want all 5 to b", got)
 	}
+	var l struct {
+		Backends []struct {
+			BackendID string `json:"backendId"`
+			Requests  string `json:"requests"`
+		} `json:"backends"`
+	}
+	testutil.WaitFor(t, logWaitTimeout, "the second control plane's GetLoad to count the 5 requests to b", func() bool {
+		cpB.mustCall(t, "GetLoad", "", &l)
+		for _, be := range l.Backends {
+			if be.BackendID == "b" {
+				return be.Requests == "5"
+			}
+		}
+		return false
+	})
 }
