@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"syscall"
 	"testing"
 
@@ -65,4 +67,55 @@ func TestDataPlaneFailover(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestDataPlaneDeltas: a change of a few backends of a set of 30 (one weight, one removed, one
+// added) reaches the real data plane as a delta ("ACK" at debug counts it), and it serves exactly
+// the new set: its Status lists the new backends, at their addresses.
+func TestDataPlaneDeltas(t *testing.T) {
+	t.Parallel()
+	cp := startControlPlane(t, t.TempDir(), nil)
+	dp := startDataPlane(t, cp, "n1", "web", "--log-level", "debug")
+	web := setJSON{Name: "web"}
+	for i := range 30 {
+		web.Backends = append(web.Backends, backendJSON{ID: fmt.Sprintf("b%d", i), Address: "127.0.0.1", Port: 20000 + i, Weight: 1})
+	}
+	cp.awaitApplied(t, "n1", map[string]string{"web": cp.put(t, web)})
+
+	from := logEnd(dp.log)
+	web.Backends[5].Weight = 3
+	web.Backends = append(web.Backends[:10:10], web.Backends[11:]...)
+	web.Backends = append(web.Backends, backendJSON{ID: "extra", Address: "127.0.0.1", Port: 29999, Weight: 1})
+	cp.awaitApplied(t, "n1", map[string]string{"web": cp.put(t, web)})
+	delta := says("ACK", func(l logLine) bool { return l.int("deltas") == 1 && l.int("sets") == 1 })
+	if acks := linesMatching(dp.log, from, delta); len(acks) != 1 {
+		t.Errorf("the data plane's ACKs of one set made of one delta since the put: %v, want one", linesMatching(dp.log, from, says("ACK", nil)))
+	}
+
+	r := adminCall(filepath.Join(dp.stateDir, "admin.sock"), "Status")
+	if r.err != nil {
+		t.Fatalf("Status: %v", r)
+	}
+	var st struct {
+		BackendStates []struct {
+			BackendSet string `json:"backendSet"`
+			BackendID  string `json:"backendId"`
+			Address    string `json:"address"`
+		} `json:"backendStates"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("Status: %v\n%s", err, r.stdout)
+	}
+	got, want := map[string]string{}, map[string]string{}
+	for _, b := range st.BackendStates {
+		if b.BackendSet == "web" {
+			got[b.BackendID] = b.Address
+		}
+	}
+	for _, b := range web.Backends {
+		want[b.ID] = fmt.Sprintf("%s:%d", b.Address, b.Port)
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("the data plane serves backends %v, want %v", got, want)
+	}
 }
