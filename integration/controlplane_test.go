@@ -255,7 +255,11 @@ func restartControlPlane(tb testing.TB, cp *controlPlane, flags ...string) *cont
 
 func tryControlPlane(tb testing.TB, addr, dataDir string, auth []string, flags ...string) (*controlPlane, error) {
 	tb.Helper()
-	args := append([]string{"controlplane", "--listen", addr, "--data-dir", dataDir, "--log-format", "json"}, flags...)
+	args := []string{"controlplane", "--listen", addr, "--log-format", "json"}
+	if dataDir != "" { // "" for --store etcd, which flags then give
+		args = append(args, "--data-dir", dataDir)
+	}
+	args = append(args, flags...)
 	p, l := startLoggedProc(tb, args...)
 	if auth == nil {
 		auth = []string{"-plaintext"}

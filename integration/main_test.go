@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/xlbproxy/xlb/internal/etcdtest"
 )
 
 // xlbPath is the binary that TestMain built, in a directory removed when the tests end.
@@ -47,7 +49,7 @@ func testMain(m *testing.M) int {
 	// Every test stops its processes, backends and connections in t.Cleanup, so nothing of the test
 	// process may be left running: a goroutine still here is a wait that never ended.
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		if err := goleak.Find(etcdtest.LeakOptions()...); err != nil {
 			fmt.Fprintln(os.Stderr, "integration: leaked goroutines:", err)
 			return 1
 		}

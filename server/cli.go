@@ -88,6 +88,7 @@ Usage:
   xlb run --listen ADDR --backend HOST:PORT[,weight=N] ...   balance over backends given as flags
   xlb run --config FILE                                     balance as a YAML file says
   xlb controlplane --data-dir DIR [--listen ADDR]           the control plane, for many data planes
+  xlb controlplane --store etcd --etcd-endpoints URL,...    replicas of the control plane, on etcd
   xlb dataplane --control-plane ADDR [--listen ADDR]        balance over the control plane's backend sets
   xlb demo [--listen ADDR]                                  xlb run over three demo backends; prints what to try
   xlb version                                               print the version
@@ -302,6 +303,9 @@ func newRunFlags() *runFlags {
 			func(c *config.Config) { c.Proxy.HeadersMax = heads.n }),
 		connsMax.def("connections-max", "N", "the most client connections a worker holds open; at it, accept waits until one closes (default: half the file-descriptor limit)", 1,
 			func(c *config.Config) { c.Proxy.ConnectionsMax = connsMax.n }),
+		{name: "goroutine-per-connection", boolean: true, usage: "serve plain TCP listeners with a goroutine per client connection instead of event loops (to compare the two)",
+			set:   func(string) error { return nil },
+			apply: func(c *config.Config) { c.Proxy.GoroutinePerConnection = true }},
 		{name: "retries", arg: "N", usage: "how many more backends a failed request may try; 0 for none (default " + strconv.Itoa(proxy.DefaultRetries) + ")",
 			set:   func(s string) (err error) { retries, err = config.ParseInt(s, 0, config.RetriesMax); return err },
 			apply: func(c *config.Config) { c.Proxy.Retries = config.ProxyRetries(retries) }},

@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/xlbproxy/xlb/controlplane/discovery"
+	"github.com/xlbproxy/xlb/controlplane/etcdstore"
+	"github.com/xlbproxy/xlb/controlplane/replicas"
 	"github.com/xlbproxy/xlb/controlplane/store"
 	"github.com/xlbproxy/xlb/server/config"
 	"github.com/xlbproxy/xlb/server/cpserver"
@@ -129,6 +132,8 @@ func dataplaneCommandLine(args []string) (commandLine, error) {
 // controlplaneFlags are the flags of `xlb controlplane`.
 type controlplaneFlags struct {
 	listen, dataDir string
+	store           string // "wal" (the default) or "etcd"
+	etcd            etcdFlags
 	sec             rpc.ServerSecurity
 	debounce        time.Duration
 	loadInterval    time.Duration
@@ -144,12 +149,29 @@ const (
 )
 
 func parseControlplane(args []string) (controlplaneFlags, error) {
-	c := controlplaneFlags{listen: defaultControlPlaneListen}
+	c := controlplaneFlags{listen: defaultControlPlaneListen, store: "wal"}
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	fs.SetOutput(ioDiscard{})
 	fs.Usage = func() {}
 	fs.StringVar(&c.listen, "listen", c.listen, "")
 	fs.StringVar(&c.dataDir, "data-dir", "", "")
+	fs.StringVar(&c.store, "store", c.store, "")
+	fs.Func("etcd-endpoints", "", func(s string) error {
+		c.etcd.endpoints = strings.Split(s, ",")
+		return nil
+	})
+	fs.StringVar(&c.etcd.prefix, "etcd-prefix", "", "")
+	fs.StringVar(&c.etcd.caFile, "etcd-cacert", "", "")
+	fs.StringVar(&c.etcd.certFile, "etcd-cert", "", "")
+	fs.StringVar(&c.etcd.keyFile, "etcd-key", "", "")
+	fs.StringVar(&c.etcd.username, "etcd-username", "", "")
+	fs.Func("etcd-password", "", func(s string) error {
+		c.etcd.password, c.etcd.passwordGiven = s, true
+		return nil
+	})
+	fs.DurationVar(&c.etcd.dialTimeout, "etcd-dial-timeout", defaultEtcdDialTimeout, "")
+	fs.DurationVar(&c.etcd.timeout, "etcd-timeout", defaultEtcdTimeout, "")
+	fs.StringVar(&c.etcd.replicaID, "replica-id", "", "")
 	fs.StringVar(&c.sec.CertFile, "tls-cert", "", "")
 	fs.StringVar(&c.sec.KeyFile, "tls-key", "", "")
 	fs.StringVar(&c.sec.ClientCAFile, "client-ca", "", "")
@@ -167,8 +189,26 @@ func parseControlplane(args []string) (controlplaneFlags, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if c.dataDir == "" {
-		return c, errors.New("--data-dir DIR is required: the control plane keeps its backend sets there")
+	switch c.store {
+	case "wal":
+		if c.dataDir == "" {
+			return c, errors.New("--data-dir DIR is required: the control plane keeps its backend sets there")
+		}
+	case "etcd":
+		if c.dataDir != "" {
+			return c, errors.New("--data-dir is for --store wal: with --store etcd the backend sets are in etcd")
+		}
+		if !c.etcd.passwordGiven {
+			c.etcd.password = os.Getenv(etcdPasswordEnv)
+		}
+		if err := c.etcd.check(); err != nil {
+			return c, err
+		}
+		if c.etcd.replicaID == "" {
+			c.etcd.replicaID = defaultReplicaID()
+		}
+	default:
+		return c, fmt.Errorf("--store %q: want wal or etcd", c.store)
 	}
 	if c.debounce < 0 {
 		return c, errors.New("--debounce must not be negative")
@@ -185,6 +225,7 @@ func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
 
 var controlplaneUsage = fmt.Sprintf(`Usage:
   xlb controlplane --data-dir DIR [--listen ADDR] [flags]
+  xlb controlplane --store etcd --etcd-endpoints URL,... [--listen ADDR] [flags]
 
 Runs the control plane: it keeps backend sets durably in DIR, serves the AdminService (put, get,
 list, delete backend sets; list data planes) to operators and tooling, and streams every change
@@ -195,7 +236,24 @@ grpcurl needs no .proto files:
 
 Flags:
   --listen ADDR              host:port or unix://PATH (default %[1]s)
-  --data-dir DIR             where the backend sets are kept (required)
+  --data-dir DIR             where the backend sets are kept (required with --store wal)
+  --store wal|etcd           wal (default): a write-ahead log in --data-dir, for one control
+                             plane; etcd: the sets in an etcd cluster, shared by every replica
+                             run on it, each serving data planes (put on any, pushed by all)
+  --etcd-endpoints URLS      the etcd members, comma-separated (http://host:2379,...; https
+                             for TLS); required with --store etcd
+  --etcd-prefix PREFIX       the root of xlb's keys in etcd (default %[4]s)
+  --etcd-cacert FILE         CA certificates that verify etcd's
+  --etcd-cert FILE, --etcd-key FILE
+                             a client certificate for etcd
+  --etcd-username NAME, --etcd-password PASSWORD
+                             etcd authentication; the password is taken from $%[5]s
+                             when the flag is not given
+  --etcd-dial-timeout DURATION
+                             how long to wait for a connection to etcd (default %[6]v)
+  --etcd-timeout DURATION    how long a put or delete waits for etcd before it fails with
+                             UNAVAILABLE (default %[7]v)
+  --replica-id ID            this replica's name among the others (default: host name and pid)
   --tls-cert FILE, --tls-key FILE
                              serve TLS; required on an address that is not loopback
   --client-ca FILE           verify client certificates: data planes must present one signed
@@ -211,7 +269,8 @@ Flags:
                              every --load-interval; --otlp-insecure for plaintext
   --log-level LEVEL, --log-format FORMAT
                              as for xlb run
-`, defaultControlPlaneListen, discovery.DefaultDebounce, defaultLoadInterval)
+`, defaultControlPlaneListen, discovery.DefaultDebounce, defaultLoadInterval, etcdstore.DefaultPrefix, etcdPasswordEnv,
+	defaultEtcdDialTimeout, defaultEtcdTimeout)
 
 // controlplaneCommand is `xlb controlplane`.
 func (e *env) controlplaneCommand(args []string) int {
@@ -232,10 +291,33 @@ func (e *env) controlplaneCommand(args []string) int {
 
 // serveControlPlane runs a control plane until ctx ends.
 func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlags) int {
-	st, err := store.Open(c.dataDir, log.Named("store"))
-	if err != nil {
-		log.Error("cannot open the store", "error", err)
-		return exit.Failure
+	var st interface {
+		cpserver.Store
+		Close() error
+	}
+	var cli *clientv3.Client // with --store etcd
+	switch c.store {
+	case "etcd":
+		var err error
+		if cli, err = c.etcd.client(); err != nil {
+			log.Error("cannot reach etcd", "error", err)
+			return exit.Failure
+		}
+		defer cli.Close()
+		log = log.With("replica", c.etcd.replicaID)
+		est, err := etcdstore.Open(cli, etcdstore.Config{Prefix: c.etcd.prefix, Timeout: c.etcd.timeout, Logger: log.Named("store")})
+		if err != nil {
+			log.Error("cannot open the store", "error", err)
+			return exit.Failure
+		}
+		st = est
+	default:
+		wst, err := store.Open(c.dataDir, log.Named("store"))
+		if err != nil {
+			log.Error("cannot open the store", "error", err)
+			return exit.Failure
+		}
+		st = wst
 	}
 	defer st.Close()
 	srv, hs, err := rpc.NewServer(c.listen, c.sec, log)
@@ -268,6 +350,17 @@ func serveControlPlane(ctx context.Context, log hclog.Logger, c controlplaneFlag
 	}
 	cp := cpserver.New(st, ccfg)
 	discP.Store(cp.Discovery)
+	if cli != nil {
+		reg, err := replicas.Start(cli, cp.Discovery, cp.Load, replicas.Config{ID: c.etcd.replicaID, Prefix: c.etcd.prefix,
+			Interval: c.loadInterval, Timeout: c.etcd.timeout, Logger: log.Named("replicas")})
+		if err != nil {
+			cp.Close()
+			log.Error("cannot share this replica's data planes", "error", err)
+			return exit.Failure
+		}
+		defer reg.Close() // revokes the lease: this replica's data planes vanish from the others at once
+		cp.Share(reg, reg)
+	}
 	cp.Register(srv)
 	network, addr := "tcp", c.listen
 	if p, ok := strings.CutPrefix(c.listen, "unix://"); ok {

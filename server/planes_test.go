@@ -90,9 +90,10 @@ func TestParseControlplane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", debounce: 10 * time.Millisecond, loadInterval: time.Second, log: config.LogConfig{JSON: true},
-		sec: rpc.ServerSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"}}
-	if c != want {
+	want := controlplaneFlags{listen: "10.0.0.1:7000", dataDir: "/d", store: "wal", debounce: 10 * time.Millisecond, loadInterval: time.Second, log: config.LogConfig{JSON: true},
+		sec:  rpc.ServerSecurity{CertFile: "c", KeyFile: "k", ClientCAFile: "ca", AdminTokenFile: "tok"},
+		etcd: etcdFlags{dialTimeout: defaultEtcdDialTimeout, timeout: defaultEtcdTimeout}}
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
 	}
 	if _, err := parseControlplane(nil); err == nil || !strings.Contains(err.Error(), "--data-dir DIR is required") {
@@ -100,5 +101,44 @@ func TestParseControlplane(t *testing.T) {
 	}
 	if _, err := parseControlplane([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
+	}
+}
+
+// TestParseControlplaneEtcd: --store etcd takes the etcd flags, the password from the environment
+// when no flag gives it, and a replica id by default; a bad flag is named.
+func TestParseControlplaneEtcd(t *testing.T) {
+	t.Setenv(etcdPasswordEnv, "from-env")
+	c, err := parseControlplane([]string{"--store", "etcd", "--etcd-endpoints", "https://e1:2379,https://e2:2379", "--etcd-prefix", "/x",
+		"--etcd-cacert", "ca", "--etcd-cert", "c", "--etcd-key", "k", "--etcd-username", "u", "--etcd-timeout", "3s", "--etcd-dial-timeout", "1s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := etcdFlags{endpoints: []string{"https://e1:2379", "https://e2:2379"}, prefix: "/x", caFile: "ca", certFile: "c", keyFile: "k",
+		username: "u", password: "from-env", dialTimeout: time.Second, timeout: 3 * time.Second, replicaID: c.etcd.replicaID}
+	if c.store != "etcd" || !reflect.DeepEqual(c.etcd, want) || !strings.Contains(c.etcd.replicaID, "-") {
+		t.Errorf("got %q %+v, want etcd %+v with a host-pid replica id", c.store, c.etcd, want)
+	}
+	c, err = parseControlplane([]string{"--store", "etcd", "--etcd-endpoints", "http://e:2379", "--etcd-username", "u", "--etcd-password", "flag", "--replica-id", "r1"})
+	if err != nil || c.etcd.password != "flag" || c.etcd.replicaID != "r1" {
+		t.Errorf("password flag and replica id: %+v, %v", c.etcd, err)
+	}
+	t.Setenv(etcdPasswordEnv, "")
+	for _, tt := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--store", "etcd"}, "--etcd-endpoints is required"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "a,,b"}, "--etcd-endpoints: an empty endpoint"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "e", "--data-dir", "/d"}, "--data-dir is for --store wal"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "e", "--etcd-prefix", "x/"}, "--etcd-prefix"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "e", "--etcd-cert", "c"}, "--etcd-cert and --etcd-key go together"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "e", "--etcd-password", "p"}, "needs --etcd-username"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "e", "--etcd-timeout", "0s"}, "--etcd-timeout must be positive"},
+		{[]string{"--store", "etcd", "--etcd-endpoints", "e", "--replica-id", "a/b"}, "--replica-id"},
+		{[]string{"--store", "zk", "--data-dir", "/d"}, `--store "zk": want wal or etcd`},
+	} {
+		if _, err := parseControlplane(tt.args); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%q: %v, want an error containing %q", tt.args, err, tt.wantErr)
+		}
 	}
 }

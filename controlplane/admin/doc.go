@@ -9,12 +9,18 @@
 //	NOT_FOUND            a get or delete of a set that does not exist
 //	FAILED_PRECONDITION  a compare-and-set whose expected_version is not the set's current
 //	                     version; the message says the current one
+//	UNAVAILABLE          the store cannot take the write now (etcd without quorum, or not reached
+//	                     within its timeout); the message names the store (logged at warn).
+//	                     The write was not acknowledged (after a timeout it may still land):
+//	                     retry it, which an identical put makes safe
 //	INTERNAL             the store failed (it is logged at error)
 //
 // Every change is logged at info with the set's name and version, and the peer that asked. A put
 // of a set identical to the stored one changes nothing (it is logged at debug) and returns the
 // same version, so a put is safe to retry.
 //
-// The server keeps no state of its own: sets live in the store, and data planes in DataPlanes
-// (implemented by the discovery server). It never modifies what they return.
+// The server keeps no state of its own: sets live in the Store, and data planes in DataPlanes
+// (implemented by the discovery server, or by replicas.Registry across control-plane replicas). It
+// never modifies what they return. A data plane that DataPlanes returns with its backend health
+// keeps it; Load.Health fills in the others.
 package admin

@@ -26,6 +26,23 @@ type DataPlanes interface {
 	DataPlanes() []*adminv1.DataPlane
 }
 
+// Store is where the server keeps backend sets: store.Store (a write-ahead log on one machine) or
+// etcdstore.Store (replicas sharing etcd). Each returns errors that wrap store.ErrNotFound,
+// store.ErrVersionMismatch and store.ErrUnavailable as their doc says; the server makes them gRPC
+// codes (see the package doc).
+type Store interface {
+	// Put stores the validated set and returns its version; expected != nil makes it a
+	// compare-and-set ("" meaning that the set must not exist). A put of a set identical to the
+	// stored one changes nothing and returns the same version.
+	Put(set *discoveryv1.BackendSet, expected *string) (string, error)
+	// Get returns the set name.
+	Get(name string) (resource.Versioned, error)
+	// List returns every set, by name.
+	List() []resource.Versioned
+	// Delete removes the set name, with a compare-and-set as for Put.
+	Delete(name string, expected *string) error
+}
+
 // versionBytesMax bounds an expected_version: a version is 32 hex digits (resource.Version), and
 // a longer string cannot match one.
 const versionBytesMax = 64
@@ -34,7 +51,7 @@ const versionBytesMax = 64
 type Server struct {
 	adminv1.UnimplementedAdminServiceServer
 
-	st   *store.Store
+	st   Store
 	dps  DataPlanes // nil: no data planes
 	load Load       // nil: no load reported
 	log  hclog.Logger
@@ -45,6 +62,12 @@ type Server struct {
 type Load interface {
 	Load() *adminv1.GetLoadResponse
 	Health(node string) ([]*loadv1.BackendHealth, time.Time)
+}
+
+// WithDataPlanes makes ListDataPlanes report dps (replicas.Registry: every replica's).
+func (s *Server) WithDataPlanes(dps DataPlanes) *Server {
+	s.dps = dps
+	return s
 }
 
 // WithLoad makes GetLoad report l.
@@ -63,7 +86,7 @@ func (s *Server) GetLoad(context.Context, *adminv1.GetLoadRequest) (*adminv1.Get
 
 // NewServer returns the AdminService of st. dps may be nil (ListDataPlanes then returns none), and
 // log may be nil.
-func NewServer(st *store.Store, dps DataPlanes, log hclog.Logger) *Server {
+func NewServer(st Store, dps DataPlanes, log hclog.Logger) *Server {
 	if st == nil {
 		panic("admin: NewServer with a nil store")
 	}
@@ -152,6 +175,9 @@ func (s *Server) ListDataPlanes(context.Context, *adminv1.ListDataPlanesRequest)
 	dps := s.dps.DataPlanes()
 	if s.load != nil {
 		for _, dp := range dps { // made for this call: DataPlanes builds them anew
+			if len(dp.GetBackendHealth()) > 0 {
+				continue // DataPlanes knew it (another replica's data plane): it is that replica's view
+			}
 			if h, at := s.load.Health(dp.GetNodeId()); len(h) > 0 {
 				dp.BackendHealth, dp.BackendHealthAt = h, timestamppb.New(at)
 			}
@@ -193,6 +219,9 @@ func (s *Server) storeError(ctx context.Context, op, name string, err error) err
 		return status.Errorf(codes.NotFound, "backend set %q does not exist", name)
 	case errors.Is(err, store.ErrVersionMismatch):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		s.log.Warn("the store is unavailable", "op", op, "name", name, "peer", peerOf(ctx), "error", err)
+		return status.Errorf(codes.Unavailable, "%s backend set %q: %v", op, name, err)
 	}
 	s.log.Error("the store failed", "op", op, "name", name, "peer", peerOf(ctx), "error", err)
 	return status.Errorf(codes.Internal, "%s backend set %q: %v", op, name, err)

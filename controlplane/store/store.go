@@ -23,6 +23,12 @@ var (
 	// ErrVersionMismatch is wrapped by the errors of a Put or Delete whose expected version is not
 	// the set's current one. The error's text says the current version.
 	ErrVersionMismatch = errors.New("version mismatch")
+	// ErrUnavailable is wrapped by the errors of a write that a store could not make because what
+	// it is kept on cannot be reached or cannot decide (etcdstore: etcd without quorum, or a
+	// timeout). The write was not acknowledged; after a timeout it may still be applied later
+	// (etcd cannot tell), so read the set or retry: a put of an identical set changes nothing.
+	// This package's Store never returns it.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // compactBytesMin is the least size of the logs since the last snapshot that starts a compaction.

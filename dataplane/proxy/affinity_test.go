@@ -387,7 +387,7 @@ func TestCookieFields(t *testing.T) {
 		{"SRV=upper", "", "SRV=upper"},
 	} {
 		h := http1.Header{Name: []byte("Cookie"), Value: []byte(tc.in)}
-		c := &conn{}
+		c := &conn{inflight: &inflight{}}
 		c.req.Headers = []http1.Header{h}
 		v, _ := c.cookieValue([]byte("srv"))
 		if string(v) != tc.value {

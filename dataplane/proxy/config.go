@@ -123,6 +123,13 @@ type Config struct {
 	// speak HTTP/2 to the backend past every check of this proxy.
 	UpgradeProtocols []string
 
+	// GoroutinePerConnection serves plain TCP listeners with a goroutine per client connection,
+	// waiting in Go's poller, as TLS listeners always are. The zero value serves each plain TCP
+	// listener (a *net.TCPListener or *rawio.Listener) from an event loop of its own
+	// (rawio.Loop): a connection waiting for its next request holds no goroutine, and a pool of
+	// goroutines runs the connections that have work. The switch exists to compare the two.
+	GoroutinePerConnection bool
+
 	// NoBackendMetrics turns the per-backend counters off (BackendMetrics returns nothing). The
 	// zero value counts; the switch exists to measure what counting costs.
 	NoBackendMetrics bool

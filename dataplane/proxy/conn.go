@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,12 @@ type conn struct {
 	nc  net.Conn
 	dl  upstream.Deadlines // the read side belongs to the pump while it runs
 	raw syscall.RawConn
+	// lc is nc when an event loop serves it (loop.go), nil otherwise. parked says the connection
+	// is the loop's, waiting for its next request; parkedDraining that the wait began as the
+	// proxy drained.
+	lc             *rawio.LoopConn
+	parked         bool
+	parkedDraining bool
 	// tls is nc when its listener terminates TLS (a tls.NewListener's), nil for plain TCP: the
 	// proxy reads and writes it through its own Read and Write (raw is nil), and its requests go
 	// to the backend with X-Forwarded-Proto https.
@@ -85,6 +92,23 @@ type conn struct {
 	out    []byte
 	hdrs   *headerArrays
 
+	// inflight is the state of the request in progress, taken with the first bytes of a request
+	// and given back to its pool when the connection goes idle (as the buffers are): an idle
+	// connection keeps only what identifies it.
+	*inflight
+
+	// pumpStop tells the pump to stop reading the client.
+	pumpStop atomic.Bool
+
+	// Health (when the proxy follows a region). waitingSlot is the health slot + 1 of the backend
+	// whose response head the attempt waits for, when it could be sent again (abandonable); another
+	// goroutine that sees that backend go out sets abandoned and pokes the wait.
+	waitingSlot atomic.Uint32
+	abandoned   atomic.Bool
+}
+
+// inflight is the state of one request and its response on a connection (conn embeds it).
+type inflight struct {
 	// req's slices point into in and are valid only until the body is read; method (and, with an
 	// access log, target and host) are copies that last the whole exchange.
 	req        http1.Request
@@ -106,8 +130,6 @@ type conn struct {
 	pumpErr  error
 	// pumpFromClient says the pump's error, if any, came from the client side.
 	pumpFromClient bool
-	// pumpStop tells the pump to stop reading the client.
-	pumpStop atomic.Bool
 
 	tried balance.Tried // the backends the current request tried; here, not on the stack, since Pick takes it
 
@@ -122,12 +144,8 @@ type conn struct {
 	hashKey  uint64
 	cookieID []byte
 
-	// Health (when the proxy follows a region). waitingSlot is the health slot + 1 of the backend
-	// whose response head the attempt waits for, when it could be sent again (abandonable); another
-	// goroutine that sees that backend go out sets abandoned and pokes the wait. healthDone says the
-	// attempt's outcome was counted; trialOn that the attempt is the trial of offer trialSeq.
-	waitingSlot atomic.Uint32
-	abandoned   atomic.Bool
+	// abandonable says the wait for the response head may be cut (waitingSlot). healthDone says
+	// the attempt's outcome was counted; trialOn that the attempt is the trial of offer trialSeq.
 	abandonable bool
 	healthDone  bool
 	// tlsFailed says the last attempt was not sent because its TLS handshake failed: answered
@@ -152,13 +170,10 @@ type conn struct {
 func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 	c, _ := p.connPool.Get().(*conn)
 	if c == nil {
-		c = &conn{p: p, pumpDone: make(chan error, 1)}
-		c.dec.TrailerBytesMax = p.cfg.HeaderBytesMax
-		c.rdec.TrailerBytesMax = p.cfg.HeaderBytesMax
+		c = &conn{p: p}
 		c.readFn = c.rawRead
 		c.writeFn = c.rawWrite
 		c.outFn = c.maglevOut
-		c.cookieID = make([]byte, 0, sticky.IDBytesMax)
 	}
 	c.nc, c.setName = nc, setName
 	c.dl = upstream.Deadlines{Conn: nc}
@@ -169,8 +184,14 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.trusted, c.clientAddrLen = false, 0
-	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		ip := ta.AddrPort().Addr().Unmap()
+	var ap netip.AddrPort
+	if lc, ok := nc.(*rawio.LoopConn); ok {
+		ap = lc.AddrPort()
+	} else if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		ap = ta.AddrPort()
+	}
+	if ap.IsValid() {
+		ip := ap.Addr().Unmap()
 		c.clientIP = ip.AppendTo(c.clientIP)
 		if ip.Is4() {
 			a := ip.As4()
@@ -203,19 +224,25 @@ func (c *conn) wakeIfIdle() {
 }
 
 func (c *conn) close() {
-	c.nc.Close()
+	if c.lc != nil {
+		c.lc.Release()
+	} else {
+		c.nc.Close()
+	}
 	c.releaseIn()
 	c.releaseOut()
 	p := c.p
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
-	c.nc, c.raw, c.tls, c.dl.Conn, c.tbl, c.set, c.backend = nil, nil, nil, nil, nil, nil, nil
-	c.stickyOn, c.pinned = nil, nil
+	c.nc, c.raw, c.lc, c.tls, c.dl.Conn, c.tbl, c.set = nil, nil, nil, nil, nil, nil, nil
+	c.parked = false
 	c.releaseHeaders()
+	c.releaseInflight()
 	c.state.Store(stateActive)
 	p.connPool.Put(c)
 	<-p.connSlots
+	p.resumeLoops()
 	p.connsWG.Done()
 }
 
@@ -231,6 +258,7 @@ func (c *conn) releaseIn() {
 type headerArrays struct{ req, resp []http1.Header }
 
 func (c *conn) takeHeaders() {
+	c.takeInflight()
 	if c.hdrs == nil {
 		c.hdrs, _ = c.p.headerPool.Get().(*headerArrays)
 		if c.hdrs == nil {
@@ -247,6 +275,30 @@ func (c *conn) releaseHeaders() {
 		c.hdrs.req, c.hdrs.resp = c.req.Headers[:0], c.resp.Headers[:0]
 		c.p.headerPool.Put(c.hdrs)
 		c.hdrs, c.req.Headers, c.resp.Headers = nil, nil, nil
+	}
+}
+
+// takeInflight gives the connection the state of a request, from the pool.
+func (c *conn) takeInflight() {
+	if c.inflight == nil {
+		c.inflight, _ = c.p.inflightPool.Get().(*inflight)
+		if c.inflight == nil {
+			x := &inflight{cookieID: make([]byte, 0, sticky.IDBytesMax), pumpDone: make(chan error, 1)}
+			x.dec.TrailerBytesMax = c.p.cfg.HeaderBytesMax
+			x.rdec.TrailerBytesMax = c.p.cfg.HeaderBytesMax
+			c.inflight = x
+		}
+	}
+}
+
+// releaseInflight gives it back, keeping what its buffers grew to and nothing that
+// points into the table or the connection's buffers. After releaseHeaders.
+func (c *conn) releaseInflight() {
+	if x := c.inflight; x != nil {
+		x.stickyOn, x.pinned, x.backend = nil, nil, nil
+		x.req, x.resp = http1.Request{}, http1.Response{}
+		c.p.inflightPool.Put(x)
+		c.inflight = nil
 	}
 }
 
@@ -336,6 +388,11 @@ func (c *conn) fill() error {
 	if err := c.raw.Read(c.readFn); err != nil {
 		return err
 	}
+	return c.readResult()
+}
+
+// readResult is what the read that rawRead made says: nil, its error, or io.EOF.
+func (c *conn) readResult() error {
 	if c.readErr != nil {
 		return c.readErr
 	}
@@ -348,22 +405,28 @@ func (c *conn) fill() error {
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // serve runs the connection: read a request head, forward the exchange, repeat while both sides
-// keep the connection alive.
+// keep the connection alive. A connection of an event loop returns to it (parked) when it waits
+// for its next request, and is served again from there when that comes.
 func (c *conn) serve() {
-	defer c.close()
 	if c.tls != nil && !c.handshake() {
+		c.close()
 		return
 	}
 	for {
-		if !c.readRequest() {
+		if ok, parked := c.readRequest(); parked {
+			return // the connection is no longer this goroutine's
+		} else if !ok {
+			c.close()
 			return
 		}
 		if !c.handle() {
+			c.close()
 			return
 		}
 		if c.in.Len() == 0 {
 			c.releaseOut()
 			c.releaseHeaders()
+			c.releaseInflight()
 		}
 	}
 }
@@ -387,8 +450,9 @@ func (c *conn) handshake() bool {
 const drainIdleGrace = time.Second
 
 // readRequest waits for a complete request head and parses it into c.req. It answers a malformed
-// head and returns false when the connection must end.
-func (c *conn) readRequest() bool {
+// head and returns false when the connection must end. parked says the connection went back to its
+// event loop to wait for the request: it is no longer the caller's.
+func (c *conn) readRequest() (ok, parked bool) {
 	p := c.p
 	for c.in.Len() == 0 {
 		// Shutdown sets draining, then wakes the idle connections. Checking draining after the
@@ -396,40 +460,62 @@ func (c *conn) readRequest() bool {
 		// overrides) this deadline. A draining connection waits drainIdleGrace more for a request
 		// that its client may have sent already, and answers it with Connection: close: closing
 		// at once would reset a request on its way.
-		c.state.Store(stateIdle)
-		draining := p.draining.Load()
-		wait := p.cfg.IdleTimeout
-		if draining {
-			wait = min(wait, drainIdleGrace)
-		}
-		c.dl.Read(time.Now(), wait)
-		if !draining && p.draining.Load() {
-			continue // the drain began meanwhile: wait the grace instead
+		var draining bool
+		if c.parked {
+			// Back from the loop: the wait it parked in goes on, with its deadline.
+			c.parked, draining = false, c.parkedDraining
+		} else {
+			c.state.Store(stateIdle)
+			draining = p.draining.Load()
+			wait := p.cfg.IdleTimeout
+			if draining {
+				wait = min(wait, drainIdleGrace)
+			}
+			c.dl.Read(time.Now(), wait)
+			if !draining && p.draining.Load() {
+				continue // the drain began meanwhile: wait the grace instead
+			}
 		}
 		c.inRelease = true
-		err := c.fill()
+		var err error
+		if c.lc != nil {
+			// Parked, the connection is the loop's until its client sends: no goroutine waits,
+			// and no buffer is held. What its next owner needs is set before: from the park on,
+			// this goroutine must not touch it.
+			c.parked, c.parkedDraining = true, draining
+			var parked bool
+			if parked, err = c.lc.ReadOrPark(c.readFn); parked {
+				return false, true
+			}
+			c.parked = false
+			if err == nil {
+				err = c.readResult()
+			}
+		} else {
+			err = c.fill()
+		}
 		c.inRelease = false
 		c.state.Store(stateActive)
 		if err != nil {
 			if !draining && p.draining.Load() && isTimeout(err) {
 				continue // woken by Shutdown
 			}
-			return false // idle timeout, the drain's grace, or the client went away
+			return false, false // idle timeout, the drain's grace, or the client went away
 		}
 	}
 	c.takeHeaders()
 	for first := true; ; first = false {
 		err := http1.ParseRequest(c.in.Buffered(), &p.limits, &c.req)
 		if err == nil {
-			return true
+			return true, false
 		}
 		if err != http1.ErrIncomplete {
 			c.reject(err)
-			return false
+			return false, false
 		}
 		if c.in.Full() {
 			c.reject(&http1.Error{Status: 431, Reason: "request head too large"})
-			return false
+			return false, false
 		}
 		if first {
 			c.dl.Read(time.Now(), p.cfg.ClientTimeout)
@@ -438,7 +524,7 @@ func (c *conn) readRequest() bool {
 			if isTimeout(err) && c.in.Len() > 0 {
 				c.writeError(408, "timed out reading the request head", true)
 			}
-			return false
+			return false, false
 		}
 	}
 }

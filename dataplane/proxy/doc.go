@@ -4,8 +4,19 @@
 //
 // # Engine
 //
-// One goroutine owns each client connection and runs its exchanges one after the other, so that
-// pipelined requests are answered in order. A request whose whole body is already read goes to the
+// A plain TCP listener is served by an event loop of its own (rawio.Loop: an edge-triggered epoll
+// instance that the loop's goroutine waits on through Go's poller). A connection waiting for its
+// next request is parked in the loop and holds no goroutine, no buffer and no request state (the
+// per-request state, inflight, goes back to a pool with the buffers): only its conn and LoopConn.
+// When its client sends, the loop hands it to a pool of goroutines (loop.go) that keep their grown
+// stacks from one connection to the next. Accepting costs accept4 and one epoll_ctl, closing one
+// close (no EPOLL_CTL_DEL, no fcntl, no finalizer). While a connection runs, the waits for its
+// client (a body still arriving, a full socket buffer) go through the loop too. TLS listeners,
+// and every listener with Config.GoroutinePerConnection, give each connection a goroutine waiting
+// in Go's poller instead. bench/floor/README.md has the measurements of both.
+//
+// One goroutine at a time owns a client connection and runs its exchanges one after the other, so
+// that pipelined requests are answered in order. A request whose whole body is already read goes to the
 // backend in one write, and the answer is awaited in the same pass through the runtime's poller
 // (upstream.Conn.WriteThenFill). A request whose body is still arriving streams it from a second
 // goroutine while the first reads the response, so that a backend may answer early (and

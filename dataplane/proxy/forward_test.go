@@ -1364,7 +1364,7 @@ func TestForwardedNodes(t *testing.T) {
 		{"2001:db8:cafe::17", `Forwarded: for="[2001:db8:cafe::17]";host="a.example";proto=http` + "\r\n"},
 		{"", `Forwarded: for=unknown;host="a.example";proto=http` + "\r\n"},
 	} {
-		c := &conn{clientIP: []byte(tc.ip)}
+		c := &conn{clientIP: []byte(tc.ip), inflight: &inflight{}}
 		c.req.Host = []byte("a.example")
 		if got := string(c.appendForwarded(nil, -1)); got != tc.want {
 			t.Errorf("client %q: %q, want %q", tc.ip, got, tc.want)

@@ -48,19 +48,25 @@ type Proxy struct {
 	tlsWarnMu sync.Mutex
 	tlsWarned map[*upstream.Pool]time.Time // when each pool's TLS failure was last logged at WARN
 
-	mu         sync.Mutex
-	listeners  map[net.Listener]struct{}
-	conns      map[*conn]struct{}
-	connsWG    sync.WaitGroup
-	serveWG    sync.WaitGroup // the Serve loops, which start connections
-	draining   atomic.Bool
-	connPool   sync.Pool     // of *conn, for reuse
-	headerPool sync.Pool     // of *headerArrays
-	stop       chan struct{} // closed by Shutdown: ends the reaper
+	mu           sync.Mutex
+	listeners    map[net.Listener]struct{}
+	conns        map[*conn]struct{}
+	connsWG      sync.WaitGroup
+	serveWG      sync.WaitGroup // the Serve loops, which start connections
+	draining     atomic.Bool
+	connPool     sync.Pool     // of *conn, for reuse
+	headerPool   sync.Pool     // of *headerArrays
+	inflightPool sync.Pool     // of *inflight
+	stop         chan struct{} // closed by Shutdown: ends the reaper
 	// connSlots holds a token for each client connection open: the Serve loops stop accepting
 	// while it is full (Config.ConnectionsMax).
 	connSlots   chan struct{}
 	pausedSince atomic.Int64 // unix ns of the last pause logged, to log at most one a pauseLogEvery
+	// loops are the event loops serving listeners (loop.go); paused says one stopped accepting at
+	// ConnectionsMax. work hands a loop's connection to a pool goroutine waiting for one.
+	loops  map[*loopHandler]struct{}
+	paused atomic.Bool
+	work   chan *conn
 
 	stats counters
 }
@@ -165,8 +171,15 @@ type Stats struct {
 	AcceptPaused uint64
 }
 
+// forceGoroutinePerConnection sets Config.GoroutinePerConnection in every New: the package's
+// tests run both ways (main_test.go).
+var forceGoroutinePerConnection bool
+
 // New validates cfg and returns a proxy with no backend sets.
 func New(cfg Config) (*Proxy, error) {
+	if forceGoroutinePerConnection {
+		cfg.GoroutinePerConnection = true
+	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -183,6 +196,8 @@ func New(cfg Config) (*Proxy, error) {
 		conns:     make(map[*conn]struct{}),
 		stop:      make(chan struct{}),
 		connSlots: make(chan struct{}, cfg.ConnectionsMax),
+		loops:     make(map[*loopHandler]struct{}),
+		work:      make(chan *conn),
 	}
 	if cfg.AccessLog != nil {
 		p.access = newAccessLog(cfg.AccessLog)
@@ -581,6 +596,9 @@ func (p *Proxy) reap() {
 // returns nil after Shutdown, or the accept error that stopped it. A set that does not exist (yet)
 // is answered 503.
 func (p *Proxy) Serve(ln net.Listener, set string) error {
+	if sc, ok := p.loopable(ln); ok {
+		return p.serveLoop(ln, sc, set)
+	}
 	p.mu.Lock()
 	if p.draining.Load() {
 		p.mu.Unlock()
@@ -642,16 +660,21 @@ func (p *Proxy) takeConnSlot(ln net.Listener) bool {
 		return true
 	default:
 	}
-	n := p.stats.acceptPaused.Add(1)
-	if now, last := time.Now().UnixNano(), p.pausedSince.Load(); now-last >= int64(pauseLogEvery) && p.pausedSince.CompareAndSwap(last, now) {
-		p.log.Warn("accept paused: this worker holds the most client connections it takes; new ones wait in the listen backlog",
-			"listener", ln.Addr().String(), "connections", p.cfg.ConnectionsMax, "pauses", n)
-	}
+	p.acceptPaused(ln)
 	select {
 	case p.connSlots <- struct{}{}:
 		return true
 	case <-p.stop:
 		return false
+	}
+}
+
+// acceptPaused counts (and now and then logs) a pause of accepting at ConnectionsMax.
+func (p *Proxy) acceptPaused(ln net.Listener) {
+	n := p.stats.acceptPaused.Add(1)
+	if now, last := time.Now().UnixNano(), p.pausedSince.Load(); now-last >= int64(pauseLogEvery) && p.pausedSince.CompareAndSwap(last, now) {
+		p.log.Warn("accept paused: this worker holds the most client connections it takes; new ones wait in the listen backlog",
+			"listener", ln.Addr().String(), "connections", p.cfg.ConnectionsMax, "pauses", n)
 	}
 }
 

@@ -119,6 +119,9 @@ func (l *Listener) Close() error {
 // Addr is the address the socket listens on.
 func (l *Listener) Addr() net.Addr { return l.addr }
 
+// SyscallConn gives the listening socket's descriptor (for a Loop).
+func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.rc, nil }
+
 // Conn is an accepted connection. Its deadlines and waits are those of Go's poller, as a
 // net.TCPConn's.
 type Conn struct {

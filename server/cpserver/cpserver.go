@@ -15,7 +15,6 @@ import (
 	cpadmin "github.com/xlbproxy/xlb/controlplane/admin"
 	"github.com/xlbproxy/xlb/controlplane/discovery"
 	"github.com/xlbproxy/xlb/controlplane/load"
-	"github.com/xlbproxy/xlb/controlplane/store"
 	adminv1 "github.com/xlbproxy/xlb/gen/xlb/admin/v1"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	loadv1 "github.com/xlbproxy/xlb/gen/xlb/load/v1"
@@ -38,6 +37,13 @@ type Config struct {
 	Logger hclog.Logger
 }
 
+// Store is what the services are built over: store.Store (one machine) or etcdstore.Store
+// (replicas on etcd).
+type Store interface {
+	cpadmin.Store
+	discovery.Source
+}
+
 // Services are a control plane's services over one store.
 type Services struct {
 	Discovery *discovery.Server
@@ -47,7 +53,7 @@ type Services struct {
 
 // New builds the services over st. The store should hold its sets before: a data plane whose
 // stream opens on an empty store is told that every set was removed.
-func New(st *store.Store, cfg Config) *Services {
+func New(st Store, cfg Config) *Services {
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -59,6 +65,13 @@ func New(st *store.Store, cfg Config) *Services {
 		Load:      agg,
 		Admin:     cpadmin.NewServer(st, disc, log.Named("admin")).WithLoad(agg),
 	}
+}
+
+// Share makes the admin API's ListDataPlanes and GetLoad report dps and l instead of this
+// replica's own discovery and load: replicas.Registry, which merges every replica's. Call it
+// before Register.
+func (s *Services) Share(dps cpadmin.DataPlanes, l cpadmin.Load) {
+	s.Admin.WithDataPlanes(dps).WithLoad(l)
 }
 
 // Register registers every service on srv.

@@ -1,0 +1,607 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/xlbproxy/xlb/controlplane/resource"
+	"github.com/xlbproxy/xlb/controlplane/store"
+	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
+	"github.com/xlbproxy/xlb/internal/backoff"
+)
+
+// The defaults of Config's zero values.
+const (
+	DefaultPrefix  = "/xlb"
+	DefaultTimeout = 5 * time.Second
+)
+
+// casTriesMax bounds the transactions of one Put or Delete: each retry follows a change of the set
+// by someone else between this store's read and its write.
+const casTriesMax = 8
+
+// Config is how a Store uses etcd. The zero value of every field means its documented default;
+// Open reads it once.
+type Config struct {
+	// Prefix is the root of xlb's keys in etcd: the sets are under Prefix + "/sets/". Empty means
+	// DefaultPrefix ("/xlb"). It must start with "/" and not end with one.
+	Prefix string
+	// Timeout bounds each request to etcd (the listing of Open, each transaction of Put and
+	// Delete): past it the write fails with store.ErrUnavailable. Zero means DefaultTimeout (5s).
+	Timeout time.Duration
+	// Logger receives the watch's losses and re-listings (warn) and the keys that hold no valid
+	// set (error). Nil means none.
+	Logger hclog.Logger
+}
+
+// SetsPrefix is the key prefix under which the sets of a store on prefix ("" for DefaultPrefix)
+// live: a set's key is SetsPrefix(prefix) + its name.
+func SetsPrefix(prefix string) string {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return prefix + "/sets/"
+}
+
+// CheckPrefix returns an error naming field when prefix is not a valid Config.Prefix.
+func CheckPrefix(field, prefix string) error {
+	switch {
+	case prefix == "":
+		return nil
+	case !strings.HasPrefix(prefix, "/"):
+		return fmt.Errorf("%s: %q: must start with /", field, prefix)
+	case strings.HasSuffix(prefix, "/"):
+		return fmt.Errorf("%s: %q: must not end with /", field, prefix)
+	}
+	return nil
+}
+
+// state is one immutable generation of the store's view of etcd.
+type state struct {
+	byName map[string]resource.Versioned
+	names  []string         // the keys of byName, sorted
+	modRev map[string]int64 // each set's key's mod_revision
+	rev    int64            // the etcd revision the view is at
+}
+
+// Store is the backend sets in etcd, as one control-plane replica sees them. Its methods are safe
+// for concurrent use.
+type Store struct {
+	cli       *clientv3.Client
+	prefix    string // of the sets' keys, with its "/"
+	timeout   time.Duration
+	endpoints string // for errors
+	log       hclog.Logger
+
+	// cur is the current view; it is replaced, never changed, by the watch loop alone.
+	cur atomic.Pointer[state]
+
+	// revMu guards revCh, closed and replaced after each change of cur, so that a writer can wait
+	// for the watch to bring its own write.
+	revMu sync.Mutex
+	revCh chan struct{}
+
+	ctx    context.Context // ended by Close
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the watch loop ends
+
+	// subsMu guards subs.
+	subsMu     sync.Mutex
+	subs       map[chan struct{}]struct{}
+	subsClosed bool
+}
+
+// Open lists the sets under cfg.Prefix in etcd through cli (within cfg.Timeout) and watches them
+// from then on. It fails when etcd does not answer the listing: a control plane that served an
+// empty view would tell its data planes that every set was removed. cli stays the caller's: Close
+// does not close it.
+func Open(cli *clientv3.Client, cfg Config) (*Store, error) {
+	if err := CheckPrefix("prefix", cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("etcdstore: %w", err)
+	}
+	if cfg.Timeout < 0 {
+		return nil, errors.New("etcdstore: negative timeout")
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		cli:       cli,
+		prefix:    SetsPrefix(cfg.Prefix),
+		timeout:   cfg.Timeout,
+		endpoints: strings.Join(cli.Endpoints(), ","),
+		log:       cfg.Logger,
+		revCh:     make(chan struct{}),
+		ctx:       ctx,
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		subs:      map[chan struct{}]struct{}{},
+	}
+	st, err := s.list()
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("etcdstore: list the backend sets under %s: %w", s.prefix, s.unavailable(err))
+	}
+	s.cur.Store(st)
+	s.log.Info("store opened on etcd", "endpoints", s.endpoints, "prefix", s.prefix, "sets", len(st.names), "revision", st.rev)
+	go s.watch(st.rev)
+	return s, nil
+}
+
+// list reads every set from etcd, linearizably.
+func (s *Store) list() (*state, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	st := &state{byName: map[string]resource.Versioned{}, modRev: map[string]int64{}, rev: resp.Header.Revision}
+	for _, kv := range resp.Kvs {
+		if e, ok := s.decode(kv); ok {
+			st.byName[e.Set.GetName()] = e
+			st.modRev[e.Set.GetName()] = kv.ModRevision
+		}
+	}
+	st.names = slices.Sorted(func(yield func(string) bool) {
+		for n := range st.byName {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	return st, nil
+}
+
+// decode is the set that kv holds, or false (logged) when it holds none that is valid: a key
+// written by hand, or by a newer xlb, is never served in a form that data planes would misread.
+func (s *Store) decode(kv *mvccpb.KeyValue) (resource.Versioned, bool) {
+	name := strings.TrimPrefix(string(kv.Key), s.prefix)
+	var v discoveryv1.VersionedBackendSet
+	if err := proto.Unmarshal(kv.Value, &v); err != nil {
+		s.log.Error("a key holds no backend set: it is ignored", "key", string(kv.Key), "error", err)
+		return resource.Versioned{}, false
+	}
+	if err := resource.Validate("backend_set", v.GetBackendSet()); err != nil {
+		s.log.Error("a key holds an invalid backend set: it is ignored", "key", string(kv.Key), "error", err)
+		return resource.Versioned{}, false
+	}
+	if v.GetBackendSet().GetName() != name {
+		s.log.Error("a key holds a backend set of another name: it is ignored", "key", string(kv.Key), "name", v.GetBackendSet().GetName())
+		return resource.Versioned{}, false
+	}
+	version := v.GetVersion()
+	if version == "" {
+		version = resource.Version(v.GetBackendSet())
+	}
+	return resource.Versioned{Set: v.GetBackendSet(), Version: version}, true
+}
+
+// watch keeps the view up to date from revision rev on, until Close. A lost watch is watched
+// again from where it stopped; a compacted one lists the sets again. Neither clears the view: data
+// planes are served what was known meanwhile.
+func (s *Store) watch(rev int64) {
+	defer close(s.done)
+	bo := backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.Equal}
+	for {
+		var err error
+		if rev < 0 { // compacted past the view: list again
+			var st *state
+			if st, err = s.list(); err == nil {
+				s.log.Warn("the watch of etcd was compacted past this replica's view: listed the sets again",
+					"revision", st.rev, "sets", len(st.names))
+				s.publish(st)
+				rev = st.rev
+			}
+		}
+		if err == nil {
+			var compacted bool
+			rev, compacted, err = s.watchFrom(rev, &bo)
+			if compacted {
+				rev = -1
+				continue
+			}
+		}
+		if s.ctx.Err() != nil {
+			return
+		}
+		wait := bo.Next()
+		s.log.Warn("the watch of etcd ended: the sets known are still served; watching again", "revision", rev, "error", err, "retry_in", wait)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// watchFrom applies the changes after rev until the watch ends, and returns the revision the view
+// is at, whether the watch ended as compacted, and why it ended.
+func (s *Store) watchFrom(rev int64, bo *backoff.Backoff) (int64, bool, error) {
+	// WithRequireLeader ends the watch when its member loses the leader, so that a member cut off
+	// from the others does not keep this replica on a view that no longer changes.
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
+	defer cancel()
+	for resp := range s.cli.Watch(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+			return rev, true, nil
+		}
+		if err := resp.Err(); err != nil {
+			return rev, false, err
+		}
+		if len(resp.Events) > 0 {
+			s.apply(resp.Events, resp.Header.Revision)
+			rev = resp.Header.Revision
+		}
+		bo.Reset()
+	}
+	return rev, false, errors.New("the watch channel closed")
+}
+
+// apply makes the view the current one with events, at revision rev.
+func (s *Store) apply(events []*clientv3.Event, rev int64) {
+	cur := s.cur.Load()
+	next := &state{byName: make(map[string]resource.Versioned, len(cur.byName)+1), modRev: make(map[string]int64, len(cur.modRev)+1), rev: rev}
+	for k, v := range cur.byName {
+		next.byName[k] = v
+	}
+	for k, v := range cur.modRev {
+		next.modRev[k] = v
+	}
+	for _, ev := range events {
+		name := strings.TrimPrefix(string(ev.Kv.Key), s.prefix)
+		switch ev.Type {
+		case clientv3.EventTypePut:
+			if e, ok := s.decode(ev.Kv); ok {
+				next.byName[name] = e
+				next.modRev[name] = ev.Kv.ModRevision
+				continue
+			}
+			// A key that holds no valid set: serve what was there before, if anything.
+		case clientv3.EventTypeDelete:
+			delete(next.byName, name)
+			delete(next.modRev, name)
+		}
+	}
+	next.names = make([]string, 0, len(next.byName))
+	for n := range next.byName {
+		next.names = append(next.names, n)
+	}
+	slices.Sort(next.names)
+	s.publish(next)
+}
+
+// publish makes st the view and tells the subscribers and the writers waiting for a revision.
+func (s *Store) publish(st *state) {
+	s.cur.Store(st)
+	s.revMu.Lock()
+	close(s.revCh)
+	s.revCh = make(chan struct{})
+	s.revMu.Unlock()
+	s.subsMu.Lock()
+	for ch := range s.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	s.subsMu.Unlock()
+}
+
+// waitRev waits until the view is at revision rev or later, at most the store's timeout, and
+// reports whether it is.
+func (s *Store) waitRev(rev int64) bool {
+	t := time.NewTimer(s.timeout)
+	defer t.Stop()
+	for {
+		s.revMu.Lock()
+		ch := s.revCh
+		s.revMu.Unlock()
+		if s.cur.Load().rev >= rev {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return false
+		case <-s.ctx.Done():
+			return false
+		}
+	}
+}
+
+// known is a set's entry in etcd as a transaction last saw it: ok says the set exists, modRev is
+// its key's mod_revision (0 for none).
+type known struct {
+	e      resource.Versioned
+	ok     bool
+	modRev int64
+}
+
+// fromView is what the view says of name: a guess, which each transaction checks.
+func (s *Store) fromView(name string) known {
+	st := s.cur.Load()
+	e, ok := st.byName[name]
+	return known{e: e, ok: ok, modRev: st.modRev[name]}
+}
+
+// write is one Put or Delete: decide returns the ops to commit when name's key is as k says (none:
+// only check) and the error to return then; done reports whether k, learned after a commit whose
+// outcome was unknown, shows that commit made.
+type write struct {
+	op     string // "put" or "delete"
+	name   string
+	decide func(k known) ([]clientv3.Op, error)
+	done   func(k known) bool
+}
+
+// run runs w against etcd within the store's timeout and returns the revision of its commit (0
+// when it committed nothing) or its error. It decides on the view's entry first, and commits only
+// if etcd still has that entry: else it learns etcd's, and decides again (at most casTriesMax
+// times). A request that fails (a leader change, a member down) is made again until the timeout:
+// the compare on the key's mod_revision makes that safe even when the failed one did commit.
+func (s *Store) run(w write) (int64, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, fmt.Errorf("etcdstore: %s backend set %q: the store is closed", w.op, w.name)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
+	defer cancel()
+	k := s.fromView(w.name)
+	bo := backoff.Backoff{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond, Jitter: backoff.Equal}
+	var lastErr error // of the last failed request
+	unknown := false  // a commit may have been made: its request failed
+	for tries := 0; tries < casTriesMax; {
+		then, refuse := w.decide(k)
+		resp, fresh, err := s.txn(ctx, w.name, k.modRev, then)
+		if err != nil {
+			if lastErr == nil || !errors.Is(err, context.DeadlineExceeded) {
+				lastErr = err // keep what etcd said over the timeout that followed it
+			}
+			unknown = unknown || len(then) > 0
+			if retryable(err) && ctx.Err() == nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(bo.Next()):
+				}
+				continue
+			}
+			return 0, fmt.Errorf("etcdstore: %s backend set %q: %w", w.op, w.name, s.unavailable(lastErr))
+		}
+		if fresh != nil {
+			if unknown && w.done(*fresh) {
+				return fresh.modRev, nil
+			}
+			k = *fresh
+			tries++
+			continue
+		}
+		if refuse != nil {
+			return 0, refuse
+		}
+		if len(then) == 0 {
+			return 0, nil
+		}
+		return resp.Header.Revision, nil
+	}
+	return 0, fmt.Errorf("etcdstore: %s backend set %q: changed by others %d times while this %s tried: %w", w.op, w.name, casTriesMax, w.op,
+		store.ErrUnavailable)
+}
+
+// retryable tells whether a request that failed with err may succeed if made again: not when etcd
+// refused the request itself (one too large), nor when its time is up.
+func retryable(err error) bool {
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) && ee.Code() == codes.InvalidArgument {
+		return false
+	}
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// Put stores a copy of set, which the caller has validated (resource.Validate), under its key,
+// and returns its version (resource.Version). expected != nil makes it a compare-and-set against
+// the set in etcd (not this replica's view): *expected must be its current version, "" meaning
+// that it must not exist; else the error wraps store.ErrVersionMismatch and says the current
+// version. A put of a set identical to the one in etcd writes nothing and returns the same
+// version. Put returns once etcd has committed the write and this replica's view has it (or,
+// should the watch lag, the store's timeout passed: the write is committed all the same). An
+// error that wraps store.ErrUnavailable says etcd did not commit it within the timeout.
+func (s *Store) Put(set *discoveryv1.BackendSet, expected *string) (string, error) {
+	set = proto.Clone(set).(*discoveryv1.BackendSet)
+	version := resource.Version(set)
+	name := set.GetName()
+	val, err := proto.Marshal(&discoveryv1.VersionedBackendSet{BackendSet: set, Version: version})
+	if err != nil {
+		return "", fmt.Errorf("etcdstore: encode backend set %q: %w", name, err)
+	}
+	rev, err := s.run(write{op: "put", name: name,
+		decide: func(k known) ([]clientv3.Op, error) {
+			if err := checkExpected("put", name, k, expected); err != nil {
+				return nil, err
+			}
+			if k.ok && k.e.Version == version {
+				return nil, nil // identical: nothing to write
+			}
+			return []clientv3.Op{clientv3.OpPut(s.prefix+name, string(val))}, nil
+		},
+		done: func(k known) bool { return k.ok && k.e.Version == version },
+	})
+	if err != nil {
+		return "", err
+	}
+	s.awaitView("put", name, rev)
+	return version, nil
+}
+
+// Delete removes the set name from etcd: an error wraps store.ErrNotFound if etcd has none.
+// expected makes it a compare-and-set as for Put. It returns as Put does.
+func (s *Store) Delete(name string, expected *string) error {
+	rev, err := s.run(write{op: "delete", name: name,
+		decide: func(k known) ([]clientv3.Op, error) {
+			if !k.ok {
+				return nil, fmt.Errorf("etcdstore: delete backend set %q: %w", name, store.ErrNotFound)
+			}
+			if err := checkExpected("delete", name, k, expected); err != nil {
+				return nil, err
+			}
+			return []clientv3.Op{clientv3.OpDelete(s.prefix + name)}, nil
+		},
+		done: func(k known) bool { return !k.ok },
+	})
+	if err != nil {
+		return err
+	}
+	s.awaitView("delete", name, rev)
+	return nil
+}
+
+// txn commits then if name's key is still at modRev (0: absent), and returns etcd's response; else
+// it returns what etcd has of name instead. A then of no ops only checks, linearizably.
+func (s *Store) txn(ctx context.Context, name string, modRev int64, then []clientv3.Op) (*clientv3.TxnResponse, *known, error) {
+	key := s.prefix + name
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		Then(then...).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.Succeeded {
+		return resp, nil, nil
+	}
+	fresh := &known{}
+	if rr := resp.Responses[0].GetResponseRange(); rr != nil && len(rr.Kvs) > 0 {
+		kv := rr.Kvs[0]
+		fresh.modRev = kv.ModRevision
+		// A key that holds no valid set counts as one of an unknown version: a compare-and-set
+		// against it fails, and a put replaces it.
+		e, ok := s.decode(kv)
+		if !ok {
+			e = resource.Versioned{Version: "invalid@" + strconv.FormatInt(kv.ModRevision, 10)}
+		}
+		fresh.e, fresh.ok = e, true
+	}
+	return nil, fresh, nil
+}
+
+// awaitView waits until the view has the write of op at rev, so that a read after the write on
+// this replica sees it; past the store's timeout it logs and gives up (the write is committed).
+func (s *Store) awaitView(op, name string, rev int64) {
+	if rev == 0 {
+		return
+	}
+	if !s.waitRev(rev) && s.ctx.Err() == nil {
+		s.log.Warn("a write is committed in etcd but this replica's view does not have it yet", "op", op, "name", name, "revision", rev)
+	}
+}
+
+// checkExpected checks the compare-and-set of op on the set name, whose entry in etcd is k.
+func checkExpected(op, name string, k known, expected *string) error {
+	if expected == nil || (k.ok && *expected == k.e.Version) || (!k.ok && *expected == "") {
+		return nil
+	}
+	have := "none (the set does not exist)"
+	if k.ok {
+		have = strconv.Quote(k.e.Version)
+	}
+	return fmt.Errorf("etcdstore: %s backend set %q: the current version is %s, not the expected %q: %w",
+		op, name, have, *expected, store.ErrVersionMismatch)
+}
+
+// unavailable wraps err, an error of a request to etcd, with store.ErrUnavailable unless etcd
+// refused the request itself (one too large, say): then nothing would change on a retry.
+func (s *Store) unavailable(err error) error {
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) && ee.Code() == codes.InvalidArgument {
+		return fmt.Errorf("etcd (%s) refused it: %w", s.endpoints, err)
+	}
+	return fmt.Errorf("etcd (%s) did not answer within %v (no quorum, or not reachable): %v: %w", s.endpoints, s.timeout, err, store.ErrUnavailable)
+}
+
+// Get returns the set name as this replica's view has it, or an error wrapping
+// store.ErrNotFound. It never waits for etcd.
+func (s *Store) Get(name string) (resource.Versioned, error) {
+	e, ok := s.cur.Load().byName[name]
+	if !ok {
+		return resource.Versioned{}, fmt.Errorf("etcdstore: backend set %q: %w", name, store.ErrNotFound)
+	}
+	return e, nil
+}
+
+// List returns every set of this replica's view, by name. It never waits for etcd.
+func (s *Store) List() []resource.Versioned {
+	st := s.cur.Load()
+	out := make([]resource.Versioned, len(st.names))
+	for i, name := range st.names {
+		out[i] = st.byName[name]
+	}
+	return out
+}
+
+// Snapshot returns every set of the view by name. The map is shared and immutable: callers must
+// not modify it. It costs one atomic load.
+func (s *Store) Snapshot() map[string]resource.Versioned {
+	return s.cur.Load().byName
+}
+
+// Revision is the etcd revision of this replica's view.
+func (s *Store) Revision() int64 {
+	return s.cur.Load().rev
+}
+
+// Subscribe returns a channel that receives after every change of the view, and a func that
+// cancels the subscription. The channel has a buffer of 1 and changes coalesce. It is closed by
+// cancel and by Close.
+func (s *Store) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	if s.subsClosed {
+		close(ch)
+		return ch, func() {}
+	}
+	s.subs[ch] = struct{}{}
+	return ch, func() {
+		s.subsMu.Lock()
+		defer s.subsMu.Unlock()
+		if _, ok := s.subs[ch]; ok {
+			delete(s.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+// Close stops the watch and closes every subscription's channel. Reads keep working on the last
+// view; writes fail. It does not close the etcd client.
+func (s *Store) Close() error {
+	s.cancel()
+	<-s.done
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	if !s.subsClosed {
+		s.subsClosed = true
+		for ch := range s.subs {
+			close(ch)
+			delete(s.subs, ch)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/xlbproxy/xlb/dataplane/rawio"
+)
+
+// workerIdle is how long a goroutine of the pool that runs loop connections waits for another
+// before it ends (and its stack goes).
+const workerIdle = 10 * time.Second
+
+// loopHandler is the rawio.Handler of one listener's loop.
+type loopHandler struct {
+	p   *Proxy
+	set string
+	ln  net.Listener
+	l   *rawio.Loop
+}
+
+// loopListener is what Shutdown closes of a listener served by a loop: the listener and the
+// loop's accepting.
+type loopListener struct {
+	net.Listener
+	l *rawio.Loop
+}
+
+func (ll *loopListener) Close() error {
+	ll.l.CloseAccept()
+	return ll.Listener.Close()
+}
+
+// loopable returns the socket of ln when the proxy can serve it from an event loop: a plain TCP
+// listener (a TLS one keeps a goroutine per connection, crypto/tls's net.Conn).
+func (p *Proxy) loopable(ln net.Listener) (syscall.Conn, bool) {
+	if p.cfg.GoroutinePerConnection {
+		return nil, false
+	}
+	switch l := ln.(type) {
+	case *net.TCPListener:
+		return l, true
+	case *rawio.Listener:
+		return l, true
+	}
+	return nil, false
+}
+
+// serveLoop is Serve for a listener that a loop serves: it returns once the loop accepts no more,
+// while the loop goes on until its last connection closes.
+func (p *Proxy) serveLoop(ln net.Listener, sc syscall.Conn, set string) error {
+	h := &loopHandler{p: p, set: set, ln: ln}
+	p.mu.Lock()
+	if p.draining.Load() {
+		p.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	l, err := rawio.NewLoop(sc, ln.Addr(), h)
+	if err != nil {
+		p.mu.Unlock()
+		ln.Close()
+		return err
+	}
+	h.l = l
+	ll := &loopListener{Listener: ln, l: l}
+	p.listeners[ll] = struct{}{}
+	p.loops[h] = struct{}{}
+	p.serveWG.Add(1)
+	p.mu.Unlock()
+	go l.Run()
+	<-l.AcceptClosed()
+	p.mu.Lock()
+	delete(p.listeners, ll)
+	delete(p.loops, h)
+	p.mu.Unlock()
+	p.serveWG.Done()
+	return l.Err()
+}
+
+func (h *loopHandler) TakeSlot() bool {
+	select {
+	case h.p.connSlots <- struct{}{}:
+		return true
+	default:
+	}
+	h.p.paused.Store(true)
+	h.p.acceptPaused(h.ln)
+	// A connection that closed since the send above may have missed the flag: look again.
+	select {
+	case h.p.connSlots <- struct{}{}:
+		return true
+	default:
+	}
+	return false
+}
+
+func (h *loopHandler) ReturnSlot() { <-h.p.connSlots }
+
+func (h *loopHandler) AcceptFailed(err error) time.Duration {
+	wait := acceptRetryMin // the loop backs off again each time it fails
+	h.p.log.Warn("accept failed; backing off", "listener", h.ln.Addr().String(), "error", err, "backoff", wait)
+	return wait
+}
+
+// Ready runs lc on a goroutine of the pool: a new connection gets its state first.
+func (h *loopHandler) Ready(lc *rawio.LoopConn) {
+	c, _ := lc.Owner.(*conn)
+	if c == nil {
+		c = h.p.newConn(lc, h.set)
+		c.lc = lc
+		lc.Owner = c
+	}
+	h.p.run(c)
+}
+
+// run hands c to a goroutine of the pool that waits for one, or to a new one.
+func (p *Proxy) run(c *conn) {
+	select {
+	case p.work <- c:
+	default:
+		go p.worker(c)
+	}
+}
+
+// worker serves connections, one until it parks or closes, then the next it is given, until none
+// comes for workerIdle or the proxy shuts down. Its stack stays grown from one to the next.
+func (p *Proxy) worker(c *conn) {
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		c.serve()
+		t.Reset(workerIdle)
+		select {
+		case c = <-p.work:
+		case <-t.C:
+			return
+		case <-p.stop:
+			return
+		}
+	}
+}
+
+// resumeLoops lets the loops that stopped at ConnectionsMax accept again, after a connection closed.
+func (p *Proxy) resumeLoops() {
+	if !p.paused.Swap(false) {
+		return
+	}
+	p.mu.Lock()
+	for h := range p.loops {
+		h.l.Resume()
+	}
+	p.mu.Unlock()
+}
