@@ -27,8 +27,9 @@ const (
 // gives a data plane's connection to its control plane: how much the control plane may send before
 // the data plane reads. A fixed window turns off grpc-go's BDP estimation, whose ping after the
 // first data since the last one is a ping and its answer per push per data plane (the control
-// plane's pushes are one message each, seconds apart). 4 MiB takes the largest set in four round
-// trips.
+// plane's pushes are one message each, seconds apart). 4 MiB takes a message of the largest set
+// (resource.MessageBytesMax) in five round trips; the data plane reads each message as it comes,
+// so it buffers no more than that.
 const WindowBytes = 4 << 20
 
 // DialOptions are the options of a data plane's connection to a control plane beside its
