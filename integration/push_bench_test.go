@@ -23,9 +23,11 @@ import (
 
 // BenchmarkControlPlanePush measures the push latency of a real `xlb controlplane` process: from
 // the call of PutBackendSet to the moment every one of N data planes has applied the new version
-// (its ACK goes out as its Apply returns). The data planes are xds client streams of this test
-// process, one gRPC connection each, whose Apply only records the time. It also reports the
-// control plane's CPU time per push and its resident memory with N streams open.
+// and sent its ACK (gRPC took the message). The data planes are xds client streams of this test
+// process, one gRPC connection each (dialled as a supervisor dials, xds.DialOptions), whose Apply
+// only records the time. It also reports the control plane's CPU time per push and its resident
+// memory with N streams open, and the CPU time per push of this process: the N data planes' xds
+// clients (and the admin client's put), which share the machine's CPUs with the control plane.
 //
 //	go test -run XXX -bench ControlPlanePush -benchtime 30x ./integration
 func BenchmarkControlPlanePush(b *testing.B) {
@@ -48,12 +50,12 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 	defer conn.Close()
 	admin := adminclient.New(conn)
 
-	// Every data plane reports each version it applies on applied.
-	type appliedAt struct {
-		version string
-		at      time.Time
-	}
+	// Every data plane reports on applied each version whose ACK it sent, as its gRPC stream took it.
 	applied := make(chan appliedAt, dps*4)
+	acks := grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		return ackStream{cs, applied}, err
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() {
@@ -61,7 +63,8 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 		wg.Wait()
 	}()
 	for i := range dps {
-		dc, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		// Dialled as a data plane's supervisor dials its control plane.
+		dc, err := grpc.NewClient(cp.addr, append(xds.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()), acks)...)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -80,7 +83,6 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 					}
 					for _, vs := range resp.GetSets() {
 						state[vs.GetBackendSet().GetName()] = vs.GetVersion()
-						applied <- appliedAt{vs.GetVersion(), time.Now()}
 					}
 					return maps.Clone(state), nil, 0, nil
 				},
@@ -131,7 +133,9 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 			case a := <-applied:
 				if a.version == version {
 					got++
-					last = a.at
+					if a.at.After(last) {
+						last = a.at
+					}
 				}
 			case <-time.After(readyTimeout):
 				b.Fatalf("%d of %d data planes applied version %s", got, dps, version)
@@ -142,7 +146,7 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 	v, _ := put(0)
 	wait(v)
 
-	cpu0 := cpuSeconds(b, cp.pid())
+	cpu0, dpCPU0 := cpuSeconds(b, cp.pid()), cpuSeconds(b, os.Getpid())
 	latencies := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := range b.N {
@@ -150,7 +154,7 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 		latencies = append(latencies, wait(v).Sub(start))
 	}
 	b.StopTimer()
-	cpu := cpuSeconds(b, cp.pid()) - cpu0
+	cpu, dpCPU := cpuSeconds(b, cp.pid())-cpu0, cpuSeconds(b, os.Getpid())-dpCPU0
 	slices.Sort(latencies)
 	q := func(p float64) float64 {
 		return float64(latencies[max(0, int(math.Ceil(p*float64(len(latencies))))-1)]) / float64(time.Millisecond)
@@ -158,7 +162,30 @@ func benchmarkPush(b *testing.B, dps, backends int) {
 	b.ReportMetric(q(0.5), "ms-median")
 	b.ReportMetric(q(0.99), "ms-p99")
 	b.ReportMetric(cpu/float64(b.N)*1000, "cp-cpu-ms/push")
+	b.ReportMetric(dpCPU/float64(b.N)*1000, "dps-cpu-ms/push")
 	b.ReportMetric(float64(rssBytes(b, cp.pid()))/(1<<20), "cp-RSS-MB")
+}
+
+// appliedAt is a data plane's ACK of a version of the set "bench", and when it went out.
+type appliedAt struct {
+	version string
+	at      time.Time
+}
+
+// ackStream is a data plane's stream that reports on applied the ACKs it sends.
+type ackStream struct {
+	grpc.ClientStream
+	applied chan<- appliedAt
+}
+
+func (s ackStream) SendMsg(m any) error {
+	err := s.ClientStream.SendMsg(m)
+	if req, ok := m.(*discoveryv1.StreamBackendSetsRequest); ok && err == nil && req.GetResponseNonce() != "" && len(req.GetErrors()) == 0 {
+		if v, ok := req.GetApplied()["bench"]; ok {
+			s.applied <- appliedAt{v, time.Now()}
+		}
+	}
+	return err
 }
 
 // cpuSeconds is the user and system CPU time of process pid so far.

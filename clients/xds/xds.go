@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
+	"github.com/xlbproxy/xlb/controlplane/resource"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
 	"github.com/xlbproxy/xlb/internal/backoff"
 )
@@ -21,6 +22,25 @@ const (
 	defaultBackoffMin = 100 * time.Millisecond
 	defaultBackoffMax = 15 * time.Second
 )
+
+// WindowBytes is the HTTP/2 flow-control window, per stream and per connection, that DialOptions
+// gives a data plane's connection to its control plane: how much the control plane may send before
+// the data plane reads. A fixed window turns off grpc-go's BDP estimation, whose ping after the
+// first data since the last one is a ping and its answer per push per data plane (the control
+// plane's pushes are one message each, seconds apart). 4 MiB takes a message of the largest set
+// (resource.MessageBytesMax) in five round trips; the data plane reads each message as it comes,
+// so it buffers no more than that.
+const WindowBytes = 4 << 20
+
+// DialOptions are the options of a data plane's connection to a control plane beside its
+// credentials: fixed flow-control windows (WindowBytes) and no message size limit below
+// resource.MessageBytesMax either way.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithInitialWindowSize(WindowBytes), grpc.WithInitialConnWindowSize(WindowBytes),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(resource.MessageBytesMax), grpc.MaxCallSendMsgSize(resource.MessageBytesMax)),
+	}
+}
 
 // ControlPlane is one control plane that Run may stream from.
 type ControlPlane struct {

@@ -43,7 +43,9 @@ func startControlPlane(tb testing.TB, src *memSource, cfg Config, opts ...grpc.S
 		tb.Fatal(err)
 	}
 	cp := &controlPlane{src: src, srv: NewServer(src, cfg), addr: ln.Addr().String(), logs: logs}
-	cp.grpc = grpc.NewServer(append([]grpc.ServerOption{grpc.WaitForHandlers(true)}, opts...)...)
+	cp.grpc = grpc.NewServer(append([]grpc.ServerOption{grpc.WaitForHandlers(true),
+		// The fixed windows of the control plane's server (server/rpc.ServerWindowBytes).
+		grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20)}, opts...)...)
 	discoveryv1.RegisterDiscoveryServiceServer(cp.grpc, cp.srv)
 	served := make(chan struct{})
 	go func() {
@@ -61,11 +63,11 @@ func startControlPlane(tb testing.TB, src *memSource, cfg Config, opts ...grpc.S
 // dial returns a connection to the control plane, closed when the test ends.
 func (cp *controlPlane) dial(tb testing.TB) *grpc.ClientConn {
 	tb.Helper()
-	conn, err := grpc.NewClient("passthrough:///"+cp.addr,
+	conn, err := grpc.NewClient("passthrough:///"+cp.addr, append(xds.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: waitLimit, Backoff: backoff.Config{
 			BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond,
-		}}))
+		}}))...)
 	if err != nil {
 		tb.Fatal(err)
 	}

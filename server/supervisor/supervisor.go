@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/xlbproxy/xlb/clients/xds"
-	"github.com/xlbproxy/xlb/controlplane/resource"
 	"github.com/xlbproxy/xlb/dataplane/monitor"
 	"github.com/xlbproxy/xlb/dataplane/shm"
 	discoveryv1 "github.com/xlbproxy/xlb/gen/xlb/discovery/v1"
@@ -403,8 +402,7 @@ func Run(ctx context.Context, log hclog.Logger, o Options) int {
 	planes := make([]xds.ControlPlane, 0, len(targets))
 	conns := make([]grpc.ClientConnInterface, 0, len(targets))
 	for i, target := range targets {
-		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds[i]),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(resource.MessageBytesMax), grpc.MaxCallSendMsgSize(resource.MessageBytesMax)))
+		conn, err := grpc.NewClient(target, append(xds.DialOptions(), grpc.WithTransportCredentials(creds[i]))...)
 		if err != nil {
 			log.Error("cannot reach the control plane", "address", target, "error", err)
 			return exit.Failure
