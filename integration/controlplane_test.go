@@ -145,10 +145,12 @@ type (
 		Version    string  `json:"version"`
 	}
 	dataPlaneJSON struct {
-		NodeID     string          `json:"nodeId"`
-		Connected  bool            `json:"connected"`
-		Generation string          `json:"generation"` // a uint64: a string in protojson
-		Sets       []setStatusJSON `json:"sets"`
+		NodeID    string `json:"nodeId"`
+		Connected bool   `json:"connected"`
+		// ConnectedSince is when its stream opened (RFC 3339), while Connected.
+		ConnectedSince string          `json:"connectedSince"`
+		Generation     string          `json:"generation"` // a uint64: a string in protojson
+		Sets           []setStatusJSON `json:"sets"`
 		// BackendHealth is the data plane's view of each backend's health.
 		BackendHealth []struct {
 			BackendSet string `json:"backendSet"`

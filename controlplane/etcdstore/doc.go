@@ -23,10 +23,15 @@
 // read). A write that was committed survives the death of this replica and of any minority of
 // etcd's members (etcd's own guarantee: a commit is on a quorum's disks).
 //
-// A request to etcd that fails (a leader election, a member down) is made again until
-// Config.Timeout (5s) has passed since the write began; then the write fails with an error that
-// wraps store.ErrUnavailable and names etcd's endpoints, which the admin API returns as
-// UNAVAILABLE. Such a write was not acknowledged, but it may still have been committed (a timeout
+// A request to etcd that fails (a leader election, a member down), or that has no answer within
+// 2s, is made again until Config.Timeout (5s) has passed since the write began. The 2s matter
+// when the leader dies: a proposal a follower forwarded to it is lost, and etcd says so only
+// after its request timeout (5s and two election timeouts, 7s by default), while a new leader
+// takes the request made again about a second after the death. Past Config.Timeout the write
+// fails with an error that wraps store.ErrUnavailable and names etcd's endpoints, which the admin
+// API returns as UNAVAILABLE. A request made again while an earlier one may still commit is
+// safe: both compare the key's mod_revision, and a write that finds its own value there (its
+// earlier request committed) returns as done. Such a write was not acknowledged, but it may still have been committed (a timeout
 // cannot tell): read the set, or put it again, which is safe. A request that etcd refuses (one
 // larger than its --max-request-bytes, 1.5 MiB by default) fails at once.
 //

@@ -34,6 +34,13 @@ const (
 // by someone else between this store's read and its write.
 const casTriesMax = 8
 
+// attemptTimeout bounds one transaction of a Put or Delete (within Config.Timeout, which bounds
+// them all): one that has no answer by then is made again. etcd answers a proposal that was lost
+// with a leader that died (a follower forwarded it there) only after its request timeout, 5s and
+// two election timeouts (7s with etcd's defaults), past DefaultTimeout: waiting for that answer
+// would fail a write that a new leader, elected in about a second, would take.
+const attemptTimeout = 2 * time.Second
+
 // Config is how a Store uses etcd. The zero value of every field means its documented default;
 // Open reads it once.
 type Config struct {
@@ -356,8 +363,9 @@ type write struct {
 // run runs w against etcd within the store's timeout and returns the revision of its commit (0
 // when it committed nothing) or its error. It decides on the view's entry first, and commits only
 // if etcd still has that entry: else it learns etcd's, and decides again (at most casTriesMax
-// times). A request that fails (a leader change, a member down) is made again until the timeout:
-// the compare on the key's mod_revision makes that safe even when the failed one did commit.
+// times). A request that fails (a leader change, a member down), or has no answer within
+// attemptTimeout, is made again until the timeout: the compare on the key's mod_revision makes
+// that safe even when the failed one did commit.
 func (s *Store) run(w write) (int64, error) {
 	if err := s.ctx.Err(); err != nil {
 		return 0, fmt.Errorf("etcdstore: %s backend set %q: the store is closed", w.op, w.name)
@@ -370,13 +378,16 @@ func (s *Store) run(w write) (int64, error) {
 	unknown := false  // a commit may have been made: its request failed
 	for tries := 0; tries < casTriesMax; {
 		then, refuse := w.decide(k)
-		resp, fresh, err := s.txn(ctx, w.name, k.modRev, then)
+		attempt, cancelAttempt := context.WithTimeout(ctx, attemptTimeout)
+		resp, fresh, err := s.txn(attempt, w.name, k.modRev, then)
+		attemptOver := attempt.Err() != nil
+		cancelAttempt()
 		if err != nil {
 			if lastErr == nil || !errors.Is(err, context.DeadlineExceeded) {
 				lastErr = err // keep what etcd said over the timeout that followed it
 			}
 			unknown = unknown || len(then) > 0
-			if retryable(err) && ctx.Err() == nil {
+			if (retryable(err) || attemptOver) && ctx.Err() == nil {
 				select {
 				case <-ctx.Done():
 				case <-time.After(bo.Next()):

@@ -307,3 +307,30 @@ func TestQuorum(t *testing.T) {
 		t.Fatalf("view with the quorum back: %v, %v; want web at %s", e, err, v)
 	}
 }
+
+// TestLeaderKilled: the etcd leader killed with SIGKILL (members are processes), a put made at
+// once, with the default timeout, is accepted, and the view has it. etcd answers a proposal that
+// a follower forwarded to the dead leader only after its request timeout (5s and two election
+// timeouts), past DefaultTimeout: the store must not wait for that answer.
+func TestLeaderKilled(t *testing.T) {
+	c := etcdtest.StartProcesses(t, 3)
+	cli := c.Client(t)
+	s := open(t, cli, "/t-leader-killed")
+	if _, err := s.Put(testSet("web", 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	lead := c.Leader()
+	if lead < 0 {
+		t.Fatal("no member says which leads")
+	}
+	killed := time.Now()
+	c.Kill(lead)
+	v, err := s.Put(testSet("web", 2), nil)
+	if err != nil {
+		t.Fatalf("a put at once after the leader m%d was killed: %v", lead, err)
+	}
+	t.Logf("a put at once after the leader m%d was killed: accepted in %v", lead, time.Since(killed))
+	if e, err := s.Get("web"); err != nil || e.Version != v {
+		t.Fatalf("the view after the put: %v, %v; want web at %s", e, err, v)
+	}
+}

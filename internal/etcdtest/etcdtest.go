@@ -1,21 +1,39 @@
-// Package etcdtest runs a real etcd cluster inside a test: n members of the etcd server embedded
-// in the test's process (go.etcd.io/etcd/server/v3/embed), on loopback ports the kernel chose, in
-// temporary directories, stopped by the test's Cleanup. Members can be stopped and started again
-// one by one, so that tests can take a member away, or the quorum.
+// Package etcdtest runs a real etcd cluster inside a test: n members of the etcd server on
+// loopback ports the kernel chose, in temporary directories, stopped by the test's Cleanup.
+// Members can be stopped and started again one by one, so that tests can take a member away, or
+// the quorum.
+//
+// Two kinds of cluster, with one API:
+//
+//   - Start embeds the members in the test's process (go.etcd.io/etcd/server/v3/embed). It is the
+//     faster, and what a test that stops members gracefully (Stop: listeners and data directory
+//     closed) should use.
+//   - StartProcesses runs each member as a process of its own, the program etcdmember beside this
+//     package, which it builds with `go build` into a temporary directory. Only there can a test
+//     Kill a member with SIGKILL, as a crash would end it: no goodbye to its peers, no closed
+//     files, its leadership lost to an election timeout. A member process never outlives the
+//     test's process: it stops when its stdin, a pipe from the test, ends.
 //
 // Only tests import it: the xlb binary talks to etcd as a client and never embeds a server.
 //
-// The members skip fsync (embed.Config.UnsafeNoFsync): a test stops a member, it never cuts its
-// power, and fsyncs would only make the tests slow on a shared machine.
+// The members skip fsync (embed.Config.UnsafeNoFsync): a test stops or kills a member, it never
+// cuts the machine's power, so what a member wrote is in the page cache and survives it; fsyncs
+// would only make the tests slow on a shared machine.
 package etcdtest
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,16 +41,35 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
-// readyTimeout bounds how long a cluster, or a member started again, takes to be ready.
-const readyTimeout = 30 * time.Second
+const (
+	// readyTimeout bounds how long a cluster, or a member started again, takes to be ready.
+	readyTimeout = 30 * time.Second
+	// stopTimeout bounds how long a member process takes to exit after SIGTERM (then it is
+	// killed) or SIGKILL.
+	stopTimeout = 30 * time.Second
+	// buildTimeout bounds `go build` of etcdmember, which links an etcd server.
+	buildTimeout = 5 * time.Minute
+	// statusTimeout bounds one Status call of Leader.
+	statusTimeout = 2 * time.Second
+	// memberPackage is the program StartProcesses runs for each member.
+	memberPackage = "github.com/xlbproxy/xlb/internal/etcdtest/etcdmember"
+	// tickInterval and electionTimeout are every member's: a leader killed is replaced in about a
+	// second.
+	tickInterval    = 50 * time.Millisecond
+	electionTimeout = 500 * time.Millisecond
+)
 
 // Cluster is a running etcd cluster of a test.
 type Cluster struct {
 	tb      testing.TB
 	token   string
 	initial string // the initial-cluster flag: name=peer URL, ...
+	// bin is the etcdmember program of a cluster of processes; "" when the members are embedded.
+	bin string
 
 	mu      sync.Mutex
 	members []*member
@@ -43,13 +80,44 @@ type member struct {
 	dir       string
 	peerURL   url.URL
 	clientURL url.URL
-	e         *embed.Etcd // nil while stopped
+	e         *embed.Etcd // an embedded member; nil while stopped
+	p         *process    // a member process; nil while stopped
 }
 
-// Start starts a cluster of n members and waits until it has a leader and every member is ready.
+// process is a running etcdmember.
+type process struct {
+	cmd *exec.Cmd
+	// stdin is the test's end of the member's stdin: closing it stops the member.
+	stdin  io.WriteCloser
+	stderr testutil.SyncBuffer
+	// exited is closed once the process exited and was waited for.
+	exited chan struct{}
+}
+
+// Start starts a cluster of n members embedded in the test's process and waits until it has a
+// leader and every member is ready.
 func Start(tb testing.TB, n int) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb, token: fmt.Sprintf("xlb-test-%d", time.Now().UnixNano())}
+	return start(tb, n, "")
+}
+
+// StartProcesses starts a cluster of n members, each a process of its own, and waits until it
+// has a leader and every member is ready. It builds the member program first, which takes
+// seconds with a warm build cache.
+func StartProcesses(tb testing.TB, n int) *Cluster {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "etcdmember")
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, memberPackage).CombinedOutput(); err != nil {
+		tb.Fatalf("etcdtest: go build %s: %v\n%s", memberPackage, err, out)
+	}
+	return start(tb, n, bin)
+}
+
+func start(tb testing.TB, n int, bin string) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb, token: fmt.Sprintf("xlb-test-%d", time.Now().UnixNano()), bin: bin}
 	var initial []string
 	for i := range n {
 		m := &member{name: fmt.Sprintf("m%d", i), dir: tb.TempDir(), peerURL: freeURL(tb), clientURL: freeURL(tb)}
@@ -83,6 +151,9 @@ func freeURL(tb testing.TB) url.URL {
 
 // start starts m, a member of a new cluster or an existing one, and waits until it is ready.
 func (c *Cluster) start(m *member, state string) error {
+	if c.bin != "" {
+		return c.startProcess(m, state)
+	}
 	cfg := embed.NewConfig()
 	cfg.Name = m.name
 	cfg.Dir = m.dir
@@ -93,8 +164,8 @@ func (c *Cluster) start(m *member, state string) error {
 	cfg.InitialCluster = c.initial
 	cfg.InitialClusterToken = c.token
 	cfg.ClusterState = state
-	cfg.TickMs = 50
-	cfg.ElectionMs = 500
+	cfg.TickMs = uint(tickInterval.Milliseconds())
+	cfg.ElectionMs = uint(electionTimeout.Milliseconds())
 	cfg.UnsafeNoFsync = true
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	e, err := embed.StartEtcd(cfg)
@@ -116,6 +187,80 @@ func (c *Cluster) start(m *member, state string) error {
 	return nil
 }
 
+// startProcess starts m as an etcdmember process and waits for its "ready" line.
+func (c *Cluster) startProcess(m *member, state string) error {
+	p := &process{exited: make(chan struct{})}
+	p.cmd = exec.Command(c.bin, "-name", m.name, "-data-dir", m.dir,
+		"-peer-url", m.peerURL.String(), "-client-url", m.clientURL.String(),
+		"-initial-cluster", c.initial, "-initial-cluster-token", c.token, "-initial-cluster-state", state,
+		"-tick", tickInterval.String(), "-election", electionTimeout.String())
+	p.cmd.Stderr = &p.stderr
+	stdin, err := p.cmd.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("member %s: %w", m.name, err)
+	}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("member %s: %w", m.name, err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		return fmt.Errorf("start member %s: %w", m.name, err)
+	}
+	p.stdin = stdin
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		said := false
+		for sc.Scan() {
+			if sc.Text() == "ready" && !said {
+				said = true
+				close(ready)
+			}
+		}
+		p.cmd.Wait() // after the reads: Wait closes stdout
+		close(p.exited)
+	}()
+	select {
+	case <-ready:
+	case <-p.exited:
+		return fmt.Errorf("member %s (pid %d) exited before it was ready: %v\n%s", m.name, p.cmd.Process.Pid, p.cmd.ProcessState, p.stderr.String())
+	case <-time.After(readyTimeout):
+		p.kill()
+		return fmt.Errorf("member %s (pid %d) not ready within %v\n%s", m.name, p.cmd.Process.Pid, readyTimeout, p.stderr.String())
+	}
+	c.mu.Lock()
+	m.p = p
+	c.mu.Unlock()
+	return nil
+}
+
+// kill ends p with SIGKILL and waits for it.
+func (p *process) kill() error {
+	p.cmd.Process.Kill() // an error means it exited already
+	select {
+	case <-p.exited:
+		p.stdin.Close()
+		return nil
+	case <-time.After(stopTimeout):
+		return fmt.Errorf("pid %d did not exit within %v of SIGKILL", p.cmd.Process.Pid, stopTimeout)
+	}
+}
+
+// stop ends p with SIGTERM, or SIGKILL when it did not exit within stopTimeout.
+func (p *process) stop() error {
+	p.cmd.Process.Signal(syscall.SIGTERM) // an error means it exited already
+	select {
+	case <-p.exited:
+		p.stdin.Close()
+		return nil
+	case <-time.After(stopTimeout):
+	}
+	if err := p.kill(); err != nil {
+		return err
+	}
+	return fmt.Errorf("pid %d did not exit within %v of SIGTERM, killed", p.cmd.Process.Pid, stopTimeout)
+}
+
 // Endpoints are the client URLs of every member, running or not.
 func (c *Cluster) Endpoints() []string {
 	out := make([]string, len(c.members))
@@ -125,15 +270,49 @@ func (c *Cluster) Endpoints() []string {
 	return out
 }
 
-// Stop stops member i (a graceful stop: it closes its listeners and its data directory).
+// Stop stops member i gracefully: an embedded one closes its listeners and its data directory; a
+// process gets SIGTERM, and SIGKILL if it did not exit within 30s (which fails the test).
 func (c *Cluster) Stop(i int) {
 	c.mu.Lock()
-	e := c.members[i].e
-	c.members[i].e = nil
+	m := c.members[i]
+	e, p := m.e, m.p
+	m.e, m.p = nil, nil
 	c.mu.Unlock()
 	if e != nil {
 		e.Close()
 	}
+	if p != nil {
+		if err := p.stop(); err != nil {
+			c.tb.Errorf("etcdtest: member %s: %v\n%s", m.name, err, p.stderr.String())
+		}
+	}
+}
+
+// Kill kills member i, a process of a cluster of StartProcesses, with SIGKILL, and waits for it
+// to exit. It fails the test when i is not running or the members are embedded.
+func (c *Cluster) Kill(i int) {
+	c.tb.Helper()
+	c.mu.Lock()
+	m := c.members[i]
+	p := m.p
+	m.p = nil
+	c.mu.Unlock()
+	if p == nil {
+		c.tb.Fatalf("etcdtest: Kill(%d): member %s is not a running process (StartProcesses runs them)", i, m.name)
+	}
+	if err := p.kill(); err != nil {
+		c.tb.Fatalf("etcdtest: member %s: %v", m.name, err)
+	}
+}
+
+// PID is the process id of member i, a running process of a cluster of StartProcesses, or 0.
+func (c *Cluster) PID(i int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.members[i].p; p != nil {
+		return p.cmd.Process.Pid
+	}
+	return 0
 }
 
 // Restart starts the stopped member i again on its data directory and waits until it is ready,
@@ -162,8 +341,12 @@ func (c *Cluster) Client(tb testing.TB) *clientv3.Client {
 	return cli
 }
 
-// Leader returns the index of the member that leads, as a running member sees it, or -1.
+// Leader returns the index of the member that leads, as a running member sees it, or -1. Of a
+// cluster of processes it asks each running member's Status (within 2s each).
 func (c *Cluster) Leader() int {
+	if c.bin != "" {
+		return c.processLeader()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, m := range c.members {
@@ -178,6 +361,49 @@ func (c *Cluster) Leader() int {
 		}
 	}
 	return -1
+}
+
+func (c *Cluster) processLeader() int {
+	c.mu.Lock()
+	var running []int
+	for i, m := range c.members {
+		if m.p != nil {
+			running = append(running, i)
+		}
+	}
+	c.mu.Unlock()
+	byID := make(map[uint64]int)
+	var leads []uint64
+	for _, i := range running {
+		st, err := c.status(c.members[i].clientURL.String())
+		if err != nil {
+			continue
+		}
+		byID[st.Header.GetMemberId()] = i
+		leads = append(leads, st.Leader)
+	}
+	for _, l := range leads {
+		if j, ok := byID[l]; ok && l != 0 {
+			return j
+		}
+	}
+	return -1
+}
+
+// status is the Status of the member at endpoint.
+func (c *Cluster) status(endpoint string) (*clientv3.StatusResponse, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: statusTimeout, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	st, err := cli.Status(ctx, endpoint)
+	if err == nil && st.Header == nil {
+		err = errors.New("a status without a header")
+	}
+	return st, err
 }
 
 // Ping puts and deletes a key through cli within limit, to tell whether the cluster takes writes.

@@ -1,8 +1,13 @@
 package etcdtest
 
 import (
+	"context"
+	"errors"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xlbproxy/xlb/internal/testutil"
 )
 
 // TestCluster: three members take writes, still do with one stopped, and refuse them without a
@@ -24,5 +29,54 @@ func TestCluster(t *testing.T) {
 	c.Restart(1)
 	if err := Ping(cli, 10*time.Second); err != nil {
 		t.Fatalf("a put after the quorum came back: %v", err)
+	}
+}
+
+// TestProcesses: three member processes take writes; with the leader killed by SIGKILL another
+// is elected and they still do; with a second killed they refuse them; the last one killed
+// started again on its data directory, the quorum is back and a write made before the kills is
+// still there.
+func TestProcesses(t *testing.T) {
+	c := StartProcesses(t, 3)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/etcdtest/before", "kept"); err != nil {
+		t.Fatalf("a put to the cluster: %v", err)
+	}
+	lead := c.Leader()
+	if lead < 0 {
+		t.Fatal("no member says which leads")
+	}
+	pid := c.PID(lead)
+	c.Kill(lead)
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("member %d (pid %d) after Kill: kill -0 says %v, want ESRCH", lead, pid, err)
+	}
+	if c.PID(lead) != 0 {
+		t.Errorf("PID(%d) of a killed member: %d, want 0", lead, c.PID(lead))
+	}
+	// A put sent before the others noticed the leader's death is lost with it, and etcd answers
+	// it "request timed out" only after its request timeout (5s and two election timeouts): wait
+	// for the election first.
+	next := -1
+	testutil.WaitFor(t, 30*time.Second, "another leader", func() bool {
+		next = c.Leader()
+		return next >= 0 && next != lead
+	})
+	if err := Ping(cli, 10*time.Second); err != nil {
+		t.Fatalf("a put with the leader killed: %v", err)
+	}
+	c.Kill(next)
+	if err := Ping(cli, 2*time.Second); err == nil {
+		t.Fatal("a put with 1 of 3 members succeeded")
+	}
+	c.Restart(next)
+	if err := Ping(cli, 10*time.Second); err != nil {
+		t.Fatalf("a put after the quorum came back: %v", err)
+	}
+	resp, err := cli.Get(ctx, "/etcdtest/before")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "kept" {
+		t.Fatalf("the key put before the kills: %v, %v; want kept", resp, err)
 	}
 }
