@@ -34,17 +34,26 @@ import (
 // # The loop is a goroutine
 //
 // The epoll descriptor is itself registered with Go's poller: the loop's goroutine waits for it to
-// become readable, then takes its events with epoll_wait(0), never blocking in the kernel and
-// never spinning (it waits on the poller whenever epoll_wait found nothing). It is not locked to an
-// OS thread, on purpose: a locked thread blocked in epoll_wait holds no P, and every connection it
-// hands on would have to wake another thread to run; as a goroutine, the loop and the goroutines it
-// readies share the runtime's threads, on the P that has work.
+// become readable, then takes its events with a raw epoll_pwait of timeout 0, never blocking in
+// the kernel and never spinning (it waits on the poller whenever a take found nothing, or fewer
+// events than it could hold). It is not locked to an OS thread, on purpose: a locked thread
+// blocked in epoll_wait holds no P, and every connection it hands on would have to wake another
+// thread to run; as a goroutine, the loop and the goroutines it readies share the runtime's
+// threads, on the P that has work.
+//
+// # Timers
+//
+// Each LoopConn has a runtime timer for its read deadline (armed when it parks or a read waits,
+// and not again while the deadline stays: upstream.Deadlines moves one only by more than an
+// eighth of its timeout), and one for writes made at the first write that waits. Go's timers are
+// per-P heaps that cost nothing while they do not fire; a wheel of the loop's own would need the
+// loop to wake on every tick.
 //
 // # Ownership
 //
 // A LoopConn is either parked (the loop's: an event or its deadline hands it to Handler.Ready) or
 // running (one goroutine's, which may let a second read while it writes, as a request body
-// streams). Only the running goroutine calls Park and Release. Read waits and write waits are told
+// streams). Only the running goroutine calls ReadOrPark and Release. Read waits and write waits are told
 // apart; an event the loop reports while the connection runs wakes the waiter, or is kept for the
 // next wait (a spurious wake-up costs one more non-blocking call that finds nothing).
 type Loop struct {
@@ -77,6 +86,7 @@ type Loop struct {
 	listening bool          // the listener is in the epoll set
 	backoff   time.Duration // the pause after the last accept that failed for want of resources
 	events    [loopEvents]unix.EpollEvent
+	sa        unix.RawSockaddrAny // the peer of the last accept4
 }
 
 // Handler is what a Loop calls. Its methods run on the loop's goroutine and must not block.
@@ -344,7 +354,7 @@ func (l *Loop) accept() {
 			// after this round of events.
 			return
 		}
-		fd, sa, err := syscall.Accept4(l.lnfd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+		fd, err := l.accept4()
 		switch err {
 		case nil:
 			l.backoff = 0
@@ -371,7 +381,7 @@ func (l *Loop) accept() {
 		}
 		c := l.take()
 		c.fd = fd
-		c.remote = addrPort(sa)
+		c.remote = l.peer()
 		c.state.Store(connRunning)
 		if err := l.ctl(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.slot); err != nil {
 			unix.Close(fd)
@@ -419,12 +429,34 @@ func (l *Loop) put(c *LoopConn) {
 	l.mu.Unlock()
 }
 
-func addrPort(sa syscall.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *syscall.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+// accept4 accepts a connection, non-blocking and close-on-exec, with its peer's address in
+// l.sa: a raw system call (the listener is non-blocking) that allocates nothing, where
+// syscall.Accept4 makes a Sockaddr of every address.
+func (l *Loop) accept4() (int, error) {
+	n := uint32(unix.SizeofSockaddrAny)
+	for {
+		fd, _, errno := syscall.RawSyscall6(unix.SYS_ACCEPT4, uintptr(l.lnfd), uintptr(unsafe.Pointer(&l.sa)), uintptr(unsafe.Pointer(&n)), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+		if errno == syscall.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return -1, errno
+		}
+		return int(fd), nil
+	}
+}
+
+// peer is the address accept4 left in l.sa.
+func (l *Loop) peer() netip.AddrPort {
+	switch l.sa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&l.sa))
+		p := (*[2]byte)(unsafe.Pointer(&a.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(p[0])<<8|uint16(p[1]))
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&l.sa))
+		p := (*[2]byte)(unsafe.Pointer(&a.Port))
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(p[0])<<8|uint16(p[1]))
 	}
 	return netip.AddrPort{}
 }

@@ -393,3 +393,33 @@ func TestLoopBacksOffOutOfDescriptors(t *testing.T) {
 	testutil.WaitFor(t, wait, "the connection to be released", func() bool { return len(h.slots) == 0 })
 	h.wg.Wait()
 }
+
+// TestLoopIPv6Peer: a connection from [::1] knows its peer's address and port (from the raw
+// sockaddr accept4 fills), over a *net.TCPListener.
+func TestLoopIPv6Peer(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns := make(chan *LoopConn, 1)
+	l, err := NewLoop(ln.(*net.TCPListener), ln.Addr(), &funcHandler{ready: func(c *LoopConn) { conns <- c }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go l.Run()
+	defer func() {
+		l.CloseAccept()
+		testutil.Receive(t, l.Done(), wait, "the loop to end")
+	}()
+	client, err := net.DialTimeout("tcp", ln.Addr().String(), wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c := testutil.Receive(t, conns, wait, "the connection")
+	defer c.Release()
+	if got, want := c.RemoteAddr().String(), client.LocalAddr().String(); got != want {
+		t.Errorf("RemoteAddr %s, want %s", got, want)
+	}
+}
