@@ -232,8 +232,14 @@ type controlPlane struct {
 // taken meanwhile.
 func startControlPlane(tb testing.TB, dataDir string, auth []string, flags ...string) *controlPlane {
 	tb.Helper()
+	return startControlPlaneEnv(tb, nil, dataDir, auth, flags...)
+}
+
+// startControlPlaneEnv is startControlPlane with env (NAME=value, ...) added to its environment.
+func startControlPlaneEnv(tb testing.TB, env []string, dataDir string, auth []string, flags ...string) *controlPlane {
+	tb.Helper()
 	for attempt := 1; ; attempt++ {
-		cp, err := tryControlPlane(tb, freeAddr(tb), dataDir, auth, flags...)
+		cp, err := tryControlPlane(tb, freeAddr(tb), env, dataDir, auth, flags...)
 		if err == nil {
 			return cp
 		}
@@ -248,21 +254,21 @@ func startControlPlane(tb testing.TB, dataDir string, auth []string, flags ...st
 // restartControlPlane starts a control plane again on the address and data directory of cp.
 func restartControlPlane(tb testing.TB, cp *controlPlane, flags ...string) *controlPlane {
 	tb.Helper()
-	cp2, err := tryControlPlane(tb, cp.addr, cp.dataDir, cp.auth, flags...)
+	cp2, err := tryControlPlane(tb, cp.addr, nil, cp.dataDir, cp.auth, flags...)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return cp2
 }
 
-func tryControlPlane(tb testing.TB, addr, dataDir string, auth []string, flags ...string) (*controlPlane, error) {
+func tryControlPlane(tb testing.TB, addr string, env []string, dataDir string, auth []string, flags ...string) (*controlPlane, error) {
 	tb.Helper()
 	args := []string{"controlplane", "--listen", addr, "--log-format", "json"}
 	if dataDir != "" { // "" for --store etcd, which flags then give
 		args = append(args, "--data-dir", dataDir)
 	}
 	args = append(args, flags...)
-	p, l := startLoggedProc(tb, args...)
+	p, l := startLoggedProcEnv(tb, env, args...)
 	if auth == nil {
 		auth = []string{"-plaintext"}
 	}

@@ -38,8 +38,13 @@ const (
 // startReplica starts `xlb controlplane --store etcd` on c as replica id.
 func startReplica(tb testing.TB, c *etcdtest.Cluster, id string, flags ...string) *controlPlane {
 	tb.Helper()
-	return startControlPlane(tb, "", nil, append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(c.Endpoints(), ","),
-		"--replica-id", id, "--load-interval", "200ms", "--etcd-timeout", "3s"}, flags...)...)
+	return startControlPlane(tb, "", nil, replicaFlags(c, id, flags...)...)
+}
+
+// replicaFlags are the flags of startReplica: the store on c, replica id, then flags.
+func replicaFlags(c *etcdtest.Cluster, id string, flags ...string) []string {
+	return append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(c.Endpoints(), ","),
+		"--replica-id", id, "--load-interval", "200ms", "--etcd-timeout", "3s"}, flags...)
 }
 
 // putter puts one set over and over on a control plane, the i-th put (from 0) with one backend

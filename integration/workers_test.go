@@ -289,9 +289,18 @@ func startSupervisor(tb testing.TB, cfgPath, stateDir string, config func(addr s
 // error, and is killed.
 func startLoggedProc(tb testing.TB, args ...string) (*proc, *procLog) {
 	tb.Helper()
+	return startLoggedProcEnv(tb, nil, args...)
+}
+
+// startLoggedProcEnv is startLoggedProc with env (NAME=value, ...) added to the test's environment.
+func startLoggedProcEnv(tb testing.TB, env []string, args ...string) (*proc, *procLog) {
+	tb.Helper()
 	p := &proc{tb: tb, args: args, exited: make(chan struct{})}
 	l := &procLog{p: p, wrote: make(chan struct{}, 1)}
 	p.cmd = exec.Command(xlbPath, args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout = &p.stdout
 	p.cmd.Stderr = io.MultiWriter(&p.stderr, l)
 	p.cmd.WaitDelay = waitDelay

@@ -243,14 +243,16 @@ Flags:
   --etcd-endpoints URLS      the etcd members, comma-separated (http://host:2379,...; https
                              for TLS); required with --store etcd
   --etcd-prefix PREFIX       the root of xlb's keys in etcd (default %[4]s)
-  --etcd-cacert FILE         CA certificates that verify etcd's
+  --etcd-cacert FILE         CA certificates that verify etcd's (default: the system's roots)
   --etcd-cert FILE, --etcd-key FILE
-                             a client certificate for etcd
+                             a client certificate for etcd, for members that require one
   --etcd-username NAME, --etcd-password PASSWORD
                              etcd authentication; the password is taken from $%[5]s
                              when the flag is not given
   --etcd-dial-timeout DURATION
-                             how long to wait for a connection to etcd (default %[6]v)
+                             how long the start waits for a member of etcd to answer (and to
+                             authenticate); past it the start fails with the connection's
+                             error (default %[6]v)
   --etcd-timeout DURATION    how long a put or delete waits for etcd before it fails with
                              UNAVAILABLE (default %[7]v)
   --replica-id ID            this replica's name among the others (default: host name and pid)

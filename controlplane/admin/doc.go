@@ -13,6 +13,10 @@
 //	                     within its timeout); the message names the store (logged at warn).
 //	                     The write was not acknowledged (after a timeout it may still land):
 //	                     retry it, which an identical put makes safe
+//	PERMISSION_DENIED    the store's backend refused the write to this control plane (etcd: the
+//	                     role of --etcd-username has no write permission on the prefix); the
+//	                     message names etcd and the prefix (logged at error). Nothing was
+//	                     written; a retry is refused the same way until etcd's roles change
 //	INTERNAL             the store failed (it is logged at error)
 //
 // Every change is logged at info with the set's name and version, and the peer that asked. A put

@@ -219,6 +219,9 @@ func (s *Server) storeError(ctx context.Context, op, name string, err error) err
 		return status.Errorf(codes.NotFound, "backend set %q does not exist", name)
 	case errors.Is(err, store.ErrVersionMismatch):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, store.ErrPermissionDenied):
+		s.log.Error("the store refused the write: no permission", "op", op, "name", name, "peer", peerOf(ctx), "error", err)
+		return status.Errorf(codes.PermissionDenied, "%s backend set %q: %v", op, name, err)
 	case errors.Is(err, store.ErrUnavailable):
 		s.log.Warn("the store is unavailable", "op", op, "name", name, "peer", peerOf(ctx), "error", err)
 		return status.Errorf(codes.Unavailable, "%s backend set %q: %v", op, name, err)

@@ -33,7 +33,10 @@
 // safe: both compare the key's mod_revision, and a write that finds its own value there (its
 // earlier request committed) returns as done. Such a write was not acknowledged, but it may still have been committed (a timeout
 // cannot tell): read the set, or put it again, which is safe. A request that etcd refuses (one
-// larger than its --max-request-bytes, 1.5 MiB by default) fails at once.
+// larger than its --max-request-bytes, 1.5 MiB by default) fails at once. So does one that etcd's
+// authorization refuses (the client's user has no role with write on the key): its error wraps
+// store.ErrPermissionDenied, never ErrUnavailable, and names etcd and the prefix; the admin API
+// returns it as PERMISSION_DENIED. Open fails the same way when the user may not read the prefix.
 //
 // # Reads
 //

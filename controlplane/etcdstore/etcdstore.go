@@ -417,13 +417,23 @@ func (s *Store) run(w write) (int64, error) {
 }
 
 // retryable tells whether a request that failed with err may succeed if made again: not when etcd
-// refused the request itself (one too large), nor when its time is up.
+// refused the request itself (one too large, one the user may not make), nor when its time is up.
 func retryable(err error) bool {
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) && ee.Code() == codes.InvalidArgument {
+	if refused(err) != 0 {
 		return false
 	}
 	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// refused is the code of err when etcd refused the request itself, so that a retry would be
+// refused the same way: InvalidArgument (one larger than --max-request-bytes) or PermissionDenied
+// (the user's role has no permission on the key). Else it is codes.OK.
+func refused(err error) codes.Code {
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) && (ee.Code() == codes.InvalidArgument || ee.Code() == codes.PermissionDenied) {
+		return ee.Code()
+	}
+	return codes.OK
 }
 
 // Put stores a copy of set, which the caller has validated (resource.Validate), under its key,
@@ -538,10 +548,14 @@ func checkExpected(op, name string, k known, expected *string) error {
 }
 
 // unavailable wraps err, an error of a request to etcd, with store.ErrUnavailable unless etcd
-// refused the request itself (one too large, say): then nothing would change on a retry.
+// refused the request itself (one too large, say: then nothing would change on a retry), or with
+// store.ErrPermissionDenied when etcd's authorization refused it.
 func (s *Store) unavailable(err error) error {
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) && ee.Code() == codes.InvalidArgument {
+	switch refused(err) {
+	case codes.PermissionDenied:
+		// etcd's own text ("etcdserver: permission denied") would say nothing more.
+		return fmt.Errorf("etcd (%s) refused it: the etcd user's role does not allow it on %s: %w", s.endpoints, s.prefix, store.ErrPermissionDenied)
+	case codes.InvalidArgument:
 		return fmt.Errorf("etcd (%s) refused it: %w", s.endpoints, err)
 	}
 	return fmt.Errorf("etcd (%s) did not answer within %v (no quorum, or not reachable): %v: %w", s.endpoints, s.timeout, err, store.ErrUnavailable)

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/xlbproxy/xlb/controlplane/resource"
@@ -332,5 +333,62 @@ func TestLeaderKilled(t *testing.T) {
 	t.Logf("a put at once after the leader m%d was killed: accepted in %v", lead, time.Since(killed))
 	if e, err := s.Get("web"); err != nil || e.Version != v {
 		t.Fatalf("the view after the put: %v, %v; want web at %s", e, err, v)
+	}
+}
+
+// TestPermissionDenied: with etcd's authentication enabled, a store of a user whose role grants
+// read alone on the prefix opens and sees the sets, but its put and delete fail at once (no retry
+// until the timeout) with an error that wraps store.ErrPermissionDenied, not ErrUnavailable, and
+// names etcd and the prefix; the set is unchanged. A user without read on the prefix cannot open
+// a store there.
+func TestPermissionDenied(t *testing.T) {
+	const prefix = "/t-perm"
+	c := etcdtest.StartWith(t, 1, etcdtest.Options{RootPassword: "root-secret", Users: []etcdtest.User{
+		{Name: "writer", Password: "w", Perms: []etcdtest.Perm{{Prefix: prefix + "/", Write: true}}},
+		{Name: "reader", Password: "r", Perms: []etcdtest.Perm{{Prefix: prefix + "/"}}},
+		{Name: "other", Password: "o", Perms: []etcdtest.Perm{{Prefix: "/elsewhere/", Write: true}}},
+	}})
+	as := func(user, password string) *clientv3.Client {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: wait, Username: user, Password: password, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatalf("a client as %s: %v", user, err)
+		}
+		t.Cleanup(func() { cli.Close() })
+		return cli
+	}
+	w := open(t, as("writer", "w"), prefix)
+	v, err := w.Put(testSet("web", 1), nil)
+	if err != nil {
+		t.Fatalf("a put as writer: %v", err)
+	}
+	const timeout = time.Minute
+	r, err := Open(as("reader", "r"), Config{Prefix: prefix, Timeout: timeout})
+	if err != nil {
+		t.Fatalf("open as reader: %v", err)
+	}
+	defer r.Close()
+	if e, err := r.Get("web"); err != nil || e.Version != v {
+		t.Fatalf("reader's view: %v, %v; want web at %s", e, err, v)
+	}
+	start := time.Now()
+	_, err = r.Put(testSet("web", 2), nil)
+	took := time.Since(start)
+	if !errors.Is(err, store.ErrPermissionDenied) || errors.Is(err, store.ErrUnavailable) ||
+		!strings.Contains(err.Error(), "etcd") || !strings.Contains(err.Error(), prefix) {
+		t.Fatalf("a put as reader: %v; want permission denied (not unavailable), naming etcd and %s", err, prefix)
+	}
+	if took >= timeout {
+		t.Errorf("a put as reader failed after %v: retried until the timeout", took)
+	}
+	t.Logf("a put as reader failed after %v: %v", took, err)
+	if err := r.Delete("web", nil); !errors.Is(err, store.ErrPermissionDenied) {
+		t.Errorf("a delete as reader: %v; want permission denied", err)
+	}
+	if e, err := w.Get("web"); err != nil || e.Version != v {
+		t.Errorf("web after the refused writes: %v, %v; want version %s", e, err, v)
+	}
+	if _, err := Open(as("other", "o"), Config{Prefix: prefix, Timeout: timeout}); !errors.Is(err, store.ErrPermissionDenied) ||
+		!strings.Contains(err.Error(), "etcd") {
+		t.Errorf("open as a user without read on %s: %v; want permission denied, naming etcd", prefix, err)
 	}
 }

@@ -29,6 +29,11 @@ var (
 	// (etcd cannot tell), so read the set or retry: a put of an identical set changes nothing.
 	// This package's Store never returns it.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrPermissionDenied is wrapped by the errors of a write that what the store is kept on
+	// refused to this process (etcdstore: the etcd user's role has no write permission on the
+	// key). Nothing was written, and a retry would be refused the same way. This package's Store
+	// never returns it.
+	ErrPermissionDenied = errors.New("permission denied")
 )
 
 // compactBytesMin is the least size of the logs since the last snapshot that starts a compaction.

@@ -14,6 +14,11 @@
 //     files, its leadership lost to an election timeout. A member process never outlives the
 //     test's process: it stops when its stdin, a pipe from the test, ends.
 //
+// StartWith starts an embedded cluster with Options: client URLs over TLS (https) with a server
+// certificate of the test's, client certificates required (mTLS), and authentication enabled
+// with users whose roles grant read or read and write on key prefixes. Client returns a client
+// that has what such a cluster asks for: the CA, a client certificate of its own, the root user.
+//
 // Only tests import it: the xlb binary talks to etcd as a client and never embeds a server.
 //
 // The members skip fsync (embed.Config.UnsafeNoFsync): a test stops or kills a member, it never
@@ -24,6 +29,7 @@ package etcdtest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -63,13 +69,47 @@ const (
 	electionTimeout = 500 * time.Millisecond
 )
 
+// Options are what a cluster of StartWith has beyond its members. The zero value is the cluster
+// of Start: plain http, no client certificate asked for, no authentication.
+type Options struct {
+	// CA issued ServerCert; a client verifies the members with it. Nil means plain http, and then
+	// ServerCert and ClientCA are ignored.
+	CA *testutil.CA
+	// ServerCert is what every member serves its client URL (https) with; it must name 127.0.0.1.
+	// Required with CA.
+	ServerCert testutil.Leaf
+	// ClientCA, with CA, makes the members require of each client a certificate that ClientCA
+	// issued (mTLS). Nil means none is asked for. Client uses one it issues itself.
+	ClientCA *testutil.CA
+	// Users, when not empty, enable authentication: a user root (RootPassword, role root) and
+	// each of Users, made before it is enabled. Empty means no authentication.
+	Users []User
+	// RootPassword is root's password, used by Client. Required with Users.
+	RootPassword string
+}
+
+// User is a user of a cluster with authentication: a role of the same name grants Perms.
+type User struct {
+	Name, Password string
+	Perms          []Perm
+}
+
+// Perm grants read access to every key that starts with Prefix, and write access too when Write.
+type Perm struct {
+	Prefix string
+	Write  bool
+}
+
 // Cluster is a running etcd cluster of a test.
 type Cluster struct {
 	tb      testing.TB
 	token   string
 	initial string // the initial-cluster flag: name=peer URL, ...
 	// bin is the etcdmember program of a cluster of processes; "" when the members are embedded.
-	bin string
+	bin  string
+	opts Options
+	// clientTLS is what Client dials the members with; nil for plain http.
+	clientTLS *tls.Config
 
 	mu      sync.Mutex
 	members []*member
@@ -98,7 +138,27 @@ type process struct {
 // leader and every member is ready.
 func Start(tb testing.TB, n int) *Cluster {
 	tb.Helper()
-	return start(tb, n, "")
+	return start(tb, n, "", Options{})
+}
+
+// StartWith starts a cluster of n members embedded in the test's process, with opts, and waits
+// until it has a leader and every member is ready; with opts.Users, until authentication is
+// enabled too.
+func StartWith(tb testing.TB, n int, opts Options) *Cluster {
+	tb.Helper()
+	if opts.CA != nil && opts.ServerCert.CertFile == "" {
+		tb.Fatal("etcdtest: Options.CA without a ServerCert")
+	}
+	if len(opts.Users) > 0 && opts.RootPassword == "" {
+		tb.Fatal("etcdtest: Options.Users without a RootPassword")
+	}
+	c := start(tb, n, "", opts)
+	if len(opts.Users) > 0 {
+		if err := c.enableAuth(); err != nil {
+			tb.Fatalf("etcdtest: enable authentication: %v", err)
+		}
+	}
+	return c
 }
 
 // StartProcesses starts a cluster of n members, each a process of its own, and waits until it
@@ -112,15 +172,24 @@ func StartProcesses(tb testing.TB, n int) *Cluster {
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, memberPackage).CombinedOutput(); err != nil {
 		tb.Fatalf("etcdtest: go build %s: %v\n%s", memberPackage, err, out)
 	}
-	return start(tb, n, bin)
+	return start(tb, n, bin, Options{})
 }
 
-func start(tb testing.TB, n int, bin string) *Cluster {
+func start(tb testing.TB, n int, bin string, opts Options) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb, token: fmt.Sprintf("xlb-test-%d", time.Now().UnixNano()), bin: bin}
+	c := &Cluster{tb: tb, token: fmt.Sprintf("xlb-test-%d", time.Now().UnixNano()), bin: bin, opts: opts}
+	if opts.CA != nil {
+		c.clientTLS = &tls.Config{RootCAs: opts.CA.Pool(), MinVersion: tls.VersionTLS12}
+		if opts.ClientCA != nil {
+			c.clientTLS.Certificates = []tls.Certificate{opts.ClientCA.IssueClient(tb, tb.TempDir(), "etcdtest-client").TLS}
+		}
+	}
 	var initial []string
 	for i := range n {
 		m := &member{name: fmt.Sprintf("m%d", i), dir: tb.TempDir(), peerURL: freeURL(tb), clientURL: freeURL(tb)}
+		if opts.CA != nil {
+			m.clientURL.Scheme = "https"
+		}
 		c.members = append(c.members, m)
 		initial = append(initial, m.name+"="+m.peerURL.String())
 	}
@@ -168,6 +237,14 @@ func (c *Cluster) start(m *member, state string) error {
 	cfg.ElectionMs = uint(electionTimeout.Milliseconds())
 	cfg.UnsafeNoFsync = true
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if c.opts.CA != nil {
+		cfg.ClientTLSInfo.CertFile = c.opts.ServerCert.CertFile
+		cfg.ClientTLSInfo.KeyFile = c.opts.ServerCert.KeyFile
+		if c.opts.ClientCA != nil {
+			cfg.ClientTLSInfo.ClientCertAuth = true
+			cfg.ClientTLSInfo.TrustedCAFile = c.opts.ClientCA.File
+		}
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("start member %s: %w", m.name, err)
@@ -330,15 +407,68 @@ func (c *Cluster) stopAll() {
 	}
 }
 
-// Client returns a client of every member, closed by the test's Cleanup.
+// Client returns a client of every member, closed by the test's Cleanup. Of a cluster of
+// StartWith it verifies the members with Options.CA, has a certificate of Options.ClientCA when
+// they ask for one, and is the user root when authentication is enabled.
 func (c *Cluster) Client(tb testing.TB) *clientv3.Client {
 	tb.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := c.client(c.opts.RootPassword)
 	if err != nil {
 		tb.Fatalf("etcdtest: client: %v", err)
 	}
 	tb.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// client is a client of every member, as root when rootPassword is not empty.
+func (c *Cluster) client(rootPassword string) (*clientv3.Client, error) {
+	cfg := clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(), TLS: c.clientTLS}
+	if rootPassword != "" {
+		cfg.Username, cfg.Password = "root", rootPassword
+	}
+	return clientv3.New(cfg)
+}
+
+// enableAuth makes root and c.opts.Users, each with a role of its name, and enables
+// authentication.
+func (c *Cluster) enableAuth() error {
+	cli, err := c.client("") // authentication is not enabled yet
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if _, err := cli.UserAdd(ctx, "root", c.opts.RootPassword); err != nil {
+		return fmt.Errorf("user root: %w", err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		return fmt.Errorf("user root: %w", err)
+	}
+	for _, u := range c.opts.Users {
+		if _, err := cli.RoleAdd(ctx, u.Name); err != nil {
+			return fmt.Errorf("role %s: %w", u.Name, err)
+		}
+		for _, p := range u.Perms {
+			perm := clientv3.PermissionType(clientv3.PermRead)
+			if p.Write {
+				perm = clientv3.PermissionType(clientv3.PermReadWrite)
+			}
+			if _, err := cli.RoleGrantPermission(ctx, u.Name, p.Prefix, clientv3.GetPrefixRangeEnd(p.Prefix), perm); err != nil {
+				return fmt.Errorf("role %s: grant %v on %s: %w", u.Name, perm, p.Prefix, err)
+			}
+		}
+		if _, err := cli.UserAdd(ctx, u.Name, u.Password); err != nil {
+			return fmt.Errorf("user %s: %w", u.Name, err)
+		}
+		if _, err := cli.UserGrantRole(ctx, u.Name, u.Name); err != nil {
+			return fmt.Errorf("user %s: %w", u.Name, err)
+		}
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		return err
+	}
+	return nil
 }
 
 // Leader returns the index of the member that leads, as a running member sees it, or -1. Of a

@@ -2,10 +2,16 @@ package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/xlbproxy/xlb/internal/testutil"
 )
@@ -78,5 +84,54 @@ func TestProcesses(t *testing.T) {
 	resp, err := cli.Get(ctx, "/etcdtest/before")
 	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "kept" {
 		t.Fatalf("the key put before the kills: %v, %v; want kept", resp, err)
+	}
+}
+
+// TestTLSAuth: a cluster of StartWith with TLS, client certificates and authentication takes
+// Client's writes; it refuses a client without a certificate, a wrong password, and a put of a
+// user whose role grants read alone.
+func TestTLSAuth(t *testing.T) {
+	dir := t.TempDir()
+	ca, clientCA := testutil.NewCA(t, dir, "ca"), testutil.NewCA(t, dir, "client-ca")
+	c := StartWith(t, 1, Options{
+		CA: ca, ServerCert: ca.IssueServer(t, dir, "etcd", "127.0.0.1"), ClientCA: clientCA,
+		RootPassword: "root-secret",
+		Users:        []User{{Name: "reader", Password: "reader-secret", Perms: []Perm{{Prefix: "/etcdtest/"}}}},
+	})
+	for _, e := range c.Endpoints() {
+		if !strings.HasPrefix(e, "https://") {
+			t.Errorf("endpoint %s: want https", e)
+		}
+	}
+	if err := Ping(c.Client(t), 5*time.Second); err != nil {
+		t.Fatalf("a put as root: %v", err)
+	}
+	cert := clientCA.IssueClient(t, dir, "reader")
+	tc := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{cert.TLS}}
+	dial := func(user, password string, tc *tls.Config) (*clientv3.Client, error) {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop(),
+			TLS: tc, Username: user, Password: password})
+		if err == nil {
+			t.Cleanup(func() { cli.Close() })
+		}
+		return cli, err
+	}
+	if _, err := dial("reader", "wrong", tc); !errors.Is(err, rpctypes.ErrAuthFailed) {
+		t.Errorf("a wrong password: %v, want %v", err, rpctypes.ErrAuthFailed)
+	}
+	if _, err := dial("reader", "reader-secret", &tls.Config{RootCAs: ca.Pool()}); err == nil {
+		t.Error("a client without a certificate authenticated")
+	}
+	reader, err := dial("reader", "reader-secret", tc)
+	if err != nil {
+		t.Fatalf("reader: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := reader.Get(ctx, "/etcdtest/ping"); err != nil {
+		t.Errorf("a get by reader: %v", err)
+	}
+	if _, err := reader.Put(ctx, "/etcdtest/ping", "2"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("a put by reader: %v, want %v", err, rpctypes.ErrPermissionDenied)
 	}
 }
