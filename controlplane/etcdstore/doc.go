@@ -44,8 +44,10 @@
 // (copy on write): they never wait for etcd and keep working when etcd is gone. The view is
 // listed (linearizably) by Open and then follows a watch from the revision of that listing, so
 // no change falls between them. A change by another replica shows here when the watch delivers
-// it (milliseconds on a healthy cluster); a Put or Delete returns once the view has its own
-// change, so a read after a write on the same replica sees it. Subscribe tells of every change
+// it (milliseconds on a healthy cluster). A Put or Delete that etcd committed goes into this
+// replica's view as it returns, ahead of the watch (which may be slow, or coming back after a
+// loss), so a read after a write on the same replica sees it; the watch's events of that key up
+// to the write's revision are then older than the view, and skipped. Subscribe tells of every change
 // of the view (buffered 1, coalescing), which is what discovery pushes.
 //
 // The watch requires a leader (a member cut off from the quorum ends it). A watch that ends, or

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -82,7 +83,11 @@ type state struct {
 	byName map[string]resource.Versioned
 	names  []string         // the keys of byName, sorted
 	modRev map[string]int64 // each set's key's mod_revision
-	rev    int64            // the etcd revision the view is at
+	rev    int64            // the etcd revision the watch brought the view to
+	// ahead is, by name, the revision of this replica's own writes that the view has before
+	// the watch brings them: the watch's events of those keys up to that revision are older, and
+	// skipped, so that the view never steps back.
+	ahead map[string]int64
 }
 
 // Store is the backend sets in etcd, as one control-plane replica sees them. Its methods are safe
@@ -94,13 +99,10 @@ type Store struct {
 	endpoints string // for errors
 	log       hclog.Logger
 
-	// cur is the current view; it is replaced, never changed, by the watch loop alone.
-	cur atomic.Pointer[state]
-
-	// revMu guards revCh, closed and replaced after each change of cur, so that a writer can wait
-	// for the watch to bring its own write.
-	revMu sync.Mutex
-	revCh chan struct{}
+	// cur is the current view; it is replaced, never changed, under viewMu: by the watch loop,
+	// and by a write of this replica that etcd committed.
+	cur    atomic.Pointer[state]
+	viewMu sync.Mutex
 
 	ctx    context.Context // ended by Close
 	cancel context.CancelFunc
@@ -136,7 +138,6 @@ func Open(cli *clientv3.Client, cfg Config) (*Store, error) {
 		timeout:   cfg.Timeout,
 		endpoints: strings.Join(cli.Endpoints(), ","),
 		log:       cfg.Logger,
-		revCh:     make(chan struct{}),
 		ctx:       ctx,
 		cancel:    cancel,
 		done:      make(chan struct{}),
@@ -215,7 +216,9 @@ func (s *Store) watch(rev int64) {
 			if st, err = s.list(); err == nil {
 				s.log.Warn("the watch of etcd was compacted past this replica's view: listed the sets again",
 					"revision", st.rev, "sets", len(st.names))
+				s.viewMu.Lock()
 				s.publish(st)
+				s.viewMu.Unlock()
 				rev = st.rev
 			}
 		}
@@ -265,16 +268,15 @@ func (s *Store) watchFrom(rev int64, bo *backoff.Backoff) (int64, bool, error) {
 
 // apply makes the view the current one with events, at revision rev.
 func (s *Store) apply(events []*clientv3.Event, rev int64) {
-	cur := s.cur.Load()
-	next := &state{byName: make(map[string]resource.Versioned, len(cur.byName)+1), modRev: make(map[string]int64, len(cur.modRev)+1), rev: rev}
-	for k, v := range cur.byName {
-		next.byName[k] = v
-	}
-	for k, v := range cur.modRev {
-		next.modRev[k] = v
-	}
+	s.viewMu.Lock()
+	defer s.viewMu.Unlock()
+	next := s.cur.Load().clone()
+	next.rev = rev
 	for _, ev := range events {
 		name := strings.TrimPrefix(string(ev.Kv.Key), s.prefix)
+		if a, ok := next.ahead[name]; ok && ev.Kv.ModRevision <= a {
+			continue // this replica's own write at a, or one before it, is in the view already
+		}
 		switch ev.Type {
 		case clientv3.EventTypePut:
 			if e, ok := s.decode(ev.Kv); ok {
@@ -288,21 +290,63 @@ func (s *Store) apply(events []*clientv3.Event, rev int64) {
 			delete(next.modRev, name)
 		}
 	}
-	next.names = make([]string, 0, len(next.byName))
-	for n := range next.byName {
-		next.names = append(next.names, n)
+	for name, a := range next.ahead {
+		if a <= rev {
+			delete(next.ahead, name) // the watch has passed it
+		}
 	}
-	slices.Sort(next.names)
+	next.sortNames()
 	s.publish(next)
 }
 
-// publish makes st the view and tells the subscribers and the writers waiting for a revision.
+// clone returns a copy of st to change.
+func (st *state) clone() *state {
+	next := &state{
+		byName: make(map[string]resource.Versioned, len(st.byName)+1),
+		modRev: make(map[string]int64, len(st.modRev)+1),
+		ahead:  make(map[string]int64, len(st.ahead)),
+		rev:    st.rev,
+	}
+	maps.Copy(next.byName, st.byName)
+	maps.Copy(next.modRev, st.modRev)
+	maps.Copy(next.ahead, st.ahead)
+	return next
+}
+
+func (st *state) sortNames() {
+	st.names = make([]string, 0, len(st.byName))
+	for n := range st.byName {
+		st.names = append(st.names, n)
+	}
+	slices.Sort(st.names)
+}
+
+// applyOwn puts this replica's own write of name, committed at rev, into the view at once (e nil
+// for a delete): a read after a write on the same replica sees it, and the data planes are sent
+// it, without waiting for the watch, which may be slow or down (it comes back with a backoff).
+func (s *Store) applyOwn(name string, e *resource.Versioned, rev int64) {
+	s.viewMu.Lock()
+	defer s.viewMu.Unlock()
+	cur := s.cur.Load()
+	if cur.rev >= rev || cur.ahead[name] >= rev {
+		return // the watch, or a later write of this replica, got there first
+	}
+	next := cur.clone()
+	next.ahead[name] = rev
+	if e != nil {
+		next.byName[name] = *e
+		next.modRev[name] = rev
+	} else {
+		delete(next.byName, name)
+		delete(next.modRev, name)
+	}
+	next.sortNames()
+	s.publish(next)
+}
+
+// publish makes st the view and tells the subscribers. viewMu held.
 func (s *Store) publish(st *state) {
 	s.cur.Store(st)
-	s.revMu.Lock()
-	close(s.revCh)
-	s.revCh = make(chan struct{})
-	s.revMu.Unlock()
 	s.subsMu.Lock()
 	for ch := range s.subs {
 		select {
@@ -311,28 +355,6 @@ func (s *Store) publish(st *state) {
 		}
 	}
 	s.subsMu.Unlock()
-}
-
-// waitRev waits until the view is at revision rev or later, at most the store's timeout, and
-// reports whether it is.
-func (s *Store) waitRev(rev int64) bool {
-	t := time.NewTimer(s.timeout)
-	defer t.Stop()
-	for {
-		s.revMu.Lock()
-		ch := s.revCh
-		s.revMu.Unlock()
-		if s.cur.Load().rev >= rev {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-t.C:
-			return false
-		case <-s.ctx.Done():
-			return false
-		}
-	}
 }
 
 // known is a set's entry in etcd as a transaction last saw it: ok says the set exists, modRev is
@@ -441,8 +463,8 @@ func refused(err error) codes.Code {
 // the set in etcd (not this replica's view): *expected must be its current version, "" meaning
 // that it must not exist; else the error wraps store.ErrVersionMismatch and says the current
 // version. A put of a set identical to the one in etcd writes nothing and returns the same
-// version. Put returns once etcd has committed the write and this replica's view has it (or,
-// should the watch lag, the store's timeout passed: the write is committed all the same). An
+// version. Put returns once etcd has committed the write, which it puts into this replica's view
+// at once (ahead of the watch, whose older events of the key are then skipped). An
 // error that wraps store.ErrUnavailable says etcd did not commit it within the timeout.
 func (s *Store) Put(set *discoveryv1.BackendSet, expected *string) (string, error) {
 	set = proto.Clone(set).(*discoveryv1.BackendSet)
@@ -467,7 +489,9 @@ func (s *Store) Put(set *discoveryv1.BackendSet, expected *string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	s.awaitView("put", name, rev)
+	if rev != 0 {
+		s.applyOwn(name, &resource.Versioned{Set: set, Version: version}, rev)
+	}
 	return version, nil
 }
 
@@ -489,7 +513,9 @@ func (s *Store) Delete(name string, expected *string) error {
 	if err != nil {
 		return err
 	}
-	s.awaitView("delete", name, rev)
+	if rev != 0 {
+		s.applyOwn(name, nil, rev)
+	}
 	return nil
 }
 
@@ -521,17 +547,6 @@ func (s *Store) txn(ctx context.Context, name string, modRev int64, then []clien
 		fresh.e, fresh.ok = e, true
 	}
 	return nil, fresh, nil
-}
-
-// awaitView waits until the view has the write of op at rev, so that a read after the write on
-// this replica sees it; past the store's timeout it logs and gives up (the write is committed).
-func (s *Store) awaitView(op, name string, rev int64) {
-	if rev == 0 {
-		return
-	}
-	if !s.waitRev(rev) && s.ctx.Err() == nil {
-		s.log.Warn("a write is committed in etcd but this replica's view does not have it yet", "op", op, "name", name, "revision", rev)
-	}
 }
 
 // checkExpected checks the compare-and-set of op on the set name, whose entry in etcd is k.

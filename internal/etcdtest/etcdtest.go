@@ -184,27 +184,49 @@ func start(tb testing.TB, n int, bin string, opts Options) *Cluster {
 			c.clientTLS.Certificates = []tls.Certificate{opts.ClientCA.IssueClient(tb, tb.TempDir(), "etcdtest-client").TLS}
 		}
 	}
+	tb.Cleanup(c.stopAll)
+	// The ports were free when picked, and another process (a package's tests run in parallel
+	// with others) may bind one before a member does: then the cluster starts again on others.
+	for attempt := 1; ; attempt++ {
+		err := c.startMembers(tb, n)
+		if err == nil {
+			return c
+		}
+		c.stopAll()
+		if attempt == startAttempts || !strings.Contains(err.Error(), "address already in use") {
+			tb.Fatalf("etcdtest: %v", err)
+		}
+		tb.Logf("etcdtest: %v; starting again on other ports", err)
+	}
+}
+
+// startAttempts bounds the starts of a cluster whose ports were taken meanwhile.
+const startAttempts = 3
+
+// startMembers makes n members on fresh ports and starts them as a new cluster.
+func (c *Cluster) startMembers(tb testing.TB, n int) error {
 	var initial []string
+	c.members = nil
 	for i := range n {
 		m := &member{name: fmt.Sprintf("m%d", i), dir: tb.TempDir(), peerURL: freeURL(tb), clientURL: freeURL(tb)}
-		if opts.CA != nil {
+		if c.opts.CA != nil {
 			m.clientURL.Scheme = "https"
 		}
 		c.members = append(c.members, m)
 		initial = append(initial, m.name+"="+m.peerURL.String())
 	}
 	c.initial = strings.Join(initial, ",")
-	tb.Cleanup(c.stopAll)
 	errs := make(chan error, n)
 	for _, m := range c.members {
 		go func() { errs <- c.start(m, "new") }()
 	}
+	var first error
 	for range n {
-		if err := <-errs; err != nil {
-			tb.Fatalf("etcdtest: %v", err)
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	return c
+	return first
 }
 
 // freeURL is an http URL on a loopback port that was free a moment ago.
