@@ -8,9 +8,10 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/rawio"
 )
 
-// workerIdle is how long a goroutine of the pool that runs loop connections waits for another
-// before it ends (and its stack goes).
-const workerIdle = 10 * time.Second
+// idleWorkersMax bounds the goroutines of the pool that runs loop connections that wait for one:
+// a goroutine that would be one more ends (and its stack goes). Waiting needs no timer, which
+// each connection served would have to move.
+const idleWorkersMax = 64
 
 // loopHandler is the rawio.Handler of one listener's loop.
 type loopHandler struct {
@@ -122,19 +123,21 @@ func (p *Proxy) run(c *conn) {
 	}
 }
 
-// worker serves connections, one until it parks or closes, then the next it is given, until none
-// comes for workerIdle or the proxy shuts down. Its stack stays grown from one to the next.
+// worker serves connections, one until it parks or closes, then the next it is given, until the
+// proxy shuts down or idleWorkersMax others wait already. Its stack stays grown from one to the
+// next.
 func (p *Proxy) worker(c *conn) {
-	t := time.NewTimer(workerIdle)
-	defer t.Stop()
 	for {
 		c.serve()
-		t.Reset(workerIdle)
+		if p.idleWorkers.Add(1) > idleWorkersMax {
+			p.idleWorkers.Add(-1)
+			return
+		}
 		select {
 		case c = <-p.work:
-		case <-t.C:
-			return
+			p.idleWorkers.Add(-1)
 		case <-p.stop:
+			p.idleWorkers.Add(-1)
 			return
 		}
 	}

@@ -67,6 +67,8 @@ type Proxy struct {
 	loops  map[*loopHandler]struct{}
 	paused atomic.Bool
 	work   chan *conn
+	// idleWorkers counts the pool's goroutines waiting on work.
+	idleWorkers atomic.Int32
 
 	stats counters
 }
