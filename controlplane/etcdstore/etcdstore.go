@@ -108,10 +108,7 @@ type Store struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the watch loop ends
 
-	// subsMu guards subs.
-	subsMu     sync.Mutex
-	subs       map[chan struct{}]struct{}
-	subsClosed bool
+	subs store.Subscribers
 }
 
 // Open lists the sets under cfg.Prefix in etcd through cli (within cfg.Timeout) and watches them
@@ -141,7 +138,6 @@ func Open(cli *clientv3.Client, cfg Config) (*Store, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		done:      make(chan struct{}),
-		subs:      map[chan struct{}]struct{}{},
 	}
 	st, err := s.list()
 	if err != nil {
@@ -347,14 +343,7 @@ func (s *Store) applyOwn(name string, e *resource.Versioned, rev int64) {
 // publish makes st the view and tells the subscribers. viewMu held.
 func (s *Store) publish(st *state) {
 	s.cur.Store(st)
-	s.subsMu.Lock()
-	for ch := range s.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	s.subsMu.Unlock()
+	s.subs.Notify()
 }
 
 // known is a set's entry in etcd as a transaction last saw it: ok says the set exists, modRev is
@@ -608,40 +597,14 @@ func (s *Store) Revision() int64 {
 }
 
 // Subscribe returns a channel that receives after every change of the view, and a func that
-// cancels the subscription. The channel has a buffer of 1 and changes coalesce. It is closed by
-// cancel and by Close.
-func (s *Store) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	s.subsMu.Lock()
-	defer s.subsMu.Unlock()
-	if s.subsClosed {
-		close(ch)
-		return ch, func() {}
-	}
-	s.subs[ch] = struct{}{}
-	return ch, func() {
-		s.subsMu.Lock()
-		defer s.subsMu.Unlock()
-		if _, ok := s.subs[ch]; ok {
-			delete(s.subs, ch)
-			close(ch)
-		}
-	}
-}
+// cancels the subscription (store.Subscribers.Subscribe).
+func (s *Store) Subscribe() (<-chan struct{}, func()) { return s.subs.Subscribe() }
 
 // Close stops the watch and closes every subscription's channel. Reads keep working on the last
 // view; writes fail. It does not close the etcd client.
 func (s *Store) Close() error {
 	s.cancel()
 	<-s.done
-	s.subsMu.Lock()
-	defer s.subsMu.Unlock()
-	if !s.subsClosed {
-		s.subsClosed = true
-		for ch := range s.subs {
-			close(ch)
-			delete(s.subs, ch)
-		}
-	}
+	s.subs.Close()
 	return nil
 }

@@ -105,10 +105,7 @@ type Store struct {
 	closed    bool
 	buf       []byte // the record being written
 
-	// subsMu guards subs.
-	subsMu     sync.Mutex
-	subs       map[chan struct{}]struct{}
-	subsClosed bool
+	subs Subscribers
 }
 
 // Open opens the store in dir, creating the directory (mode 0700) and the store if missing, and
@@ -121,7 +118,7 @@ func open(dir string, log hclog.Logger, o options) (*Store, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	s := &Store{dir: dir, log: log, compactBytes: compactBytesMin, subs: map[chan struct{}]struct{}{}}
+	s := &Store{dir: dir, log: log, compactBytes: compactBytesMin}
 	if o.compactBytesMin != 0 {
 		s.compactBytes = o.compactBytesMin
 	}
@@ -494,27 +491,8 @@ func (s *Store) Snapshot() map[string]resource.Versioned {
 }
 
 // Subscribe returns a channel that receives after every change, and a func that cancels the
-// subscription. The channel has a buffer of 1 and changes coalesce: a receiver that is late sees
-// one receive for many changes, and reads the state (Snapshot) after it. The channel is closed by
-// cancel and by Close.
-func (s *Store) Subscribe() (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	s.subsMu.Lock()
-	defer s.subsMu.Unlock()
-	if s.subsClosed {
-		close(ch)
-		return ch, func() {}
-	}
-	s.subs[ch] = struct{}{}
-	return ch, func() {
-		s.subsMu.Lock()
-		defer s.subsMu.Unlock()
-		if _, ok := s.subs[ch]; ok {
-			delete(s.subs, ch)
-			close(ch)
-		}
-	}
-}
+// subscription (Subscribers.Subscribe): a receiver reads the state (Snapshot) after it.
+func (s *Store) Subscribe() (<-chan struct{}, func()) { return s.subs.Subscribe() }
 
 // Close releases the directory and closes every subscription's channel. Reads keep working on the
 // last state; writes fail.
@@ -534,13 +512,7 @@ func (s *Store) Close() error {
 	if s.lock != nil {
 		s.lock.Close()
 	}
-	s.subsMu.Lock()
-	s.subsClosed = true
-	for ch := range s.subs {
-		close(ch)
-	}
-	clear(s.subs)
-	s.subsMu.Unlock()
+	s.subs.Close()
 	return err
 }
 
@@ -603,14 +575,7 @@ func (s *Store) breakLocked(err error) {
 // publishLocked makes next the current state, tells the subscribers, and compacts if it is time.
 func (s *Store) publishLocked(next *state) {
 	s.cur.Store(next)
-	s.subsMu.Lock()
-	for ch := range s.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	s.subsMu.Unlock()
+	s.subs.Notify()
 	if s.dir != "" && s.logBytes >= s.compactAt {
 		s.compactLocked(next)
 	}
