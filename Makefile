@@ -17,8 +17,8 @@ test:
 	# Allocation counts are only the program's without -race (sync.Pool drops items under it).
 	go test -count=1 -run 'Allocs' ./dataplane/http1 ./dataplane/upstream ./dataplane/proxy
 	go test -race -count=1 -timeout 15m ./...
-	@# The proxy serves plain listeners from event loops by default; its tests run on the goroutine-per-connection engine too.
-	go test -race -count=1 ./dataplane/proxy -args -goroutine-per-connection
+	@# The proxy's tests again, with plain listeners served from event loops (proxy.Config.EventLoop).
+	go test -race -count=1 ./dataplane/proxy -args -event-loop
 
 build:
 	go build -o bin/xlb .

@@ -123,12 +123,14 @@ type Config struct {
 	// speak HTTP/2 to the backend past every check of this proxy.
 	UpgradeProtocols []string
 
-	// GoroutinePerConnection serves plain TCP listeners with a goroutine per client connection,
-	// waiting in Go's poller, as TLS listeners always are. The zero value serves each plain TCP
-	// listener (a *net.TCPListener or *rawio.Listener) from an event loop of its own
-	// (rawio.Loop): a connection waiting for its next request holds no goroutine, and a pool of
-	// goroutines runs the connections that have work. The switch exists to compare the two.
-	GoroutinePerConnection bool
+	// EventLoop serves each plain TCP listener (a *net.TCPListener or *rawio.Listener) from an
+	// event loop of its own (rawio.Loop): a connection waiting for its next request holds no
+	// goroutine (1.3 KiB per idle keep-alive connection instead of 6.2), and a pool of goroutines
+	// runs the connections that have work. The zero value gives every connection a goroutine
+	// waiting in Go's poller, as TLS listeners always have: per CPU-second it is as fast or
+	// faster (bench/RESULTS.md), so the loop is for the deployments that hold many idle
+	// connections.
+	EventLoop bool
 
 	// NoBackendMetrics turns the per-backend counters off (BackendMetrics returns nothing). The
 	// zero value counts; the switch exists to measure what counting costs.

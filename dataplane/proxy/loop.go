@@ -33,10 +33,11 @@ func (ll *loopListener) Close() error {
 	return ll.Listener.Close()
 }
 
-// loopable returns the socket of ln when the proxy can serve it from an event loop: a plain TCP
-// listener (a TLS one keeps a goroutine per connection, crypto/tls's net.Conn).
+// loopable returns the socket of ln when the proxy serves it from an event loop: with
+// Config.EventLoop, a plain TCP listener (a TLS one keeps a goroutine per connection, crypto/tls's
+// net.Conn).
 func (p *Proxy) loopable(ln net.Listener) (syscall.Conn, bool) {
-	if p.cfg.GoroutinePerConnection {
+	if !p.cfg.EventLoop {
 		return nil, false
 	}
 	switch l := ln.(type) {

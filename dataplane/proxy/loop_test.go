@@ -15,12 +15,12 @@ import (
 )
 
 // TestIdleConnectionsHoldNoGoroutine: keep-alive connections that have been served and wait for
-// their next request hold no goroutine when an event loop serves the listener (the default), and
-// are served again when the request comes; with GoroutinePerConnection each holds one.
+// their next request hold no goroutine when an event loop serves the listener (Config.EventLoop),
+// and are served again when the request comes; with a goroutine per connection each holds one.
 func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer be.Close()
-	p, addr := startProxy(t, Config{}, be.Listener.Addr().String())
+	p, addr := startProxy(t, Config{EventLoop: forceEventLoop}, be.Listener.Addr().String())
 	const n = 100
 	get := func(c net.Conn, r *bufio.Reader) {
 		t.Helper()
@@ -53,7 +53,7 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 		get(c, readers[i])
 	}
 	testutil.WaitFor(t, 10*time.Second, "every connection open and idle", func() bool { return p.Stats().Connections >= n }) // the goroutine engine holds one more slot for its next accept
-	if p.cfg.GoroutinePerConnection {
+	if !p.cfg.EventLoop {
 		if got := runtime.NumGoroutine() - base; got < n {
 			t.Fatalf("%d more goroutines with %d idle connections, each of a goroutine", got, n)
 		}

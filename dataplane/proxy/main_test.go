@@ -12,13 +12,12 @@ import (
 // reaper or access-log flusher of the proxy, or a backend or client of a test. Every test shuts
 // its proxy down and closes its servers and clients in t.Cleanup, so nothing needs ignoring.
 //
-// -goroutine-per-connection runs every test with Config.GoroutinePerConnection: `make test` runs
-// the package both ways.
+// -event-loop runs every test with Config.EventLoop: `make test` runs the package both ways.
 func TestMain(m *testing.M) {
-	flag.BoolVar(&forceGoroutinePerConnection, "goroutine-per-connection", false, "serve every plain listener with a goroutine per connection")
+	flag.BoolVar(&forceEventLoop, "event-loop", false, "serve every plain listener from an event loop")
 	flag.Parse()
-	if forceGoroutinePerConnection {
-		os.Stderr.WriteString("proxy tests: a goroutine per connection\n")
+	if forceEventLoop {
+		os.Stderr.WriteString("proxy tests: event loops\n")
 	}
 	goleak.VerifyTestMain(m)
 }

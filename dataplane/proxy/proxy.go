@@ -173,14 +173,14 @@ type Stats struct {
 	AcceptPaused uint64
 }
 
-// forceGoroutinePerConnection sets Config.GoroutinePerConnection in every New: the package's
-// tests run both ways (main_test.go).
-var forceGoroutinePerConnection bool
+// forceEventLoop sets Config.EventLoop in every New: the package's tests run both ways
+// (main_test.go).
+var forceEventLoop bool
 
 // New validates cfg and returns a proxy with no backend sets.
 func New(cfg Config) (*Proxy, error) {
-	if forceGoroutinePerConnection {
-		cfg.GoroutinePerConnection = true
+	if forceEventLoop {
+		cfg.EventLoop = true
 	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
