@@ -108,21 +108,23 @@ func TestTLSAuth(t *testing.T) {
 	}
 	cert := clientCA.IssueClient(t, dir, "reader")
 	tc := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{cert.TLS}}
-	dial := func(user, password string, tc *tls.Config) (*clientv3.Client, error) {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop(),
+	// A dial that must work has time for etcd's bcrypt check of the password, slow under -race on a
+	// loaded machine; one that must fail gives up sooner.
+	dial := func(user, password string, tc *tls.Config, timeout time.Duration) (*clientv3.Client, error) {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: timeout, Logger: zap.NewNop(),
 			TLS: tc, Username: user, Password: password})
 		if err == nil {
 			t.Cleanup(func() { cli.Close() })
 		}
 		return cli, err
 	}
-	if _, err := dial("reader", "wrong", tc); !errors.Is(err, rpctypes.ErrAuthFailed) {
+	if _, err := dial("reader", "wrong", tc, 10*time.Second); !errors.Is(err, rpctypes.ErrAuthFailed) {
 		t.Errorf("a wrong password: %v, want %v", err, rpctypes.ErrAuthFailed)
 	}
-	if _, err := dial("reader", "reader-secret", &tls.Config{RootCAs: ca.Pool()}); err == nil {
+	if _, err := dial("reader", "reader-secret", &tls.Config{RootCAs: ca.Pool()}, 2*time.Second); err == nil {
 		t.Error("a client without a certificate authenticated")
 	}
-	reader, err := dial("reader", "reader-secret", tc)
+	reader, err := dial("reader", "reader-secret", tc, 10*time.Second)
 	if err != nil {
 		t.Fatalf("reader: %v", err)
 	}

@@ -1,4 +1,4 @@
-package server
+package etcdstore
 
 import (
 	"crypto/tls"
