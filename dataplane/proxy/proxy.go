@@ -18,6 +18,7 @@ import (
 	"github.com/xlbproxy/xlb/dataplane/balance/sticky"
 	"github.com/xlbproxy/xlb/dataplane/health"
 	"github.com/xlbproxy/xlb/dataplane/http1"
+	"github.com/xlbproxy/xlb/dataplane/rawio"
 	"github.com/xlbproxy/xlb/dataplane/table"
 	"github.com/xlbproxy/xlb/dataplane/upstream"
 	"github.com/xlbproxy/xlb/internal/backoff"
@@ -628,7 +629,7 @@ func (p *Proxy) Serve(ln net.Listener, set string) error {
 				return nil
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || transientAccept(err) {
+			if errors.As(err, &ne) && ne.Timeout() || rawio.TransientAccept(err) {
 				// Out of file descriptors or memory: back off rather than spin.
 				wait := retry.Next()
 				p.log.Warn("accept failed; backing off", "listener", ln.Addr().String(), "error", err, "backoff", wait)
@@ -678,16 +679,6 @@ func (p *Proxy) acceptPaused(ln net.Listener) {
 		p.log.Warn("accept paused: this worker holds the most client connections it takes; new ones wait in the listen backlog",
 			"listener", ln.Addr().String(), "connections", p.cfg.ConnectionsMax, "pauses", n)
 	}
-}
-
-// transientAccept reports whether an accept error passes once resources free up.
-func transientAccept(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }
 
 // Shutdown stops accepting, closes idle connections, and lets requests in flight finish; their

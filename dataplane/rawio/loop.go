@@ -368,7 +368,7 @@ func (l *Loop) accept() {
 		default:
 			l.h.ReturnSlot()
 			err = os.NewSyscallError("accept4", err)
-			if transient(err) {
+			if TransientAccept(err) {
 				// Out of descriptors or memory: stop accepting for a while rather than spin.
 				l.unlisten()
 				l.backoff = min(max(2*l.backoff, acceptRetryMin), acceptRetryMax)
@@ -396,7 +396,9 @@ func (l *Loop) accept() {
 	}
 }
 
-func transient(err error) bool {
+// TransientAccept reports whether an accept error passes once resources free up (EMFILE, ENFILE,
+// ENOBUFS, ENOMEM): the loop, and the proxy's goroutine-per-connection accept, back off on it.
+func TransientAccept(err error) bool {
 	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
 		if errors.Is(err, e) {
 			return true
