@@ -591,11 +591,6 @@ func (s *Store) Snapshot() map[string]resource.Versioned {
 	return s.cur.Load().byName
 }
 
-// Revision is the etcd revision of this replica's view.
-func (s *Store) Revision() int64 {
-	return s.cur.Load().rev
-}
-
 // Subscribe returns a channel that receives after every change of the view, and a func that
 // cancels the subscription (store.Subscribers.Subscribe).
 func (s *Store) Subscribe() (<-chan struct{}, func()) { return s.subs.Subscribe() }

@@ -69,11 +69,16 @@ func TestReplicas(t *testing.T) {
 		e, err := b.Get("web")
 		return err == nil && e.Version == v && proto.Equal(e.Set, web)
 	})
-	rev := a.Revision()
+	key := SetsPrefix("/t-replicas") + "web"
+	before, err := c.Client(t).Get(context.Background(), key)
+	if err != nil || len(before.Kvs) != 1 {
+		t.Fatalf("the key in etcd: %v, %v", before, err)
+	}
+	rev := before.Kvs[0].ModRevision
 	if v2, err := a.Put(testSet("web", 8080), nil); err != nil || v2 != v {
 		t.Fatalf("identical put: %q, %v; want %q", v2, err, v)
 	}
-	resp, err := c.Client(t).Get(context.Background(), SetsPrefix("/t-replicas")+"web")
+	resp, err := c.Client(t).Get(context.Background(), key)
 	if err != nil || resp.Kvs[0].ModRevision > rev {
 		t.Fatalf("identical put wrote the key (mod_revision %d > %d), %v", resp.Kvs[0].ModRevision, rev, err)
 	}
