@@ -28,32 +28,42 @@ const (
 
 // BenchmarkIdleConnMemory measures xlb's resident memory per idle keep-alive client connection:
 // it opens idleConns connections, each of which served one GET and is then left idle, and compares
-// the VmRSS of xlb's processes (the supervisor and its workers) before and after. Each iteration
-// runs its own xlb.
+// the VmRSS of xlb's processes (the supervisor and its workers) before and after, with each
+// engine: a goroutine per connection (the default) and --event-loop. Each iteration runs its own
+// xlb.
 //
 //	go test -run XXX -bench IdleConnMemory -benchtime 1x ./integration
 func BenchmarkIdleConnMemory(b *testing.B) {
 	raiseNofile(b, idleConns+fdHeadroom)
 	backend := newBackend(b, nameHandler("ok"))
-	var perConn, before, after float64
-	for range b.N {
-		bb, rb, ra := idleConnMemory(b, addrOf(backend))
-		perConn += bb
-		before += rb
-		after += ra
+	for _, engine := range []struct {
+		name  string
+		flags []string
+	}{{"goroutine", nil}, {"event-loop", []string{"--event-loop"}}} {
+		b.Run(engine.name, func(b *testing.B) {
+			var perConn, before, after float64
+			for range b.N {
+				bb, rb, ra := idleConnMemory(b, addrOf(backend), engine.flags...)
+				perConn += bb
+				before += rb
+				after += ra
+			}
+			n := float64(b.N)
+			b.ReportMetric(perConn/n, "B/conn")
+			b.ReportMetric(before/n/(1<<20), "RSS-before-MB")
+			b.ReportMetric(after/n/(1<<20), "RSS-MB")
+		})
 	}
-	n := float64(b.N)
-	b.ReportMetric(perConn/n, "B/conn")
-	b.ReportMetric(before/n/(1<<20), "RSS-before-MB")
-	b.ReportMetric(after/n/(1<<20), "RSS-MB")
 }
 
-// idleConnMemory runs one xlb in front of backend, opens the idle connections, and returns the
-// growth of xlb's RSS per connection and its RSS before and after, in bytes.
-func idleConnMemory(b *testing.B, backend string) (bytesPerConn, rssBefore, rssAfter float64) {
+// idleConnMemory runs one xlb (with flags) in front of backend, opens the idle connections, and
+// returns the growth of xlb's RSS per connection and its RSS before and after, in bytes.
+func idleConnMemory(b *testing.B, backend string, flags ...string) (bytesPerConn, rssBefore, rssAfter float64) {
 	b.Helper()
-	// The idle timeout outlasts the measurement, so that every connection is still open at its end.
-	x := startXLB(b, runArgs("--backend", backend, "--idle-timeout", "10m", "--log-level", "warn"))
+	// The idle timeout outlasts the measurement, so that every connection is still open at its end;
+	// the worker takes them all, whatever half the descriptor limit is.
+	args := []string{"--backend", backend, "--idle-timeout", "10m", "--connections-max", strconv.Itoa(idleConns + idleDialers), "--log-level", "warn"}
+	x := startXLB(b, runArgs(append(args, flags...)...))
 
 	// Warm up the process (pooled backend connections, buffers, goroutine stacks) on a few
 	// connections that are then closed, so that "before" holds what serving costs without them.

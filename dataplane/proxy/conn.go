@@ -49,8 +49,8 @@ type conn struct {
 	dl  upstream.Deadlines // the read side belongs to the pump while it runs
 	raw syscall.RawConn
 	// lc is nc when an event loop serves it (loop.go), nil otherwise. parked says the connection
-	// is the loop's, waiting for its next request; parkedDraining that the wait began as the
-	// proxy drained.
+	// is back from a park on its loop, in the middle of its wait for a request; parkedDraining
+	// that the wait began as the proxy drained.
 	lc             *rawio.LoopConn
 	parked         bool
 	parkedDraining bool
@@ -166,8 +166,22 @@ type inflight struct {
 }
 
 // newConn returns the state of a new client connection, reusing that of a closed one when it can:
-// a connection per request must cost little more than the accept.
+// a connection per request must cost little more than the accept. The proxy counts it from then
+// until it closes.
 func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
+	c := p.takeConn(nc, setName)
+	// A connection accepted as the drain began is served like an idle one: its first request,
+	// if it comes within drainIdleGrace, is answered with Connection: close. Shutdown waits for
+	// every Serve loop to end before it waits for the connections, so this Add never races its Wait.
+	p.mu.Lock()
+	p.conns[c] = struct{}{}
+	p.connsWG.Add(1)
+	p.mu.Unlock()
+	return c
+}
+
+// takeConn returns the state of a connection of nc, from the pool when it can.
+func (p *Proxy) takeConn(nc net.Conn, setName string) *conn {
 	c, _ := p.connPool.Get().(*conn)
 	if c == nil {
 		c = &conn{p: p}
@@ -206,13 +220,6 @@ func (p *Proxy) newConn(nc net.Conn, setName string) *conn {
 			}
 		}
 	}
-	// A connection accepted as the drain began is served like an idle one: its first request,
-	// if it comes within drainIdleGrace, is answered with Connection: close. Shutdown waits for
-	// every Serve loop to end before it waits for the connections, so this Add never races its Wait.
-	p.mu.Lock()
-	p.conns[c] = struct{}{}
-	p.connsWG.Add(1)
-	p.mu.Unlock()
 	return c
 }
 
@@ -229,21 +236,31 @@ func (c *conn) close() {
 	} else {
 		c.nc.Close()
 	}
+	p := c.p
+	c.drop()
+	<-p.connSlots
+	p.resumeLoops()
+	p.connsWG.Done()
+}
+
+// detach gives back the state of a connection that parked on its loop (whose Ready takes one
+// again): a parked connection holds none, only its LoopConn. It must not touch c.lc.
+func (c *conn) detach() { c.drop() }
+
+// drop gives back the connection's state, which the proxy no longer finds.
+func (c *conn) drop() {
 	c.releaseIn()
 	c.releaseOut()
 	p := c.p
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
-	c.nc, c.raw, c.lc, c.tls, c.dl.Conn, c.tbl, c.set = nil, nil, nil, nil, nil, nil, nil
-	c.parked = false
+	c.nc, c.raw, c.lc, c.tls, c.dl, c.tbl, c.set = nil, nil, nil, nil, upstream.Deadlines{}, nil, nil
+	c.parked, c.parkedDraining = false, false
 	c.releaseHeaders()
 	c.releaseInflight()
 	c.state.Store(stateActive)
 	p.connPool.Put(c)
-	<-p.connSlots
-	p.resumeLoops()
-	p.connsWG.Done()
 }
 
 func (c *conn) releaseIn() {
@@ -461,10 +478,12 @@ func (c *conn) readRequest() (ok, parked bool) {
 		// that its client may have sent already, and answers it with Connection: close: closing
 		// at once would reset a request on its way.
 		var draining bool
-		if c.parked {
-			// Back from the loop: the wait it parked in goes on, with its deadline.
+		if c.parked && (c.parkedDraining || !p.draining.Load()) {
+			// Back from the loop: the wait it parked in goes on, with its deadline (unless the
+			// drain began since: the grace's wait replaces it).
 			c.parked, draining = false, c.parkedDraining
 		} else {
+			c.parked = false
 			c.state.Store(stateIdle)
 			draining = p.draining.Load()
 			wait := p.cfg.IdleTimeout
@@ -480,14 +499,17 @@ func (c *conn) readRequest() (ok, parked bool) {
 		var err error
 		if c.lc != nil {
 			// Parked, the connection is the loop's until its client sends: no goroutine waits,
-			// and no buffer is held. What its next owner needs is set before: from the park on,
-			// this goroutine must not touch it.
-			c.parked, c.parkedDraining = true, draining
+			// and no buffer or state of the proxy's is held. What its next owner needs is in
+			// its mark: from the park on, this goroutine must not touch it.
+			c.lc.Mark = markParked
+			if draining {
+				c.lc.Mark |= markDraining
+			}
 			var parked bool
 			if parked, err = c.lc.ReadOrPark(c.readFn); parked {
+				c.detach()
 				return false, true
 			}
-			c.parked = false
 			if err == nil {
 				err = c.readResult()
 			}

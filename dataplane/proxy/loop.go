@@ -71,11 +71,15 @@ func (p *Proxy) serveLoop(ln net.Listener, sc syscall.Conn, set string) error {
 	p.loops[h] = struct{}{}
 	p.serveWG.Add(1)
 	p.mu.Unlock()
-	go l.Run()
+	go func() {
+		l.Run()
+		p.mu.Lock()
+		delete(p.loops, h) // its connections are gone: Shutdown has none to reach through it
+		p.mu.Unlock()
+	}()
 	<-l.AcceptClosed()
 	p.mu.Lock()
 	delete(p.listeners, ll)
-	delete(p.loops, h)
 	p.mu.Unlock()
 	p.serveWG.Done()
 	return l.Err()
@@ -104,15 +108,37 @@ func (h *loopHandler) AcceptFailed(err error, wait time.Duration) {
 	h.p.log.Warn("accept failed; backing off", "listener", h.ln.Addr().String(), "error", err, "backoff", wait)
 }
 
-// Ready runs lc on a goroutine of the pool: a new connection gets its state first.
+// What a parked loop connection keeps of the proxy's state (rawio.LoopConn.Mark): none at all for
+// a new one.
+const (
+	markParked   uint32 = 1 << iota // back from a park: its request wait goes on
+	markDraining                    // the wait began as the proxy drained
+)
+
+// Ready runs lc on a goroutine of the pool, with the state of a connection (conn) that it holds
+// only while it runs: a parked connection gives its state back (conn.detach), and takes one again
+// here, so that one waiting for its client costs its LoopConn alone.
 func (h *loopHandler) Ready(lc *rawio.LoopConn) {
-	c, _ := lc.Owner.(*conn)
-	if c == nil {
-		c = h.p.newConn(lc, h.set)
+	h.p.run(h.p.attach(lc, h.set))
+}
+
+// attach gives lc the state of a connection: a new one's (counted as one from then until it
+// closes), or that of one back from a park, which resumes its wait for a request.
+func (p *Proxy) attach(lc *rawio.LoopConn, set string) *conn {
+	if lc.Mark&markParked == 0 {
+		c := p.newConn(lc, set)
 		c.lc = lc
-		lc.Owner = c
+		return c
 	}
-	h.p.run(c)
+	c := p.takeConn(lc, set)
+	c.lc = lc
+	c.parked, c.parkedDraining = true, lc.Mark&markDraining != 0
+	// Idle before it is found, so that a Shutdown that finds it wakes it.
+	c.state.Store(stateIdle)
+	p.mu.Lock()
+	p.conns[c] = struct{}{}
+	p.mu.Unlock()
+	return c
 }
 
 // run hands c to a goroutine of the pool that waits for one, or to a new one.

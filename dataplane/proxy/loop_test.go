@@ -16,7 +16,8 @@ import (
 
 // TestIdleConnectionsHoldNoGoroutine: keep-alive connections that have been served and wait for
 // their next request hold no goroutine when an event loop serves the listener (Config.EventLoop),
-// and are served again when the request comes; with a goroutine per connection each holds one.
+// nor any state of the proxy's (a conn), and are served again when the request comes; with a
+// goroutine per connection each holds one.
 func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer be.Close()
@@ -60,6 +61,11 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	} else {
 		testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("%d idle connections to hold no goroutine", n), func() bool {
 			return runtime.NumGoroutine()-base < 20
+		})
+		testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("%d idle connections to hold no conn", n), func() bool {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return len(p.conns) == 0
 		})
 	}
 	for i := range n {

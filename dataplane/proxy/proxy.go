@@ -51,7 +51,7 @@ type Proxy struct {
 
 	mu           sync.Mutex
 	listeners    map[net.Listener]struct{}
-	conns        map[*conn]struct{}
+	conns        map[*conn]struct{} // those with state: a loop's parked connections have none
 	connsWG      sync.WaitGroup
 	serveWG      sync.WaitGroup // the Serve loops, which start connections
 	draining     atomic.Bool
@@ -63,8 +63,9 @@ type Proxy struct {
 	// while it is full (Config.ConnectionsMax).
 	connSlots   chan struct{}
 	pausedSince atomic.Int64 // unix ns of the last pause logged, to log at most one a pauseLogEvery
-	// loops are the event loops serving listeners (loop.go); paused says one stopped accepting at
-	// ConnectionsMax. work hands a loop's connection to a pool goroutine waiting for one.
+	// loops are the event loops serving listeners (loop.go), until their last connection closes;
+	// paused says one stopped accepting at ConnectionsMax. work hands a loop's connection to a
+	// pool goroutine waiting for one.
 	loops  map[*loopHandler]struct{}
 	paused atomic.Bool
 	work   chan *conn
@@ -693,7 +694,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for c := range p.conns {
 		c.wakeIfIdle()
 	}
+	loops := p.loopsNow()
 	p.mu.Unlock()
+	// A loop's parked connections hold no state of the proxy's (p.conns has them not): their
+	// loop wakes them (handing them on takes p.mu). One that parks after the drain began saw it,
+	// or sees it as it comes back.
+	for _, l := range loops {
+		l.ExpireParked()
+	}
 	if first {
 		close(p.stop)
 	}
@@ -715,7 +723,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 				u.Close()
 			}
 		}
+		loops := p.loopsNow()
 		p.mu.Unlock()
+		for _, l := range loops {
+			l.CloseParked()
+		}
 		<-done
 	}
 	p.poolsMu.Lock()
@@ -727,6 +739,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		p.access.flush()
 	}
 	return err
+}
+
+// loopsNow returns the event loops serving now. p.mu held.
+func (p *Proxy) loopsNow() []*rawio.Loop {
+	var ls []*rawio.Loop
+	for h := range p.loops {
+		ls = append(ls, h.l)
+	}
+	return ls
 }
 
 // Stats returns a snapshot of the counters.

@@ -69,12 +69,15 @@ type Loop struct {
 	addr net.Addr
 	h    Handler
 
-	// conns is every LoopConn by slot (its epoll data). Only the loop's goroutine reads or grows
-	// it; a slot whose connection was released is reused by a later accept.
+	// conns is every LoopConn by slot (its epoll data); a slot whose connection was released is
+	// reused by a later accept. Only the loop's goroutine grows it, under mu; it reads it without.
 	conns []*LoopConn
 
 	mu   sync.Mutex
 	free []uint32 // released slots
+
+	// closing says CloseParked was called: no connection parks any more.
+	closing atomic.Bool
 
 	live         atomic.Int64 // connections accepted and not released
 	wantResume   atomic.Bool  // the handler has slots again: listen again
@@ -416,12 +419,12 @@ func (l *Loop) take() *LoopConn {
 		l.mu.Unlock()
 		return l.conns[slot]
 	}
-	l.mu.Unlock()
 	c := &LoopConn{loop: l, slot: uint32(len(l.conns)), fd: -1}
 	c.raw.c = c
 	c.timer = time.AfterFunc(time.Hour, c.fire)
 	c.timer.Stop()
 	l.conns = append(l.conns, c)
+	l.mu.Unlock()
 	return c
 }
 
@@ -496,15 +499,18 @@ type LoopConn struct {
 	// aborted says Close was called: waits fail, and the owner should release.
 	aborted atomic.Bool
 	// timer fires at the read deadline that a read wait or Park armed (rarmed, 0 for none);
-	// wtimer, made at the first write that waits, at the write deadline (warmed). A deadline that
+	// wtimer, made at the first write that waits (and kept by the slot), at the write deadline
+	// (warmed). A deadline that
 	// does not move (upstream.Deadlines moves one only by more than an eighth) is not armed again.
 	// The read side's belong to whoever reads (the owner, or a pump it started); the write side's
 	// to whoever writes.
 	timer, wtimer  *time.Timer
 	rarmed, warmed int64
-	// Owner is the handler's: its state of the connection. Nil for a new connection.
-	Owner any
-	raw   loopRaw
+	// Mark is the handler's, and all it keeps of a parked connection: a connection waiting for
+	// its client holds no state of the handler's, whose Ready tells a new connection (Mark 0) from
+	// one back from a park by it. Release sets it to 0.
+	Mark uint32
+	raw  loopRaw
 }
 
 // event is the loop's: ev happened on the socket.
@@ -595,7 +601,7 @@ func arm(t *time.Timer, armed *int64, d int64) {
 // true, or err is the read deadline passed (os.ErrDeadlineExceeded) or a Close (net.ErrClosed).
 func (c *LoopConn) ReadOrPark(f func(fd uintptr) bool) (parked bool, err error) {
 	for !f(uintptr(c.fd)) {
-		if c.aborted.Load() {
+		if c.aborted.Load() || c.loop.closing.Load() {
 			return false, net.ErrClosed
 		}
 		d := c.rdl.Load()
@@ -621,12 +627,46 @@ func (c *LoopConn) park(d int64) bool {
 		c.state.Store(connRunning)
 		return false
 	}
-	// A timer that fired before the connection was parked woke no one: take it back if so, or if
-	// it was closed meanwhile, to see that.
-	if (d != 0 && d <= time.Now().UnixNano() || c.aborted.Load()) && c.state.CompareAndSwap(connParked, connRunning) {
+	// A timer that fired, or a deadline set in the past (by another goroutine, whose poke saw the
+	// connection running), before the connection was parked woke no one: take it back if so, or
+	// if it was closed meanwhile, to see that. The deadline is loaded again: poke stores it before
+	// it looks at the state, which the swap above stored before this looks at the deadline.
+	if d := c.rdl.Load(); (d != 0 && d <= time.Now().UnixNano() || c.aborted.Load() || c.loop.closing.Load()) && c.state.CompareAndSwap(connParked, connRunning) {
 		return false
 	}
 	return true
+}
+
+// ExpireParked ends the wait of every parked connection as its read deadline passing would: it
+// sets the deadline in the past and hands the connection on (Handler.Ready). Any goroutine may
+// call it. A connection parked after it is not touched.
+func (l *Loop) ExpireParked() {
+	l.eachParked(func(c *LoopConn) { c.rdl.Store(deadlinePoked) })
+}
+
+// CloseParked closes every parked connection, as Close would, and refuses every park from then
+// on: ReadOrPark returns net.ErrClosed instead. Any goroutine may call it; it is the last resort
+// of a shutdown whose time ran out, and the loop ends once the owners have released them.
+func (l *Loop) CloseParked() {
+	l.closing.Store(true)
+	l.eachParked(func(c *LoopConn) {
+		c.aborted.Store(true)
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	})
+}
+
+// eachParked takes each parked connection from the loop, calls f on it, and hands it on. Taken,
+// it is the caller's: its descriptor stays open, and its state is the caller's to change.
+func (l *Loop) eachParked(f func(c *LoopConn)) {
+	l.mu.Lock()
+	conns := l.conns
+	l.mu.Unlock()
+	for _, c := range conns {
+		if c.state.Load() == connParked && c.state.CompareAndSwap(connParked, connRunning) {
+			f(c)
+			l.h.Ready(c)
+		}
+	}
 }
 
 // Release closes the connection (without EPOLL_CTL_DEL: the descriptor leaves the epoll set as it
@@ -637,7 +677,7 @@ func (c *LoopConn) Release() {
 	if c.wtimer != nil {
 		c.wtimer.Stop()
 	}
-	c.Owner = nil
+	c.Mark = 0
 	c.state.Store(connFree)
 	unix.Close(c.fd)
 	c.fd = -1
@@ -661,6 +701,10 @@ func (c *LoopConn) Release() {
 func (c *LoopConn) wait(write bool) error {
 	slot, dl, t, armed := &c.rwait, &c.rdl, c.timer, &c.rarmed
 	if write {
+		if c.wtimer == nil { // a connection whose writes never wait has none
+			c.wtimer = time.AfterFunc(time.Hour, c.fireWrite)
+			c.wtimer.Stop()
+		}
 		slot, dl, t, armed = &c.wwait, &c.wdl, c.wtimer, &c.warmed
 	}
 	w := waiters.Get().(*waiter)
@@ -824,10 +868,6 @@ func (r *loopRaw) Read(f func(fd uintptr) bool) error {
 // Write is Read for writes.
 func (r *loopRaw) Write(f func(fd uintptr) bool) error {
 	c := r.c
-	if c.wtimer == nil {
-		c.wtimer = time.AfterFunc(time.Hour, c.fireWrite)
-		c.wtimer.Stop()
-	}
 	for !f(uintptr(c.fd)) {
 		if err := c.wait(true); err != nil {
 			return err

@@ -64,8 +64,8 @@ func (e *echo) Ready(c *LoopConn) {
 func (e *echo) serve(c *LoopConn) {
 	buf := make([]byte, 512)
 	// The deadline counts from the connection's start and from each answer, not from a hand-on.
-	if c.Owner == nil && e.idle > 0 {
-		c.Owner = e
+	if c.Mark == 0 && e.idle > 0 {
+		c.Mark = 1
 		c.SetReadDeadline(time.Now().Add(e.idle))
 	}
 	for {
@@ -196,6 +196,51 @@ func TestLoopCloseWakesParked(t *testing.T) {
 		t.Fatalf("client read after Close: %v, want EOF", err)
 	}
 	testutil.WaitFor(t, wait, "the connection to be released", func() bool { return len(h.slots) == 0 })
+	h.wg.Wait()
+}
+
+// TestLoopExpireParked: ExpireParked hands every parked connection on with its read deadline
+// passed (they have none of their own here), and its owner closes it.
+func TestLoopExpireParked(t *testing.T) {
+	h := newEcho(10)
+	l, addr := startLoop(t, h)
+	const n = 3
+	var readers []*bufio.Reader
+	for range n {
+		c, r := dialEcho(t, addr)
+		roundTrip(t, c, r, "x")
+		readers = append(readers, r)
+	}
+	testutil.WaitFor(t, wait, "the connections to park", func() bool { return h.running.Load() == 0 })
+	l.ExpireParked()
+	for range n {
+		testutil.Receive(t, h.timeouts, wait, "a parked connection's deadline")
+	}
+	for _, r := range readers {
+		if _, err := r.ReadByte(); err != io.EOF {
+			t.Fatalf("client read after ExpireParked: %v, want EOF", err)
+		}
+	}
+	h.wg.Wait()
+}
+
+// TestLoopCloseParked: CloseParked closes the parked connections, and a connection that would wait
+// afterwards is refused its park: ReadOrPark says closed, and its owner releases it.
+func TestLoopCloseParked(t *testing.T) {
+	h := newEcho(10)
+	l, addr := startLoop(t, h)
+	c, r := dialEcho(t, addr)
+	roundTrip(t, c, r, "parked")
+	testutil.WaitFor(t, wait, "the connection to park", func() bool { return h.running.Load() == 0 })
+	l.CloseParked()
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("client read after CloseParked: %v, want EOF", err)
+	}
+	_, lr := dialEcho(t, addr) // sends nothing: its first read finds nothing, and it would park
+	if _, err := lr.ReadByte(); err != io.EOF {
+		t.Fatalf("client read after its connection could not park: %v, want EOF", err)
+	}
+	testutil.WaitFor(t, wait, "both connections to be released", func() bool { return len(h.slots) == 0 })
 	h.wg.Wait()
 }
 
