@@ -21,6 +21,9 @@ const (
 	// etcdTimeoutLong is their --etcd-timeout: longer than the wait for them to exit, so that an
 	// exit in time shows that the dial timeout ended the start, not the store's first listing.
 	etcdTimeoutLong = 5 * time.Minute
+	// authDialTimeout is the --etcd-dial-timeout of the starts with a wrong password, which fail
+	// as soon as etcd answers: under readyTimeout.
+	authDialTimeout = 15 * time.Second
 	// etcdPassword is the password of the user xlb of TestReplicasEtcdAuth.
 	etcdPassword = "s3cret-etcd-password"
 )
@@ -169,10 +172,13 @@ func TestReplicasEtcdAuth(t *testing.T) {
 		}
 	}
 
-	msg, took := replicaFails(t, c, nil, "--etcd-username", "xlb", "--etcd-password", "wrong")
+	// etcd answers a wrong password as soon as its members agree on it (an authentication goes
+	// through raft): on a loaded machine that can take more than the dial timeout of the starts
+	// that must time out, so these wait longer (the later flag wins).
+	msg, took := replicaFails(t, c, nil, "--etcd-username", "xlb", "--etcd-password", "wrong", "--etcd-dial-timeout", authDialTimeout.String())
 	t.Logf("with a wrong password: exited after %v: %s", took, msg)
 	wantSays(t, "with a wrong password", msg, "etcd", `"xlb"`, "authentication failed")
-	msg, took = replicaFails(t, c, []string{"XLB_ETCD_PASSWORD=wrong"}, "--etcd-username", "xlb")
+	msg, took = replicaFails(t, c, []string{"XLB_ETCD_PASSWORD=wrong"}, "--etcd-username", "xlb", "--etcd-dial-timeout", authDialTimeout.String())
 	t.Logf("with a wrong XLB_ETCD_PASSWORD: exited after %v: %s", took, msg)
 	wantSays(t, "with a wrong XLB_ETCD_PASSWORD", msg, "etcd", `"xlb"`, "authentication failed")
 

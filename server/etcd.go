@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -113,6 +114,11 @@ func (f *etcdFlags) client() (*clientv3.Client, error) {
 	case errors.Is(err, rpctypes.ErrAuthFailed):
 		return nil, fmt.Errorf("etcd (%s) refused the authentication of --etcd-username %q: %w (a wrong password?)",
 			strings.Join(f.endpoints, ","), f.username, err)
+	case f.username != "" && errors.Is(err, context.DeadlineExceeded):
+		// The members answered the probe: what did not end in time is the authentication, which
+		// etcd agrees on through raft.
+		return nil, fmt.Errorf("etcd (%s) did not answer the authentication of --etcd-username %q within --etcd-dial-timeout %v: %w",
+			strings.Join(f.endpoints, ","), f.username, f.dialTimeout, err)
 	case err != nil:
 		return nil, fmt.Errorf("etcd client of %s: %w", strings.Join(f.endpoints, ","), err)
 	}
