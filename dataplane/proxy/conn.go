@@ -243,11 +243,8 @@ func (c *conn) close() {
 	p.connsWG.Done()
 }
 
-// detach gives back the state of a connection that parked on its loop (whose Ready takes one
-// again): a parked connection holds none, only its LoopConn. It must not touch c.lc.
-func (c *conn) detach() { c.drop() }
-
-// drop gives back the connection's state, which the proxy no longer finds.
+// drop gives back the connection's state, which the proxy no longer finds: as it closes, or as it
+// parks on its loop (which has it attached again when its client sends). It does not touch c.lc.
 func (c *conn) drop() {
 	c.releaseIn()
 	c.releaseOut()
@@ -507,7 +504,7 @@ func (c *conn) readRequest() (ok, parked bool) {
 			}
 			var parked bool
 			if parked, err = c.lc.ReadOrPark(c.readFn); parked {
-				c.detach()
+				c.drop() // a parked connection holds no state of the proxy's, only its LoopConn
 				return false, true
 			}
 			if err == nil {

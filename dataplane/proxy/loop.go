@@ -115,11 +115,17 @@ const (
 	markDraining                    // the wait began as the proxy drained
 )
 
-// Ready runs lc on a goroutine of the pool, with the state of a connection (conn) that it holds
-// only while it runs: a parked connection gives its state back (conn.detach), and takes one again
-// here, so that one waiting for its client costs its LoopConn alone.
+// Ready runs lc on a goroutine of the pool, which gives it the state of a connection (conn, by
+// attach) that it holds only while it runs: a connection that parks gives its state back, so that
+// one waiting for its client costs its LoopConn alone.
 func (h *loopHandler) Ready(lc *rawio.LoopConn) {
-	h.p.run(h.p.attach(lc, h.set))
+	h.p.run(loopJob{lc, h.set})
+}
+
+// loopJob is a loop's connection to run, and the name of its listener's backend set.
+type loopJob struct {
+	lc  *rawio.LoopConn
+	set string
 }
 
 // attach gives lc the state of a connection: a new one's (counted as one from then until it
@@ -141,27 +147,27 @@ func (p *Proxy) attach(lc *rawio.LoopConn, set string) *conn {
 	return c
 }
 
-// run hands c to a goroutine of the pool that waits for one, or to a new one.
-func (p *Proxy) run(c *conn) {
+// run hands j to a goroutine of the pool that waits for one, or to a new one.
+func (p *Proxy) run(j loopJob) {
 	select {
-	case p.work <- c:
+	case p.work <- j:
 	default:
-		go p.worker(c)
+		go p.worker(j)
 	}
 }
 
 // worker serves connections, one until it parks or closes, then the next it is given, until the
 // proxy shuts down or idleWorkersMax others wait already. Its stack stays grown from one to the
 // next.
-func (p *Proxy) worker(c *conn) {
+func (p *Proxy) worker(j loopJob) {
 	for {
-		c.serve()
+		p.attach(j.lc, j.set).serve()
 		if p.idleWorkers.Add(1) > idleWorkersMax {
 			p.idleWorkers.Add(-1)
 			return
 		}
 		select {
-		case c = <-p.work:
+		case j = <-p.work:
 			p.idleWorkers.Add(-1)
 		case <-p.stop:
 			p.idleWorkers.Add(-1)

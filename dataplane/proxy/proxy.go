@@ -68,7 +68,7 @@ type Proxy struct {
 	// pool goroutine waiting for one.
 	loops  map[*loopHandler]struct{}
 	paused atomic.Bool
-	work   chan *conn
+	work   chan loopJob
 	// idleWorkers counts the pool's goroutines waiting on work.
 	idleWorkers atomic.Int32
 
@@ -201,7 +201,7 @@ func New(cfg Config) (*Proxy, error) {
 		stop:      make(chan struct{}),
 		connSlots: make(chan struct{}, cfg.ConnectionsMax),
 		loops:     make(map[*loopHandler]struct{}),
-		work:      make(chan *conn),
+		work:      make(chan loopJob),
 	}
 	if cfg.AccessLog != nil {
 		p.access = newAccessLog(cfg.AccessLog)
