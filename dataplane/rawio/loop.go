@@ -500,10 +500,9 @@ type LoopConn struct {
 	aborted atomic.Bool
 	// timer fires at the read deadline that a read wait or Park armed (rarmed, 0 for none);
 	// wtimer, made at the first write that waits (and kept by the slot), at the write deadline
-	// (warmed). A deadline that
-	// does not move (upstream.Deadlines moves one only by more than an eighth) is not armed again.
-	// The read side's belong to whoever reads (the owner, or a pump it started); the write side's
-	// to whoever writes.
+	// (warmed). A deadline that does not move (upstream.Deadlines moves one only by more than an
+	// eighth) is not armed again. The read side's belong to whoever reads (the owner, or a pump
+	// it started); the write side's to whoever writes.
 	timer, wtimer  *time.Timer
 	rarmed, warmed int64
 	// Mark is the handler's, and all it keeps of a parked connection: a connection waiting for
