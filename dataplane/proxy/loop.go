@@ -115,6 +115,9 @@ const (
 	markDraining                    // the wait began as the proxy drained
 )
 
+// parkedBeforeDrain says a parked connection's wait began before the proxy drained.
+func parkedBeforeDrain(mark uint32) bool { return mark&markDraining == 0 }
+
 // Ready runs lc on a goroutine of the pool, which gives it the state of a connection (conn, by
 // attach) that it holds only while it runs: a connection that parks gives its state back, so that
 // one waiting for its client costs its LoopConn alone.

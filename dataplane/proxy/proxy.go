@@ -697,10 +697,10 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	loops := p.loopsNow()
 	p.mu.Unlock()
 	// A loop's parked connections hold no state of the proxy's (p.conns has them not): their
-	// loop wakes them (handing them on takes p.mu). One that parks after the drain began saw it,
-	// or sees it as it comes back.
+	// loop wakes them (handing them on takes p.mu), but not those that parked for the drain's
+	// grace already. One that parks after the drain began saw it, or sees it as it comes back.
 	for _, l := range loops {
-		l.ExpireParked()
+		l.ExpireParked(parkedBeforeDrain)
 	}
 	if first {
 		close(p.stop)

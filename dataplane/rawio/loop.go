@@ -636,11 +636,11 @@ func (c *LoopConn) park(d int64) bool {
 	return true
 }
 
-// ExpireParked ends the wait of every parked connection as its read deadline passing would: it
-// sets the deadline in the past and hands the connection on (Handler.Ready). Any goroutine may
-// call it. A connection parked after it is not touched.
-func (l *Loop) ExpireParked() {
-	l.eachParked(func(c *LoopConn) { c.rdl.Store(deadlinePoked) })
+// ExpireParked ends the wait of every parked connection whose Mark which accepts, as its read
+// deadline passing would: it sets the deadline in the past and hands the connection on
+// (Handler.Ready). Any goroutine may call it. A connection parked after it is not touched.
+func (l *Loop) ExpireParked(which func(mark uint32) bool) {
+	l.eachParked(which, func(c *LoopConn) { c.rdl.Store(deadlinePoked) })
 }
 
 // CloseParked closes every parked connection, as Close would, and refuses every park from then
@@ -648,23 +648,34 @@ func (l *Loop) ExpireParked() {
 // of a shutdown whose time ran out, and the loop ends once the owners have released them.
 func (l *Loop) CloseParked() {
 	l.closing.Store(true)
-	l.eachParked(func(c *LoopConn) {
+	l.eachParked(nil, func(c *LoopConn) {
 		c.aborted.Store(true)
 		unix.Shutdown(c.fd, unix.SHUT_RDWR)
 	})
 }
 
-// eachParked takes each parked connection from the loop, calls f on it, and hands it on. Taken,
-// it is the caller's: its descriptor stays open, and its state is the caller's to change.
-func (l *Loop) eachParked(f func(c *LoopConn)) {
+// eachParked takes each parked connection whose Mark which accepts (all, for a nil which) from
+// the loop, calls f on it, and hands it on. Taken, it is the caller's: its descriptor stays open,
+// and its state is the caller's to change; its Mark, written by its last owner before it parked,
+// is read once it is taken.
+func (l *Loop) eachParked(which func(mark uint32) bool, f func(c *LoopConn)) {
 	l.mu.Lock()
 	conns := l.conns
 	l.mu.Unlock()
 	for _, c := range conns {
-		if c.state.Load() == connParked && c.state.CompareAndSwap(connParked, connRunning) {
-			f(c)
-			l.h.Ready(c)
+		if c.state.Load() != connParked || !c.state.CompareAndSwap(connParked, connRunning) {
+			continue
 		}
+		if which != nil && !which(c.Mark) {
+			// Not this one: give it back, unless it was sent something or closed meanwhile (the
+			// loop, which saw it running, handed it on to no one).
+			if !c.park(c.rdl.Load()) {
+				l.h.Ready(c)
+			}
+			continue
+		}
+		f(c)
+		l.h.Ready(c)
 	}
 }
 

@@ -80,6 +80,7 @@ func (e *echo) serve(c *LoopConn) {
 		}
 		if err == nil && rerr == nil && n > 0 {
 			if _, err := c.Write(buf[:n]); err == nil {
+				c.Mark = uint32(buf[0]) // what ExpireParked's tests pick by
 				if e.idle > 0 {
 					c.SetReadDeadline(time.Now().Add(e.idle))
 				}
@@ -199,8 +200,9 @@ func TestLoopCloseWakesParked(t *testing.T) {
 	h.wg.Wait()
 }
 
-// TestLoopExpireParked: ExpireParked hands every parked connection on with its read deadline
-// passed (they have none of their own here), and its owner closes it.
+// TestLoopExpireParked: ExpireParked hands the parked connections it picks by their mark on with
+// their read deadline passed (they have none of their own here), and their owner closes them; the
+// others stay parked, and are served when their client sends.
 func TestLoopExpireParked(t *testing.T) {
 	h := newEcho(10)
 	l, addr := startLoop(t, h)
@@ -211,8 +213,10 @@ func TestLoopExpireParked(t *testing.T) {
 		roundTrip(t, c, r, "x")
 		readers = append(readers, r)
 	}
+	kept, kr := dialEcho(t, addr)
+	roundTrip(t, kept, kr, "kept")
 	testutil.WaitFor(t, wait, "the connections to park", func() bool { return h.running.Load() == 0 })
-	l.ExpireParked()
+	l.ExpireParked(func(mark uint32) bool { return mark != 'k' }) // the echo marks a connection with the first byte it echoed
 	for range n {
 		testutil.Receive(t, h.timeouts, wait, "a parked connection's deadline")
 	}
@@ -221,6 +225,14 @@ func TestLoopExpireParked(t *testing.T) {
 			t.Fatalf("client read after ExpireParked: %v, want EOF", err)
 		}
 	}
+	roundTrip(t, kept, kr, "kept, and served again")
+	select {
+	case <-h.timeouts:
+		t.Fatal("ExpireParked expired a connection that it did not pick")
+	default:
+	}
+	kept.Close()
+	testutil.WaitFor(t, wait, "every connection to be released", func() bool { return len(h.slots) == 0 })
 	h.wg.Wait()
 }
 
