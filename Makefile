@@ -17,8 +17,10 @@ test:
 	# Allocation counts are only the program's without -race (sync.Pool drops items under it).
 	go test -count=1 -run 'Allocs' ./dataplane/http1 ./dataplane/upstream ./dataplane/proxy
 	go test -race -count=1 -timeout 15m ./...
-	@# The proxy's tests again, with plain listeners served from event loops (proxy.Config.EventLoop).
+	@# The proxy's tests again, with plain listeners served from event loops (proxy.Config.EventLoop),
+	@# and the end-to-end tests with every `xlb run` so (--event-loop; the binary is built without -race).
 	go test -race -count=1 ./dataplane/proxy -args -event-loop
+	go test -count=1 -timeout 15m ./integration -args -event-loop
 
 build:
 	go build -o bin/xlb .

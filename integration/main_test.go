@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +17,22 @@ import (
 
 // xlbPath is the binary that TestMain built, in a directory removed when the tests end.
 var xlbPath string
+
+// eventLoop runs every `xlb run` of the tests with --event-loop (xlbArgs): `make test` runs the
+// package both ways.
+var eventLoop bool
+
+func init() {
+	flag.BoolVar(&eventLoop, "event-loop", false, "run every `xlb run` with --event-loop")
+}
+
+// xlbArgs is args of the built xlb, with --event-loop added to a `run` under -event-loop.
+func xlbArgs(args []string) []string {
+	if eventLoop && len(args) > 0 && args[0] == "run" {
+		return append(args[:len(args):len(args)], "--event-loop")
+	}
+	return args
+}
 
 // buildTimeout bounds `go build` of the binary, which compiles everything on a cold cache.
 const buildTimeout = 5 * time.Minute

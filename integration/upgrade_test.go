@@ -174,6 +174,7 @@ func launchUpgradable(tb testing.TB, bin string, args []string) *upgradable {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	args = xlbArgs(args)
 	p := &proc{tb: tb, args: args, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = w, w

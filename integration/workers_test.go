@@ -295,6 +295,7 @@ func startLoggedProc(tb testing.TB, args ...string) (*proc, *procLog) {
 // startLoggedProcEnv is startLoggedProc with env (NAME=value, ...) added to the test's environment.
 func startLoggedProcEnv(tb testing.TB, env []string, args ...string) (*proc, *procLog) {
 	tb.Helper()
+	args = xlbArgs(args)
 	p := &proc{tb: tb, args: args, exited: make(chan struct{})}
 	l := &procLog{p: p, wrote: make(chan struct{}, 1)}
 	p.cmd = exec.Command(xlbPath, args...)

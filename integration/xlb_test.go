@@ -58,6 +58,7 @@ type proc struct {
 // startProc starts the built xlb with args.
 func startProc(tb testing.TB, args ...string) *proc {
 	tb.Helper()
+	args = xlbArgs(args)
 	p := &proc{tb: tb, args: args, exited: make(chan struct{})}
 	p.cmd = exec.Command(xlbPath, args...)
 	// Each process its own state directory (the region file), through the variable systemd's
