@@ -47,8 +47,8 @@
 // it (milliseconds on a healthy cluster). A Put or Delete that etcd committed goes into this
 // replica's view as it returns, ahead of the watch (which may be slow, or coming back after a
 // loss), so a read after a write on the same replica sees it; the watch's events of that key up
-// to the write's revision are then older than the view, and skipped. Subscribe tells of every change
-// of the view (buffered 1, coalescing), which is what discovery pushes.
+// to the write's revision are then older than the view, and skipped. Subscribe tells of every
+// change of the view (buffered 1, coalescing), which is what discovery pushes.
 //
 // The watch requires a leader (a member cut off from the quorum ends it). A watch that ends, or
 // cannot be made, is made again from the view's revision with a backoff (100ms up to 5s); one

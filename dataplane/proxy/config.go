@@ -125,11 +125,11 @@ type Config struct {
 
 	// EventLoop serves each plain TCP listener (a *net.TCPListener or *rawio.Listener) from an
 	// event loop of its own (rawio.Loop): a connection waiting for its next request holds no
-	// goroutine and no state of the proxy's (0.5-0.6 KiB per idle keep-alive connection instead
-	// of 6.2), and a pool of goroutines runs the connections that have work. The zero value gives every connection a goroutine
-	// waiting in Go's poller, as TLS listeners always have: per CPU-second it is as fast or
-	// faster (bench/RESULTS.md), so the loop is for the deployments that hold many idle
-	// connections.
+	// goroutine and no state of the proxy's (0.5-0.6 KiB per idle keep-alive connection instead of
+	// 6.2), and a pool of goroutines runs the connections that have work. The zero value gives
+	// every connection a goroutine waiting in Go's poller, as TLS listeners always have: per
+	// CPU-second it is as fast or faster (bench/RESULTS.md), so the loop is for the deployments
+	// that hold many idle connections.
 	EventLoop bool
 
 	// NoBackendMetrics turns the per-backend counters off (BackendMetrics returns nothing). The

@@ -53,9 +53,9 @@ import (
 //
 // A LoopConn is either parked (the loop's: an event or its deadline hands it to Handler.Ready) or
 // running (one goroutine's, which may let a second read while it writes, as a request body
-// streams). Only the running goroutine calls ReadOrPark and Release. Read waits and write waits are told
-// apart; an event the loop reports while the connection runs wakes the waiter, or is kept for the
-// next wait (a spurious wake-up costs one more non-blocking call that finds nothing).
+// streams). Only the running goroutine calls ReadOrPark and Release. Read waits and write waits
+// are told apart; an event the loop reports while the connection runs wakes the waiter, or is kept
+// for the next wait (a spurious wake-up costs one more non-blocking call that finds nothing).
 type Loop struct {
 	epfd int
 	ef   *os.File // epfd, for Go's poller
